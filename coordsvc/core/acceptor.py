@@ -1,0 +1,91 @@
+"""The multi-Paxos acceptor: one promised ballot for every slot, one accepted entry per slot.
+
+Pure state and transitions. Each handler returns the reply; the caller (the
+replica) records what became dirty in the pending ``Persist`` and releases the
+reply only after that ``Persist`` is reported saved.
+"""
+from __future__ import annotations
+
+from .messages import Accept, Accepted, Nack, Prepare, Promise
+from .types import (
+    Ballot, Durable, Entry, Persist, SafetyViolation, Slot, Snapshot, Value, ZERO_BALLOT,
+)
+
+
+class Acceptor:
+    def __init__(self, node_id: str, durable: Durable, promise_window: int) -> None:
+        self.node_id = node_id
+        self.promised: Ballot = durable.promised
+        self.log: dict[Slot, Entry] = {e.slot: e for e in durable.entries}
+        self.snapshot: Snapshot = durable.snapshot
+        self.commit_index: Slot = max(durable.commit_index, durable.snapshot.index)
+        # A promise lists accepted entries only when the candidate is at most this
+        # many slots behind our commit index; otherwise it must catch up first.
+        self.promise_window = promise_window
+
+    @property
+    def last_slot(self) -> Slot:
+        return max(self.log, default=self.snapshot.index)
+
+    def on_prepare(self, m: Prepare, persist: Persist) -> Promise | Nack:
+        if m.ballot < self.promised:
+            return Nack(self.node_id, m.ballot, self.promised)
+        if m.ballot > self.promised:
+            self.promised = m.ballot
+            persist.promised = m.ballot
+        # Slots up to `complete_through` are chosen here and left out of the
+        # promise; the candidate must learn them by catch-up before leading.
+        complete_through = self.snapshot.index
+        if self.commit_index >= m.from_slot + self.promise_window:
+            complete_through = self.commit_index
+        first = max(m.from_slot, complete_through + 1)
+        accepted = tuple(self.log[s] for s in sorted(self.log) if s >= first)
+        return Promise(self.node_id, m.ballot, m.from_slot, accepted,
+                       self.commit_index, complete_through)
+
+    def on_accept(self, m: Accept, persist: Persist) -> Accepted | Nack | None:
+        if m.ballot < self.promised:
+            return Nack(self.node_id, m.ballot, self.promised)
+        if m.ballot > self.promised:
+            # Accepting implies promising: never lower, only raise.
+            self.promised = m.ballot
+            persist.promised = m.ballot
+        if m.slot <= self.snapshot.index:
+            return None  # chosen and compacted here; nothing to vouch for
+        old = self.log.get(m.slot)
+        if m.slot <= self.commit_index:
+            # Known chosen: never overwrite. Vouch only for the chosen value.
+            if old is not None and old.value == m.value:
+                return Accepted(self.node_id, m.ballot, m.slot)
+            return None
+        if old is not None and old.ballot == m.ballot and old.value != m.value:
+            raise SafetyViolation(
+                f"two values for slot {m.slot} at ballot {m.ballot}: {old.value!r} vs {m.value!r}")
+        if old is None or old.ballot != m.ballot:
+            e = Entry(m.slot, m.ballot, m.value)
+            self.log[m.slot] = e
+            persist.entries.append(e)
+        return Accepted(self.node_id, m.ballot, m.slot)
+
+    def learn_chosen(self, slot: Slot, ballot: Ballot, value: Value, persist: Persist) -> None:
+        """Record a value known to be chosen (from a quorum or from catch-up)."""
+        if slot <= self.snapshot.index:
+            return
+        old = self.log.get(slot)
+        if old is not None and old.value == value:
+            return
+        if old is not None and slot <= self.commit_index:
+            raise SafetyViolation(f"slot {slot} chosen twice: {old.value!r} vs {value!r}")
+        e = Entry(slot, ballot if ballot > ZERO_BALLOT else self.promised, value)
+        self.log[slot] = e
+        persist.entries.append(e)
+
+    def install_snapshot(self, snap: Snapshot, persist: Persist) -> None:
+        self.snapshot = snap
+        for s in [s for s in self.log if s <= snap.index]:
+            del self.log[s]
+        persist.snapshot = snap
+        persist.entries = [e for e in persist.entries if e.slot > snap.index]
+        if snap.index > self.commit_index:
+            self.commit_index = snap.index
+            persist.commit_index = snap.index

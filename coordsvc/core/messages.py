@@ -1,0 +1,156 @@
+"""Peer-to-peer protocol messages: small frozen values, validated on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .types import Ballot, Entry, NodeId, ProtocolError, Slot, Snapshot, Value
+
+
+def _check_slot(name: str, v: object) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ProtocolError(f"{name} must be a non-negative int, got {v!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Phase 1a for every slot >= from_slot."""
+
+    src: NodeId
+    ballot: Ballot
+    from_slot: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("from_slot", self.from_slot)
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """Phase 1b: the acceptor promised ``ballot`` and reports what it accepted.
+
+    ``snapshot_index`` tells the candidate that slots up to it are chosen but were
+    compacted away here: a candidate behind it must catch up before it leads.
+    """
+
+    src: NodeId
+    ballot: Ballot
+    from_slot: Slot
+    accepted: tuple[Entry, ...]
+    commit_index: Slot
+    snapshot_index: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("from_slot", self.from_slot)
+        _check_slot("commit_index", self.commit_index)
+        _check_slot("snapshot_index", self.snapshot_index)
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """Refusal of a Prepare/Accept/Heartbeat at ``ballot``: ``promised`` is the one to beat."""
+
+    src: NodeId
+    ballot: Ballot
+    promised: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Phase 2a for one slot; carries the leader's commit index."""
+
+    src: NodeId
+    ballot: Ballot
+    slot: Slot
+    value: Value
+    commit_index: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("slot", self.slot)
+        if self.slot == 0:
+            raise ProtocolError("slot 0 is reserved")
+        _check_slot("commit_index", self.commit_index)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Phase 2b: ``src`` accepted ``slot`` at ``ballot`` (and it is on its disk)."""
+
+    src: NodeId
+    ballot: Ballot
+    slot: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("slot", self.slot)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Leader liveness, commit index, and a read-confirmation round number.
+
+    ``renewed`` lists session ids whose keep-alive the leader saw since its last
+    heartbeat, so a follower that takes over knows when each client was last alive.
+    """
+
+    src: NodeId
+    ballot: Ballot
+    commit_index: Slot
+    round: int
+    renewed: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_slot("commit_index", self.commit_index)
+        _check_slot("round", self.round)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    src: NodeId
+    ballot: Ballot
+    round: int
+    commit_index: Slot
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupRequest:
+    """A follower asks for chosen entries in [from_slot, to_slot]."""
+
+    src: NodeId
+    from_slot: Slot
+    to_slot: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("from_slot", self.from_slot)
+        _check_slot("to_slot", self.to_slot)
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupReply:
+    """Chosen entries (and a snapshot when the requester is behind our log start).
+
+    ``ballot`` is the sender's ballot at sending time; every value here is chosen,
+    so the receiver may record it as accepted at that ballot.
+    """
+
+    src: NodeId
+    ballot: Ballot
+    chosen: tuple[tuple[Slot, Value], ...]
+    snapshot: Snapshot | None
+    commit_index: Slot
+
+
+Message = (
+    Prepare | Promise | Nack | Accept | Accepted | Heartbeat | HeartbeatAck
+    | CatchupRequest | CatchupReply
+)
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    Prepare, Promise, Nack, Accept, Accepted, Heartbeat, HeartbeatAck,
+    CatchupRequest, CatchupReply,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A message addressed to one peer (possibly ourselves)."""
+
+    dst: NodeId
+    msg: Message

@@ -1,0 +1,42 @@
+"""In-memory Store for core tests and the simulation."""
+from __future__ import annotations
+
+from ..core.types import Durable, Entry, Persist, Slot, Snapshot, ZERO_BALLOT, Ballot, EMPTY_SNAPSHOT
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.promised: Ballot = ZERO_BALLOT
+        self.high_water_round = 0
+        self.entries: dict[Slot, Entry] = {}
+        self.commit_index: Slot = 0
+        self.snapshot: Snapshot = EMPTY_SNAPSHOT
+        self.saves = 0
+
+    def load(self) -> Durable:
+        return Durable(
+            promised=self.promised,
+            high_water_round=self.high_water_round,
+            entries=tuple(self.entries[s] for s in sorted(self.entries)),
+            commit_index=self.commit_index,
+            snapshot=self.snapshot,
+        )
+
+    def save(self, p: Persist) -> None:
+        self.saves += 1
+        if p.snapshot is not None:
+            self.snapshot = p.snapshot
+            for s in [s for s in self.entries if s <= p.snapshot.index]:
+                del self.entries[s]
+        for e in p.entries:
+            if e.slot > self.snapshot.index:
+                self.entries[e.slot] = e
+        if p.promised is not None:
+            self.promised = p.promised
+        if p.high_water_round is not None:
+            self.high_water_round = p.high_water_round
+        if p.commit_index is not None:
+            self.commit_index = p.commit_index
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,278 @@
+"""The durable Store: one SQLite file per node, WAL, ``synchronous=FULL``.
+
+``save`` is one ``BEGIN IMMEDIATE ... COMMIT``; with WAL and synchronous=FULL the
+COMMIT returns only after the WAL is fsynced, so a returned save survives SIGKILL
+and power loss, and a save interrupted at any instant leaves none of itself.
+Semantics are exactly ``MemoryStore``'s (the hypothesis test holds them together).
+
+A save that fails part-way is rolled back and the store refuses every later save:
+after a failed fsync the kernel may have dropped the dirty pages, so a "successful"
+retry could acknowledge state that is not on disk (the PostgreSQL fsync lesson).
+The node must stop and restart from what ``open`` finds.
+"""
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import sqlite3
+import time
+from collections import deque
+from pathlib import Path
+from types import TracebackType
+
+import msgpack  # type: ignore[import-untyped]
+
+from ..core.types import Ballot, Durable, Entry, Persist, SafetyViolation, Snapshot, UsageError, Value
+from .datadir import (
+    NODE_DB,
+    SCHEMA_VERSION,
+    DataDirError,
+    Identity,
+    check_header,
+    check_identity,
+    connect,
+    corrupt,
+    init_data_dir,
+    migrate,
+    read_meta,
+)
+
+__all__ = ["DataDirError", "SqliteStore", "init_data_dir"]
+
+LOCK_FILE = "node.lock"
+SAVE_SAMPLES = 1024
+
+_UPSERT_ENTRY = (
+    "INSERT INTO log (slot, ballot_round, ballot_node, value) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (slot) DO UPDATE SET ballot_round = excluded.ballot_round, "
+    "ballot_node = excluded.ballot_node, value = excluded.value"
+)
+# NULL parameters mean "unchanged", mirroring Persist's None fields.
+_UPDATE_SCALARS = (
+    "UPDATE acceptor SET promised_round = COALESCE(?, promised_round), "
+    "promised_node = COALESCE(?, promised_node), "
+    "high_water_round = COALESCE(?, high_water_round), "
+    "commit_index = COALESCE(?, commit_index) WHERE id = 0"
+)
+
+
+def _encode(value: Value) -> bytes:
+    if not isinstance(value, tuple) or not all(isinstance(b, bytes) for b in value):
+        raise UsageError(f"a log value must be a tuple of bytes, got {value!r:.80}")
+    packed: bytes = msgpack.packb(list(value), use_bin_type=True)
+    return packed
+
+
+def _decode(blob: bytes, slot: int, db_path: Path) -> Value:
+    try:
+        items = msgpack.unpackb(blob, raw=False)
+    except Exception as e:
+        raise DataDirError(f"database {db_path} is corrupt: log slot {slot}: {e}") from e
+    if not isinstance(items, list) or not all(isinstance(b, bytes) for b in items):
+        raise DataDirError(f"database {db_path} is corrupt: log slot {slot} is not a batch")
+    return tuple(items)
+
+
+def _lock_dir(path: Path) -> int:
+    """Hold an exclusive flock on ``path/node.lock`` so two nodes never share an acceptor.
+
+    A separate file, not node.db: closing any descriptor of the database would drop
+    SQLite's own POSIX locks. The kernel releases the flock when the process dies.
+    """
+    lock_path = path / LOCK_FILE
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DataDirError(f"cannot create lock file {lock_path}: {e.strerror}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DataDirError(
+            f"data directory {path} is in use by another process (pid {holder}); "
+            "two processes must never act as the same acceptor"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+class SqliteStore:
+    """Store port on SQLite. Build with ``SqliteStore.open``; one per data directory."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._lock_fd: int | None = lock_fd
+        self.path = path
+        self.db_path = path / NODE_DB
+        self._failed: str | None = None
+        self._save_s: deque[float] = deque(maxlen=SAVE_SAMPLES)
+        row = conn.execute("SELECT idx FROM snapshot WHERE id = 0").fetchone()
+        if row is None or conn.execute("SELECT 1 FROM acceptor WHERE id = 0").fetchone() is None:
+            raise DataDirError(f"database {self.db_path} is corrupt: acceptor state rows missing")
+        # The snapshot index decides which entries a save keeps; cached so the hot
+        # path need not read it, and updated only once a COMMIT has succeeded.
+        self._snapshot_index: int = int(row[0])
+
+    @classmethod
+    def open(cls, path: Path, cluster_id: str, node_id: str) -> SqliteStore:
+        """Open the data directory of (cluster_id, node_id), or raise ``DataDirError``."""
+        db_path = path / NODE_DB
+        if not path.is_dir():
+            raise DataDirError(
+                f"data directory {path} does not exist: this node has no promises to honour; "
+                "prepare it with `coordctl node init`, or if its disk was lost re-add it with "
+                "`coordctl node replace` (see README)"
+            )
+        if not db_path.is_file():
+            what = "is empty" if not any(path.iterdir()) else f"has no {NODE_DB}"
+            raise DataDirError(
+                f"data directory {path} {what}: this node has lost its promises and must not "
+                "vote again; re-add it with `coordctl node replace` (see README) rather than "
+                "restarting it blank"
+            )
+        check_header(db_path)
+        lock_fd = _lock_dir(path)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = connect(db_path)
+            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+            if rows != ["ok"]:
+                raise DataDirError(
+                    f"database {db_path} is corrupt: integrity_check: {'; '.join(rows[:3])}"
+                )
+            found, version = read_meta(conn, db_path)
+            check_identity(found, Identity(cluster_id, node_id), path)
+            if version > SCHEMA_VERSION:
+                raise DataDirError(
+                    f"database {db_path} has schema version {version}, newer than this "
+                    f"coordsvc understands ({SCHEMA_VERSION}); upgrade coordsvc"
+                )
+            if version < SCHEMA_VERSION:
+                migrate(conn, version)
+            return cls(conn, path, lock_fd)
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            os.close(lock_fd)
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise DataDirError(f"database {db_path} is locked by another process") from e
+            if isinstance(e, sqlite3.DatabaseError):
+                raise corrupt(db_path, e) from e
+            raise
+
+    def _live(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise UsageError(f"store {self.db_path} is closed")
+        return self._conn
+
+    def load(self) -> Durable:
+        conn = self._live()
+        scalars = conn.execute(
+            "SELECT promised_round, promised_node, high_water_round, commit_index "
+            "FROM acceptor WHERE id = 0"
+        ).fetchone()
+        snap = conn.execute("SELECT idx, data FROM snapshot WHERE id = 0").fetchone()
+        if scalars is None or snap is None:
+            raise DataDirError(f"database {self.db_path} is corrupt: acceptor state rows missing")
+        entries = tuple(
+            Entry(slot, Ballot(rnd, node), _decode(blob, slot, self.db_path))
+            for slot, rnd, node, blob in conn.execute(
+                "SELECT slot, ballot_round, ballot_node, value FROM log ORDER BY slot"
+            )
+        )
+        return Durable(
+            promised=Ballot(scalars[0], scalars[1]),
+            high_water_round=scalars[2],
+            entries=entries,
+            commit_index=scalars[3],
+            snapshot=Snapshot(snap[0], snap[1]),
+        )
+
+    def save(self, p: Persist) -> None:
+        conn = self._live()
+        if self._failed is not None:
+            raise SafetyViolation(
+                f"store {self.db_path} refused a save: an earlier save failed ({self._failed}); "
+                "restart the node"
+            )
+        if p.empty():
+            return
+        started = time.perf_counter()
+        snapshot_index = p.snapshot.index if p.snapshot is not None else self._snapshot_index
+        # Encode before BEGIN: a malformed value is a UsageError that touches nothing.
+        rows = [
+            (e.slot, e.ballot.round, e.ballot.node, _encode(e.value))
+            for e in p.entries
+            if e.slot > snapshot_index
+        ]
+        promised = p.promised
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            if p.snapshot is not None:
+                conn.execute(
+                    "UPDATE snapshot SET idx = ?, data = ? WHERE id = 0",
+                    (p.snapshot.index, p.snapshot.data),
+                )
+                conn.execute("DELETE FROM log WHERE slot <= ?", (p.snapshot.index,))
+            if rows:
+                conn.executemany(_UPSERT_ENTRY, rows)
+            if promised is not None or p.high_water_round is not None or p.commit_index is not None:
+                conn.execute(
+                    _UPDATE_SCALARS,
+                    (
+                        None if promised is None else promised.round,
+                        None if promised is None else promised.node,
+                        p.high_water_round,
+                        p.commit_index,
+                    ),
+                )
+            conn.execute("COMMIT")
+        except BaseException as e:
+            self._failed = f"{type(e).__name__}: {e}"
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one worth reporting
+            raise
+        self._snapshot_index = snapshot_index
+        self._save_s.append(time.perf_counter() - started)
+
+    def save_p99_ms(self) -> float:
+        """99th percentile (nearest rank) of the last 1024 save durations, 0.0 if none."""
+        if not self._save_s:
+            return 0.0
+        ordered = sorted(self._save_s)
+        return ordered[math.ceil(0.99 * len(ordered)) - 1] * 1000.0
+
+    def db_bytes(self) -> int:
+        total = 0
+        for f in (self.db_path, Path(f"{self.db_path}-wal")):
+            try:
+                total += f.stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def close(self) -> None:
+        """Close the database (checkpointing the WAL) and release the directory. Idempotent."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
