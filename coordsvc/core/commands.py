@@ -1,0 +1,314 @@
+"""Replicated client commands and their compact msgpack encoding.
+
+A log entry's batch holds encoded ``Request``s. Decoding checks *types* only and
+raises ``ProtocolError`` for anything malformed, because the bytes come from a peer
+or a client. Checking *values* (key length, ttl range, ...) is ``validate``'s job:
+the state machine runs it too and answers ``invalid`` instead of raising, so a bad
+value from a client is an ordinary, replicated, cacheable outcome.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, TypeGuard
+
+import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
+
+from .types import ProtocolError
+
+__all__ = [
+    "Acquire", "Cancel", "CloseSession", "Command", "Delete", "ExpireSession", "Fence",
+    "Noop", "OpenSession", "Put", "Release", "Request",
+    "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_TTL_MS", "MAX_VALUE_BYTES",
+    "MIN_TTL_MS", "decode_request", "encode_request", "validate", "validate_request",
+]
+
+MAX_KEY_BYTES = 512
+MAX_VALUE_BYTES = 1_048_576
+MIN_TTL_MS = 1_000
+MAX_TTL_MS = 300_000
+MAX_CLIENT_ID_CHARS = 64
+# Counters and client-chosen numbers must survive a msgpack round trip (snapshots).
+MAX_INT = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Write only if ``lock`` is currently held with exactly ``token``."""
+
+    lock: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    key: str
+    value: bytes
+    if_revision: int | None = None
+    fence: Fence | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+    if_revision: int | None = None
+    fence: Fence | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireSession:
+    """Proposed by the leader only, as an internal request (client_id "", seq 0)."""
+
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    name: str
+    session_id: int
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    name: str
+    session_id: int
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Leave the wait queue of ``name``, or release it if already granted.
+
+    Sent when a client's lock timeout fires: a grant may have raced the timeout,
+    and "LockTimeout: nothing is held" must stay true.
+    """
+
+    name: str
+    session_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    pass
+
+
+Command = Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel | Noop
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One element of a log entry's batch: a command plus its exactly-once identity.
+
+    ``client_id == ""`` with ``seq == 0`` marks an internal request (no dedupe).
+    ``first_unacked`` is the client's promise never to retry a lower seq.
+    """
+
+    client_id: str
+    seq: int
+    first_unacked: int
+    cmd: Command
+
+
+# -- validation ----------------------------------------------------------------------
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_name(what: str, v: object) -> str | None:
+    if not isinstance(v, str):
+        return f"{what} must be a string"
+    try:
+        n = len(v.encode("utf-8"))
+    except UnicodeEncodeError:
+        return f"{what} is not valid UTF-8"
+    if not 1 <= n <= MAX_KEY_BYTES:
+        return f"{what} must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {n}"
+    if "\x00" in v:
+        return f"{what} must not contain NUL"
+    return None
+
+
+def _check_int(what: str, v: object, low: int, high: int = MAX_INT) -> str | None:
+    if not _is_int(v):
+        return f"{what} must be an int"
+    if not low <= v <= high:
+        return f"{what} must be in [{low}, {high}], got {v}"
+    return None
+
+
+def _check_write(key: object, if_revision: object, fence: object) -> str | None:
+    err = _check_name("key", key)
+    if err is None and if_revision is not None:
+        err = _check_int("if_revision", if_revision, 0)
+    if err is None and fence is not None:
+        if not isinstance(fence, Fence):
+            return "fence must be a Fence"
+        err = _check_name("fence lock name", fence.lock) or _check_int("fence token", fence.token, 1)
+    return err
+
+
+def validate(cmd: object) -> str | None:
+    """The user-limit error message for ``cmd``, or None when it is acceptable."""
+    if isinstance(cmd, Put):
+        if not isinstance(cmd.value, bytes):
+            return "value must be bytes"
+        if len(cmd.value) > MAX_VALUE_BYTES:
+            return f"value must be at most {MAX_VALUE_BYTES} bytes, got {len(cmd.value)}"
+        return _check_write(cmd.key, cmd.if_revision, cmd.fence)
+    if isinstance(cmd, Delete):
+        return _check_write(cmd.key, cmd.if_revision, cmd.fence)
+    if isinstance(cmd, OpenSession):
+        return _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+    if isinstance(cmd, (CloseSession, ExpireSession)):
+        return _check_int("session_id", cmd.session_id, 1)
+    if isinstance(cmd, Acquire):
+        if not isinstance(cmd.wait, bool):
+            return "wait must be a bool"
+        return _check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+    if isinstance(cmd, Release):
+        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+                or _check_int("token", cmd.token, 1))
+    if isinstance(cmd, Cancel):
+        return _check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+    if isinstance(cmd, Noop):
+        return None
+    return f"unknown command {type(cmd).__name__}"
+
+
+def validate_request(r: object) -> str | None:
+    """Errors in the exactly-once envelope (the command itself is ``validate``'s)."""
+    if not isinstance(r, Request):
+        return "not a Request"
+    if not isinstance(r.client_id, str):
+        return "client_id must be a string"
+    if r.client_id == "":
+        if r.seq != 0 or r.first_unacked != 0 or not _is_int(r.seq) or not _is_int(r.first_unacked):
+            return "internal requests (empty client_id) must have seq 0 and first_unacked 0"
+        return None
+    if len(r.client_id) > MAX_CLIENT_ID_CHARS:
+        return f"client_id must be 1..{MAX_CLIENT_ID_CHARS} characters"
+    err = _check_int("seq", r.seq, 1)
+    if err is None:
+        err = _check_int("first_unacked", r.first_unacked, 0, r.seq)
+    return err
+
+
+# -- encoding ------------------------------------------------------------------------
+# A request is [client_id, seq, first_unacked, [tag, *fields]]; a fence is
+# [lock, token] or nil. Tags are part of the log format: never renumber them.
+
+_NOOP, _PUT, _DELETE, _OPEN, _CLOSE, _EXPIRE, _ACQUIRE, _RELEASE, _CANCEL = range(9)
+
+
+def _fence_out(f: Fence | None) -> list[object] | None:
+    return None if f is None else [f.lock, f.token]
+
+
+def _cmd_out(c: Command) -> list[object]:
+    if isinstance(c, Put):
+        return [_PUT, c.key, c.value, c.if_revision, _fence_out(c.fence)]
+    if isinstance(c, Delete):
+        return [_DELETE, c.key, c.if_revision, _fence_out(c.fence)]
+    if isinstance(c, OpenSession):
+        return [_OPEN, c.ttl_ms]
+    if isinstance(c, CloseSession):
+        return [_CLOSE, c.session_id]
+    if isinstance(c, ExpireSession):
+        return [_EXPIRE, c.session_id]
+    if isinstance(c, Acquire):
+        return [_ACQUIRE, c.name, c.session_id, c.wait]
+    if isinstance(c, Release):
+        return [_RELEASE, c.name, c.session_id, c.token]
+    if isinstance(c, Cancel):
+        return [_CANCEL, c.name, c.session_id]
+    return [_NOOP]
+
+
+def encode_request(r: Request) -> bytes:
+    out: bytes = msgpack.packb(
+        [r.client_id, r.seq, r.first_unacked, _cmd_out(r.cmd)], use_bin_type=True)
+    return out
+
+
+def _int(v: object) -> int:
+    if not _is_int(v):
+        raise ProtocolError(f"expected int, got {type(v).__name__}")
+    return v
+
+
+def _opt_int(v: object) -> int | None:
+    return None if v is None else _int(v)
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ProtocolError(f"expected str, got {type(v).__name__}")
+    return v
+
+
+def _bytes(v: object) -> bytes:
+    if not isinstance(v, bytes):
+        raise ProtocolError(f"expected bytes, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise ProtocolError(f"expected bool, got {type(v).__name__}")
+    return v
+
+
+def _fence_in(v: object) -> Fence | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 2:
+        raise ProtocolError("fence must be [lock, token] or nil")
+    return Fence(_str(v[0]), _int(v[1]))
+
+
+# tag -> (arity including the tag, builder from the field list)
+_DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
+    _NOOP: (1, lambda f: Noop()),
+    _PUT: (5, lambda f: Put(_str(f[1]), _bytes(f[2]), _opt_int(f[3]), _fence_in(f[4]))),
+    _DELETE: (4, lambda f: Delete(_str(f[1]), _opt_int(f[2]), _fence_in(f[3]))),
+    _OPEN: (2, lambda f: OpenSession(_int(f[1]))),
+    _CLOSE: (2, lambda f: CloseSession(_int(f[1]))),
+    _EXPIRE: (2, lambda f: ExpireSession(_int(f[1]))),
+    _ACQUIRE: (4, lambda f: Acquire(_str(f[1]), _int(f[2]), _bool(f[3]))),
+    _RELEASE: (4, lambda f: Release(_str(f[1]), _int(f[2]), _int(f[3]))),
+    _CANCEL: (3, lambda f: Cancel(_str(f[1]), _int(f[2]))),
+}
+
+
+def decode_request(b: bytes) -> Request:
+    """Inverse of ``encode_request``; raises ``ProtocolError`` and nothing else."""
+    if not isinstance(b, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"expected bytes, got {type(b).__name__}")
+    try:
+        raw = msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=True)
+    except Exception as e:  # msgpack raises a zoo of types (ValueError, UnicodeDecodeError, ...)
+        raise ProtocolError(f"undecodable request: {e}") from e
+    if not isinstance(raw, list) or len(raw) != 4:
+        raise ProtocolError("request must be [client_id, seq, first_unacked, command]")
+    c = raw[3]
+    if not isinstance(c, list) or not c or not _is_int(c[0]):
+        raise ProtocolError("command must be [tag, *fields]")
+    spec = _DECODERS.get(c[0])
+    if spec is None:
+        raise ProtocolError(f"unknown command tag {c[0]}")
+    arity, build = spec
+    if len(c) != arity:
+        raise ProtocolError(f"command tag {c[0]} takes {arity - 1} fields, got {len(c) - 1}")
+    cmd: Command = build(c)
+    return Request(_str(raw[0]), _int(raw[1]), _int(raw[2]), cmd)
