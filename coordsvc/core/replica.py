@@ -156,6 +156,16 @@ class Replica:
             self._resend_prepares()
         self._maybe_request_catchup()
 
+    def next_timer_ms(self) -> int:
+        """The earliest time ``tick`` has something to do (the driver may sleep until then)."""
+        hb = self.cfg.heartbeat_ms
+        if self.role is Role.LEADER:
+            return self.last_hb_sent_ms + hb
+        due = self.election_deadline if not self.external else self.now_ms + 10 * hb
+        if self.role is Role.CANDIDATE or self.known_commit > self.acceptor.commit_index:
+            due = min(due, self.catchup_sent_ms + 4 * hb + 1)
+        return due
+
     def suspect(self, node: NodeId) -> None:
         """External failure detector: `node` is believed dead."""
         if node == self.leader and self.role is Role.FOLLOWER:

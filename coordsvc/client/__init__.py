@@ -1,0 +1,26 @@
+"""The Python client of coordsvc (CONTRACT section 4): ``from coordsvc import Client``.
+
+```python
+with Client(["tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"]) as c:
+    rev = c.put("app/db_url", "postgres://...")
+    with c.lock("deploy", ttl=10.0, timeout=30.0) as lk:
+        c.put("app/version", "42", fence=lk)      # FenceRejected once lk is stale
+    for ev in c.watch("app/", start_revision=rev):
+        print(ev.type, ev.key, ev.value, ev.revision)
+```
+"""
+from __future__ import annotations
+
+from ._client import Client
+from ._lock import Lock, LockInfo
+from ._types import Entry, Event
+from ._watch import Watch
+from .errors import (
+    Compacted, CompareFailed, CoordError, FenceRejected, InvalidRequest, LockTimeout,
+    Unavailable,
+)
+
+__all__ = [
+    "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
+    "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "Unavailable", "Watch",
+]

@@ -1,0 +1,305 @@
+"""Locks: one session per lock, kept alive by a daemon thread, with a fencing token.
+
+Safety on the client side rests on one clock: ``time.monotonic()``. A keepalive sent at
+``t`` that succeeds renews the session no earlier than ``t``, so the leader cannot expire
+it before ``t + ttl`` (a new leader restarts session timers on takeover). ``valid_until``
+is therefore ``send time of the last successful keepalive + ttl``, and the lock is
+declared lost -- ``on_lost`` fires -- a safety margin *before* that, so the callback runs
+before the server could hand the lock to someone else (clock rates assumed to agree
+within the margin).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from coordsvc.core import machine
+from coordsvc.core.commands import Acquire, Cancel, CloseSession, OpenSession, Release, validate
+
+from ._results import expect
+from ._transport import Cancelled
+from .errors import CoordError, InvalidRequest, LockTimeout, Unavailable
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+__all__ = ["Lock", "LockInfo", "acquire_lock"]
+
+log = logging.getLogger("coordsvc.client")
+
+LOCK_WAIT_MAX_S = 5.0
+# on_lost fires this long before valid_until: max(fraction * ttl, floor).
+LOST_MARGIN_FRACTION = 0.2
+LOST_MARGIN_MIN_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LockInfo:
+    """One held lock as the cluster sees it (``Client.locks()``)."""
+
+    name: str
+    holder_session: int
+    token: int
+    waiters: tuple[int, ...]
+    ttl_left_s: float | None
+
+
+class Lock:
+    """A held lock. ``token`` is its fencing token; ``release()`` is idempotent.
+
+    ``valid_until`` is a ``time.monotonic()`` deadline up to which the lock is surely
+    still ours; ``lost`` turns True (and ``on_lost(lock)`` runs, once, on the keepalive
+    thread) as soon as that can no longer be guaranteed.
+    """
+
+    def __init__(self, client: Client, name: str, session_id: int, ttl_s: float,
+                 on_lost: Callable[[Lock], None] | None, valid_until: float) -> None:
+        self.name = name
+        self.session_id = session_id
+        self.ttl = ttl_s
+        self.token = 0
+        self._client = client
+        self._on_lost = on_lost
+        self._mu = threading.Lock()
+        self._valid_until = valid_until
+        self._session_lost = False
+        self._released = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keepalive, daemon=True,
+                                        name=f"coordsvc-keepalive-{session_id}")
+
+    def __repr__(self) -> str:
+        return (f"Lock(name={self.name!r}, token={self.token}, session_id={self.session_id}, "
+                f"lost={self.lost}, released={self.released})")
+
+    @property
+    def valid_until(self) -> float:
+        with self._mu:
+            return self._valid_until
+
+    @property
+    def lost(self) -> bool:
+        """True once the session may have expired (the lock may belong to someone else)."""
+        return self._session_lost
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    @property
+    def held(self) -> bool:
+        """Granted, not released, not lost, and ``valid_until`` is still ahead."""
+        return (self.token > 0 and not self._released and not self._session_lost
+                and time.monotonic() < self.valid_until)
+
+    def release(self) -> None:
+        """Release the lock and close its session. A second call does nothing.
+
+        Raises ``Unavailable`` if the cluster cannot be reached: keepalives have stopped,
+        so the lock is then freed when its ttl runs out.
+        """
+        if not self._finish():
+            return
+        if self.token:
+            res = self._client._write(Release(self.name, self.session_id, self.token))
+            expect(res, machine.OK, machine.NOT_HELD, machine.NO_SESSION)
+        res = self._client._write(CloseSession(self.session_id))
+        expect(res, machine.OK, machine.NO_SESSION)
+
+    def release_quietly(self) -> None:
+        """``release()`` that logs instead of raising (for exits that already fail)."""
+        try:
+            self.release()
+        except CoordError as e:
+            log.warning("releasing lock %r failed: %s", self.name, e)
+
+    def abandon(self, timeout: float) -> None:
+        """Stop keeping alive and close the session (which also leaves the wait queue and
+        frees a grant); best effort, never raises."""
+        if not self._finish():
+            return
+        try:
+            self._client._write(CloseSession(self.session_id), timeout=timeout)
+        except CoordError as e:
+            log.debug("abandoning lock %r: closing session %d failed: %s",
+                      self.name, self.session_id, e)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if et is None:
+            self.release()
+        else:
+            self.release_quietly()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._client._track(self, True)
+        self._thread.start()
+
+    def _finish(self) -> bool:
+        """Mark released and stop the keepalive thread; False if already done."""
+        with self._mu:
+            if self._released:
+                return False
+            self._released = True
+        self._stop.set()
+        # on_lost may call release() from the keepalive thread itself.
+        if self._thread.ident is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._client._track(self, False)
+        return True
+
+    def _grant(self, token: int) -> bool:
+        with self._mu:
+            if self._session_lost:
+                return False
+            self.token = token
+            return True
+
+    def _keepalive(self) -> None:
+        try:
+            self._keepalive_loop()
+        finally:
+            self._client._transport.release_thread()
+
+    def _keepalive_loop(self) -> None:
+        period = self.ttl / 3
+        margin = max(LOST_MARGIN_FRACTION * self.ttl, LOST_MARGIN_MIN_S)
+        next_send = self.valid_until - self.ttl + period
+        while True:
+            lost_at = self.valid_until - margin
+            now = time.monotonic()
+            if now >= lost_at:
+                self._lose("no keepalive succeeded in time")
+                return
+            if self._stop.wait(max(0.0, min(next_send, lost_at) - now)):
+                return
+            if time.monotonic() >= lost_at:
+                continue
+            sent = time.monotonic()
+            try:
+                reply = self._client._call(
+                    {"op": "keepalive", "session_id": self.session_id}, leader=True,
+                    timeout=lost_at - sent, cancel=self._stop)
+            except Cancelled:
+                return
+            except Unavailable:
+                next_send = time.monotonic()
+                continue
+            except CoordError as e:
+                if self._client._closed:
+                    return
+                log.warning("keepalive of session %d failed: %s", self.session_id, e)
+                next_send = time.monotonic() + 0.1
+                continue
+            if reply.get("known") is not True:
+                self._lose("the cluster no longer knows the session")
+                return
+            with self._mu:
+                self._valid_until = max(self._valid_until, sent + self.ttl)
+            next_send = sent + period
+
+    def _lose(self, why: str) -> None:
+        with self._mu:
+            if self._session_lost:
+                return
+            self._session_lost = True
+            fire = self.token > 0 and not self._released
+        if not fire:
+            return
+        log.warning("lock %r (token %d) lost: %s", self.name, self.token, why)
+        if self._on_lost is not None:
+            try:
+                self._on_lost(self)
+            except Exception:
+                log.exception("on_lost callback of lock %r raised", self.name)
+
+
+def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
+                 on_lost: Callable[[Lock], None] | None) -> Lock:
+    """Open a session, queue for ``name`` on it, wait for the grant (see Client.acquire)."""
+    err = validate(Acquire(name, 1, True))
+    if err is None and not isinstance(ttl, (int, float)):
+        err = "ttl must be a number of seconds"
+    if err is None:
+        err = validate(OpenSession(int(round(ttl * 1000))))
+    if err is None and timeout is not None and not timeout >= 0:
+        err = f"timeout must be >= 0 or None, got {timeout}"
+    if err is not None:
+        raise InvalidRequest(err)
+    start = time.monotonic()
+    deadline = None if timeout is None else start + timeout
+    res = client._write(OpenSession(int(round(ttl * 1000))))
+    expect(res, machine.OK)
+    sid = res.data.get("session_id")
+    if type(sid) is not int:
+        raise CoordError("malformed reply: session_id")
+    # The session's clock started no earlier than our send, hence ``start``.
+    lk = Lock(client, name, sid, float(ttl), on_lost, valid_until=start + ttl)
+    lk._start()
+    try:
+        _wait_for_grant(client, lk, timeout == 0, deadline)
+    except BaseException:
+        lk.abandon(timeout=client.timeout)
+        raise
+    return lk
+
+
+def _wait_for_grant(client: Client, lk: Lock, try_once: bool, deadline: float | None) -> None:
+    res = client._write(Acquire(lk.name, lk.session_id, wait=not try_once))
+    if res.code == machine.OK:
+        token = res.data.get("token")
+        if type(token) is not int:
+            raise CoordError("malformed reply: token")
+        if not lk._grant(token):
+            raise LockTimeout(f"lock {lk.name!r}: session expired before the grant arrived")
+        return
+    if res.code == machine.LOCK_BUSY:
+        raise LockTimeout(f"lock {lk.name!r} is held by another session")
+    if res.code == machine.NO_SESSION:
+        raise LockTimeout(f"lock {lk.name!r}: the session expired while acquiring")
+    expect(res, machine.QUEUED)
+    while True:
+        if lk.lost:
+            raise LockTimeout(f"lock {lk.name!r}: the session expired while waiting")
+        wait_s = LOCK_WAIT_MAX_S
+        if deadline is not None:
+            wait_s = min(wait_s, deadline - time.monotonic())
+            if wait_s <= 0:
+                _give_up(client, lk)
+                raise LockTimeout(f"lock {lk.name!r} not acquired in time")
+        reply = client._call(
+            {"op": "lock_wait", "name": lk.name, "session_id": lk.session_id,
+             "wait_ms": int(wait_s * 1000)},
+            leader=True, timeout=wait_s + client.timeout, long_poll_s=wait_s)
+        state = reply.get("state")
+        if state == "held":
+            token = reply.get("token")
+            if type(token) is not int or token < 1:
+                raise CoordError("malformed reply: token")
+            if not lk._grant(token):
+                raise LockTimeout(f"lock {lk.name!r}: session expired before the grant arrived")
+            return
+        if state == "none":
+            raise LockTimeout(f"lock {lk.name!r}: the session expired while waiting")
+        if state != "waiting":
+            raise CoordError(f"malformed reply: lock_wait state {state!r}")
+
+
+def _give_up(client: Client, lk: Lock) -> None:
+    """Leave the queue: a grant may have raced the timeout, and Cancel releases it too.
+
+    Only once Cancel is applied is "LockTimeout: nothing is held" true; if it cannot be
+    confirmed the outcome is unknown, so ``Unavailable`` propagates instead.
+    """
+    res = client._write(Cancel(lk.name, lk.session_id))
+    expect(res, machine.OK, machine.NO_SESSION)

@@ -1,0 +1,56 @@
+"""The client's exception tree. Every error a ``Client`` call raises is a ``CoordError``.
+
+```
+CoordError              the base; also "you misused the client" (e.g. it is closed)
+├── CompareFailed       if_revision did not match: nothing was written
+├── FenceRejected       the fencing token is no longer the newest grant: nothing was written
+├── InvalidRequest      bad key, value too large, bad ttl, ...: nothing was written
+├── LockTimeout         the lock was not acquired in time: nothing is held
+├── Compacted           a watch started before the oldest revision the cluster still keeps
+└── Unavailable         no quorum answered within the timeout: the outcome is unknown
+```
+"""
+from __future__ import annotations
+
+__all__ = [
+    "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
+    "Unavailable",
+]
+
+
+class CoordError(Exception):
+    """Base class of every coordsvc client error."""
+
+
+class CompareFailed(CoordError):
+    """The ``if_revision`` condition did not hold: nothing was written."""
+
+    def __init__(self, message: str, current_revision: int | None = None) -> None:
+        super().__init__(message)
+        #: The key's revision when the compare failed (0: the key did not exist), if known.
+        self.current_revision = current_revision
+
+
+class FenceRejected(CoordError):
+    """The fencing token is stale (a newer grant exists or the lock is gone): nothing was written."""
+
+
+class InvalidRequest(CoordError):
+    """The request breaks a limit (key, value size, ttl, ...): nothing was written."""
+
+
+class LockTimeout(CoordError):
+    """The lock was not acquired within the timeout: nothing is held."""
+
+
+class Unavailable(CoordError):
+    """No quorum answered within the timeout: the outcome of a write is unknown."""
+
+
+class Compacted(CoordError):
+    """The requested start revision is older than the cluster's event window."""
+
+    def __init__(self, message: str, oldest: int | None = None) -> None:
+        super().__init__(message)
+        #: The oldest revision a watch can still start from, if the node said.
+        self.oldest = oldest

@@ -1,0 +1,169 @@
+"""The cluster file (``cluster.toml``): who the members are and where they live.
+
+```toml
+[cluster]
+name = "coordsvc"
+id = "5f0c..."                     # random at init; every data dir records it
+
+[[nodes]]
+id = "n1"
+address = "tcp://127.0.0.1:7101"   # ROUTER: peer traffic and client requests
+publish = "tcp://127.0.0.1:7201"   # PUB: heartbeats and watch events
+data_dir = "n1"                    # relative to the cluster file's directory
+
+[tuning]                           # optional: any field of coordsvc.core.types.Config
+snapshot_every = 10000
+```
+"""
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+import uuid
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import tomli_w
+
+from .core.types import Config
+
+DEFAULT_DIR = Path(".coord")
+FILE_NAME = "cluster.toml"
+_ENDPOINT = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
+
+
+class ClusterFileError(Exception):
+    """The cluster file is missing, malformed, or would be overwritten."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    id: str
+    address: str
+    publish: str
+    data_dir: Path
+
+    @property
+    def host(self) -> str:
+        m = _ENDPOINT.match(self.address)
+        return m.group(1) if m else "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    id: str
+    nodes: tuple[NodeSpec, ...]
+    path: Path | None = None
+    config: Config = field(default_factory=Config)
+
+    def node(self, node_id: str) -> NodeSpec:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise ClusterFileError(
+            f"node {node_id!r} is not in {self.path}; members are {', '.join(self.ids)}")
+
+    @property
+    def ids(self) -> list[str]:
+        return [n.id for n in self.nodes]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.address for n in self.nodes]
+
+
+def check_endpoint(ep: str) -> str:
+    m = _ENDPOINT.match(ep)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ClusterFileError(f"bad endpoint {ep!r}: expected tcp://HOST:PORT")
+    return ep
+
+
+def load(path: Path) -> Cluster:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClusterFileError(f"cluster file {path} not found (create one with `coordctl cluster init`)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ClusterFileError(f"cluster file {path} is unreadable: {e}") from None
+    try:
+        c = raw["cluster"]
+        name, cid = str(c["name"]), str(c["id"])
+        nodes = []
+        for n in raw["nodes"]:
+            d = Path(str(n["data_dir"]))
+            nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
+                                  check_endpoint(str(n["publish"])),
+                                  d if d.is_absolute() else path.parent / d))
+    except (KeyError, TypeError) as e:
+        raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
+    ids = [n.id for n in nodes]
+    if not nodes or len(set(ids)) != len(ids):
+        raise ClusterFileError(f"cluster file {path} must list nodes with distinct ids")
+    return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})))
+
+
+def _tuning(path: Path, raw: object) -> Config:
+    known = {f.name for f in fields(Config)}
+    if not isinstance(raw, dict) or not set(raw) <= known or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw.values()):
+        raise ClusterFileError(
+            f"cluster file {path}: [tuning] takes positive integers for {', '.join(sorted(known))}")
+    return Config(**raw)
+
+
+def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
+              force: bool = False, name: str = "coordsvc",
+              tuning: dict[str, int] | None = None) -> Cluster:
+    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i."""
+    if not 1 <= nodes <= 15:
+        raise ClusterFileError(f"--nodes must be between 1 and 15, got {nodes}")
+    if not 1 <= base_port <= 65535 - 100 - nodes:
+        raise ClusterFileError(f"--base-port {base_port} leaves no room for {nodes} nodes")
+    path = directory / FILE_NAME
+    if path.exists() and not force:
+        raise ClusterFileError(f"{path} already exists (use --force to overwrite)")
+    check_endpoint(f"tcp://{host}:{base_port + 1}")
+    doc: dict[str, object] = {
+        "cluster": {"name": name, "id": uuid.uuid4().hex},
+        "nodes": [
+            {"id": f"n{i}", "address": f"tcp://{host}:{base_port + i}",
+             "publish": f"tcp://{host}:{base_port + 100 + i}", "data_dir": f"n{i}"}
+            for i in range(1, nodes + 1)
+        ],
+    }
+    if tuning:
+        doc["tuning"] = dict(tuning)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(tomli_w.dumps(doc))
+    os.replace(tmp, path)
+    return load(path)
+
+
+def find(cluster: str | None = None, endpoints: str | None = None) -> Cluster | list[str]:
+    """Where the cluster is, in CONTRACT order: --cluster, --endpoints, $COORD_CLUSTER,
+    $COORD_ENDPOINTS, ./.coord/cluster.toml."""
+    if cluster:
+        return load(Path(cluster))
+    if endpoints:
+        return _split(endpoints)
+    if os.environ.get("COORD_CLUSTER"):
+        return load(Path(os.environ["COORD_CLUSTER"]))
+    if os.environ.get("COORD_ENDPOINTS"):
+        return _split(os.environ["COORD_ENDPOINTS"])
+    default = DEFAULT_DIR / FILE_NAME
+    if default.exists():
+        return load(default)
+    raise ClusterFileError(
+        "no cluster given: pass --cluster FILE or --endpoints tcp://h:p,..., set COORD_CLUSTER "
+        "or COORD_ENDPOINTS, or run where ./.coord/cluster.toml exists")
+
+
+def _split(endpoints: str) -> list[str]:
+    eps = [check_endpoint(e.strip()) for e in endpoints.split(",") if e.strip()]
+    if not eps:
+        raise ClusterFileError("--endpoints is empty")
+    return eps

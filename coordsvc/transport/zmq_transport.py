@@ -1,0 +1,178 @@
+"""ZeroMQ sockets of one node: a ROUTER for requests and peer traffic, a PUB for
+heartbeats and watch events, one DEALER per peer, one SUB on every peer's PUB.
+
+Everything is non-blocking: a send that would block (peer down, queue full) drops
+the message — Paxos retransmits what matters — and a frame that fails to decode is
+counted and dropped. Nothing a peer or client sends can stop the node.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from .. import wire
+from ..clusterfile import Cluster
+from ..core.machine import Event
+from ..core.messages import Heartbeat, Message, Outbound
+
+HEARTBEAT_TOPIC = b"\x01hb"
+EVENT_TOPIC_PREFIX = b"k"
+PEER_HWM = 10_000
+CLIENT_HWM = 50_000
+MAX_ROUTER_FRAMES = 4
+_LOOPBACK_SOURCE = re.compile(r"^127\.\d+\.\d+\.\d+$")
+
+
+class TransportError(Exception):
+    """The node cannot bind its sockets (e.g. the port is taken)."""
+
+
+@dataclass(slots=True)
+class Counters:
+    bad_frames: int = 0
+    dropped_sends: int = 0
+    peer_in: int = 0
+    client_in: int = 0
+
+
+def _with_source(own_host: str, endpoint: str) -> str:
+    # Connect *from* our own loopback address, so per-node firewall rules can tell
+    # nodes apart (see FAULTS.md): tcp://SRC:0;DST:PORT.
+    if _LOOPBACK_SOURCE.match(own_host) and own_host != "127.0.0.1":
+        return endpoint.replace("tcp://", f"tcp://{own_host}:0;", 1)
+    return endpoint
+
+
+class Transport:
+    def __init__(self, cluster: Cluster, node_id: str) -> None:
+        self.id = node_id
+        me = cluster.node(node_id)
+        self.ctx = zmq.Context()
+        self.counters = Counters()
+        self.router = self._socket(zmq.ROUTER, sndhwm=CLIENT_HWM, rcvhwm=CLIENT_HWM)
+        self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SNAPSHOT_FRAME_BYTES)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable reply -> error, not silence
+        self.pub = self._socket(zmq.PUB, sndhwm=CLIENT_HWM)
+        try:
+            self.router.bind(me.address)
+            self.pub.bind(me.publish)
+        except zmq.ZMQError as e:
+            self.close()
+            raise TransportError(f"cannot listen on {me.address} / {me.publish}: {e.strerror}") from None
+        self.sub = self._socket(zmq.SUB, rcvhwm=PEER_HWM)
+        self.sub.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME_BYTES + 64)
+        self.sub.setsockopt(zmq.SUBSCRIBE, HEARTBEAT_TOPIC)
+        self.dealers: dict[str, zmq.Socket[bytes]] = {}
+        for peer in cluster.nodes:
+            if peer.id == node_id:
+                continue
+            d = self._socket(zmq.DEALER, sndhwm=PEER_HWM)
+            d.setsockopt(zmq.IMMEDIATE, 1)   # never queue for a peer that is not connected
+            d.setsockopt(zmq.IDENTITY, f"peer:{node_id}".encode())
+            d.connect(_with_source(me.host, peer.address))
+            self.sub.connect(_with_source(me.host, peer.publish))
+            self.dealers[peer.id] = d
+        self.poller = zmq.Poller()
+        self.poller.register(self.router, zmq.POLLIN)
+        self.poller.register(self.sub, zmq.POLLIN)
+        self.local: list[Message] = []
+
+    def _socket(self, kind: int, sndhwm: int | None = None, rcvhwm: int | None = None) -> zmq.Socket[bytes]:
+        s: zmq.Socket[bytes] = self.ctx.socket(kind)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        if sndhwm is not None:
+            s.setsockopt(zmq.SNDHWM, sndhwm)
+        if rcvhwm is not None:
+            s.setsockopt(zmq.RCVHWM, rcvhwm)
+        return s
+
+    # ------------------------------------------------------------------ receive
+
+    def poll(self, timeout_ms: int) -> bool:
+        if self.local:
+            timeout_ms = 0
+        return bool(self.poller.poll(timeout_ms))
+
+    def receive(self, budget: int = 2000) -> Iterator[tuple[str, Any, Any]]:
+        """Yield ('peer', msg, None) and ('client', request, route) without blocking."""
+        local, self.local = self.local, []
+        for msg in local:
+            yield "peer", msg, None
+        n = 0
+        while n < budget:
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            n += 1
+            if len(frames) != 2:
+                self.counters.bad_frames += 1
+                continue
+            try:
+                tag, body = wire.decode(frames[1])
+            except wire.WireError:
+                self.counters.bad_frames += 1
+                continue
+            if tag == wire.CLIENT_REQUEST:
+                self.counters.client_in += 1
+                yield "client", body, frames[0]
+            elif isinstance(body, dict):
+                self.counters.bad_frames += 1
+            else:
+                self.counters.peer_in += 1
+                yield "peer", body, None
+        while n < budget:
+            try:
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            n += 1
+            try:
+                msg = wire.decode_peer(frames[-1])
+            except wire.WireError:
+                self.counters.bad_frames += 1
+                continue
+            self.counters.peer_in += 1
+            yield "peer", msg, None
+
+    # ------------------------------------------------------------------ send
+
+    def send(self, messages: list[Outbound]) -> None:
+        published: set[int] = set()
+        for o in messages:
+            if o.dst == self.id:
+                self.local.append(o.msg)
+                continue
+            if isinstance(o.msg, Heartbeat):
+                # One PUB frame reaches every follower: publish each heartbeat once.
+                if id(o.msg) not in published:
+                    published.add(id(o.msg))
+                    self._nb(self.pub, [HEARTBEAT_TOPIC, wire.encode_peer(o.msg)])
+                continue
+            d = self.dealers.get(o.dst)
+            if d is not None:
+                self._nb(d, [wire.encode_peer(o.msg)])
+
+    def reply(self, route: Any, payload: dict[str, Any]) -> None:
+        self._nb(self.router, [route, wire.encode_client(wire.CLIENT_REPLY, payload)])
+
+    def publish(self, events: list[Event]) -> None:
+        for e in events:
+            body = wire.encode_client(wire.EVENT, {"type": e.type, "key": e.key, "value": e.value,
+                                                   "revision": e.revision})
+            self._nb(self.pub, [EVENT_TOPIC_PREFIX + e.key.encode(), body])
+
+    def _nb(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            self.counters.dropped_sends += 1
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)

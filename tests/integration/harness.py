@@ -1,0 +1,232 @@
+"""Real clusters for tests: node processes on loopback, real SQLite files, cleanup by PID."""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from coordsvc import wire
+from coordsvc.clusterfile import Cluster, write_new
+from coordsvc.storage.datadir import init_data_dir
+
+_port_block = itertools.count(0)
+
+
+def free_base_port(nodes: int) -> int:
+    """A base port whose node ports (base+i, base+100+i) are all free right now."""
+    for _ in range(200):
+        base = 20000 + (os.getpid() * 7 + next(_port_block) * 211) % 30000
+        ports = [base + i for i in range(1, nodes + 1)] + [base + 100 + i for i in range(1, nodes + 1)]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port block")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Probe:
+    """A minimal protocol speaker (one DEALER per node) for status checks in tests."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.ctx = zmq.Context()
+        self.rid = 0
+
+    def call(self, node_id: str, op: str, timeout: float = 1.0, **fields: Any) -> dict[str, Any] | None:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        try:
+            s.connect(self.cluster.node(node_id).address)
+            self.rid += 1
+            s.send(wire.encode_client(wire.CLIENT_REQUEST, {"id": self.rid, "op": op, **fields}))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                if s.poll(int(left * 1000)):
+                    reply = wire.decode_client(s.recv(), wire.CLIENT_REPLY)
+                    if reply.get("id") == self.rid:
+                        return reply
+            return None
+        finally:
+            s.close()
+
+    def status(self, node_id: str) -> dict[str, Any] | None:
+        r = self.call(node_id, "status", timeout=0.5)
+        return r["status"] if r and r.get("ok") else None
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+
+class LocalCluster:
+    def __init__(self, root: Path, nodes: int = 3, **tuning: int) -> None:
+        self.root = root
+        self.cluster = write_new(root, nodes, base_port=free_base_port(nodes), tuning=tuning)
+        for n in self.cluster.nodes:
+            init_data_dir(n.data_dir, self.cluster.id, n.id)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.probe = Probe(self.cluster)
+        self.file = root / "cluster.toml"
+
+    @property
+    def ids(self) -> list[str]:
+        return self.cluster.ids
+
+    @property
+    def endpoints(self) -> list[str]:
+        return self.cluster.endpoints
+
+    def start(self, node_id: str | None = None) -> None:
+        for nid in [node_id] if node_id else self.ids:
+            log = open(self.root / f"{nid}.log", "ab")
+            self.procs[nid] = subprocess.Popen(
+                [sys.executable, "-m", "coordsvc.runtime", "--cluster", str(self.file), "--node", nid],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            log.close()
+
+    def signal(self, node_id: str, sig: int) -> None:
+        self.procs[node_id].send_signal(sig)
+
+    def kill(self, node_id: str) -> None:
+        p = self.procs.pop(node_id)
+        p.kill()
+        p.wait()
+
+    def stop(self, node_id: str) -> int:
+        p = self.procs.pop(node_id)
+        p.send_signal(signal.SIGCONT)
+        p.terminate()
+        try:
+            return p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return -9
+
+    def leader(self, timeout: float = 10.0, exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for nid in self.ids:
+                if nid in exclude or nid not in self.procs:
+                    continue
+                st = self.probe.status(nid)
+                if st and st["role"] == "leader" and st["commit_index"] >= 0:
+                    return nid
+            time.sleep(0.02)
+        raise AssertionError(f"no leader within {timeout}s; logs in {self.root}")
+
+    def log(self, node_id: str) -> str:
+        return (self.root / f"{node_id}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for nid in list(self.procs):
+            p = self.procs.pop(nid)
+            try:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+            except ProcessLookupError:
+                pass
+            p.wait()
+        self.probe.close()
+
+
+class RawWriter:
+    """Pipelined puts straight over the protocol, retried with the same (client_id, seq).
+
+    Used where a test needs load the Client would serialise: many writes in flight on
+    one socket, so the leader batches them into few log entries.
+    """
+
+    def __init__(self, cluster: Cluster, client_id: str, window: int = 64) -> None:
+        from coordsvc.core.commands import Put, Request, encode_request
+        self._Put, self._Request, self._encode = Put, Request, encode_request
+        self.cluster = cluster
+        self.client_id = client_id
+        self.window = window
+        self.ctx = zmq.Context()
+        self.acked: dict[str, int] = {}
+        self.unknown: set[str] = set()
+        self._target = 0
+
+    def _socket(self) -> zmq.Socket[bytes]:
+        s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.cluster.endpoints[self._target % len(self.cluster.endpoints)])
+        return s
+
+    def put_all(self, items: list[tuple[str, bytes]], deadline: float,
+                stop: Any = None) -> None:
+        """Write every item (key unique per item) until acked or the deadline passes."""
+        seqs = {i + 1: kv for i, kv in enumerate(items)}
+        todo = sorted(seqs)
+        inflight: dict[int, tuple[int, float]] = {}   # rid -> (seq, sent_at)
+        s = self._socket()
+        rid = 0
+        done: set[int] = set()
+        lowest = 1
+        try:
+            while (todo or inflight) and time.monotonic() < deadline:
+                if stop is not None and stop.is_set():
+                    break
+                while todo and len(inflight) < self.window:
+                    seq = todo.pop(0)
+                    key, value = seqs[seq]
+                    while lowest in done:
+                        lowest += 1
+                    first = lowest   # we may still retry anything not yet acknowledged
+                    req = self._encode(self._Request(self.client_id, seq, first,
+                                                     self._Put(key, value, None, None)))
+                    rid += 1
+                    s.send(wire.encode_client(wire.CLIENT_REQUEST, {"id": rid, "op": "write", "req": req}))
+                    inflight[rid] = (seq, time.monotonic())
+                if s.poll(50):
+                    r = wire.decode_client(s.recv(), wire.CLIENT_REPLY)
+                    got = inflight.pop(r.get("id"), None)  # type: ignore[arg-type]
+                    if got is None:
+                        continue
+                    seq = got[0]
+                    if r.get("ok") and r["result"][0] == "ok":
+                        done.add(seq)
+                        self.acked[seqs[seq][0]] = r["result"][2]["revision"]
+                    else:
+                        if r.get("error") == "not_leader" and r.get("leader_address"):
+                            self._target = self.cluster.endpoints.index(r["leader_address"])
+                        elif r.get("error") == "not_leader":
+                            self._target += 1
+                        todo.insert(0, seq)
+                        s.close()
+                        s = self._socket()
+                        todo.extend(q for q, _ in inflight.values())
+                        todo.sort()
+                        inflight.clear()
+                        time.sleep(0.02)
+                now = time.monotonic()
+                if any(now - t > 1.0 for _, t in inflight.values()):
+                    for q, _ in inflight.values():
+                        todo.insert(0, q)
+                    inflight.clear()
+                    s.close()
+                    self._target += 1
+                    s = self._socket()
+                    todo.sort()
+        finally:
+            s.close()
+        self.unknown = {seqs[q][0] for q in seqs if q not in done}
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)

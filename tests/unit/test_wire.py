@@ -1,0 +1,491 @@
+"""coordsvc.wire: every message survives a round trip; every bad frame is a WireError."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack  # type: ignore[import-untyped]
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from coordsvc import wire
+from coordsvc.core.messages import (
+    MESSAGE_TYPES,
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Nack,
+    Prepare,
+    Promise,
+)
+from coordsvc.core.types import (
+    ZERO_BALLOT,
+    Ballot,
+    Entry,
+    ProtocolError,
+    Snapshot,
+    UsageError,
+)
+from coordsvc.wire import (
+    CLIENT_REPLY,
+    CLIENT_REQUEST,
+    EVENT,
+    MAX_FRAME_BYTES,
+    PEER_TAGS,
+    WIRE_VERSION,
+    WireError,
+    decode,
+    decode_client,
+    decode_peer,
+    encode_client,
+    encode_peer,
+)
+
+B = Ballot(7, "n1")
+MiB = 1024 * 1024
+
+
+def frame(tag: int, payload: object, version: int = WIRE_VERSION) -> bytes:
+    packed: bytes = msgpack.packb(payload, use_bin_type=True)
+    return bytes((version, tag)) + packed
+
+
+def tag_of(cls: type) -> int:
+    return PEER_TAGS[cls]
+
+
+# --- strategies ----------------------------------------------------------------------
+
+U63 = st.integers(min_value=0, max_value=2**63 - 1)
+SLOTS = st.integers(min_value=1, max_value=2**63 - 1)
+NODES = st.text(max_size=12)
+BALLOTS = st.builds(Ballot, U63, NODES)
+VALUES = st.lists(st.binary(max_size=64), max_size=5).map(tuple)
+ENTRIES = st.builds(Entry, SLOTS, BALLOTS, VALUES)
+SNAPSHOTS = st.none() | st.builds(Snapshot, U63, st.binary(max_size=64))
+
+MESSAGES: st.SearchStrategy[Message] = st.one_of(
+    st.builds(Prepare, NODES, BALLOTS, U63),
+    st.builds(Promise, NODES, BALLOTS, U63, st.lists(ENTRIES, max_size=4).map(tuple),
+              U63, U63),
+    st.builds(Nack, NODES, BALLOTS, BALLOTS),
+    st.builds(Accept, NODES, BALLOTS, SLOTS, VALUES, U63),
+    st.builds(Accepted, NODES, BALLOTS, SLOTS),
+    st.builds(Heartbeat, NODES, BALLOTS, U63, U63,
+              st.lists(st.integers(-2**63, 2**63 - 1), max_size=5).map(tuple)),
+    st.builds(HeartbeatAck, NODES, BALLOTS, U63, U63),
+    st.builds(CatchupRequest, NODES, U63, U63),
+    st.builds(CatchupReply, NODES, BALLOTS,
+              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple), SNAPSHOTS, U63),
+)
+
+# Arbitrary msgpack-able trees, biased towards the shapes the decoders look for.
+LEAVES = (
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=8) | st.binary(max_size=8)
+)
+TREES = st.recursive(
+    LEAVES,
+    lambda kids: st.lists(kids, max_size=6) | st.dictionaries(st.text(max_size=4), kids,
+                                                              max_size=3),
+    max_leaves=20,
+)
+ALL_TAGS = sorted(PEER_TAGS.values()) + [CLIENT_REQUEST, CLIENT_REPLY, EVENT]
+
+
+def assert_valid_or_wire_error(body: bytes) -> None:
+    """The fuzz oracle: a decoded result is a well-formed value, else exactly WireError."""
+    try:
+        tag, obj = decode(body)
+    except WireError:
+        return
+    if tag in (CLIENT_REQUEST, CLIENT_REPLY, EVENT):
+        assert type(obj) is dict and all(type(k) is str for k in obj)
+        again = encode_client(tag, obj)  # compared as bytes: NaN != NaN
+        assert encode_client(tag, decode_client(again, tag)) == again
+    else:
+        assert type(obj) in MESSAGE_TYPES and PEER_TAGS[type(obj)] == tag
+        # Whatever was accepted re-encodes to something that decodes to the same value.
+        assert decode_peer(encode_peer(obj)) == obj  # type: ignore[arg-type]
+
+
+# --- round trips ---------------------------------------------------------------------
+
+EXAMPLES: list[Message] = [
+    Prepare("n1", B, 0),
+    Prepare("", ZERO_BALLOT, 2**63),
+    Promise("n2", B, 1, (), 0, 0),
+    Promise("n2", B, 5, (Entry(5, B, ()), Entry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
+    Nack("n3", B, Ballot(9, "n9")),
+    Accept("n1", B, 1, (), 0),
+    Accept("n1", B, 42, (b"x" * 100,), 41),
+    Accept("n1", B, 42, (b"v" * MiB,), 41),
+    Accept("n1", B, 43, tuple(b"c%d" % i for i in range(512)), 0),
+    Accepted("n2", B, 42),
+    Heartbeat("n1", B, 10, 3),
+    Heartbeat("n1", B, 10, 3, (1, 2, 2**40, -5)),
+    HeartbeatAck("n2", B, 3, 10),
+    CatchupRequest("n3", 1, 256),
+    CatchupReply("n1", B, (), None, 0),
+    CatchupReply("n1", B, ((1, ()), (2, (b"a",))), Snapshot(0, b""), 2),
+    CatchupReply("n1", B, ((9, (b"z" * MiB,)),), Snapshot(8, b"s" * (2 * MiB)), 9),
+]
+
+
+@pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: type(m).__name__)
+def test_every_message_type_round_trips(msg: Message) -> None:
+    body = encode_peer(msg)
+    assert body[0] == WIRE_VERSION and body[1] == PEER_TAGS[type(msg)]
+    assert decode_peer(body) == msg
+    assert decode(body) == (PEER_TAGS[type(msg)], msg)
+
+
+def test_examples_cover_every_message_type() -> None:
+    assert {type(m) for m in EXAMPLES} == set(MESSAGE_TYPES)
+
+
+def test_decoded_values_are_tuples_of_bytes() -> None:
+    m = decode_peer(encode_peer(Accept("n1", B, 1, (b"a", b"b"), 0)))
+    assert isinstance(m, Accept) and type(m.value) is tuple
+    assert all(type(c) is bytes for c in m.value)
+
+
+@given(MESSAGES)
+def test_any_valid_message_round_trips(msg: Message) -> None:
+    assert decode_peer(encode_peer(msg)) == msg
+
+
+def test_peer_tags_follow_message_types_order() -> None:
+    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 10))
+    assert PEER_TAGS[Prepare] == 1 and PEER_TAGS[CatchupReply] == 9
+    assert (CLIENT_REQUEST, CLIENT_REPLY, EVENT) == (32, 33, 34)
+
+
+def test_peer_payload_is_a_compact_positional_array() -> None:
+    body = encode_peer(Accept("n1", B, 42, (b"x",), 41))
+    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], 42, [b"x"], 41]
+    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"a",)),), 4, 2))
+    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2]
+    body = encode_peer(CatchupReply("n1", B, ((1, (b"a",)),), None, 1))
+    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1]
+
+
+@pytest.mark.parametrize("tag", [CLIENT_REQUEST, CLIENT_REPLY, EVENT])
+def test_client_payloads_round_trip(tag: int) -> None:
+    payload: dict[str, Any] = {
+        "op": "set", "key": "/a/b", "value": b"\x00" * 100, "ttl_s": None,
+        "ids": [1, 2, 3], "nested": {"ok": True, "f": 1.5}, "empty": {},
+    }
+    body = encode_client(tag, payload)
+    assert body[:2] == bytes((WIRE_VERSION, tag))
+    assert decode_client(body, tag) == payload
+    assert decode(body) == (tag, payload)
+    assert decode_client(encode_client(tag, {}), tag) == {}
+
+
+@given(st.sampled_from([CLIENT_REQUEST, CLIENT_REPLY, EVENT]),
+       st.dictionaries(st.text(max_size=8), TREES, max_size=5))
+def test_any_client_map_round_trips(tag: int, payload: dict[str, Any]) -> None:
+    assert decode_client(encode_client(tag, payload), tag) == payload
+
+
+# --- rejection: frame level ----------------------------------------------------------
+
+def test_wrong_version_is_rejected() -> None:
+    good = encode_peer(Accepted("n2", B, 1))
+    for v in (0, 2, 255):
+        with pytest.raises(WireError, match="version"):
+            decode(bytes((v,)) + good[1:])
+
+
+@pytest.mark.parametrize("tag", [0, 10, 31, 35, 255])
+def test_unknown_tag_is_rejected(tag: int) -> None:
+    with pytest.raises(WireError, match="tag"):
+        decode(frame(tag, ["n1", [1, "n1"], 1]))
+
+
+@pytest.mark.parametrize("body", [b"", b"\x01", b"\x01\x04"])
+def test_short_frames_are_rejected(body: bytes) -> None:
+    with pytest.raises(WireError):
+        decode(body)
+
+
+def test_truncated_msgpack_is_rejected_at_every_cut() -> None:
+    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"abc",)),), 4, 2))
+    for cut in range(len(body)):
+        with pytest.raises(WireError):
+            decode(body[:cut])
+
+
+def test_trailing_bytes_after_payload_are_rejected() -> None:
+    with pytest.raises(WireError, match="msgpack"):
+        decode(encode_peer(Accepted("n2", B, 1)) + b"\x00")
+
+
+def test_oversize_frame_is_rejected_before_msgpack_decoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*_: object, **__: object) -> object:
+        raise AssertionError("msgpack must not see an oversize frame")
+
+    body = frame(tag_of(Accept), ["n1", [1, "n1"], 1, [b"x" * MAX_FRAME_BYTES], 0])
+    assert len(body) > MAX_FRAME_BYTES
+    monkeypatch.setattr(wire, "_unpackb", boom)
+    for f in (decode, decode_peer, lambda b: decode_client(b, CLIENT_REQUEST)):
+        with pytest.raises(WireError, match="too large"):
+            f(body)
+
+
+def test_frame_exactly_at_the_cap_is_accepted() -> None:
+    overhead = len(encode_peer(Accept("n1", B, 1, (b"x" * MiB,), 0))) - MiB
+    msg = Accept("n1", B, 1, (b"x" * (MAX_FRAME_BYTES - overhead),), 0)
+    body = encode_peer(msg)
+    assert len(body) == MAX_FRAME_BYTES
+    assert decode_peer(body) == msg
+
+
+def test_ext_types_and_timestamps_are_rejected() -> None:
+    for ext in (msgpack.ExtType(5, b"ab"), msgpack.Timestamp(1, 0)):
+        with pytest.raises(WireError):
+            decode(frame(CLIENT_REQUEST, {"k": ext}))
+
+
+def test_invalid_utf8_string_is_rejected() -> None:
+    bad_str = b"\xa2\xff\xfe"  # fixstr of 2 invalid UTF-8 bytes
+    with pytest.raises(WireError):
+        decode(bytes((WIRE_VERSION, tag_of(CatchupRequest))) + b"\x93" + bad_str + b"\x01\x02")
+
+
+def test_deep_nesting_is_rejected() -> None:
+    with pytest.raises(WireError):
+        decode(bytes((WIRE_VERSION, CLIENT_REQUEST)) + b"\x91" * 5000 + b"\x01")
+
+
+def test_lying_length_header_is_rejected() -> None:
+    # array32 claiming 4 billion elements in a 7-byte frame
+    with pytest.raises(WireError):
+        decode(bytes((WIRE_VERSION, tag_of(Promise))) + b"\xdd\xff\xff\xff\xff")
+
+
+# --- rejection: peer payload shape and field types -----------------------------------
+
+def test_peer_payload_must_be_an_array() -> None:
+    for payload in ({"src": "n1"}, 5, None, "n1", b"n1"):
+        with pytest.raises(WireError, match="Accepted"):
+            decode(frame(tag_of(Accepted), payload))
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.__name__)
+def test_wrong_arity_is_rejected(cls: type) -> None:
+    good = next(m for m in EXAMPLES if type(m) is cls)
+    fields: list[object] = msgpack.unpackb(encode_peer(good)[2:])
+    bad: list[object]
+    for bad in (fields[:-1], fields + [0], []):
+        with pytest.raises(WireError, match=cls.__name__):
+            decode_peer(frame(tag_of(cls), bad))
+
+
+ACCEPT_OK = ["n1", [7, "n1"], 3, [b"a"], 2]
+
+
+def accept_with(i: int, v: object) -> bytes:
+    fields = list(ACCEPT_OK)
+    fields[i] = v
+    return frame(tag_of(Accept), fields)
+
+
+def test_accept_template_is_valid() -> None:
+    assert decode_peer(frame(tag_of(Accept), ACCEPT_OK)) == Accept("n1", B, 3, (b"a",), 2)
+
+
+@pytest.mark.parametrize("i,bad", [
+    (0, 1), (0, b"n1"), (0, None), (0, ["n1"]),                  # src: not a str
+    (2, "3"), (4, "2"), (2, 3.0), (2, None),                     # str/float where an int is
+    (2, True), (4, False),                                       # bool where an int is
+    (2, -1), (4, -1),                                            # negative slot / index
+    (2, 0),                                                      # reserved slot 0
+    (3, ["a"]), (3, [b"a", 1]), (3, [None]), (3, b"a"), (3, None),  # value batch not bin
+    (3, [[b"a"]]),
+    (1, [7]), (1, [7, "n1", 0]), (1, ["7", "n1"]), (1, [True, "n1"]),  # ballot shape
+    (1, [-1, "n1"]), (1, [7, b"n1"]), (1, {"round": 7}), (1, None),
+])
+def test_accept_field_type_errors_are_rejected(i: int, bad: object) -> None:
+    with pytest.raises(WireError, match="Accept"):
+        decode_peer(accept_with(i, bad))
+
+
+@pytest.mark.parametrize("cls,payload", [
+    (Prepare, ["n1", [1, "n1"], -1]),
+    (Prepare, ["n1", [1, "n1"], True]),
+    (Promise, ["n1", [1, "n1"], 0, [[0, [1, "n1"], []]], 0, 0]),     # entry slot 0
+    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"]]], 0, 0]),         # entry arity
+    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"], ["s"]]], 0, 0]),  # entry value
+    (Promise, ["n1", [1, "n1"], 0, None, 0, 0]),
+    (Promise, ["n1", [1, "n1"], 0, [], 0, -3]),
+    (Nack, ["n1", [1, "n1"], [1]]),
+    (Accepted, ["n1", [1, "n1"], -1]),
+    (Heartbeat, ["n1", [1, "n1"], 0, 0, [1, "2"]]),
+    (Heartbeat, ["n1", [1, "n1"], 0, 0, [True]]),
+    (Heartbeat, ["n1", [1, "n1"], 0, -1, []]),
+    (Heartbeat, ["n1", [1, "n1"], 0, 0, None]),
+    (HeartbeatAck, ["n1", [1, "n1"], "0", 0]),
+    (CatchupRequest, ["n1", -1, 5]),
+    (CatchupRequest, ["n1", 1, 2.5]),
+    (CatchupReply, ["n1", [1, "n1"], [[1]], None, 0]),
+    (CatchupReply, ["n1", [1, "n1"], [[-1, []]], None, 0]),
+    (CatchupReply, ["n1", [1, "n1"], [[1, [1]]], None, 0]),
+    (CatchupReply, ["n1", [1, "n1"], [5], None, 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, "data"], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [-1, b""], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], False, 0]),
+])
+def test_field_type_errors_are_rejected_for_every_message(cls: type, payload: object) -> None:
+    with pytest.raises(WireError, match=cls.__name__):
+        decode(frame(tag_of(cls), payload))
+
+
+@pytest.mark.parametrize("exc", [ProtocolError("bad"), TypeError("bad"), ValueError("bad")])
+def test_dataclass_construction_errors_become_wire_errors(
+        monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
+    def raising(_: tuple[object, ...]) -> Message:
+        raise exc
+
+    tag = tag_of(Accepted)
+    name, _, arity = wire._PEER_DECODERS[tag]
+    monkeypatch.setitem(wire._PEER_DECODERS, tag, (name, raising, arity))
+    with pytest.raises(WireError, match="Accepted") as info:
+        decode(encode_peer(Accepted("n2", B, 1)))
+    assert type(info.value) is WireError
+
+
+def test_wire_error_is_a_protocol_error() -> None:
+    assert issubclass(WireError, ProtocolError)
+
+
+# --- rejection: client payloads ------------------------------------------------------
+
+@pytest.mark.parametrize("payload", [[1, 2], "x", 3, None, b"x"])
+def test_client_payload_must_be_a_map(payload: object) -> None:
+    with pytest.raises(WireError, match="map"):
+        decode_client(frame(CLIENT_REQUEST, payload), CLIENT_REQUEST)
+
+
+def test_client_map_keys_must_be_str() -> None:
+    with pytest.raises(WireError, match="str keys"):
+        decode_client(frame(CLIENT_REPLY, {b"k": 1}), CLIENT_REPLY)
+    with pytest.raises(WireError):  # int keys: msgpack's strict_map_key refuses them
+        decode_client(bytes((WIRE_VERSION, CLIENT_REPLY)) + b"\x81\x01\x01", CLIENT_REPLY)
+
+
+def test_decode_client_rejects_another_tag() -> None:
+    with pytest.raises(WireError, match="want tag"):
+        decode_client(encode_client(CLIENT_REPLY, {}), CLIENT_REQUEST)
+    with pytest.raises(WireError, match="want tag"):
+        decode_client(encode_peer(Accepted("n2", B, 1)), CLIENT_REPLY)
+
+
+def test_decode_peer_rejects_client_tags() -> None:
+    with pytest.raises(WireError, match="not a peer"):
+        decode_peer(encode_client(EVENT, {"k": 1}))
+
+
+# --- encode-side misuse is ours: UsageError ------------------------------------------
+
+def test_encoding_a_non_message_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        encode_peer(Entry(1, B, ()))  # type: ignore[arg-type]
+
+
+def test_encoding_a_bad_client_frame_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        encode_client(5, {})
+    with pytest.raises(UsageError):
+        encode_client(CLIENT_REQUEST, {1: "x"})  # type: ignore[dict-item]
+    with pytest.raises(UsageError):
+        encode_client(CLIENT_REQUEST, {"x": object()})
+    with pytest.raises(UsageError):
+        decode_client(b"", 5)
+
+
+def test_encoding_an_oversize_frame_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="too large"):
+        encode_peer(Accept("n1", B, 1, (b"x" * MAX_FRAME_BYTES,), 0))
+    with pytest.raises(UsageError, match="too large"):
+        encode_client(CLIENT_REPLY, {"v": b"x" * MAX_FRAME_BYTES})
+
+
+# --- fuzz ----------------------------------------------------------------------------
+
+FUZZ = settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(st.binary(max_size=256))
+def test_fuzz_arbitrary_bytes_decode_or_wire_error(body: bytes) -> None:
+    assert_valid_or_wire_error(body)
+
+
+@FUZZ
+@given(st.sampled_from(ALL_TAGS), st.binary(max_size=256))
+def test_fuzz_valid_header_arbitrary_payload_bytes(tag: int, payload: bytes) -> None:
+    assert_valid_or_wire_error(bytes((WIRE_VERSION, tag)) + payload)
+
+
+@FUZZ
+@given(st.sampled_from(ALL_TAGS), st.data())
+def test_fuzz_arbitrary_msgpack_trees(tag: int, data: st.DataObject) -> None:
+    # Arrays of the right arity get past the shape check and exercise field validation.
+    arity = {PEER_TAGS[c]: wire._CODECS[c][2] for c in MESSAGE_TYPES}.get(tag)
+    tree = TREES if arity is None else st.lists(TREES, min_size=arity, max_size=arity)
+    assert_valid_or_wire_error(frame(tag, data.draw(tree)))
+
+
+@FUZZ
+@given(MESSAGES, st.data())
+def test_fuzz_mutated_valid_frames(msg: Message, data: st.DataObject) -> None:
+    body = bytearray(encode_peer(msg))
+    i = data.draw(st.integers(0, len(body) - 1), label="index")
+    kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "delete"]), label="kind")
+    if kind == "flip":
+        body[i] ^= data.draw(st.integers(1, 255), label="mask")
+    elif kind == "truncate":
+        del body[i:]
+    elif kind == "insert":
+        body.insert(i, data.draw(st.integers(0, 255), label="byte"))
+    else:
+        del body[i]
+    assert_valid_or_wire_error(bytes(body))
+
+
+# --- ballot interning ----------------------------------------------------------------
+
+def test_ballot_cache_is_bounded_and_never_confuses_bool_with_int() -> None:
+    for r in range(3 * wire._BALLOT_CACHE_MAX):
+        assert decode_peer(encode_peer(Accepted("n2", Ballot(r, "n1"), 1))) == Accepted(
+            "n2", Ballot(r, "n1"), 1)
+        assert len(wire._BALLOT_CACHE) <= wire._BALLOT_CACHE_MAX
+    decode_peer(encode_peer(Accepted("n2", Ballot(1, "n1"), 1)))  # (1, "n1") now cached
+    with pytest.raises(WireError, match="ballot"):
+        decode_peer(frame(tag_of(Accepted), ["n2", [True, "n1"], 1]))
+
+
+def test_bytes_like_bodies_decode_and_non_bytes_is_a_usage_error() -> None:
+    body = encode_peer(Accepted("n2", B, 1))
+    assert decode(bytearray(body)) == decode(body)  # type: ignore[arg-type]
+    assert decode(memoryview(body)) == decode(body)  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        decode("not bytes")  # type: ignore[arg-type]
+
+
+def test_only_catchup_replies_may_exceed_the_frame_cap() -> None:
+    from coordsvc.core.messages import CatchupReply
+    from coordsvc.core.types import Snapshot
+    big = Snapshot(10, b"s" * (MAX_FRAME_BYTES + 1))
+    body = encode_peer(CatchupReply("n1", B, (), big, 10))
+    assert decode_peer(body) == CatchupReply("n1", B, (), big, 10)
+    with pytest.raises(UsageError):
+        encode_peer(Accept("n1", B, 1, (b"x" * (MAX_FRAME_BYTES + 1),), 0))
