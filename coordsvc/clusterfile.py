@@ -116,8 +116,12 @@ def _tuning(path: Path, raw: object) -> Config:
 
 def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
               force: bool = False, name: str = "coordsvc",
-              tuning: dict[str, int] | None = None) -> Cluster:
-    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i."""
+              tuning: dict[str, int] | None = None, distinct_hosts: bool = False) -> Cluster:
+    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i.
+
+    ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
+    firewall rules can cut links between individual nodes (see FAULTS.md).
+    """
     if not 1 <= nodes <= 15:
         raise ClusterFileError(f"--nodes must be between 1 and 15, got {nodes}")
     if not 1 <= base_port <= 65535 - 100 - nodes:
@@ -129,8 +133,9 @@ def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: i
     doc: dict[str, object] = {
         "cluster": {"name": name, "id": uuid.uuid4().hex},
         "nodes": [
-            {"id": f"n{i}", "address": f"tcp://{host}:{base_port + i}",
-             "publish": f"tcp://{host}:{base_port + 100 + i}", "data_dir": f"n{i}"}
+            {"id": f"n{i}", "address": f"tcp://{_host(host, i, distinct_hosts)}:{base_port + i}",
+             "publish": f"tcp://{_host(host, i, distinct_hosts)}:{base_port + 100 + i}",
+             "data_dir": f"n{i}"}
             for i in range(1, nodes + 1)
         ],
     }
@@ -141,6 +146,10 @@ def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: i
     tmp.write_text(tomli_w.dumps(doc))
     os.replace(tmp, path)
     return load(path)
+
+
+def _host(host: str, i: int, distinct: bool) -> str:
+    return f"127.0.0.{i + 1}" if distinct else host
 
 
 def find(cluster: str | None = None, endpoints: str | None = None) -> Cluster | list[str]:

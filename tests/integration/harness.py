@@ -74,9 +74,10 @@ class Probe:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3, **tuning: int) -> None:
+    def __init__(self, root: Path, nodes: int = 3, distinct_hosts: bool = False, **tuning: int) -> None:
         self.root = root
-        self.cluster = write_new(root, nodes, base_port=free_base_port(nodes), tuning=tuning)
+        self.cluster = write_new(root, nodes, base_port=free_base_port(nodes), tuning=tuning,
+                                 distinct_hosts=distinct_hosts)
         for n in self.cluster.nodes:
             init_data_dir(n.data_dir, self.cluster.id, n.id)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
