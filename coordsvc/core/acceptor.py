@@ -51,7 +51,11 @@ class Acceptor:
             self.promised = m.ballot
             persist.promised = m.ballot
         if m.slot <= self.snapshot.index:
-            return None  # chosen and compacted here; nothing to vouch for
+            # Chosen and compacted here. A leader at a ballot >= our promise proposes the
+            # chosen value for it (a leader below the choosing ballot cannot gather a
+            # quorum: every member of the choosing majority promised higher). Vouch, or a
+            # new leader that re-proposes this slot would wait for us forever.
+            return Accepted(self.node_id, m.ballot, m.slot)
         old = self.log.get(m.slot)
         if m.slot <= self.commit_index:
             # Known chosen: never overwrite. Vouch only for the chosen value.

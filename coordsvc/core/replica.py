@@ -113,6 +113,16 @@ class Replica:
         self.boot_snapshot: Snapshot | None = (
             durable.snapshot if durable.snapshot.index > 0 else None)
 
+        # A replacement for a node whose disk was lost has forgotten what it promised and
+        # accepted, so it casts no vote (no Promise, Accepted or HeartbeatAck for anyone,
+        # itself included). It learns the log by catch-up, then campaigns: the other
+        # members' promises complete a phase 1 that began after it started, and that
+        # quorum intersects every quorum its lost promises joined. It leads without its
+        # own vote until everything the phase 1 recovered is chosen — by quorums that do
+        # not include it — and only then votes. (Paxos Made Live's rule, made concrete.)
+        self.rebuilding = durable.rebuilding
+        self._campaign_at: int | None = None
+
         self._ready = Ready()
         self._outstanding = False
 
@@ -141,6 +151,9 @@ class Replica:
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        if self.rebuilding:
+            self._tick_rebuilding(now_ms)
+            return
         if self.role is Role.LEADER:
             if self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
@@ -164,6 +177,8 @@ class Replica:
         due = self.election_deadline if not self.external else self.now_ms + 10 * hb
         if self.role is Role.CANDIDATE or self.known_commit > self.acceptor.commit_index:
             due = min(due, self.catchup_sent_ms + 4 * hb + 1)
+        if self.rebuilding:
+            due = min(due, self._campaign_at if self._campaign_at is not None else self.now_ms + hb)
         return due
 
     def suspect(self, node: NodeId) -> None:
@@ -173,7 +188,7 @@ class Replica:
 
     def leader_is(self, node: NodeId) -> None:
         """External failure detector: `node` should lead."""
-        if node == self.id:
+        if node == self.id and not self.rebuilding:
             if self.role is Role.FOLLOWER:
                 self._start_phase1()
         else:
@@ -193,6 +208,8 @@ class Replica:
         self.now_ms = now_ms
         if msg.src not in self.members:
             return  # not one of ours: ignore (counted by the transport)
+        if self.rebuilding and self._receive_rebuilding(msg):
+            return
         if isinstance(msg, Prepare):
             self._observe(msg.ballot)
             self._reply(msg.src, self.acceptor.on_prepare(msg, self._ready.persist))
@@ -221,6 +238,63 @@ class Replica:
             self._on_catchup_request(msg)
         elif isinstance(msg, CatchupReply):
             self._on_catchup_reply(msg)
+
+    def _receive_rebuilding(self, msg: Message) -> bool:
+        """Handle ``msg`` without voting; False lets the normal path take it."""
+        if isinstance(msg, Prepare):
+            self._observe(msg.ballot)
+            if msg.src != self.id and self.role is not Role.FOLLOWER and msg.ballot > self.ballot:
+                self._step_down(f"others promise higher ballot {msg.ballot}")
+            return True
+        if isinstance(msg, (Accept, Heartbeat)):
+            self._observe(msg.ballot)
+            if msg.src == self.id:
+                return True
+            if self.role is not Role.FOLLOWER and msg.ballot > self.ballot:
+                self._step_down(f"{type(msg).__name__} from higher ballot {msg.ballot}")
+            if self.role is Role.FOLLOWER:
+                self._follow(msg.src, msg.ballot)
+                if msg.commit_index > self.known_commit:
+                    self.known_commit = msg.commit_index
+                self._maybe_request_catchup()
+            return True
+        if isinstance(msg, (Promise, Nack)):
+            return self.role is Role.FOLLOWER
+        if isinstance(msg, (Accepted, HeartbeatAck)):
+            return self.role is not Role.LEADER
+        return False     # catch-up requests and replies take the normal path
+
+    def _tick_rebuilding(self, now_ms: int) -> None:
+        if self.role is Role.LEADER:
+            if self._lost_quorum(now_ms):
+                self._step_down("no quorum heard within the election timeout")
+            elif now_ms - self.last_hb_sent_ms >= self.cfg.heartbeat_ms:
+                self._send_heartbeat()
+                self._retransmit_accepts(now_ms)
+        elif self.role is Role.CANDIDATE:
+            if now_ms >= self.election_deadline:
+                self._start_phase1()
+            elif now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
+                self._resend_prepares()
+        elif (self.external or self.leader is None
+              or self.known_commit > self.acceptor.commit_index):
+            self._campaign_at = None
+        elif self._campaign_at is None:
+            self._campaign_at = now_ms + self._election_timeout()
+        elif now_ms >= self._campaign_at:
+            self._campaign_at = None
+            self._start_phase1()   # caught up: campaign to earn the vote back
+        self._maybe_request_catchup()
+
+    def _maybe_finish_rebuild(self) -> None:
+        if (not self.rebuilding or self.role is not Role.LEADER
+                or self.acceptor.commit_index < self.recovered_through):
+            return
+        if self.ballot > self.acceptor.promised:
+            self.acceptor.promised = self.ballot
+            self._ready.persist.promised = self.ballot
+        self.rebuilding = False
+        self._ready.persist.rebuilt = True
 
     # ------------------------------------------------------------------ output
 
@@ -290,7 +364,8 @@ class Replica:
             return False
         limit = self.cfg.election_timeout_ms
         fresh = sum(1 for m in self.members
-                    if m == self.id or now_ms - self.last_ack_ms.get(m, -10**12) <= limit)
+                    if (m == self.id and not self.rebuilding)
+                    or (m != self.id and now_ms - self.last_ack_ms.get(m, -10**12) <= limit))
         return fresh < self.quorum
 
     def _step_down(self, why: str) -> None:
@@ -386,6 +461,7 @@ class Replica:
         self.last_ack_ms = {m: self.now_ms for m in self.members}
         self.hb_acks.clear()
         self._send_heartbeat()
+        self._maybe_finish_rebuild()
 
     # ------------------------------------------------------------- phase 2
 
@@ -429,6 +505,7 @@ class Replica:
             c += 1
             self.acceptor.learn_chosen(c, self.ballot, self.chosen_ahead.pop(c), self._ready.persist)
         self._set_commit(c)
+        self._maybe_finish_rebuild()
 
     def _set_commit(self, c: Slot) -> None:
         if c > self.acceptor.commit_index:

@@ -153,7 +153,6 @@ class Service:
 
     def step(self, save: Callable[[Persist], None], send: Callable[[list[Outbound]], None]) -> None:
         """Persist, then send, then apply and answer — for every Ready the replica has."""
-        self._before_step()
         while self.replica.has_ready():
             ready = self.replica.ready()
             save(ready.persist)
@@ -417,9 +416,6 @@ class Service:
 
     # ------------------------------------------------------------------ leadership changes
 
-    def _before_step(self) -> None:
-        pass
-
     def _after_step(self) -> None:
         serving = self._serving()
         if serving and not self._was_serving:
@@ -430,8 +426,7 @@ class Service:
                 sid: self._seen_ms.get(sid, self.now_ms) + info.ttl_ms + grace
                 for sid, info in self.machine.sessions().items()}
             self._expiring.clear()
-        elif not self._leading() and self._was_serving or (
-                not self._leading() and (self._writes or self._lock_waits)):
+        elif not self._leading() and (self._was_serving or self._writes or self._lock_waits):
             self._deadline_ms.clear()
             self._expiring.clear()
             for waiters in self._writes.values():

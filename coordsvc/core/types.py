@@ -98,10 +98,13 @@ class Persist:
     entries: list[Entry] = field(default_factory=list)
     commit_index: Slot | None = None
     snapshot: Snapshot | None = None
+    # A rebuilding replacement earned its vote: clear its marker with this save.
+    rebuilt: bool = False
 
     def empty(self) -> bool:
         return (
-            self.promised is None
+            not self.rebuilt
+            and self.promised is None
             and self.high_water_round is None
             and not self.entries
             and self.commit_index is None
@@ -118,3 +121,4 @@ class Durable:
     entries: tuple[Entry, ...] = ()
     commit_index: Slot = 0
     snapshot: Snapshot = EMPTY_SNAPSHOT
+    rebuilding: bool = False   # a replacement for a lost disk that may not vote yet

@@ -8,7 +8,8 @@ was chosen, so a violation is caught at the step that caused it.
 Known-bad variants (``mutation``) exist so tests can show the simulator catches them:
 ``forget_promise`` (a restarted acceptor loses its promise), ``skip_adopt`` (a new
 leader ignores accepted values in promises), ``reply_before_save`` (the driver
-sends before the save completes).
+sends before the save completes), ``wiped_node_votes`` (a node whose disk was lost comes
+back blank and votes at once, instead of rebuilding as a non-voting learner).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..core.replica import Ready, Replica, Role
 from ..core.types import NOOP, Ballot, Config, Durable, Persist, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
 
-MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save")
+MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Params:
     safety_ms: int
     heal_ms: int
     snapshot_every: int
+    disk_loss: float          # chance that a restart finds the node's disk wiped
 
     @staticmethod
     def draw(rng: random.Random, nodes: int | None = None) -> "Params":
@@ -57,6 +59,7 @@ class Params:
             safety_ms=2500,
             heal_ms=12000,
             snapshot_every=rng.choice((8, 50, 10**9)),
+            disk_loss=rng.choice((0.0, 0.0, 0.2, 0.5)),
         )
 
 
@@ -115,7 +118,8 @@ class Sim:
         if mutation is not None:
             # Bad variants need faults to show; keep the run violent.
             self.p = Params(**{**self.p.__dict__, "crash_every_ms": 120, "disk_ms": 8,
-                               "partition_every_ms": 300, "max_delay_ms": 20})
+                               "partition_every_ms": 300, "max_delay_ms": 20,
+                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0})
         self.mutation = mutation
         self.ids = [f"n{i + 1}" for i in range(self.p.nodes)]
         self.quorum = self.p.nodes // 2 + 1
@@ -306,8 +310,21 @@ class Sim:
                 self.stats["crashes"] += 1
                 self._note("crash", nid)
         else:
+            if self.rng.random() < self.p.disk_loss and self._may_wipe(nid):
+                # The disk is gone: a blank store, marked as a replacement (or not, in
+                # the known-bad variant). Its promises are legitimately forgotten.
+                node.store = MemoryStore()
+                node.store.rebuilding = self.mutation != "wiped_node_votes"
+                self.max_promised.pop(nid, None)
+                self.stats["wipes"] = self.stats.get("wipes", 0) + 1
+                self._note("wipe", nid)
             self._boot(nid)
             self._note("restart", nid)
+
+    def _may_wipe(self, nid: str) -> bool:
+        # Paxos tolerates f lost disks only while a majority keeps its memory: never wipe
+        # when another member is still rebuilding (that would be two lost disks at once).
+        return not any(n.store.rebuilding for i, n in self.nodes.items() if i != nid)
 
     def _repartition(self) -> None:
         self.blocked.clear()
@@ -364,13 +381,16 @@ class Sim:
                 self._violate(f"after healing, {len(self.outstanding)} proposals never chosen "
                               f"(e.g. {sorted(self.outstanding)[:3]})")
             elif not self._converged():
-                self._violate("after healing, replicas did not converge on the chosen log")
+                self._violate("after healing, replicas did not converge on the chosen log "
+                              "(or a replaced node never regained its vote)")
         return Result(self.seed, self.p, self.violations, self.trace.hexdigest(),
                       len(self.chosen), len(self.outstanding), dict(self.stats))
 
     def _converged(self) -> bool:
         top = max(self.chosen, default=0)
-        return all(n.replica is not None and n.applied >= top for n in self.nodes.values())
+        # A replaced node must also have earned its vote back.
+        return all(n.replica is not None and n.applied >= top and not n.replica.rebuilding
+                   for n in self.nodes.values())
 
     def _ev_tick(self, data: Any) -> None:
         nid, epoch = data

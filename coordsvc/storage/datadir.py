@@ -160,8 +160,14 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def init_data_dir(path: Path, cluster_id: str, node_id: str) -> None:
+REBUILDING = "rebuilding_since"
+
+
+def init_data_dir(path: Path, cluster_id: str, node_id: str, rebuilding: bool = False) -> None:
     """Create ``path`` with a fresh ``node.db`` for (cluster_id, node_id).
+
+    ``rebuilding`` marks a replacement for a node whose disk was lost: it will learn
+    the log without voting until it is safe to vote again (see ``Replica``).
 
     Idempotent for the same identity; ``DataDirError`` if ``path`` already holds a
     node.db of another identity or one that cannot be read. The database is built
@@ -198,7 +204,8 @@ def init_data_dir(path: Path, cluster_id: str, node_id: str) -> None:
             db.table("meta").upsert_all(
                 [{"key": "cluster_id", "value": cluster_id},
                  {"key": "node_id", "value": node_id},
-                 {"key": "created_at", "value": created_at}],
+                 {"key": "created_at", "value": created_at}]
+                + ([{"key": REBUILDING, "value": created_at}] if rebuilding else []),
                 pk="key",
             )
     finally:

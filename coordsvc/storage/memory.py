@@ -12,6 +12,7 @@ class MemoryStore:
         self.commit_index: Slot = 0
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self.saves = 0
+        self.rebuilding = False
 
     def load(self) -> Durable:
         return Durable(
@@ -20,6 +21,7 @@ class MemoryStore:
             entries=tuple(self.entries[s] for s in sorted(self.entries)),
             commit_index=self.commit_index,
             snapshot=self.snapshot,
+            rebuilding=self.rebuilding,
         )
 
     def save(self, p: Persist) -> None:
@@ -37,6 +39,8 @@ class MemoryStore:
             self.high_water_round = p.high_water_round
         if p.commit_index is not None:
             self.commit_index = p.commit_index
+        if p.rebuilt:
+            self.rebuilding = False
 
     def close(self) -> None:
         pass

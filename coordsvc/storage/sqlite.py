@@ -26,6 +26,7 @@ import msgpack  # type: ignore[import-untyped]
 from ..core.types import Ballot, Durable, Entry, Persist, SafetyViolation, Snapshot, UsageError, Value
 from .datadir import (
     NODE_DB,
+    REBUILDING,
     SCHEMA_VERSION,
     DataDirError,
     Identity,
@@ -189,6 +190,8 @@ class SqliteStore:
             entries=entries,
             commit_index=scalars[3],
             snapshot=Snapshot(snap[0], snap[1]),
+            rebuilding=conn.execute("SELECT 1 FROM meta WHERE key = ?",
+                                    (REBUILDING,)).fetchone() is not None,
         )
 
     def save(self, p: Persist) -> None:
@@ -229,6 +232,8 @@ class SqliteStore:
                         p.commit_index,
                     ),
                 )
+            if p.rebuilt:
+                conn.execute("DELETE FROM meta WHERE key = ?", (REBUILDING,))
             conn.execute("COMMIT")
         except BaseException as e:
             self._failed = f"{type(e).__name__}: {e}"

@@ -289,3 +289,57 @@ def test_restart_replays_the_committed_log_from_disk() -> None:
     net.tick(100)
     r = make("n1", durable=net.stores["n1"].load())
     assert [v for _, v in drain(r).committed] == [v for _, v in net.applied["n1"]]
+
+
+def test_acceptor_vouches_for_a_slot_it_compacted_so_a_new_leader_is_not_stuck() -> None:
+    from coordsvc.core.types import Snapshot
+    r = make("n1", durable=Durable(promised=B2, commit_index=5, snapshot=Snapshot(5, b"s")))
+    r.receive(Accept("n3", B3, 4, (b"chosen",), 0), 0)
+    assert sent(drain(r), Accepted, "n3") == [Accepted("n1", B3, 4)]
+
+
+def _rebuilding_net() -> tuple[Net, str, str]:
+    net = Net()
+    net.tick(2000)
+    leader = next(i for i, r in net.reps.items() if r.role is Role.LEADER)
+    for i in range(5):
+        net.reps[leader].propose(f"c{i}".encode())
+    net.stabilize()
+    net.tick(100)
+    lost = next(i for i in IDS if i != leader)
+    store = MemoryStore()
+    store.rebuilding = True
+    net.stores[lost] = store
+    net.reps[lost] = make(lost, durable=store.load(), now=net.now)
+    net.applied[lost] = []
+    return net, leader, lost
+
+
+def test_a_rebuilding_replacement_never_votes_until_it_has_led_a_phase1_without_its_vote() -> None:
+    net, leader, lost = _rebuilding_net()
+    r = net.reps[lost]
+    r.receive(Prepare(leader, Ballot(50, leader), 1), net.now)
+    r.receive(Accept(leader, Ballot(50, leader), 99, (b"x",), 0), net.now)
+    r.receive(Heartbeat(leader, Ballot(50, leader), 0, 7), net.now)
+    out = drain(r, net.stores[lost])
+    assert not sent(out, Promise) and not sent(out, Accepted) and not sent(out, HeartbeatAck)
+    assert out.persist.promised is None and not out.persist.entries
+
+
+def test_a_rebuilding_replacement_catches_up_campaigns_and_regains_its_vote() -> None:
+    net, leader, lost = _rebuilding_net()
+    assert net.reps[lost].rebuilding
+    for _ in range(100):
+        net.tick(50)
+        if not net.reps[lost].rebuilding:
+            break
+    r = net.reps[lost]
+    assert not r.rebuilding and not net.stores[lost].rebuilding
+    assert r.role is Role.LEADER            # it earned its vote by leading without it
+    flat = [c for _, v in net.applied[lost] for c in v]
+    assert flat[:5] == [f"c{i}".encode() for i in range(5)]
+    r.propose(b"after")
+    net.stabilize()
+    net.tick(100)
+    logs = [[v for _, v in net.applied[i]] for i in IDS]
+    assert logs[0][-1] == logs[1][-1] == logs[2][-1] == (b"after",)
