@@ -109,7 +109,9 @@ class Replica:
 
         # catch-up
         self.catchup_sent_ms = -10**12
-        self.election_deadline = now_ms + self._election_timeout()
+        # At boot there is no leader of ours to disrupt, and a running cluster's heartbeat
+        # reaches us within a few heartbeat intervals: the first timer can be shorter.
+        self.election_deadline = now_ms + self._election_timeout() // 2
         self.boot_snapshot: Snapshot | None = (
             durable.snapshot if durable.snapshot.index > 0 else None)
 

@@ -268,6 +268,12 @@ def test_a_watch_from_a_revision_older_than_the_window_raises_compacted(tmp_path
         # unique keys are not needed here; each put is its own revision
         writer.put_all(items, time.monotonic() + 120)
         assert not writer.unknown
+        # Every node must have moved its window past revision 1 (a lagging follower
+        # rightly still serves it).
+        deadline = time.monotonic() + 30
+        while not all((st := c.probe.status(n)) and st["revision"] >= len(items) for n in c.ids):
+            assert time.monotonic() < deadline, [c.probe.status(n) for n in c.ids]
+            time.sleep(0.05)
         with Client(c.endpoints) as cl:
             w = cl.watch("f/", start_revision=1)
             with pytest.raises(Compacted) as info:

@@ -94,10 +94,20 @@ def test_restarted_proposer_never_reuses_a_ballot() -> None:
 
 def test_follower_starts_phase1_only_after_the_election_timeout() -> None:
     r = make("n1", now=0)
+    r.receive(Heartbeat("n2", B2, 0, 1), 0)
     r.tick(CFG_T - 1)
     assert not sent(drain(r), Prepare)
     r.tick(3 * CFG_T)
     assert r.role is Role.CANDIDATE and sent(drain(r), Prepare)
+
+
+def test_a_booting_follower_waits_at_least_half_an_election_timeout() -> None:
+    for seed in range(20):
+        r = make("n1", now=0, seed=seed)
+        r.tick(CFG_T // 2 - 1)
+        assert not sent(drain(r), Prepare), f"seed={seed}"
+        r.tick(CFG_T)
+        assert sent(drain(r), Prepare), f"seed={seed}"
 
 
 CFG_T = 500

@@ -1,0 +1,385 @@
+"""Processes and the cluster file: `cluster init`, `cluster up`, `node init`, `serve`."""
+from __future__ import annotations
+
+__all__ = ["cluster_app", "init_cluster", "node_app", "serve"]
+
+import datetime
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Annotated, Any
+
+import typer
+
+from coordsvc import clusterfile
+from coordsvc.clusterfile import Cluster, NodeSpec
+from coordsvc.storage.datadir import NODE_DB, init_data_dir
+
+from .options import JsonOpt
+from .output import EXIT_REFUSED, console, emit_json, fail, status_view, warn
+
+cluster_app = typer.Typer(
+    name="cluster",
+    help="Create a cluster file, or run a whole local cluster.",
+    epilog="Example: coordctl cluster init --nodes 3 --dir /srv/coord --host 10.0.0.5",
+    no_args_is_help=True,
+)
+node_app = typer.Typer(
+    name="node",
+    help="Prepare one node's data directory (for nodes on separate hosts).",
+    epilog="Example: coordctl node init --cluster /srv/coord/cluster.toml --node n2",
+    no_args_is_help=True,
+)
+
+ClusterFileOpt = Annotated[Path, typer.Option(
+    "--cluster", metavar="FILE", help="The cluster file (DIR/cluster.toml).")]
+NodeOpt = Annotated[str, typer.Option("--node", metavar="ID", help="Node id, e.g. n1.")]
+DirOpt = Annotated[Path, typer.Option("--dir", metavar="DIR",
+                                      help="Directory for cluster.toml and the node data dirs.")]
+BasePortOpt = Annotated[int, typer.Option(
+    "--base-port", metavar="P", help="Node i listens on P+i and publishes on P+100+i.")]
+
+_REPLACE_HINT = ("a node that lost its data must be replaced, not restarted: run "
+                 "`coordctl node replace --cluster FILE --node ID`, then start it (README: "
+                 "'Replacing a node'); a brand-new node is prepared with `coordctl node init`")
+
+
+# --- cluster init / node init -----------------------------------------------------------
+
+def _move_aside(d: Path, stamp: str) -> Path:
+    dest = d.with_name(f"{d.name}.replaced-{stamp}")
+    d.rename(dest)
+    return dest
+
+
+def init_cluster(directory: Path, nodes: int, host: str, base_port: int,
+                 force: bool) -> Cluster:
+    """Write DIR/cluster.toml and prepare every node's data directory.
+
+    Never destroys acceptor state: without --force an existing cluster file or node
+    database is a refusal; with --force the old node data dirs are renamed aside.
+    """
+    path = directory / clusterfile.FILE_NAME
+    if path.exists() and not force:
+        fail(f"{path} already exists", "use --force to replace it (old node data dirs are "
+             "moved aside, not deleted), or pick another --dir", EXIT_REFUSED)
+    # write_new names node i's data dir "n<i>" under DIR; check before writing anything.
+    used = [directory / f"n{i}" for i in range(1, nodes + 1)]
+    occupied = [d for d in used if (d / NODE_DB).exists()]
+    if occupied and not force:
+        fail(f"{occupied[0]} already holds a node database",
+             "use --force to move the old data dirs aside, or pick another --dir", EXIT_REFUSED)
+    cluster = clusterfile.write_new(directory, nodes, host=host, base_port=base_port,
+                                    force=force)
+    stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    for n in cluster.nodes:
+        if force and n.data_dir.exists() and any(n.data_dir.iterdir()):
+            warn(f"moved the old data dir of {n.id} to {_move_aside(n.data_dir, stamp)}")
+        init_data_dir(n.data_dir, cluster.id, n.id)
+    return cluster
+
+
+def _cluster_json(c: Cluster) -> dict[str, Any]:
+    return {"path": str(c.path), "name": c.name, "id": c.id,
+            "nodes": [{"id": n.id, "address": n.address, "publish": n.publish,
+                       "data_dir": str(n.data_dir)} for n in c.nodes]}
+
+
+@cluster_app.command("init")
+def cluster_init(
+    nodes: Annotated[int, typer.Option("--nodes", metavar="N", help="Number of nodes (n1..nN).")],
+    directory: DirOpt,
+    host: Annotated[str, typer.Option("--host", help="Address the nodes listen on.")] = "127.0.0.1",
+    base_port: BasePortOpt = 7100,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing cluster file; old node data dirs are renamed "
+                        "to <dir>.replaced-<time>, never deleted.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Write DIR/cluster.toml for nodes n1..nN, prepare their data dirs, print its path.
+
+    Example: coordctl cluster init --nodes 3 --dir .coord --base-port 7100
+    """
+    c = init_cluster(directory, nodes, host, base_port, force)
+    if json:
+        emit_json(_cluster_json(c))
+    else:
+        print(c.path)
+
+
+@node_app.command("init")
+def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> None:
+    """Prepare node ID's data directory for the cluster in FILE and print its path.
+
+    Safe to repeat; refuses (exit 1) a data dir that belongs to another node or cluster.
+
+    Example: coordctl node init --cluster /srv/coord/cluster.toml --node n2
+    """
+    c = clusterfile.load(cluster)
+    spec = c.node(node)
+    if not (spec.data_dir / NODE_DB).exists() and _cluster_has_history(c, spec.id):
+        fail(f"the cluster is running and has history, so node {spec.id} was a member that "
+             "lost its data; a blank acceptor must not vote",
+             f"use `coordctl node replace --cluster {cluster} --node {spec.id}`", EXIT_REFUSED)
+    init_data_dir(spec.data_dir, c.id, spec.id)
+    if json:
+        emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir)})
+    else:
+        print(spec.data_dir)
+
+
+def _cluster_has_history(c: Cluster, node_id: str) -> bool:
+    """True if another member answers and has committed anything."""
+    from coordsvc import Client
+    others = [n for n in c.nodes if n.id != node_id]
+    if not others:
+        return False
+    with Client([n.address for n in others], timeout=2.0) as cl:
+        st = cl.status()
+    return any(n.get("reachable") and (n.get("commit_index") or 0) > 0 for n in st["nodes"])
+
+
+@node_app.command("replace")
+def node_replace(cluster: ClusterFileOpt, node: NodeOpt, force: Annotated[bool, typer.Option(
+        "--force", help="move an existing, intact data directory aside first")] = False,
+        json: JsonOpt = False) -> None:
+    """Prepare a replacement for node ID whose disk was lost, then start it with `serve`.
+
+    The replacement has forgotten every promise the old disk held, so it joins as a
+    non-voting learner: it copies the log (or a snapshot) from the leader, then runs one
+    election that the other members complete without its vote, and votes only once
+    everything that election recovered is chosen. Needs the other members to be up: a
+    3-node cluster cannot replace a node while another one is down.
+
+    Example: coordctl node replace --cluster /srv/coord/cluster.toml --node n2
+    """
+    c = clusterfile.load(cluster)
+    spec = c.node(node)
+    if (spec.data_dir / NODE_DB).exists():
+        if not force:
+            fail(f"data directory {spec.data_dir} of node {spec.id} still holds its acceptor "
+                 "state; restart the node instead of replacing it",
+                 "pass --force to move the directory aside and replace it anyway", EXIT_REFUSED)
+        moved = _move_aside(spec.data_dir, datetime.datetime.now().strftime("%Y%m%dT%H%M%S"))
+        warn(f"moved {spec.data_dir} to {moved}")
+    init_data_dir(spec.data_dir, c.id, spec.id, rebuilding=True)
+    if json:
+        emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir),
+                   "rebuilding": True})
+    else:
+        print(spec.data_dir)
+        print(f"next: coordctl serve --cluster {cluster} --node {spec.id}   "
+              "(it votes again once `coordctl status --json` shows \"voting\": true)")
+
+
+# --- serve ------------------------------------------------------------------------------
+
+def check_data_dir(spec: NodeSpec) -> None:
+    """Refuse a missing or empty data dir before the runtime opens anything."""
+    if not spec.data_dir.is_dir():
+        fail(f"data directory {spec.data_dir} of node {spec.id} does not exist; refusing to "
+             "start with no acceptor state", _REPLACE_HINT, EXIT_REFUSED)
+    if not (spec.data_dir / NODE_DB).exists():
+        fail(f"data directory {spec.data_dir} of node {spec.id} has no {NODE_DB}; refusing to "
+             "start with no acceptor state", _REPLACE_HINT, EXIT_REFUSED)
+
+
+def serve(
+    cluster: ClusterFileOpt,
+    node: NodeOpt,
+    json: Annotated[bool, typer.Option(
+        "--json", help="Accepted for uniformity; serve writes nothing on stdout.")] = False,
+) -> None:
+    """Run node ID of the cluster in FILE in the foreground until SIGTERM/SIGINT.
+
+    Refuses (non-zero exit, one line on stderr) a missing or empty data directory, a
+    data directory of another cluster or node, a taken port or a corrupt database.
+
+    Example: coordctl serve --cluster .coord/cluster.toml --node n1
+    """
+    c = clusterfile.load(cluster)
+    spec = c.node(node)
+    check_data_dir(spec)
+    try:
+        from coordsvc.runtime.node import serve as run_node
+    except ImportError as e:
+        fail(f"the node runtime is not available: {e}",
+             "reinstall with `.venv/bin/pip install -e .`", EXIT_REFUSED)
+    raise typer.Exit(run_node(c, spec.id))
+
+
+# --- cluster up -------------------------------------------------------------------------
+
+class _Stop(Exception):
+    """Raised from the SIGINT/SIGTERM handler of `cluster up`."""
+
+
+@dataclass
+class _Child:
+    node: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    log_file: IO[bytes]
+    reported: bool = field(default=False)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _report_dead(children: list[_Child]) -> int:
+    """Report children that exited on their own (once each); how many are still running."""
+    alive = 0
+    for ch in children:
+        rc = ch.proc.poll()
+        if rc is None:
+            alive += 1
+        elif not ch.reported:
+            ch.reported = True
+            why = _last_line(ch.log)
+            warn(f"node {ch.node} (pid {ch.proc.pid}) exited with code {rc}"
+                 + (f": {why}" if why else "") + f" (log: {ch.log})")
+    return alive
+
+
+def _stop_all(children: list[_Child], grace_s: float = 5.0) -> None:
+    for ch in children:
+        if ch.proc.poll() is None:
+            try:
+                ch.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for ch in children:
+        try:
+            ch.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            warn(f"node {ch.node} (pid {ch.proc.pid}) did not stop in {grace_s:g} s; killing it")
+            ch.proc.kill()
+            ch.proc.wait()
+    for ch in children:
+        ch.log_file.close()
+
+
+def _wait_for_leader(cluster: Cluster, children: list[_Child],
+                     limit_s: float) -> dict[str, Any] | None:
+    try:
+        from coordsvc import Client, CoordError
+    except ImportError:
+        warn("the coordsvc client is not available; not waiting for a leader")
+        return None
+    deadline = time.monotonic() + limit_s
+    last: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        if _report_dead(children) == 0:
+            return last
+        try:
+            with Client(cluster, timeout=1.0) as c:
+                last = c.status()
+            if (last.get("cluster") or {}).get("leader"):
+                return last
+        except (CoordError, OSError):
+            pass
+        time.sleep(0.2)
+    return last
+
+
+def _examples(path: Path) -> list[str]:
+    default = (clusterfile.DEFAULT_DIR / clusterfile.FILE_NAME).resolve()
+    prefix = [] if path.resolve() == default else [f"export COORD_CLUSTER={path.resolve()}"]
+    return prefix + [
+        "coordctl status --watch",
+        "coordctl config set app/db_url postgres://db/app",
+        "coordctl config get app/db_url",
+        "coordctl config watch app/",
+        "coordctl lock run deploy -- sh -c 'echo token $COORD_LOCK_TOKEN; sleep 5'",
+    ]
+
+
+@cluster_app.command("up")
+def cluster_up(
+    nodes: Annotated[int, typer.Option("--nodes", metavar="N", help="Number of nodes.")] = 3,
+    directory: DirOpt = clusterfile.DEFAULT_DIR,
+    base_port: BasePortOpt = 7100,
+    json: Annotated[bool, typer.Option(
+        "--json", help="Once up, print {cluster_file, endpoints, status} on stdout.")] = False,
+) -> None:
+    """Run a local cluster in the foreground: init DIR if needed, start every node as a
+    child process, wait for a leader, print endpoints and status. Ctrl-C stops all nodes.
+
+    An existing DIR/cluster.toml is reused as is (--nodes and --base-port then only apply
+    to a fresh DIR). Node logs go to DIR/logs/<id>.log.
+
+    Example: coordctl cluster up --nodes 3 --dir .coord --base-port 7100
+    """
+    path = directory / clusterfile.FILE_NAME
+    if path.exists():
+        c = clusterfile.load(path)
+        if len(c.nodes) != nodes:
+            warn(f"using the existing {path} with {len(c.nodes)} nodes (not {nodes})")
+    else:
+        c = init_cluster(directory, nodes, "127.0.0.1", base_port, force=False)
+    log_dir = directory / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        raise _Stop()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: list[_Child] = []
+    try:
+        try:
+            for n in c.nodes:
+                log = log_dir / f"{n.id}.log"
+                f = log.open("ab")
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "coordctl", "serve", "--cluster", str(path),
+                     "--node", n.id],
+                    stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+                children.append(_Child(n.id, proc, log, f))
+            status = _wait_for_leader(c, children, 10.0)
+            alive = _report_dead(children)
+            if alive == 0:
+                fail("every node exited", f"see the logs in {log_dir}", EXIT_REFUSED)
+            leader = (status or {}).get("cluster", {}).get("leader")
+            if json:
+                emit_json({"cluster_file": str(path), "endpoints": c.endpoints,
+                           "status": status})
+            else:
+                console.print(f"[bold]coordsvc[/] cluster [bold]{c.name}[/]: "
+                              f"{len(c.nodes)} nodes, file {path}, logs in {log_dir}/")
+                console.print("endpoints: " + ",".join(c.endpoints))
+                if status is not None:
+                    console.print(status_view(status))
+                if not leader:
+                    warn("no leader after 10 s; the nodes keep running "
+                         "(check `coordctl status` and the logs)")
+                console.print("\ntry:")
+                for ex in _examples(path):
+                    console.print(f"  {ex}", markup=False)
+                console.print("\nCtrl-C stops every node.")
+            sys.stdout.flush()
+            while _report_dead(children) > 0:
+                time.sleep(0.5)
+            fail("every node exited", f"see the logs in {log_dir}", EXIT_REFUSED)
+        except _Stop:
+            pass
+        for s in previous:  # a second Ctrl-C must not interrupt the shutdown below
+            signal.signal(s, signal.SIG_IGN)
+        if not json:
+            console.print("stopping every node...")
+    finally:
+        _stop_all(children)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    raise typer.Exit(0)
+
+

@@ -1,0 +1,264 @@
+"""`coordctl config ...`: keys with revisions, compare-and-set, watch, history, diff, rollback."""
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .output import (EXIT_REFUSED, console, emit_json, fail, print_value, value_json,
+                     value_text)
+
+if TYPE_CHECKING:
+    from coordsvc.client import Entry, Event
+
+app = typer.Typer(
+    name="config",
+    help="Read and write configuration keys.",
+    epilog="Example: coordctl config set app/db_url postgres://db/app && "
+           "coordctl config get app/db_url",
+    no_args_is_help=True,
+)
+
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="Key (1..512 UTF-8 bytes, no NUL).")]
+IfRevisionOpt = Annotated[Optional[int], typer.Option(
+    "--if-revision", metavar="N", min=0,
+    help="Only if KEY is at revision N (0: only if KEY does not exist); else exit 1.")]
+
+
+def _entry_json(e: Entry) -> dict[str, Any]:
+    return {"key": e.key, **value_json(e.value), "revision": e.revision}
+
+
+def _event_json(ev: Event) -> dict[str, Any]:
+    return {"type": ev.type, "key": ev.key, **value_json(ev.value), "revision": ev.revision}
+
+
+@app.command("set")
+def set_(
+    key: KeyArg,
+    value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],
+    if_revision: IfRevisionOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Write KEY = VALUE and print the new revision.
+
+    Example: coordctl config set app/db_url postgres://db/app --if-revision 0
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        rev = c.put(key, value, if_revision=if_revision)
+    if json:
+        emit_json({"key": key, "revision": rev})
+    else:
+        print(rev)
+
+
+@app.command("get")
+def get(
+    key: KeyArg,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Print the value of KEY (exit 1 if it does not exist). Linearizable.
+
+    Example: coordctl config get app/db_url --json
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        e = c.get(key)
+    if e is None:
+        fail(f"key {key!r} not found", "list keys with `coordctl config list PREFIX`",
+             EXIT_REFUSED)
+    if json:
+        emit_json(_entry_json(e))
+    else:
+        print_value(e.value)
+
+
+@app.command("delete")
+def delete(
+    key: KeyArg,
+    if_revision: IfRevisionOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Delete KEY. Deleting a key that does not exist succeeds and says so.
+
+    Example: coordctl config delete app/db_url --if-revision 12
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        deleted = c.delete(key, if_revision=if_revision)
+    if json:
+        emit_json({"key": key, "deleted": deleted})
+    else:
+        print(f"deleted {key}" if deleted else f"{key} did not exist")
+
+
+@app.command("list")
+def list_(
+    prefix: Annotated[str, typer.Argument(metavar="[PREFIX]", help="Key prefix (default: all).")] = "",
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """List keys under PREFIX, sorted by key, with their revisions and values.
+
+    Example: coordctl config list app/ --json
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        entries = c.list(prefix)
+    if json:
+        emit_json([_entry_json(e) for e in entries])
+        return
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("key", no_wrap=True)
+    table.add_column("revision", justify="right", no_wrap=True)
+    table.add_column("value", no_wrap=True, overflow="ellipsis", max_width=80)
+    for e in entries:
+        table.add_row(e.key, str(e.revision), value_text(e.value))
+    console.print(table)
+
+
+def _event_line(ev: Event) -> str:
+    value = value_text(ev.value) if ev.type == "put" else ""
+    return f"{ev.revision}\t{ev.type}\t{ev.key}\t{value}".rstrip("\t")
+
+
+@app.command("watch")
+def watch(
+    prefix: Annotated[str, typer.Argument(metavar="PREFIX", help="Key prefix to watch ('' for all).")],
+    from_revision: Annotated[Optional[int], typer.Option(
+        "--from-revision", metavar="N", min=1,
+        help="Replay events from revision N (inclusive) before following new ones.")] = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Print one line per change under PREFIX until Ctrl-C.
+
+    Text lines are REVISION<TAB>TYPE<TAB>KEY<TAB>VALUE; with --json, one object per line
+    with type (put|delete), key, value and revision.
+
+    Example: coordctl config watch app/ --from-revision 1 --json
+    """
+    try:
+        with connect(cluster, endpoints, timeout) as c:
+            for ev in c.watch(prefix, start_revision=from_revision):
+                if json:
+                    emit_json(_event_json(ev))
+                else:
+                    sys.stdout.write(_event_line(ev) + "\n")
+                    sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+@app.command("history")
+def history(
+    key: KeyArg,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Show the retained changes of KEY, oldest first.
+
+    Example: coordctl config history app/db_url
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        events = c.history(key)
+    if json:
+        emit_json([_event_json(ev) for ev in events])
+        return
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("revision", justify="right", no_wrap=True)
+    table.add_column("type", no_wrap=True)
+    table.add_column("value", no_wrap=True, overflow="ellipsis", max_width=80)
+    for ev in events:
+        table.add_row(str(ev.revision), ev.type, value_text(ev.value) if ev.type == "put" else "")
+    console.print(table)
+
+
+def value_at(events: Sequence[Event], revision: int) -> Event | None:
+    """The put that gave KEY its value as of ``revision``; None if absent then.
+
+    History is the retained window: before its first event the value is unknown, and
+    we report it as absent.
+    """
+    last: Event | None = None
+    for ev in events:
+        if ev.revision > revision:
+            break
+        last = ev
+    return last if last is not None and last.type == "put" else None
+
+
+RevArg = Annotated[int, typer.Argument(min=1, metavar="REV")]
+
+
+@app.command("diff")
+def diff(
+    key: KeyArg,
+    rev_a: Annotated[int, typer.Argument(min=1, metavar="REV_A", help="Older revision.")],
+    rev_b: Annotated[int, typer.Argument(min=1, metavar="REV_B", help="Newer revision.")],
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Unified diff of KEY's value as of REV_A and as of REV_B (from its history).
+
+    The value "as of" a revision is the latest change at or before it; a key deleted
+    (or not yet created) then diffs as empty. Prints nothing if the values are equal.
+
+    Example: coordctl config diff app/db_url 12 17
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        events = c.history(key)
+    a, b = value_at(events, rev_a), value_at(events, rev_b)
+    a_text = value_text(a.value) if a else ""
+    b_text = value_text(b.value) if b else ""
+    if a_text and b_text and not a_text.endswith("\n") and not b_text.endswith("\n"):
+        # Most values are one line without a newline: no "\ No newline" noise for them.
+        a_text, b_text = a_text + "\n", b_text + "\n"
+    name_a = f"{key}@{rev_a}" if a else "/dev/null"
+    name_b = f"{key}@{rev_b}" if b else "/dev/null"
+    lines = list(difflib.unified_diff(a_text.splitlines(keepends=True),
+                                      b_text.splitlines(keepends=True), name_a, name_b))
+    text = "".join(ln if ln.endswith("\n") else ln + "\n\\ No newline at end of value\n"
+                   for ln in lines)
+    if json:
+        emit_json({"key": key,
+                   "a": {"revision": rev_a, "exists": a is not None,
+                         **value_json(a.value if a else None)},
+                   "b": {"revision": rev_b, "exists": b is not None,
+                         **value_json(b.value if b else None)},
+                   "diff": text})
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("rollback")
+def rollback(
+    key: KeyArg,
+    rev: Annotated[int, typer.Argument(min=1, metavar="REV", help="Revision whose value to restore.")],
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Write KEY's value as of REV as a new revision and print that revision.
+
+    The write is a compare-and-set against KEY's current revision, so a concurrent
+    change makes rollback exit 1 instead of silently overwriting it.
+
+    Example: coordctl config rollback app/db_url 12
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        events = c.history(key)
+        old = value_at(events, rev)
+        if old is None:
+            fail(f"key {key!r} had no value at revision {rev}",
+                 f"pick a revision from `coordctl config history {key}`", EXIT_REFUSED)
+        current = c.get(key)
+        new_rev = c.put(key, old.value, if_revision=current.revision if current else 0)
+    if json:
+        emit_json({"key": key, "revision": new_rev, "restored_from": old.revision})
+    else:
+        print(new_rev)

@@ -1,0 +1,162 @@
+"""`coordctl lock ...`: run a command while holding a lock, and list the held locks."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from types import FrameType
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .output import EXIT_USAGE, console, emit_json, fail, human_ms, warn
+
+if TYPE_CHECKING:
+    from coordsvc.client import Lock
+
+app = typer.Typer(
+    name="lock",
+    help="Distributed locks with fencing tokens.",
+    epilog="Example: coordctl lock run deploy --ttl 10 --wait 60 -- ./deploy.sh prod",
+    no_args_is_help=True,
+)
+
+EXIT_NOT_EXECUTABLE = 126
+EXIT_NOT_FOUND = 127
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _run_child(argv: list[str], env: dict[str, str],
+               started: Callable[[subprocess.Popen[bytes]], None]) -> int:
+    """Run argv to completion, forwarding SIGTERM/SIGINT/SIGHUP to it; its exit code."""
+    try:
+        proc = subprocess.Popen(argv, env=env)
+    except FileNotFoundError:
+        fail(f"command not found: {argv[0]}", "check the command after `--`", EXIT_NOT_FOUND)
+    except PermissionError:
+        fail(f"command not executable: {argv[0]}", "check its permissions", EXIT_NOT_EXECUTABLE)
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        # The child shares our process group, so a terminal's Ctrl-C reaches it directly
+        # too; forwarding covers `kill <coordctl pid>` from a supervisor or script.
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in _FORWARDED}
+    started(proc)
+    try:
+        rc = proc.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return rc if rc >= 0 else 128 - rc  # killed by signal N -> 128+N, as shells report it
+
+
+@app.command("run")
+def run(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Lock name.")],
+    cmd: Annotated[list[str], typer.Argument(metavar="CMD",
+                                             help="The command to run while holding the lock.")],
+    ttl: Annotated[float, typer.Option(
+        "--ttl", metavar="S", min=0.1,
+        help="Seconds the lock survives after coordctl stops heartbeating (e.g. is killed).")] = 10.0,
+    wait: Annotated[float, typer.Option(
+        "--wait", metavar="S", min=0.0,
+        help="Seconds to wait for the lock (0: try once); exit 1 if not acquired.")] = 30.0,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
+    json: Annotated[bool, typer.Option(
+        "--json", help="After CMD exits, print {name, token, exit_code, held_s} on stdout.")] = False,
+) -> None:
+    """Acquire lock NAME, run CMD while holding it, release it; exit with CMD's code.
+
+    Waiters are served first come, first served. CMD sees the fencing token in
+    $COORD_LOCK_TOKEN (strictly increasing across grants of NAME) and the lock name in
+    $COORD_LOCK_NAME. The lock is kept alive while CMD runs; SIGTERM/SIGINT are forwarded
+    to CMD. Exit 1 if the lock is not acquired within --wait. Put `--` before CMD.
+
+    Example: coordctl lock run deploy --wait 60 -- ./deploy.sh prod
+    """
+    if not cmd:
+        fail("no command given", "put the command after `--`: coordctl lock run NAME -- CMD",
+             EXIT_USAGE)
+    child: list[subprocess.Popen[bytes]] = []
+
+    def on_lost(lock: Lock) -> None:
+        # Keepalives failed for so long that another client may now hold NAME: running on
+        # would break mutual exclusion, so stop CMD (it may trap SIGTERM to clean up).
+        warn(f"lock {name!r} (token {lock.token}) was lost; sending SIGTERM to the command")
+        for p in child:
+            if p.poll() is None:
+                p.terminate()
+
+    with connect(cluster, endpoints, timeout) as c:
+        lk = c.acquire(name, ttl=ttl, timeout=wait, on_lost=on_lost)
+        started = time.monotonic()
+        try:
+            env = dict(os.environ, COORD_LOCK_TOKEN=str(lk.token), COORD_LOCK_NAME=name)
+            rc = _run_child(cmd, env, child.append)
+            if lk.lost:
+                warn(f"lock {name!r} was lost while the command ran")
+        finally:
+            try:
+                lk.release()
+            except Exception as e:  # the ttl frees it anyway; CMD's exit code matters more
+                warn(f"could not release lock {name!r} ({e}); it expires after {ttl:g} s")
+        if json:
+            emit_json({"name": name, "token": lk.token, "exit_code": rc,
+                       "held_s": round(time.monotonic() - started, 3)})
+    raise typer.Exit(rc)
+
+
+def lock_json(info: Any) -> dict[str, Any]:
+    """One held lock as JSON: name, holder (session id), token, ttl_left_s, waiters."""
+    if not isinstance(info, dict):
+        info = dataclasses.asdict(info)
+    out: dict[str, Any] = {
+        "name": info.get("name"),
+        "holder": info.get("holder", info.get("holder_session")),
+        "token": info.get("token"),
+        "ttl_left_s": info.get("ttl_left_s"),
+        "waiters": list(info.get("waiters") or ()),
+    }
+    if "age_s" in info:
+        out["age_s"] = info["age_s"]
+    return out
+
+
+def _seconds(v: object) -> str:
+    return human_ms(v * 1000) if isinstance(v, (int, float)) else "-"
+
+
+@app.command("list")
+def list_(
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """List held locks: name, holder session, fencing token, ttl left, waiters.
+
+    Example: coordctl lock list --json
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        locks = [lock_json(info) for info in c.locks()]
+    if json:
+        emit_json(locks)
+        return
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for col in ("name", "holder", "token", "ttl left", "waiters"):
+        table.add_column(col, no_wrap=True, justify="right" if col == "token" else "left")
+    for lk in locks:
+        waiters = lk["waiters"]
+        table.add_row(str(lk["name"]), str(lk["holder"]), str(lk["token"]),
+                      _seconds(lk["ttl_left_s"]),
+                      f"{len(waiters)}: {', '.join(map(str, waiters))}" if waiters else "0")
+    console.print(table)

@@ -1,0 +1,213 @@
+"""coordctl: the operator CLI of coordsvc.
+
+Exit codes (CONTRACT §3):
+  0  success
+  1  refused: compare failed, lock not acquired in time, key missing for `get`, fencing
+     token rejected, watch start compacted away, cluster file/data dir would be overwritten,
+     a node refusing to start
+  2  usage error: bad flags or arguments, invalid request (key/value/ttl limits), bad or
+     missing cluster file or endpoints
+  3  cluster unavailable or timeout: the outcome of a write is unknown
+
+Errors are one line on stderr, ``coordctl: error: <what> (hint: <how to fix>)``; set
+COORDCTL_DEBUG=1 to get the traceback of an unexpected error instead.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from coordsvc.clusterfile import ClusterFileError
+from coordsvc.storage.datadir import DataDirError
+
+from . import cluster_cmd, config_cmd, lock_cmd
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .output import (EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError, console,
+                     emit_json, print_error, status_view)
+
+try:  # Typer >= 0.20 vendors click; older Typer uses the click package.
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError  # type: ignore[assignment,unused-ignore]
+
+__all__ = ["app", "exit_code_for"]
+
+_EPILOG = ("Examples: coordctl cluster up  |  coordctl status --watch  |  "
+           "coordctl config set app/x 1  |  coordctl lock run deploy -- ./deploy.sh. "
+           "Exit codes: 0 ok, 1 refused, 2 usage error, 3 cluster unavailable/timeout.")
+
+
+# --- error mapping ----------------------------------------------------------------------
+
+_HINTS = {
+    "CompareFailed": "read the current revision with `coordctl config get KEY --json` and retry",
+    "LockTimeout": "see who holds it with `coordctl lock list`, or wait longer with --wait",
+    "FenceRejected": "a newer holder was granted the lock; stop and re-acquire it",
+    "Compacted": "start from a newer revision, or omit --from-revision",
+    "InvalidRequest": "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0",
+    "Unavailable": "check that a majority of nodes is running: `coordctl status`",
+}
+
+
+def _coord_error_table() -> list[tuple[type[BaseException], int]]:
+    """CoordError subclasses -> exit code, most specific first; empty without the client."""
+    try:
+        import coordsvc as c
+        return [(c.CompareFailed, EXIT_REFUSED), (c.LockTimeout, EXIT_REFUSED),
+                (c.FenceRejected, EXIT_REFUSED), (c.Compacted, EXIT_REFUSED),
+                (c.InvalidRequest, EXIT_USAGE), (c.Unavailable, EXIT_UNAVAILABLE),
+                (c.CoordError, EXIT_REFUSED)]
+    except (ImportError, AttributeError):
+        return []
+
+
+def exit_code_for(exc: BaseException) -> tuple[int, str, str | None]:
+    """(exit code, message, hint) for any exception that reaches the top."""
+    if isinstance(exc, CliError):
+        return exc.code, exc.message, exc.hint
+    if isinstance(exc, UsageError):
+        ctx = exc.ctx
+        where = ctx.command_path if ctx is not None else "coordctl"
+        return EXIT_USAGE, exc.format_message(), f"see `{where} --help`"
+    if isinstance(exc, ClickException):
+        return exc.exit_code, exc.format_message(), None
+    if isinstance(exc, ClusterFileError):
+        return EXIT_USAGE, str(exc), None
+    if isinstance(exc, DataDirError):
+        return EXIT_REFUSED, str(exc), None
+    for cls, code in _coord_error_table():
+        if isinstance(exc, cls):
+            name = cls.__name__
+            msg = str(exc) or name
+            extra = getattr(exc, "oldest", None)
+            hint = _HINTS.get(name)
+            if name == "Compacted" and extra is not None:
+                hint = f"the oldest revision still kept is {extra}; {hint}"
+            if name == "Unavailable":
+                msg = f"cluster unavailable, outcome unknown: {msg}"
+            return code, msg, hint
+    if isinstance(exc, TimeoutError):
+        return EXIT_UNAVAILABLE, f"timed out: {exc}", _HINTS["Unavailable"]
+    if isinstance(exc, OSError):
+        what = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
+        return EXIT_REFUSED, what or type(exc).__name__, None
+    return (EXIT_REFUSED, f"unexpected {type(exc).__name__}: {exc}",
+            "this is a bug; rerun with COORDCTL_DEBUG=1 for the traceback and report it")
+
+
+class CoordApp(typer.Typer):
+    """The Typer app with one-line errors and CONTRACT exit codes instead of tracebacks."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("prog_name", "coordctl")
+        kwargs["standalone_mode"] = False
+        try:
+            rv = typer.main.get_command(self)(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except typer.Exit as e:  # pragma: no cover - converted to a return value by Typer
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(EXIT_REFUSED)
+        except BrokenPipeError:
+            # The reader went away (e.g. `| head`): stop quietly, like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            sys.exit(EXIT_REFUSED)
+        except Exception as e:
+            if os.environ.get("COORDCTL_DEBUG") and not isinstance(e, (CliError, UsageError)):
+                raise
+            code, message, hint = exit_code_for(e)
+            if message.strip():  # empty for "no arguments: help was printed instead"
+                print_error(message, hint)
+            sys.exit(code)
+        sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+
+app = CoordApp(
+    name="coordctl",
+    help="Operate a coordsvc cluster: locks and configuration agreed by multi-Paxos.",
+    epilog=_EPILOG,
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+app.add_typer(cluster_cmd.cluster_app)
+app.add_typer(cluster_cmd.node_app)
+app.add_typer(config_cmd.app)
+app.add_typer(lock_cmd.app)
+app.command("serve", epilog="Example: coordctl serve --cluster .coord/cluster.toml --node n1")(
+    cluster_cmd.serve)
+
+
+# --- status -----------------------------------------------------------------------------
+
+def _status_exit(status: dict[str, Any]) -> int:
+    nodes = status.get("nodes") or []
+    if not any(n.get("reachable") for n in nodes):
+        return EXIT_UNAVAILABLE
+    return EXIT_OK
+
+
+def _watch(fetch: Callable[[], dict[str, Any]], json: bool) -> None:
+    from rich.live import Live
+    from rich.text import Text
+
+    from .output import error_line
+
+    if json:
+        while True:
+            emit_json(fetch())
+            time.sleep(1.0)
+    with Live(Text("connecting..."), console=console, auto_refresh=False,
+              screen=False) as live:
+        while True:
+            try:
+                live.update(status_view(fetch()), refresh=True)
+            except Exception as e:
+                code, msg, hint = exit_code_for(e)
+                if code == EXIT_USAGE:
+                    raise
+                live.update(Text(error_line(msg, hint), style="red"), refresh=True)
+            time.sleep(1.0)
+
+
+@app.command("status")
+def status(
+    watch: bool = typer.Option(False, "--watch", help="Refresh every second until Ctrl-C."),
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Show every node: role, leader, ballot, commit/applied index, lag, db size, ...
+
+    The header says who leads, whether there is a quorum, how many nodes are healthy and
+    how many more can be lost. An unreachable node is a row marked unreachable.
+    --json prints the status dict of CONTRACT §5 (with extra per-node fields).
+
+    Exit 0 whenever status could be read — also without a quorum (read cluster.quorum);
+    exit 3 if no node is reachable at all.
+
+    Example: coordctl status --watch --cluster .coord/cluster.toml
+    """
+    with connect(cluster, endpoints, timeout) as c:
+        if watch:
+            try:
+                _watch(c.status, json)
+            except KeyboardInterrupt:
+                return
+        st = c.status()
+    if json:
+        emit_json(st)
+    else:
+        console.print(status_view(st))
+    code = _status_exit(st)
+    if code != EXIT_OK:
+        print_error("no node is reachable", "start the nodes, or check --cluster/--endpoints")
+    raise typer.Exit(code)
