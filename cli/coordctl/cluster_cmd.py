@@ -4,6 +4,7 @@ from __future__ import annotations
 __all__ = ["cluster_app", "init_cluster", "node_app", "serve"]
 
 import datetime
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,13 +296,24 @@ def _wait_for_leader(cluster: Cluster, children: list[_Child],
 def _examples(path: Path) -> list[str]:
     default = (clusterfile.DEFAULT_DIR / clusterfile.FILE_NAME).resolve()
     prefix = [] if path.resolve() == default else [f"export COORD_CLUSTER={path.resolve()}"]
+    # Under `make run` the venv is not activated: name the binary so lines paste as-is.
+    ctl = "coordctl" if shutil.which("coordctl") else _relative(Path(sys.argv[0]).resolve())
     return prefix + [
-        "coordctl status --watch",
-        "coordctl config set app/db_url postgres://db/app",
-        "coordctl config get app/db_url",
-        "coordctl config watch app/",
-        "coordctl lock run deploy -- sh -c 'echo token $COORD_LOCK_TOKEN; sleep 5'",
+        f"{ctl} status --watch",
+        f"{ctl} config set app/db_url postgres://db/app",
+        f"{ctl} config get app/db_url",
+        f"{ctl} config watch app/",
+        f"{ctl} lock run deploy -- sh -c 'echo token $COORD_LOCK_TOKEN; sleep 5'",
+        f"{_relative(Path(sys.executable))} -c "
+        "'from coordsvc import Client; print(Client().get(\"app/db_url\"))'",
     ]
+
+
+def _relative(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
 
 
 @cluster_app.command("up")

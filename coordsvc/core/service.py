@@ -480,7 +480,7 @@ class Service:
         return {
             **extra,
             "id": self.id, "address": self.addresses.get(self.id), "reachable": True,
-            "role": r.role.value, "leader": r.leader, "voting": not r.rebuilding, "ballot": r.promised.as_list(),
+            "role": r.role.value, "leader": r.leader, "voting": not r.rebuilding, "ballot": max(r.promised, r.leader_ballot).as_list(),
             "commit_index": r.commit_index, "applied_index": r.applied,
             "uptime_s": round((self.now_ms - self.started_ms) / 1000, 1),
             "sessions": m.session_count, "locks_held": m.locks_held, "keys": m.key_count,
