@@ -1,13 +1,25 @@
 """coordsvc: locks and configuration, agreed by multi-Paxos over ZeroMQ, durable in SQLite."""
 from __future__ import annotations
 
-from .client import (
-    Client, Compacted, CompareFailed, CoordError, Entry, Event, FenceRejected, InvalidRequest,
-    Lock, LockTimeout, Unavailable, Watch,
-)
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
     "InvalidRequest", "Lock", "LockTimeout", "Unavailable", "Watch", "__version__",
 ]
+
+if TYPE_CHECKING:
+    from .client import (
+        Client, Compacted, CompareFailed, CoordError, Entry, Event, FenceRejected,
+        InvalidRequest, Lock, LockTimeout, Unavailable, Watch,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # The client is imported on first use, so a node process (which never needs it)
+    # starts without paying for it.
+    if name in __all__:
+        from . import client
+        return getattr(client, name)
+    raise AttributeError(f"module 'coordsvc' has no attribute {name!r}")

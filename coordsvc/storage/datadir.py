@@ -15,8 +15,11 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
+
 
 __all__ = ["DataDirError", "Identity", "NODE_DB", "SCHEMA_VERSION", "init_data_dir"]
 
@@ -71,6 +74,7 @@ def _set_version(db: sqlite_utils.Database, version: int) -> None:
 
 def migrate(conn: sqlite3.Connection, current: int) -> None:
     """Bring a database at schema ``current`` up to ``SCHEMA_VERSION``, one txn per step."""
+    import sqlite_utils  # only schema work needs it; a starting node should not pay for it
     db = sqlite_utils.Database(conn, execute_plugins=False)
     for version in range(current + 1, SCHEMA_VERSION + 1):
         with db.atomic():
@@ -198,6 +202,7 @@ def init_data_dir(path: Path, cluster_id: str, node_id: str, rebuilding: bool = 
     conn = connect(tmp, create=True)
     try:
         migrate(conn, 0)
+        import sqlite_utils
         db = sqlite_utils.Database(conn, execute_plugins=False)
         with db.atomic():
             created_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
