@@ -212,7 +212,15 @@ class SqliteStore:
             if e.slot > snapshot_index
         ]
         promised = p.promised
+        # A save that only advances the commit index need not wait for the disk: losing it
+        # in a crash is harmless (the index is re-learned from the leader), and the next
+        # synchronous commit fsyncs the WAL with this transaction in it, in order. That
+        # takes the second fsync off every write's path on the leader.
+        lazy = p.commit_index is not None and not rows and promised is None and (
+            p.snapshot is None and p.high_water_round is None and not p.rebuilt)
         try:
+            if lazy:
+                conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             if p.snapshot is not None:
                 conn.execute(
@@ -243,6 +251,9 @@ class SqliteStore:
             except sqlite3.Error:
                 pass  # the original error is the one worth reporting
             raise
+        finally:
+            if lazy:
+                conn.execute("PRAGMA synchronous=FULL")
         self._snapshot_index = snapshot_index
         self._save_s.append(time.perf_counter() - started)
 

@@ -406,3 +406,16 @@ def test_sigkill_mid_save_leaves_a_prefix_with_every_acknowledged_save(
     n = loaded.high_water_round
     assert n in (last, last + 1), (last, n)
     assert loaded == expected_after(n)
+
+
+def test_a_commit_index_only_save_is_lazy_and_restores_full_sync(tmp_path: Path) -> None:
+    from coordsvc.core.types import Ballot, Entry, Persist
+    init_data_dir(tmp_path / "d", "c", "n1")
+    store = SqliteStore.open(tmp_path / "d", "c", "n1")
+    store.save(Persist(entries=[Entry(1, Ballot(1, "n1"), (b"x",))]))
+    store.save(Persist(commit_index=1))
+    assert store._live().execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL again
+    store.close()
+    again = SqliteStore.open(tmp_path / "d", "c", "n1")
+    assert again.load().commit_index == 1
+    again.close()
