@@ -231,8 +231,6 @@ class Service:
         if not self._leading():
             self._not_leader(route, rid)
             return
-        self._answer_read(route, rid, op, req)  # PLANTED BUG (fault suite demo): no read-index
-        return
         self._read_seq += 1
         token = self._read_seq
         if not self.replica.read(token):
