@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SEEDS ?= 5000
 
-.PHONY: run test sim unit integration typecheck clean
+.PHONY: run test sim unit integration faults typecheck clean
 
 $(BIN)/activate: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,8 +26,32 @@ sim: $(BIN)/activate
 integration: $(BIN)/activate
 	$(BIN)/python -m pytest -q tests/integration
 
+# Long fault-injection runs: every workload on 5 nodes for DURATION seconds under kills,
+# pauses and nftables partitions (needs root for nft). FAULTS_SEED=<n> replays a seed.
+# DURATION is shared with the bench targets (there a scale), so no global default here.
+faults: $(BIN)/activate
+	FAULTS_DURATION=$(or $(DURATION),600) $(BIN)/python -m pytest -q -s tests/faults -m long
+
 typecheck: $(BIN)/activate
 	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .coord .pytest_cache
+
+# Benchmarks (issue 7). DURATION scales every test's duration (1 = the issue's table).
+# `make bench`: coordsvc alone, quick by default; `make bench-compare`: coordsvc, etcd and
+# PySyncObj, 3 interleaved rounds, one markdown table (see bench/README.md).
+DURATION ?=
+ROUNDS ?= 3
+
+.PHONY: bench bench-compare bench-anchors
+
+bench: $(BIN)/activate
+	$(BIN)/python bench/load.py --system coordsvc --scale $(or $(DURATION),0.3)
+
+bench-anchors:
+	bash bench/anchors/install.sh
+
+bench-compare: $(BIN)/activate
+	-bash bench/anchors/install.sh
+	$(BIN)/python bench/compare.py --rounds $(ROUNDS) --scale $(or $(DURATION),1)
