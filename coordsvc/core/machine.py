@@ -153,7 +153,9 @@ class Machine:
         self.first_revision_in_window = 1
         self.grants: builtins.list[Grant] = []
         self._kv: dict[str, KV] = {}
-        self._history: dict[str, deque[Event]] = {}
+        # Plain lists trimmed on append: a deque costs ~760 bytes even for one event, which
+        # was 76 MB of a 100,000-key node.
+        self._history: dict[str, builtins.list[Event]] = {}
         self._window: deque[Event] = deque()
         self._window_bytes = 0
         self._sessions: dict[int, _Session] = {}
@@ -259,7 +261,13 @@ class Machine:
         return Result(OK, self.revision, {"deleted": True, "revision": self.revision})
 
     def _record(self, ev: Event) -> None:
-        self._history.setdefault(ev.key, deque(maxlen=KEY_HISTORY)).append(ev)
+        hist = self._history.get(ev.key)
+        if hist is None:
+            self._history[ev.key] = [ev]
+        else:
+            hist.append(ev)
+            if len(hist) > KEY_HISTORY:
+                del hist[0]
         self._window.append(ev)
         self._window_bytes += len(ev.value)
         while len(self._window) > WINDOW_EVENTS or self._window_bytes > WINDOW_BYTES:
@@ -268,8 +276,8 @@ class Machine:
             self.first_revision_in_window = old.revision + 1
             # A deleted key's history lives until its delete leaves the window, so the
             # number of histories stays bounded by live keys plus the window.
-            hist = self._history.get(old.key)
-            if old.key not in self._kv and hist is not None and hist[-1] is old:
+            last = self._history.get(old.key)
+            if old.key not in self._kv and last is not None and last[-1] is old:
                 del self._history[old.key]
 
     # -- sessions and locks --------------------------------------------------------
@@ -474,7 +482,7 @@ class Machine:
         self._window = deque(events[r] for r in range(self.first_revision_in_window, self.revision + 1))
         self._window_bytes = sum(len(ev.value) for ev in self._window)
         for key, revs in g.rows("hist", str, list):
-            self._history[key] = deque((events[r] for r in _ints(revs)), maxlen=KEY_HISTORY)
+            self._history[key] = [events[r] for r in _ints(revs)][-KEY_HISTORY:]
         for key, rev, create, version in g.rows("kv", str, int, int, int):
             self._kv[key] = KV(key, events[rev].value, rev, create, version)
         for sid, ttl_ms, opened in g.rows("ses", int, int, int):
