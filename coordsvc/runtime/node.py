@@ -68,6 +68,7 @@ class Node:
                 tr.reply(route, payload)
             if events:
                 tr.publish(events)
+            store.maintain()
             self._log_changes()
             next_tick = min(svc.next_timer_ms(), _now_ms() + MAX_SLEEP_MS)
 

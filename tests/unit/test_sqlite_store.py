@@ -419,3 +419,18 @@ def test_a_commit_index_only_save_is_lazy_and_restores_full_sync(tmp_path: Path)
     again = SqliteStore.open(tmp_path / "d", "c", "n1")
     assert again.load().commit_index == 1
     again.close()
+
+
+def test_the_wal_is_checkpointed_by_maintain_not_inside_commits(tmp_path: Path) -> None:
+    from coordsvc.core.types import Ballot, Entry, Persist
+    from coordsvc.storage.sqlite import CHECKPOINT_EVERY_SAVES
+    init_data_dir(tmp_path / "d", "c", "n1")
+    store = SqliteStore.open(tmp_path / "d", "c", "n1")
+    assert store._live().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(CHECKPOINT_EVERY_SAVES):
+        store.save(Persist(entries=[Entry(i + 1, Ballot(1, "n1"), (b"x" * 100,))]))
+    db = tmp_path / "d" / "node.db"
+    before = db.stat().st_size          # commits went to the WAL only
+    store.maintain()
+    assert db.stat().st_size > before + 100 * CHECKPOINT_EVERY_SAVES // 2
+    store.close()
