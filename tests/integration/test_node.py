@@ -65,15 +65,20 @@ def test_a_paused_leader_steps_down_and_never_answers_from_a_stale_view(cluster:
     assert r and r["ok"]
     time.sleep(max(0.0, 5.0 - 1.5))   # the scenario itself: a 5 s pause
     cluster.signal(old, signal.SIGCONT)
-    # Straight after waking, the old leader must not serve the value it had.
-    for _ in range(20):
+    # Straight after waking, the old leader must not serve the value it had. A slow answer
+    # (the node is draining 5 s of backlog) is fine; a stale one never is.
+    replies = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(replies) < 20:
         r = cluster.probe.call(old, "get", timeout=1.0, key="k")
-        assert r is not None
-        assert not r.get("ok") or r["kv"][1] == b"new", r
-    deadline = time.monotonic() + 3
+        if r is not None:
+            replies.append(r)
+            assert not r.get("ok") or r["kv"][1] == b"new", r
+    assert replies, f"{old} answered nothing within 5 s of SIGCONT"
+    deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         st = cluster.probe.status(old)
-        if st and st["role"] == "follower" and st["leader"] == new:
+        if st and st["role"] == "follower" and st["leader"] not in (None, old):
             break
         time.sleep(0.05)
     else:
