@@ -128,8 +128,8 @@ def lock_json(info: Any) -> dict[str, Any]:
         "ttl_left_s": info.get("ttl_left_s"),
         "waiters": list(info.get("waiters") or ()),
     }
-    if "age_s" in info:
-        out["age_s"] = info["age_s"]
+    out["age_s"] = info.get("age_s")
+    out["waits_s"] = list(info.get("waits_s") or ())
     return out
 
 
@@ -142,7 +142,9 @@ def list_(
     cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
-    """List held locks: name, holder session, fencing token, ttl left, waiters.
+    """List held locks: name, holder session, fencing token, age, ttl left, FIFO waiters.
+
+    Each waiter is shown as SESSION (waiting for DURATION), first in line first.
 
     Example: coordctl lock list --json
     """
@@ -152,11 +154,13 @@ def list_(
         emit_json(locks)
         return
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
-    for col in ("name", "holder", "token", "ttl left", "waiters"):
+    for col in ("name", "holder", "token", "age", "ttl left", "waiters"):
         table.add_column(col, no_wrap=True, justify="right" if col == "token" else "left")
     for lk in locks:
         waiters = lk["waiters"]
+        waits = lk["waits_s"] + [None] * (len(waiters) - len(lk["waits_s"]))
+        queue = ", ".join(f"{w} ({_seconds(t)})" for w, t in zip(waiters, waits))
         table.add_row(str(lk["name"]), str(lk["holder"]), str(lk["token"]),
-                      _seconds(lk["ttl_left_s"]),
-                      f"{len(waiters)}: {', '.join(map(str, waiters))}" if waiters else "0")
+                      _seconds(lk["age_s"]), _seconds(lk["ttl_left_s"]),
+                      f"{len(waiters)}: {queue}" if waiters else "0")
     console.print(table)

@@ -379,6 +379,10 @@ def _lock_infos(raw: object) -> builtins.list[LockInfo]:
                 and type(r[1]) is int and type(r[2]) is int and isinstance(r[4], builtins.list)
                 and (r[5] is None or type(r[5]) in (int, float))):
             raise CoordError("malformed reply: lock")
+        age = r[7] if len(r) > 7 and type(r[7]) in (int, float) else None
+        waits = r[8] if len(r) > 8 and isinstance(r[8], builtins.list) else []
         out.append(LockInfo(r[0], r[1], r[2], tuple(int(w) for w in r[4]),
-                            None if r[5] is None else r[5] / 1000))
+                            None if r[5] is None else r[5] / 1000,
+                            None if age is None else age / 1000,
+                            tuple(w / 1000 if type(w) in (int, float) else None for w in waits)))
     return out

@@ -47,6 +47,8 @@ class LockInfo:
     token: int
     waiters: tuple[int, ...]
     ttl_left_s: float | None
+    age_s: float | None = None                     # since the grant, as the leader saw it
+    waits_s: tuple[float | None, ...] = ()         # per waiter, in queue order
 
 
 class Lock:

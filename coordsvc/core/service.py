@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .commands import (
-    CloseSession, ExpireSession, OpenSession, Request, decode_request, encode_request,
+    Acquire, CloseSession, ExpireSession, OpenSession, Request, decode_request, encode_request,
 )
 from .machine import Compacted, Event, KV, Machine, Result
 from .messages import Message, Outbound
@@ -104,6 +104,10 @@ class Service:
         self._seen_ms: dict[int, int] = {}
         self._deadline_ms: dict[int, int] = {}
         self._expiring: dict[int, int] = {}
+        # When this node applied each grant and each queued acquire (its own clock), for
+        # `lock list`'s age and wait times. Leader-local, like session timing.
+        self._granted_at: dict[tuple[str, int], int] = {}
+        self._queued_at: dict[tuple[str, int], int] = {}
         self._was_serving = False
         # The runtime adds what only it knows (disk size, fsync latency, transport counters).
         self.extra_status: Callable[[], dict[str, Any]] | None = None
@@ -125,6 +129,8 @@ class Service:
         for key in [k for k, ws in self._writes.items()
                     if ws and now_ms - ws[0][2] > WRITE_WAITER_TTL_MS]:
             del self._writes[key]
+        if len(self._granted_at) + len(self._queued_at) > 2 * MAX_PARKED:
+            self._prune_lock_times()
 
     def next_timer_ms(self) -> int:
         """When :meth:`tick` is next needed: the replica's timers and parked deadlines."""
@@ -272,8 +278,12 @@ class Service:
                 dl = self._deadline_ms.get(lk.holder_session)
                 ttl_left = max(0, dl - self.now_ms) if dl is not None else None
                 ttl = sessions[lk.holder_session].ttl_ms if lk.holder_session in sessions else None
+                granted = self._granted_at.get((lk.name, lk.token))
+                waits = [None if (t := self._queued_at.get((lk.name, w))) is None
+                         else self.now_ms - t for w in lk.waiters]
                 rows.append([lk.name, lk.holder_session, lk.token, lk.granted_index,
-                             list(lk.waiters), ttl_left, ttl])
+                             list(lk.waiters), ttl_left, ttl,
+                             None if granted is None else self.now_ms - granted, waits])
             self._ok(route, rid, locks=rows, revision=m.revision)
 
     def _op_watch(self, route: Route, rid: object, req: dict[str, Any]) -> None:
@@ -363,6 +373,9 @@ class Service:
                 pass  # more changed in one step than the window holds; pollers catch up
             self._watches = [p for p in self._watches if not self._try_watch(p)]
         grants = m.take_grants()
+        for g in grants:
+            self._granted_at.setdefault((g.name, g.token), self.now_ms)
+            self._queued_at.pop((g.name, g.session_id), None)
         if grants and self._lock_waits:
             granted = {(g.name, g.session_id) for g in grants}
             self._lock_waits = [p for p in self._lock_waits
@@ -403,11 +416,19 @@ class Service:
                 self._forget_session(cmd.session_id)
         elif isinstance(cmd, ExpireSession):
             self._forget_session(cmd.session_id)
+        if result.code == "queued" and isinstance(cmd, Acquire):
+            self._queued_at.setdefault((cmd.name, cmd.session_id), self.now_ms)
         waiters = self._writes.pop((request.client_id, request.seq), None)
         if waiters and request.client_id:
             wire = result.to_wire()
             for route, rid, _ in waiters:
                 self._ok(route, rid, result=wire)
+
+    def _prune_lock_times(self) -> None:
+        live = {(lk.name, lk.token) for lk in self.machine.locks()}
+        waiting = {(lk.name, w) for lk in self.machine.locks() for w in lk.waiters}
+        self._granted_at = {k: v for k, v in self._granted_at.items() if k in live}
+        self._queued_at = {k: v for k, v in self._queued_at.items() if k in waiting}
 
     def _forget_session(self, sid: int) -> None:
         self._seen_ms.pop(sid, None)

@@ -129,6 +129,11 @@ def test_eight_contending_clients_are_granted_in_fifo_order(cluster: LocalCluste
             time.sleep(0.01)
         else:
             raise AssertionError(f"waiter {i} never queued")
+    (info,) = [lk for lk in client.locks() if lk.name == "fifo"]
+    assert info.age_s is not None and info.age_s > 0
+    waits = list(info.waits_s)
+    assert len(waits) == 8 and all(w is not None for w in waits)
+    assert waits == sorted(waits, reverse=True), waits   # first in line has waited longest
     holder.release()
     for t in threads:
         t.join(30)
