@@ -33,7 +33,6 @@ import platform
 import shutil
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -554,22 +553,8 @@ def one_line(name: str, r: dict[str, Any]) -> str:
 
 def free_ports(n: int, start: int) -> int:
     """A base port b such that b+1..b+n and b+101..b+100+n are free on 127.0.0.1."""
-    for _ in range(500):
-        base = random.randrange(start, start + 20000)
-        ports = [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]
-        if all(port_free(x) for x in ports):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    from coordsvc.clusterfile import free_base_port
+    return free_base_port(n, random.Random(), start, start + 20000)
 
 
 def stop_pids(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:

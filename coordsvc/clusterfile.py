@@ -18,7 +18,9 @@ snapshot_every = 10000
 from __future__ import annotations
 
 import os
+import random
 import re
+import socket
 import tomllib
 import uuid
 from dataclasses import dataclass, field, fields
@@ -146,6 +148,31 @@ def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: i
     tmp.write_text(tomli_w.dumps(doc))
     os.replace(tmp, path)
     return load(path)
+
+
+def node_ports(base_port: int, nodes: int) -> list[int]:
+    """Every port ``write_new`` assigns: node i listens on base+i and publishes on base+100+i."""
+    return [base_port + i for i in range(1, nodes + 1)] + [
+        base_port + 100 + i for i in range(1, nodes + 1)]
+
+
+def free_base_port(nodes: int, rng: random.Random, low: int = 20000, high: int = 50000) -> int:
+    """A base port whose every node port is free on 127.0.0.1 right now (tests, benchmarks)."""
+    for _ in range(500):
+        base = rng.randrange(low, high)
+        if all(_port_free(p) for p in node_ports(base, nodes)):
+            return base
+    raise ClusterFileError(f"no free block of ports for {nodes} nodes in {low}..{high}")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _host(host: str, i: int, distinct: bool) -> str:

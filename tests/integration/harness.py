@@ -1,10 +1,9 @@
 """Real clusters for tests: node processes on loopback, real SQLite files, cleanup by PID."""
 from __future__ import annotations
 
-import itertools
 import os
+import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,29 +14,15 @@ import zmq
 
 from coordsvc import wire
 from coordsvc.clusterfile import Cluster, write_new
+from coordsvc.clusterfile import free_base_port as clusterfile_free_base_port
 from coordsvc.storage.datadir import init_data_dir
 
-_port_block = itertools.count(0)
+_ports = random.Random(os.getpid())
 
 
 def free_base_port(nodes: int) -> int:
     """A base port whose node ports (base+i, base+100+i) are all free right now."""
-    for _ in range(200):
-        base = 20000 + (os.getpid() * 7 + next(_port_block) * 211) % 30000
-        ports = [base + i for i in range(1, nodes + 1)] + [base + 100 + i for i in range(1, nodes + 1)]
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return clusterfile_free_base_port(nodes, _ports)
 
 
 class Probe:
