@@ -400,6 +400,11 @@ class Machine:
                     break
         return out
 
+    def session_ttl_ms(self, session_id: int) -> int | None:
+        """The session's ttl, or None if it does not exist (O(1): keep-alives call this)."""
+        sess = self._sessions.get(session_id)
+        return None if sess is None else sess.ttl_ms
+
     def sessions(self) -> dict[int, SessionInfo]:
         return {sid: SessionInfo(s.ttl_ms, tuple(sorted(s.held)), s.opened_index)
                 for sid, s in sorted(self._sessions.items())}

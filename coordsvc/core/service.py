@@ -221,11 +221,11 @@ class Service:
         if not self._leading():
             self._not_leader(route, rid)
             return
-        info = self.machine.sessions().get(sid)
-        if info is None:
+        ttl_ms = self.machine.session_ttl_ms(sid)
+        if ttl_ms is None:
             self._ok(route, rid, known=False)
             return
-        self._deadline_ms[sid] = self.now_ms + info.ttl_ms
+        self._deadline_ms[sid] = self.now_ms + ttl_ms
         self._seen_ms[sid] = self.now_ms
         self.replica.note_renewal(sid)
         self._ok(route, rid, known=True)

@@ -577,3 +577,13 @@ def _client_ids(m: Machine) -> list[str]:
 
 def _client_seqs(m: Machine, cid: str) -> list[int]:
     return sorted(m._clients[cid].results)
+
+
+def test_session_ttl_lookup_matches_the_session_table() -> None:
+    from coordsvc.core.commands import OpenSession, Request
+    from coordsvc.core.machine import Machine
+    m = Machine()
+    sid = m.apply(1, Request("c", 1, 1, OpenSession(5_000))).data["session_id"]
+    assert isinstance(sid, int)
+    assert m.session_ttl_ms(sid) == m.sessions()[sid].ttl_ms == 5_000
+    assert m.session_ttl_ms(sid + 1) is None
