@@ -153,9 +153,6 @@ class Replica:
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
-        if self.rebuilding:
-            self._tick_rebuilding(now_ms)
-            return
         if self.role is Role.LEADER:
             if self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
@@ -165,6 +162,8 @@ class Replica:
                 self._send_heartbeat()
             if due:
                 self._retransmit_accepts(now_ms)
+        elif self.rebuilding and self.role is Role.FOLLOWER:
+            self._campaign_when_caught_up(now_ms)
         elif not self.external and now_ms >= self.election_deadline:
             self._start_phase1()
         elif self.role is Role.CANDIDATE and now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
@@ -266,27 +265,16 @@ class Replica:
             return self.role is not Role.LEADER
         return False     # catch-up requests and replies take the normal path
 
-    def _tick_rebuilding(self, now_ms: int) -> None:
-        if self.role is Role.LEADER:
-            if self._lost_quorum(now_ms):
-                self._step_down("no quorum heard within the election timeout")
-            elif now_ms - self.last_hb_sent_ms >= self.cfg.heartbeat_ms:
-                self._send_heartbeat()
-                self._retransmit_accepts(now_ms)
-        elif self.role is Role.CANDIDATE:
-            if now_ms >= self.election_deadline:
-                self._start_phase1()
-            elif now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
-                self._resend_prepares()
-        elif (self.external or self.leader is None
-              or self.known_commit > self.acceptor.commit_index):
+    def _campaign_when_caught_up(self, now_ms: int) -> None:
+        # A rebuilding follower never campaigns on the election timer, only once it has
+        # learned everything the leader committed: its campaign is how it earns its vote.
+        if self.external or self.leader is None or self.known_commit > self.acceptor.commit_index:
             self._campaign_at = None
         elif self._campaign_at is None:
             self._campaign_at = now_ms + self._election_timeout()
         elif now_ms >= self._campaign_at:
             self._campaign_at = None
-            self._start_phase1()   # caught up: campaign to earn the vote back
-        self._maybe_request_catchup()
+            self._start_phase1()
 
     def _maybe_finish_rebuild(self) -> None:
         if (not self.rebuilding or self.role is not Role.LEADER
