@@ -1,5 +1,8 @@
 """Locks: one session per lock, kept alive by a daemon thread, with a fencing token.
 
+A lock cycle is two replicated writes: ``OpenAndAcquire`` (session and queue entry in
+one command) and ``CloseSession`` (which releases what the session holds).
+
 Safety on the client side rests on one clock: ``time.monotonic()``. A keepalive sent at
 ``t`` that succeeds renews the session no earlier than ``t``, so the leader cannot expire
 it before ``t + ttl`` (a new leader restarts session timers on takeover). ``valid_until``
@@ -19,7 +22,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from coordsvc.core import machine
-from coordsvc.core.commands import Acquire, Cancel, CloseSession, OpenSession, Release, validate
+from coordsvc.core.commands import Cancel, CloseSession, OpenAndAcquire, validate
 
 from ._results import expect
 from ._transport import Cancelled
@@ -107,9 +110,8 @@ class Lock:
         """
         if not self._finish():
             return
-        if self.token:
-            res = self._client._write(Release(self.name, self.session_id, self.token))
-            expect(res, machine.OK, machine.NOT_HELD, machine.NO_SESSION)
+        # The session is this lock's alone: closing it releases the grant (or leaves the
+        # queue) and hands the lock to the next waiter, in one write.
         res = self._client._write(CloseSession(self.session_id))
         expect(res, machine.OK, machine.NO_SESSION)
 
@@ -228,20 +230,25 @@ class Lock:
 
 def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
                  on_lost: Callable[[Lock], None] | None) -> Lock:
-    """Open a session, queue for ``name`` on it, wait for the grant (see Client.acquire)."""
-    err = validate(Acquire(name, 1, True))
-    if err is None and not isinstance(ttl, (int, float)):
-        err = "ttl must be a number of seconds"
-    if err is None:
-        err = validate(OpenSession(int(round(ttl * 1000))))
+    """Open a session, queue for ``name`` on it, wait for the grant (see Client.acquire).
+
+    If the first write's outcome stays unknown (``Unavailable``), a session opened by it
+    is not kept alive and expires after ``ttl``, releasing whatever it got.
+    """
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        raise InvalidRequest("ttl must be a number of seconds")
+    cmd = OpenAndAcquire(name, int(round(ttl * 1000)), wait=timeout != 0)
+    err = validate(cmd)
     if err is None and timeout is not None and not timeout >= 0:
         err = f"timeout must be >= 0 or None, got {timeout}"
     if err is not None:
         raise InvalidRequest(err)
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
-    res = client._write(OpenSession(int(round(ttl * 1000))))
-    expect(res, machine.OK)
+    res = client._write(cmd)
+    if res.code == machine.LOCK_BUSY:
+        raise LockTimeout(f"lock {name!r} is held by another session")
+    expect(res, machine.OK, machine.QUEUED)
     sid = res.data.get("session_id")
     if type(sid) is not int:
         raise CoordError("malformed reply: session_id")
@@ -249,27 +256,24 @@ def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
     lk = Lock(client, name, sid, float(ttl), on_lost, valid_until=start + ttl)
     lk._start()
     try:
-        _wait_for_grant(client, lk, timeout == 0, deadline)
+        if res.code == machine.OK:
+            _take_grant(lk, res.data.get("token"))
+        else:
+            _wait_for_grant(client, lk, deadline)
     except BaseException:
         lk.abandon(timeout=client.timeout)
         raise
     return lk
 
 
-def _wait_for_grant(client: Client, lk: Lock, try_once: bool, deadline: float | None) -> None:
-    res = client._write(Acquire(lk.name, lk.session_id, wait=not try_once))
-    if res.code == machine.OK:
-        token = res.data.get("token")
-        if type(token) is not int:
-            raise CoordError("malformed reply: token")
-        if not lk._grant(token):
-            raise LockTimeout(f"lock {lk.name!r}: session expired before the grant arrived")
-        return
-    if res.code == machine.LOCK_BUSY:
-        raise LockTimeout(f"lock {lk.name!r} is held by another session")
-    if res.code == machine.NO_SESSION:
-        raise LockTimeout(f"lock {lk.name!r}: the session expired while acquiring")
-    expect(res, machine.QUEUED)
+def _take_grant(lk: Lock, token: object) -> None:
+    if type(token) is not int or token < 1:
+        raise CoordError("malformed reply: token")
+    if not lk._grant(token):
+        raise LockTimeout(f"lock {lk.name!r}: session expired before the grant arrived")
+
+
+def _wait_for_grant(client: Client, lk: Lock, deadline: float | None) -> None:
     while True:
         if lk.lost:
             raise LockTimeout(f"lock {lk.name!r}: the session expired while waiting")
@@ -285,11 +289,7 @@ def _wait_for_grant(client: Client, lk: Lock, try_once: bool, deadline: float | 
             leader=True, timeout=wait_s + client.timeout, long_poll_s=wait_s)
         state = reply.get("state")
         if state == "held":
-            token = reply.get("token")
-            if type(token) is not int or token < 1:
-                raise CoordError("malformed reply: token")
-            if not lk._grant(token):
-                raise LockTimeout(f"lock {lk.name!r}: session expired before the grant arrived")
+            _take_grant(lk, reply.get("token"))
             return
         if state == "none":
             raise LockTimeout(f"lock {lk.name!r}: the session expired while waiting")

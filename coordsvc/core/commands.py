@@ -17,7 +17,7 @@ from .types import ProtocolError
 
 __all__ = [
     "Acquire", "Cancel", "CloseSession", "Command", "Delete", "ExpireSession", "Fence",
-    "Noop", "OpenSession", "Put", "Release", "Request",
+    "Noop", "OpenAndAcquire", "OpenSession", "Put", "Release", "Request",
     "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_TTL_MS", "MAX_VALUE_BYTES",
     "MIN_TTL_MS", "decode_request", "encode_request", "validate", "validate_request",
 ]
@@ -79,6 +79,20 @@ class Acquire:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenAndAcquire:
+    """Open a session of ``ttl_ms`` and acquire (or queue for) ``name`` on it, in one
+    command: a lock cycle is then two replicated writes, this and ``CloseSession``.
+
+    When nothing is held or queued (busy with ``wait=False``, or a limit) no session is
+    left behind.
+    """
+
+    name: str
+    ttl_ms: int
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     name: str
     session_id: int
@@ -102,7 +116,8 @@ class Noop:
     pass
 
 
-Command = Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel | Noop
+Command = (Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel
+           | OpenAndAcquire | Noop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +191,10 @@ def validate(cmd: object) -> str | None:
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
         return _check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+    if isinstance(cmd, OpenAndAcquire):
+        if not isinstance(cmd.wait, bool):
+            return "wait must be a bool"
+        return _check_name("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
     if isinstance(cmd, Release):
         return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
                 or _check_int("token", cmd.token, 1))
@@ -208,7 +227,7 @@ def validate_request(r: object) -> str | None:
 # A request is [client_id, seq, first_unacked, [tag, *fields]]; a fence is
 # [lock, token] or nil. Tags are part of the log format: never renumber them.
 
-_NOOP, _PUT, _DELETE, _OPEN, _CLOSE, _EXPIRE, _ACQUIRE, _RELEASE, _CANCEL = range(9)
+_NOOP, _PUT, _DELETE, _OPEN, _CLOSE, _EXPIRE, _ACQUIRE, _RELEASE, _CANCEL, _OPEN_ACQUIRE = range(10)
 
 
 def _fence_out(f: Fence | None) -> list[object] | None:
@@ -232,6 +251,8 @@ def _cmd_out(c: Command) -> list[object]:
         return [_RELEASE, c.name, c.session_id, c.token]
     if isinstance(c, Cancel):
         return [_CANCEL, c.name, c.session_id]
+    if isinstance(c, OpenAndAcquire):
+        return [_OPEN_ACQUIRE, c.name, c.ttl_ms, c.wait]
     return [_NOOP]
 
 
@@ -288,6 +309,7 @@ _DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
     _ACQUIRE: (4, lambda f: Acquire(_str(f[1]), _int(f[2]), _bool(f[3]))),
     _RELEASE: (4, lambda f: Release(_str(f[1]), _int(f[2]), _int(f[3]))),
     _CANCEL: (3, lambda f: Cancel(_str(f[1]), _int(f[2]))),
+    _OPEN_ACQUIRE: (4, lambda f: OpenAndAcquire(_str(f[1]), _int(f[2]), _bool(f[3]))),
 }
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 
 from .commands import (
-    Acquire, Cancel, CloseSession, Command, Delete, ExpireSession, Fence, OpenSession,
-    Put, Release, Request, validate, validate_request,
+    Acquire, Cancel, CloseSession, Command, Delete, ExpireSession, Fence, OpenAndAcquire,
+    OpenSession, Put, Release, Request, validate, validate_request,
 )
 from .types import ProtocolError, UsageError
 
@@ -218,6 +218,8 @@ class Machine:
             return self._release(index, cmd)
         if isinstance(cmd, Cancel):
             return self._cancel(index, cmd)
+        if isinstance(cmd, OpenAndAcquire):
+            return self._open_and_acquire(index, cmd)
         return Result(OK, self.revision, {})  # Noop: validate() rejected every other type
 
     # -- keys ----------------------------------------------------------------------
@@ -345,6 +347,17 @@ class Machine:
             lk.waiters.append(cmd.session_id)
             s.waiting.add(cmd.name)
         return Result(QUEUED, self.revision, {})
+
+    def _open_and_acquire(self, index: int, cmd: OpenAndAcquire) -> Result:
+        if len(self._sessions) >= MAX_SESSIONS:
+            return _err(LIMIT, self.revision, f"too many sessions (max {MAX_SESSIONS})")
+        sid = self.next_session_id
+        self._open(index, cmd.ttl_ms)
+        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait))
+        if res.code in (OK, QUEUED):
+            return Result(res.code, res.revision, {**res.data, "session_id": sid})
+        self._close(index, sid)  # busy or a limit: nothing held, so no session either
+        return res
 
     def _release(self, index: int, cmd: Release) -> Result:
         lk = self._locks.get(cmd.name)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .commands import (
-    Acquire, CloseSession, ExpireSession, OpenSession, Request, decode_request, encode_request,
+    Acquire, CloseSession, ExpireSession, OpenAndAcquire, OpenSession, Request, decode_request,
+    encode_request,
 )
 from .machine import Compacted, Event, KV, Machine, Result
 from .messages import Message, Outbound
@@ -405,18 +406,19 @@ class Service:
 
     def _after_command(self, request: Request, result: Result) -> None:
         cmd = request.cmd
-        if result.code == "ok":
-            if isinstance(cmd, OpenSession):
-                sid = result.data.get("session_id")
-                if isinstance(sid, int):
-                    self._seen_ms[sid] = self.now_ms
-                    if self._leading():
-                        self._deadline_ms[sid] = self.now_ms + cmd.ttl_ms
-            elif isinstance(cmd, (CloseSession, ExpireSession)):
+        code = result.code
+        if isinstance(cmd, (OpenSession, OpenAndAcquire)) and code in ("ok", "queued"):
+            sid = result.data.get("session_id")
+            if isinstance(sid, int):
+                self._seen_ms[sid] = self.now_ms
+                if self._leading():
+                    self._deadline_ms[sid] = self.now_ms + cmd.ttl_ms
+                if code == "queued" and isinstance(cmd, OpenAndAcquire):
+                    self._queued_at.setdefault((cmd.name, sid), self.now_ms)
+        elif isinstance(cmd, (CloseSession, ExpireSession)):
+            if code == "ok" or isinstance(cmd, ExpireSession):
                 self._forget_session(cmd.session_id)
-        elif isinstance(cmd, ExpireSession):
-            self._forget_session(cmd.session_id)
-        if result.code == "queued" and isinstance(cmd, Acquire):
+        elif code == "queued" and isinstance(cmd, Acquire):
             self._queued_at.setdefault((cmd.name, cmd.session_id), self.now_ms)
         waiters = self._writes.pop((request.client_id, request.seq), None)
         if waiters and request.client_id:

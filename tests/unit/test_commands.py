@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from coordsvc.core.commands import (
     MAX_KEY_BYTES, MAX_VALUE_BYTES, Acquire, Cancel, CloseSession, Command, Delete,
-    ExpireSession, Fence, Noop, OpenSession, Put, Release, Request, decode_request,
+    ExpireSession, Fence, Noop, OpenAndAcquire, OpenSession, Put, Release, Request, decode_request,
     encode_request, validate, validate_request,
 )
 from coordsvc.core.types import ProtocolError
@@ -24,6 +24,7 @@ EXAMPLES: list[Command] = [
     Acquire("deploy", 1, False),
     Release("deploy", 1, 9),
     Cancel("deploy", 1),
+    OpenAndAcquire("deploy", 10_000, True),
     Noop(),
 ]
 
@@ -39,6 +40,7 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(Acquire, names, ints, st.booleans()),
     st.builds(Release, names, ints, ints),
     st.builds(Cancel, names, ints),
+    st.builds(OpenAndAcquire, names, ints, st.booleans()),
     st.just(Noop()),
 )
 
@@ -136,6 +138,10 @@ def test_ttl_must_be_between_1_and_300_seconds() -> None:
     assert validate(OpenSession(300_000)) is None
     assert validate(OpenSession(999)) is not None
     assert validate(OpenSession(300_001)) is not None
+    assert validate(OpenAndAcquire("x", 999, True)) is not None
+    assert validate(OpenAndAcquire("x", 300_000, False)) is None
+    assert validate(OpenAndAcquire("", 5_000, True)) is not None
+    assert validate(OpenAndAcquire("x", 5_000, 1)) is not None   # type: ignore[arg-type]
 
 
 def test_lock_names_follow_the_key_rules() -> None:

@@ -6,8 +6,8 @@ from hypothesis import strategies as st
 
 from coordsvc.core import machine as machine_mod
 from coordsvc.core.commands import (
-    Acquire, Cancel, CloseSession, Command, Delete, ExpireSession, Fence, Noop, OpenSession,
-    Put, Release, Request,
+    Acquire, Cancel, CloseSession, Command, Delete, ExpireSession, Fence, Noop, OpenAndAcquire,
+    OpenSession, Put, Release, Request,
 )
 from coordsvc.core.machine import KV, Compacted, Event, Grant, LockInfo, Machine, Result, SessionInfo
 from coordsvc.core.types import ProtocolError, UsageError
@@ -408,6 +408,41 @@ def test_tokens_strictly_increase_and_are_never_reused(c: Client) -> None:
     assert tokens == sorted(set(tokens))
 
 
+def test_open_and_acquire_grants_a_free_lock_on_a_new_session(c: Client) -> None:
+    r = c.do(OpenAndAcquire("x", 5_000, True))
+    assert r.code == "ok"
+    sid = r.data["session_id"]
+    assert c.m.lock_owner("x") == (sid, r.data["token"])
+    assert c.m.sessions()[sid] == SessionInfo(5_000, ("x",), c.seq)
+
+
+def test_open_and_acquire_queues_its_new_session_behind_the_holder(c: Client) -> None:
+    a = c.session()
+    c.do(Acquire("x", a, False))
+    r = c.do(OpenAndAcquire("x", 5_000, True))
+    assert r.code == "queued"
+    sid = r.data["session_id"]
+    assert c.m.waiting("x", sid)
+    c.do(CloseSession(a))            # closing the holder's session hands the lock over
+    assert c.m.lock_owner("x") == (sid, 2)
+
+
+def test_open_and_acquire_that_gets_nothing_leaves_no_session(c: Client) -> None:
+    a = c.session()
+    c.do(Acquire("x", a, False))
+    assert c.do(OpenAndAcquire("x", 5_000, False)).code == "lock_busy"
+    assert c.do(OpenAndAcquire("x", 999, True)).code == "invalid"
+    assert list(c.m.sessions()) == [a]
+
+
+def test_closing_the_only_session_of_a_lock_releases_it_to_the_next_waiter(c: Client) -> None:
+    first = c.do(OpenAndAcquire("x", 5_000, True)).data
+    second = c.do(OpenAndAcquire("x", 5_000, True)).data
+    assert c.do(CloseSession(first["session_id"])).code == "ok"
+    assert c.m.lock_owner("x") == (second["session_id"], first["token"] + 1)
+    assert c.m.take_grants()[-1] == Grant("x", second["session_id"], first["token"] + 1)
+
+
 def test_cancel_dequeues_a_waiter(c: Client) -> None:
     a, b = c.session(), c.session()
     c.do(Acquire("x", a, False))
@@ -496,6 +531,7 @@ _cmds: st.SearchStrategy[Command] = st.one_of(
     st.builds(Acquire, _names, _ids, st.just(True)),
     st.builds(Release, _names, _ids, st.integers(1, 6)),
     st.builds(Cancel, _names, _ids),
+    st.builds(OpenAndAcquire, _names, st.sampled_from([999, 5_000]), st.booleans()),
     st.just(Noop()),
 )
 # (client, retry_back, unacked_back, cmd): client "" is internal; retry_back > 0 re-sends
@@ -548,6 +584,7 @@ _any_cmds: st.SearchStrategy[Command] = st.one_of(
     st.builds(OpenSession, _wide | st.just(5_000)), st.builds(CloseSession, _wide),
     st.builds(ExpireSession, _wide), st.builds(Acquire, st.text(max_size=3), _wide, st.booleans()),
     st.builds(Release, st.text(max_size=3), _wide, _wide), st.builds(Cancel, st.text(max_size=3), _wide),
+    st.builds(OpenAndAcquire, st.text(max_size=3), _wide | st.just(5_000), st.booleans()),
 )
 
 
