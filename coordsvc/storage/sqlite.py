@@ -101,6 +101,8 @@ def _lock_dir(path: Path) -> int:
 
 
 CHECKPOINT_EVERY_SAVES = 500
+# A deferred commit index (see ``save``) is written by ``maintain`` once it is this old.
+COMMIT_FLUSH_S = 0.1
 
 
 class SqliteStore:
@@ -114,6 +116,8 @@ class SqliteStore:
         self._failed: str | None = None
         self._save_s: deque[float] = deque(maxlen=SAVE_SAMPLES)
         self._saves_since_checkpoint = 0
+        self._pending_commit: int | None = None
+        self._pending_since = 0.0
         conn.execute("PRAGMA wal_autocheckpoint=0")   # see maintain()
         row = conn.execute("SELECT idx FROM snapshot WHERE id = 0").fetchone()
         if row is None or conn.execute("SELECT 1 FROM acceptor WHERE id = 0").fetchone() is None:
@@ -175,6 +179,7 @@ class SqliteStore:
         return self._conn
 
     def load(self) -> Durable:
+        self._flush_commit()
         conn = self._live()
         scalars = conn.execute(
             "SELECT promised_round, promised_node, high_water_round, commit_index "
@@ -200,14 +205,41 @@ class SqliteStore:
         )
 
     def save(self, p: Persist) -> None:
-        conn = self._live()
+        """Make ``p`` durable before returning -- except a save that only advances the
+        commit index, which is deferred.
+
+        The commit index is a hint: losing it in a crash is harmless (the leader tells it
+        again), so it need not cost the write path a transaction. A deferred index rides
+        in the next save's transaction, or ``maintain`` writes it once it is
+        ``COMMIT_FLUSH_S`` old, or ``close`` does.
+        """
+        self._check_usable()
+        if p.empty():
+            return
+        if p.commit_index is not None and not p.entries and p.promised is None and (
+                p.snapshot is None and p.high_water_round is None and not p.rebuilt):
+            if self._pending_commit is None:
+                self._pending_since = time.monotonic()
+            self._pending_commit = max(p.commit_index, self._pending_commit or 0)
+            return
+        self._commit(p, sync=True)
+
+    def _flush_commit(self) -> None:
+        if self._pending_commit is not None:
+            self._check_usable()
+            # Nothing waits on this one: NORMAL lets the next synchronous commit fsync it.
+            self._commit(Persist(commit_index=self._pending_commit), sync=False)
+
+    def _check_usable(self) -> None:
+        self._live()
         if self._failed is not None:
             raise SafetyViolation(
                 f"store {self.db_path} refused a save: an earlier save failed ({self._failed}); "
                 "restart the node"
             )
-        if p.empty():
-            return
+
+    def _commit(self, p: Persist, sync: bool) -> None:
+        conn = self._live()
         started = time.perf_counter()
         snapshot_index = p.snapshot.index if p.snapshot is not None else self._snapshot_index
         # Encode before BEGIN: a malformed value is a UsageError that touches nothing.
@@ -217,14 +249,11 @@ class SqliteStore:
             if e.slot > snapshot_index
         ]
         promised = p.promised
-        # A save that only advances the commit index need not wait for the disk: losing it
-        # in a crash is harmless (the index is re-learned from the leader), and the next
-        # synchronous commit fsyncs the WAL with this transaction in it, in order. That
-        # takes the second fsync off every write's path on the leader.
-        lazy = p.commit_index is not None and not rows and promised is None and (
-            p.snapshot is None and p.high_water_round is None and not p.rebuilt)
+        commit_index = p.commit_index
+        if self._pending_commit is not None:
+            commit_index = max(commit_index or 0, self._pending_commit)
         try:
-            if lazy:
+            if not sync:
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             if p.snapshot is not None:
@@ -235,14 +264,14 @@ class SqliteStore:
                 conn.execute("DELETE FROM log WHERE slot <= ?", (p.snapshot.index,))
             if rows:
                 conn.executemany(_UPSERT_ENTRY, rows)
-            if promised is not None or p.high_water_round is not None or p.commit_index is not None:
+            if promised is not None or p.high_water_round is not None or commit_index is not None:
                 conn.execute(
                     _UPDATE_SCALARS,
                     (
                         None if promised is None else promised.round,
                         None if promised is None else promised.node,
                         p.high_water_round,
-                        p.commit_index,
+                        commit_index,
                     ),
                 )
             if p.rebuilt:
@@ -257,11 +286,13 @@ class SqliteStore:
                 pass  # the original error is the one worth reporting
             raise
         finally:
-            if lazy:
+            if not sync:
                 conn.execute("PRAGMA synchronous=FULL")
+        self._pending_commit = None
         self._snapshot_index = snapshot_index
         self._saves_since_checkpoint += 1
-        self._save_s.append(time.perf_counter() - started)
+        if sync:
+            self._save_s.append(time.perf_counter() - started)
 
     def save_p99_ms(self) -> float:
         """99th percentile (nearest rank) of the last 1024 save durations, 0.0 if none."""
@@ -284,8 +315,12 @@ class SqliteStore:
 
         SQLite's automatic checkpoint runs inside whichever commit crosses the threshold
         and made that write's latency ~8 ms at p99; the node loop calls this after it has
-        answered, so no reply waits for it. PASSIVE never blocks on readers.
+        answered, so no reply waits for it. PASSIVE never blocks on readers. A deferred
+        commit index older than ``COMMIT_FLUSH_S`` is written here too.
         """
+        if (self._pending_commit is not None
+                and time.monotonic() - self._pending_since >= COMMIT_FLUSH_S):
+            self._flush_commit()
         if self._saves_since_checkpoint >= CHECKPOINT_EVERY_SAVES:
             self._saves_since_checkpoint = 0
             self._live().execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -293,6 +328,11 @@ class SqliteStore:
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the directory. Idempotent."""
         if self._conn is not None:
+            if self._failed is None:
+                try:
+                    self._flush_commit()
+                except sqlite3.Error:
+                    pass  # only a hint is lost; the store was usable until now
             conn, self._conn = self._conn, None
             conn.close()
         if self._lock_fd is not None:

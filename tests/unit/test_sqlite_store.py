@@ -26,6 +26,7 @@ from coordsvc.core.types import (
     ZERO_BALLOT,
 )
 from coordsvc.storage.memory import MemoryStore
+from coordsvc.storage import sqlite as sqlite_mod
 from coordsvc.storage.sqlite import DataDirError, SqliteStore, init_data_dir
 
 CLUSTER = "c-abc"
@@ -178,6 +179,42 @@ def test_a_malformed_value_is_a_usage_error_that_touches_nothing(tmp_path: Path)
         assert s.load() == Durable()
         s.save(Persist(commit_index=3))  # not poisoned: nothing was attempted
         assert s.load().commit_index == 3
+
+
+def _durable_commit_index(s: SqliteStore) -> int:
+    """What another process would read from disk right now."""
+    with sqlite3.connect(s.db_path) as other:
+        return int(other.execute("SELECT commit_index FROM acceptor WHERE id = 0").fetchone()[0])
+
+
+def test_a_commit_only_save_is_deferred_to_the_next_transaction(tmp_path: Path) -> None:
+    with fresh(tmp_path / "d") as s:
+        s.save(Persist(commit_index=7))
+        assert _durable_commit_index(s) == 0          # no transaction on the write path
+        s.save(Persist(entries=[entry(8)]))
+        assert _durable_commit_index(s) == 7          # rode along with the entry
+
+
+def test_maintain_writes_a_deferred_commit_index_once_it_is_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with fresh(tmp_path / "d") as s:
+        s.save(Persist(commit_index=3))
+        s.maintain()
+        assert _durable_commit_index(s) == 0
+        monkeypatch.setattr(sqlite_mod, "COMMIT_FLUSH_S", 0.0)
+        s.maintain()
+        assert _durable_commit_index(s) == 3
+
+
+def test_close_and_load_see_a_deferred_commit_index(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(commit_index=4))
+        s.save(Persist(commit_index=5))
+        assert s.load().commit_index == 5
+        s.save(Persist(commit_index=6))
+    with SqliteStore.open(d, CLUSTER, "n1") as s:
+        assert s.load().commit_index == 6
 
 
 def test_closed_store_refuses_use(tmp_path: Path) -> None:
