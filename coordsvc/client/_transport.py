@@ -131,14 +131,17 @@ class Transport:
         body = wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid})
         sock = self._socket(endpoint)
         try:
-            if not self._wait(sock, zmq.POLLOUT, min(deadline, connect_deadline), cancel):
-                self._drop(endpoint)
-                return None
             try:
-                sock.send(body, zmq.NOBLOCK)
+                sock.send(body, zmq.NOBLOCK)  # the usual case: connected, room in the queue
             except zmq.Again:
-                self._drop(endpoint)
-                return None
+                if not self._wait(sock, zmq.POLLOUT, min(deadline, connect_deadline), cancel):
+                    self._drop(endpoint)
+                    return None
+                try:
+                    sock.send(body, zmq.NOBLOCK)
+                except zmq.Again:
+                    self._drop(endpoint)
+                    return None
             while True:
                 if not self._wait(sock, zmq.POLLIN, deadline, cancel):
                     self._drop(endpoint)
