@@ -19,7 +19,7 @@ from coordsvc.core.machine import Result
 from coordsvc.core.types import ProtocolError
 
 from . import _status
-from ._lock import Lock, LockInfo, acquire_lock
+from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
 from ._types import Entry, Event, entry_from_wire, events_from_wire
@@ -74,6 +74,7 @@ class Client:
         self._rr = 0
         self._rng = random.Random()  # backoff jitter only
         self._locks_mu = threading.Lock()
+        self._starter: KeepaliveStarter | None = None
         self._locks: set[Lock] = set()
         self._closed = False
 
@@ -197,6 +198,10 @@ class Client:
         for lk in held:
             lk.abandon(timeout=min(ATTEMPT_S, self._timeout))
         self._closed = True
+        with self._locks_mu:
+            starter, self._starter = self._starter, None
+        if starter is not None:
+            starter.close()
         self._transport.close()
 
     def __enter__(self) -> Client:
@@ -211,6 +216,13 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise CoordError("client is closed")
+
+    def _keepalive_starter(self) -> KeepaliveStarter:
+        with self._locks_mu:
+            if self._starter is None:
+                self._check_open()
+                self._starter = KeepaliveStarter()
+            return self._starter
 
     def _track(self, lk: Lock, alive: bool) -> None:
         with self._locks_mu:

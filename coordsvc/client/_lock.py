@@ -13,6 +13,8 @@ within the margin).
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import threading
 import time
@@ -31,7 +33,7 @@ from .errors import CoordError, InvalidRequest, LockTimeout, Unavailable
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["Lock", "LockInfo", "acquire_lock"]
+__all__ = ["KeepaliveStarter", "Lock", "LockInfo", "acquire_lock"]
 
 log = logging.getLogger("coordsvc.client")
 
@@ -147,7 +149,14 @@ class Lock:
 
     def _start(self) -> None:
         self._client._track(self, True)
-        self._thread.start()
+        # The thread is needed only once the first keepalive is due (a third of the ttl
+        # in): a lock released before then never costs one.
+        self._client._keepalive_starter().schedule(self, self.valid_until - self.ttl * 2 / 3)
+
+    def _start_thread(self) -> None:
+        with self._mu:
+            if not self._released:
+                self._thread.start()
 
     def _finish(self) -> bool:
         """Mark released and stop the keepalive thread; False if already done."""
@@ -155,9 +164,10 @@ class Lock:
             if self._released:
                 return False
             self._released = True
+            started = self._thread.ident is not None
         self._stop.set()
         # on_lost may call release() from the keepalive thread itself.
-        if self._thread.ident is not None and self._thread is not threading.current_thread():
+        if started and self._thread is not threading.current_thread():
             self._thread.join()
         self._client._track(self, False)
         return True
@@ -226,6 +236,46 @@ class Lock:
                 self._on_lost(self)
             except Exception:
                 log.exception("on_lost callback of lock %r raised", self.name)
+
+
+class KeepaliveStarter:
+    """One thread per Client that starts each lock's keepalive thread when its first
+    keepalive is due. It never does I/O, so a slow keepalive delays nothing here."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._due: list[tuple[float, int, Lock]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def schedule(self, lk: Lock, at: float) -> None:
+        with self._cv:
+            if self._closed:
+                raise CoordError("client is closed")
+            heapq.heappush(self._due, (at, next(self._order), lk))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="coordsvc-keepalive-starter")
+                self._thread.start()
+            self._cv.notify()
+
+    def _run(self) -> None:
+        with self._cv:
+            while not self._closed:
+                now = time.monotonic()
+                while self._due and self._due[0][0] <= now:
+                    heapq.heappop(self._due)[2]._start_thread()  # no-op once released
+                self._cv.wait(self._due[0][0] - now if self._due else None)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._due.clear()
+            self._cv.notify()
+            t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
 
 
 def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,

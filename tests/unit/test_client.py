@@ -522,6 +522,28 @@ def test_keepalive_extends_valid_until(nodes: Callable[..., FakeNode]) -> None:
         lk.release()
 
 
+def test_a_lock_released_before_its_first_keepalive_never_starts_a_thread(
+        nodes: Callable[..., FakeNode]) -> None:
+    n = nodes()
+
+    def keepalive_threads() -> list[str]:
+        return [t.name for t in threading.enumerate()
+                if t.name.startswith("coordsvc-keepalive-") and "starter" not in t.name]
+
+    with Client([n.address], timeout=2.0) as c:
+        for _ in range(20):
+            c.acquire("short", ttl=30.0).release()     # first keepalive due after 10 s
+        assert keepalive_threads() == [] and not n.ops("keepalive")
+        lk = c.acquire("long", ttl=1.0)                  # due after 0.33 s
+        deadline = time.monotonic() + 2.0
+        while not n.ops("keepalive"):
+            assert time.monotonic() < deadline, "no keepalive was sent"
+            time.sleep(0.01)
+        assert keepalive_threads() == [f"coordsvc-keepalive-{lk.session_id}"]
+        lk.release()
+        assert keepalive_threads() == []
+
+
 def test_put_fenced_by_a_stale_lock_is_rejected_and_writes_nothing(
         nodes: Callable[..., FakeNode]) -> None:
     n = nodes()
