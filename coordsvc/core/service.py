@@ -97,6 +97,9 @@ class Service:
         self.replies: list[tuple[Route, Reply]] = []
         self.events: list[Event] = []
         self._writes: dict[tuple[str, int], list[tuple[Route, object, int]]] = {}
+        # Requests this leader proposed, already decoded: applying them need not decode
+        # the same bytes again. Emptied when leadership ends; bounded by MAX_WRITE_WAITERS.
+        self._proposed: dict[bytes, Request] = {}
         self._reads: dict[int, tuple[Route, object, str, dict[str, Any]]] = {}
         self._read_seq = 0
         self._watches: list[_Parked] = []
@@ -216,6 +219,7 @@ class Service:
             return
         self.counters.writes += 1
         self._writes[key] = [(route, rid, self.now_ms)]
+        self._proposed[raw] = request
 
     def _op_keepalive(self, route: Route, rid: object, req: dict[str, Any]) -> None:
         sid = _field(req, "session_id", int)
@@ -358,10 +362,12 @@ class Service:
         rev_before = m.revision
         for slot, batch in ready.committed:
             for raw in batch:
-                try:
-                    request = decode_request(raw)
-                except ProtocolError:
-                    continue  # every replica skips the same bytes: still deterministic
+                request = self._proposed.pop(raw, None)
+                if request is None:
+                    try:
+                        request = decode_request(raw)
+                    except ProtocolError:
+                        continue  # every replica skips the same bytes: still deterministic
                 result = m.apply(slot, request)
                 self.counters.applied_commands += 1
                 self._after_command(request, result)
@@ -391,8 +397,10 @@ class Service:
             if pending is not None:
                 self._error(pending[0], pending[1], "unavailable", "leadership lost; retry")
         for raw in ready.aborted_commands:
+            request = self._proposed.pop(raw, None)
             try:
-                request = decode_request(raw)
+                if request is None:
+                    request = decode_request(raw)
             except ProtocolError:
                 continue
             for route, rid, _ in self._writes.pop((request.client_id, request.seq), []):
@@ -449,7 +457,8 @@ class Service:
                 sid: self._seen_ms.get(sid, self.now_ms) + info.ttl_ms + grace
                 for sid, info in self.machine.sessions().items()}
             self._expiring.clear()
-        elif not self._leading() and (self._was_serving or self._writes or self._lock_waits):
+        elif not self._leading() and (self._was_serving or self._writes or self._proposed
+                                         or self._lock_waits):
             self._deadline_ms.clear()
             self._expiring.clear()
             for waiters in self._writes.values():
@@ -458,6 +467,7 @@ class Service:
                                 "leadership lost; the write may or may not be applied — retry "
                                 "with the same sequence number")
             self._writes.clear()
+            self._proposed.clear()
             for p in self._lock_waits:
                 self._not_leader(p.route, p.rid)
             self._lock_waits.clear()
