@@ -1,6 +1,9 @@
 """ZeroMQ sockets of one node: a ROUTER for requests and peer traffic, a PUB for
 heartbeats and watch events, one DEALER per peer, one SUB on every peer's PUB.
 
+The PUB is an XPUB, which also reports subscriptions: while nobody subscribes to
+event topics, changes are not encoded or sent at all.
+
 Everything is non-blocking: a send that would block (peer down, queue full) drops
 the message — Paxos retransmits what matters — and a frame that fails to decode is
 counted and dropped. Nothing a peer or client sends can stop the node.
@@ -60,7 +63,11 @@ class Transport:
         self.router = self._socket(zmq.ROUTER, sndhwm=CLIENT_HWM, rcvhwm=CLIENT_HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SNAPSHOT_FRAME_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable reply -> error, not silence
-        self.pub = self._socket(zmq.PUB, sndhwm=CLIENT_HWM)
+        self.pub = self._socket(zmq.XPUB, sndhwm=CLIENT_HWM)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, 1024)   # subscription frames are topics
+        # Topics some subscriber holds (XPUB reports a topic's first subscribe and last
+        # unsubscribe); only the event topics matter here.
+        self.event_topics: set[bytes] = set()
         try:
             self.router.bind(me.address)
             self.pub.bind(me.publish)
@@ -83,6 +90,7 @@ class Transport:
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
+        self.poller.register(self.pub, zmq.POLLIN)
         self.local: list[Message] = []
 
     def _socket(self, kind: int, sndhwm: int | None = None, rcvhwm: int | None = None) -> zmq.Socket[bytes]:
@@ -110,6 +118,7 @@ class Transport:
             yield "peer", msg, None
         # Drain while EVENTS says a message is queued: cheaper than letting recv raise
         # zmq.Again at the end of every turn.
+        self._read_subscriptions()
         router, sub, n = self.router, self.sub, 0
         while n < budget and _readable(router):
             frames = router.recv_multipart(zmq.NOBLOCK)
@@ -141,6 +150,19 @@ class Transport:
             self.counters.peer_in += 1
             yield "peer", msg, None
 
+    def _read_subscriptions(self) -> None:
+        while _readable(self.pub):
+            frame = self.pub.recv(zmq.NOBLOCK)
+            topic = frame[1:]
+            if not frame or frame[0] not in (0, 1):
+                self.counters.bad_frames += 1
+            elif not topic or topic.startswith(EVENT_TOPIC_PREFIX):
+                # b"" subscribes to everything, events included.
+                if frame[0] == 1:
+                    self.event_topics.add(topic)
+                else:
+                    self.event_topics.discard(topic)
+
     # ------------------------------------------------------------------ send
 
     def send(self, messages: list[Outbound]) -> None:
@@ -168,6 +190,8 @@ class Transport:
         self._nb(self.router, [route, wire.encode_client(wire.CLIENT_REPLY, payload)])
 
     def publish(self, events: list[Event]) -> None:
+        if not self.event_topics:
+            return
         for e in events:
             body = wire.encode_client(wire.EVENT, {"type": e.type, "key": e.key, "value": e.value,
                                                    "revision": e.revision})

@@ -240,3 +240,35 @@ class socket_raw:
 
     def __exit__(self, *a: object) -> None:
         self.s.close()
+
+
+def test_changes_are_published_to_subscribers_of_their_key(cluster: LocalCluster) -> None:
+    import zmq
+
+    from coordsvc import wire
+    node = cluster.leader()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(cluster.cluster.node(node).publish)
+    sub.setsockopt(zmq.SUBSCRIBE, b"kapp/")
+    try:
+        # A subscription reaches the node asynchronously: write until one change is seen.
+        deadline = time.monotonic() + 10
+        seq, got = 0, None
+        while got is None:
+            assert time.monotonic() < deadline, "no change was published"
+            seq += 1
+            assert _put(cluster, node, "other", b"-", seq)["ok"]        # type: ignore[index]
+            assert _put(cluster, node, "app/x", b"%d" % seq, seq + 10_000)["ok"]  # type: ignore[index]
+            if sub.poll(100):
+                got = sub.recv_multipart()
+        topic, body = got
+        event = wire.decode_client(body, wire.EVENT)
+        assert topic == b"kapp/x"
+        assert event["type"] == "put" and event["key"] == "app/x"
+        assert 1 <= int(event["value"]) <= seq
+        assert type(event["revision"]) is int and event["revision"] > 0
+    finally:
+        sub.close()
+        ctx.term()
