@@ -552,9 +552,24 @@ def one_line(name: str, r: dict[str, Any]) -> str:
 # -- coordsvc -------------------------------------------------------------------------------
 
 def free_ports(n: int, start: int) -> int:
-    """A base port b such that b+1..b+n and b+101..b+100+n are free on 127.0.0.1."""
-    from coordsvc.clusterfile import free_base_port
-    return free_base_port(n, random.Random(), start, start + 20000)
+    """A base port b such that b+1..b+n and b+101..b+100+n are free on 127.0.0.1.
+
+    Stdlib only, unlike ``coordsvc.clusterfile.free_base_port`` (same layout): the
+    anchors run this file where coordsvc is not installed.
+    """
+    import socket
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(start, start + 20000)
+        try:
+            for port in [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]:
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no free block of ports for {n} nodes from {start}")
 
 
 def stop_pids(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = 5.0) -> None:

@@ -32,3 +32,14 @@ def test_bench_smoke_completes_with_ops_and_no_lost_watch_events(cluster: LocalC
         assert done > 0, (name, res)
     wf = tests["watch_fanout"]
     assert wf["writes"] > 0 and wf["lost"] == 0, wf
+
+
+def test_the_load_generator_runs_where_coordsvc_is_not_installed() -> None:
+    # The anchors (etcd, PySyncObj) run load.py from their own virtualenv; -S leaves out
+    # every site-packages directory, so only the standard library is importable.
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import load; "
+             "print(load.free_ports(3, 41000))")
+    r = subprocess.run([sys.executable, "-S", "-c", probe, str(LOAD.parent)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert 41000 <= int(r.stdout) < 61000
