@@ -167,7 +167,8 @@ class Transport:
                 return False
             if cancel is not None:
                 left = min(left, _CANCEL_SLICE_S)
-            if sock.poll(max(1, int(left * 1000)), event) & event:
+            # zmq_poll directly: Socket.poll builds a Poller per call.
+            if zmq.zmq_poll([(sock, event)], max(1, int(left * 1000))):
                 return True
 
     # -- shutdown ------------------------------------------------------------------------

@@ -50,8 +50,23 @@ def _with_source(own_host: str, endpoint: str) -> str:
     return endpoint
 
 
+# Plain ints: pyzmq's flag enums cost microseconds per operation on the hot path.
+_NB = int(zmq.NOBLOCK)
+_NB_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+_RCVMORE = int(zmq.RCVMORE)
+
+
 def _readable(sock: zmq.Socket[bytes]) -> bool:
-    return bool(int(sock.get(zmq.EVENTS)) & zmq.POLLIN)
+    return bool(sock.getsockopt(_EVENTS) & _POLLIN)  # type: ignore[operator]
+
+
+def _recv_all(sock: zmq.Socket[bytes]) -> list[bytes]:
+    frames = [sock.recv(_NB)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_NB))
+    return frames
 
 
 class Transport:
@@ -91,6 +106,7 @@ class Transport:
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.sub, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
+        self._readable: set[zmq.Socket[bytes]] = set()
         self.local: list[Message] = []
 
     def _socket(self, kind: int, sndhwm: int | None = None, rcvhwm: int | None = None) -> zmq.Socket[bytes]:
@@ -107,21 +123,25 @@ class Transport:
     # ------------------------------------------------------------------ receive
 
     def poll(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` for input; True if some socket has a message."""
         if self.local:
             timeout_ms = 0
-        return bool(self.poller.poll(timeout_ms))
+        self._readable = {sock for sock, _ in self.poller.poll(timeout_ms)}
+        return bool(self._readable)
 
     def receive(self, budget: int = 2000) -> Iterator[tuple[str, Any, Any]]:
         """Yield ('peer', msg, None) and ('client', request, route) without blocking."""
         local, self.local = self.local, []
         for msg in local:
             yield "peer", msg, None
-        # Drain while EVENTS says a message is queued: cheaper than letting recv raise
-        # zmq.Again at the end of every turn.
-        self._read_subscriptions()
+        # Only sockets the last poll found readable, each drained while EVENTS says a
+        # message is queued: cheaper than letting recv raise zmq.Again every turn.
+        ready, self._readable = self._readable, set()
+        if self.pub in ready:
+            self._read_subscriptions()
         router, sub, n = self.router, self.sub, 0
-        while n < budget and _readable(router):
-            frames = router.recv_multipart(zmq.NOBLOCK)
+        while n < budget and router in ready and _readable(router):
+            frames = _recv_all(router)
             n += 1
             if len(frames) != 2:
                 self.counters.bad_frames += 1
@@ -139,8 +159,8 @@ class Transport:
             else:
                 self.counters.peer_in += 1
                 yield "peer", body, None
-        while n < budget and _readable(sub):
-            frames = sub.recv_multipart(zmq.NOBLOCK)
+        while n < budget and sub in ready and _readable(sub):
+            frames = _recv_all(sub)
             n += 1
             try:
                 msg = wire.decode_peer(frames[-1])
@@ -152,7 +172,7 @@ class Transport:
 
     def _read_subscriptions(self) -> None:
         while _readable(self.pub):
-            frame = self.pub.recv(zmq.NOBLOCK)
+            frame = self.pub.recv(_NB)
             topic = frame[1:]
             if not frame or frame[0] not in (0, 1):
                 self.counters.bad_frames += 1
@@ -180,14 +200,14 @@ class Transport:
             if frame is None:
                 frame = encoded[key] = wire.encode_peer(o.msg)
             if isinstance(o.msg, Heartbeat):
-                self._nb(self.pub, [HEARTBEAT_TOPIC, frame])
+                self._nb(self.pub, HEARTBEAT_TOPIC, frame)
                 continue
             d = self.dealers.get(o.dst)
             if d is not None:
-                self._nb(d, [frame])
+                self._nb(d, None, frame)
 
     def reply(self, route: Any, payload: dict[str, Any]) -> None:
-        self._nb(self.router, [route, wire.encode_client(wire.CLIENT_REPLY, payload)])
+        self._nb(self.router, route, wire.encode_client(wire.CLIENT_REPLY, payload))
 
     def publish(self, events: list[Event]) -> None:
         if not self.event_topics:
@@ -195,12 +215,15 @@ class Transport:
         for e in events:
             body = wire.encode_client(wire.EVENT, {"type": e.type, "key": e.key, "value": e.value,
                                                    "revision": e.revision})
-            self._nb(self.pub, [EVENT_TOPIC_PREFIX + e.key.encode(), body])
+            self._nb(self.pub, EVENT_TOPIC_PREFIX + e.key.encode(), body)
 
-    def _nb(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    def _nb(self, sock: zmq.Socket[bytes], head: bytes | None, body: bytes) -> None:
+        """Send ``[head, body]`` (or just ``body``) without blocking; count a drop."""
         try:
-            sock.send_multipart(frames, zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
+            if head is not None:
+                sock.send(head, _NB_MORE)
+            sock.send(body, _NB)
+        except zmq.ZMQError:   # zmq.Again (queue full) included
             self.counters.dropped_sends += 1
 
     def close(self) -> None:
