@@ -23,7 +23,7 @@ from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
 from ._types import Entry, Event, entry_from_wire, events_from_wire
-from ._watch import Watch
+from ._watch import Watch, WatchHub
 from .errors import Compacted, CoordError, InvalidRequest, Unavailable
 
 __all__ = ["Client"]
@@ -75,6 +75,7 @@ class Client:
         self._rng = random.Random()  # backoff jitter only
         self._locks_mu = threading.Lock()
         self._starter: KeepaliveStarter | None = None
+        self._hub: WatchHub | None = None
         self._locks: set[Lock] = set()
         self._closed = False
 
@@ -142,7 +143,7 @@ class Client:
             raise InvalidRequest(f"start_revision must be an int >= 0, got {start_revision!r}")
         else:
             after = max(0, start_revision - 1)
-        return Watch(self, prefix, after)
+        return Watch(self._watch_hub(), prefix, after)
 
     def revision(self) -> int:
         """The cluster's current revision (a linearizable read)."""
@@ -197,9 +198,12 @@ class Client:
             held = builtins.list(self._locks)
         for lk in held:
             lk.abandon(timeout=min(ATTEMPT_S, self._timeout))
-        self._closed = True
         with self._locks_mu:
             starter, self._starter = self._starter, None
+            hub, self._hub = self._hub, None
+        if hub is not None:
+            hub.close()       # before _closed: its poll then ends by cancel, not by error
+        self._closed = True
         if starter is not None:
             starter.close()
         self._transport.close()
@@ -216,6 +220,13 @@ class Client:
     def _check_open(self) -> None:
         if self._closed:
             raise CoordError("client is closed")
+
+    def _watch_hub(self) -> WatchHub:
+        with self._locks_mu:
+            if self._hub is None:
+                self._check_open()
+                self._hub = WatchHub(self)
+            return self._hub
 
     def _keepalive_starter(self) -> KeepaliveStarter:
         with self._locks_mu:

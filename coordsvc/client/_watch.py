@@ -1,9 +1,15 @@
 """Watches: gap-free, duplicate-free event streams by long-polling ``watch``.
 
-The only state is the last revision handed to the caller. Every poll asks for events
-*after* it, so switching nodes (a timeout, a restart, a leader change) can neither skip
-an event nor repeat one: events have one global order, and every node serves the same
-events for the same revisions.
+One thread per Client (the ``WatchHub``) long-polls for *all* of its watches at once:
+one request names every watched prefix and asks for events after the oldest revision
+any watch still needs, and the reply is shared out. Fifty watches cost one parked
+request on the node and one reply per change, not fifty.
+
+Each watch's only state is ``fetched``: every event under its prefix up to that revision
+is in its buffer or was delivered. Polls ask for events *after* the lowest ``fetched``
+and each watch keeps only events beyond its own, so switching nodes (a timeout, a
+restart, a leader change) can neither skip an event nor repeat one: events have one
+global order, and every node serves the same events for the same revisions.
 """
 from __future__ import annotations
 
@@ -15,14 +21,16 @@ from typing import TYPE_CHECKING
 
 from ._transport import Cancelled, Pin
 from ._types import Event, events_from_wire
+from .errors import Compacted, CoordError
 
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["Watch"]
+__all__ = ["Watch", "WatchHub"]
 
 WATCH_WAIT_S = 5.0
 WATCH_LIMIT = 1000
+MAX_PREFIXES = 1000   # more distinct prefixes than this: poll everything, filter here
 
 
 class Watch:
@@ -36,14 +44,17 @@ class Watch:
     ``next`` then returns None and iteration stops.
     """
 
-    def __init__(self, client: Client, prefix: str, after: int) -> None:
+    def __init__(self, hub: WatchHub, prefix: str, after: int) -> None:
         self.prefix = prefix
-        self._client = client
+        self._hub = hub
+        self._cv = threading.Condition()
         self._last = after       # the last revision delivered (or start_revision - 1)
-        self._scanned = after    # revisions up to here hold nothing more for us
+        self.fetched = after     # see the module docstring; written by the hub only
         self._buf: deque[Event] = deque()
-        self._pin = Pin()
-        self._closed = threading.Event()
+        self._error: CoordError | None = None
+        self._error_sticks = False   # Compacted and "client is closed" never clear
+        self._closed = False
+        hub.add(self)
 
     @property
     def last_revision(self) -> int:
@@ -62,28 +73,28 @@ class Watch:
     def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None if ``timeout`` seconds pass first or the watch is closed."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        polled = False
-        while not self._buf:
-            if self._closed.is_set():
-                return None
-            wait_s = WATCH_WAIT_S
-            if deadline is not None:
-                wait_s = min(wait_s, deadline - time.monotonic())
-                if wait_s <= 0:
-                    if polled:
-                        return None
-                    wait_s = 0.0  # next(0): one poll that does not park
-            polled = True
-            try:
-                self._poll(wait_s)
-            except Cancelled:
-                return None
-        ev = self._buf.popleft()
-        self._last = ev.revision
-        return ev
+        with self._cv:
+            while not self._buf:
+                if self._closed:
+                    return None
+                if self._error is not None:
+                    err = self._error
+                    if not self._error_sticks:
+                        self._error = None
+                    raise err
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cv.wait(left)
+            ev = self._buf.popleft()
+            self._last = ev.revision
+            return ev
 
     def close(self) -> None:
-        self._closed.set()
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._hub.remove(self)
 
     def __enter__(self) -> Watch:
         return self
@@ -92,23 +103,116 @@ class Watch:
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def _poll(self, wait_s: float) -> None:
-        after = max(self._last, self._scanned)
-        reply = self._client._call(
-            {"op": "watch", "prefix": self.prefix, "after": after,
-             "wait_ms": int(wait_s * 1000), "limit": WATCH_LIMIT},
-            leader=False, timeout=wait_s + self._client.timeout, long_poll_s=wait_s,
-            pin=self._pin, cancel=self._closed)
-        events = events_from_wire(reply.get("events"))
-        fresh: dict[int, Event] = {}
-        for ev in events:
-            # Dedupe by revision; the prefix check guards against a node that overshares.
-            if ev.revision > after and ev.key.startswith(self.prefix):
-                fresh.setdefault(ev.revision, ev)
-        self._buf.extend(fresh[r] for r in sorted(fresh))
+    # -- called by the hub ---------------------------------------------------------------
+
+    def _deliver(self, events: list[Event], through: int) -> None:
+        """``events`` (revision order) hold every event up to ``through`` for us."""
+        with self._cv:
+            for ev in events:
+                # Dedupe by revision; the prefix check also guards against oversharing.
+                if ev.revision > self.fetched and ev.key.startswith(self.prefix):
+                    self._buf.append(ev)
+                    self.fetched = ev.revision
+            self.fetched = max(self.fetched, through)
+            self._cv.notify_all()
+
+    def _fail(self, err: CoordError, sticky: bool = False) -> None:
+        with self._cv:
+            if not self._error_sticks:
+                self._error, self._error_sticks = err, sticky
+            self._cv.notify_all()
+
+
+class WatchHub:
+    """The one thread of a Client that long-polls for all of its open watches."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._cv = threading.Condition()
+        self._watches: set[Watch] = set()
+        self._pin = Pin()
+        # Set to end the current poll early: a watch was added (it may need older
+        # revisions than the poll asked for) or the hub is stopping.
+        self._interrupt = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, w: Watch) -> None:
+        with self._cv:
+            if self._stopping:
+                raise CoordError("client is closed")
+            self._watches.add(w)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="coordsvc-watch-hub")
+                self._thread.start()
+            self._interrupt.set()
+            self._cv.notify()
+
+    def remove(self, w: Watch) -> None:
+        with self._cv:
+            self._watches.discard(w)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._interrupt.set()
+            self._cv.notify()
+            t = self._thread
+            watches, self._watches = list(self._watches), set()
+        for w in watches:
+            w._fail(CoordError("client is closed"), sticky=True)
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._watches and not self._stopping:
+                        self._cv.wait()
+                    if self._stopping:
+                        return
+                    watches = list(self._watches)
+                    self._interrupt.clear()
+                self._poll(watches)
+        finally:
+            self._client._transport.release_thread()
+
+    def _poll(self, watches: list[Watch]) -> None:
+        after = min(w.fetched for w in watches)
+        prefixes = sorted({w.prefix for w in watches})
+        if len(prefixes) > MAX_PREFIXES or "" in prefixes:
+            prefixes = [""]
+        c = self._client
+        try:
+            reply = c._call(
+                {"op": "watch", "prefixes": prefixes, "after": after,
+                 "wait_ms": int(WATCH_WAIT_S * 1000), "limit": WATCH_LIMIT},
+                leader=False, timeout=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
+                pin=self._pin, cancel=self._interrupt)
+        except Cancelled:
+            return
+        except Compacted as e:
+            oldest = e.oldest if e.oldest is not None else after + 2
+            for w in watches:
+                if w.fetched + 1 < oldest:
+                    w._fail(e, sticky=True)
+                    self.remove(w)
+            return
+        except CoordError as e:   # Unavailable and the like: each watch hears it once
+            for w in watches:
+                w._fail(e)
+            return
+        events = sorted(events_from_wire(reply.get("events")), key=lambda ev: ev.revision)
         rev = reply.get("revision")
-        if len(events) < WATCH_LIMIT and type(rev) is int and rev > after:
+        if len(events) >= WATCH_LIMIT or type(rev) is not int:
+            # A full batch: complete only up to its last event.
+            through = events[-1].revision if events else after
+        else:
             # A complete batch computed at the node's revision ``rev``: nothing else under
-            # the prefix exists up to it. Moving past it keeps a quiet prefix on a busy
+            # the prefixes exists up to it. Moving past it keeps a quiet prefix on a busy
             # cluster from falling out of the window (a spurious Compacted).
-            self._scanned = max(rev, max(fresh, default=after))
+            through = max(rev, events[-1].revision if events else after)
+        for w in watches:
+            w._deliver(events, through)

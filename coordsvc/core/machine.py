@@ -397,7 +397,9 @@ class Machine:
     def history(self, key: str) -> builtins.list[Event]:
         return builtins.list(self._history.get(key, ()))
 
-    def events_since(self, prefix: str, after_revision: int, limit: int) -> builtins.list[Event]:
+    def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
+                     limit: int) -> builtins.list[Event]:
+        """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)."""
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:

@@ -14,7 +14,9 @@ Ops (fields of the request -> fields of a successful reply):
                revision: int.  Linearizable unless stale (then any node answers).
 ``list``       prefix: str, stale: bool -> kvs: [kv, ...] sorted by key, revision: int
 ``history``    key: str -> events: [[type, key, value, revision], ...], revision: int
-``watch``      prefix: str, after: int, wait_ms: int, limit: int -> events: [...], revision: int
+``watch``      prefix: str or prefixes: [str, ...] (non-empty wins), after: int, wait_ms: int,
+               limit: int -> events: [...], revision: int.  Events under the prefix (or any
+               of the prefixes: one poll serves all of a client's watches), in revision order.
                Any node; parks up to wait_ms until an event with revision > after exists.
                error "compacted" (+ "oldest": int) when ``after`` is older than the window.
 ``lock_wait``  name: str, session_id: int, wait_ms: int -> state: "held"|"waiting"|"none",
@@ -35,3 +37,4 @@ ERRORS = ("not_leader", "unavailable", "bad_request", "compacted", "busy")
 
 MAX_WAIT_MS = 30_000
 MAX_WATCH_BATCH = 1_000
+MAX_WATCH_PREFIXES = 1_000

@@ -22,7 +22,7 @@ from .commands import (
 )
 from .machine import Compacted, Event, KV, Machine, Result
 from .messages import Message, Outbound
-from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, OPS
+from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, MAX_WATCH_PREFIXES, OPS
 from .replica import Ready, Replica, Role
 from .types import Config, Durable, NodeId, Persist, ProtocolError, Snapshot
 
@@ -45,6 +45,7 @@ class _Parked:
     key: str          # watch prefix or lock name
     after: int = 0    # watch: last revision the client has; lock_wait: session id
     limit: int = MAX_WATCH_BATCH
+    prefixes: tuple[str, ...] = ()   # watch: several prefixes at once (then key is "")
 
 
 @dataclass(slots=True)
@@ -293,12 +294,16 @@ class Service:
 
     def _op_watch(self, route: Route, rid: object, req: dict[str, Any]) -> None:
         prefix = _field(req, "prefix", str, "")
+        prefixes = req.get("prefixes", [])
+        if not (isinstance(prefixes, list) and len(prefixes) <= MAX_WATCH_PREFIXES
+                and all(type(x) is str for x in prefixes)):
+            raise BadRequest(f"prefixes must be a list of at most {MAX_WATCH_PREFIXES} strings")
         after = _field(req, "after", int)
         wait_ms = min(max(_field(req, "wait_ms", int, 0), 0), MAX_WAIT_MS)
         limit = min(max(_field(req, "limit", int, MAX_WATCH_BATCH), 1), MAX_WATCH_BATCH)
         if after < 0:
             raise BadRequest("after must be >= 0")
-        p = _Parked(route, rid, self.now_ms + wait_ms, prefix, after, limit)
+        p = _Parked(route, rid, self.now_ms + wait_ms, prefix, after, limit, tuple(prefixes))
         if not self._try_watch(p):
             if wait_ms == 0:
                 self._ok(route, rid, events=[], revision=self.machine.revision)
@@ -309,7 +314,7 @@ class Service:
 
     def _try_watch(self, p: _Parked) -> bool:
         try:
-            evs = self.machine.events_since(p.key, p.after, p.limit)
+            evs = self.machine.events_since(p.prefixes or p.key, p.after, p.limit)
         except Compacted as e:
             self._error(p.route, p.rid, "compacted",
                         f"revision {p.after + 1} is compacted; oldest available is "

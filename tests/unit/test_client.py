@@ -19,7 +19,7 @@ import zmq
 
 import coordsvc
 from coordsvc import wire
-from coordsvc.client import Client, Event, _client, _lock
+from coordsvc.client import Client, Event, _client, _lock, _watch
 from coordsvc.client.errors import (
     Compacted, CompareFailed, CoordError, FenceRejected, InvalidRequest, LockTimeout, Unavailable,
 )
@@ -123,7 +123,8 @@ class FakeNode:
 
     def _op_watch(self, req: Reply, expired: bool) -> Reply | object:
         try:
-            evs = self.m.events_since(req["prefix"], req["after"], req["limit"])
+            prefix = tuple(req["prefixes"]) if req.get("prefixes") else req["prefix"]
+            evs = self.m.events_since(prefix, req["after"], req["limit"])
         except machine.Compacted as e:
             return {"ok": False, "error": "compacted", "message": str(e),
                     "oldest": e.oldest_available_revision}
@@ -405,7 +406,8 @@ def test_watch_without_start_revision_sees_only_new_events(nodes: Callable[..., 
 
 
 def test_watch_orders_and_dedupes_and_resumes_after_the_last_delivered_revision(
-        nodes: Callable[..., FakeNode]) -> None:
+        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_watch, "WATCH_WAIT_S", 0.2)   # how long a silent node may park us
     a = nodes()
     b = nodes(a.m, "n2")
 
@@ -425,9 +427,28 @@ def test_watch_orders_and_dedupes_and_resumes_after_the_last_delivered_revision(
         b.override["watch"] = lambda req, exp: {"ok": True, "revision": 5,
                                                 "events": [ev(4), ev(5)]}
         # a silent long poll looks like a parked one, so a is dropped after wait + attempt
-        assert w.next(0.3) == Event("put", "p/5", b"v", 5)
+        assert w.next(2.0) == Event("put", "p/5", b"v", 5)
     assert [r["after"] for r in a.ops("watch")][:2] == [0, 3]
     assert b.ops("watch")[0]["after"] == 4
+
+
+def test_watches_of_one_client_share_one_long_poll(nodes: Callable[..., FakeNode]) -> None:
+    n = nodes()
+    c = Client([n.address], timeout=2.0)
+    watches = [c.watch(f"w{i}/", start_revision=1) for i in range(10)]
+    for i in range(10):
+        c.put(f"w{i}/k", str(i))
+    for i, w in enumerate(watches):
+        assert w.next(2.0) == Event("put", f"w{i}/k", str(i).encode(), i + 1)
+        assert w.next(0) is None                       # nobody else's events
+    polls = n.ops("watch")
+    assert polls[-1]["prefixes"] == [f"w{i}/" for i in range(10)]
+    assert len(polls) < 10 * 10                        # not one poll per watch per event
+    watches[0].close()
+    assert watches[0].next(0) is None
+    c.close()
+    with pytest.raises(CoordError, match="closed"):
+        watches[1].next(1.0)
 
 
 def test_watch_raises_compacted_with_the_oldest_revision(
