@@ -77,8 +77,7 @@ class Lock:
         self._session_lost = False
         self._released = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._keepalive, daemon=True,
-                                        name=f"coordsvc-keepalive-{session_id}")
+        self._thread: threading.Thread | None = None   # made when the first keepalive is due
 
     def __repr__(self) -> str:
         return (f"Lock(name={self.name!r}, token={self.token}, session_id={self.session_id}, "
@@ -156,6 +155,8 @@ class Lock:
     def _start_thread(self) -> None:
         with self._mu:
             if not self._released:
+                self._thread = threading.Thread(target=self._keepalive, daemon=True,
+                                                name=f"coordsvc-keepalive-{self.session_id}")
                 self._thread.start()
 
     def _finish(self) -> bool:
@@ -164,11 +165,11 @@ class Lock:
             if self._released:
                 return False
             self._released = True
-            started = self._thread.ident is not None
+            thread = self._thread
         self._stop.set()
         # on_lost may call release() from the keepalive thread itself.
-        if started and self._thread is not threading.current_thread():
-            self._thread.join()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         self._client._track(self, False)
         return True
 
@@ -258,7 +259,8 @@ class KeepaliveStarter:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="coordsvc-keepalive-starter")
                 self._thread.start()
-            self._cv.notify()
+            elif self._due[0][2] is lk:
+                self._cv.notify()   # the new first deadline: wake the sleeper to re-arm
 
     def _run(self) -> None:
         with self._cv:
