@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -31,6 +32,10 @@ __all__ = ["Watch", "WatchHub"]
 WATCH_WAIT_S = 5.0
 WATCH_LIMIT = 1000
 MAX_PREFIXES = 1000   # more distinct prefixes than this: poll everything, filter here
+# A watch holding this many undelivered events is left out of polls until its reader
+# catches up: a slow reader costs memory up to this bound, not without one.
+BUFFER_MAX = 2 * WATCH_LIMIT
+ERROR_PAUSE_S = 0.1   # after a failed poll, before the next
 
 
 class Watch:
@@ -88,6 +93,8 @@ class Watch:
                 self._cv.wait(left)
             ev = self._buf.popleft()
             self._last = ev.revision
+            if len(self._buf) == BUFFER_MAX - 1:
+                self._hub.wake()     # no longer full: poll for us again
             return ev
 
     def close(self) -> None:
@@ -104,6 +111,9 @@ class Watch:
         self.close()
 
     # -- called by the hub ---------------------------------------------------------------
+
+    def _full(self) -> bool:
+        return len(self._buf) >= BUFFER_MAX
 
     def _deliver(self, events: list[Event], through: int) -> None:
         """``events`` (revision order) hold every event up to ``through`` for us."""
@@ -129,7 +139,8 @@ class WatchHub:
     def __init__(self, client: Client) -> None:
         self._client = client
         self._cv = threading.Condition()
-        self._watches: set[Watch] = set()
+        # Weak: a watch dropped without close() stops being polled for.
+        self._watches: weakref.WeakSet[Watch] = weakref.WeakSet()
         self._pin = Pin()
         # Set to end the current poll early: a watch was added (it may need older
         # revisions than the poll asked for) or the hub is stopping.
@@ -153,13 +164,20 @@ class WatchHub:
         with self._cv:
             self._watches.discard(w)
 
+    def wake(self) -> None:
+        """Re-plan the poll now (a full watch was drained)."""
+        with self._cv:
+            self._interrupt.set()
+            self._cv.notify()
+
     def close(self) -> None:
         with self._cv:
             self._stopping = True
             self._interrupt.set()
             self._cv.notify()
             t = self._thread
-            watches, self._watches = list(self._watches), set()
+            watches = list(self._watches)
+            self._watches.clear()
         for w in watches:
             w._fail(CoordError("client is closed"), sticky=True)
         if t is not None and t is not threading.current_thread():
@@ -169,17 +187,21 @@ class WatchHub:
         try:
             while True:
                 with self._cv:
-                    while not self._watches and not self._stopping:
+                    while True:
+                        if self._stopping:
+                            return
+                        watches = [w for w in self._watches if not w._full()]
+                        if watches:
+                            break
                         self._cv.wait()
-                    if self._stopping:
-                        return
-                    watches = list(self._watches)
                     self._interrupt.clear()
-                self._poll(watches)
+                if not self._poll(watches):
+                    self._interrupt.wait(ERROR_PAUSE_S)
         finally:
             self._client._transport.release_thread()
 
-    def _poll(self, watches: list[Watch]) -> None:
+    def _poll(self, watches: list[Watch]) -> bool:
+        """One long-poll for ``watches``; False if it failed (the caller pauses)."""
         after = min(w.fetched for w in watches)
         prefixes = sorted({w.prefix for w in watches})
         if len(prefixes) > MAX_PREFIXES or "" in prefixes:
@@ -192,18 +214,18 @@ class WatchHub:
                 leader=False, timeout=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
                 pin=self._pin, cancel=self._interrupt)
         except Cancelled:
-            return
+            return True
         except Compacted as e:
             oldest = e.oldest if e.oldest is not None else after + 2
             for w in watches:
                 if w.fetched + 1 < oldest:
                     w._fail(e, sticky=True)
                     self.remove(w)
-            return
+            return True
         except CoordError as e:   # Unavailable and the like: each watch hears it once
             for w in watches:
                 w._fail(e)
-            return
+            return False
         events = sorted(events_from_wire(reply.get("events")), key=lambda ev: ev.revision)
         rev = reply.get("revision")
         if len(events) >= WATCH_LIMIT or type(rev) is not int:
@@ -216,3 +238,4 @@ class WatchHub:
             through = max(rev, events[-1].revision if events else after)
         for w in watches:
             w._deliver(events, through)
+        return True

@@ -6,6 +6,7 @@ Per-op ``override`` hooks script faults: dropped replies, redirects, stale repli
 """
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 import threading
@@ -449,6 +450,34 @@ def test_watches_of_one_client_share_one_long_poll(nodes: Callable[..., FakeNode
     c.close()
     with pytest.raises(CoordError, match="closed"):
         watches[1].next(1.0)
+
+
+def test_a_slow_watch_reader_bounds_its_buffer_and_still_gets_every_event(
+        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_watch, "WATCH_LIMIT", 2)
+    monkeypatch.setattr(_watch, "BUFFER_MAX", 4)
+    n = nodes()
+    with Client([n.address], timeout=2.0) as c:
+        for i in range(10):
+            c.put(f"s/{i}", "v")
+        w = c.watch("s/", start_revision=1)
+        deadline = time.monotonic() + 2.0
+        while not w._full():
+            assert time.monotonic() < deadline, "the hub never filled the buffer"
+            time.sleep(0.01)
+        assert len(w._buf) <= 4 + 2 - 1        # full stops polling for it
+        assert [w.next(2.0).key for _ in range(10)] == [f"s/{i}" for i in range(10)]  # type: ignore[union-attr]
+
+
+def test_a_dropped_watch_is_no_longer_polled_for(nodes: Callable[..., FakeNode]) -> None:
+    n = nodes()
+    with Client([n.address], timeout=2.0) as c:
+        w = c.watch("d/", start_revision=1)
+        hub = c._hub
+        assert hub is not None and len(hub._watches) == 1
+        del w
+        gc.collect()
+        assert len(hub._watches) == 0
 
 
 def test_watch_raises_compacted_with_the_oldest_revision(
