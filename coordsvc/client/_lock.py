@@ -41,6 +41,9 @@ LOCK_WAIT_MAX_S = 5.0
 # on_lost fires this long before valid_until: max(fraction * ttl, floor).
 LOST_MARGIN_FRACTION = 0.2
 LOST_MARGIN_MIN_S = 0.5
+# The keepalive starter wakes at most this often (it starts threads this much early), so
+# a stream of short-lived locks does not wake it once per lock.
+STARTER_TICK_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +153,8 @@ class Lock:
         self._client._track(self, True)
         # The thread is needed only once the first keepalive is due (a third of the ttl
         # in): a lock released before then never costs one.
-        self._client._keepalive_starter().schedule(self, self.valid_until - self.ttl * 2 / 3)
+        first_keepalive = self.valid_until - self.ttl * 2 / 3
+        self._client._keepalive_starter().schedule(self, first_keepalive - STARTER_TICK_S)
 
     def _start_thread(self) -> None:
         with self._mu:
@@ -268,7 +272,9 @@ class KeepaliveStarter:
                 now = time.monotonic()
                 while self._due and self._due[0][0] <= now:
                     heapq.heappop(self._due)[2]._start_thread()  # no-op once released
-                self._cv.wait(self._due[0][0] - now if self._due else None)
+                # Never sooner than a tick: entries of released locks pile up due one
+                # after another, and one wake-up should take them all.
+                self._cv.wait(max(self._due[0][0] - now, STARTER_TICK_S) if self._due else None)
 
     def close(self) -> None:
         with self._cv:
