@@ -205,30 +205,35 @@ class SqliteStore:
         )
 
     def save(self, p: Persist) -> None:
-        """Make ``p`` durable before returning -- except a save that only advances the
-        commit index, which is deferred.
+        """Make ``p`` durable before returning -- all of it but the commit index.
 
         The commit index is a hint: losing it in a crash is harmless (the leader tells it
-        again), so it need not cost the write path a transaction. A deferred index rides
-        in the next save's transaction, or ``maintain`` writes it once it is
-        ``COMMIT_FLUSH_S`` old, or ``close`` does.
+        again, and a snapshot's index is a floor), so it costs the write path nothing. It
+        is written with the next promise or high-water mark, by ``maintain`` once it is
+        ``COMMIT_FLUSH_S`` old, or by ``close``/``load``. An entry save then touches the
+        log's pages only, not the acceptor row as well (~20 us less per fsync here).
         """
         self._check_usable()
-        if p.empty():
-            return
-        if p.commit_index is not None and not p.entries and p.promised is None and (
-                p.snapshot is None and p.high_water_round is None and not p.rebuilt):
-            if self._pending_commit is None:
-                self._pending_since = time.monotonic()
-            self._pending_commit = max(p.commit_index, self._pending_commit or 0)
-            return
-        self._commit(p, sync=True)
+        pending = self._pending_commit
+        if p.commit_index is not None:
+            pending = max(p.commit_index, pending or 0)
+        if (p.entries or p.promised is not None or p.snapshot is not None
+                or p.high_water_round is not None or p.rebuilt):
+            # The index goes along only when the acceptor row is written anyway.
+            scalars = p.promised is not None or p.high_water_round is not None
+            self._commit(p, pending if scalars else None, sync=True)   # may raise: then
+            if scalars:                                               # nothing is noted
+                pending = None
+        if pending is not None and self._pending_commit is None:
+            self._pending_since = time.monotonic()
+        self._pending_commit = pending
 
     def _flush_commit(self) -> None:
         if self._pending_commit is not None:
             self._check_usable()
             # Nothing waits on this one: NORMAL lets the next synchronous commit fsync it.
-            self._commit(Persist(commit_index=self._pending_commit), sync=False)
+            self._commit(Persist(), self._pending_commit, sync=False)
+            self._pending_commit = None
 
     def _check_usable(self) -> None:
         self._live()
@@ -238,7 +243,8 @@ class SqliteStore:
                 "restart the node"
             )
 
-    def _commit(self, p: Persist, sync: bool) -> None:
+    def _commit(self, p: Persist, commit_index: int | None, sync: bool) -> None:
+        """One transaction: ``p`` (its commit_index ignored) and ``commit_index``."""
         conn = self._live()
         started = time.perf_counter()
         snapshot_index = p.snapshot.index if p.snapshot is not None else self._snapshot_index
@@ -249,9 +255,6 @@ class SqliteStore:
             if e.slot > snapshot_index
         ]
         promised = p.promised
-        commit_index = p.commit_index
-        if self._pending_commit is not None:
-            commit_index = max(commit_index or 0, self._pending_commit)
         try:
             if not sync:
                 conn.execute("PRAGMA synchronous=NORMAL")
@@ -288,7 +291,6 @@ class SqliteStore:
         finally:
             if not sync:
                 conn.execute("PRAGMA synchronous=FULL")
-        self._pending_commit = None
         self._snapshot_index = snapshot_index
         self._saves_since_checkpoint += 1
         if sync:

@@ -187,12 +187,22 @@ def _durable_commit_index(s: SqliteStore) -> int:
         return int(other.execute("SELECT commit_index FROM acceptor WHERE id = 0").fetchone()[0])
 
 
-def test_a_commit_only_save_is_deferred_to_the_next_transaction(tmp_path: Path) -> None:
+def test_the_commit_index_waits_for_a_scalar_write_not_for_entries(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
         s.save(Persist(commit_index=7))
         assert _durable_commit_index(s) == 0          # no transaction on the write path
-        s.save(Persist(entries=[entry(8)]))
-        assert _durable_commit_index(s) == 7          # rode along with the entry
+        s.save(Persist(entries=[entry(8)], commit_index=8))
+        assert _durable_commit_index(s) == 0          # an entry save writes log pages only
+        s.save(Persist(promised=Ballot(3, "n2")))
+        assert _durable_commit_index(s) == 8          # rode along with the promise
+
+
+def test_a_failed_save_notes_no_commit_index(tmp_path: Path) -> None:
+    with fresh(tmp_path / "d") as s:
+        bad = Entry(2, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
+        with pytest.raises(UsageError):
+            s.save(Persist(commit_index=2, entries=[bad], promised=Ballot(1, "n1")))
+        assert s.load().commit_index == 0
 
 
 def test_maintain_writes_a_deferred_commit_index_once_it_is_old(
