@@ -44,6 +44,7 @@ LOST_MARGIN_MIN_S = 0.5
 # The keepalive starter wakes at most this often (it starts threads this much early), so
 # a stream of short-lived locks does not wake it once per lock.
 STARTER_TICK_S = 0.1
+PURGE_MIN = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,11 +254,18 @@ class KeepaliveStarter:
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._purge_at = PURGE_MIN
 
     def schedule(self, lk: Lock, at: float) -> None:
         with self._cv:
             if self._closed:
                 raise CoordError("client is closed")
+            if len(self._due) >= self._purge_at:
+                # Released locks wait here until their start time (up to ttl/3 away):
+                # drop them now and then, keeping the heap within twice the live locks.
+                self._due = [e for e in self._due if not e[2].released]
+                heapq.heapify(self._due)
+                self._purge_at = max(PURGE_MIN, 2 * len(self._due))
             heapq.heappush(self._due, (at, next(self._order), lk))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,

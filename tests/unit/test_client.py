@@ -594,6 +594,20 @@ def test_a_lock_released_before_its_first_keepalive_never_starts_a_thread(
         assert keepalive_threads() == []
 
 
+def test_released_locks_do_not_pile_up_in_the_keepalive_starter(
+        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_lock, "PURGE_MIN", 16)
+    n = nodes()
+    with Client([n.address], timeout=2.0) as c:
+        held = c.acquire("held", ttl=300.0)
+        for i in range(200):
+            c.acquire(f"short-{i % 3}", ttl=300.0).release()   # starts due in 100 s
+        starter = c._starter
+        assert starter is not None and len(starter._due) <= 16
+        assert [e[2] for e in starter._due if not e[2].released] == [held]
+        held.release()
+
+
 def test_put_fenced_by_a_stale_lock_is_rejected_and_writes_nothing(
         nodes: Callable[..., FakeNode]) -> None:
     n = nodes()
