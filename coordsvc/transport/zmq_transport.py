@@ -62,10 +62,14 @@ def _readable(sock: zmq.Socket[bytes]) -> bool:
     return bool(sock.getsockopt(_EVENTS) & _POLLIN)  # type: ignore[operator]
 
 
-def _recv_all(sock: zmq.Socket[bytes]) -> list[bytes]:
-    frames = [sock.recv(_NB)]
-    while sock.getsockopt(_RCVMORE):
-        frames.append(sock.recv(_NB))
+def _recv_all(sock: zmq.Socket[bytes]) -> list[bytes] | None:
+    """The next multipart message, or None if (against EVENTS' word) there is none."""
+    try:
+        frames = [sock.recv(_NB)]
+        while sock.getsockopt(_RCVMORE):
+            frames.append(sock.recv(_NB))
+    except zmq.Again:
+        return None
     return frames
 
 
@@ -142,6 +146,8 @@ class Transport:
         router, sub, n = self.router, self.sub, 0
         while n < budget and router in ready and _readable(router):
             frames = _recv_all(router)
+            if frames is None:
+                break
             n += 1
             if len(frames) != 2:
                 self.counters.bad_frames += 1
@@ -161,6 +167,8 @@ class Transport:
                 yield "peer", body, None
         while n < budget and sub in ready and _readable(sub):
             frames = _recv_all(sub)
+            if frames is None:
+                break
             n += 1
             try:
                 msg = wire.decode_peer(frames[-1])
@@ -172,9 +180,12 @@ class Transport:
 
     def _read_subscriptions(self) -> None:
         while _readable(self.pub):
-            frame = self.pub.recv(_NB)
+            frames = _recv_all(self.pub)
+            if frames is None:
+                break
+            frame = frames[0]
             topic = frame[1:]
-            if not frame or frame[0] not in (0, 1):
+            if len(frames) != 1 or not frame or frame[0] not in (0, 1):
                 self.counters.bad_frames += 1
             elif not topic or topic.startswith(EVENT_TOPIC_PREFIX):
                 # b"" subscribes to everything, events included.

@@ -272,3 +272,22 @@ def test_changes_are_published_to_subscribers_of_their_key(cluster: LocalCluster
     finally:
         sub.close()
         ctx.term()
+
+
+def test_junk_sent_to_the_publish_socket_is_counted_and_the_node_keeps_serving(
+        cluster: LocalCluster) -> None:
+    import zmq
+    leader = cluster.leader()
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.XSUB)   # an XSUB may send any message upstream, not only topics
+    s.setsockopt(zmq.LINGER, 5000)
+    s.connect(cluster.cluster.node(leader).publish)
+    for junk in ([b"\x07junk"], [b"\x01kapp/", b"extra frame"], [b""]):
+        s.send_multipart(junk)
+    s.close()
+    ctx.term()
+    deadline = time.monotonic() + 5
+    while (st := cluster.probe.status(leader)) is None or st["bad_frames"] < 3:
+        assert time.monotonic() < deadline, st
+        time.sleep(0.02)
+    assert _put(cluster, leader, "after-junk", b"ok", 1)["ok"]  # type: ignore[index]
