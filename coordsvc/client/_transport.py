@@ -131,17 +131,9 @@ class Transport:
         body = wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid})
         sock = self._socket(endpoint)
         try:
-            try:
-                sock.send(body, zmq.NOBLOCK)  # the usual case: connected, room in the queue
-            except zmq.Again:
-                if not self._wait(sock, zmq.POLLOUT, min(deadline, connect_deadline), cancel):
-                    self._drop(endpoint)
-                    return None
-                try:
-                    sock.send(body, zmq.NOBLOCK)
-                except zmq.Again:
-                    self._drop(endpoint)
-                    return None
+            if not self._send(sock, body, min(deadline, connect_deadline), cancel):
+                self._drop(endpoint)
+                return None
             while True:
                 if not self._wait(sock, zmq.POLLIN, deadline, cancel):
                     self._drop(endpoint)
@@ -156,6 +148,24 @@ class Transport:
             if self._closed:
                 raise CoordError("client is closed") from e
             raise
+
+    @classmethod
+    def _send(cls, sock: Socket, body: bytes, deadline: float,
+              cancel: threading.Event | None) -> bool:
+        """Send now if the socket is connected with room (the usual case), else once it
+        is writable before ``deadline``; False if it never was."""
+        try:
+            sock.send(body, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            pass
+        if not cls._wait(sock, zmq.POLLOUT, deadline, cancel):
+            return False
+        try:
+            sock.send(body, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
 
     @staticmethod
     def _wait(sock: Socket, event: int, deadline: float, cancel: threading.Event | None) -> bool:

@@ -13,7 +13,7 @@ restarts its clock from there (plus one election timeout of grace).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .commands import (

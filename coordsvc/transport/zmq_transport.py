@@ -204,13 +204,13 @@ class Transport:
             if o.dst == self.id:
                 self.local.append(o.msg)
                 continue
-            key = id(o.msg)
-            frame = encoded.get(key)
-            if frame is not None and isinstance(o.msg, Heartbeat):
-                continue
+            heartbeat = isinstance(o.msg, Heartbeat)
+            frame = encoded.get(id(o.msg))
             if frame is None:
-                frame = encoded[key] = wire.encode_peer(o.msg)
-            if isinstance(o.msg, Heartbeat):
+                frame = encoded[id(o.msg)] = wire.encode_peer(o.msg)
+            elif heartbeat:
+                continue      # already published
+            if heartbeat:
                 self._nb(self.pub, HEARTBEAT_TOPIC, frame)
                 continue
             d = self.dealers.get(o.dst)
