@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SEEDS ?= 5000
 
-.PHONY: run test sim unit integration faults typecheck clean
+.PHONY: run test sim unit integration faults typecheck lint check clean
 
 $(BIN)/activate: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,12 @@ faults: $(BIN)/activate
 
 typecheck: $(BIN)/activate
 	$(BIN)/mypy
+
+lint: $(BIN)/activate
+	$(BIN)/ruff check coordsvc cli tests bench
+
+# What CI runs: the whole suite, then the type check and the linter.
+check: test typecheck lint
 
 clean:
 	rm -rf $(VENV) .coord .pytest_cache

@@ -30,10 +30,9 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import random
+import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,7 +96,7 @@ class Conn(ABC):
     def watch(self, prefix: str) -> WatchStream:
         """A stream of every put under ``prefix`` that happens after this call returns."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most adapters need none
         pass
 
 

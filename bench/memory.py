@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import RESULTS_DIR, CoordSystem, machine_info, rss_mb  # noqa: E402
+from load import RESULTS_DIR, CoordSystem, machine_info, rss_mb
 
 
 def vm(pid: int, field: str) -> float | None:

@@ -11,8 +11,18 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .client import (
-        Client, Compacted, CompareFailed, CoordError, Entry, Event, FenceRejected,
-        InvalidRequest, Lock, LockTimeout, Unavailable, Watch,
+        Client,
+        Compacted,
+        CompareFailed,
+        CoordError,
+        Entry,
+        Event,
+        FenceRejected,
+        InvalidRequest,
+        Lock,
+        LockTimeout,
+        Unavailable,
+        Watch,
     )
 
 

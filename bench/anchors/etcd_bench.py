@@ -123,7 +123,7 @@ class EtcdSystem(System):
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
-            for n, port in self.client_port.items():
+            for port in self.client_port.values():
                 try:
                     c = etcd3.client(host="127.0.0.1", port=port, timeout=2)
                     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import select
 import shutil
 import subprocess
@@ -30,7 +29,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))   # bench/ (for `load`)
 
 from load import (  # noqa: E402
-    Conn, NotSupported, Params, System, WatchStream, free_ports, run_suite, stop_pids,
+    Conn,
+    NotSupported,
+    Params,
+    System,
+    WatchStream,
+    free_ports,
+    run_suite,
+    stop_pids,
 )
 
 LOCK_MANAGERS = 9          # one per concurrent "client" (8) + spare; same on every node

@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
-from .output import (EXIT_REFUSED, console, emit_json, fail, print_value, value_json,
-                     value_text)
+from .output import EXIT_REFUSED, console, emit_json, fail, print_value, value_json, value_text
 
 if TYPE_CHECKING:
     from coordsvc.client import Entry, Event

@@ -6,8 +6,8 @@ import os
 import signal
 import subprocess
 import time
-from types import FrameType
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -159,7 +159,7 @@ def list_(
     for lk in locks:
         waiters = lk["waiters"]
         waits = lk["waits_s"] + [None] * (len(waiters) - len(lk["waits_s"]))
-        queue = ", ".join(f"{w} ({_seconds(t)})" for w, t in zip(waiters, waits))
+        queue = ", ".join(f"{w} ({_seconds(t)})" for w, t in zip(waiters, waits, strict=False))
         table.add_row(str(lk["name"]), str(lk["holder"]), str(lk["token"]),
                       _seconds(lk["age_s"]), _seconds(lk["ttl_left_s"]),
                       f"{len(waiters)}: {queue}" if waiters else "0")

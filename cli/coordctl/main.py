@@ -27,8 +27,17 @@ from coordsvc.storage.datadir import DataDirError
 
 from . import cluster_cmd, config_cmd, lock_cmd
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
-from .output import (EXIT_OK, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE, CliError, console,
-                     emit_json, print_error, status_view)
+from .output import (
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    CliError,
+    console,
+    emit_json,
+    print_error,
+    status_view,
+)
 
 try:  # Typer >= 0.20 vendors click; older Typer uses the click package.
     from typer._click.exceptions import ClickException, UsageError

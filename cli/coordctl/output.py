@@ -216,7 +216,7 @@ def status_table(status: Mapping[str, Any], width: int | None = None) -> Table:
             human_bytes(n.get("db_bytes")), _cell(n.get("sessions")),
             _cell(n.get("locks_held")), _cell(n.get("keys")),
             _cell(n.get("bad_frames")), human_ms(n.get("fsync_p99_ms")),
-        )))
+        ), strict=True))
         table.add_row(*(cells[c] for c in cols))
     return table
 

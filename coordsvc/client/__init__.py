@@ -16,7 +16,12 @@ from ._lock import Lock, LockInfo
 from ._types import Entry, Event
 from ._watch import Watch
 from .errors import (
-    Compacted, CompareFailed, CoordError, FenceRejected, InvalidRequest, LockTimeout,
+    Compacted,
+    CompareFailed,
+    CoordError,
+    FenceRejected,
+    InvalidRequest,
+    LockTimeout,
     Unavailable,
 )
 

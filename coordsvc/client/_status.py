@@ -65,7 +65,7 @@ def summarize(members: Sequence[tuple[str | None, str]],
               cluster_name: str | None) -> dict[str, Any]:
     """The status dict from each member's own status map (None: unreachable)."""
     nodes: list[dict[str, Any]] = []
-    for (member_id, address), st in zip(members, replies):
+    for (member_id, address), st in zip(members, replies, strict=True):
         if st is None:
             node = dict.fromkeys(NODE_FIELDS)
             node.update(id=member_id, address=address, reachable=False)

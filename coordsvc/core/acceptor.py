@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from .messages import Accept, Accepted, Nack, Prepare, Promise
 from .types import (
-    Ballot, Durable, Entry, Persist, SafetyViolation, Slot, Snapshot, Value, ZERO_BALLOT,
+    ZERO_BALLOT,
+    Ballot,
+    Durable,
+    Entry,
+    Persist,
+    SafetyViolation,
+    Slot,
+    Snapshot,
+    Value,
 )
 
 

@@ -8,8 +8,9 @@ value from a client is an ordinary, replicated, cacheable outcome.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeGuard
+from typing import TypeGuard
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 

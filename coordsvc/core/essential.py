@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Ballot, NodeId, SafetyViolation, ZERO_BALLOT
+from .types import ZERO_BALLOT, Ballot, NodeId, SafetyViolation
 
 
 @dataclass(frozen=True, slots=True)

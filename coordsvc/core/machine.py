@@ -18,8 +18,20 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 
 from .commands import (
-    Acquire, Cancel, CloseSession, Command, Delete, ExpireSession, Fence, OpenAndAcquire,
-    OpenSession, Put, Release, Request, validate, validate_request,
+    Acquire,
+    Cancel,
+    CloseSession,
+    Command,
+    Delete,
+    ExpireSession,
+    Fence,
+    OpenAndAcquire,
+    OpenSession,
+    Put,
+    Release,
+    Request,
+    validate,
+    validate_request,
 )
 from .types import ProtocolError, UsageError
 
@@ -534,7 +546,7 @@ class _Getter:
         v = self._st[k]
         if not isinstance(v, builtins.list) or not all(
                 isinstance(row, builtins.list) and len(row) == len(schema)
-                and all(_is(x, t) for x, t in zip(row, schema)) for row in v):
+                and all(_is(x, t) for x, t in zip(row, schema, strict=True)) for row in v):
             raise ProtocolError(f"snapshot field {k} must be rows of {schema}")
         return v
 

@@ -11,18 +11,38 @@ duplicate Prepare) can never overtake that save.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Hashable
+from typing import TYPE_CHECKING
 
 from .acceptor import Acceptor
 from .messages import (
-    Accept, Accepted, CatchupReply, CatchupRequest, Heartbeat, HeartbeatAck, Message, Nack,
-    Outbound, Prepare, Promise,
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Message,
+    Nack,
+    Outbound,
+    Prepare,
+    Promise,
 )
 from .types import (
-    NOOP, Ballot, Config, Durable, NodeId, Persist, SafetyViolation, Slot, Snapshot,
-    UsageError, Value, ZERO_BALLOT,
+    NOOP,
+    ZERO_BALLOT,
+    Ballot,
+    Config,
+    Durable,
+    NodeId,
+    Persist,
+    SafetyViolation,
+    Slot,
+    Snapshot,
+    UsageError,
+    Value,
 )
 
 if TYPE_CHECKING:  # the core never touches the global RNG; one is injected

@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .commands import (
-    Acquire, CloseSession, ExpireSession, OpenAndAcquire, OpenSession, Request, decode_request,
+    Acquire,
+    CloseSession,
+    ExpireSession,
+    OpenAndAcquire,
+    OpenSession,
+    Request,
+    decode_request,
     encode_request,
 )
-from .machine import Compacted, Event, KV, Machine, Result
+from .machine import KV, Compacted, Event, Machine, Result
 from .messages import Message, Outbound
 from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, MAX_WATCH_PREFIXES, OPS
 from .replica import Ready, Replica, Role

@@ -41,7 +41,7 @@ class Ballot:
         if not isinstance(self.node, str):
             raise ProtocolError(f"ballot node must be a str, got {self.node!r}")
 
-    def next_for(self, node: NodeId) -> "Ballot":
+    def next_for(self, node: NodeId) -> Ballot:
         """The smallest ballot owned by ``node`` that is greater than this one."""
         return Ballot(self.round + 1, node)
 

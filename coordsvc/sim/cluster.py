@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..core.messages import Message, Outbound
 from ..core.replica import Ready, Replica, Role
-from ..core.types import NOOP, Ballot, Config, Durable, Persist, Slot, Snapshot, Value
+from ..core.types import Ballot, Config, Durable, Persist, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
 
 MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes")
@@ -44,7 +45,7 @@ class Params:
     disk_loss: float          # chance that a restart finds the node's disk wiped
 
     @staticmethod
-    def draw(rng: random.Random, nodes: int | None = None) -> "Params":
+    def draw(rng: random.Random, nodes: int | None = None) -> Params:
         n = nodes or rng.choice((3, 3, 5))
         return Params(
             nodes=n,

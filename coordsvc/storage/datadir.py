@@ -205,7 +205,7 @@ def init_data_dir(path: Path, cluster_id: str, node_id: str, rebuilding: bool = 
         import sqlite_utils
         db = sqlite_utils.Database(conn, execute_plugins=False)
         with db.atomic():
-            created_at = datetime.datetime.now(datetime.timezone.utc).isoformat()
+            created_at = datetime.datetime.now(datetime.UTC).isoformat()
             db.table("meta").upsert_all(
                 [{"key": "cluster_id", "value": cluster_id},
                  {"key": "node_id", "value": node_id},

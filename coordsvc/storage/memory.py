@@ -1,7 +1,7 @@
 """In-memory Store for core tests and the simulation."""
 from __future__ import annotations
 
-from ..core.types import Durable, Entry, Persist, Slot, Snapshot, ZERO_BALLOT, Ballot, EMPTY_SNAPSHOT
+from ..core.types import EMPTY_SNAPSHOT, ZERO_BALLOT, Ballot, Durable, Entry, Persist, Slot, Snapshot
 
 
 class MemoryStore:

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (COORDCTL, assert_one_line_error, clean_env, free_base_port, needs_client,
-                       needs_runtime, run)
+from .conftest import (
+    COORDCTL,
+    assert_one_line_error,
+    clean_env,
+    free_base_port,
+    needs_client,
+    needs_runtime,
+    run,
+)
 
 
 def _init(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:

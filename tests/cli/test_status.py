@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import (COORDCTL, LocalCluster, clean_env, free_base_port, needs_runtime, run,
-                       stop_process)
+from .conftest import COORDCTL, LocalCluster, clean_env, free_base_port, needs_runtime, run, stop_process
 
 CLUSTER_FIELDS = {"name", "leader", "quorum", "members", "healthy", "commit_index", "revision"}
 NODE_FIELDS = {"id", "address", "reachable", "role", "leader", "ballot", "commit_index",

@@ -6,6 +6,7 @@ is a bug in the test harness, not in the service.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -54,12 +55,12 @@ def check_fencing(grants: Sequence[SectionLike]) -> list[str]:
     """
     sections = [g if isinstance(g, CriticalSection) else CriticalSection(*g) for g in grants]
     problems: list[str] = []
-    for a, b in zip(sections, sections[1:]):
+    for a, b in itertools.pairwise(sections):
         if b.token <= a.token:
             problems.append(f"token did not increase in grant order: {a.holder!r} got "
                             f"{a.token}, then {b.holder!r} got {b.token}")
     held = sorted((s for s in sections if s.write_accepted), key=lambda s: s.token)
-    for a, b in zip(held, held[1:]):
+    for a, b in itertools.pairwise(held):
         if a.token == b.token:
             problems.append(f"token {a.token} was accepted from two tenures: {a.holder!r} "
                             f"[{a.start_ns}, {a.end_ns}] and {b.holder!r} "
@@ -121,7 +122,7 @@ def check_watch(expected: Sequence[EventLike], seen: Sequence[Sequence[EventLike
     if len(specs) != len(seen):
         raise ValueError(f"{len(seen)} watchers' events but {len(specs)} watcher specs")
     problems: list[str] = []
-    for w, (spec, got_raw) in enumerate(zip(specs, seen)):
+    for w, (spec, got_raw) in enumerate(zip(specs, seen, strict=True)):
         got = [_event(e) for e in got_raw]
         start = spec.start_revision
         if start is None:

@@ -29,7 +29,7 @@ design would get wrong -- a leader paused past its lease -- is exercised by the 
 above. Session ttls are measured on the leader's monotonic clock; a client that trusts its
 lock past its ttl is caught by fencing, which the lock workload checks.
 
-Partitions follow ../shared/FAULTS.md: rules live only in the table ``inet coordsvc_faults``,
+Partitions follow docs/FAULTS.md: rules live only in the table ``inet coordsvc_faults``,
 which is deleted atomically on heal/teardown (and at the start of a session, in case an
 interrupted run left one behind). Rules also match this cluster's TCP ports, so a concurrent
 run on other ports is never cut by ours.
@@ -103,7 +103,7 @@ def delete_stale_table() -> None:
     _nft(["delete", "table", "inet", NFT_TABLE], check=False)
 
 
-class exclusive_fault_lock:  # noqa: N801 -- used as a context manager like open()
+class exclusive_fault_lock:
     """An flock serialising fault runs of concurrent pytest sessions on this machine.
 
     Every run uses the same table name and the same node addresses, so two at once would
@@ -233,7 +233,7 @@ def draw_schedule(rng: random.Random, kinds: Iterable[str], duration_s: float, n
     while True:
         gap = rng.uniform(0.5, gap_max_s)
         kind = rng.choice(kinds)
-        names, weights = zip(*_VARIANTS[kind])
+        names, weights = zip(*_VARIANTS[kind], strict=True)
         variant = rng.choices(names, weights=weights)[0]
         if kind == "kill":
             hold = rng.uniform(0.3, 2.5 if short else 6.0)

@@ -18,7 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .checks import (
-    CriticalSection, Watcher, check_fencing, check_no_lost_writes, check_watch,
+    CriticalSection,
+    Watcher,
+    check_fencing,
+    check_no_lost_writes,
+    check_watch,
 )
 from .generate import apply_in_order, concurrent_history, sequential_history, widen
 from .history import History, Op, summarize

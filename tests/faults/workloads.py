@@ -10,12 +10,13 @@ written (CompareFailed, FenceRejected) is ``fail``; Unavailable, a timeout or an
 """
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from coordsvc import Client, Compacted, CompareFailed, CoordError, FenceRejected, LockTimeout
@@ -330,7 +331,7 @@ class LockWorkload(Workload):
                     tenure.zombie = True
                     with self._mu:
                         self.zombies += 1
-                    lk._stop.set()  # noqa: SLF001 -- simulating a frozen keepalive thread
+                    lk._stop.set()
                     time.sleep(self.ttl_s + rng.uniform(1.0, 2.0))
                     self._fenced_put(c, p, lk, tenure, 99)
                     self._sqlite_write(conn, lk.token, holder + "-zombie")
@@ -363,7 +364,7 @@ class LockWorkload(Workload):
         finally:
             conn.close()
         owner: dict[int, str] = {}
-        for (s1, t1, h1), (s2, t2, h2) in zip(rows, rows[1:]):
+        for (s1, t1, h1), (s2, t2, h2) in itertools.pairwise(rows):
             if t2 < t1:
                 problems.append(f"fencing (sqlite): write #{s2} by {h2} with token {t2} "
                                 f"accepted after #{s1} by {h1} with token {t1}")

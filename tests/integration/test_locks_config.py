@@ -190,6 +190,7 @@ def test_a_write_retried_after_the_leader_is_killed_is_applied_exactly_once(clus
         leader = cluster.leader()
         req = encode_request(Request(f"retry{attempt}", 1, 1, Put(f"once{attempt}", b"v", None, None)))
         import zmq
+
         from coordsvc import wire
         ctx = zmq.Context()
         s = ctx.socket(zmq.DEALER)
@@ -263,6 +264,7 @@ def test_sessions_and_locks_survive_a_leader_change(cluster: LocalCluster, clien
 
 def test_a_watch_from_a_revision_older_than_the_window_raises_compacted(tmp_path: Path) -> None:
     from coordsvc.core.machine import WINDOW_EVENTS
+
     from .harness import RawWriter
     c = LocalCluster(tmp_path)
     c.start()

@@ -22,7 +22,13 @@ import coordsvc
 from coordsvc import wire
 from coordsvc.client import Client, Event, _client, _lock, _watch
 from coordsvc.client.errors import (
-    Compacted, CompareFailed, CoordError, FenceRejected, InvalidRequest, LockTimeout, Unavailable,
+    Compacted,
+    CompareFailed,
+    CoordError,
+    FenceRejected,
+    InvalidRequest,
+    LockTimeout,
+    Unavailable,
 )
 from coordsvc.clusterfile import Cluster, NodeSpec
 from coordsvc.core import machine

@@ -6,9 +6,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coordsvc.core.commands import (
-    MAX_KEY_BYTES, MAX_VALUE_BYTES, Acquire, Cancel, CloseSession, Command, Delete,
-    ExpireSession, Fence, Noop, OpenAndAcquire, OpenSession, Put, Release, Request, decode_request,
-    encode_request, validate, validate_request,
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    Acquire,
+    Cancel,
+    CloseSession,
+    Command,
+    Delete,
+    ExpireSession,
+    Fence,
+    Noop,
+    OpenAndAcquire,
+    OpenSession,
+    Put,
+    Release,
+    Request,
+    decode_request,
+    encode_request,
+    validate,
+    validate_request,
 )
 from coordsvc.core.types import ProtocolError
 

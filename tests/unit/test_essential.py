@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 
 from coordsvc.core.essential import (
-    P1a, P2a, P2b, Refused, SingleAcceptor, SingleLearner, SingleProposer,
+    P1a,
+    P2a,
+    P2b,
+    Refused,
+    SingleAcceptor,
+    SingleLearner,
+    SingleProposer,
 )
 from coordsvc.core.types import Ballot, SafetyViolation
 
@@ -67,20 +73,20 @@ def test_a_single_refusal_does_not_demand_a_new_prepare() -> None:
 
 
 def test_learner_resolves_at_quorum() -> None:
-    l = SingleLearner(quorum=2)
-    assert l.receive_accepted(P2b("a", Ballot(1, "p"), "v")) is None
-    assert l.receive_accepted(P2b("b", Ballot(1, "p"), "v")) == "v"
+    learner = SingleLearner(quorum=2)
+    assert learner.receive_accepted(P2b("a", Ballot(1, "p"), "v")) is None
+    assert learner.receive_accepted(P2b("b", Ballot(1, "p"), "v")) == "v"
 
 
 def test_learner_ignores_duplicate_votes() -> None:
-    l = SingleLearner(quorum=2)
-    l.receive_accepted(P2b("a", Ballot(1, "p"), "v"))
-    assert l.receive_accepted(P2b("a", Ballot(1, "p"), "v")) is None
+    learner = SingleLearner(quorum=2)
+    learner.receive_accepted(P2b("a", Ballot(1, "p"), "v"))
+    assert learner.receive_accepted(P2b("a", Ballot(1, "p"), "v")) is None
 
 
 def test_learner_ignores_stale_votes() -> None:
-    l = SingleLearner(quorum=2)
-    l.receive_accepted(P2b("a", Ballot(2, "p"), "new"))
-    assert l.receive_accepted(P2b("a", Ballot(1, "p"), "old")) is None
-    assert l.receive_accepted(P2b("b", Ballot(1, "p"), "old")) is None
-    assert l.receive_accepted(P2b("b", Ballot(2, "p"), "new")) == "new"
+    learner = SingleLearner(quorum=2)
+    learner.receive_accepted(P2b("a", Ballot(2, "p"), "new"))
+    assert learner.receive_accepted(P2b("a", Ballot(1, "p"), "old")) is None
+    assert learner.receive_accepted(P2b("b", Ballot(1, "p"), "old")) is None
+    assert learner.receive_accepted(P2b("b", Ballot(2, "p"), "new")) == "new"

@@ -6,8 +6,19 @@ from hypothesis import strategies as st
 
 from coordsvc.core import machine as machine_mod
 from coordsvc.core.commands import (
-    Acquire, Cancel, CloseSession, Command, Delete, ExpireSession, Fence, Noop, OpenAndAcquire,
-    OpenSession, Put, Release, Request,
+    Acquire,
+    Cancel,
+    CloseSession,
+    Command,
+    Delete,
+    ExpireSession,
+    Fence,
+    Noop,
+    OpenAndAcquire,
+    OpenSession,
+    Put,
+    Release,
+    Request,
 )
 from coordsvc.core.machine import KV, Compacted, Event, Grant, LockInfo, Machine, Result, SessionInfo
 from coordsvc.core.types import ProtocolError, UsageError

@@ -4,7 +4,14 @@ from __future__ import annotations
 import pytest
 
 from coordsvc.core.messages import (
-    Accept, Accepted, CatchupRequest, Heartbeat, HeartbeatAck, Nack, Prepare, Promise,
+    Accept,
+    Accepted,
+    CatchupRequest,
+    Heartbeat,
+    HeartbeatAck,
+    Nack,
+    Prepare,
+    Promise,
 )
 from coordsvc.core.replica import Replica, Role
 from coordsvc.core.types import NOOP, Ballot, Durable, Entry, SafetyViolation, UsageError

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordsvc.core.types import (
+    ZERO_BALLOT,
     Ballot,
     Durable,
     Entry,
@@ -23,10 +24,9 @@ from coordsvc.core.types import (
     SafetyViolation,
     Snapshot,
     UsageError,
-    ZERO_BALLOT,
 )
-from coordsvc.storage.memory import MemoryStore
 from coordsvc.storage import sqlite as sqlite_mod
+from coordsvc.storage.memory import MemoryStore
 from coordsvc.storage.sqlite import DataDirError, SqliteStore, init_data_dir
 
 CLUSTER = "c-abc"
