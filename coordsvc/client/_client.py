@@ -15,7 +15,7 @@ from typing import Any
 
 from coordsvc import clusterfile
 from coordsvc.core.commands import Command, Delete, Fence, Put, Request, encode_request, validate
-from coordsvc.core.machine import Result
+from coordsvc.core.protocol import Result
 from coordsvc.core.types import ProtocolError
 
 from . import _status

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from coordsvc.core import machine
 from coordsvc.core.commands import Cancel, CloseSession, OpenAndAcquire, validate
+from coordsvc.core.protocol import ResultCode
 
 from ._results import expect
 from ._transport import Cancelled
@@ -118,7 +118,7 @@ class Lock:
         # The session is this lock's alone: closing it releases the grant (or leaves the
         # queue) and hands the lock to the next waiter, in one write.
         res = self._client._write(CloseSession(self.session_id))
-        expect(res, machine.OK, machine.NO_SESSION)
+        expect(res, ResultCode.OK, ResultCode.NO_SESSION)
 
     def release_quietly(self) -> None:
         """``release()`` that logs instead of raising (for exits that already fail)."""
@@ -312,9 +312,9 @@ def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
     start = time.monotonic()
     deadline = None if timeout is None else start + timeout
     res = client._write(cmd)
-    if res.code == machine.LOCK_BUSY:
+    if res.code == ResultCode.LOCK_BUSY:
         raise LockTimeout(f"lock {name!r} is held by another session")
-    expect(res, machine.OK, machine.QUEUED)
+    expect(res, ResultCode.OK, ResultCode.QUEUED)
     sid = res.data.get("session_id")
     if type(sid) is not int:
         raise CoordError("malformed reply: session_id")
@@ -322,7 +322,7 @@ def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
     lk = Lock(client, name, sid, float(ttl), on_lost, valid_until=start + ttl)
     lk._start()
     try:
-        if res.code == machine.OK:
+        if res.code == ResultCode.OK:
             _take_grant(lk, res.data.get("token"))
         else:
             _wait_for_grant(client, lk, deadline)
@@ -370,4 +370,4 @@ def _give_up(client: Client, lk: Lock) -> None:
     confirmed the outcome is unknown, so ``Unavailable`` propagates instead.
     """
     res = client._write(Cancel(lk.name, lk.session_id))
-    expect(res, machine.OK, machine.NO_SESSION)
+    expect(res, ResultCode.OK, ResultCode.NO_SESSION)

@@ -26,9 +26,9 @@ from .commands import (
     decode_request,
     encode_request,
 )
-from .machine import KV, Compacted, Event, Machine, Result
+from .machine import Machine, RevisionCompacted
 from .messages import Message, Outbound
-from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, MAX_WATCH_PREFIXES, OPS
+from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, MAX_WATCH_PREFIXES, Change, KeyValue, Op, Result
 from .replica import Ready, Replica, Role
 from .types import Config, Durable, NodeId, Persist, ProtocolError, Snapshot
 
@@ -63,11 +63,11 @@ class Counters:
     snapshots: int = 0
 
 
-def kv_wire(kv: KV) -> list[object]:
+def kv_wire(kv: KeyValue) -> list[object]:
     return [kv.key, kv.value, kv.revision, kv.create_revision, kv.version]
 
 
-def event_wire(e: Event) -> list[object]:
+def event_wire(e: Change) -> list[object]:
     return [e.type, e.key, e.value, e.revision]
 
 
@@ -102,7 +102,7 @@ class Service:
         self.last_snapshot_index = durable.snapshot.index
         self.last_leader_contact_ms: int | None = None
         self.replies: list[tuple[Route, Reply]] = []
-        self.events: list[Event] = []
+        self.events: list[Change] = []
         self._writes: dict[tuple[str, int], list[tuple[Route, object, int]]] = {}
         # Requests this leader proposed, already decoded: applying them need not decode
         # the same bytes again. Emptied when leadership ends; bounded by MAX_WRITE_WAITERS.
@@ -159,7 +159,7 @@ class Service:
             if not isinstance(req, dict):
                 raise BadRequest("request must be a map")
             op = req.get("op")
-            if op not in OPS:
+            if op not in list(Op):
                 raise BadRequest(f"unknown op {op!r}")
             getattr(self, f"_op_{op}")(route, rid, req)
         except BadRequest as e:
@@ -178,7 +178,7 @@ class Service:
             self.replica.advance()
         self._after_step()
 
-    def take_outbox(self) -> tuple[list[tuple[Route, Reply]], list[Event]]:
+    def take_outbox(self) -> tuple[list[tuple[Route, Reply]], list[Change]]:
         out = (self.replies, self.events)
         self.replies, self.events = [], []
         return out
@@ -321,7 +321,7 @@ class Service:
     def _try_watch(self, p: _Parked) -> bool:
         try:
             evs = self.machine.events_since(p.prefixes or p.key, p.after, p.limit)
-        except Compacted as e:
+        except RevisionCompacted as e:
             self._error(p.route, p.rid, "compacted",
                         f"revision {p.after + 1} is compacted; oldest available is "
                         f"{e.oldest_available_revision}", oldest=e.oldest_available_revision)
@@ -387,7 +387,7 @@ class Service:
         if m.revision != rev_before:
             try:
                 self.events.extend(m.events_since("", rev_before, 1 << 30))
-            except Compacted:
+            except RevisionCompacted:
                 pass  # more changed in one step than the window holds; pollers catch up
             self._watches = [p for p in self._watches if not self._try_watch(p)]
         grants = m.take_grants()

@@ -132,7 +132,7 @@ class FakeNode:
         try:
             prefix = tuple(req["prefixes"]) if req.get("prefixes") else req["prefix"]
             evs = self.m.events_since(prefix, req["after"], req["limit"])
-        except machine.Compacted as e:
+        except machine.RevisionCompacted as e:
             return {"ok": False, "error": "compacted", "message": str(e),
                     "oldest": e.oldest_available_revision}
         if not evs and not expired:
