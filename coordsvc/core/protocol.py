@@ -400,8 +400,9 @@ class WriteRequest:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> WriteRequest:
-        raw = _get(m, "req", _MISSING)
+        raw = m.get("req")
         if type(raw) is not bytes:
+            _get(m, "req", _MISSING)   # missing or nil: say which
             raise SchemaError("field 'req' must be bytes")
         try:
             request = decode_request(raw)
@@ -422,7 +423,8 @@ class KeepaliveRequest:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> KeepaliveRequest:
-        return cls(_int(m, "session_id"))
+        sid = m.get("session_id")
+        return cls(sid if type(sid) is int else _int(m, "session_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,6 +438,9 @@ class GetRequest:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> GetRequest:
+        key, stale = m.get("key"), m.get("stale", False)
+        if type(key) is str and type(stale) is bool:   # the hot path: no error to word
+            return cls(key, stale)
         return cls(_str(m, "key"), _bool(m, "stale", False))
 
 

@@ -46,6 +46,7 @@ from coordsvc.core.protocol import (
     decode_client_request,
     reply_map,
 )
+from coordsvc.core.service_ops import HANDLERS
 from coordsvc.core.types import ProtocolError
 
 KV = KeyValue("k", b"v", 3, 1, 2)
@@ -84,8 +85,9 @@ def through_wire(m: dict[str, Any], tag: int) -> dict[str, Any]:
     return wire.decode_client(wire.encode_client(tag, {**m, "id": 1}), tag)
 
 
-def test_every_op_has_one_request_record() -> None:
+def test_every_op_has_one_request_record_and_one_handler() -> None:
     assert sorted(t.op for t in REQUEST_TYPES) == sorted(Op)
+    assert set(HANDLERS) == set(REQUEST_TYPES)
 
 
 @pytest.mark.parametrize("req", REQUESTS, ids=lambda r: type(r).__name__)
