@@ -24,7 +24,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from coordsvc.core.commands import Cancel, CloseSession, OpenAndAcquire, validate
-from coordsvc.core.protocol import ResultCode
+from coordsvc.core.protocol import (
+    KeepaliveReply,
+    KeepaliveRequest,
+    LockState,
+    LockWaitReply,
+    LockWaitRequest,
+    ResultCode,
+)
 
 from ._results import expect
 from ._transport import Cancelled
@@ -207,9 +214,9 @@ class Lock:
                 continue
             sent = time.monotonic()
             try:
-                reply = self._client._call(
-                    {"op": "keepalive", "session_id": self.session_id}, leader=True,
-                    timeout=lost_at - sent, cancel=self._stop)
+                known = self._client._ask(
+                    KeepaliveRequest(self.session_id), KeepaliveReply.from_wire, leader=True,
+                    timeout=lost_at - sent, cancel=self._stop).known
             except Cancelled:
                 return
             except Unavailable:
@@ -221,7 +228,7 @@ class Lock:
                 log.warning("keepalive of session %d failed: %s", self.session_id, e)
                 next_send = time.monotonic() + 0.1
                 continue
-            if reply.get("known") is not True:
+            if not known:
                 self._lose("the cluster no longer knows the session")
                 return
             with self._mu:
@@ -349,18 +356,14 @@ def _wait_for_grant(client: Client, lk: Lock, deadline: float | None) -> None:
             if wait_s <= 0:
                 _give_up(client, lk)
                 raise LockTimeout(f"lock {lk.name!r} not acquired in time")
-        reply = client._call(
-            {"op": "lock_wait", "name": lk.name, "session_id": lk.session_id,
-             "wait_ms": int(wait_s * 1000)},
+        reply = client._ask(
+            LockWaitRequest(lk.name, lk.session_id, int(wait_s * 1000)), LockWaitReply.from_wire,
             leader=True, timeout=wait_s + client.timeout, long_poll_s=wait_s)
-        state = reply.get("state")
-        if state == "held":
-            _take_grant(lk, reply.get("token"))
+        if reply.state is LockState.HELD:
+            _take_grant(lk, reply.token)
             return
-        if state == "none":
+        if reply.state is LockState.NONE:
             raise LockTimeout(f"lock {lk.name!r}: the session expired while waiting")
-        if state != "waiting":
-            raise CoordError(f"malformed reply: lock_wait state {state!r}")
 
 
 def _give_up(client: Client, lk: Lock) -> None:
