@@ -7,6 +7,7 @@ tests pass one that reaches an in-process node).
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import random
 import secrets
@@ -93,27 +94,13 @@ class Client:
     ``clusterfile.Cluster``; None finds the cluster as the CLI does (``$COORD_CLUSTER``,
     ``$COORD_ENDPOINTS``, ``./.coord/cluster.toml``). ``timeout`` bounds each call's
     retries: past it the call raises ``Unavailable`` (the outcome of a write is unknown).
-    ``transport`` replaces the ZeroMQ transport.
+    Bad arguments raise ``InvalidRequest``. ``transport`` replaces the ZeroMQ transport.
     """
 
     def __init__(self, endpoints: Sequence[str] | clusterfile.Cluster | None = None,
                  timeout: float = 5.0, *, transport: ClientTransport | None = None) -> None:
-        found: Sequence[str] | clusterfile.Cluster = (
-            clusterfile.find() if endpoints is None else endpoints)
-        self._cluster: clusterfile.Cluster | None = None
-        if isinstance(found, clusterfile.Cluster):
-            self._cluster = found
-            eps = found.endpoints
-        elif isinstance(found, str):
-            raise TypeError("endpoints must be a list of 'tcp://host:port' strings, not a str")
-        else:
-            eps = [clusterfile.check_endpoint(e) for e in found]
-        if not eps:
-            raise ValueError("need at least one endpoint")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
-        self._endpoints: tuple[str, ...] = tuple(dict.fromkeys(eps))
-        self._timeout = float(timeout)
+        self._cluster, self._endpoints = _locate(endpoints)
+        self._timeout = _timeout_s(timeout)
         #: Identifies this client's writes for exactly-once retries (random per Client).
         self.client_id = secrets.token_hex(8)
         self._transport: ClientTransport = Transport() if transport is None else transport
@@ -131,7 +118,13 @@ class Client:
 
     @classmethod
     def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> Client:
-        return cls(clusterfile.load(Path(path)), timeout=timeout)
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequest(f"path must be a str or path, got {type(path).__name__}")
+        try:
+            cluster = clusterfile.load(Path(path))
+        except clusterfile.ClusterFileError as e:
+            raise InvalidRequest(str(e)) from None
+        return cls(cluster, timeout=timeout)
 
     @property
     def endpoints(self) -> builtins.list[str]:
@@ -423,9 +416,43 @@ def _refusal(request: ClientRequest, err: ErrorReply) -> CoordError:
     return make(err)
 
 
+def _locate(endpoints: object) -> tuple[clusterfile.Cluster | None, tuple[str, ...]]:
+    """The cluster (if a file names it) and its distinct endpoints, or ``InvalidRequest``."""
+    try:
+        found = clusterfile.find() if endpoints is None else endpoints
+    except clusterfile.ClusterFileError as e:
+        raise InvalidRequest(str(e)) from None
+    if isinstance(found, clusterfile.Cluster):
+        return found, tuple(dict.fromkeys(found.endpoints))
+    if isinstance(found, (str, bytes)) or not isinstance(found, (builtins.list, tuple)):
+        raise InvalidRequest("endpoints must be a list of 'tcp://host:port' strings, "
+                             f"got {type(found).__name__}")
+    eps = []
+    for ep in found:
+        if not isinstance(ep, str):
+            raise InvalidRequest(f"endpoint {ep!r} is not a 'tcp://host:port' string")
+        try:
+            eps.append(clusterfile.check_endpoint(ep))
+        except clusterfile.ClusterFileError as err:
+            raise InvalidRequest(str(err)) from None
+    if not eps:
+        raise InvalidRequest("need at least one endpoint")
+    return None, tuple(dict.fromkeys(eps))
+
+
+def _timeout_s(timeout: object) -> float:
+    if (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            and math.isfinite(timeout) and timeout > 0):
+        return float(timeout)
+    raise InvalidRequest(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+
+
 def _to_bytes(value: str | bytes) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequest(f"value is not valid UTF-8: {e}") from None
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, bytes):

@@ -16,12 +16,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
 from coordsvc.core.commands import Cancel, CloseSession, OpenAndAcquire, validate
 from coordsvc.core.protocol import (
@@ -79,7 +80,7 @@ class Lock:
                  on_lost: Callable[[Lock], None] | None, valid_until: float) -> None:
         self.name = name
         self.session_id = session_id
-        self.ttl = ttl_s
+        self.ttl_s = ttl_s
         self.token = 0
         self._client = client
         self._on_lost = on_lost
@@ -93,6 +94,11 @@ class Lock:
     def __repr__(self) -> str:
         return (f"Lock(name={self.name!r}, token={self.token}, session_id={self.session_id}, "
                 f"lost={self.lost}, released={self.released})")
+
+    @property
+    def ttl(self) -> float:
+        """``ttl_s``, under the name CONTRACT's first client gave it."""
+        return self.ttl_s
 
     @property
     def valid_until(self) -> float:
@@ -161,7 +167,7 @@ class Lock:
         self._client._track(self, True)
         # The thread is needed only once the first keepalive is due (a third of the ttl
         # in): a lock released before then never costs one.
-        first_keepalive = self.valid_until - self.ttl * 2 / 3
+        first_keepalive = self.valid_until - self.ttl_s * 2 / 3
         self._client._keepalive_starter().schedule(self, first_keepalive - STARTER_TICK_S)
 
     def _start_thread(self) -> None:
@@ -199,9 +205,9 @@ class Lock:
             self._client._transport.release_thread()
 
     def _keepalive_loop(self) -> None:
-        period = self.ttl / 3
-        margin = max(LOST_MARGIN_FRACTION * self.ttl, LOST_MARGIN_MIN_S)
-        next_send = self.valid_until - self.ttl + period
+        period = self.ttl_s / 3
+        margin = max(LOST_MARGIN_FRACTION * self.ttl_s, LOST_MARGIN_MIN_S)
+        next_send = self.valid_until - self.ttl_s + period
         while True:
             lost_at = self.valid_until - margin
             now = time.monotonic()
@@ -232,7 +238,7 @@ class Lock:
                 self._lose("the cluster no longer knows the session")
                 return
             with self._mu:
-                self._valid_until = max(self._valid_until, sent + self.ttl)
+                self._valid_until = max(self._valid_until, sent + self.ttl_s)
             next_send = sent + period
 
     def _lose(self, why: str) -> None:
@@ -301,23 +307,23 @@ class KeepaliveStarter:
             t.join()
 
 
-def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
+def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
                  on_lost: Callable[[Lock], None] | None) -> Lock:
     """Open a session, queue for ``name`` on it, wait for the grant (see Client.acquire).
 
     If the first write's outcome stays unknown (``Unavailable``), a session opened by it
-    is not kept alive and expires after ``ttl``, releasing whatever it got.
+    is not kept alive and expires after ``ttl_s``, releasing whatever it got.
     """
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
-        raise InvalidRequest("ttl must be a number of seconds")
-    cmd = OpenAndAcquire(name, int(round(ttl * 1000)), wait=timeout != 0)
+    if not _is_number(ttl_s) or not math.isfinite(ttl_s):
+        raise InvalidRequest(f"ttl must be a finite number of seconds, got {ttl_s!r}")
+    if timeout_s is not None and not (_is_number(timeout_s) and timeout_s >= 0):
+        raise InvalidRequest(f"timeout must be a number of seconds >= 0 or None, got {timeout_s!r}")
+    cmd = OpenAndAcquire(name, int(round(ttl_s * 1000)), wait=timeout_s != 0)
     err = validate(cmd)
-    if err is None and timeout is not None and not timeout >= 0:
-        err = f"timeout must be >= 0 or None, got {timeout}"
     if err is not None:
         raise InvalidRequest(err)
     start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
+    deadline = None if timeout_s is None else start + timeout_s
     res = client._write(cmd)
     if res.code == ResultCode.LOCK_BUSY:
         raise LockTimeout(f"lock {name!r} is held by another session")
@@ -326,7 +332,7 @@ def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
     if type(sid) is not int:
         raise CoordError("malformed reply: session_id")
     # The session's clock started no earlier than our send, hence ``start``.
-    lk = Lock(client, name, sid, float(ttl), on_lost, valid_until=start + ttl)
+    lk = Lock(client, name, sid, float(ttl_s), on_lost, valid_until=start + ttl_s)
     lk._start()
     try:
         if res.code == ResultCode.OK:
@@ -374,3 +380,7 @@ def _give_up(client: Client, lk: Lock) -> None:
     """
     res = client._write(Cancel(lk.name, lk.session_id))
     expect(res, ResultCode.OK, ResultCode.NO_SESSION)
+
+
+def _is_number(v: object) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)

@@ -10,6 +10,7 @@ names only: ``A``, ``B`` and ``C`` reach the same node unless a test says otherw
 from __future__ import annotations
 
 import gc
+import math
 import os
 import sqlite3
 import threading
@@ -229,6 +230,44 @@ def test_limits_are_checked_before_sending(net: Faults) -> None:
     assert len(net.sent()) == 1
 
 
+@pytest.mark.parametrize("call", [
+    lambda c: c.put(5, "v"), lambda c: c.put("k", 5), lambda c: c.put("k", "\udc80"),
+    lambda c: c.put("k", "v", if_revision="3"), lambda c: c.put("k", "v", fence="lock"),
+    lambda c: c.get(None), lambda c: c.list(3), lambda c: c.watch("p", start_revision="1"),
+    lambda c: c.acquire("l", ttl="5"), lambda c: c.acquire("l", ttl=math.nan),
+    lambda c: c.acquire("l", ttl=math.inf), lambda c: c.acquire("l", timeout="5"),
+    lambda c: c.acquire("l", timeout=-1), lambda c: c.acquire("l", timeout=math.nan),
+])
+def test_bad_arguments_raise_invalid_request_and_send_nothing(net: Faults, call: Any) -> None:
+    with client(net) as c:
+        with pytest.raises(InvalidRequest):
+            call(c)
+    assert net.sent() == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"endpoints": "tcp://127.0.0.1:1"}, {"endpoints": []}, {"endpoints": [5]},
+    {"endpoints": ["udp://127.0.0.1:1"]}, {"endpoints": ["tcp://127.0.0.1:99999"]},
+    {"endpoints": 7}, {"timeout": "5"}, {"timeout": math.nan}, {"timeout": math.inf},
+    {"timeout": -1.0}, {"timeout": 0}, {"timeout": True},
+])
+def test_client_construction_refuses_bad_arguments_with_invalid_request(
+        kwargs: dict[str, Any], net: Faults) -> None:
+    with pytest.raises(InvalidRequest):
+        Client(**{"endpoints": [A], **kwargs}, transport=net)
+
+
+def test_client_without_a_cluster_to_find_raises_invalid_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, net: Faults) -> None:
+    monkeypatch.delenv("COORD_CLUSTER", raising=False)
+    monkeypatch.delenv("COORD_ENDPOINTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidRequest, match="no cluster given"):
+        Client(transport=net)
+    with pytest.raises(InvalidRequest, match="not found"):
+        Client.from_cluster_file(tmp_path / "missing.toml")
+
+
 def test_reads_return_entries_and_events(net: Faults) -> None:
     with client(net) as c:
         c.put("app/b", "2")
@@ -395,6 +434,7 @@ def test_lock_grants_tokens_and_try_lock_times_out(node: LocalNode, net: Faults)
         with c.lock("deploy", ttl=5.0, timeout=1.0) as lk:
             assert lk.token >= 1 and lk.held and not lk.lost
             assert lk.valid_until > time.monotonic()
+            assert lk.ttl == lk.ttl_s == 5.0
             with pytest.raises(LockTimeout):
                 c.acquire("deploy", ttl=5.0, timeout=0)
             assert node.machine.session_count == 1        # the failed try closed its session
