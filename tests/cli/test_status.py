@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import COORDCTL, LocalCluster, clean_env, free_base_port, needs_runtime, run, stop_process
+from .conftest import COORDCTL, LocalCluster, clean_env, free_base_port, run, stop_process
 
 CLUSTER_FIELDS = {"name", "leader", "quorum", "members", "healthy", "commit_index", "revision"}
 NODE_FIELDS = {"id", "address", "reachable", "role", "leader", "ballot", "commit_index",
@@ -107,7 +107,6 @@ def _serving(cluster_file: Path) -> list[int]:
     return [int(p) for p in r.stdout.split()]
 
 
-@needs_runtime
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cluster_up_starts_every_node_and_stops_them_all(tmp_path: Path, sig: int) -> None:
     base = free_base_port()
@@ -141,7 +140,6 @@ def test_cluster_up_starts_every_node_and_stops_them_all(tmp_path: Path, sig: in
     assert _serving(d / "cluster.toml") == [], "a node outlived `cluster up`"
 
 
-@needs_runtime
 def test_cluster_up_reports_a_node_that_dies(tmp_path: Path) -> None:
     base = free_base_port()
     d = tmp_path / "up"
