@@ -5,10 +5,10 @@ import subprocess
 import sys
 
 import pytest
-
-import coordsvc
 from coordctl.main import exit_code_for
 from coordctl.output import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
+
+import coordsvc
 from coordsvc.clusterfile import ClusterFileError
 
 

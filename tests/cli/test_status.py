@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -159,12 +160,26 @@ def test_cluster_up_reports_a_node_that_dies(tmp_path: Path) -> None:
                            capture_output=True, text=True)
         pids = [int(p) for p in r.stdout.split()]
         assert len(pids) == 1
+        lines: list[str] = []
+        reported = threading.Event()
+
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                lines.append(line)
+                if "node n1" in line and "exited" in line:
+                    reported.set()
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
         os.kill(pids[0], signal.SIGKILL)  # a node started (indirectly) by this test
-        time.sleep(1.5)
+        assert reported.wait(15), "".join(lines)   # cluster up looks every 0.5 s
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        reader.join()
     finally:
         stop_process(proc)
-    assert "node n1" in err and "exited" in err, err
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode == 0
     assert _serving(d / "cluster.toml") == []
