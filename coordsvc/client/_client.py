@@ -100,7 +100,7 @@ class Client:
     def __init__(self, endpoints: Sequence[str] | clusterfile.Cluster | None = None,
                  timeout: float = 5.0, *, transport: ClientTransport | None = None) -> None:
         self._cluster, self._endpoints = _locate(endpoints)
-        self._timeout = _timeout_s(timeout)
+        self._timeout_s = _check_timeout(timeout)
         #: Identifies this client's writes for exactly-once retries (random per Client).
         self.client_id = secrets.token_hex(8)
         self._transport: ClientTransport = Transport() if transport is None else transport
@@ -132,7 +132,7 @@ class Client:
 
     @property
     def timeout(self) -> float:
-        return self._timeout
+        return self._timeout_s
 
     @property
     def leader(self) -> str | None:
@@ -229,7 +229,7 @@ class Client:
             name = None
         replies = self._transport.request_all([address for _, address in members],
                                               StatusRequest().to_wire(),
-                                              min(ATTEMPT_S, self._timeout))
+                                              min(ATTEMPT_S, self._timeout_s))
         return _status.summarize(members, [_node_status(r) for r in replies], name)
 
     def close(self) -> None:
@@ -239,7 +239,7 @@ class Client:
         with self._locks_mu:
             held = builtins.list(self._locks)
         for lk in held:
-            lk.abandon(timeout=min(ATTEMPT_S, self._timeout))
+            lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
         with self._locks_mu:
             starter, self._starter = self._starter, None
             hub, self._hub = self._hub, None
@@ -284,7 +284,7 @@ class Client:
             else:
                 self._locks.discard(lk)
 
-    def _write(self, cmd: Command, timeout: float | None = None) -> Result:
+    def _write(self, cmd: Command, timeout_s: float | None = None) -> Result:
         """Replicate ``cmd`` exactly once; its Result (any code)."""
         err = validate(cmd)
         if err is not None:
@@ -297,23 +297,23 @@ class Client:
         try:
             # Encoded once: every retry sends identical bytes, so the node dedupes it.
             request = WriteRequest.of(Request(self.client_id, seq, first_unacked, cmd))
-            return self._ask(request, WriteReply.from_wire, leader=True, timeout=timeout).result
+            return self._ask(request, WriteReply.from_wire, leader=True, timeout_s=timeout_s).result
         finally:
             with self._seq_mu:
                 self._inflight.discard(seq)
 
     def _ask(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
-             leader: bool, timeout: float | None = None, long_poll_s: float = 0.0,
+             leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
              pin: Pin | None = None, cancel: threading.Event | None = None) -> _R:
         """``_call``, and the successful reply decoded into its record."""
-        reply = self._call(request, leader=leader, timeout=timeout, long_poll_s=long_poll_s,
+        reply = self._call(request, leader=leader, timeout_s=timeout_s, long_poll_s=long_poll_s,
                            pin=pin, cancel=cancel)
         try:
             return decode(reply)
         except SchemaError as e:
             raise CoordError(f"malformed reply to {request.op}: {e}") from None
 
-    def _call(self, request: ClientRequest, *, leader: bool, timeout: float | None = None,
+    def _call(self, request: ClientRequest, *, leader: bool, timeout_s: float | None = None,
               long_poll_s: float = 0.0, pin: Pin | None = None,
               cancel: threading.Event | None = None) -> dict[str, Any]:
         """Send one request until a node answers it; the successful reply map.
@@ -323,7 +323,7 @@ class Client:
         """
         self._check_open()
         payload = request.to_wire()
-        total = self._timeout if timeout is None else timeout
+        total = self._timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + total
         ep = self._start(leader, pin)
         redirects = unavailable = 0
@@ -440,7 +440,7 @@ def _locate(endpoints: object) -> tuple[clusterfile.Cluster | None, tuple[str, .
     return None, tuple(dict.fromkeys(eps))
 
 
-def _timeout_s(timeout: object) -> float:
+def _check_timeout(timeout: object) -> float:
     if (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
             and math.isfinite(timeout) and timeout > 0):
         return float(timeout)

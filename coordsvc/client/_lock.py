@@ -140,13 +140,13 @@ class Lock:
         except CoordError as e:
             log.warning("releasing lock %r failed: %s", self.name, e)
 
-    def abandon(self, timeout: float) -> None:
+    def abandon(self, timeout_s: float) -> None:
         """Stop keeping alive and close the session (which also leaves the wait queue and
         frees a grant); best effort, never raises."""
         if not self._finish():
             return
         try:
-            self._client._write(CloseSession(self.session_id), timeout=timeout)
+            self._client._write(CloseSession(self.session_id), timeout_s=timeout_s)
         except CoordError as e:
             log.debug("abandoning lock %r: closing session %d failed: %s",
                       self.name, self.session_id, e)
@@ -222,7 +222,7 @@ class Lock:
             try:
                 known = self._client._ask(
                     KeepaliveRequest(self.session_id), KeepaliveReply.from_wire, leader=True,
-                    timeout=lost_at - sent, cancel=self._stop).known
+                    timeout_s=lost_at - sent, cancel=self._stop).known
             except Cancelled:
                 return
             except Unavailable:
@@ -340,7 +340,7 @@ def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
         else:
             _wait_for_grant(client, lk, deadline)
     except BaseException:
-        lk.abandon(timeout=client.timeout)
+        lk.abandon(timeout_s=client.timeout)
         raise
     return lk
 
@@ -364,7 +364,7 @@ def _wait_for_grant(client: Client, lk: Lock, deadline: float | None) -> None:
                 raise LockTimeout(f"lock {lk.name!r} not acquired in time")
         reply = client._ask(
             LockWaitRequest(lk.name, lk.session_id, int(wait_s * 1000)), LockWaitReply.from_wire,
-            leader=True, timeout=wait_s + client.timeout, long_poll_s=wait_s)
+            leader=True, timeout_s=wait_s + client.timeout, long_poll_s=wait_s)
         if reply.state is LockState.HELD:
             _take_grant(lk, reply.token)
             return

@@ -213,7 +213,7 @@ class WatchHub:
             reply = c._ask(
                 WatchRequest(after, prefixes=tuple(prefixes), wait_ms=int(WATCH_WAIT_S * 1000),
                              limit=WATCH_LIMIT), WatchReply.from_wire,
-                leader=False, timeout=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
+                leader=False, timeout_s=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
                 pin=self._pin, cancel=self._interrupt)
         except Cancelled:
             return True
