@@ -618,8 +618,10 @@ class GetReply:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> GetReply:
-        kv = m.get("kv")
-        return cls(None if kv is None else KeyValue.from_wire(kv), _int(m, "revision"))
+        kv, revision = m.get("kv"), m.get("revision")
+        if type(revision) is not int:
+            revision = _int(m, "revision")    # raises, saying why
+        return cls(None if kv is None else KeyValue.from_wire(kv), revision)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,10 @@ class LocalNode:
         with self._cv:
             return self.service.machine
 
+    def status(self) -> dict[str, Any]:
+        with self._cv:
+            return self.service.status()
+
     def ops(self, op: str) -> list[Reply]:
         with self._cv:
             return [r for r in self.received if r.get("op") == op]

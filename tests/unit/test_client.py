@@ -206,7 +206,7 @@ def test_a_refused_request_is_answered_bad_request_by_the_node(node: LocalNode) 
         reply = transport.request(A, payload, now + 2.0, now + 2.0)
         assert reply is not None and reply["ok"] is False and reply["error"] == "bad_request"
         assert why in reply["message"]
-    assert node.service.status()["bad_frames"] == 4
+    assert node.status()["bad_frames"] == 4
 
 
 def test_limits_are_checked_before_sending(net: Faults) -> None:
@@ -586,7 +586,7 @@ def test_status_marks_an_unreachable_member_with_null_fields(node: LocalNode, ne
     with client(net) as c:
         for i in range(5):
             c.put(f"k{i}", "v")
-    leader = node.service.status()
+    leader = node.status()
     follower = {**leader, "id": "n2", "role": "follower", "leader": "n1",
                 "applied_index": leader["commit_index"] - 3}
     net.on(B, "status", answer({"ok": True, "status": follower}))
