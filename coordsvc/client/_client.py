@@ -160,19 +160,19 @@ class Client:
     def get(self, key: str, stale: bool = False) -> Entry | None:
         """The key's entry or None; linearizable unless ``stale`` (then any node answers)."""
         _check_key(key)
-        kv = self._ask(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale).kv
+        kv = self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale).kv
         return None if kv is None else entry_of(kv)
 
     def list(self, prefix: str = "", stale: bool = False) -> builtins.list[Entry]:
         """Entries whose key starts with ``prefix``, sorted by key."""
         _check_prefix(prefix)
-        reply = self._ask(ListRequest(prefix, bool(stale)), ListReply.from_wire, leader=not stale)
+        reply = self._call(ListRequest(prefix, bool(stale)), ListReply.from_wire, leader=not stale)
         return sorted((entry_of(kv) for kv in reply.kvs), key=lambda e: e.key)
 
     def history(self, key: str) -> builtins.list[Event]:
         """The key's recent changes (a bounded history), oldest first."""
         _check_key(key)
-        reply = self._ask(HistoryRequest(key), HistoryReply.from_wire, leader=True)
+        reply = self._call(HistoryRequest(key), HistoryReply.from_wire, leader=True)
         return sorted((event_of(ch) for ch in reply.events), key=lambda e: e.revision)
 
     def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
@@ -188,7 +188,7 @@ class Client:
 
     def revision(self) -> int:
         """The cluster's current revision (a linearizable read)."""
-        return self._ask(GetRequest("/"), GetReply.from_wire, leader=True).revision
+        return self._call(GetRequest("/"), GetReply.from_wire, leader=True).revision
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -212,7 +212,7 @@ class Client:
 
     def locks(self) -> builtins.list[LockInfo]:
         """Every held lock with its holder, token, waiters and ttl left (linearizable)."""
-        reply = self._ask(LocksRequest(), LocksReply.from_wire, leader=True)
+        reply = self._call(LocksRequest(), LocksReply.from_wire, leader=True)
         return [_lock_info(row) for row in reply.locks]
 
     # -- cluster -------------------------------------------------------------------------
@@ -297,29 +297,19 @@ class Client:
         try:
             # Encoded once: every retry sends identical bytes, so the node dedupes it.
             request = WriteRequest.of(Request(self.client_id, seq, first_unacked, cmd))
-            return self._ask(request, WriteReply.from_wire, leader=True, timeout_s=timeout_s).result
+            return self._call(request, WriteReply.from_wire, leader=True, timeout_s=timeout_s).result
         finally:
             with self._seq_mu:
                 self._inflight.discard(seq)
 
-    def _ask(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
-             leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
-             pin: Pin | None = None, cancel: threading.Event | None = None) -> _R:
-        """``_call``, and the successful reply decoded into its record."""
-        reply = self._call(request, leader=leader, timeout_s=timeout_s, long_poll_s=long_poll_s,
-                           pin=pin, cancel=cancel)
-        try:
-            return decode(reply)
-        except SchemaError as e:
-            raise CoordError(f"malformed reply to {request.op}: {e}") from None
-
-    def _call(self, request: ClientRequest, *, leader: bool, timeout_s: float | None = None,
-              long_poll_s: float = 0.0, pin: Pin | None = None,
-              cancel: threading.Event | None = None) -> dict[str, Any]:
-        """Send one request until a node answers it; the successful reply map.
+    def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
+              leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
+              pin: Pin | None = None, cancel: threading.Event | None = None) -> _R:
+        """Send one request until a node answers it; the successful reply, ``decode``d.
 
         Leader ops follow ``not_leader`` redirects; others are answered by any node,
-        preferring ``pin``'s. Raises ``Unavailable`` once ``timeout`` is spent.
+        preferring ``pin``'s. Raises ``Unavailable`` once ``timeout_s`` is spent, and
+        ``CoordError`` for a reply that does not fit its record.
         """
         self._check_open()
         payload = request.to_wire()
@@ -345,7 +335,10 @@ class Client:
                     self._leader = ep
                 if pin is not None:
                     pin.endpoint = ep
-                return reply
+                try:
+                    return decode(reply)
+                except SchemaError as e:
+                    raise CoordError(f"malformed reply to {request.op}: {e}") from None
             try:
                 err = ErrorReply.from_wire(reply)
             except SchemaError as e:

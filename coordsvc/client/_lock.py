@@ -220,7 +220,7 @@ class Lock:
                 continue
             sent = time.monotonic()
             try:
-                known = self._client._ask(
+                known = self._client._call(
                     KeepaliveRequest(self.session_id), KeepaliveReply.from_wire, leader=True,
                     timeout_s=lost_at - sent, cancel=self._stop).known
             except Cancelled:
@@ -362,7 +362,7 @@ def _wait_for_grant(client: Client, lk: Lock, deadline: float | None) -> None:
             if wait_s <= 0:
                 _give_up(client, lk)
                 raise LockTimeout(f"lock {lk.name!r} not acquired in time")
-        reply = client._ask(
+        reply = client._call(
             LockWaitRequest(lk.name, lk.session_id, int(wait_s * 1000)), LockWaitReply.from_wire,
             leader=True, timeout_s=wait_s + client.timeout, long_poll_s=wait_s)
         if reply.state is LockState.HELD:

@@ -210,7 +210,7 @@ class WatchHub:
             prefixes = [""]
         c = self._client
         try:
-            reply = c._ask(
+            reply = c._call(
                 WatchRequest(after, prefixes=tuple(prefixes), wait_ms=int(WATCH_WAIT_S * 1000),
                              limit=WATCH_LIMIT), WatchReply.from_wire,
                 leader=False, timeout_s=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
