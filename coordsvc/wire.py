@@ -28,7 +28,7 @@ from coordsvc.core.messages import (
     Prepare,
     Promise,
 )
-from coordsvc.core.types import Ballot, Entry, ProtocolError, Snapshot, UsageError, Value
+from coordsvc.core.types import Ballot, LogEntry, ProtocolError, Snapshot, UsageError, Value
 
 __all__ = [
     "CLIENT_REPLY",
@@ -177,13 +177,13 @@ def _value(v: object, what: str) -> Value:
     raise WireError(f"{what}: want array of bin")
 
 
-def _entry(v: object, what: str) -> Entry:
+def _entry(v: object, what: str) -> LogEntry:
     if type(v) is tuple and len(v) == 3:
-        return Entry(_log_slot(v[0], what), _ballot(v[1], what), _value(v[2], what))
+        return LogEntry(_log_slot(v[0], what), _ballot(v[1], what), _value(v[2], what))
     raise WireError(f"{what}: want [slot, ballot, value]")
 
 
-def _entries(v: object, what: str) -> tuple[Entry, ...]:
+def _entries(v: object, what: str) -> tuple[LogEntry, ...]:
     if type(v) is tuple:
         return tuple([_entry(e, what) for e in v])
     raise WireError(f"{what}: want array")

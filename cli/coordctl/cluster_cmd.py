@@ -205,11 +205,7 @@ def serve(
     c = clusterfile.load(cluster)
     spec = c.node(node)
     check_data_dir(spec)
-    try:
-        from coordsvc.runtime.node import serve as run_node
-    except ImportError as e:
-        fail(f"the node runtime is not available: {e}",
-             "reinstall with `.venv/bin/pip install -e .`", EXIT_REFUSED)
+    from coordsvc.runtime.node import serve as run_node  # only the node process loads it
     raise typer.Exit(run_node(c, spec.id))
 
 
@@ -272,11 +268,8 @@ def _stop_all(children: list[_Child], grace_s: float = 5.0) -> None:
 
 def _wait_for_leader(cluster: Cluster, children: list[_Child],
                      limit_s: float) -> dict[str, Any] | None:
-    try:
-        from coordsvc import Client, CoordError
-    except ImportError:
-        warn("the coordsvc client is not available; not waiting for a leader")
-        return None
+    from coordsvc.client import Client, CoordError
+
     deadline = time.monotonic() + limit_s
     last: dict[str, Any] | None = None
     while time.monotonic() < deadline:

@@ -1,7 +1,6 @@
 """`coordctl lock ...`: run a command while holding a lock, and list the held locks."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, Timeo
 from .output import EXIT_USAGE, console, emit_json, fail, human_ms, warn
 
 if TYPE_CHECKING:
-    from coordsvc.client import Lock
+    from coordsvc.client import Lock, LockInfo
 
 app = typer.Typer(
     name="lock",
@@ -117,20 +116,12 @@ def run(
     raise typer.Exit(rc)
 
 
-def lock_json(info: Any) -> dict[str, Any]:
-    """One held lock as JSON: name, holder (session id), token, ttl_left_s, waiters."""
-    if not isinstance(info, dict):
-        info = dataclasses.asdict(info)
-    out: dict[str, Any] = {
-        "name": info.get("name"),
-        "holder": info.get("holder", info.get("holder_session")),
-        "token": info.get("token"),
-        "ttl_left_s": info.get("ttl_left_s"),
-        "waiters": list(info.get("waiters") or ()),
-    }
-    out["age_s"] = info.get("age_s")
-    out["waits_s"] = list(info.get("waits_s") or ())
-    return out
+def lock_json(info: LockInfo) -> dict[str, Any]:
+    """One held lock as JSON: name, holder (session id), token, ttl_left_s, waiters, age_s,
+    waits_s."""
+    return {"name": info.name, "holder": info.holder_session, "token": info.token,
+            "ttl_left_s": info.ttl_left_s, "waiters": list(info.waiters), "age_s": info.age_s,
+            "waits_s": list(info.waits_s)}
 
 
 def _seconds(v: object) -> str:

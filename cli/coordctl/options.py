@@ -2,7 +2,8 @@
 
 Discovery follows CONTRACT §2 through ``clusterfile.find``: --cluster, --endpoints,
 $COORD_CLUSTER, $COORD_ENDPOINTS, ./.coord/cluster.toml. The client package is imported
-lazily so that the offline commands (cluster init, node init, serve) work without it.
+when a command connects, so that offline commands (cluster init, node init, serve) start
+without loading it.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from coordsvc import clusterfile
-
-from .output import EXIT_USAGE, fail
 
 if TYPE_CHECKING:
     from coordsvc import Client
@@ -54,12 +53,9 @@ class Target:
 
 def connect(cluster: str | None, endpoints: str | None, timeout: float) -> Client:
     """A Client for the cluster the options (or the environment) point at."""
+    from coordsvc.client import Client
+
     target = Target.resolve(cluster, endpoints)
-    try:
-        from coordsvc import Client
-    except ImportError as e:  # the client package is not installed / not written yet
-        fail(f"the coordsvc client is not available: {e}",
-             "reinstall with `.venv/bin/pip install -e .`", EXIT_USAGE)
     # A Cluster (not just its endpoints) lets status name unreachable nodes.
     return Client(target.cluster if target.cluster is not None else list(target.endpoints),
                   timeout=timeout)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -148,6 +149,49 @@ class Transport:
             if self._closed:
                 raise CoordError("client is closed") from e
             raise
+
+    def request_all(self, endpoints: Sequence[str], payload: dict[str, Any],
+                    timeout_s: float) -> list[dict[str, Any] | None]:
+        """Send ``payload`` to every endpoint at once (one poller, no threads, fresh sockets
+        closed afterwards); each one's reply, None where none came within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        socks: list[Socket] = []
+        replies: list[dict[str, Any] | None] = [None] * len(endpoints)
+        try:
+            with self._lock:  # against a concurrent close() terminating the context
+                if self._closed:
+                    raise CoordError("client is closed")
+                for address in endpoints:
+                    socks.append(new_dealer(self.context, address))
+            ids = [self.next_id() for _ in endpoints]
+            unsent = set(range(len(endpoints)))
+            waiting: set[int] = set()
+            poller = zmq.Poller()
+            for s in socks:
+                poller.register(s, zmq.POLLOUT)
+            index = {s: i for i, s in enumerate(socks)}
+            while unsent or waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                for s, ev in poller.poll(max(1, int(left * 1000))):
+                    i = index[s]
+                    if ev & zmq.POLLIN and i in waiting:
+                        reply = frames_to_reply(socks[i].recv_multipart(zmq.NOBLOCK))
+                        if reply is not None and reply.get("id") == ids[i]:
+                            waiting.discard(i)
+                            poller.unregister(s)
+                            replies[i] = reply
+                    elif ev & zmq.POLLOUT and i in unsent:
+                        s.send(wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": ids[i]}),
+                               zmq.NOBLOCK)
+                        unsent.discard(i)
+                        waiting.add(i)
+                        poller.modify(s, zmq.POLLIN)
+        finally:
+            for s in socks:
+                s.close(linger=0)
+        return replies
 
     @classmethod
     def _send(cls, sock: Socket, body: bytes, deadline: float,

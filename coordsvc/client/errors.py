@@ -4,7 +4,8 @@
 CoordError              the base; also "you misused the client" (e.g. it is closed)
 ├── CompareFailed       if_revision did not match: nothing was written
 ├── FenceRejected       the fencing token is no longer the newest grant: nothing was written
-├── InvalidRequest      bad key, value too large, bad ttl, ...: nothing was written
+├── InvalidRequest      bad key, value too large, bad ttl, bad endpoints or timeout for
+│                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
@@ -36,7 +37,8 @@ class FenceRejected(CoordError):
 
 
 class InvalidRequest(CoordError):
-    """The request breaks a limit (key, value size, ttl, ...): nothing was written."""
+    """The request or an argument breaks a limit or a type (key, value size, ttl, endpoints,
+    timeout, ...): nothing was written."""
 
 
 class LockTimeout(CoordError):

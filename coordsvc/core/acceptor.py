@@ -11,7 +11,7 @@ from .types import (
     ZERO_BALLOT,
     Ballot,
     Durable,
-    Entry,
+    LogEntry,
     Persist,
     SafetyViolation,
     Slot,
@@ -24,7 +24,7 @@ class Acceptor:
     def __init__(self, node_id: str, durable: Durable, promise_window: int) -> None:
         self.node_id = node_id
         self.promised: Ballot = durable.promised
-        self.log: dict[Slot, Entry] = {e.slot: e for e in durable.entries}
+        self.log: dict[Slot, LogEntry] = {e.slot: e for e in durable.entries}
         self.snapshot: Snapshot = durable.snapshot
         self.commit_index: Slot = max(durable.commit_index, durable.snapshot.index)
         # A promise lists accepted entries only when the candidate is at most this
@@ -74,7 +74,7 @@ class Acceptor:
             raise SafetyViolation(
                 f"two values for slot {m.slot} at ballot {m.ballot}: {old.value!r} vs {m.value!r}")
         if old is None or old.ballot != m.ballot:
-            e = Entry(m.slot, m.ballot, m.value)
+            e = LogEntry(m.slot, m.ballot, m.value)
             self.log[m.slot] = e
             persist.entries.append(e)
         return Accepted(self.node_id, m.ballot, m.slot)
@@ -88,7 +88,7 @@ class Acceptor:
             return
         if old is not None and slot <= self.commit_index:
             raise SafetyViolation(f"slot {slot} chosen twice: {old.value!r} vs {value!r}")
-        e = Entry(slot, ballot if ballot > ZERO_BALLOT else self.promised, value)
+        e = LogEntry(slot, ballot if ballot > ZERO_BALLOT else self.promised, value)
         self.log[slot] = e
         persist.entries.append(e)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Ballot, Entry, NodeId, ProtocolError, Slot, Snapshot, Value
+from .types import Ballot, LogEntry, NodeId, ProtocolError, Slot, Snapshot, Value
 
 
 def _check_slot(name: str, v: object) -> None:
@@ -34,7 +34,7 @@ class Promise:
     src: NodeId
     ballot: Ballot
     from_slot: Slot
-    accepted: tuple[Entry, ...]
+    accepted: tuple[LogEntry, ...]
     commit_index: Slot
     snapshot_index: Slot
 

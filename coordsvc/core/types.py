@@ -53,7 +53,7 @@ ZERO_BALLOT = Ballot(0, "")
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
+class LogEntry:
     """One accepted log slot: the ballot it was accepted at and its value."""
 
     slot: Slot
@@ -95,7 +95,7 @@ class Persist:
 
     promised: Ballot | None = None
     high_water_round: int | None = None
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[LogEntry] = field(default_factory=list)
     commit_index: Slot | None = None
     snapshot: Snapshot | None = None
     # A rebuilding replacement earned its vote: clear its marker with this save.
@@ -118,7 +118,7 @@ class Durable:
 
     promised: Ballot = ZERO_BALLOT
     high_water_round: int = 0
-    entries: tuple[Entry, ...] = ()
+    entries: tuple[LogEntry, ...] = ()
     commit_index: Slot = 0
     snapshot: Snapshot = EMPTY_SNAPSHOT
     rebuilding: bool = False   # a replacement for a lost disk that may not vote yet

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import msgpack  # type: ignore[import-untyped]
 
-from ..core.types import Ballot, Durable, Entry, Persist, SafetyViolation, Snapshot, UsageError, Value
+from ..core.types import Ballot, Durable, LogEntry, Persist, SafetyViolation, Snapshot, UsageError, Value
 from .datadir import (
     NODE_DB,
     REBUILDING,
@@ -189,7 +189,7 @@ class SqliteStore:
         if scalars is None or snap is None:
             raise DataDirError(f"database {self.db_path} is corrupt: acceptor state rows missing")
         entries = tuple(
-            Entry(slot, Ballot(rnd, node), _decode(blob, slot, self.db_path))
+            LogEntry(slot, Ballot(rnd, node), _decode(blob, slot, self.db_path))
             for slot, rnd, node, blob in conn.execute(
                 "SELECT slot, ballot_round, ballot_node, value FROM log ORDER BY slot"
             )

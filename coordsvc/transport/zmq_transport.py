@@ -19,8 +19,8 @@ import zmq
 
 from .. import wire
 from ..clusterfile import Cluster
-from ..core.machine import Event
 from ..core.messages import Heartbeat, Message, Outbound
+from ..core.protocol import Change
 
 HEARTBEAT_TOPIC = b"\x01hb"
 EVENT_TOPIC_PREFIX = b"k"
@@ -220,12 +220,11 @@ class Transport:
     def reply(self, route: Any, payload: dict[str, Any]) -> None:
         self._nb(self.router, route, wire.encode_client(wire.CLIENT_REPLY, payload))
 
-    def publish(self, events: list[Event]) -> None:
+    def publish(self, events: list[Change]) -> None:
         if not self.event_topics:
             return
         for e in events:
-            body = wire.encode_client(wire.EVENT, {"type": e.type, "key": e.key, "value": e.value,
-                                                   "revision": e.revision})
+            body = wire.encode_client(wire.EVENT, e.to_map())
             self._nb(self.pub, EVENT_TOPIC_PREFIX + e.key.encode(), body)
 
     def _nb(self, sock: zmq.Socket[bytes], head: bytes | None, body: bytes) -> None:

@@ -14,8 +14,6 @@ from .conftest import (
     assert_one_line_error,
     clean_env,
     free_base_port,
-    needs_client,
-    needs_runtime,
     run,
 )
 
@@ -242,7 +240,6 @@ def _last_line_no_traceback(stderr: str) -> str:
     return lines[-1]
 
 
-@needs_runtime
 def test_serve_refuses_a_corrupt_database(tmp_path: Path) -> None:
     assert _init(tmp_path).returncode == 0
     (tmp_path / "c" / "n1" / "node.db").write_bytes(b"this is not sqlite" * 20)
@@ -251,7 +248,6 @@ def test_serve_refuses_a_corrupt_database(tmp_path: Path) -> None:
     assert "corrupt" in _last_line_no_traceback(r.stderr)
 
 
-@needs_runtime
 def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
     base = free_base_port()
     assert _init(tmp_path, "--base-port", str(base)).returncode == 0
@@ -266,7 +262,6 @@ def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
 
 # --- unreachable cluster ----------------------------------------------------------------
 
-@needs_client
 def test_status_of_unreachable_endpoints_exits_3(tmp_path: Path) -> None:
     base = free_base_port()
     r = run("status", "--json", "--timeout", "1", "--endpoints",
@@ -279,7 +274,6 @@ def test_status_of_unreachable_endpoints_exits_3(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-@needs_client
 def test_status_table_of_a_stopped_cluster_marks_every_node_unreachable(tmp_path: Path) -> None:
     base = free_base_port()
     assert _init(tmp_path, "--base-port", str(base)).returncode == 0
@@ -292,7 +286,6 @@ def test_status_table_of_a_stopped_cluster_marks_every_node_unreachable(tmp_path
     assert_one_line_error(r.stderr)
 
 
-@needs_client
 @pytest.mark.parametrize("args", [["config", "get", "k"], ["config", "set", "k", "v"],
                                   ["config", "list"], ["lock", "list"]])
 def test_client_commands_without_a_quorum_exit_3(tmp_path: Path, args: list[str]) -> None:

@@ -14,7 +14,7 @@ from coordsvc.core.messages import (
     Promise,
 )
 from coordsvc.core.replica import Replica, Role
-from coordsvc.core.types import NOOP, Ballot, Durable, Entry, SafetyViolation, UsageError
+from coordsvc.core.types import NOOP, Ballot, Durable, LogEntry, SafetyViolation, UsageError
 from coordsvc.storage.memory import MemoryStore
 
 from .helpers import IDS, Net, drain, make, sent
@@ -46,7 +46,7 @@ def test_accept_at_higher_ballot_raises_the_promise_and_stores_the_entry() -> No
     r.receive(Accept("n2", B2, 1, (b"x",), 0), 0)
     ready = drain(r)
     assert ready.persist.promised == B2
-    assert ready.persist.entries == [Entry(1, B2, (b"x",))]
+    assert ready.persist.entries == [LogEntry(1, B2, (b"x",))]
     assert sent(ready, Accepted, "n2") == [Accepted("n1", B2, 1)]
 
 
@@ -133,8 +133,8 @@ def test_new_leader_adopts_the_highest_ballot_value_per_slot_and_fills_holes_wit
     r.tick(10_000)
     b = sent(drain(r), Prepare)[0].ballot
     low, high = Ballot(1, "n2"), Ballot(1, "n3")
-    r.receive(Promise("n2", b, 1, (Entry(1, low, (b"a",)), Entry(3, low, (b"c",))), 0, 0), 0)
-    r.receive(Promise("n3", b, 1, (Entry(1, high, (b"b",)),), 0, 0), 0)
+    r.receive(Promise("n2", b, 1, (LogEntry(1, low, (b"a",)), LogEntry(3, low, (b"c",))), 0, 0), 0)
+    r.receive(Promise("n3", b, 1, (LogEntry(1, high, (b"b",)),), 0, 0), 0)
     assert r.role is Role.LEADER
     accepts = {m.slot: m.value for m in sent(drain(r), Accept, "n2")}
     assert accepts == {1: (b"b",), 2: NOOP, 3: (b"c",)}

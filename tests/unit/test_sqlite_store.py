@@ -19,7 +19,7 @@ from coordsvc.core.types import (
     ZERO_BALLOT,
     Ballot,
     Durable,
-    Entry,
+    LogEntry,
     Persist,
     SafetyViolation,
     Snapshot,
@@ -38,8 +38,8 @@ def fresh(path: Path, cluster: str = CLUSTER, node: str = "n1") -> SqliteStore:
     return SqliteStore.open(path, cluster, node)
 
 
-def entry(slot: int, rnd: int = 1, node: str = "n1", *cmds: bytes) -> Entry:
-    return Entry(slot, Ballot(rnd, node), tuple(cmds) or (f"cmd{slot}".encode(),))
+def entry(slot: int, rnd: int = 1, node: str = "n1", *cmds: bytes) -> LogEntry:
+    return LogEntry(slot, Ballot(rnd, node), tuple(cmds) or (f"cmd{slot}".encode(),))
 
 
 # ---------------------------------------------------------------- semantics
@@ -57,7 +57,7 @@ def test_every_persist_field_round_trips(tmp_path: Path) -> None:
         s.save(Persist(
             promised=Ballot(7, "n2"),
             high_water_round=9,
-            entries=[entry(4, 7, "n2", b"a", b"", b"\x00" * 100), Entry(5, Ballot(7, "n2"), ())],
+            entries=[entry(4, 7, "n2", b"a", b"", b"\x00" * 100), LogEntry(5, Ballot(7, "n2"), ())],
             commit_index=4,
             snapshot=snap,
         ))
@@ -66,7 +66,7 @@ def test_every_persist_field_round_trips(tmp_path: Path) -> None:
     assert d.high_water_round == 9
     assert d.commit_index == 4
     assert d.snapshot == snap
-    assert d.entries == (entry(4, 7, "n2", b"a", b"", b"\x00" * 100), Entry(5, Ballot(7, "n2"), ()))
+    assert d.entries == (entry(4, 7, "n2", b"a", b"", b"\x00" * 100), LogEntry(5, Ballot(7, "n2"), ()))
 
 
 def test_none_fields_leave_state_unchanged(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_a_failed_save_leaves_nothing_and_poisons_the_store(tmp_path: Path) -> N
 
 def test_a_malformed_value_is_a_usage_error_that_touches_nothing(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
-        bad = Entry(1, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
+        bad = LogEntry(1, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
         with pytest.raises(UsageError):
             s.save(Persist(commit_index=3, entries=[bad]))
         assert s.load() == Durable()
@@ -199,7 +199,7 @@ def test_the_commit_index_waits_for_a_scalar_write_not_for_entries(tmp_path: Pat
 
 def test_a_failed_save_notes_no_commit_index(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
-        bad = Entry(2, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
+        bad = LogEntry(2, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
         with pytest.raises(UsageError):
             s.save(Persist(commit_index=2, entries=[bad], promised=Ballot(1, "n1")))
         assert s.load().commit_index == 0
@@ -239,7 +239,7 @@ _nodes = st.sampled_from(["", "n1", "n2", "n3"])
 _ballots = st.builds(Ballot, st.integers(0, 2**63 - 1) | st.integers(0, 5), _nodes)
 _slots = st.integers(0, 20)
 _values = st.lists(st.binary(max_size=12), max_size=3).map(tuple)
-_entries = st.builds(Entry, _slots, _ballots, _values)
+_entries = st.builds(LogEntry, _slots, _ballots, _values)
 _persists = st.builds(
     Persist,
     promised=st.none() | _ballots,
@@ -382,7 +382,7 @@ def persist_for(i: int) -> Persist:
     return Persist(
         promised=Ballot(i, "n1"),
         high_water_round=i,
-        entries=[Entry(i, Ballot(i, "n1"), (i.to_bytes(4, "big") * 25,))],
+        entries=[LogEntry(i, Ballot(i, "n1"), (i.to_bytes(4, "big") * 25,))],
         commit_index=i - 1,
         snapshot=Snapshot(i - 10, f"snap{i}".encode()) if i % 25 == 0 else None,
     )
@@ -456,10 +456,10 @@ def test_sigkill_mid_save_leaves_a_prefix_with_every_acknowledged_save(
 
 
 def test_a_commit_index_only_save_is_lazy_and_restores_full_sync(tmp_path: Path) -> None:
-    from coordsvc.core.types import Ballot, Entry, Persist
+    from coordsvc.core.types import Ballot, LogEntry, Persist
     init_data_dir(tmp_path / "d", "c", "n1")
     store = SqliteStore.open(tmp_path / "d", "c", "n1")
-    store.save(Persist(entries=[Entry(1, Ballot(1, "n1"), (b"x",))]))
+    store.save(Persist(entries=[LogEntry(1, Ballot(1, "n1"), (b"x",))]))
     store.save(Persist(commit_index=1))
     assert store._live().execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL again
     store.close()
@@ -469,13 +469,13 @@ def test_a_commit_index_only_save_is_lazy_and_restores_full_sync(tmp_path: Path)
 
 
 def test_the_wal_is_checkpointed_by_maintain_not_inside_commits(tmp_path: Path) -> None:
-    from coordsvc.core.types import Ballot, Entry, Persist
+    from coordsvc.core.types import Ballot, LogEntry, Persist
     from coordsvc.storage.sqlite import CHECKPOINT_EVERY_SAVES
     init_data_dir(tmp_path / "d", "c", "n1")
     store = SqliteStore.open(tmp_path / "d", "c", "n1")
     assert store._live().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     for i in range(CHECKPOINT_EVERY_SAVES):
-        store.save(Persist(entries=[Entry(i + 1, Ballot(1, "n1"), (b"x" * 100,))]))
+        store.save(Persist(entries=[LogEntry(i + 1, Ballot(1, "n1"), (b"x" * 100,))]))
     db = tmp_path / "d" / "node.db"
     before = db.stat().st_size          # commits went to the WAL only
     store.maintain()

@@ -25,7 +25,7 @@ from coordsvc.core.messages import (
 from coordsvc.core.types import (
     ZERO_BALLOT,
     Ballot,
-    Entry,
+    LogEntry,
     ProtocolError,
     Snapshot,
     UsageError,
@@ -65,7 +65,7 @@ SLOTS = st.integers(min_value=1, max_value=2**63 - 1)
 NODES = st.text(max_size=12)
 BALLOTS = st.builds(Ballot, U63, NODES)
 VALUES = st.lists(st.binary(max_size=64), max_size=5).map(tuple)
-ENTRIES = st.builds(Entry, SLOTS, BALLOTS, VALUES)
+ENTRIES = st.builds(LogEntry, SLOTS, BALLOTS, VALUES)
 SNAPSHOTS = st.none() | st.builds(Snapshot, U63, st.binary(max_size=64))
 
 MESSAGES: st.SearchStrategy[Message] = st.one_of(
@@ -119,7 +119,7 @@ EXAMPLES: list[Message] = [
     Prepare("n1", B, 0),
     Prepare("", ZERO_BALLOT, 2**63),
     Promise("n2", B, 1, (), 0, 0),
-    Promise("n2", B, 5, (Entry(5, B, ()), Entry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
+    Promise("n2", B, 5, (LogEntry(5, B, ()), LogEntry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
     Nack("n3", B, Ballot(9, "n9")),
     Accept("n1", B, 1, (), 0),
     Accept("n1", B, 42, (b"x" * 100,), 41),
@@ -168,7 +168,7 @@ def test_peer_tags_follow_message_types_order() -> None:
 def test_peer_payload_is_a_compact_positional_array() -> None:
     body = encode_peer(Accept("n1", B, 42, (b"x",), 41))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], 42, [b"x"], 41]
-    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"a",)),), 4, 2))
+    body = encode_peer(Promise("n2", B, 5, (LogEntry(5, B, (b"a",)),), 4, 2))
     assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2]
     body = encode_peer(CatchupReply("n1", B, ((1, (b"a",)),), None, 1))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1]
@@ -215,7 +215,7 @@ def test_short_frames_are_rejected(body: bytes) -> None:
 
 
 def test_truncated_msgpack_is_rejected_at_every_cut() -> None:
-    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"abc",)),), 4, 2))
+    body = encode_peer(Promise("n2", B, 5, (LogEntry(5, B, (b"abc",)),), 4, 2))
     for cut in range(len(body)):
         with pytest.raises(WireError):
             decode(body[:cut])
@@ -397,7 +397,7 @@ def test_decode_peer_rejects_client_tags() -> None:
 
 def test_encoding_a_non_message_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
-        encode_peer(Entry(1, B, ()))  # type: ignore[arg-type]
+        encode_peer(LogEntry(1, B, ()))  # type: ignore[arg-type]
 
 
 def test_encoding_a_bad_client_frame_is_a_usage_error() -> None:
