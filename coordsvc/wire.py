@@ -7,6 +7,18 @@ replies and watch events are msgpack maps with str keys.
 Decoding is the trust boundary: whatever a peer or client sends, ``decode*`` either
 returns a fully type-checked value or raises ``WireError`` -- never anything else --
 so the node can drop and count a bad frame instead of crashing.
+
+Bounds checked on every decoded peer field (the limits live in ``core.types``):
+
+- ballot rounds, slots, commit indexes, heartbeat rounds: ints in ``[0, 2**62]``
+  (``MAX_ROUND``/``MAX_SLOT``), so ``x + 1`` always fits SQLite's int64; log slots >= 1;
+- node ids (``src``, a ballot's node): str of 1..64 characters (``MAX_NODE_ID_CHARS``);
+  a ballot's node may be empty only in the zero ballot ``[0, ""]``;
+- a value (batch of commands): at most ``MAX_BATCH_COMMANDS`` (65,536) bin items;
+- a promise's entries and a catch-up reply's chosen entries: at most ``MAX_MESSAGE_ITEMS``
+  (65,536); a heartbeat's renewed session ids: at most ``MAX_RENEWED`` (4,096) ints in
+  ``[1, 2**63 - 1]``;
+- a catch-up request: ``1 <= from_slot <= to_slot <= 2**62``.
 """
 from __future__ import annotations
 
@@ -28,7 +40,20 @@ from coordsvc.core.messages import (
     Prepare,
     Promise,
 )
-from coordsvc.core.types import Ballot, Entry, ProtocolError, Snapshot, UsageError, Value
+from coordsvc.core.types import (
+    MAX_BATCH_COMMANDS,
+    MAX_MESSAGE_ITEMS,
+    MAX_NODE_ID_CHARS,
+    MAX_RENEWED,
+    MAX_ROUND,
+    MAX_SLOT,
+    Ballot,
+    Entry,
+    ProtocolError,
+    Snapshot,
+    UsageError,
+    Value,
+)
 
 __all__ = [
     "CLIENT_REPLY",
@@ -121,29 +146,24 @@ def _check_frame(body: bytes) -> tuple[int, object]:
 # --- field validators (decode side) --------------------------------------------------
 # Types are checked with ``type(v) is int`` so a bool is never taken for an int.
 
-def _str(v: object, what: str) -> str:
-    if type(v) is str:
+def _node(v: object, what: str) -> str:
+    if type(v) is str and 0 < len(v) <= MAX_NODE_ID_CHARS:
         return v
-    raise WireError(f"{what}: want str")
+    raise WireError(f"{what}: want a node id (str of 1..{MAX_NODE_ID_CHARS} characters)")
 
 
 def _uint(v: object, what: str) -> int:
-    if type(v) is int and v >= 0:
+    """A slot, commit index or round: an int in [0, 2**62]."""
+    if type(v) is int and 0 <= v <= MAX_SLOT:
         return v
-    raise WireError(f"{what}: want int >= 0")
-
-
-def _int(v: object, what: str) -> int:
-    if type(v) is int:
-        return v
-    raise WireError(f"{what}: want int")
+    raise WireError(f"{what}: want int in [0, 2**62]")
 
 
 def _log_slot(v: object, what: str) -> int:
     # Slot 0 is reserved (see Accept), so no real log entry ever lives there.
-    if type(v) is int and v >= 1:
+    if type(v) is int and 1 <= v <= MAX_SLOT:
         return v
-    raise WireError(f"{what}: want int >= 1")
+    raise WireError(f"{what}: want int in [1, 2**62]")
 
 
 # Nearly every message carries the current leader's ballot, and building a frozen
@@ -157,7 +177,9 @@ def _ballot(v: object, what: str) -> Ballot:
     if type(v) is tuple and len(v) == 2:
         rnd, node = v
         # Types are checked before the lookup: (True, "n") would hash equal to (1, "n").
-        if type(rnd) is int and rnd >= 0 and type(node) is str:
+        # Only the zero ballot has no node.
+        if (type(rnd) is int and 0 <= rnd <= MAX_ROUND and type(node) is str
+                and len(node) <= MAX_NODE_ID_CHARS and (node or rnd == 0)):
             key = (rnd, node)
             b = _BALLOT_CACHE.get(key)
             if b is None:
@@ -165,16 +187,16 @@ def _ballot(v: object, what: str) -> Ballot:
                     _BALLOT_CACHE.clear()
                 b = _BALLOT_CACHE[key] = Ballot(rnd, node)
             return b
-    raise WireError(f"{what}: want [round >= 0, node]")
+    raise WireError(f"{what}: want [round in [0, 2**62], node id]")
 
 
 def _value(v: object, what: str) -> Value:
-    if type(v) is tuple:
+    if type(v) is tuple and len(v) <= MAX_BATCH_COMMANDS:
         for cmd in v:
             if type(cmd) is not bytes:
                 raise WireError(f"{what}: want array of bin")
         return v
-    raise WireError(f"{what}: want array of bin")
+    raise WireError(f"{what}: want array of at most {MAX_BATCH_COMMANDS} bin")
 
 
 def _entry(v: object, what: str) -> Entry:
@@ -184,14 +206,14 @@ def _entry(v: object, what: str) -> Entry:
 
 
 def _entries(v: object, what: str) -> tuple[Entry, ...]:
-    if type(v) is tuple:
+    if type(v) is tuple and len(v) <= MAX_MESSAGE_ITEMS:
         return tuple([_entry(e, what) for e in v])
-    raise WireError(f"{what}: want array")
+    raise WireError(f"{what}: want array of at most {MAX_MESSAGE_ITEMS}")
 
 
 def _chosen(v: object, what: str) -> tuple[tuple[int, Value], ...]:
-    if type(v) is not tuple:
-        raise WireError(f"{what}: want array")
+    if type(v) is not tuple or len(v) > MAX_MESSAGE_ITEMS:
+        raise WireError(f"{what}: want array of at most {MAX_MESSAGE_ITEMS}")
     out = []
     for pair in v:
         if type(pair) is not tuple or len(pair) != 2:
@@ -208,13 +230,16 @@ def _snapshot(v: object, what: str) -> Snapshot | None:
     raise WireError(f"{what}: want [index, bin] or nil")
 
 
-def _ints(v: object, what: str) -> tuple[int, ...]:
-    if type(v) is tuple:
+_MAX_SESSION_ID = 2**63 - 1
+
+
+def _session_ids(v: object, what: str) -> tuple[int, ...]:
+    if type(v) is tuple and len(v) <= MAX_RENEWED:
         for i in v:
-            if type(i) is not int:
-                raise WireError(f"{what}: want array of int")
+            if type(i) is not int or not 1 <= i <= _MAX_SESSION_ID:
+                raise WireError(f"{what}: want array of session ids in [1, 2**63 - 1]")
         return v
-    raise WireError(f"{what}: want array of int")
+    raise WireError(f"{what}: want array of at most {MAX_RENEWED} session ids")
 
 
 # --- per-class codecs ----------------------------------------------------------------
@@ -230,7 +255,7 @@ def _enc_prepare(m: Prepare) -> tuple[object, ...]:
 
 
 def _dec_prepare(p: tuple[object, ...]) -> Prepare:
-    return Prepare(_str(p[0], "Prepare.src"), _ballot(p[1], "Prepare.ballot"),
+    return Prepare(_node(p[0], "Prepare.src"), _ballot(p[1], "Prepare.ballot"),
                    _uint(p[2], "Prepare.from_slot"))
 
 
@@ -240,7 +265,7 @@ def _enc_promise(m: Promise) -> tuple[object, ...]:
 
 
 def _dec_promise(p: tuple[object, ...]) -> Promise:
-    return Promise(_str(p[0], "Promise.src"), _ballot(p[1], "Promise.ballot"),
+    return Promise(_node(p[0], "Promise.src"), _ballot(p[1], "Promise.ballot"),
                    _uint(p[2], "Promise.from_slot"), _entries(p[3], "Promise.accepted"),
                    _uint(p[4], "Promise.commit_index"), _uint(p[5], "Promise.snapshot_index"))
 
@@ -250,7 +275,7 @@ def _enc_nack(m: Nack) -> tuple[object, ...]:
 
 
 def _dec_nack(p: tuple[object, ...]) -> Nack:
-    return Nack(_str(p[0], "Nack.src"), _ballot(p[1], "Nack.ballot"),
+    return Nack(_node(p[0], "Nack.src"), _ballot(p[1], "Nack.ballot"),
                 _ballot(p[2], "Nack.promised"))
 
 
@@ -259,7 +284,7 @@ def _enc_accept(m: Accept) -> tuple[object, ...]:
 
 
 def _dec_accept(p: tuple[object, ...]) -> Accept:
-    return Accept(_str(p[0], "Accept.src"), _ballot(p[1], "Accept.ballot"),
+    return Accept(_node(p[0], "Accept.src"), _ballot(p[1], "Accept.ballot"),
                   _log_slot(p[2], "Accept.slot"), _value(p[3], "Accept.value"),
                   _uint(p[4], "Accept.commit_index"))
 
@@ -269,7 +294,7 @@ def _enc_accepted(m: Accepted) -> tuple[object, ...]:
 
 
 def _dec_accepted(p: tuple[object, ...]) -> Accepted:
-    return Accepted(_str(p[0], "Accepted.src"), _ballot(p[1], "Accepted.ballot"),
+    return Accepted(_node(p[0], "Accepted.src"), _ballot(p[1], "Accepted.ballot"),
                     _log_slot(p[2], "Accepted.slot"))
 
 
@@ -278,9 +303,9 @@ def _enc_heartbeat(m: Heartbeat) -> tuple[object, ...]:
 
 
 def _dec_heartbeat(p: tuple[object, ...]) -> Heartbeat:
-    return Heartbeat(_str(p[0], "Heartbeat.src"), _ballot(p[1], "Heartbeat.ballot"),
+    return Heartbeat(_node(p[0], "Heartbeat.src"), _ballot(p[1], "Heartbeat.ballot"),
                      _uint(p[2], "Heartbeat.commit_index"), _uint(p[3], "Heartbeat.round"),
-                     _ints(p[4], "Heartbeat.renewed"))
+                     _session_ids(p[4], "Heartbeat.renewed"))
 
 
 def _enc_heartbeat_ack(m: HeartbeatAck) -> tuple[object, ...]:
@@ -288,7 +313,7 @@ def _enc_heartbeat_ack(m: HeartbeatAck) -> tuple[object, ...]:
 
 
 def _dec_heartbeat_ack(p: tuple[object, ...]) -> HeartbeatAck:
-    return HeartbeatAck(_str(p[0], "HeartbeatAck.src"), _ballot(p[1], "HeartbeatAck.ballot"),
+    return HeartbeatAck(_node(p[0], "HeartbeatAck.src"), _ballot(p[1], "HeartbeatAck.ballot"),
                         _uint(p[2], "HeartbeatAck.round"),
                         _uint(p[3], "HeartbeatAck.commit_index"))
 
@@ -298,9 +323,9 @@ def _enc_catchup_request(m: CatchupRequest) -> tuple[object, ...]:
 
 
 def _dec_catchup_request(p: tuple[object, ...]) -> CatchupRequest:
-    return CatchupRequest(_str(p[0], "CatchupRequest.src"),
-                          _uint(p[1], "CatchupRequest.from_slot"),
-                          _uint(p[2], "CatchupRequest.to_slot"))
+    return CatchupRequest(_node(p[0], "CatchupRequest.src"),
+                          _log_slot(p[1], "CatchupRequest.from_slot"),
+                          _log_slot(p[2], "CatchupRequest.to_slot"))
 
 
 def _enc_catchup_reply(m: CatchupReply) -> tuple[object, ...]:
@@ -309,7 +334,7 @@ def _enc_catchup_reply(m: CatchupReply) -> tuple[object, ...]:
 
 
 def _dec_catchup_reply(p: tuple[object, ...]) -> CatchupReply:
-    return CatchupReply(_str(p[0], "CatchupReply.src"), _ballot(p[1], "CatchupReply.ballot"),
+    return CatchupReply(_node(p[0], "CatchupReply.src"), _ballot(p[1], "CatchupReply.ballot"),
                         _chosen(p[2], "CatchupReply.chosen"),
                         _snapshot(p[3], "CatchupReply.snapshot"),
                         _uint(p[4], "CatchupReply.commit_index"))

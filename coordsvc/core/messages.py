@@ -1,14 +1,31 @@
-"""Peer-to-peer protocol messages: small frozen values, validated on construction."""
+"""Peer-to-peer protocol messages: small frozen values, validated on construction.
+
+Every number a message carries is range-checked here (slots, commit indexes and rounds
+in ``[0, 2**62]``), so no message the core builds or accepts can hold a value it could
+not store or increment. ``wire`` checks types and the remaining bounds (node ids, list
+lengths) before it builds one of these.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .types import Ballot, Entry, NodeId, ProtocolError, Slot, Snapshot, Value
+from .types import (
+    MAX_MESSAGE_ITEMS,
+    MAX_RENEWED,
+    MAX_SLOT,
+    Ballot,
+    Entry,
+    NodeId,
+    ProtocolError,
+    Slot,
+    Snapshot,
+    Value,
+)
 
 
-def _check_slot(name: str, v: object) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise ProtocolError(f"{name} must be a non-negative int, got {v!r}")
+def _check_slot(name: str, v: object, low: int = 0) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= MAX_SLOT:
+        raise ProtocolError(f"{name} must be an int in [{low}, 2**62], got {v!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +59,8 @@ class Promise:
         _check_slot("from_slot", self.from_slot)
         _check_slot("commit_index", self.commit_index)
         _check_slot("snapshot_index", self.snapshot_index)
+        if len(self.accepted) > MAX_MESSAGE_ITEMS:
+            raise ProtocolError(f"a promise lists at most {MAX_MESSAGE_ITEMS} entries")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +83,7 @@ class Accept:
     commit_index: Slot
 
     def __post_init__(self) -> None:
-        _check_slot("slot", self.slot)
-        if self.slot == 0:
-            raise ProtocolError("slot 0 is reserved")
+        _check_slot("slot", self.slot, 1)   # slot 0 is reserved
         _check_slot("commit_index", self.commit_index)
 
 
@@ -99,6 +116,8 @@ class Heartbeat:
     def __post_init__(self) -> None:
         _check_slot("commit_index", self.commit_index)
         _check_slot("round", self.round)
+        if len(self.renewed) > MAX_RENEWED:
+            raise ProtocolError(f"a heartbeat renews at most {MAX_RENEWED} sessions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,10 @@ class HeartbeatAck:
     ballot: Ballot
     round: int
     commit_index: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("round", self.round)
+        _check_slot("commit_index", self.commit_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +141,8 @@ class CatchupRequest:
     to_slot: Slot
 
     def __post_init__(self) -> None:
-        _check_slot("from_slot", self.from_slot)
-        _check_slot("to_slot", self.to_slot)
+        _check_slot("from_slot", self.from_slot, 1)
+        _check_slot("to_slot", self.to_slot, self.from_slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +158,11 @@ class CatchupReply:
     chosen: tuple[tuple[Slot, Value], ...]
     snapshot: Snapshot | None
     commit_index: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("commit_index", self.commit_index)
+        if len(self.chosen) > MAX_MESSAGE_ITEMS:
+            raise ProtocolError(f"a catch-up reply carries at most {MAX_MESSAGE_ITEMS} entries")
 
 
 Message = (

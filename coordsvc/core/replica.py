@@ -31,6 +31,8 @@ from .messages import (
     Promise,
 )
 from .types import (
+    MAX_RENEWED,
+    MAX_ROUND,
     NOOP,
     ZERO_BALLOT,
     Ballot,
@@ -129,6 +131,7 @@ class Replica:
 
         # catch-up
         self.catchup_sent_ms = -10**12
+        self.rounds_exhausted = False     # someone promised round 2**62: we cannot campaign
         # At boot there is no leader of ours to disrupt, and a running cluster's heartbeat
         # reaches us within a few heartbeat intervals: the first timer can be shorter.
         self.election_deadline = now_ms + self._election_timeout() // 2
@@ -168,7 +171,7 @@ class Replica:
 
     def note_renewal(self, session_id: int) -> None:
         """A session keep-alive reached us as leader; tell followers on the next heartbeat."""
-        if self.role is Role.LEADER and len(self.renewed) < 4096:
+        if self.role is Role.LEADER and len(self.renewed) < MAX_RENEWED:
             self.renewed.append(session_id)
 
     def tick(self, now_ms: int) -> None:
@@ -402,6 +405,13 @@ class Replica:
 
     def _start_phase1(self) -> None:
         top = max(self.high_water_round, self.highest_seen.round, self.acceptor.promised.round)
+        if top >= MAX_ROUND:
+            # Someone holds the last round there is. Honest rounds grow by one per campaign,
+            # so only a forged or corrupt ballot gets here; there is no higher ballot to
+            # campaign with, and building one would persist a round that cannot be stored.
+            self.rounds_exhausted = True
+            self._reset_election()
+            return
         self.high_water_round = top + 1
         self._ready.persist.high_water_round = self.high_water_round  # saved before the Prepare leaves
         if self.role is Role.LEADER:
@@ -446,7 +456,8 @@ class Replica:
 
     def _request_catchup_from_best(self) -> None:
         best = max(self.promises.values(), key=lambda p: (p.snapshot_index, p.commit_index, p.src))
-        self._send(best.src, CatchupRequest(self.id, self.acceptor.commit_index + 1, best.commit_index))
+        first = self.acceptor.commit_index + 1      # we may have learned more meanwhile
+        self._send(best.src, CatchupRequest(self.id, first, max(first, best.commit_index)))
         self.catchup_sent_ms = self.now_ms
 
     def _become_leader(self) -> None:

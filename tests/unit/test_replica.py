@@ -14,7 +14,17 @@ from coordsvc.core.messages import (
     Promise,
 )
 from coordsvc.core.replica import Replica, Role
-from coordsvc.core.types import NOOP, Ballot, Durable, Entry, SafetyViolation, UsageError
+from coordsvc.core.types import (
+    MAX_ROUND,
+    NOOP,
+    Ballot,
+    Config,
+    Durable,
+    Entry,
+    ProtocolError,
+    SafetyViolation,
+    UsageError,
+)
 from coordsvc.storage.memory import MemoryStore
 
 from .helpers import IDS, Net, drain, make, sent
@@ -360,3 +370,20 @@ def test_a_rebuilding_replacement_catches_up_campaigns_and_regains_its_vote() ->
     net.tick(100)
     logs = [[v for _, v in net.applied[i]] for i in IDS]
     assert logs[0][-1] == logs[1][-1] == logs[2][-1] == (b"after",)
+
+
+def test_a_node_never_campaigns_with_a_round_it_could_not_store() -> None:
+    r = make("n1", durable=Durable(promised=Ballot(MAX_ROUND, "n2")))
+    r.tick(10_000)
+    ready = drain(r)
+    assert not sent(ready, Prepare) and ready.persist.high_water_round is None
+    assert r.role is Role.FOLLOWER and r.rounds_exhausted
+    with pytest.raises(ProtocolError):
+        Ballot(MAX_ROUND, "n2").next_for("n1")
+
+
+def test_config_refuses_counts_a_message_could_not_carry() -> None:
+    with pytest.raises(ValueError, match="max_batch_commands"):
+        Config(max_batch_commands=65_537)
+    with pytest.raises(ValueError, match="positive"):
+        Config(catchup_batch=0)

@@ -23,6 +23,9 @@ from coordsvc.core.messages import (
     Promise,
 )
 from coordsvc.core.types import (
+    MAX_BATCH_COMMANDS,
+    MAX_MESSAGE_ITEMS,
+    MAX_RENEWED,
     ZERO_BALLOT,
     Ballot,
     Entry,
@@ -60,27 +63,35 @@ def tag_of(cls: type) -> int:
 
 # --- strategies ----------------------------------------------------------------------
 
-U63 = st.integers(min_value=0, max_value=2**63 - 1)
-SLOTS = st.integers(min_value=1, max_value=2**63 - 1)
-NODES = st.text(max_size=12)
-BALLOTS = st.builds(Ballot, U63, NODES)
+TOP = 2**62
+U62 = st.integers(min_value=0, max_value=TOP)
+SLOTS = st.integers(min_value=1, max_value=TOP)
+NODES = st.text(min_size=1, max_size=64)
+BALLOTS = st.builds(Ballot, st.integers(1, TOP), NODES) | st.just(ZERO_BALLOT)
 VALUES = st.lists(st.binary(max_size=64), max_size=5).map(tuple)
 ENTRIES = st.builds(Entry, SLOTS, BALLOTS, VALUES)
-SNAPSHOTS = st.none() | st.builds(Snapshot, U63, st.binary(max_size=64))
+SNAPSHOTS = st.none() | st.builds(Snapshot, U62, st.binary(max_size=64))
+
+
+@st.composite
+def catchup_requests(draw: st.DrawFn) -> CatchupRequest:
+    a, b = sorted((draw(SLOTS), draw(SLOTS)))
+    return CatchupRequest(draw(NODES), a, b)
+
 
 MESSAGES: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Prepare, NODES, BALLOTS, U63),
-    st.builds(Promise, NODES, BALLOTS, U63, st.lists(ENTRIES, max_size=4).map(tuple),
-              U63, U63),
+    st.builds(Prepare, NODES, BALLOTS, U62),
+    st.builds(Promise, NODES, BALLOTS, U62, st.lists(ENTRIES, max_size=4).map(tuple),
+              U62, U62),
     st.builds(Nack, NODES, BALLOTS, BALLOTS),
-    st.builds(Accept, NODES, BALLOTS, SLOTS, VALUES, U63),
+    st.builds(Accept, NODES, BALLOTS, SLOTS, VALUES, U62),
     st.builds(Accepted, NODES, BALLOTS, SLOTS),
-    st.builds(Heartbeat, NODES, BALLOTS, U63, U63,
-              st.lists(st.integers(-2**63, 2**63 - 1), max_size=5).map(tuple)),
-    st.builds(HeartbeatAck, NODES, BALLOTS, U63, U63),
-    st.builds(CatchupRequest, NODES, U63, U63),
+    st.builds(Heartbeat, NODES, BALLOTS, U62, U62,
+              st.lists(st.integers(1, 2**63 - 1), max_size=5).map(tuple)),
+    st.builds(HeartbeatAck, NODES, BALLOTS, U62, U62),
+    catchup_requests(),
     st.builds(CatchupReply, NODES, BALLOTS,
-              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple), SNAPSHOTS, U63),
+              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple), SNAPSHOTS, U62),
 )
 
 # Arbitrary msgpack-able trees, biased towards the shapes the decoders look for.
@@ -117,7 +128,7 @@ def assert_valid_or_wire_error(body: bytes) -> None:
 
 EXAMPLES: list[Message] = [
     Prepare("n1", B, 0),
-    Prepare("", ZERO_BALLOT, 2**63),
+    Prepare("n" * 64, ZERO_BALLOT, 2**62),
     Promise("n2", B, 1, (), 0, 0),
     Promise("n2", B, 5, (Entry(5, B, ()), Entry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
     Nack("n3", B, Ballot(9, "n9")),
@@ -127,9 +138,10 @@ EXAMPLES: list[Message] = [
     Accept("n1", B, 43, tuple(b"c%d" % i for i in range(512)), 0),
     Accepted("n2", B, 42),
     Heartbeat("n1", B, 10, 3),
-    Heartbeat("n1", B, 10, 3, (1, 2, 2**40, -5)),
+    Heartbeat("n1", B, 10, 3, (1, 2, 2**40, 2**63 - 1)),
     HeartbeatAck("n2", B, 3, 10),
     CatchupRequest("n3", 1, 256),
+    CatchupRequest("n3", 2**62, 2**62),
     CatchupReply("n1", B, (), None, 0),
     CatchupReply("n1", B, ((1, ()), (2, (b"a",))), Snapshot(0, b""), 2),
     CatchupReply("n1", B, ((9, (b"z" * MiB,)),), Snapshot(8, b"s" * (2 * MiB)), 9),
@@ -334,6 +346,8 @@ def test_accept_field_type_errors_are_rejected(i: int, bad: object) -> None:
     (HeartbeatAck, ["n1", [1, "n1"], "0", 0]),
     (CatchupRequest, ["n1", -1, 5]),
     (CatchupRequest, ["n1", 1, 2.5]),
+    (CatchupRequest, ["n1", 0, 5]),                                  # slot 0 is never chosen
+    (CatchupRequest, ["n1", 6, 5]),                                  # an empty range
     (CatchupReply, ["n1", [1, "n1"], [[1]], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [[-1, []]], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [[1, [1]]], None, 0]),
@@ -489,3 +503,76 @@ def test_only_catchup_replies_may_exceed_the_frame_cap() -> None:
     assert decode_peer(body) == CatchupReply("n1", B, (), big, 10)
     with pytest.raises(UsageError):
         encode_peer(Accept("n1", B, 1, (b"x" * (MAX_FRAME_BYTES + 1),), 0))
+
+
+# --- range checks: the bounds documented in wire's docstring -------------------------
+
+HUGE = [2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+@pytest.mark.parametrize("n", HUGE)
+def test_ballot_rounds_above_2_to_the_62_are_rejected(n: int) -> None:
+    for cls, payload in [
+        (Prepare, ["n1", [n, "n1"], 1]),
+        (Accept, ["n1", [n, "n1"], 1, [], 0]),
+        (Heartbeat, ["n1", [n, "n1"], 0, 1, []]),
+        (Nack, ["n1", [1, "n1"], [n, "n2"]]),
+        (Promise, ["n1", [1, "n1"], 1, [[1, [n, "n2"], []]], 0, 0]),
+    ]:
+        with pytest.raises(WireError, match=cls.__name__):
+            decode(frame(tag_of(cls), payload))
+
+
+@pytest.mark.parametrize("n", HUGE)
+def test_slots_commit_indexes_and_heartbeat_rounds_above_2_to_the_62_are_rejected(n: int) -> None:
+    for cls, payload in [
+        (Prepare, ["n1", [1, "n1"], n]),
+        (Accept, ["n1", [1, "n1"], n, [], 0]),
+        (Accept, ["n1", [1, "n1"], 1, [], n]),
+        (Accepted, ["n1", [1, "n1"], n]),
+        (Heartbeat, ["n1", [1, "n1"], n, 1, []]),
+        (Heartbeat, ["n1", [1, "n1"], 0, n, []]),
+        (HeartbeatAck, ["n1", [1, "n1"], n, 0]),
+        (HeartbeatAck, ["n1", [1, "n1"], 0, n]),
+        (Promise, ["n1", [1, "n1"], 1, [], 0, n]),
+        (Promise, ["n1", [1, "n1"], 1, [[n, [1, "n1"], []]], 0, 0]),
+        (CatchupRequest, ["n1", 1, n]),
+        (CatchupReply, ["n1", [1, "n1"], [[n, []]], None, 0]),
+        (CatchupReply, ["n1", [1, "n1"], [], None, n]),
+    ]:
+        with pytest.raises(WireError, match=cls.__name__):
+            decode(frame(tag_of(cls), payload))
+
+
+def test_the_largest_round_and_slot_are_accepted_and_still_fit_an_increment_in_int64() -> None:
+    m = decode_peer(frame(tag_of(Accept), ["n1", [2**62, "n1"], 2**62, [], 2**62]))
+    assert isinstance(m, Accept) and m.ballot.round + 1 < 2**63 and m.slot + 1 < 2**63
+
+
+def test_node_ids_are_short_non_empty_strings() -> None:
+    for bad in ("", "n" * 65):
+        with pytest.raises(WireError, match="Accepted.src"):
+            decode(frame(tag_of(Accepted), [bad, [1, "n1"], 1]))
+    with pytest.raises(WireError, match="Accepted.ballot"):
+        decode(frame(tag_of(Accepted), ["n1", [1, "n" * 65], 1]))
+    with pytest.raises(WireError, match="Accepted.ballot"):    # only the zero ballot is nobody's
+        decode(frame(tag_of(Accepted), ["n1", [3, ""], 1]))
+    assert decode_peer(frame(tag_of(Nack), ["n" * 64, [1, "n1"], [0, ""]])) == Nack(
+        "n" * 64, Ballot(1, "n1"), ZERO_BALLOT)
+
+
+def test_lists_in_peer_messages_are_bounded() -> None:
+    too_many_cmds = [b""] * (MAX_BATCH_COMMANDS + 1)
+    with pytest.raises(WireError, match="Accept.value"):
+        decode(frame(tag_of(Accept), ["n1", [1, "n1"], 1, too_many_cmds, 0]))
+    with pytest.raises(WireError, match="Promise.accepted"):
+        decode(frame(tag_of(Promise), ["n1", [1, "n1"], 1,
+                                       [[1, [1, "n1"], []]] * (MAX_MESSAGE_ITEMS + 1), 0, 0]))
+    with pytest.raises(WireError, match="CatchupReply.chosen"):
+        decode(frame(tag_of(CatchupReply), ["n1", [1, "n1"], [[1, []]] * (MAX_MESSAGE_ITEMS + 1),
+                                            None, 0]))
+    with pytest.raises(WireError, match="Heartbeat.renewed"):
+        decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [1] * (MAX_RENEWED + 1)]))
+    for sid in (0, -5, 2**63):
+        with pytest.raises(WireError, match="Heartbeat.renewed"):
+            decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [sid]]))
