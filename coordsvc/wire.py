@@ -28,6 +28,7 @@ from typing import Any, Final
 import msgpack  # type: ignore[import-untyped]
 
 from coordsvc.core.messages import (
+    ENVELOPE_BYTES,
     MESSAGE_TYPES,
     Accept,
     Accepted,
@@ -42,11 +43,13 @@ from coordsvc.core.messages import (
 )
 from coordsvc.core.types import (
     MAX_BATCH_COMMANDS,
+    MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
     MAX_NODE_ID_CHARS,
     MAX_RENEWED,
     MAX_ROUND,
     MAX_SLOT,
+    MESSAGE_BUDGET_BYTES,
     Ballot,
     Entry,
     ProtocolError,
@@ -61,6 +64,7 @@ __all__ = [
     "CLIENT_TAGS",
     "EVENT",
     "MAX_FRAME_BYTES",
+    "MESSAGE_BUDGET_BYTES",
     "PEER_TAGS",
     "WIRE_VERSION",
     "WireError",
@@ -72,9 +76,11 @@ __all__ = [
 ]
 
 WIRE_VERSION: Final = 1
-# Values are capped at 1 MiB; catch-up replies and snapshots are chunked by the sender,
-# so one frame never needs more than this.
+# Values are capped at 1 MiB; senders pack items within MESSAGE_BUDGET_BYTES (always at
+# least one), so one frame never needs more than one budget or one batch plus envelope:
 MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+if max(MESSAGE_BUDGET_BYTES, MAX_COMMAND_BYTES + 16) + 4 * ENVELOPE_BYTES >= MAX_FRAME_BYTES:
+    raise ImportError("wire: a budget plus its largest item no longer fits the frame cap")
 # A catch-up reply carries a whole state-machine snapshot (100,000 small keys is ~10 MiB);
 # it alone may be larger. Sending snapshots in chunks would lift this exception.
 MAX_SNAPSHOT_FRAME_BYTES: Final = 256 * 1024 * 1024

@@ -4,6 +4,10 @@ Every number a message carries is range-checked here (slots, commit indexes and 
 in ``[0, 2**62]``), so no message the core builds or accepts can hold a value it could
 not store or increment. ``wire`` checks types and the remaining bounds (node ids, list
 lengths) before it builds one of these.
+
+The size estimates at the end (``value_bytes`` and co.) are upper bounds of the msgpack
+encoding ``wire`` produces: senders pack items against a byte budget with them, without
+encoding anything twice (tests/unit/test_wire.py holds them against the real encoder).
 """
 from __future__ import annotations
 
@@ -182,3 +186,29 @@ class Outbound:
 
     dst: NodeId
     msg: Message
+
+
+# --- encoded-size estimates (upper bounds; see the module docstring) ------------------
+# msgpack: an int is at most 9 bytes, a bin/str/array header at most 5, and a str of n
+# characters at most 4n bytes of UTF-8.
+
+COMMAND_OVERHEAD_BYTES = 5           # bin header of one command in a value
+VALUE_OVERHEAD_BYTES = 5             # array header of a value
+# Everything in a message besides its packed items: header, array, src, ballot, up to
+# four ints, a snapshot descriptor, list headers.
+ENVELOPE_BYTES = 1024
+
+
+def value_bytes(v: Value) -> int:
+    """Upper bound of the encoded size of a log value (a batch of commands)."""
+    return VALUE_OVERHEAD_BYTES + sum(len(c) for c in v) + COMMAND_OVERHEAD_BYTES * len(v)
+
+
+def entry_bytes(e: Entry) -> int:
+    """Upper bound of an accepted entry in a Promise: [slot, [round, node], value]."""
+    return 32 + 4 * len(e.ballot.node) + value_bytes(e.value)
+
+
+def chosen_bytes(v: Value) -> int:
+    """Upper bound of one chosen [slot, value] pair in a CatchupReply."""
+    return 16 + value_bytes(v)

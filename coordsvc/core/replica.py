@@ -7,6 +7,13 @@ which reads are now safe. The driver must ``save(ready.persist)`` before it send
 ``ready.messages``, then call :meth:`advance`. Until ``advance`` no new Ready is
 handed out, so a reply produced while an earlier save is in flight (e.g. to a
 duplicate Prepare) can never overtake that save.
+
+**Bounded by bytes.** An Accept carries a batch of commands cut by count and by encoded
+bytes (``max_batch_bytes``), always at least one command; one command is at most
+``MAX_COMMAND_BYTES``, so no Accept exceeds the frame cap however large the values. The
+leader's queues are bounded in bytes too: past ``max_pending_bytes`` ``propose``
+refuses (the client hears ``busy``), and no new slot is opened while the values in
+flight exceed ``max_inflight_bytes``.
 """
 from __future__ import annotations
 
@@ -18,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from .acceptor import Acceptor
 from .messages import (
+    COMMAND_OVERHEAD_BYTES,
+    VALUE_OVERHEAD_BYTES,
     Accept,
     Accepted,
     CatchupReply,
@@ -29,8 +38,10 @@ from .messages import (
     Outbound,
     Prepare,
     Promise,
+    value_bytes,
 )
 from .types import (
+    MAX_COMMAND_BYTES,
     MAX_RENEWED,
     MAX_ROUND,
     NOOP,
@@ -116,10 +127,15 @@ class Replica:
         self.catchup_for_phase1 = False
         # leader state
         self.next_slot: Slot = 0
-        self.inflight: dict[Slot, tuple[Value, set[NodeId], int]] = {}
+        # slot -> (value, acceptors that accepted it, last sent, value_bytes(value))
+        self.inflight: dict[Slot, tuple[Value, set[NodeId], int, int]] = {}
+        self.inflight_bytes = 0
         self.chosen_ahead: dict[Slot, Value] = {}
         self.recovered_through: Slot = 0
         self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self._max_pending = config.max_pending_commands      # read on every propose
+        self._max_pending_bytes = config.max_pending_bytes
         self.hb_round = 0
         self.hb_acks: dict[int, set[NodeId]] = {}
         self.confirmed_round = 0
@@ -154,10 +170,17 @@ class Replica:
     # ------------------------------------------------------------------ inputs
 
     def propose(self, command: bytes) -> bool:
-        """Queue a command for the log. False if we are not leader or the queue is full."""
-        if self.role is not Role.LEADER or len(self.pending) >= self.cfg.max_pending_commands:
+        """Queue a command for the log. False if we are not leader or the queue is full
+        (in commands or in bytes). A command above ``MAX_COMMAND_BYTES`` is the caller's
+        error: it could not travel in one Accept."""
+        n = len(command)
+        if n > MAX_COMMAND_BYTES:
+            raise UsageError(f"command of {n} bytes exceeds MAX_COMMAND_BYTES ({MAX_COMMAND_BYTES})")
+        if (self.role is not Role.LEADER or len(self.pending) >= self._max_pending
+                or self.pending_bytes + n > self._max_pending_bytes):
             return False
         self.pending.append(command)
+        self.pending_bytes += n
         return True
 
     def read(self, token: Hashable) -> bool:
@@ -392,11 +415,13 @@ class Replica:
         if was_leader:
             self.leader = None
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.chosen_ahead.clear()
         self._ready.aborted_reads.extend(r.token for r in self.reads)
         self.reads.clear()
         self._ready.aborted_commands.extend(self.pending)
         self.pending.clear()
+        self.pending_bytes = 0
         self.renewed.clear()
         self.hb_acks.clear()
         self._reset_election()
@@ -470,10 +495,13 @@ class Replica:
                     best[e.slot] = (e.ballot, e.value)
         top = max(best, default=self.from_slot - 1)
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.chosen_ahead.clear()
         for s in range(self.from_slot, top + 1):
             value = best[s][1] if s in best else NOOP   # holes become no-ops
-            self.inflight[s] = (value, set(), self.now_ms)
+            size = value_bytes(value)
+            self.inflight[s] = (value, set(), self.now_ms, size)
+            self.inflight_bytes += size
             self._broadcast(Accept(self.id, self.ballot, s, value, self.acceptor.commit_index))
         self.next_slot = top + 1
         self.recovered_through = top
@@ -489,19 +517,41 @@ class Replica:
     def _flush_proposals(self) -> None:
         if self.role is not Role.LEADER:
             return
-        while self.pending and len(self.inflight) < self.cfg.max_inflight_slots:
-            n = min(len(self.pending), self.cfg.max_batch_commands)
-            batch = tuple(self.pending.popleft() for _ in range(n))
+        cfg, pending = self.cfg, self.pending
+        while (pending and len(self.inflight) < cfg.max_inflight_slots
+               and self.inflight_bytes < cfg.max_inflight_bytes):
+            # A batch is cut by count and by encoded bytes, and always takes one command:
+            # one command (<= MAX_COMMAND_BYTES) fits any Accept by itself.
+            queued = len(pending)
+            if (VALUE_OVERHEAD_BYTES + self.pending_bytes + COMMAND_OVERHEAD_BYTES * queued
+                    <= cfg.max_batch_bytes and queued <= cfg.max_batch_commands):
+                # Everything queued fits (the usual case): one step, no per-command loop.
+                value = tuple(pending)
+                pending.clear()
+                size = VALUE_OVERHEAD_BYTES + self.pending_bytes + COMMAND_OVERHEAD_BYTES * queued
+                self.pending_bytes = 0
+            else:
+                batch: list[bytes] = []
+                size = VALUE_OVERHEAD_BYTES
+                while pending and len(batch) < cfg.max_batch_commands:
+                    cost = len(pending[0]) + COMMAND_OVERHEAD_BYTES
+                    if batch and size + cost > cfg.max_batch_bytes:
+                        break
+                    batch.append(pending.popleft())
+                    size += cost
+                self.pending_bytes -= size - VALUE_OVERHEAD_BYTES - COMMAND_OVERHEAD_BYTES * len(batch)
+                value = tuple(batch)
             slot = self.next_slot
             self.next_slot += 1
-            self.inflight[slot] = (batch, set(), self.now_ms)
-            self._broadcast(Accept(self.id, self.ballot, slot, batch, self.acceptor.commit_index))
+            self.inflight[slot] = (value, set(), self.now_ms, size)
+            self.inflight_bytes += size
+            self._broadcast(Accept(self.id, self.ballot, slot, value, self.acceptor.commit_index))
 
     def _retransmit_accepts(self, now_ms: int) -> None:
         for slot in sorted(self.inflight):
-            value, acks, sent = self.inflight[slot]
+            value, acks, sent, size = self.inflight[slot]
             if now_ms - sent >= 2 * self.cfg.heartbeat_ms:
-                self.inflight[slot] = (value, acks, now_ms)
+                self.inflight[slot] = (value, acks, now_ms, size)
                 for m in self.members:
                     if m not in acks:
                         self._send(m, Accept(self.id, self.ballot, slot, value,
@@ -517,6 +567,7 @@ class Replica:
         item[1].add(m.src)
         if len(item[1]) >= self.quorum:
             del self.inflight[m.slot]
+            self.inflight_bytes -= item[3]
             self.chosen_ahead[m.slot] = item[0]
             self._advance_leader_commit()
 

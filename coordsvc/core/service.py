@@ -30,7 +30,7 @@ from .machine import KV, Compacted, Event, Machine, Result
 from .messages import Message, Outbound
 from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, MAX_WATCH_PREFIXES, OPS
 from .replica import Ready, Replica, Role
-from .types import Config, Durable, NodeId, Persist, ProtocolError, Snapshot
+from .types import MAX_COMMAND_BYTES, Config, Durable, NodeId, Persist, ProtocolError, Snapshot
 
 if TYPE_CHECKING:
     from random import Random
@@ -207,6 +207,8 @@ class Service:
 
     def _op_write(self, route: Route, rid: object, req: dict[str, Any]) -> None:
         raw = _field(req, "req", bytes)
+        if len(raw) > MAX_COMMAND_BYTES:    # a key and a 1 MiB value fit with room to spare
+            raise BadRequest(f"write request of {len(raw)} bytes exceeds {MAX_COMMAND_BYTES}")
         try:
             request = decode_request(raw)
         except ProtocolError as e:

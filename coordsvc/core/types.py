@@ -24,8 +24,19 @@ MAX_ROUND = 2**62
 MAX_SLOT = 2**62
 # Node ids are short strings (cluster files name them n1..n15).
 MAX_NODE_ID_CHARS = 64
-# Count bounds on lists in one message (their bytes are bounded by the frame anyway;
-# these keep a peer from making us build millions of tiny objects from one frame).
+
+MiB = 1024 * 1024
+# Byte budgets (docs/WAVE2.md §2). A sender packs items (commands into an Accept, entries
+# into a Promise or a catch-up reply) while the estimated encoded total stays within the
+# budget, always taking at least one item; so a message is at most
+# max(budget, one item) + envelope, below wire.MAX_FRAME_BYTES (4 MiB).
+MESSAGE_BUDGET_BYTES = 2 * MiB
+# One replicated command (an encoded commands.Request) is at most a key (512 B) plus a
+# value (1 MiB) plus its framing (client id <= 64 chars, ints, a fence): 8 KiB covers
+# the framing many times over (tests/unit/test_wire.py holds the bound).
+MAX_COMMAND_BYTES = 1 * MiB + 8 * 1024
+# Count bounds on lists in one message (their bytes are bounded anyway; these keep a
+# peer from making us build millions of tiny objects from one frame).
 MAX_BATCH_COMMANDS = 65_536
 MAX_MESSAGE_ITEMS = 65_536
 MAX_RENEWED = 4_096
@@ -94,13 +105,21 @@ EMPTY_SNAPSHOT = Snapshot(0, b"")
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Timing and sizing knobs of one replica (all times in milliseconds)."""
+    """Timing and sizing knobs of one replica (times in milliseconds, sizes in bytes).
+
+    Every knob is a positive int; the byte budgets may be lowered (the simulator uses
+    tiny ones so that every message splits) but never raised above the protocol's
+    limits, or a message could outgrow the frame cap.
+    """
 
     heartbeat_ms: int = 50
     election_timeout_ms: int = 600     # randomized in [t, 2t) per reset
     max_inflight_slots: int = 64        # uncommitted slots a leader keeps in flight
+    max_inflight_bytes: int = 64 * MiB  # ... and their values' bytes (plus one batch)
     max_batch_commands: int = 512       # commands packed into one log entry
+    max_batch_bytes: int = MESSAGE_BUDGET_BYTES   # ... and their encoded bytes (one Accept)
     max_pending_commands: int = 10_000  # proposals queued while no slot is free
+    max_pending_bytes: int = 64 * MiB   # ... and their bytes; past either, propose refuses
     catchup_batch: int = 256            # entries per catch-up reply
     snapshot_every: int = 10_000        # applied entries between snapshots
 
@@ -109,7 +128,9 @@ class Config:
             v = getattr(self, f.name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Config.{f.name} must be a positive int, got {v!r}")
-        caps = {"max_batch_commands": MAX_BATCH_COMMANDS, "catchup_batch": MAX_MESSAGE_ITEMS}
+        caps = {"max_batch_bytes": MESSAGE_BUDGET_BYTES,
+                "max_batch_commands": MAX_BATCH_COMMANDS,
+                "catchup_batch": MAX_MESSAGE_ITEMS}
         for name, cap in caps.items():
             if getattr(self, name) > cap:
                 raise ValueError(f"Config.{name} must be at most {cap}, got {getattr(self, name)}")

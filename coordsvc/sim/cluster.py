@@ -5,6 +5,9 @@ themselves, message loss/duplication/delay, partitions, crashes, clock drift and
 client proposals. The oracle watches every durable save and never forgets what
 was chosen, so a violation is caught at the step that caused it.
 
+The leader's byte budget for one Accept is tiny (tens of bytes, drawn per seed), so batches
+are cut by bytes as well as by count, and its pending queue is bounded in bytes.
+
 Known-bad variants (``mutation``) exist so tests can show the simulator catches them:
 ``forget_promise`` (a restarted acceptor loses its promise), ``skip_adopt`` (a new
 leader ignores accepted values in promises), ``reply_before_save`` (the driver
@@ -43,6 +46,7 @@ class Params:
     heal_ms: int
     snapshot_every: int
     disk_loss: float          # chance that a restart finds the node's disk wiped
+    batch_bytes: int          # one Accept's batch
 
     @staticmethod
     def draw(rng: random.Random, nodes: int | None = None) -> Params:
@@ -61,6 +65,7 @@ class Params:
             heal_ms=12000,
             snapshot_every=rng.choice((8, 50, 10**9)),
             disk_loss=rng.choice((0.0, 0.0, 0.2, 0.5)),
+            batch_bytes=rng.choice((45, 60, 200)),
         )
 
 
@@ -125,8 +130,10 @@ class Sim:
         self.ids = [f"n{i + 1}" for i in range(self.p.nodes)]
         self.quorum = self.p.nodes // 2 + 1
         self.cfg = Config(heartbeat_ms=30, election_timeout_ms=200, max_inflight_slots=16,
-                          max_batch_commands=8, catchup_batch=16,
-                          snapshot_every=self.p.snapshot_every)
+                          max_inflight_bytes=12 * self.p.batch_bytes,
+                          max_batch_commands=8, max_batch_bytes=self.p.batch_bytes,
+                          max_pending_bytes=20 * self.p.batch_bytes,
+                          catchup_batch=16, snapshot_every=self.p.snapshot_every)
         self.now = 0
         self.queue: list[tuple[int, int, str, Any]] = []
         self.seq = 0
@@ -142,6 +149,7 @@ class Sim:
         self.max_promised: dict[str, Ballot] = {}
         self.proposed: set[bytes] = set()
         self.outstanding: set[bytes] = set()
+        self.last_try: dict[bytes, int] = {}
         self.seen_chosen: set[bytes] = set()
         self.violations: list[str] = []
         self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "saves": 0}
@@ -295,9 +303,12 @@ class Sim:
         if target is not None:
             r = self.nodes[target].replica
             assert r is not None
-            retry = sorted(self.outstanding)[:32]
+            # Like a client: (re)send a command only when its last attempt is a while ago.
+            retry = [c for c in sorted(self.outstanding)
+                     if self.now - self.last_try.get(c, -10**9) >= 250][:32]
             for c in retry:
-                r.propose(c)
+                if r.propose(c):
+                    self.last_try[c] = self.now
             self._pump(target)
 
     def _crash_or_restart(self) -> None:

@@ -1,8 +1,11 @@
 """One test per rule of the multi-Paxos replica, named after the rule."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
+from coordsvc.core.commands import Put, Request, encode_request
 from coordsvc.core.messages import (
     Accept,
     Accepted,
@@ -12,22 +15,27 @@ from coordsvc.core.messages import (
     Nack,
     Prepare,
     Promise,
+    value_bytes,
 )
 from coordsvc.core.replica import Replica, Role
 from coordsvc.core.types import (
+    MAX_COMMAND_BYTES,
     MAX_ROUND,
+    MESSAGE_BUDGET_BYTES,
     NOOP,
     Ballot,
     Config,
     Durable,
     Entry,
+    MiB,
     ProtocolError,
     SafetyViolation,
     UsageError,
 )
 from coordsvc.storage.memory import MemoryStore
+from coordsvc.wire import MAX_FRAME_BYTES, encode_peer
 
-from .helpers import IDS, Net, drain, make, sent
+from .helpers import CFG, IDS, Net, drain, make, sent
 
 B1, B2, B3 = Ballot(1, "n2"), Ballot(2, "n2"), Ballot(3, "n3")
 
@@ -387,3 +395,79 @@ def test_config_refuses_counts_a_message_could_not_carry() -> None:
         Config(max_batch_commands=65_537)
     with pytest.raises(ValueError, match="positive"):
         Config(catchup_batch=0)
+
+
+# ------------------------------------------------------------------ bounded by bytes
+
+def _leader_with(cfg: Config) -> tuple[Replica, Ballot]:
+    r = make("n1", cfg=cfg)
+    r.tick(10_000)
+    b = sent(drain(r), Prepare)[0].ballot
+    for n in IDS:
+        r.receive(Promise(n, b, 1, (), 0, 0), 10_000)
+    drain(r)
+    assert r.role is Role.LEADER
+    return r, b
+
+
+def test_an_accept_batch_is_cut_by_bytes_as_well_as_by_count() -> None:
+    r, _ = _leader_with(replace(CFG, max_batch_bytes=100, max_batch_commands=512))
+    for i in range(10):
+        r.propose(b"%02d" % i + b"x" * 18)                 # 20 bytes, 25 on the wire
+    values = [m.value for m in sent(drain(r), Accept, "n2")]
+    assert [len(v) for v in values] == [3, 3, 3, 1]        # 5 + 3 * 25 <= 100 < 5 + 4 * 25
+    assert all(value_bytes(v) <= 100 for v in values)
+
+
+def test_one_command_above_the_batch_budget_still_travels_alone() -> None:
+    r, _ = _leader_with(replace(CFG, max_batch_bytes=64))
+    r.propose(b"small")
+    r.propose(b"L" * 1000)
+    r.propose(b"tail")
+    values = [m.value for m in sent(drain(r), Accept, "n2")]
+    assert values == [(b"small",), (b"L" * 1000,), (b"tail",)]
+
+
+def test_eight_one_mib_values_at_once_never_make_an_oversize_accept() -> None:
+    r, _ = _leader_with(CFG)
+    for i in range(8):
+        assert r.propose(encode_request(Request(f"c{i}", 1, 1, Put("k" * 512, b"v" * MiB))))
+    accepts = sent(drain(r), Accept, "n2")
+    assert sum(len(m.value) for m in accepts) == 8
+    assert all(len(encode_peer(m)) <= MAX_FRAME_BYTES for m in accepts)
+
+
+def test_a_command_larger_than_any_accept_could_carry_is_refused_as_misuse() -> None:
+    r, _ = _leader_with(CFG)
+    with pytest.raises(UsageError):
+        r.propose(b"x" * (MAX_COMMAND_BYTES + 1))
+    assert len(r.pending) == 0
+
+
+def test_propose_refuses_once_the_pending_bytes_bound_is_reached() -> None:
+    r, _ = _leader_with(replace(CFG, max_pending_bytes=1000, max_inflight_slots=1))
+    assert r.propose(b"a" * 10)
+    drain(r)                                  # the one slot in flight holds it
+    assert r.propose(b"b" * 600) and r.propose(b"c" * 400)
+    assert not r.propose(b"d")                # 1000 bytes queued: past the bound
+    assert r.pending_bytes == 1000
+    assert not sent(drain(r), Accept)         # nothing more fits in flight either
+
+
+def test_no_new_slot_opens_while_the_values_in_flight_exceed_the_bytes_bound() -> None:
+    r, b = _leader_with(replace(CFG, max_inflight_bytes=3000, max_batch_bytes=1100))
+    for _ in range(6):
+        r.propose(b"v" * 1000)
+    slots = [m.slot for m in sent(drain(r), Accept, "n2")]
+    assert len(slots) == 3 and r.inflight_bytes >= 3000
+    for n in ("n1", "n2"):
+        r.receive(Accepted(n, b, slots[0]), 10_001)   # one slot chosen frees room for one more
+    assert len(sent(drain(r), Accept, "n2")) == 1
+    assert len(r.pending) == 2
+
+
+def test_config_refuses_a_batch_budget_above_the_protocol_limit() -> None:
+    with pytest.raises(ValueError, match="max_batch_bytes"):
+        Config(max_batch_bytes=MESSAGE_BUDGET_BYTES + 1)
+    with pytest.raises(ValueError, match="positive"):
+        Config(max_pending_bytes=0)

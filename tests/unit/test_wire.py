@@ -21,11 +21,15 @@ from coordsvc.core.messages import (
     Nack,
     Prepare,
     Promise,
+    chosen_bytes,
+    entry_bytes,
+    value_bytes,
 )
 from coordsvc.core.types import (
     MAX_BATCH_COMMANDS,
     MAX_MESSAGE_ITEMS,
     MAX_RENEWED,
+    MESSAGE_BUDGET_BYTES,
     ZERO_BALLOT,
     Ballot,
     Entry,
@@ -576,3 +580,32 @@ def test_lists_in_peer_messages_are_bounded() -> None:
     for sid in (0, -5, 2**63):
         with pytest.raises(WireError, match="Heartbeat.renewed"):
             decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [sid]]))
+
+
+# --- size estimates: senders pack with them, so they must bound the real encoding -----
+
+@settings(max_examples=200)
+@given(SLOTS, BALLOTS, st.lists(st.binary(max_size=300), max_size=20).map(tuple))
+def test_size_estimates_bound_the_encoded_sizes(slot: int, ballot: Ballot,
+                                                value: tuple[bytes, ...]) -> None:
+    def packed(x: object) -> int:
+        return len(msgpack.packb(x, use_bin_type=True))
+
+    assert packed(list(value)) <= value_bytes(value)
+    assert packed([slot, [ballot.round, ballot.node], list(value)]) <= entry_bytes(
+        Entry(slot, ballot, value))
+    assert packed([slot, list(value)]) <= chosen_bytes(value)
+
+
+def test_a_full_budget_plus_the_largest_item_fits_in_one_frame() -> None:
+    from coordsvc.core.commands import MAX_KEY_BYTES, MAX_VALUE_BYTES
+    from coordsvc.core.messages import ENVELOPE_BYTES
+    from coordsvc.core.types import MAX_COMMAND_BYTES
+    assert MAX_COMMAND_BYTES > MAX_KEY_BYTES + MAX_VALUE_BYTES
+    biggest = (b"c" * MAX_COMMAND_BYTES,)
+    n = "n" * 64
+    for msg in (Accept(n, Ballot(2**62, n), 2**62, biggest, 2**62),
+                Promise(n, Ballot(2**62, n), 2**62 - 1, (Entry(2**62 - 1, Ballot(2**62, n),
+                                                               biggest),), 2**62, 2**62),
+                CatchupReply(n, Ballot(2**62, n), ((2**62, biggest),), None, 2**62)):
+        assert len(encode_peer(msg)) <= MESSAGE_BUDGET_BYTES + ENVELOPE_BYTES < MAX_FRAME_BYTES
