@@ -267,13 +267,15 @@ def _dec_prepare(p: tuple[object, ...]) -> Prepare:
 
 def _enc_promise(m: Promise) -> tuple[object, ...]:
     acc = tuple([(e.slot, (e.ballot.round, e.ballot.node), e.value) for e in m.accepted])
-    return (m.src, _b(m.ballot), m.from_slot, acc, m.commit_index, m.snapshot_index)
+    return (m.src, _b(m.ballot), m.from_slot, acc, m.commit_index, m.snapshot_index,
+            m.next_slot)
 
 
 def _dec_promise(p: tuple[object, ...]) -> Promise:
     return Promise(_node(p[0], "Promise.src"), _ballot(p[1], "Promise.ballot"),
                    _uint(p[2], "Promise.from_slot"), _entries(p[3], "Promise.accepted"),
-                   _uint(p[4], "Promise.commit_index"), _uint(p[5], "Promise.snapshot_index"))
+                   _uint(p[4], "Promise.commit_index"), _uint(p[5], "Promise.snapshot_index"),
+                   _uint(p[6], "Promise.next_slot"))
 
 
 def _enc_nack(m: Nack) -> tuple[object, ...]:
@@ -352,7 +354,7 @@ _Decoder = Callable[[tuple[object, ...]], Message]
 # cls -> (encoder, decoder, arity); tags follow MESSAGE_TYPES order (Prepare = 1).
 _CODECS: dict[type, tuple[_Encoder, _Decoder, int]] = {
     Prepare: (_enc_prepare, _dec_prepare, 3),
-    Promise: (_enc_promise, _dec_promise, 6),
+    Promise: (_enc_promise, _dec_promise, 7),
     Nack: (_enc_nack, _dec_nack, 3),
     Accept: (_enc_accept, _dec_accept, 5),
     Accepted: (_enc_accepted, _dec_accepted, 3),

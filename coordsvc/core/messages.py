@@ -34,7 +34,11 @@ def _check_slot(name: str, v: object, low: int = 0) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Prepare:
-    """Phase 1a for every slot >= from_slot."""
+    """Phase 1a for every slot >= from_slot.
+
+    The same ballot again with a higher ``from_slot`` asks an acceptor that already
+    promised for the next chunk of its accepted entries (see ``Promise.next_slot``).
+    """
 
     src: NodeId
     ballot: Ballot
@@ -49,7 +53,12 @@ class Promise:
     """Phase 1b: the acceptor promised ``ballot`` and reports what it accepted.
 
     ``snapshot_index`` tells the candidate that slots up to it are chosen but were
-    compacted away here: a candidate behind it must catch up before it leads.
+    compacted away (or left out) here: a candidate behind it must catch up before it leads.
+
+    A promise lists the entries of slots ``>= from_slot`` within a byte budget. When they
+    do not all fit, ``next_slot`` is the first slot left out and the candidate asks again
+    (``Prepare`` at the same ballot from ``next_slot``); ``next_slot == 0`` marks the
+    promise that completes the list.
     """
 
     src: NodeId
@@ -58,13 +67,20 @@ class Promise:
     accepted: tuple[Entry, ...]
     commit_index: Slot
     snapshot_index: Slot
+    next_slot: Slot = 0
 
     def __post_init__(self) -> None:
         _check_slot("from_slot", self.from_slot)
         _check_slot("commit_index", self.commit_index)
         _check_slot("snapshot_index", self.snapshot_index)
+        _check_slot("next_slot", self.next_slot)
         if len(self.accepted) > MAX_MESSAGE_ITEMS:
             raise ProtocolError(f"a promise lists at most {MAX_MESSAGE_ITEMS} entries")
+        if self.next_slot:
+            if self.next_slot <= self.from_slot or not self.accepted:
+                raise ProtocolError("an unfinished promise lists entries and continues past them")
+            if self.accepted[-1].slot >= self.next_slot:
+                raise ProtocolError("an unfinished promise lists only slots below next_slot")
 
 
 @dataclass(frozen=True, slots=True)

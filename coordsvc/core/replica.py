@@ -13,7 +13,37 @@ bytes (``max_batch_bytes``), always at least one command; one command is at most
 ``MAX_COMMAND_BYTES``, so no Accept exceeds the frame cap however large the values. The
 leader's queues are bounded in bytes too: past ``max_pending_bytes`` ``propose``
 refuses (the client hears ``busy``), and no new slot is opened while the values in
-flight exceed ``max_inflight_bytes``.
+flight exceed ``max_inflight_bytes``. A Promise lists entries within
+``message_budget_bytes``, in chunks:
+
+**Phase 1 in chunks.** An acceptor's Promise lists its accepted entries within the
+budget; when they do not all fit it names the first slot left out (``next_slot``) and
+the candidate asks that acceptor again, at the same ballot, from there. The candidate
+leads only once a quorum of acceptors sent *complete* promises (down to one with
+``next_slot == 0``). The chunks of one acceptor tell the candidate what one big
+promise would have, because:
+
+1. Every chunk is computed after the acceptor's promise of our ballot ``b`` is durable
+   (the first chunk travels with it; later ones are answers to later Prepares). From
+   then on the acceptor accepts nothing below ``b``, and nothing at ``b`` either while
+   we are a candidate (we are ``b``'s only proposer). If it accepts above ``b`` it has
+   promised above ``b`` and answers our next Prepare with a Nack, never a chunk. So for
+   each slot a chunk reports exactly what the acceptor accepted before promising
+   ``b`` -- what a single promise sent at promise time would report -- except for two
+   changes that are safe to report: a value it has since learned to be chosen (any
+   proposal above the choosing ballot must carry it anyway), and slots compacted into
+   a snapshot, which the chunk declares through ``snapshot_index`` so that the
+   candidate learns them by catch-up before it leads.
+2. The chunks cover consecutive ranges ``[from_slot, n1), [n1, n2), ..., [nk, oo)``: a
+   chunk is taken only if its ``from_slot`` is the ``next_slot`` we asked for, so a slot
+   with no entry listed had none when the chunk covering it was made. Duplicates and
+   stragglers from an earlier round at this ballot (phase 1 restarts at the same ballot
+   after a catch-up) are dropped, or describe a later state, equally valid by (1).
+
+Hence every quorum intersection argument of single-message Paxos carries over, and the
+new leader's rule (adopt the highest-ballot value per slot, no-ops in holes) keeps its
+proof. ``tests/unit/test_replica.py`` checks the rules; the simulator runs with budgets
+small enough that nearly every promise, batch, catch-up reply and snapshot splits.
 """
 from __future__ import annotations
 
@@ -49,6 +79,7 @@ from .types import (
     Ballot,
     Config,
     Durable,
+    Entry,
     NodeId,
     Persist,
     SafetyViolation,
@@ -96,6 +127,18 @@ class _Read:
     round: int
 
 
+@dataclass(slots=True)
+class _Promises:
+    """One acceptor's promise of our ballot, gathered chunk by chunk."""
+
+    next_slot: Slot                  # the from_slot the next chunk must have
+    listed_to: Slot = 0              # the last slot the chunks so far covered with an entry
+    entries: list[Entry] = field(default_factory=list)
+    complete_through: Slot = 0       # max snapshot_index over the chunks
+    commit_index: Slot = 0
+    complete: bool = False
+
+
 class Replica:
     def __init__(self, node_id: NodeId, members: list[NodeId], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
@@ -108,7 +151,8 @@ class Replica:
         self.cfg = config
         self.rng = rng
         self.external = external_leadership
-        self.acceptor = Acceptor(node_id, durable, config.catchup_batch)
+        self.acceptor = Acceptor(node_id, durable, config.catchup_batch,
+                                 config.message_budget_bytes)
         self.high_water_round = max(durable.high_water_round, durable.promised.round)
         self.applied: Slot = durable.snapshot.index
         self.now_ms = now_ms
@@ -122,9 +166,13 @@ class Replica:
 
         # candidate state
         self.from_slot: Slot = 0
-        self.promises: dict[NodeId, Promise] = {}
+        self.promises: dict[NodeId, _Promises] = {}
         self.nacks: set[NodeId] = set()
         self.catchup_for_phase1 = False
+        self.catchup_peer: NodeId = node_id      # phase 1 catch-up: whom we learn from
+        self.catchup_goal: Slot = 0              # ... and up to which slot
+        self.phase1_progress_ms = -10**12   # when a promise chunk was last taken
+        self.phase1_renewed_ms = -10**12    # when complete acceptors were last re-asked
         # leader state
         self.next_slot: Slot = 0
         # slot -> (value, acceptors that accepted it, last sent, value_bytes(value))
@@ -214,6 +262,8 @@ class Replica:
             self._start_phase1()
         elif self.role is Role.CANDIDATE and now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
             self._resend_prepares()
+        if self.role is Role.CANDIDATE:
+            self._renew_promises(now_ms)
         self._maybe_request_catchup()
 
     def next_timer_ms(self) -> int:
@@ -259,9 +309,14 @@ class Replica:
             return
         if isinstance(msg, Prepare):
             self._observe(msg.ballot)
-            self._reply(msg.src, self.acceptor.on_prepare(msg, self._ready.persist))
+            answer = self.acceptor.on_prepare(msg, self._ready.persist)
+            self._reply(msg.src, answer)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"promised higher ballot {msg.ballot}")
+            if isinstance(answer, Promise) and msg.src != self.id and self.role is Role.FOLLOWER:
+                # Give the candidate we promised time to finish its (chunked) phase 1
+                # before campaigning against it: Raft's rule for a granted vote.
+                self._reset_election()
         elif isinstance(msg, Accept):
             self._observe(msg.ballot)
             reply = self.acceptor.on_accept(msg, self._ready.persist)
@@ -449,6 +504,7 @@ class Replica:
 
     def _begin_prepare(self) -> None:
         self.from_slot = self.acceptor.commit_index + 1
+        self.phase1_progress_ms = self.phase1_renewed_ms = self.now_ms
         self.promises.clear()
         self.nacks.clear()
         self.catchup_for_phase1 = False
@@ -458,31 +514,72 @@ class Replica:
     def _resend_prepares(self) -> None:
         self.catchup_sent_ms = self.now_ms
         if self.catchup_for_phase1:
-            self._request_catchup_from_best()
+            self._request_catchup_for_phase1()
             return
         for m in self.members:
-            if m not in self.promises:
-                self._send(m, Prepare(self.id, self.ballot, self.from_slot))
+            p = self.promises.get(m)
+            if p is None or not p.complete:
+                self._send(m, Prepare(self.id, self.ballot,
+                                      self.from_slot if p is None else p.next_slot))
+
+    def _renew_promises(self, now_ms: int) -> None:
+        """While phase 1 moves, keep acceptors that already answered from campaigning.
+
+        A chunked phase 1 may outlast an election timeout. An acceptor resets its timer
+        whenever it promises a candidate, so every half timeout in which some chunk
+        arrived, the complete acceptors are asked again from past what they listed (an
+        empty answer, normally). A candidate that stops moving stops asking, and the
+        others' timers run out as usual.
+        """
+        if (self.catchup_for_phase1 or self.phase1_progress_ms <= self.phase1_renewed_ms
+                or now_ms - self.phase1_renewed_ms < self.cfg.election_timeout_ms // 2):
+            return
+        self.phase1_renewed_ms = now_ms
+        for node, p in sorted(self.promises.items()):
+            if p.complete and node != self.id:
+                self._send(node, Prepare(self.id, self.ballot, max(self.from_slot, p.listed_to + 1)))
 
     def _on_promise(self, m: Promise) -> None:
-        if self.role is not Role.CANDIDATE or m.ballot != self.ballot or m.from_slot != self.from_slot:
+        if self.role is not Role.CANDIDATE or m.ballot != self.ballot:
             return
-        self.promises[m.src] = m
+        p = self.promises.get(m.src)
+        if (p is not None and p.complete) or m.from_slot != (self.from_slot if p is None
+                                                             else p.next_slot):
+            return   # a duplicate, or not the chunk we asked for
+        if p is None:
+            p = self.promises[m.src] = _Promises(self.from_slot)
+        self._reset_election()        # phase 1 is moving: do not start it over
+        self.phase1_progress_ms = self.now_ms
+        p.entries.extend(m.accepted)
+        if m.accepted:
+            p.listed_to = m.accepted[-1].slot
+        p.complete_through = max(p.complete_through, m.snapshot_index)
+        p.commit_index = max(p.commit_index, m.commit_index)
         if m.commit_index > self.known_commit:
             self.known_commit = m.commit_index
-        if len(self.promises) < self.quorum or self.catchup_for_phase1:
+        if p.complete_through >= self.from_slot:
+            # Slots chosen there were compacted or left out: we must learn them and prepare
+            # again before leading (the acceptor listed nothing, knowing that). Start now.
+            p.complete = True
+            if not self.catchup_for_phase1:
+                self.catchup_for_phase1 = True
+                self.catchup_peer, self.catchup_goal = m.src, p.commit_index
+                self._request_catchup_for_phase1()
             return
-        if any(p.snapshot_index >= self.from_slot for p in self.promises.values()):
-            # Chosen slots we do not hold were compacted or omitted: learn them first.
-            self.catchup_for_phase1 = True
-            self._request_catchup_from_best()
+        if m.next_slot:
+            p.next_slot = m.next_slot           # more follows: ask for it at the same ballot
+            self._send(m.src, Prepare(self.id, self.ballot, m.next_slot))
             return
-        self._become_leader()
+        p.complete = True
+        if self.catchup_for_phase1:
+            return
+        if sum(1 for q in self.promises.values() if q.complete) >= self.quorum:
+            self._become_leader()
 
-    def _request_catchup_from_best(self) -> None:
-        best = max(self.promises.values(), key=lambda p: (p.snapshot_index, p.commit_index, p.src))
+    def _request_catchup_for_phase1(self) -> None:
         first = self.acceptor.commit_index + 1      # we may have learned more meanwhile
-        self._send(best.src, CatchupRequest(self.id, first, max(first, best.commit_index)))
+        self._send(self.catchup_peer,
+                   CatchupRequest(self.id, first, max(first, self.catchup_goal)))
         self.catchup_sent_ms = self.now_ms
 
     def _become_leader(self) -> None:
@@ -490,7 +587,9 @@ class Replica:
         self.leader, self.leader_ballot = self.id, self.ballot
         best: dict[Slot, tuple[Ballot, Value]] = {}
         for p in self.promises.values():
-            for e in p.accepted:
+            if not p.complete:
+                continue
+            for e in p.entries:
                 if e.slot >= self.from_slot and (e.slot not in best or e.ballot > best[e.slot][0]):
                     best[e.slot] = (e.ballot, e.value)
         top = max(best, default=self.from_slot - 1)

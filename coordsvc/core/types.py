@@ -121,6 +121,7 @@ class Config:
     max_pending_commands: int = 10_000  # proposals queued while no slot is free
     max_pending_bytes: int = 64 * MiB   # ... and their bytes; past either, propose refuses
     catchup_batch: int = 256            # entries per catch-up reply
+    message_budget_bytes: int = MESSAGE_BUDGET_BYTES  # entries per Promise / catch-up reply
     snapshot_every: int = 10_000        # applied entries between snapshots
 
     def __post_init__(self) -> None:
@@ -129,6 +130,7 @@ class Config:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"Config.{f.name} must be a positive int, got {v!r}")
         caps = {"max_batch_bytes": MESSAGE_BUDGET_BYTES,
+                "message_budget_bytes": MESSAGE_BUDGET_BYTES,
                 "max_batch_commands": MAX_BATCH_COMMANDS,
                 "catchup_batch": MAX_MESSAGE_ITEMS}
         for name, cap in caps.items():

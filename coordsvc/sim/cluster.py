@@ -5,14 +5,16 @@ themselves, message loss/duplication/delay, partitions, crashes, clock drift and
 client proposals. The oracle watches every durable save and never forgets what
 was chosen, so a violation is caught at the step that caused it.
 
-The leader's byte budget for one Accept is tiny (tens of bytes, drawn per seed), so batches
-are cut by bytes as well as by count, and its pending queue is bounded in bytes.
+Byte budgets are tiny (tens of bytes, drawn per seed), so Accept batches are cut by bytes
+as well as by count and nearly every Promise is sent in several chunks; the leader's
+pending queue is bounded in bytes.
 
 Known-bad variants (``mutation``) exist so tests can show the simulator catches them:
 ``forget_promise`` (a restarted acceptor loses its promise), ``skip_adopt`` (a new
 leader ignores accepted values in promises), ``reply_before_save`` (the driver
 sends before the save completes), ``wiped_node_votes`` (a node whose disk was lost comes
-back blank and votes at once, instead of rebuilding as a non-voting learner).
+back blank and votes at once, instead of rebuilding as a non-voting learner),
+``lead_on_partial_promises`` (a candidate counts a promise before all its chunks came).
 """
 from __future__ import annotations
 
@@ -23,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.messages import Message, Outbound
+from ..core.messages import Message, Outbound, Promise
 from ..core.replica import Ready, Replica, Role
 from ..core.types import Ballot, Config, Durable, Persist, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
 
-MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes")
+MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes",
+             "lead_on_partial_promises")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class Params:
     snapshot_every: int
     disk_loss: float          # chance that a restart finds the node's disk wiped
     batch_bytes: int          # one Accept's batch
+    budget_bytes: int         # promises and catch-up replies
 
     @staticmethod
     def draw(rng: random.Random, nodes: int | None = None) -> Params:
@@ -66,6 +70,7 @@ class Params:
             snapshot_every=rng.choice((8, 50, 10**9)),
             disk_loss=rng.choice((0.0, 0.0, 0.2, 0.5)),
             batch_bytes=rng.choice((45, 60, 200)),
+            budget_bytes=rng.choice((16, 60, 200)),
         )
 
 
@@ -76,9 +81,23 @@ class Violation(Exception):
 class _SkipAdoptReplica(Replica):
     def _become_leader(self) -> None:
         # Known-bad: forget what the promises reported (every slot becomes a no-op).
-        self.promises = {k: type(p)(p.src, p.ballot, p.from_slot, (), p.commit_index,
-                                    p.snapshot_index) for k, p in self.promises.items()}
+        for p in self.promises.values():
+            p.entries.clear()
         super()._become_leader()
+
+
+class _PartialPromiseReplica(Replica):
+    def _on_promise(self, m: Promise) -> None:
+        # Known-bad: take the first chunk of a promise as the whole promise.
+        if m.next_slot:
+            m = Promise(m.src, m.ballot, m.from_slot, m.accepted, m.commit_index,
+                        m.snapshot_index, 0)
+        super()._on_promise(m)
+
+
+_MUTANTS: dict[str, type[Replica]] = {
+    "skip_adopt": _SkipAdoptReplica, "lead_on_partial_promises": _PartialPromiseReplica,
+}
 
 
 @dataclass
@@ -125,7 +144,9 @@ class Sim:
             # Bad variants need faults to show; keep the run violent.
             self.p = Params(**{**self.p.__dict__, "crash_every_ms": 120, "disk_ms": 8,
                                "partition_every_ms": 300, "max_delay_ms": 20,
-                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0})
+                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0,
+                               "budget_bytes": 16 if mutation == "lead_on_partial_promises"
+                               else self.p.budget_bytes})
         self.mutation = mutation
         self.ids = [f"n{i + 1}" for i in range(self.p.nodes)]
         self.quorum = self.p.nodes // 2 + 1
@@ -133,7 +154,8 @@ class Sim:
                           max_inflight_bytes=12 * self.p.batch_bytes,
                           max_batch_commands=8, max_batch_bytes=self.p.batch_bytes,
                           max_pending_bytes=20 * self.p.batch_bytes,
-                          catchup_batch=16, snapshot_every=self.p.snapshot_every)
+                          catchup_batch=16, message_budget_bytes=self.p.budget_bytes,
+                          snapshot_every=self.p.snapshot_every)
         self.now = 0
         self.queue: list[tuple[int, int, str, Any]] = []
         self.seq = 0
@@ -152,7 +174,8 @@ class Sim:
         self.last_try: dict[bytes, int] = {}
         self.seen_chosen: set[bytes] = set()
         self.violations: list[str] = []
-        self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "saves": 0}
+        self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "saves": 0,
+                      "promise_chunks": 0}
         self.next_cmd = 0
 
     # ---------------------------------------------------------------- scheduling
@@ -175,7 +198,7 @@ class Sim:
         if self.mutation == "forget_promise":
             durable = Durable(Ballot(0, ""), 0, durable.entries, durable.commit_index,
                               durable.snapshot)
-        cls = _SkipAdoptReplica if self.mutation == "skip_adopt" else Replica
+        cls = _MUTANTS.get(self.mutation or "", Replica)
         node.replica = cls(nid, self.ids, durable, random.Random(self.rng.random()),
                            self._local_now(nid), self.cfg)
         node.saving = False
@@ -224,6 +247,8 @@ class Sim:
         if self.faults and ((src, dst) in self.blocked or self.rng.random() < self.p.loss):
             self.stats["dropped"] += 1
             return
+        if isinstance(msg, Promise) and msg.next_slot:
+            self.stats["promise_chunks"] += 1
         copies = 2 if self.faults and self.rng.random() < self.p.dup else 1
         for _ in range(copies):
             self._at(self.now + self.rng.randint(0, self.p.max_delay_ms), "deliver", (dst, msg))

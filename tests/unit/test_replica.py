@@ -7,6 +7,7 @@ import pytest
 
 from coordsvc.core.commands import Put, Request, encode_request
 from coordsvc.core.messages import (
+    ENVELOPE_BYTES,
     Accept,
     Accepted,
     CatchupRequest,
@@ -378,6 +379,87 @@ def test_a_rebuilding_replacement_catches_up_campaigns_and_regains_its_vote() ->
     net.tick(100)
     logs = [[v for _, v in net.applied[i]] for i in IDS]
     assert logs[0][-1] == logs[1][-1] == logs[2][-1] == (b"after",)
+
+
+# ------------------------------------------------------------------ phase 1 in chunks
+
+def _candidate(cfg: Config = CFG) -> tuple[Replica, Ballot]:
+    r = make("n1", cfg=cfg)
+    r.tick(10_000)
+    b = sent(drain(r), Prepare)[0].ballot
+    return r, b
+
+
+def _acceptor_with(entries: list[Entry], budget: int) -> Replica:
+    store = MemoryStore()
+    for e in entries:
+        store.entries[e.slot] = e
+    return make("n2", durable=store.load(), cfg=replace(CFG, message_budget_bytes=budget))
+
+
+def test_promise_larger_than_budget_continues_at_the_same_ballot() -> None:
+    b = Ballot(9, "n1")
+    entries = [Entry(s, Ballot(3, "n3"), (b"v" * 100,)) for s in range(1, 6)]
+    acc = _acceptor_with(entries, budget=300)
+    acc.receive(Prepare("n1", b, 1), 0)
+    first = sent(drain(acc), Promise, "n1")[0]
+    assert [e.slot for e in first.accepted] == [1, 2] and first.next_slot == 3
+    acc.receive(Prepare("n1", b, first.next_slot), 0)     # same ballot, from the next slot
+    ready = drain(acc)
+    second = sent(ready, Promise, "n1")[0]
+    assert [e.slot for e in second.accepted] == [3, 4] and second.next_slot == 5
+    assert ready.persist.promised is None                 # nothing new to make durable
+    acc.receive(Prepare("n1", b, 5), 0)
+    last = sent(drain(acc), Promise, "n1")[0]
+    assert [e.slot for e in last.accepted] == [5] and last.next_slot == 0
+    assert all(len(encode_peer(p)) <= 300 + ENVELOPE_BYTES for p in (first, second, last))
+
+
+def test_a_candidate_asks_for_the_next_chunk_and_leads_only_on_complete_promises() -> None:
+    r, b = _candidate()
+    low = Ballot(1, "n2")
+    r.receive(Promise("n2", b, 1, (Entry(1, low, (b"a",)),), 0, 0, next_slot=2), 0)
+    r.receive(Promise("n3", b, 1, (Entry(1, low, (b"a",)),), 0, 0, next_slot=2), 0)
+    ready = drain(r)
+    assert r.role is Role.CANDIDATE          # two promises, neither complete
+    assert {m.from_slot for m in sent(ready, Prepare)} == {2}
+    assert {o.dst for o in ready.messages if isinstance(o.msg, Prepare)} == {"n2", "n3"}
+    r.receive(Promise("n2", b, 2, (Entry(2, low, (b"b",)),), 0, 0), 0)
+    assert r.role is Role.CANDIDATE          # one complete promise is not a quorum
+    r.receive(Promise("n3", b, 2, (), 0, 0), 0)
+    assert r.role is Role.LEADER
+    accepts = {m.slot: m.value for m in sent(drain(r), Accept, "n2")}
+    assert accepts == {1: (b"a",), 2: (b"b",)}   # values from the later chunk are adopted
+
+
+def test_a_promise_chunk_not_asked_for_changes_nothing() -> None:
+    r, b = _candidate()
+    r.receive(Promise("n2", b, 1, (Entry(1, Ballot(1, "n2"), (b"a",)),), 0, 0, next_slot=2), 0)
+    drain(r)
+    # A chunk from elsewhere than where we asked (a stray or a duplicate of the first):
+    r.receive(Promise("n2", b, 5, (), 0, 0), 0)
+    r.receive(Promise("n2", b, 1, (Entry(1, Ballot(1, "n2"), (b"a",)),), 0, 0, next_slot=2), 0)
+    r.receive(Promise("n3", b, 1, (), 0, 0), 0)
+    assert r.role is Role.CANDIDATE and not r.promises["n2"].complete
+
+
+def test_a_promise_that_requires_catch_up_lists_nothing_and_the_candidate_catches_up_at_once() -> None:
+    acc = _acceptor_with([Entry(s, Ballot(3, "n3"), (b"v",)) for s in range(1, 400)], budget=300)
+    acc.acceptor.commit_index = 399
+    acc.receive(Prepare("n1", Ballot(9, "n1"), 1), 0)
+    p = sent(drain(acc), Promise, "n1")[0]
+    assert p.accepted == () and p.next_slot == 0 and p.snapshot_index == 399
+    r, b = _candidate()
+    r.receive(Promise("n2", b, 1, (), 399, 399), 0)        # one such promise is enough
+    assert sent(drain(r), CatchupRequest, "n2") == [CatchupRequest("n1", 1, 399)]
+
+
+def test_a_follower_that_promised_a_candidate_gives_it_an_election_timeout() -> None:
+    r = make("n1", now=0)
+    r.tick(CFG_T // 2 - 1)
+    r.receive(Prepare("n2", Ballot(5, "n2"), 1), CFG_T - 10)
+    r.tick(CFG_T + 10)                      # our own first timer would have fired by now
+    assert r.role is Role.FOLLOWER and not sent(drain(r), Prepare, "n3")
 
 
 def test_a_node_never_campaigns_with_a_round_it_could_not_store() -> None:

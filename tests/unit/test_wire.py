@@ -78,6 +78,19 @@ SNAPSHOTS = st.none() | st.builds(Snapshot, U62, st.binary(max_size=64))
 
 
 @st.composite
+def promises(draw: st.DrawFn) -> Promise:
+    src, ballot, from_slot = draw(NODES), draw(BALLOTS), draw(U62)
+    entries = draw(st.lists(ENTRIES, max_size=4).map(tuple))
+    nxt = 0
+    if entries and draw(st.booleans()):
+        nxt = draw(st.integers(max(from_slot + 1, entries[-1].slot + 1), TOP + 1))
+        nxt = min(nxt, TOP)
+        if nxt <= from_slot or nxt <= entries[-1].slot:
+            nxt = 0
+    return Promise(src, ballot, from_slot, entries, draw(U62), draw(U62), nxt)
+
+
+@st.composite
 def catchup_requests(draw: st.DrawFn) -> CatchupRequest:
     a, b = sorted((draw(SLOTS), draw(SLOTS)))
     return CatchupRequest(draw(NODES), a, b)
@@ -85,8 +98,7 @@ def catchup_requests(draw: st.DrawFn) -> CatchupRequest:
 
 MESSAGES: st.SearchStrategy[Message] = st.one_of(
     st.builds(Prepare, NODES, BALLOTS, U62),
-    st.builds(Promise, NODES, BALLOTS, U62, st.lists(ENTRIES, max_size=4).map(tuple),
-              U62, U62),
+    promises(),
     st.builds(Nack, NODES, BALLOTS, BALLOTS),
     st.builds(Accept, NODES, BALLOTS, SLOTS, VALUES, U62),
     st.builds(Accepted, NODES, BALLOTS, SLOTS),
@@ -135,6 +147,7 @@ EXAMPLES: list[Message] = [
     Prepare("n" * 64, ZERO_BALLOT, 2**62),
     Promise("n2", B, 1, (), 0, 0),
     Promise("n2", B, 5, (Entry(5, B, ()), Entry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
+    Promise("n2", B, 5, (Entry(5, B, (b"x" * MiB,)),), 4, 2, 9),
     Nack("n3", B, Ballot(9, "n9")),
     Accept("n1", B, 1, (), 0),
     Accept("n1", B, 42, (b"x" * 100,), 41),
@@ -184,8 +197,8 @@ def test_peer_tags_follow_message_types_order() -> None:
 def test_peer_payload_is_a_compact_positional_array() -> None:
     body = encode_peer(Accept("n1", B, 42, (b"x",), 41))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], 42, [b"x"], 41]
-    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"a",)),), 4, 2))
-    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2]
+    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"a",)),), 4, 2, 6))
+    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2, 6]
     body = encode_peer(CatchupReply("n1", B, ((1, (b"a",)),), None, 1))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1]
 
@@ -336,11 +349,14 @@ def test_accept_field_type_errors_are_rejected(i: int, bad: object) -> None:
 @pytest.mark.parametrize("cls,payload", [
     (Prepare, ["n1", [1, "n1"], -1]),
     (Prepare, ["n1", [1, "n1"], True]),
-    (Promise, ["n1", [1, "n1"], 0, [[0, [1, "n1"], []]], 0, 0]),     # entry slot 0
-    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"]]], 0, 0]),         # entry arity
-    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"], ["s"]]], 0, 0]),  # entry value
-    (Promise, ["n1", [1, "n1"], 0, None, 0, 0]),
-    (Promise, ["n1", [1, "n1"], 0, [], 0, -3]),
+    (Promise, ["n1", [1, "n1"], 0, [[0, [1, "n1"], []]], 0, 0, 0]),     # entry slot 0
+    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"]]], 0, 0, 0]),         # entry arity
+    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"], ["s"]]], 0, 0, 0]),  # entry value
+    (Promise, ["n1", [1, "n1"], 0, None, 0, 0, 0]),
+    (Promise, ["n1", [1, "n1"], 0, [], 0, -3, 0]),
+    (Promise, ["n1", [1, "n1"], 0, [], 0, 0, 5]),                      # more follows nothing
+    (Promise, ["n1", [1, "n1"], 3, [[4, [1, "n1"], []]], 0, 0, 3]),     # next_slot not ahead
+    (Promise, ["n1", [1, "n1"], 3, [[4, [1, "n1"], []]], 0, 0, 4]),     # listed past next_slot
     (Nack, ["n1", [1, "n1"], [1]]),
     (Accepted, ["n1", [1, "n1"], -1]),
     (Heartbeat, ["n1", [1, "n1"], 0, 0, [1, "2"]]),
@@ -521,7 +537,7 @@ def test_ballot_rounds_above_2_to_the_62_are_rejected(n: int) -> None:
         (Accept, ["n1", [n, "n1"], 1, [], 0]),
         (Heartbeat, ["n1", [n, "n1"], 0, 1, []]),
         (Nack, ["n1", [1, "n1"], [n, "n2"]]),
-        (Promise, ["n1", [1, "n1"], 1, [[1, [n, "n2"], []]], 0, 0]),
+        (Promise, ["n1", [1, "n1"], 1, [[1, [n, "n2"], []]], 0, 0, 0]),
     ]:
         with pytest.raises(WireError, match=cls.__name__):
             decode(frame(tag_of(cls), payload))
@@ -538,8 +554,8 @@ def test_slots_commit_indexes_and_heartbeat_rounds_above_2_to_the_62_are_rejecte
         (Heartbeat, ["n1", [1, "n1"], 0, n, []]),
         (HeartbeatAck, ["n1", [1, "n1"], n, 0]),
         (HeartbeatAck, ["n1", [1, "n1"], 0, n]),
-        (Promise, ["n1", [1, "n1"], 1, [], 0, n]),
-        (Promise, ["n1", [1, "n1"], 1, [[n, [1, "n1"], []]], 0, 0]),
+        (Promise, ["n1", [1, "n1"], 1, [], 0, n, 0]),
+        (Promise, ["n1", [1, "n1"], 1, [[n, [1, "n1"], []]], 0, 0, 0]),
         (CatchupRequest, ["n1", 1, n]),
         (CatchupReply, ["n1", [1, "n1"], [[n, []]], None, 0]),
         (CatchupReply, ["n1", [1, "n1"], [], None, n]),
@@ -571,7 +587,7 @@ def test_lists_in_peer_messages_are_bounded() -> None:
         decode(frame(tag_of(Accept), ["n1", [1, "n1"], 1, too_many_cmds, 0]))
     with pytest.raises(WireError, match="Promise.accepted"):
         decode(frame(tag_of(Promise), ["n1", [1, "n1"], 1,
-                                       [[1, [1, "n1"], []]] * (MAX_MESSAGE_ITEMS + 1), 0, 0]))
+                                       [[1, [1, "n1"], []]] * (MAX_MESSAGE_ITEMS + 1), 0, 0, 0]))
     with pytest.raises(WireError, match="CatchupReply.chosen"):
         decode(frame(tag_of(CatchupReply), ["n1", [1, "n1"], [[1, []]] * (MAX_MESSAGE_ITEMS + 1),
                                             None, 0]))
@@ -606,6 +622,6 @@ def test_a_full_budget_plus_the_largest_item_fits_in_one_frame() -> None:
     n = "n" * 64
     for msg in (Accept(n, Ballot(2**62, n), 2**62, biggest, 2**62),
                 Promise(n, Ballot(2**62, n), 2**62 - 1, (Entry(2**62 - 1, Ballot(2**62, n),
-                                                               biggest),), 2**62, 2**62),
+                                                               biggest),), 2**62, 2**62, 2**62),
                 CatchupReply(n, Ballot(2**62, n), ((2**62, biggest),), None, 2**62)):
         assert len(encode_peer(msg)) <= MESSAGE_BUDGET_BYTES + ENVELOPE_BYTES < MAX_FRAME_BYTES
