@@ -127,6 +127,29 @@ class _Read:
     round: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A snapshot of one replica's state for status pages, the simulator and tests."""
+
+    id: NodeId
+    role: Role
+    leader: NodeId | None
+    ballot: Ballot               # ours, once we campaigned (ZERO_BALLOT before)
+    leader_ballot: Ballot        # the ballot of the leader we follow (ours while leading)
+    promised: Ballot
+    commit_index: Slot
+    known_commit: Slot           # the highest commit index any peer told us
+    applied: Slot
+    snapshot_index: Slot
+    voting: bool                 # False while a replacement rebuilds
+    serving: bool                # leading, and everything phase 1 recovered is chosen
+    pending_commands: int
+    pending_bytes: int
+    inflight_slots: int
+    inflight_bytes: int
+    rounds_exhausted: bool       # someone promised round 2**62: we cannot campaign
+
+
 @dataclass(slots=True)
 class _Promises:
     """One acceptor's promise of our ballot, gathered chunk by chunk."""
@@ -419,6 +442,22 @@ class Replica:
     @property
     def promised(self) -> Ballot:
         return self.acceptor.promised
+
+    @property
+    def serving(self) -> bool:
+        """Leading, and everything phase 1 recovered is chosen: safe to answer clients."""
+        return self.role is Role.LEADER and self.acceptor.commit_index >= self.recovered_through
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(
+            id=self.id, role=self.role, leader=self.leader, ballot=self.ballot,
+            leader_ballot=self.leader_ballot, promised=self.acceptor.promised,
+            commit_index=self.acceptor.commit_index, known_commit=self.known_commit,
+            applied=self.applied, snapshot_index=self.acceptor.snapshot.index,
+            voting=not self.rebuilding, serving=self.serving,
+            pending_commands=len(self.pending), pending_bytes=self.pending_bytes,
+            inflight_slots=len(self.inflight), inflight_bytes=self.inflight_bytes,
+            rounds_exhausted=self.rounds_exhausted)
 
     # ------------------------------------------------------------------ helpers
 

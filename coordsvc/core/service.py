@@ -202,8 +202,7 @@ class Service:
         return self.replica.role is Role.LEADER
 
     def _serving(self) -> bool:
-        r = self.replica
-        return r.role is Role.LEADER and r.commit_index >= r.recovered_through
+        return self.replica.serving
 
     def _op_write(self, route: Route, rid: object, req: dict[str, Any]) -> None:
         raw = _field(req, "req", bytes)
@@ -513,7 +512,7 @@ class Service:
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
-        r, m = self.replica, self.machine
+        r, m = self.replica.status(), self.machine
         contact = None
         if r.role is Role.LEADER:
             contact = 0
@@ -524,11 +523,11 @@ class Service:
         return {
             **extra,
             "id": self.id, "address": self.addresses.get(self.id), "reachable": True,
-            "role": r.role.value, "leader": r.leader, "voting": not r.rebuilding, "ballot": max(r.promised, r.leader_ballot).as_list(),
+            "role": r.role.value, "leader": r.leader, "voting": r.voting, "ballot": max(r.promised, r.leader_ballot).as_list(),
             "commit_index": r.commit_index, "applied_index": r.applied,
             "uptime_s": round((self.now_ms - self.started_ms) / 1000, 1),
             "sessions": m.session_count, "locks_held": m.locks_held, "keys": m.key_count,
             "revision": m.revision, "last_leader_contact_ms": contact,
-            "bad_frames": bad_frames, "snapshot_index": r.acceptor.snapshot.index,
+            "bad_frames": bad_frames, "snapshot_index": r.snapshot_index,
             "pending_writes": len(self._writes), "parked_watches": len(self._watches),
         }

@@ -232,7 +232,7 @@ class Sim:
         self._send_all(nid, ready.messages)
         node.saving = False
         r.advance()
-        if node.applied - r.acceptor.snapshot.index >= self.p.snapshot_every and node.applied > 0:
+        if node.applied - r.status().snapshot_index >= self.p.snapshot_every and node.applied > 0:
             r.compact(Snapshot(node.applied, f"{node.applied}:{node.chain}".encode()))
         self._pump(nid)
 
@@ -314,8 +314,11 @@ class Sim:
         best = None
         for nid in self.ids:
             r = self.nodes[nid].replica
-            if r is not None and r.role is Role.LEADER and (best is None or r.ballot > best[0]):
-                best = (r.ballot, nid)
+            if r is None:
+                continue
+            st = r.status()
+            if st.role is Role.LEADER and (best is None or st.ballot > best[0]):
+                best = (st.ballot, nid)
         return best[1] if best else None
 
     def _propose(self) -> None:
@@ -426,7 +429,7 @@ class Sim:
     def _converged(self) -> bool:
         top = max(self.chosen, default=0)
         # A replaced node must also have earned its vote back.
-        return all(n.replica is not None and n.applied >= top and not n.replica.rebuilding
+        return all(n.replica is not None and n.applied >= top and n.replica.status().voting
                    for n in self.nodes.values())
 
     def _ev_tick(self, data: Any) -> None:

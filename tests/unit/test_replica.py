@@ -1,7 +1,7 @@
 """One test per rule of the multi-Paxos replica, named after the rule."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 
@@ -18,7 +18,7 @@ from coordsvc.core.messages import (
     Promise,
     value_bytes,
 )
-from coordsvc.core.replica import Replica, Role
+from coordsvc.core.replica import Replica, ReplicaStatus, Role
 from coordsvc.core.types import (
     MAX_COMMAND_BYTES,
     MAX_ROUND,
@@ -467,7 +467,7 @@ def test_a_node_never_campaigns_with_a_round_it_could_not_store() -> None:
     r.tick(10_000)
     ready = drain(r)
     assert not sent(ready, Prepare) and ready.persist.high_water_round is None
-    assert r.role is Role.FOLLOWER and r.rounds_exhausted
+    assert r.role is Role.FOLLOWER and r.status().rounds_exhausted
     with pytest.raises(ProtocolError):
         Ballot(MAX_ROUND, "n2").next_for("n1")
 
@@ -523,7 +523,7 @@ def test_a_command_larger_than_any_accept_could_carry_is_refused_as_misuse() -> 
     r, _ = _leader_with(CFG)
     with pytest.raises(UsageError):
         r.propose(b"x" * (MAX_COMMAND_BYTES + 1))
-    assert len(r.pending) == 0
+    assert r.status().pending_commands == 0
 
 
 def test_propose_refuses_once_the_pending_bytes_bound_is_reached() -> None:
@@ -532,7 +532,7 @@ def test_propose_refuses_once_the_pending_bytes_bound_is_reached() -> None:
     drain(r)                                  # the one slot in flight holds it
     assert r.propose(b"b" * 600) and r.propose(b"c" * 400)
     assert not r.propose(b"d")                # 1000 bytes queued: past the bound
-    assert r.pending_bytes == 1000
+    assert r.status().pending_bytes == 1000
     assert not sent(drain(r), Accept)         # nothing more fits in flight either
 
 
@@ -541,11 +541,11 @@ def test_no_new_slot_opens_while_the_values_in_flight_exceed_the_bytes_bound() -
     for _ in range(6):
         r.propose(b"v" * 1000)
     slots = [m.slot for m in sent(drain(r), Accept, "n2")]
-    assert len(slots) == 3 and r.inflight_bytes >= 3000
+    assert len(slots) == 3 and r.status().inflight_bytes >= 3000
     for n in ("n1", "n2"):
         r.receive(Accepted(n, b, slots[0]), 10_001)   # one slot chosen frees room for one more
     assert len(sent(drain(r), Accept, "n2")) == 1
-    assert len(r.pending) == 2
+    assert r.status().pending_commands == 2
 
 
 def test_config_refuses_a_batch_budget_above_the_protocol_limit() -> None:
@@ -553,3 +553,13 @@ def test_config_refuses_a_batch_budget_above_the_protocol_limit() -> None:
         Config(max_batch_bytes=MESSAGE_BUDGET_BYTES + 1)
     with pytest.raises(ValueError, match="positive"):
         Config(max_pending_bytes=0)
+
+
+def test_status_is_a_frozen_value_not_a_view_of_the_replica() -> None:
+    r, _ = _leader()
+    st = r.status()
+    assert isinstance(st, ReplicaStatus) and st.role is Role.LEADER and st.serving
+    with pytest.raises(FrozenInstanceError):
+        st.role = Role.FOLLOWER  # type: ignore[misc]
+    r.receive(Heartbeat("n3", Ballot(99, "n3"), 0, 1), 10_001)
+    assert st.role is Role.LEADER and r.status().role is Role.FOLLOWER
