@@ -1,7 +1,7 @@
 """Bytes <-> messages: versioned, size-capped msgpack bodies.
 
 A body is one version byte, one type-tag byte, then a msgpack payload. Peer messages
-(tags 1..9, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
+(tags 1..11, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
 replies and watch events are msgpack maps with str keys.
 
 Decoding is the trust boundary: whatever a peer or client sends, ``decode*`` either
@@ -10,6 +10,9 @@ so the node can drop and count a bad frame instead of crashing.
 
 Bounds checked on every decoded peer field (the limits live in ``core.types``):
 
+- every frame, of any type: at most ``MAX_FRAME_BYTES`` (4 MiB), checked before msgpack
+  sees a byte. Senders pack within ``MESSAGE_BUDGET_BYTES`` (2 MiB) plus one item and
+  send snapshots in ``SNAPSHOT_CHUNK_BYTES`` (1 MiB) chunks, so no honest frame is near it;
 - ballot rounds, slots, commit indexes, heartbeat rounds: ints in ``[0, 2**62]``
   (``MAX_ROUND``/``MAX_SLOT``), so ``x + 1`` always fits SQLite's int64; log slots >= 1;
 - node ids (``src``, a ballot's node): str of 1..64 characters (``MAX_NODE_ID_CHARS``);
@@ -18,7 +21,10 @@ Bounds checked on every decoded peer field (the limits live in ``core.types``):
 - a promise's entries and a catch-up reply's chosen entries: at most ``MAX_MESSAGE_ITEMS``
   (65,536); a heartbeat's renewed session ids: at most ``MAX_RENEWED`` (4,096) ints in
   ``[1, 2**63 - 1]``;
-- a catch-up request: ``1 <= from_slot <= to_slot <= 2**62``.
+- a catch-up request: ``1 <= from_slot <= to_slot <= 2**62``;
+- a snapshot descriptor: index in ``[1, 2**62]``, size in ``[0, 2**62]``, a 32-byte
+  sha256; a snapshot chunk: at most ``SNAPSHOT_CHUNK_BYTES`` of data lying inside the
+  snapshot; a snapshot request: offset in ``[0, 2**62]``.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from typing import Any, Final
 import msgpack  # type: ignore[import-untyped]
 
 from coordsvc.core.messages import (
+    CHECKSUM_BYTES,
     ENVELOPE_BYTES,
     MESSAGE_TYPES,
     Accept,
@@ -40,6 +47,9 @@ from coordsvc.core.messages import (
     Nack,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
 )
 from coordsvc.core.types import (
     MAX_BATCH_COMMANDS,
@@ -49,11 +59,12 @@ from coordsvc.core.types import (
     MAX_RENEWED,
     MAX_ROUND,
     MAX_SLOT,
+    MAX_SNAPSHOT_BYTES,
     MESSAGE_BUDGET_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
     Ballot,
     Entry,
     ProtocolError,
-    Snapshot,
     UsageError,
     Value,
 )
@@ -66,6 +77,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MESSAGE_BUDGET_BYTES",
     "PEER_TAGS",
+    "SNAPSHOT_CHUNK_BYTES",
     "WIRE_VERSION",
     "WireError",
     "decode",
@@ -76,15 +88,13 @@ __all__ = [
 ]
 
 WIRE_VERSION: Final = 1
-# Values are capped at 1 MiB; senders pack items within MESSAGE_BUDGET_BYTES (always at
-# least one), so one frame never needs more than one budget or one batch plus envelope:
+# No frame of any type is larger. Values are capped at 1 MiB; senders pack items within
+# MESSAGE_BUDGET_BYTES (always at least one) and send snapshots in chunks, so the largest
+# honest peer frame is one budget or one batch, plus its envelope:
 MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
-if max(MESSAGE_BUDGET_BYTES, MAX_COMMAND_BYTES + 16) + 4 * ENVELOPE_BYTES >= MAX_FRAME_BYTES:
+if max(MESSAGE_BUDGET_BYTES, MAX_COMMAND_BYTES + 16, SNAPSHOT_CHUNK_BYTES) + 4 * ENVELOPE_BYTES \
+        >= MAX_FRAME_BYTES:
     raise ImportError("wire: a budget plus its largest item no longer fits the frame cap")
-# A catch-up reply carries a whole state-machine snapshot (100,000 small keys is ~10 MiB);
-# it alone may be larger. Sending snapshots in chunks would lift this exception.
-MAX_SNAPSHOT_FRAME_BYTES: Final = 256 * 1024 * 1024
-_CATCHUP_REPLY_TAG: Final = 9
 
 CLIENT_REQUEST: Final = 32
 CLIENT_REPLY: Final = 33
@@ -127,9 +137,8 @@ def _check_frame(body: bytes) -> tuple[int, object]:
         raise UsageError(f"body must be bytes, got {type(body).__name__}")
     n = len(body)
     # Checked before msgpack ever sees the payload.
-    cap = MAX_SNAPSHOT_FRAME_BYTES if n > 1 and body[1] == _CATCHUP_REPLY_TAG else MAX_FRAME_BYTES
-    if n > cap:
-        raise WireError(f"frame too large ({n} > {cap} bytes)")
+    if n > MAX_FRAME_BYTES:
+        raise WireError(f"frame too large ({n} > {MAX_FRAME_BYTES} bytes)")
     if n < _HEADER_BYTES + 1:
         raise WireError("truncated frame")
     if body[0] != WIRE_VERSION:
@@ -170,6 +179,12 @@ def _log_slot(v: object, what: str) -> int:
     if type(v) is int and 1 <= v <= MAX_SLOT:
         return v
     raise WireError(f"{what}: want int in [1, 2**62]")
+
+
+def _size(v: object, what: str) -> int:
+    if type(v) is int and 0 <= v <= MAX_SNAPSHOT_BYTES:
+        return v
+    raise WireError(f"{what}: want int in [0, 2**62]")
 
 
 # Nearly every message carries the current leader's ballot, and building a frozen
@@ -228,12 +243,15 @@ def _chosen(v: object, what: str) -> tuple[tuple[int, Value], ...]:
     return tuple(out)
 
 
-def _snapshot(v: object, what: str) -> Snapshot | None:
-    if v is None:
-        return None
-    if type(v) is tuple and len(v) == 2 and type(v[1]) is bytes:
-        return Snapshot(_uint(v[0], what), v[1])
-    raise WireError(f"{what}: want [index, bin] or nil")
+def _snapshot_info(v: object, what: str) -> SnapshotInfo:
+    if (type(v) is tuple and len(v) == 3 and type(v[2]) is bytes
+            and len(v[2]) == CHECKSUM_BYTES):
+        return SnapshotInfo(_log_slot(v[0], what), _size(v[1], what), v[2])
+    raise WireError(f"{what}: want [index, size, sha256]")
+
+
+def _opt_snapshot_info(v: object, what: str) -> SnapshotInfo | None:
+    return None if v is None else _snapshot_info(v, what)
 
 
 _MAX_SESSION_ID = 2**63 - 1
@@ -336,16 +354,43 @@ def _dec_catchup_request(p: tuple[object, ...]) -> CatchupRequest:
                           _log_slot(p[2], "CatchupRequest.to_slot"))
 
 
+def _info(s: SnapshotInfo) -> tuple[int, int, bytes]:
+    return (s.index, s.size, s.checksum)
+
+
 def _enc_catchup_reply(m: CatchupReply) -> tuple[object, ...]:
-    snap = None if m.snapshot is None else (m.snapshot.index, m.snapshot.data)
+    snap = None if m.snapshot is None else _info(m.snapshot)
     return (m.src, _b(m.ballot), m.chosen, snap, m.commit_index)
 
 
 def _dec_catchup_reply(p: tuple[object, ...]) -> CatchupReply:
     return CatchupReply(_node(p[0], "CatchupReply.src"), _ballot(p[1], "CatchupReply.ballot"),
                         _chosen(p[2], "CatchupReply.chosen"),
-                        _snapshot(p[3], "CatchupReply.snapshot"),
+                        _opt_snapshot_info(p[3], "CatchupReply.snapshot"),
                         _uint(p[4], "CatchupReply.commit_index"))
+
+
+def _enc_snapshot_request(m: SnapshotRequest) -> tuple[object, ...]:
+    return (m.src, m.index, m.offset)
+
+
+def _dec_snapshot_request(p: tuple[object, ...]) -> SnapshotRequest:
+    return SnapshotRequest(_node(p[0], "SnapshotRequest.src"),
+                           _log_slot(p[1], "SnapshotRequest.index"),
+                           _size(p[2], "SnapshotRequest.offset"))
+
+
+def _enc_snapshot_chunk(m: SnapshotChunk) -> tuple[object, ...]:
+    return (m.src, _info(m.snapshot), m.offset, m.data)
+
+
+def _dec_snapshot_chunk(p: tuple[object, ...]) -> SnapshotChunk:
+    data = p[3]
+    if type(data) is not bytes or len(data) > SNAPSHOT_CHUNK_BYTES:
+        raise WireError(f"SnapshotChunk.data: want bin of at most {SNAPSHOT_CHUNK_BYTES} bytes")
+    return SnapshotChunk(_node(p[0], "SnapshotChunk.src"),
+                         _snapshot_info(p[1], "SnapshotChunk.snapshot"),
+                         _size(p[2], "SnapshotChunk.offset"), data)
 
 
 _Encoder = Callable[[Any], tuple[object, ...]]
@@ -362,13 +407,13 @@ _CODECS: dict[type, tuple[_Encoder, _Decoder, int]] = {
     HeartbeatAck: (_enc_heartbeat_ack, _dec_heartbeat_ack, 4),
     CatchupRequest: (_enc_catchup_request, _dec_catchup_request, 3),
     CatchupReply: (_enc_catchup_reply, _dec_catchup_reply, 5),
+    SnapshotRequest: (_enc_snapshot_request, _dec_snapshot_request, 3),
+    SnapshotChunk: (_enc_snapshot_chunk, _dec_snapshot_chunk, 4),
 }
 if set(_CODECS) != set(MESSAGE_TYPES):  # a new message class needs a codec and a tag
     raise ImportError("wire codecs out of sync with core.messages.MESSAGE_TYPES")
 
 PEER_TAGS: Final[Mapping[type, int]] = {cls: i for i, cls in enumerate(MESSAGE_TYPES, 1)}
-if PEER_TAGS[CatchupReply] != _CATCHUP_REPLY_TAG:
-    raise ImportError("wire: CatchupReply's tag moved; update _CATCHUP_REPLY_TAG")
 
 # class -> (header bytes, encoder); tag -> (class name, decoder, arity)
 _PEER_ENCODERS: dict[type, tuple[bytes, _Encoder]] = {
@@ -384,10 +429,9 @@ _CLIENT_HEADERS: dict[int, bytes] = {t: bytes((WIRE_VERSION, t)) for t in CLIENT
 
 def _finish(header: bytes, payload: bytes) -> bytes:
     body = header + payload
-    cap = MAX_SNAPSHOT_FRAME_BYTES if header[1] == _CATCHUP_REPLY_TAG else MAX_FRAME_BYTES
-    if len(body) > cap:
-        # Ours to prevent: senders chunk catch-up replies and snapshots, clients cap values.
-        raise UsageError(f"encoded frame too large ({len(body)} > {cap} bytes)")
+    if len(body) > MAX_FRAME_BYTES:
+        # Ours to prevent: senders pack by bytes and chunk snapshots, clients cap values.
+        raise UsageError(f"encoded frame too large ({len(body)} > {MAX_FRAME_BYTES} bytes)")
     return body
 
 

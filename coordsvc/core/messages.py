@@ -3,7 +3,7 @@
 Every number a message carries is range-checked here (slots, commit indexes and rounds
 in ``[0, 2**62]``), so no message the core builds or accepts can hold a value it could
 not store or increment. ``wire`` checks types and the remaining bounds (node ids, list
-lengths) before it builds one of these.
+lengths, chunk sizes) before it builds one of these.
 
 The size estimates at the end (``value_bytes`` and co.) are upper bounds of the msgpack
 encoding ``wire`` produces: senders pack items against a byte budget with them, without
@@ -17,14 +17,16 @@ from .types import (
     MAX_MESSAGE_ITEMS,
     MAX_RENEWED,
     MAX_SLOT,
+    MAX_SNAPSHOT_BYTES,
     Ballot,
     Entry,
     NodeId,
     ProtocolError,
     Slot,
-    Snapshot,
     Value,
 )
+
+CHECKSUM_BYTES = 32   # sha256 of a whole snapshot
 
 
 def _check_slot(name: str, v: object, low: int = 0) -> None:
@@ -166,17 +168,35 @@ class CatchupRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """Names one snapshot: its index, its size and the sha256 of its bytes."""
+
+    index: Slot
+    size: int
+    checksum: bytes
+
+    def __post_init__(self) -> None:
+        _check_slot("snapshot index", self.index, 1)
+        if not isinstance(self.size, int) or not 0 <= self.size <= MAX_SNAPSHOT_BYTES:
+            raise ProtocolError(f"snapshot size must be in [0, 2**62], got {self.size!r}")
+        if not isinstance(self.checksum, bytes) or len(self.checksum) != CHECKSUM_BYTES:
+            raise ProtocolError(f"snapshot checksum must be {CHECKSUM_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
 class CatchupReply:
-    """Chosen entries (and a snapshot when the requester is behind our log start).
+    """Chosen entries, or word that the requester is behind our snapshot.
 
     ``ballot`` is the sender's ballot at sending time; every value here is chosen,
-    so the receiver may record it as accepted at that ballot.
+    so the receiver may record it as accepted at that ballot. ``snapshot`` (instead
+    of entries) says the requested slots are compacted into that snapshot here:
+    fetch it with ``SnapshotRequest``.
     """
 
     src: NodeId
     ballot: Ballot
     chosen: tuple[tuple[Slot, Value], ...]
-    snapshot: Snapshot | None
+    snapshot: SnapshotInfo | None
     commit_index: Slot
 
     def __post_init__(self) -> None:
@@ -185,14 +205,50 @@ class CatchupReply:
             raise ProtocolError(f"a catch-up reply carries at most {MAX_MESSAGE_ITEMS} entries")
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """Ask for the bytes of snapshot ``index`` from ``offset`` on (one chunk)."""
+
+    src: NodeId
+    index: Slot
+    offset: int
+
+    def __post_init__(self) -> None:
+        _check_slot("index", self.index, 1)
+        if not isinstance(self.offset, int) or not 0 <= self.offset <= MAX_SNAPSHOT_BYTES:
+            raise ProtocolError(f"snapshot offset must be in [0, 2**62], got {self.offset!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """``data`` is the snapshot's bytes ``[offset, offset + len(data))``.
+
+    A chunk carries data unless it is the (empty) end of an empty snapshot, so every
+    chunk a receiver takes moves its transfer forward.
+    """
+
+    src: NodeId
+    snapshot: SnapshotInfo
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        end = self.offset + len(self.data)
+        if not isinstance(self.offset, int) or self.offset < 0 or end > self.snapshot.size:
+            raise ProtocolError("snapshot chunk lies outside the snapshot")
+        if not self.data and self.offset != self.snapshot.size:
+            raise ProtocolError("an empty snapshot chunk may only end the snapshot")
+
+
 Message = (
     Prepare | Promise | Nack | Accept | Accepted | Heartbeat | HeartbeatAck
-    | CatchupRequest | CatchupReply
+    | CatchupRequest | CatchupReply | SnapshotRequest | SnapshotChunk
 )
 
+# Wire tags follow this order (Prepare = 1): append new types, never reorder.
 MESSAGE_TYPES: tuple[type, ...] = (
     Prepare, Promise, Nack, Accept, Accepted, Heartbeat, HeartbeatAck,
-    CatchupRequest, CatchupReply,
+    CatchupRequest, CatchupReply, SnapshotRequest, SnapshotChunk,
 )
 
 

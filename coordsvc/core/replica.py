@@ -8,13 +8,14 @@ which reads are now safe. The driver must ``save(ready.persist)`` before it send
 handed out, so a reply produced while an earlier save is in flight (e.g. to a
 duplicate Prepare) can never overtake that save.
 
-**Bounded by bytes.** An Accept carries a batch of commands cut by count and by encoded
-bytes (``max_batch_bytes``), always at least one command; one command is at most
-``MAX_COMMAND_BYTES``, so no Accept exceeds the frame cap however large the values. The
-leader's queues are bounded in bytes too: past ``max_pending_bytes`` ``propose``
-refuses (the client hears ``busy``), and no new slot is opened while the values in
-flight exceed ``max_inflight_bytes``. A Promise lists entries within
-``message_budget_bytes``, in chunks:
+**Bounded by bytes.** Every message this replica builds stays within a byte budget
+(``Config``): an Accept carries a batch of commands within ``max_batch_bytes``; a Promise
+or a catch-up reply carries entries within ``message_budget_bytes``; a snapshot travels
+in chunks of ``snapshot_chunk_bytes`` (see ``transfer``). Each packs at least one item,
+and one item is at most a batch or one command (``MAX_COMMAND_BYTES``), so no message
+exceeds the frame cap. The leader's queues are bounded in bytes too: past
+``max_pending_bytes`` ``propose`` refuses, and no new slot is opened while the values in
+flight exceed ``max_inflight_bytes``.
 
 **Phase 1 in chunks.** An acceptor's Promise lists its accepted entries within the
 budget; when they do not all fit it names the first slot left out (``next_slot``) and
@@ -68,10 +69,16 @@ from .messages import (
     Outbound,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
+    chosen_bytes,
     value_bytes,
 )
+from .transfer import Fetch, Shelf, checksum
 from .types import (
     MAX_COMMAND_BYTES,
+    MAX_MESSAGE_ITEMS,
     MAX_RENEWED,
     MAX_ROUND,
     NOOP,
@@ -127,6 +134,18 @@ class _Read:
     round: int
 
 
+@dataclass(slots=True)
+class _Promises:
+    """One acceptor's promise of our ballot, gathered chunk by chunk."""
+
+    next_slot: Slot                  # the from_slot the next chunk must have
+    listed_to: Slot = 0              # the last slot the chunks so far covered with an entry
+    entries: list[Entry] = field(default_factory=list)
+    complete_through: Slot = 0       # max snapshot_index over the chunks
+    commit_index: Slot = 0
+    complete: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class ReplicaStatus:
     """A snapshot of one replica's state for status pages, the simulator and tests."""
@@ -147,19 +166,17 @@ class ReplicaStatus:
     pending_bytes: int
     inflight_slots: int
     inflight_bytes: int
+    fetch_peer: NodeId | None    # the peer a catch-up or snapshot request is in flight to
+    fetch_snapshot_index: Slot   # the snapshot being assembled (0: none)
+    fetch_snapshot_bytes: int    # ... and how much of it arrived
+    retained_snapshot_index: Slot  # a superseded snapshot kept for a transfer (0: none)
+    rejected_replies: int        # replies from a peer we did not ask, or not awaited
+    bad_snapshots: int           # assembled snapshots whose checksum did not match
     rounds_exhausted: bool       # someone promised round 2**62: we cannot campaign
 
 
-@dataclass(slots=True)
-class _Promises:
-    """One acceptor's promise of our ballot, gathered chunk by chunk."""
-
-    next_slot: Slot                  # the from_slot the next chunk must have
-    listed_to: Slot = 0              # the last slot the chunks so far covered with an entry
-    entries: list[Entry] = field(default_factory=list)
-    complete_through: Slot = 0       # max snapshot_index over the chunks
-    commit_index: Slot = 0
-    complete: bool = False
+# Resends of one catch-up or snapshot request before starting over with a fresh request.
+_FETCH_RESENDS = 5
 
 
 class Replica:
@@ -192,8 +209,6 @@ class Replica:
         self.promises: dict[NodeId, _Promises] = {}
         self.nacks: set[NodeId] = set()
         self.catchup_for_phase1 = False
-        self.catchup_peer: NodeId = node_id      # phase 1 catch-up: whom we learn from
-        self.catchup_goal: Slot = 0              # ... and up to which slot
         self.phase1_progress_ms = -10**12   # when a promise chunk was last taken
         self.phase1_renewed_ms = -10**12    # when complete acceptors were last re-asked
         # leader state
@@ -216,9 +231,15 @@ class Replica:
         self.last_ack_ms: dict[NodeId, int] = {}
         self.renewed: list[int] = []
 
-        # catch-up
+        # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
-        self.rounds_exhausted = False     # someone promised round 2**62: we cannot campaign
+        self.fetch: Fetch | None = None
+        self.catchup_peer: NodeId = node_id      # phase 1 catch-up: whom we learn from
+        self.catchup_goal: Slot = 0              # ... and up to which slot
+        self.shelf = Shelf(durable.snapshot, config.snapshot_retain_ms)
+        self.rejected_replies = 0
+        self.bad_snapshots = 0
+        self.rounds_exhausted = False
         # At boot there is no leader of ours to disrupt, and a running cluster's heartbeat
         # reaches us within a few heartbeat intervals: the first timer can be shorter.
         self.election_deadline = now_ms + self._election_timeout() // 2
@@ -270,6 +291,7 @@ class Replica:
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        self.shelf.expire(now_ms)
         if self.role is Role.LEADER:
             if self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
@@ -323,6 +345,7 @@ class Replica:
         if snapshot.index <= self.acceptor.snapshot.index:
             return
         self.acceptor.install_snapshot(snapshot, self._ready.persist)
+        self.shelf.replace(snapshot, self.now_ms)
 
     def receive(self, msg: Message, now_ms: int) -> None:
         self.now_ms = now_ms
@@ -363,6 +386,10 @@ class Replica:
             self._on_catchup_request(msg)
         elif isinstance(msg, CatchupReply):
             self._on_catchup_reply(msg)
+        elif isinstance(msg, SnapshotRequest):
+            self._on_snapshot_request(msg)
+        elif isinstance(msg, SnapshotChunk):
+            self._on_snapshot_chunk(msg)
 
     def _receive_rebuilding(self, msg: Message) -> bool:
         """Handle ``msg`` without voting; False lets the normal path take it."""
@@ -449,14 +476,22 @@ class Replica:
         return self.role is Role.LEADER and self.acceptor.commit_index >= self.recovered_through
 
     def status(self) -> ReplicaStatus:
+        f = self.fetch
+        assembling = f is not None and f.snapshot is not None
         return ReplicaStatus(
             id=self.id, role=self.role, leader=self.leader, ballot=self.ballot,
             leader_ballot=self.leader_ballot, promised=self.acceptor.promised,
             commit_index=self.acceptor.commit_index, known_commit=self.known_commit,
             applied=self.applied, snapshot_index=self.acceptor.snapshot.index,
-            voting=not self.rebuilding, serving=self.serving,
+            voting=not self.rebuilding,
+            serving=self.serving,
             pending_commands=len(self.pending), pending_bytes=self.pending_bytes,
             inflight_slots=len(self.inflight), inflight_bytes=self.inflight_bytes,
+            fetch_peer=None if f is None else f.peer,
+            fetch_snapshot_index=f.snapshot.index if f is not None and f.snapshot else 0,
+            fetch_snapshot_bytes=len(f.data) if f is not None and assembling else 0,
+            retained_snapshot_index=self.shelf.retained_index or 0,
+            rejected_replies=self.rejected_replies, bad_snapshots=self.bad_snapshots,
             rounds_exhausted=self.rounds_exhausted)
 
     # ------------------------------------------------------------------ helpers
@@ -553,7 +588,7 @@ class Replica:
     def _resend_prepares(self) -> None:
         self.catchup_sent_ms = self.now_ms
         if self.catchup_for_phase1:
-            self._request_catchup_for_phase1()
+            self._drive_fetch(self.catchup_peer, self.catchup_goal)
             return
         for m in self.members:
             p = self.promises.get(m)
@@ -603,7 +638,7 @@ class Replica:
             if not self.catchup_for_phase1:
                 self.catchup_for_phase1 = True
                 self.catchup_peer, self.catchup_goal = m.src, p.commit_index
-                self._request_catchup_for_phase1()
+                self._fetch_entries(self.catchup_peer, self.catchup_goal)
             return
         if m.next_slot:
             p.next_slot = m.next_slot           # more follows: ask for it at the same ballot
@@ -615,15 +650,10 @@ class Replica:
         if sum(1 for q in self.promises.values() if q.complete) >= self.quorum:
             self._become_leader()
 
-    def _request_catchup_for_phase1(self) -> None:
-        first = self.acceptor.commit_index + 1      # we may have learned more meanwhile
-        self._send(self.catchup_peer,
-                   CatchupRequest(self.id, first, max(first, self.catchup_goal)))
-        self.catchup_sent_ms = self.now_ms
-
     def _become_leader(self) -> None:
         self.role = Role.LEADER
         self.leader, self.leader_ballot = self.id, self.ballot
+        self.fetch = None
         best: dict[Slot, tuple[Ballot, Value]] = {}
         for p in self.promises.values():
             if not p.complete:
@@ -788,49 +818,156 @@ class Replica:
             c += 1
         self._set_commit(c)
 
-    def _maybe_request_catchup(self) -> None:
+    def _maybe_request_catchup(self, now: bool = False) -> None:
+        """A follower behind the leader's commit index keeps one request in flight to it."""
         if self.role is not Role.FOLLOWER or self.leader is None or self.leader == self.id:
             return
         if self.known_commit <= self.acceptor.commit_index:
+            self.fetch = None     # caught up (perhaps by Accepts): nothing left to fetch
             return
-        if self.now_ms - self.catchup_sent_ms < 4 * self.cfg.heartbeat_ms:
-            return
+        if now:
+            self._fetch_entries(self.leader, self.known_commit)
+        else:
+            self._drive_fetch(self.leader, self.known_commit)
+
+    def _fetch_entries(self, peer: NodeId, to_slot: Slot) -> None:
+        first = self.acceptor.commit_index + 1
+        req = CatchupRequest(self.id, first, max(first, to_slot))
+        self.fetch = Fetch(peer, req, self.now_ms)
+        self._send(peer, req)
         self.catchup_sent_ms = self.now_ms
-        self._send(self.leader, CatchupRequest(self.id, self.acceptor.commit_index + 1,
-                                               self.known_commit))
+
+    def _drive_fetch(self, peer: NodeId, to_slot: Slot) -> None:
+        """Keep a request to ``peer`` in flight: resend one left unanswered (a snapshot
+        resumes at the offset reached), and after a few silent resends start afresh."""
+        f = self.fetch
+        if f is not None and f.peer == peer:
+            if self.now_ms - f.sent_ms < 4 * self.cfg.heartbeat_ms:
+                return
+            if f.resends < _FETCH_RESENDS:
+                f.resends += 1
+                f.sent_ms = self.catchup_sent_ms = self.now_ms
+                self._send(peer, f.request)
+                return
+        self._fetch_entries(peer, to_slot)
+
+    def _fetch_done(self, progressed: bool) -> None:
+        """A catch-up reply or a whole snapshot was taken in: ask for what is still missing."""
+        self.fetch = None
+        if self.role is Role.CANDIDATE and self.catchup_for_phase1:
+            if progressed:
+                self._reset_election()
+            if progressed and self.acceptor.commit_index < self.catchup_goal:
+                self._fetch_entries(self.catchup_peer, self.catchup_goal)
+            else:
+                self._begin_prepare()  # same ballot, from our new first unchosen slot
+        elif progressed:
+            self._maybe_request_catchup(now=True)
+
+    def _expected_reply(self, src: NodeId) -> bool:
+        """Replies are taken only from the peer a request is in flight to: a forged or
+        stale catch-up reply or snapshot chunk changes nothing."""
+        return self.fetch is not None and self.fetch.peer == src
+
+    def _verify_snapshot(self, data: bytearray, info: SnapshotInfo) -> bool:
+        return len(data) == info.size and checksum(data) == info.checksum
+
+    def _label(self) -> Ballot:
+        return self.ballot if self.role is Role.LEADER else self.acceptor.promised
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         commit = self.acceptor.commit_index
         snap = self.acceptor.snapshot
-        start = m.from_slot
-        snapshot = None
-        if start <= snap.index:
-            snapshot, start = snap, snap.index + 1
-        end = min(m.to_slot, commit, start + self.cfg.catchup_batch - 1)
-        if snapshot is None and start > end:
+        if m.from_slot <= snap.index:
+            # Compacted here: name the snapshot; the requester fetches it in chunks.
+            self._send(m.src, CatchupReply(self.id, self._label(), (), self.shelf.info(), commit))
             return
-        chosen = tuple((s, self.acceptor.log[s].value) for s in range(start, end + 1))
-        label = self.ballot if self.role is Role.LEADER else self.acceptor.promised
-        self._send(m.src, CatchupReply(self.id, label, chosen, snapshot, commit))
+        end = min(m.to_slot, commit, m.from_slot + self.cfg.catchup_batch - 1)
+        if m.from_slot > end:
+            return
+        log, budget = self.acceptor.log, self.cfg.message_budget_bytes
+        chosen: list[tuple[Slot, Value]] = []
+        used = 0
+        for s in range(m.from_slot, end + 1):
+            value = log[s].value
+            cost = chosen_bytes(value)
+            if chosen and (used + cost > budget or len(chosen) >= MAX_MESSAGE_ITEMS):
+                break
+            chosen.append((s, value))
+            used += cost
+        self._send(m.src, CatchupReply(self.id, self._label(), tuple(chosen), None, commit))
 
     def _on_catchup_reply(self, m: CatchupReply) -> None:
+        if not self._expected_reply(m.src):
+            self.rejected_replies += 1
+            return
         if m.commit_index > self.known_commit:
             self.known_commit = m.commit_index
+        f = self.fetch
+        if m.snapshot is not None:
+            if f is None or m.snapshot.index <= self.acceptor.commit_index or (
+                    f.snapshot is not None and (m.snapshot == f.snapshot
+                                                or m.snapshot.index < f.snapshot.index)):
+                return    # nothing we need, or a duplicate of what we are fetching
+            # Behind the peer's snapshot: fetch it, chunk by chunk, from the start.
+            f.snapshot, f.data, f.resends = m.snapshot, bytearray(), 0
+            self._request_chunk(f)
+            return
+        if f is not None and f.snapshot is not None:
+            return        # a straggler from before the snapshot transfer began
         persist = self._ready.persist
-        if m.snapshot is not None and m.snapshot.index > self.acceptor.commit_index:
-            self.acceptor.install_snapshot(m.snapshot, persist)
-            self.applied = m.snapshot.index
-            self._ready.install = m.snapshot
-            self._ready.committed.clear()
-        c = self.acceptor.commit_index
+        before = c = self.acceptor.commit_index
         for slot, value in m.chosen:
             if slot == c + 1:
                 self.acceptor.learn_chosen(slot, m.ballot, value, persist)
                 c = slot
         self._set_commit(c)
-        self.catchup_sent_ms = -10**12  # ask for the next batch straight away
-        if self.role is Role.CANDIDATE and self.catchup_for_phase1:
-            self._begin_prepare()  # same ballot, from our new first unchosen slot
+        self._fetch_done(progressed=c > before)
+
+    def _request_chunk(self, f: Fetch) -> None:
+        f.request = f.next_chunk(self.id)
+        f.sent_ms = self.catchup_sent_ms = self.now_ms
+        self._send(f.peer, f.request)
+
+    def _on_snapshot_request(self, m: SnapshotRequest) -> None:
+        got = self.shelf.chunk(m.index, m.offset, self.cfg.snapshot_chunk_bytes, self.now_ms)
+        if got is not None:
+            info, offset, data = got
+            self._send(m.src, SnapshotChunk(self.id, info, offset, data))
+        elif self.acceptor.snapshot.index > 0:
+            # No longer kept here: name the current snapshot so the requester moves to it.
+            self._send(m.src, CatchupReply(self.id, self._label(), (), self.shelf.info(),
+                                           self.acceptor.commit_index))
+
+    def _on_snapshot_chunk(self, m: SnapshotChunk) -> None:
+        f = self.fetch
+        if (not self._expected_reply(m.src) or f is None or f.snapshot != m.snapshot
+                or m.offset != len(f.data)):
+            self.rejected_replies += 1
+            return
+        f.data += m.data
+        f.resends = 0
+        if self.role is Role.CANDIDATE:
+            self._reset_election()    # a long transfer is progress, not a dead election
+        if len(f.data) < m.snapshot.size:
+            self._request_chunk(f)
+            return
+        if not self._verify_snapshot(f.data, m.snapshot):
+            # Damaged on the way (or a sender's bug): nothing is installed; start again.
+            self.bad_snapshots += 1
+            f.data = bytearray()
+            self._request_chunk(f)
+            return
+        installed = m.snapshot.index > self.acceptor.commit_index
+        if installed:
+            snap = Snapshot(m.snapshot.index, bytes(f.data))
+            self.fetch = None
+            self.acceptor.install_snapshot(snap, self._ready.persist)
+            self.shelf.replace(snap, self.now_ms)
+            self.applied = snap.index
+            self._ready.install = snap
+            self._ready.committed.clear()
+        self._fetch_done(progressed=installed)
 
     def _collect_committed(self) -> None:
         if self.boot_snapshot is not None:

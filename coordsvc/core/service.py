@@ -530,4 +530,5 @@ class Service:
             "revision": m.revision, "last_leader_contact_ms": contact,
             "bad_frames": bad_frames, "snapshot_index": r.snapshot_index,
             "pending_writes": len(self._writes), "parked_watches": len(self._watches),
+            "rejected_replies": r.rejected_replies,
         }

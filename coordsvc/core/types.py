@@ -31,6 +31,7 @@ MiB = 1024 * 1024
 # budget, always taking at least one item; so a message is at most
 # max(budget, one item) + envelope, below wire.MAX_FRAME_BYTES (4 MiB).
 MESSAGE_BUDGET_BYTES = 2 * MiB
+SNAPSHOT_CHUNK_BYTES = 1 * MiB
 # One replicated command (an encoded commands.Request) is at most a key (512 B) plus a
 # value (1 MiB) plus its framing (client id <= 64 chars, ints, a fence): 8 KiB covers
 # the framing many times over (tests/unit/test_wire.py holds the bound).
@@ -40,6 +41,8 @@ MAX_COMMAND_BYTES = 1 * MiB + 8 * 1024
 MAX_BATCH_COMMANDS = 65_536
 MAX_MESSAGE_ITEMS = 65_536
 MAX_RENEWED = 4_096
+# A snapshot is transferred in chunks; its total size is a 64-bit offset space.
+MAX_SNAPSHOT_BYTES = 2**62
 
 
 class ProtocolError(Exception):
@@ -122,6 +125,8 @@ class Config:
     max_pending_bytes: int = 64 * MiB   # ... and their bytes; past either, propose refuses
     catchup_batch: int = 256            # entries per catch-up reply
     message_budget_bytes: int = MESSAGE_BUDGET_BYTES  # entries per Promise / catch-up reply
+    snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES  # one SnapshotChunk's data
+    snapshot_retain_ms: int = 10_000    # keep a superseded snapshot this long after its last chunk
     snapshot_every: int = 10_000        # applied entries between snapshots
 
     def __post_init__(self) -> None:
@@ -131,6 +136,7 @@ class Config:
                 raise ValueError(f"Config.{f.name} must be a positive int, got {v!r}")
         caps = {"max_batch_bytes": MESSAGE_BUDGET_BYTES,
                 "message_budget_bytes": MESSAGE_BUDGET_BYTES,
+                "snapshot_chunk_bytes": SNAPSHOT_CHUNK_BYTES,
                 "max_batch_commands": MAX_BATCH_COMMANDS,
                 "catchup_batch": MAX_MESSAGE_ITEMS}
         for name, cap in caps.items():

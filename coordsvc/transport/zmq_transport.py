@@ -30,6 +30,9 @@ EVENT_TOPIC_PREFIX = b"k"
 PEER_HWM = 10_000
 CLIENT_HWM = 50_000
 MAX_ROUTER_FRAMES = 4
+# ZeroMQ drops a connection that sends a larger message; frames above the wire cap but
+# below this still reach the decoder, which counts (and may answer) them.
+MAX_ROUTER_MESSAGE_BYTES = 2 * wire.MAX_FRAME_BYTES
 _LOOPBACK_SOURCE = re.compile(r"^127\.\d+\.\d+\.\d+$")
 
 
@@ -84,7 +87,7 @@ class Transport:
         self.ctx = zmq.Context()
         self.counters = Counters()
         self.router = self._socket(zmq.ROUTER, sndhwm=CLIENT_HWM, rcvhwm=CLIENT_HWM)
-        self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SNAPSHOT_FRAME_BYTES)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_ROUTER_MESSAGE_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable reply -> error, not silence
         self.pub = self._socket(zmq.XPUB, sndhwm=CLIENT_HWM)
         self.pub.setsockopt(zmq.MAXMSGSIZE, 1024)   # subscription frames are topics

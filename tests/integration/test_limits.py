@@ -11,12 +11,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 
 from coordsvc import Client
 from coordsvc.core.commands import MAX_VALUE_BYTES
-from coordsvc.core.messages import Accept, Heartbeat
+from coordsvc.core.messages import (
+    Accept,
+    CatchupReply,
+    CatchupRequest,
+    Heartbeat,
+    Prepare,
+    Promise,
+    SnapshotChunk,
+)
+from coordsvc.wire import PEER_TAGS, WIRE_VERSION
 
 from .harness import LocalCluster
 
@@ -105,6 +115,153 @@ def test_eight_clients_writing_1_mib_values_at_once_take_no_node_down(
     for n in c.ids:
         st = c.probe.status(n)
         assert st is not None and st["oversize_sends"] == 0, st
+
+
+def _snapshot_catch_up(tmp_path: Path, state_mib: int) -> None:
+    # Snapshots every 48 entries: at most one or two of the big state during the load.
+    c = LocalCluster(tmp_path, snapshot_every=48)
+    c.start()
+    try:
+        leader = c.leader()
+        lagger = next(n for n in c.ids if n != leader)
+        c.kill(lagger)
+        acked: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def load(i: int, n: int) -> None:
+            with Client(c.endpoints, timeout=60.0) as cl:
+                for j in range(n):
+                    key, tag = f"bulk/{i}/{j:05d}", i * 100_000 + j
+                    cl.put(key, _value(tag))
+                    with lock:
+                        acked[key] = tag
+
+        threads = [threading.Thread(target=load, args=(i, state_mib // 4)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert len(acked) == 4 * (state_mib // 4)
+        st = c.probe.status(c.leader())
+        assert st is not None and st["snapshot_index"] > 0
+        print(f"state {state_mib} MiB, leader snapshot at {st['snapshot_index']}")
+
+        stop = threading.Event()
+        live: dict[str, int] = {}
+
+        def keep_writing() -> None:     # writes continue while the follower catches up
+            with Client(c.endpoints, timeout=60.0) as cl:
+                j = 0
+                while not stop.is_set():
+                    key, tag = f"live/{j:05d}", 10**9 + j
+                    cl.put(key, _value(tag))
+                    with lock:
+                        live[key] = tag
+                    j += 1
+
+        w = threading.Thread(target=keep_writing)
+        w.start()
+        t0 = time.monotonic()
+        c.start(lagger)
+        try:
+            _wait(f"{lagger} to take the snapshot and catch up",
+                  lambda: (s := c.probe.status(lagger)) is not None and s["snapshot_index"] > 0
+                  and _caught_up(c, [lagger], slack=8), 60 + state_mib // 4)
+            print(f"{lagger} caught up in {time.monotonic() - t0:.1f}s; "
+                  f"{len(live)} writes meanwhile")
+        finally:
+            stop.set()
+            w.join(120)
+        assert live, "no write completed while the follower caught up"
+        _all_up(c)
+        _wait("the follower to apply the last writes", lambda: _caught_up(c, [lagger]), 30)
+        _readable_everywhere(c, {**acked, **live}, [lagger])
+    finally:
+        c.close()
+
+
+def test_a_follower_catches_up_a_64_mib_state_by_snapshot_while_writes_continue(
+        tmp_path: Path) -> None:
+    _snapshot_catch_up(tmp_path, 72)
+
+
+@pytest.mark.long
+def test_a_follower_catches_up_a_1_gib_state_by_snapshot_while_writes_continue(
+        tmp_path: Path) -> None:
+    _snapshot_catch_up(tmp_path, 1024)
+
+
+# --- forged peer traffic -------------------------------------------------------------
+
+def _frame(cls: type, payload: list[object]) -> bytes:
+    return bytes((WIRE_VERSION, PEER_TAGS[cls])) + msgpack.packb(payload, use_bin_type=True)
+
+
+def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
+        big_cluster: LocalCluster) -> None:
+    c = big_cluster
+    leader = c.leader()
+    with Client(c.endpoints, timeout=10.0) as cl:
+        cl.put("before", b"1")
+    follower = next(n for n in c.ids if n != leader)
+    _wait("the follower to apply the write", lambda: _caught_up(c, [follower]), 10)
+    before = {n: c.probe.status(n) for n in c.ids}
+    huge = [2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1]
+    out_of_range = []
+    for n in huge:
+        out_of_range += [
+            _frame(Prepare, [leader, [n, leader], 1]),
+            _frame(Accept, [leader, [n, leader], 1, [b"x"], 0]),
+            _frame(Accept, [leader, [1, leader], n, [b"x"], 0]),
+            _frame(Accept, [leader, [1, leader], 1, [b"x"], n]),
+            _frame(Heartbeat, [leader, [n, leader], 0, 1, []]),
+            _frame(Heartbeat, [leader, [1, leader], n, 1, []]),
+            _frame(Promise, [leader, [n, follower], 1, [], 0, 0, 0]),
+            _frame(CatchupRequest, [leader, 1, n]),
+            _frame(CatchupReply, [leader, [1, leader], [[n, [b"x"]]], None, n]),
+        ]
+    commit = before[follower]["commit_index"]           # type: ignore[index]
+    forged_value = b"forged"
+    in_range_but_forged = [
+        # A stale ballot (below anything promised) at the largest slot: a Nack, no entry.
+        _frame(Accept, [leader, [0, leader], 2**62, [forged_value], 0]),
+        # Chosen values and a snapshot nobody asked this follower for.
+        _frame(CatchupReply, [leader, [1, leader], [[commit + 1, [forged_value]]], None,
+                              commit + 1]),
+        _frame(SnapshotChunk, [leader, [commit + 5, 7, hashlib.sha256(b"garbage").digest()],
+                               0, b"garbage"]),
+    ]
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 5000)       # close() delivers everything
+        s.connect(c.cluster.node(follower).address)
+        for body in out_of_range + in_range_but_forged:
+            s.send(body)
+        s.close()
+    finally:
+        ctx.term()
+    _wait("the frames to be counted",
+          lambda: (st := c.probe.status(follower)) is not None
+          and st["bad_frames"] >= before[follower]["bad_frames"] + len(out_of_range)  # type: ignore[index]
+          and st["rejected_replies"] >= before[follower]["rejected_replies"] + 2, 10)  # type: ignore[index]
+    _all_up(c)
+    after = c.probe.status(follower)
+    assert after is not None
+    assert after["ballot"] == before[follower]["ballot"]          # type: ignore[index]
+    assert after["leader"] == leader
+    r = c.probe.call(follower, "get", key="before", stale=True)
+    assert r and r["kv"][1] == b"1"
+    with Client(c.endpoints, timeout=10.0) as cl:
+        cl.put("after", b"2")                 # the cluster still makes progress ...
+        assert cl.get("before").value == b"1"  # type: ignore[union-attr]
+    _wait("the follower to apply it", lambda: _caught_up(c, [follower]), 10)
+    # ... and nothing forged was ever stored: a restart reloads a sound data directory.
+    assert c.stop(follower) == 0
+    c.start(follower)
+    _wait("the restarted follower to rejoin", lambda: _caught_up(c, [follower]), 20)
+    r = c.probe.call(follower, "get", key="after", stale=True)
+    assert r and r["kv"][1] == b"2"
 
 
 # --- the last line of defence: an oversize encode drops one message, not the node ----

@@ -1,6 +1,7 @@
 """One test per rule of the multi-Paxos replica, named after the rule."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError, replace
 
 import pytest
@@ -10,20 +11,28 @@ from coordsvc.core.messages import (
     ENVELOPE_BYTES,
     Accept,
     Accepted,
+    CatchupReply,
     CatchupRequest,
     Heartbeat,
     HeartbeatAck,
+    Message,
     Nack,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
+    chosen_bytes,
     value_bytes,
 )
-from coordsvc.core.replica import Replica, ReplicaStatus, Role
+from coordsvc.core.replica import Ready, Replica, ReplicaStatus, Role
+from coordsvc.core.transfer import checksum
 from coordsvc.core.types import (
     MAX_COMMAND_BYTES,
     MAX_ROUND,
     MESSAGE_BUDGET_BYTES,
     NOOP,
+    SNAPSHOT_CHUNK_BYTES,
     Ballot,
     Config,
     Durable,
@@ -31,6 +40,7 @@ from coordsvc.core.types import (
     MiB,
     ProtocolError,
     SafetyViolation,
+    Snapshot,
     UsageError,
 )
 from coordsvc.storage.memory import MemoryStore
@@ -551,8 +561,169 @@ def test_no_new_slot_opens_while_the_values_in_flight_exceed_the_bytes_bound() -
 def test_config_refuses_a_batch_budget_above_the_protocol_limit() -> None:
     with pytest.raises(ValueError, match="max_batch_bytes"):
         Config(max_batch_bytes=MESSAGE_BUDGET_BYTES + 1)
+    with pytest.raises(ValueError, match="snapshot_chunk_bytes"):
+        Config(snapshot_chunk_bytes=SNAPSHOT_CHUNK_BYTES + 1)
     with pytest.raises(ValueError, match="positive"):
         Config(max_pending_bytes=0)
+
+
+# ------------------------------------------------------------------ catch-up and snapshots
+
+def test_a_catchup_reply_is_cut_by_bytes() -> None:
+    store = MemoryStore()
+    for s in range(1, 11):
+        store.entries[s] = Entry(s, Ballot(1, "n1"), (b"v" * 100,))
+    store.commit_index = 10
+    r = make("n1", durable=store.load(), cfg=replace(CFG, message_budget_bytes=400))
+    r.receive(CatchupRequest("n2", 1, 10), 0)
+    reply = sent(drain(r), CatchupReply, "n2")[0]
+    assert [s for s, _ in reply.chosen] == [1, 2, 3]      # 3 * 126 <= 400 < 4 * 126
+    assert sum(chosen_bytes(v) for _, v in reply.chosen) <= 400
+
+
+def _behind_follower() -> Replica:
+    r = make("n1")
+    r.receive(Heartbeat("n2", B2, 7, 1), 0)       # the leader n2 has committed 7
+    assert sent(drain(r), CatchupRequest, "n2") == [CatchupRequest("n1", 1, 7)]
+    return r
+
+
+def test_a_catchup_reply_from_a_peer_not_asked_changes_nothing() -> None:
+    r = _behind_follower()
+    r.receive(CatchupReply("n3", B2, ((1, (b"forged",)),), None, 1), 0)
+    ready = drain(r)
+    assert not ready.persist.entries and not ready.committed and r.commit_index == 0
+    assert r.status().rejected_replies == 1
+    r.receive(CatchupReply("n2", B2, ((1, (b"real",)),), None, 7), 0)
+    assert [v for _, v in drain(r).committed] == [(b"real",)]
+
+
+def test_a_catchup_reply_without_a_request_in_flight_changes_nothing() -> None:
+    r = make("n1")
+    r.receive(CatchupReply("n2", B2, ((1, (b"x",)),), None, 1), 0)
+    assert not drain(r).persist.entries and r.status().rejected_replies == 1
+
+
+SNAP = b"".join(b"%06d" % i for i in range(100))   # 600 bytes of "state"
+
+
+def _snapshot_net(chunk: int = 64) -> tuple[Net, Replica, Replica]:
+    """n1 leads with a snapshot at 5 (and entries 6..7); n3 is a blank follower behind it."""
+    cfg = replace(CFG, snapshot_chunk_bytes=chunk)
+    store = MemoryStore()
+    store.snapshot = Snapshot(5, SNAP)
+    store.commit_index = 7
+    store.promised = Ballot(4, "n1")
+    for s in (6, 7):
+        store.entries[s] = Entry(s, Ballot(4, "n1"), (b"e%d" % s,))
+    leader = make("n1", durable=store.load(), cfg=cfg)
+    follower = make("n3", cfg=cfg)
+    return Net(), leader, follower
+
+
+def _shuttle(a: Replica, b: Replica, rounds: int = 100,
+             tamper: Callable[[Message], Message | None] | None = None) -> list[Message]:
+    """Deliver everything between a and b until quiet; return what was delivered."""
+    seen: list[Message] = []
+    for _ in range(rounds):
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            if not src.has_ready():
+                continue
+            for o in drain(src).messages:
+                if o.dst != dst.id:
+                    continue
+                msg = tamper(o.msg) if tamper is not None else o.msg
+                if msg is not None:
+                    seen.append(msg)
+                    dst.receive(msg, 0)
+                    moved = True
+        if not moved:
+            return seen
+    return seen
+
+
+def test_a_follower_behind_the_snapshot_fetches_it_in_chunks_and_installs_it() -> None:
+    _, leader, follower = _snapshot_net(chunk=64)
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 1), 0)
+    installs: list[Snapshot] = []
+    orig = follower.ready
+
+    def spy() -> Ready:
+        ready = orig()
+        if ready.install is not None:
+            installs.append(ready.install)
+        return ready
+
+    follower.ready = spy  # type: ignore[method-assign]
+    seen = _shuttle(follower, leader)
+    chunks = [m for m in seen if isinstance(m, SnapshotChunk)]
+    assert len(chunks) == 10 and all(len(c.data) <= 64 for c in chunks)
+    assert installs == [Snapshot(5, SNAP)]
+    assert follower.commit_index == 7 and follower.status().fetch_peer is None
+
+
+def test_a_snapshot_transfer_resumes_from_its_offset_after_a_drop() -> None:
+    _, leader, follower = _snapshot_net(chunk=64)
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 1), 0)
+    dropped: list[int] = []
+
+    def drop_third_chunk(m: Message) -> Message | None:
+        if isinstance(m, SnapshotChunk) and m.offset == 128 and not dropped:
+            dropped.append(m.offset)
+            return None
+        return m
+
+    _shuttle(follower, leader, tamper=drop_third_chunk)
+    st = follower.status()
+    assert st.fetch_snapshot_bytes == 128 and follower.commit_index == 0
+    # The leader is alive (its heartbeat comes) and our request went unanswered for
+    # longer than the resend interval: ask again, from the offset we reached.
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 2), 1_000)
+    req = sent(drain(follower), SnapshotRequest, "n1")
+    assert req == [SnapshotRequest("n3", 5, 128)]
+    leader.receive(req[0], 10_000)
+    _shuttle(follower, leader)
+    assert follower.commit_index == 7
+
+
+def test_a_damaged_snapshot_is_never_installed() -> None:
+    _, leader, follower = _snapshot_net(chunk=64)
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 1), 0)
+    damaged: list[int] = []
+
+    def flip_once(m: Message) -> Message | None:
+        if isinstance(m, SnapshotChunk) and m.offset == 64 and not damaged:
+            damaged.append(1)
+            return SnapshotChunk(m.src, m.snapshot, m.offset, b"X" + m.data[1:])
+        return m
+
+    installs: list[Snapshot] = []
+    orig = follower.ready
+
+    def spy() -> Ready:
+        ready = orig()
+        if ready.install is not None:
+            installs.append(ready.install)
+        return ready
+
+    follower.ready = spy  # type: ignore[method-assign]
+    _shuttle(follower, leader, tamper=flip_once)
+    assert follower.status().bad_snapshots == 1
+    assert installs == [Snapshot(5, SNAP)]        # the good copy, fetched again from 0
+
+
+def test_a_snapshot_chunk_from_a_peer_not_asked_changes_nothing() -> None:
+    _, leader, follower = _snapshot_net(chunk=1000)
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 1), 0)
+    _shuttle(follower, leader, tamper=lambda m: None if isinstance(m, SnapshotChunk) else m)
+    st = follower.status()
+    assert st.fetch_snapshot_index == 5 and st.fetch_peer == "n1"
+    bogus = b"Z" * len(SNAP)
+    info = SnapshotInfo(5, len(bogus), checksum(bogus))
+    follower.receive(SnapshotChunk("n2", info, 0, bogus), 0)
+    assert follower.status().rejected_replies == 1 and follower.commit_index == 0
+    assert drain(follower).install is None
 
 
 def test_status_is_a_frozen_value_not_a_view_of_the_replica() -> None:

@@ -21,6 +21,9 @@ from coordsvc.core.messages import (
     Nack,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
     chosen_bytes,
     entry_bytes,
     value_bytes,
@@ -30,11 +33,11 @@ from coordsvc.core.types import (
     MAX_MESSAGE_ITEMS,
     MAX_RENEWED,
     MESSAGE_BUDGET_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
     ZERO_BALLOT,
     Ballot,
     Entry,
     ProtocolError,
-    Snapshot,
     UsageError,
 )
 from coordsvc.wire import (
@@ -74,7 +77,7 @@ NODES = st.text(min_size=1, max_size=64)
 BALLOTS = st.builds(Ballot, st.integers(1, TOP), NODES) | st.just(ZERO_BALLOT)
 VALUES = st.lists(st.binary(max_size=64), max_size=5).map(tuple)
 ENTRIES = st.builds(Entry, SLOTS, BALLOTS, VALUES)
-SNAPSHOTS = st.none() | st.builds(Snapshot, U62, st.binary(max_size=64))
+INFOS = st.builds(SnapshotInfo, SLOTS, st.integers(0, TOP), st.binary(min_size=32, max_size=32))
 
 
 @st.composite
@@ -96,6 +99,17 @@ def catchup_requests(draw: st.DrawFn) -> CatchupRequest:
     return CatchupRequest(draw(NODES), a, b)
 
 
+@st.composite
+def snapshot_chunks(draw: st.DrawFn) -> SnapshotChunk:
+    data = draw(st.binary(max_size=64))
+    offset = draw(st.integers(0, TOP - len(data)))
+    size = draw(st.integers(offset + len(data), TOP))
+    if not data:
+        size = offset
+    info = SnapshotInfo(draw(SLOTS), size, draw(st.binary(min_size=32, max_size=32)))
+    return SnapshotChunk(draw(NODES), info, offset, data)
+
+
 MESSAGES: st.SearchStrategy[Message] = st.one_of(
     st.builds(Prepare, NODES, BALLOTS, U62),
     promises(),
@@ -107,7 +121,10 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
     st.builds(HeartbeatAck, NODES, BALLOTS, U62, U62),
     catchup_requests(),
     st.builds(CatchupReply, NODES, BALLOTS,
-              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple), SNAPSHOTS, U62),
+              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple),
+              st.none() | INFOS, U62),
+    st.builds(SnapshotRequest, NODES, SLOTS, U62),
+    snapshot_chunks(),
 )
 
 # Arbitrary msgpack-able trees, biased towards the shapes the decoders look for.
@@ -142,6 +159,9 @@ def assert_valid_or_wire_error(body: bytes) -> None:
 
 # --- round trips ---------------------------------------------------------------------
 
+SUM = bytes(range(32))
+INFO = SnapshotInfo(8, 3 * MiB, SUM)
+
 EXAMPLES: list[Message] = [
     Prepare("n1", B, 0),
     Prepare("n" * 64, ZERO_BALLOT, 2**62),
@@ -160,8 +180,14 @@ EXAMPLES: list[Message] = [
     CatchupRequest("n3", 1, 256),
     CatchupRequest("n3", 2**62, 2**62),
     CatchupReply("n1", B, (), None, 0),
-    CatchupReply("n1", B, ((1, ()), (2, (b"a",))), Snapshot(0, b""), 2),
-    CatchupReply("n1", B, ((9, (b"z" * MiB,)),), Snapshot(8, b"s" * (2 * MiB)), 9),
+    CatchupReply("n1", B, ((1, ()), (2, (b"a",))), None, 2),
+    CatchupReply("n1", B, ((9, (b"z" * MiB,)),), None, 9),
+    CatchupReply("n1", B, (), INFO, 9),
+    SnapshotRequest("n2", 8, 0),
+    SnapshotRequest("n2", 8, 2 * MiB),
+    SnapshotChunk("n1", INFO, 0, b"s" * SNAPSHOT_CHUNK_BYTES),
+    SnapshotChunk("n1", INFO, 3 * MiB - 5, b"tail!"),
+    SnapshotChunk("n1", SnapshotInfo(4, 0, SUM), 0, b""),
 ]
 
 
@@ -189,8 +215,10 @@ def test_any_valid_message_round_trips(msg: Message) -> None:
 
 
 def test_peer_tags_follow_message_types_order() -> None:
-    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 10))
+    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 12))
     assert PEER_TAGS[Prepare] == 1 and PEER_TAGS[CatchupReply] == 9
+    # New messages are appended, never renumbered.
+    assert PEER_TAGS[SnapshotRequest] == 10 and PEER_TAGS[SnapshotChunk] == 11
     assert (CLIENT_REQUEST, CLIENT_REPLY, EVENT) == (32, 33, 34)
 
 
@@ -201,6 +229,12 @@ def test_peer_payload_is_a_compact_positional_array() -> None:
     assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2, 6]
     body = encode_peer(CatchupReply("n1", B, ((1, (b"a",)),), None, 1))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1]
+    body = encode_peer(CatchupReply("n1", B, (), INFO, 9))
+    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [], [8, 3 * MiB, SUM], 9]
+    body = encode_peer(SnapshotRequest("n2", 8, 1024))
+    assert msgpack.unpackb(body[2:]) == ["n2", 8, 1024]
+    body = encode_peer(SnapshotChunk("n1", INFO, 1024, b"abc"))
+    assert msgpack.unpackb(body[2:]) == ["n1", [8, 3 * MiB, SUM], 1024, b"abc"]
 
 
 @pytest.mark.parametrize("tag", [CLIENT_REQUEST, CLIENT_REPLY, EVENT])
@@ -231,7 +265,7 @@ def test_wrong_version_is_rejected() -> None:
             decode(bytes((v,)) + good[1:])
 
 
-@pytest.mark.parametrize("tag", [0, 10, 31, 35, 255])
+@pytest.mark.parametrize("tag", [0, 12, 31, 35, 255])
 def test_unknown_tag_is_rejected(tag: int) -> None:
     with pytest.raises(WireError, match="tag"):
         decode(frame(tag, ["n1", [1, "n1"], 1]))
@@ -373,9 +407,20 @@ def test_accept_field_type_errors_are_rejected(i: int, bad: object) -> None:
     (CatchupReply, ["n1", [1, "n1"], [[1, [1]]], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [5], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [], [1], 0]),
-    (CatchupReply, ["n1", [1, "n1"], [], [1, "data"], 0]),
-    (CatchupReply, ["n1", [1, "n1"], [], [-1, b""], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, 5, "sum"], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, 5, b"short"], 0]),          # not a sha256
+    (CatchupReply, ["n1", [1, "n1"], [], [0, 5, bytes(32)], 0]),         # index 0
+    (CatchupReply, ["n1", [1, "n1"], [], [1, -5, bytes(32)], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, b"old snapshot bytes"], 0]),  # the old format
     (CatchupReply, ["n1", [1, "n1"], [], False, 0]),
+    (SnapshotRequest, ["n1", 0, 0]),
+    (SnapshotRequest, ["n1", 1, -1]),
+    (SnapshotRequest, ["n1", 1, 2**62 + 1]),
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], 8, b"abc"]),              # past the end
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], 2, b""]),                 # empty mid-way
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], 0, "abc"]),
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], -1, b"a"]),
+    (SnapshotChunk, ["n1", None, 0, b"a"]),
 ])
 def test_field_type_errors_are_rejected_for_every_message(cls: type, payload: object) -> None:
     with pytest.raises(WireError, match=cls.__name__):
@@ -515,14 +560,15 @@ def test_bytes_like_bodies_decode_and_non_bytes_is_a_usage_error() -> None:
         decode("not bytes")  # type: ignore[arg-type]
 
 
-def test_only_catchup_replies_may_exceed_the_frame_cap() -> None:
-    from coordsvc.core.messages import CatchupReply
-    from coordsvc.core.types import Snapshot
-    big = Snapshot(10, b"s" * (MAX_FRAME_BYTES + 1))
-    body = encode_peer(CatchupReply("n1", B, (), big, 10))
-    assert decode_peer(body) == CatchupReply("n1", B, (), big, 10)
-    with pytest.raises(UsageError):
-        encode_peer(Accept("n1", B, 1, (b"x" * (MAX_FRAME_BYTES + 1),), 0))
+def test_no_frame_of_any_type_may_exceed_the_frame_cap() -> None:
+    big = frame(tag_of(CatchupReply), ["n1", [1, "n1"], [[1, [b"s" * MAX_FRAME_BYTES]]], None, 1])
+    with pytest.raises(WireError, match="too large"):
+        decode(big)
+    for msg in (CatchupReply("n1", B, ((1, (b"x" * (MAX_FRAME_BYTES + 1),)),), None, 1),
+                Promise("n1", B, 1, (Entry(1, B, (b"x" * MAX_FRAME_BYTES,)),), 0, 0)):
+        with pytest.raises(UsageError, match="too large"):
+            encode_peer(msg)
+    assert not hasattr(wire, "MAX_SNAPSHOT_FRAME_BYTES")
 
 
 # --- range checks: the bounds documented in wire's docstring -------------------------
@@ -559,6 +605,7 @@ def test_slots_commit_indexes_and_heartbeat_rounds_above_2_to_the_62_are_rejecte
         (CatchupRequest, ["n1", 1, n]),
         (CatchupReply, ["n1", [1, "n1"], [[n, []]], None, 0]),
         (CatchupReply, ["n1", [1, "n1"], [], None, n]),
+        (SnapshotRequest, ["n1", n, 0]),
     ]:
         with pytest.raises(WireError, match=cls.__name__):
             decode(frame(tag_of(cls), payload))
@@ -598,6 +645,14 @@ def test_lists_in_peer_messages_are_bounded() -> None:
             decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [sid]]))
 
 
+def test_a_snapshot_chunk_carries_at_most_one_chunk_of_data() -> None:
+    info = [1, 4 * SNAPSHOT_CHUNK_BYTES, bytes(32)]
+    ok = frame(tag_of(SnapshotChunk), ["n1", info, 0, b"x" * SNAPSHOT_CHUNK_BYTES])
+    assert isinstance(decode_peer(ok), SnapshotChunk)
+    with pytest.raises(WireError, match="SnapshotChunk.data"):
+        decode(frame(tag_of(SnapshotChunk), ["n1", info, 0, b"x" * (SNAPSHOT_CHUNK_BYTES + 1)]))
+
+
 # --- size estimates: senders pack with them, so they must bound the real encoding -----
 
 @settings(max_examples=200)
@@ -613,6 +668,27 @@ def test_size_estimates_bound_the_encoded_sizes(slot: int, ballot: Ballot,
     assert packed([slot, list(value)]) <= chosen_bytes(value)
 
 
+def test_the_largest_command_a_client_can_send_fits_max_command_bytes() -> None:
+    from coordsvc.core.commands import (
+        MAX_CLIENT_ID_CHARS,
+        MAX_INT,
+        MAX_KEY_BYTES,
+        MAX_VALUE_BYTES,
+        Fence,
+        Put,
+        Request,
+        encode_request,
+        validate,
+        validate_request,
+    )
+    from coordsvc.core.types import MAX_COMMAND_BYTES
+    key = "\U0010ffff" * (MAX_KEY_BYTES // 4)          # 512 bytes of 4-byte characters
+    cmd = Put(key, b"v" * MAX_VALUE_BYTES, MAX_INT, Fence(key, MAX_INT))
+    req = Request("\U0010ffff" * MAX_CLIENT_ID_CHARS, MAX_INT, MAX_INT, cmd)
+    assert validate(cmd) is None and validate_request(req) is None
+    assert len(encode_request(req)) <= MAX_COMMAND_BYTES
+
+
 def test_a_full_budget_plus_the_largest_item_fits_in_one_frame() -> None:
     from coordsvc.core.commands import MAX_KEY_BYTES, MAX_VALUE_BYTES
     from coordsvc.core.messages import ENVELOPE_BYTES
@@ -623,5 +699,7 @@ def test_a_full_budget_plus_the_largest_item_fits_in_one_frame() -> None:
     for msg in (Accept(n, Ballot(2**62, n), 2**62, biggest, 2**62),
                 Promise(n, Ballot(2**62, n), 2**62 - 1, (Entry(2**62 - 1, Ballot(2**62, n),
                                                                biggest),), 2**62, 2**62, 2**62),
-                CatchupReply(n, Ballot(2**62, n), ((2**62, biggest),), None, 2**62)):
+                CatchupReply(n, Ballot(2**62, n), ((2**62, biggest),), INFO, 2**62)):
         assert len(encode_peer(msg)) <= MESSAGE_BUDGET_BYTES + ENVELOPE_BYTES < MAX_FRAME_BYTES
+    chunk = SnapshotChunk(n, SnapshotInfo(2**62, 2**62, SUM), 0, b"s" * SNAPSHOT_CHUNK_BYTES)
+    assert len(encode_peer(chunk)) <= SNAPSHOT_CHUNK_BYTES + ENVELOPE_BYTES
