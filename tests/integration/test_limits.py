@@ -6,6 +6,9 @@ Real node processes on loopback, real SQLite files. Every value is at the docume
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import zmq
 
 from coordsvc import Client
 from coordsvc.core.commands import MAX_VALUE_BYTES
+from coordsvc.core.machine import Machine
 from coordsvc.core.messages import (
     Accept,
     CatchupReply,
@@ -262,6 +266,73 @@ def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
     _wait("the restarted follower to rejoin", lambda: _caught_up(c, [follower]), 20)
     r = c.probe.call(follower, "get", key="after", stale=True)
     assert r and r["kv"][1] == b"2"
+
+
+# --- bad data directories ------------------------------------------------------------
+
+def _serve(cluster_file: Path, node: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "coordsvc.runtime", "--cluster", str(cluster_file),
+                           "--node", node], capture_output=True, text=True, timeout=60)
+
+
+def _refused_before_serving(p: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert p.returncode != 0
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr and "bug" not in p.stderr and "serving at" not in p.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def _tamper(db: Path, sql: str, *args: object) -> None:
+    import sqlite3
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(sql, args)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def test_a_corrupt_acceptor_row_is_refused_in_one_line_before_serving(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path)
+    _tamper(c.cluster.nodes[0].data_dir / "node.db",
+            "UPDATE acceptor SET promised_round = ?, promised_node = 'n2' WHERE id = 0", 2**63 - 1)
+    _refused_before_serving(_serve(c.file, "n1"), "corrupt", "promised ballot round")
+    c.close()
+
+
+def test_a_corrupt_snapshot_is_refused_in_one_line_before_serving(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path)
+    good = Machine().snapshot()
+    _tamper(c.cluster.nodes[0].data_dir / "node.db",
+            "UPDATE snapshot SET idx = 5, data = ? WHERE id = 0", good[: len(good) // 2])
+    _refused_before_serving(_serve(c.file, "n1"), "corrupt", "snapshot at index 5")
+    c.close()
+
+
+def test_a_read_only_node_db_is_refused_in_one_line_before_serving(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path)
+    db = c.cluster.nodes[0].data_dir / "node.db"
+    # Tests run as root, which ignores mode bits; the immutable attribute binds root too.
+    r = subprocess.run(["chattr", "+i", str(db)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"chattr +i unavailable here: {r.stderr.strip()}")
+    try:
+        if os.access(db, os.W_OK) and _writable(db):
+            pytest.skip("chattr +i did not make node.db read-only on this filesystem")
+        _refused_before_serving(_serve(c.file, "n1"), "not writable")
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=False)
+        c.close()
+
+
+def _writable(path: Path) -> bool:
+    try:
+        with path.open("r+b"):
+            return True
+    except OSError:
+        return False
 
 
 # --- the last line of defence: an oversize encode drops one message, not the node ----
