@@ -113,7 +113,10 @@ def _tuning(path: Path, raw: object) -> Config:
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw.values()):
         raise ClusterFileError(
             f"cluster file {path}: [tuning] takes positive integers for {', '.join(sorted(known))}")
-    return Config(**raw)
+    try:
+        return Config(**raw)
+    except ValueError as e:   # e.g. a byte budget above the protocol's limit
+        raise ClusterFileError(f"cluster file {path}: [tuning]: {e}") from None
 
 
 def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,

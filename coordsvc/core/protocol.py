@@ -47,7 +47,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from .commands import Request, decode_request, encode_request
-from .types import ProtocolError
+from .types import MAX_COMMAND_BYTES, ProtocolError
 
 __all__ = [
     "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES",
@@ -332,6 +332,8 @@ class NodeStatus:
     snapshot_index: int
     pending_writes: int
     parked_watches: int
+    rejected_replies: int = 0     # catch-up replies/chunks from a peer not asked (dropped)
+    rounds_exhausted: bool = False   # someone promised round 2**62: this node cannot campaign
     extra: Mapping[str, object] = field(default_factory=dict)
 
     _INTS: ClassVar[tuple[str, ...]] = (
@@ -348,7 +350,8 @@ class NodeStatus:
             "keys": self.keys, "revision": self.revision,
             "last_leader_contact_ms": self.last_leader_contact_ms, "bad_frames": self.bad_frames,
             "snapshot_index": self.snapshot_index, "pending_writes": self.pending_writes,
-            "parked_watches": self.parked_watches,
+            "parked_watches": self.parked_watches, "rejected_replies": self.rejected_replies,
+            "rounds_exhausted": self.rounds_exhausted,
         }
 
     @classmethod
@@ -367,11 +370,13 @@ class NodeStatus:
         if type(uptime) not in (int, float) or not math.isfinite(uptime):
             raise SchemaError("field 'uptime_s' must be a number")
         ints = {f: _int(m, f) for f in cls._INTS}
+        ints["rejected_replies"] = _int(m, "rejected_replies", 0)
         named = {f for f in _STATUS_FIELDS}
         return cls(
             id=_str(m, "id"), address=address, role=role, leader=leader, voting=_bool(m, "voting"),
             ballot=(ballot[0], ballot[1]), uptime_s=float(uptime),
             last_leader_contact_ms=_opt_int(m.get("last_leader_contact_ms"), "last_leader_contact_ms"),
+            rounds_exhausted=_bool(m, "rounds_exhausted", False),
             extra={k: v for k, v in m.items() if k not in named}, **ints)
 
 
@@ -404,6 +409,8 @@ class WriteRequest:
         if type(raw) is not bytes:
             _get(m, "req", _MISSING)   # missing or nil: say which
             raise SchemaError("field 'req' must be bytes")
+        if len(raw) > MAX_COMMAND_BYTES:    # a key and a 1 MiB value fit with room to spare
+            raise SchemaError(f"write request of {len(raw)} bytes exceeds {MAX_COMMAND_BYTES}")
         try:
             request = decode_request(raw)
         except ProtocolError as e:

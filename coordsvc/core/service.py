@@ -145,8 +145,7 @@ class Service:
 
     def serving(self) -> bool:
         """Leading, and everything the previous leaders committed is applied here."""
-        r = self.replica
-        return r.role is Role.LEADER and r.commit_index >= r.recovered_through
+        return self.replica.serving
 
     def not_leader(self, route: Route, rid: object) -> None:
         leader = self.replica.leader if self.replica.leader != self.id else None
@@ -252,7 +251,7 @@ class Service:
     # ------------------------------------------------------------------ status
 
     def node_status(self) -> NodeStatus:
-        r, m = self.replica, self.machine
+        r, m = self.replica.status(), self.machine
         contact = None
         if r.role is Role.LEADER:
             contact = 0
@@ -263,13 +262,14 @@ class Service:
         ballot = max(r.promised, r.leader_ballot)
         return NodeStatus(
             id=self.id, address=self.addresses.get(self.id), role=r.role.value, leader=r.leader,
-            voting=not r.rebuilding, ballot=(ballot.round, ballot.node),
+            voting=r.voting, ballot=(ballot.round, ballot.node),
             commit_index=r.commit_index, applied_index=r.applied,
             uptime_s=round((self.now_ms - self.started_ms) / 1000, 1),
             sessions=m.session_count, locks_held=m.locks_held, keys=m.key_count,
             revision=m.revision, last_leader_contact_ms=contact, bad_frames=bad_frames,
-            snapshot_index=r.acceptor.snapshot.index, pending_writes=len(self.writes),
-            parked_watches=len(self.parking.watches), extra=extra)
+            snapshot_index=r.snapshot_index, pending_writes=len(self.writes),
+            parked_watches=len(self.parking.watches), rejected_replies=r.rejected_replies,
+            rounds_exhausted=r.rounds_exhausted, extra=extra)
 
     def status(self) -> dict[str, Any]:
         """This node's entry of ``coordctl status --json``, plus extras."""

@@ -83,7 +83,8 @@ class Node:
         return {"db_bytes": self.store.db_bytes(),
                 "fsync_p99_ms": round(self.store.save_p99_ms(), 3),
                 "bad_frames": self.transport.counters.bad_frames,
-                "dropped_sends": self.transport.counters.dropped_sends}
+                "dropped_sends": self.transport.counters.dropped_sends,
+                "oversize_sends": self.transport.counters.oversize_sends}
 
     def close(self) -> None:
         self.transport.close()

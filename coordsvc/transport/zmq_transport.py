@@ -10,6 +10,7 @@ counted and dropped. Nothing a peer or client sends can stop the node.
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +22,17 @@ from .. import wire
 from ..clusterfile import Cluster
 from ..core.messages import Heartbeat, Message, Outbound
 from ..core.protocol import Change
+from ..core.types import UsageError
 
+log = logging.getLogger("coordsvc.transport")
 HEARTBEAT_TOPIC = b"\x01hb"
 EVENT_TOPIC_PREFIX = b"k"
 PEER_HWM = 10_000
 CLIENT_HWM = 50_000
 MAX_ROUTER_FRAMES = 4
+# ZeroMQ drops a connection that sends a larger message; frames above the wire cap but
+# below this still reach the decoder, which counts (and may answer) them.
+MAX_ROUTER_MESSAGE_BYTES = 2 * wire.MAX_FRAME_BYTES
 _LOOPBACK_SOURCE = re.compile(r"^127\.\d+\.\d+\.\d+$")
 
 
@@ -38,6 +44,7 @@ class TransportError(Exception):
 class Counters:
     bad_frames: int = 0
     dropped_sends: int = 0
+    oversize_sends: int = 0     # a message that failed to encode within the frame cap
     peer_in: int = 0
     client_in: int = 0
 
@@ -80,7 +87,7 @@ class Transport:
         self.ctx = zmq.Context()
         self.counters = Counters()
         self.router = self._socket(zmq.ROUTER, sndhwm=CLIENT_HWM, rcvhwm=CLIENT_HWM)
-        self.router.setsockopt(zmq.MAXMSGSIZE, wire.MAX_SNAPSHOT_FRAME_BYTES)
+        self.router.setsockopt(zmq.MAXMSGSIZE, MAX_ROUTER_MESSAGE_BYTES)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable reply -> error, not silence
         self.pub = self._socket(zmq.XPUB, sndhwm=CLIENT_HWM)
         self.pub.setsockopt(zmq.MAXMSGSIZE, 1024)   # subscription frames are topics
@@ -207,7 +214,13 @@ class Transport:
             heartbeat = isinstance(o.msg, Heartbeat)
             frame = encoded.get(id(o.msg))
             if frame is None:
-                frame = encoded[id(o.msg)] = wire.encode_peer(o.msg)
+                try:
+                    frame = encoded[id(o.msg)] = wire.encode_peer(o.msg)
+                except UsageError as e:
+                    # Impossible by construction (senders pack by bytes); should it happen,
+                    # losing one message is survivable, and stopping the node is not needed.
+                    self._oversize(f"dropped {type(o.msg).__name__} to {o.dst}: {e}")
+                    continue
             elif heartbeat:
                 continue      # already published
             if heartbeat:
@@ -218,7 +231,19 @@ class Transport:
                 self._nb(d, None, frame)
 
     def reply(self, route: Any, payload: dict[str, Any]) -> None:
-        self._nb(self.router, route, wire.encode_client(wire.CLIENT_REPLY, payload))
+        try:
+            body = wire.encode_client(wire.CLIENT_REPLY, payload)
+        except UsageError as e:
+            self._oversize(f"dropped a reply to request {payload.get('id')!r}: {e}")
+            body = wire.encode_client(wire.CLIENT_REPLY, {
+                "id": payload.get("id") if type(payload.get("id")) is int else None,
+                "ok": False, "error": "internal",
+                "message": "the reply did not fit in one frame and was dropped"})
+        self._nb(self.router, route, body)
+
+    def _oversize(self, what: str) -> None:
+        self.counters.oversize_sends += 1
+        log.error("%s (oversize sends so far: %d)", what, self.counters.oversize_sends)
 
     def publish(self, events: list[Change]) -> None:
         if not self.event_topics:
