@@ -26,6 +26,7 @@ from .commands import (
     decode_request,
     encode_request,
 )
+from .identity import ADMIN, INSECURE, Identities
 from .machine import KV, Compacted, Event, Machine, Result
 from .messages import Message, Outbound
 from .protocol import MAX_WAIT_MS, MAX_WATCH_BATCH, MAX_WATCH_PREFIXES, OPS
@@ -61,6 +62,7 @@ class Counters:
     reads: int = 0
     applied_commands: int = 0
     snapshots: int = 0
+    rejected_peer: int = 0    # peer messages whose src is not the connection's principal
 
 
 def kv_wire(kv: KV) -> list[object]:
@@ -89,9 +91,11 @@ def _field(req: dict[str, Any], name: str, kind: type, default: Any = None) -> A
 class Service:
     def __init__(self, node_id: NodeId, addresses: dict[NodeId, str], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 external_leadership: bool = False) -> None:
+                 external_leadership: bool = False, identities: Identities = INSECURE) -> None:
         self.id = node_id
         self.addresses = dict(addresses)
+        # Keys and principals (core/identity.py); the runtime may swap in new member keys.
+        self.identities = identities
         self.cfg = config
         self.replica = Replica(node_id, sorted(addresses), durable, rng, now_ms, config,
                                external_leadership)
@@ -125,8 +129,19 @@ class Service:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_peer(self, msg: Message, now_ms: int) -> None:
+    def principal_for_key(self, public_z85: str) -> str | None:
+        """The principal a CURVE public key authenticates as (the transport's ZAP handler
+        asks), or None: members' keys, the bootstrap admin key, later the ACL table."""
+        return self.identities.principal_for_key(public_z85)
+
+    def on_peer(self, msg: Message, now_ms: int, principal: str | None = None) -> None:
+        """A peer message that arrived over a connection authenticated as ``principal``
+        (None: insecure cluster). A message whose ``src`` is not that principal is dropped
+        and counted: only node X's own key may speak for X."""
         self.now_ms = now_ms
+        if not self.identities.peer_may_send(principal, msg.src):
+            self.counters.rejected_peer += 1
+            return
         self.replica.receive(msg, now_ms)
         if self.replica.leader is not None and msg.src == self.replica.leader:
             self.last_leader_contact_ms = now_ms
@@ -152,7 +167,10 @@ class Service:
             due = min(due, p.deadline_ms)
         return due
 
-    def on_client(self, route: Route, req: Any, now_ms: int) -> None:
+    def on_client(self, route: Route, req: Any, now_ms: int, principal: str = ADMIN) -> None:
+        """A client request from ``principal`` (``"admin"`` in an insecure cluster). Rights
+        per principal arrive with the ACL stream (issue 12b); today every key the cluster
+        knows may call every op."""
         self.now_ms = now_ms
         rid = req.get("id") if isinstance(req, dict) else None
         try:
@@ -189,7 +207,8 @@ class Service:
         leader = self.replica.leader if self.replica.leader != self.id else None
         self.replies.append((route, {
             "id": rid, "ok": False, "error": "not_leader", "message": f"{self.id} is not the leader",
-            "leader": leader, "leader_address": self.addresses.get(leader) if leader else None}))
+            "leader": leader, "leader_address": self.addresses.get(leader) if leader else None,
+            "leader_public_key": self.identities.public_key(leader)}))
 
     def _error(self, route: Route, rid: object, error: str, message: str, **extra: Any) -> None:
         self.replies.append((route, {"id": rid, "ok": False, "error": error, "message": message,
@@ -529,4 +548,7 @@ class Service:
             "revision": m.revision, "last_leader_contact_ms": contact,
             "bad_frames": bad_frames, "snapshot_index": r.acceptor.snapshot.index,
             "pending_writes": len(self._writes), "parked_watches": len(self._watches),
+            "security": "curve" if self.identities.secure else "insecure",
+            "public_key": self.identities.public_key(self.id),
+            "rejected_peer": self.counters.rejected_peer,
         }
