@@ -190,8 +190,10 @@ def read_node_key(path: Path, node_id: str, expect_public: str | None = None) ->
                            "creates it; a replaced node gets one from `coordctl node replace`)")
     raw = _read_private(path, f"key file of node {node_id}")
     node = raw.get("node")
-    if not isinstance(node, dict) or node.get("id") != node_id:
-        raise KeyFileError(f"key file {path} is not the key of node {node_id}")
+    if not isinstance(node, dict) or not isinstance(node.get("id"), str):
+        raise KeyFileError(f"key file {path} has no [node] table with an id")
+    if node["id"] != node_id:
+        raise KeyFileError(f"key file {path} is the key of node {node['id']}, not {node_id}")
     pair = _pair(node, f"key file {path}")
     if expect_public is not None and pair.public != expect_public:
         raise KeyFileError(f"key file {path} does not match the public key of {node_id} in the "

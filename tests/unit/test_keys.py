@@ -157,7 +157,7 @@ def test_a_node_key_must_match_the_cluster_file(tmp_path: Path) -> None:
     keys.write_node_key(tmp_path / "node.key", "n1", pair)
     with pytest.raises(KeyFileError, match="does not match"):
         keys.read_node_key(tmp_path / "node.key", "n1", KeyPair.generate().public)
-    with pytest.raises(KeyFileError, match="not the key of node n2"):
+    with pytest.raises(KeyFileError, match="key of node n1, not n2"):
         keys.read_node_key(tmp_path / "node.key", "n2")
 
 
