@@ -23,10 +23,11 @@ from typing import Any
 import typer
 
 from coordsvc.clusterfile import ClusterFileError
+from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
 from . import cluster_cmd, config_cmd, lock_cmd
-from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -60,6 +61,8 @@ _HINTS = {
     "Compacted": "start from a newer revision, or omit --from-revision",
     "InvalidRequest": "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0",
     "Unavailable": "check that a majority of nodes is running: `coordctl status`",
+    "PermissionDenied": "use a key this cluster knows: --key FILE, $COORD_KEY, or admin.key "
+                        "beside the cluster file",
 }
 
 
@@ -70,7 +73,7 @@ def _coord_error_table() -> list[tuple[type[BaseException], int]]:
         return [(c.CompareFailed, EXIT_REFUSED), (c.LockTimeout, EXIT_REFUSED),
                 (c.FenceRejected, EXIT_REFUSED), (c.Compacted, EXIT_REFUSED),
                 (c.InvalidRequest, EXIT_USAGE), (c.Unavailable, EXIT_UNAVAILABLE),
-                (c.CoordError, EXIT_REFUSED)]
+                (c.PermissionDenied, EXIT_REFUSED), (c.CoordError, EXIT_REFUSED)]
     except (ImportError, AttributeError):
         return []
 
@@ -85,7 +88,7 @@ def exit_code_for(exc: BaseException) -> tuple[int, str, str | None]:
         return EXIT_USAGE, exc.format_message(), f"see `{where} --help`"
     if isinstance(exc, ClickException):
         return exc.exit_code, exc.format_message(), None
-    if isinstance(exc, ClusterFileError):
+    if isinstance(exc, (ClusterFileError, KeyFileError)):
         return EXIT_USAGE, str(exc), None
     if isinstance(exc, DataDirError):
         return EXIT_REFUSED, str(exc), None
@@ -191,7 +194,7 @@ def _watch(fetch: Callable[[], dict[str, Any]], json: bool) -> None:
 @app.command("status")
 def status(
     watch: bool = typer.Option(False, "--watch", help="Refresh every second until Ctrl-C."),
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Show every node: role, leader, ballot, commit/applied index, lag, db size, ...
@@ -205,7 +208,7 @@ def status(
 
     Example: coordctl status --watch --cluster .coord/cluster.toml
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         if watch:
             try:
                 _watch(c.status, json)

@@ -18,7 +18,7 @@ from coordsvc.core.commands import Command, Delete, Fence, Put, Request, encode_
 from coordsvc.core.machine import Result
 from coordsvc.core.types import ProtocolError
 
-from . import _status
+from . import _credentials, _status
 from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
@@ -44,10 +44,14 @@ class Client:
     ``clusterfile.Cluster``; None finds the cluster as the CLI does (``$COORD_CLUSTER``,
     ``$COORD_ENDPOINTS``, ``./.coord/cluster.toml``). ``timeout`` bounds each call's
     retries: past it the call raises ``Unavailable`` (the outcome of a write is unknown).
+
+    ``key`` is a client key file (CONTRACT §7); without it the client uses ``$COORD_KEY``,
+    else the ``admin.key`` beside the cluster file. A key the cluster rejects makes calls
+    fail at once with ``PermissionDenied``.
     """
 
     def __init__(self, endpoints: Sequence[str] | clusterfile.Cluster | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, key: str | os.PathLike[str] | None = None) -> None:
         found: Sequence[str] | clusterfile.Cluster = (
             clusterfile.find() if endpoints is None else endpoints)
         self._cluster: clusterfile.Cluster | None = None
@@ -66,7 +70,7 @@ class Client:
         self._timeout = float(timeout)
         #: Identifies this client's writes for exactly-once retries (random per Client).
         self.client_id = secrets.token_hex(8)
-        self._transport = Transport()
+        self._transport = Transport(_credentials.resolve(self._cluster, key))
         self._seq_mu = threading.Lock()
         self._seq = 0
         self._inflight: set[int] = set()
@@ -80,8 +84,11 @@ class Client:
         self._closed = False
 
     @classmethod
-    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> Client:
-        return cls(clusterfile.load(Path(path)), timeout=timeout)
+    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0,
+                          key: str | os.PathLike[str] | None = None) -> Client:
+        """A client of the cluster in ``path``, with the admin key beside it unless ``key``
+        or ``$COORD_KEY`` names another."""
+        return cls(clusterfile.load(Path(path)), timeout=timeout, key=key)
 
     @property
     def endpoints(self) -> builtins.list[str]:
@@ -188,7 +195,7 @@ class Client:
             members = [(None, ep) for ep in self._endpoints]
             name = None
         return _status.collect(self._transport.context, members, name,
-                               min(ATTEMPT_S, self._timeout))
+                               min(ATTEMPT_S, self._timeout), self._transport.credentials)
 
     def close(self) -> None:
         """Give up held locks (best effort), close every socket. Idempotent."""
@@ -302,6 +309,7 @@ class Client:
                 if self._leader == ep:
                     self._leader = None
                 addr = reply.get("leader_address")
+                self._transport.learn_key(addr, reply.get("leader_public_key"))
                 if isinstance(addr, str) and addr and addr != ep and redirects < len(self._endpoints):
                     redirects += 1
                     ep = addr

@@ -9,37 +9,54 @@ import zmq
 
 from coordsvc import wire
 
-from ._transport import Socket, frames_to_reply, new_dealer
+from ._credentials import Credentials
+from ._transport import Conn, Socket, frames_to_reply, handshake_error, new_dealer
 
 __all__ = ["NODE_FIELDS", "collect", "summarize"]
 
 # CONTRACT section 5 fields, then the extras nodes report; all null when unreachable.
 NODE_FIELDS = ("id", "address", "reachable", "role", "leader", "ballot", "commit_index",
                "applied_index", "lag", "db_bytes", "uptime_s", "sessions", "locks_held", "keys",
-               "revision", "bad_frames", "fsync_p99_ms", "last_leader_contact_ms")
+               "revision", "bad_frames", "fsync_p99_ms", "last_leader_contact_ms", "security",
+               "rejected_peer", "rejected_keys")
 
 
 def collect(ctx: zmq.Context[Socket], members: Sequence[tuple[str | None, str]],
-            cluster_name: str | None, timeout_s: float) -> dict[str, Any]:
-    """Query ``members`` ((id or None, address)) in parallel, one poller, no threads."""
+            cluster_name: str | None, timeout_s: float,
+            credentials: Credentials | None = None) -> dict[str, Any]:
+    """Query ``members`` ((id or None, address)) in parallel, one poller, no threads.
+
+    A node that refuses the client's key raises PermissionDenied at once: status needs
+    a key the cluster knows, like every other call."""
     deadline = time.monotonic() + timeout_s
-    socks: list[Socket] = []
+    conns: list[Conn] = []
     replies: list[dict[str, Any] | None] = [None] * len(members)
     try:
         for _, address in members:
-            socks.append(new_dealer(ctx, address))
+            conns.append(new_dealer(ctx, address, credentials))
+        socks = [c.sock for c in conns]
         ids = list(range(1, len(members) + 1))
         unsent = set(range(len(members)))
         waiting: set[int] = set()
         poller = zmq.Poller()
         for s in socks:
             poller.register(s, zmq.POLLOUT)
+        monitors = {c.monitor: c for c in conns if c.monitor is not None}
+        for m in monitors:
+            poller.register(m, zmq.POLLIN)
         index = {s: i for i, s in enumerate(socks)}
         while unsent or waiting:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             for s, ev in poller.poll(max(1, int(left * 1000))):
+                if s in monitors:
+                    conn = monitors[s]
+                    err = handshake_error(s.recv_multipart(zmq.NOBLOCK), conn.endpoint,
+                                          credentials)
+                    if err is not None:
+                        raise err
+                    continue
                 i = index[s]
                 if ev & zmq.POLLIN and i in waiting:
                     reply = frames_to_reply(socks[i].recv_multipart(zmq.NOBLOCK))
@@ -55,8 +72,8 @@ def collect(ctx: zmq.Context[Socket], members: Sequence[tuple[str | None, str]],
                     waiting.add(i)
                     poller.modify(s, zmq.POLLIN)
     finally:
-        for s in socks:
-            s.close(linger=0)
+        for c in conns:
+            c.close()
     return summarize(members, replies, cluster_name)
 
 
@@ -101,6 +118,9 @@ def summarize(members: Sequence[tuple[str | None, str]],
             "commit_index": _max_int(n.get("commit_index") for n in source),
             "revision": _max_int(n.get("revision") for n in source),
             "can_lose": max(0, healthy - quorum_size),
+            # What the nodes say ("curve" or "insecure"); None when none answered.
+            "security": next((n["security"] for n in up if isinstance(n.get("security"), str)),
+                             None),
         },
         "nodes": nodes,
     }

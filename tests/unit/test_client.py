@@ -653,7 +653,8 @@ def test_status_marks_an_unreachable_member_with_null_fields(nodes: Callable[...
     with Client(cluster, timeout=0.3) as c:
         st = c.status()
     assert st["cluster"] == {"name": "test", "leader": "n1", "quorum": True, "members": 3,
-                             "healthy": 2, "commit_index": 40, "revision": 0, "can_lose": 0}
+                             "healthy": 2, "commit_index": 40, "revision": 0, "can_lose": 0,
+                             "security": None}   # the fake nodes do not say
     n1, n2, n3 = st["nodes"]
     assert (n1["reachable"], n1["role"], n1["lag"], n1["ballot"]) == (True, "leader", 0, [3, "n1"])
     assert (n2["id"], n2["lag"], n2["applied_index"]) == ("n2", 3, 37)
