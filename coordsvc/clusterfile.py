@@ -175,14 +175,15 @@ def _tuning(path: Path, raw: object) -> Config:
     return Config(**raw)
 
 
-def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
+def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", base_port: int = 7100,
               force: bool = False, name: str = "coordsvc",
               tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
               cluster_keys: keys.ClusterKeys | None = None) -> Cluster:
     """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i.
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
-    firewall rules can cut links between individual nodes (see FAULTS.md).
+    firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
+    one host per node (nodes on separate machines), or one for all.
 
     With ``cluster_keys`` the cluster is secure (CURVE) and the file records their public
     halves; ``write_keys`` then writes the secret ones. Without, it is insecure.
@@ -194,12 +195,19 @@ def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: i
     path = directory / FILE_NAME
     if path.exists() and not force:
         raise ClusterFileError(f"{path} already exists (use --force to overwrite)")
-    check_endpoint(f"tcp://{host}:{base_port + 1}")
+    hosts = [host] * nodes if isinstance(host, str) else list(host)
+    if len(hosts) == 1:
+        hosts *= nodes
+    if len(hosts) != nodes:
+        raise ClusterFileError(f"give one --host for all nodes or one per node ({nodes}), "
+                               f"not {len(hosts)}")
+    for h in hosts:
+        check_endpoint(f"tcp://{h}:{base_port + 1}")
     node_docs: list[dict[str, str]] = [
-        {"id": f"n{i}", "address": f"tcp://{_host(host, i, distinct_hosts)}:{base_port + i}",
-         "publish": f"tcp://{_host(host, i, distinct_hosts)}:{base_port + 100 + i}",
+        {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
+         "publish": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + 100 + i}",
          "data_dir": f"n{i}"}
-        for i in range(1, nodes + 1)
+        for i, h in enumerate(hosts, start=1)
     ]
     security: dict[str, str] = {"mode": INSECURE}
     if cluster_keys is not None:

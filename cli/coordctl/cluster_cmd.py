@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
@@ -27,7 +27,8 @@ from .output import EXIT_REFUSED, console, emit_json, fail, status_view, warn
 cluster_app = typer.Typer(
     name="cluster",
     help="Create a cluster file, or run a whole local cluster.",
-    epilog="Example: coordctl cluster init --nodes 3 --dir /srv/coord --host 10.0.0.5",
+    epilog="Example: coordctl cluster init --nodes 3 --dir /srv/coord --host 10.0.0.5  "
+           "(separate machines: --host 10.0.0.11 --host 10.0.0.12 --host 10.0.0.13)",
     no_args_is_help=True,
 )
 node_app = typer.Typer(
@@ -61,7 +62,7 @@ def _move_aside(d: Path, stamp: str) -> Path:
     return dest
 
 
-def init_cluster(directory: Path, nodes: int, host: str, base_port: int,
+def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: int,
                  force: bool, insecure: bool = False) -> Cluster:
     """Write DIR/cluster.toml and prepare every node's data directory.
 
@@ -116,7 +117,9 @@ def _cluster_json(c: Cluster) -> dict[str, Any]:
 def cluster_init(
     nodes: Annotated[int, typer.Option("--nodes", metavar="N", help="Number of nodes (n1..nN).")],
     directory: DirOpt,
-    host: Annotated[str, typer.Option("--host", help="Address the nodes listen on.")] = "127.0.0.1",
+    host: Annotated[Optional[list[str]], typer.Option(
+        "--host", help="Address the nodes listen on; repeat it to give node i the i-th host "
+                       "(nodes on separate machines). Default 127.0.0.1.")] = None,
     base_port: BasePortOpt = 7100,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing cluster file; old node data dirs are renamed "
@@ -132,7 +135,7 @@ def cluster_init(
 
     Example: coordctl cluster init --nodes 3 --dir .coord --base-port 7100
     """
-    c = init_cluster(directory, nodes, host, base_port, force, insecure)
+    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure)
     if json:
         emit_json(_cluster_json(c))
     else:
