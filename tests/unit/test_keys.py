@@ -169,3 +169,14 @@ def test_a_replacement_key_is_recorded_in_the_cluster_file(tmp_path: Path) -> No
     assert c2.node("n2").public_key == new.public
     assert c2.node("n1").public_key == c.node("n1").public_key
     assert clusterfile.load(tmp_path / "cluster.toml").node("n2").public_key == new.public
+
+
+def test_one_host_per_node_puts_each_node_and_its_key_entry_on_its_host(tmp_path: Path) -> None:
+    ck = keys.ClusterKeys.generate(["n1", "n2", "n3"])
+    c = clusterfile.write_new(tmp_path, 3, host=["10.0.0.11", "10.0.0.12", "10.0.0.13"],
+                              base_port=7100, cluster_keys=ck)
+    assert c.endpoints == ["tcp://10.0.0.11:7101", "tcp://10.0.0.12:7102", "tcp://10.0.0.13:7103"]
+    clusterfile.write_keys(c, ck)
+    assert keys.read_client_key(tmp_path / "admin.key").server_keys() == c.server_keys()
+    with pytest.raises(ClusterFileError, match="one per node"):
+        clusterfile.write_new(tmp_path / "x", 3, host=["10.0.0.11", "10.0.0.12"])
