@@ -111,3 +111,16 @@ def test_a_redirect_names_the_leaders_public_key_so_clients_can_pin_it() -> None
 def test_status_says_how_the_cluster_is_secured() -> None:
     st = Node(SECURE).svc.status()
     assert (st["security"], st["public_key"], st["rejected_peer"]) == ("curve", KEYS["n1"], 0)
+
+
+def test_the_pub_socket_admits_members_and_admin_but_not_other_clients() -> None:
+    # The ZAP credentials callbacks of the two domains (values flow on the PUB socket).
+    from types import SimpleNamespace
+
+    from coordsvc.transport.zmq_transport import Counters, _Admit
+    principals = {"m": "node:n2", "a": "admin", "c": "alice"}
+    zap = SimpleNamespace(principal_for_key=principals.get, counters=Counters())
+    router, pub = _Admit(zap, pub=False), _Admit(zap, pub=True)  # type: ignore[arg-type]
+    assert [router.callback("coordsvc", k) for k in (b"m", b"a", b"c", b"x")] == [True, True, True, False]
+    assert [pub.callback("coordsvc-pub", k) for k in (b"m", b"a", b"c", b"x")] == [True, True, False, False]
+    assert zap.counters.rejected_keys == 3
