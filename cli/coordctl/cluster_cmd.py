@@ -156,19 +156,30 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
         fail(f"the cluster is running and has history, so node {spec.id} was a member that "
              "lost its data; a blank acceptor must not vote",
              f"use `coordctl node replace --cluster {cluster} --node {spec.id}`", EXIT_REFUSED)
-    if c.secure and not spec.key_file.exists():
-        fail(f"node {spec.id} has no key file {spec.key_file}; its secret key was made by "
-             "`coordctl cluster init` and exists nowhere else",
-             f"copy {spec.data_dir.name}/{keys.NODE_KEY_FILE} (mode 0600) from the machine "
-             "where the cluster was initialised, or if it is lost, run `coordctl node "
-             f"replace --cluster {cluster} --node {spec.id}`", EXIT_REFUSED)
-    if c.secure:
-        keys.read_node_key(spec.key_file, spec.id, spec.public_key)
+    if (spec.data_dir / NODE_DB).exists():
+        init_data_dir(spec.data_dir, c.id, spec.id)   # refuses another node's directory first
+    if c.secure and spec.key_file.exists():
+        _check_node_key(spec)
+    elif c.secure:
+        pair = keys.KeyPair.generate()
+        keys.write_node_key(spec.key_file, spec.id, pair)
+        c = _record_new_key(c, spec.id, pair.public)
+        warn(f"{spec.id} had no {keys.NODE_KEY_FILE} (cluster init wrote it into "
+             f"{spec.data_dir.name}/ on the machine where it ran): made a new key pair and "
+             f"recorded its public key in {c.path}; copy that file to the other members")
     init_data_dir(spec.data_dir, c.id, spec.id)
     if json:
         emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir)})
     else:
         print(spec.data_dir)
+
+
+def _check_node_key(spec: NodeSpec) -> keys.KeyPair:
+    try:
+        return keys.read_node_key(spec.key_file, spec.id, spec.public_key)
+    except keys.KeyFileError as e:
+        fail(str(e), f"restore {spec.id}'s own {keys.NODE_KEY_FILE}, or remove it to get a new "
+             "key recorded in the cluster file", EXIT_REFUSED)
 
 
 def _cluster_has_history(c: Cluster, node_id: str) -> bool:
@@ -216,11 +227,11 @@ def node_replace(cluster: ClusterFileOpt, node: NodeOpt, force: Annotated[bool, 
                  "state; restart the node instead of replacing it",
                  "pass --force to move the directory aside and replace it anyway", EXIT_REFUSED)
         if c.secure and spec.key_file.exists():
-            kept = keys.read_node_key(spec.key_file, spec.id, spec.public_key)
+            kept = _check_node_key(spec)
         moved = _move_aside(spec.data_dir, datetime.datetime.now().strftime("%Y%m%dT%H%M%S"))
         warn(f"moved {spec.data_dir} to {moved}")
     elif c.secure and spec.key_file.exists():
-        kept = keys.read_node_key(spec.key_file, spec.id, spec.public_key)
+        kept = _check_node_key(spec)
     init_data_dir(spec.data_dir, c.id, spec.id, rebuilding=True)
     new_key = c.secure and kept is None
     if c.secure:
