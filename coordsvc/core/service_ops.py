@@ -1,8 +1,14 @@
 """The op table: one handler per request record, and one dispatch.
 
 ``Service.on_client`` turns the map into its record (``protocol.decode_client_request``:
-the only place a field is checked) and calls ``HANDLERS[type(record)]``. A handler may
-answer at once, propose a write, wait for the read index, or park the request.
+the only place a field is checked), refuses it if it is outside the caller's rights
+(``acl.request_refusal``), and calls ``HANDLERS[type(record)]`` with the ``Caller``. A
+handler may answer at once, propose a write, wait for the read index, or park the
+request. What rights alone cannot decide is decided here: which rows and events a caller
+may see (``list``, ``watch``, ``locks`` filter to them), and who owns a session
+(``keepalive``, ``lock_wait``). Writes carry their principal to the log: the leader
+stamps it into the replicated request, and the machine checks rights and ownership again
+when it applies it.
 
 Reads are written as *answers* -- a function of the machine -- and ``_read`` makes the
 handler: a stale read is answered on the spot by any node, a linearizable one by the
@@ -14,7 +20,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .acl import Caller, Rights
+from .commands import AuthAdd, AuthRemove, Request, stamp
 from .protocol import (
+    AuthListReply,
+    AuthListRequest,
     ErrorCode,
     GetReply,
     GetRequest,
@@ -28,7 +38,10 @@ from .protocol import (
     LocksReply,
     LocksRequest,
     LockWaitRequest,
+    PrincipalRow,
     Reply,
+    RevisionReply,
+    RevisionRequest,
     StatusReply,
     StatusRequest,
     WatchRequest,
@@ -45,15 +58,15 @@ __all__ = ["HANDLERS", "Handler"]
 
 _Req = TypeVar("_Req")
 _ReadReq = TypeVar("_ReadReq", bound="_Read")
-Handler = Callable[["Service", Route, object, Any], None]
+Handler = Callable[["Service", Route, object, Any, Caller], None]
 
 HANDLERS: dict[type, Handler] = {}
 
 
-def _handles(cls: type[_Req]) -> Callable[[Callable[[Service, Route, object, _Req], None]],
-                                          Callable[[Service, Route, object, _Req], None]]:
-    def register(fn: Callable[[Service, Route, object, _Req], None]
-                 ) -> Callable[[Service, Route, object, _Req], None]:
+def _handles(cls: type[_Req]) -> Callable[[Callable[[Service, Route, object, _Req, Caller], None]],
+                                          Callable[[Service, Route, object, _Req, Caller], None]]:
+    def register(fn: Callable[[Service, Route, object, _Req, Caller], None]
+                 ) -> Callable[[Service, Route, object, _Req, Caller], None]:
         if cls in HANDLERS:
             raise ImportError(f"two handlers for {cls.__name__}")
         HANDLERS[cls] = fn
@@ -64,25 +77,46 @@ def _handles(cls: type[_Req]) -> Callable[[Callable[[Service, Route, object, _Re
 # -- writes -----------------------------------------------------------------------------------
 
 @_handles(WriteRequest)
-def _write(svc: Service, route: Route, rid: object, req: WriteRequest) -> None:
+def _write(svc: Service, route: Route, rid: object, req: WriteRequest, caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
         return
-    r = req.request
+    r, who = req.request, caller.principal
     waiter = WriteWaiter(route, rid, svc.now_ms)
-    if svc.writes.join((r.client_id, r.seq), waiter):
+    if svc.writes.join((who, r.client_id, r.seq), waiter):
         return    # a retry while the first attempt is in flight: both hear one Result
-    if svc.writes.full() or not svc.replica.propose(req.raw):
+    if type(r.cmd) in (AuthAdd, AuthRemove):
+        refused = svc.auth_refusal(r.cmd)
+        if refused is not None:
+            svc.out.error(route, rid, ErrorCode.BAD_REQUEST, refused)
+            return
+    # The sender, as the connection authenticated it, goes into the log with the request.
+    raw = stamp(req.raw, who)
+    if svc.writes.full() or not svc.replica.propose(raw):
         svc.out.error(route, rid, ErrorCode.BUSY, "the leader's proposal queue is full; retry shortly")
         return
     svc.counters.writes += 1
-    svc.writes.start(req.raw, r, waiter)
+    svc.writes.start(raw, Request(r.client_id, r.seq, r.first_unacked, r.cmd, who), waiter)
+
+
+def _session_refusal(svc: Service, session_id: int, caller: Caller) -> str | None:
+    """Leader-local ops on a session (not replicated, so the machine cannot check them)
+    are its owner's, or an admin's."""
+    owner = svc.machine.session_owner(session_id)
+    if owner is None or owner == caller.principal or caller.rights.admin:
+        return None
+    return f"{caller.principal}: session {session_id} belongs to another principal"
 
 
 @_handles(KeepaliveRequest)
-def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest) -> None:
+def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest,
+               caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
+        return
+    refused = _session_refusal(svc, req.session_id, caller)
+    if refused is not None:
+        svc.out.error(route, rid, ErrorCode.PERMISSION_DENIED, refused)
         return
     ttl_ms = svc.machine.session_ttl_ms(req.session_id)
     if ttl_ms is not None:
@@ -98,37 +132,42 @@ class _Read(Protocol):
     def stale(self) -> bool: ...
 
 
-def _read(cls: type[_ReadReq], answer: Callable[[Service, _ReadReq], Reply]) -> None:
-    """Register the handler of read ``cls``, answered by ``answer``."""
+def _read(cls: type[_ReadReq], answer: Callable[[Service, _ReadReq, Rights], Reply]) -> None:
+    """Register the handler of read ``cls``, answered by ``answer`` for the caller's rights."""
     @_handles(cls)
-    def handle(svc: Service, route: Route, rid: object, req: _ReadReq) -> None:
+    def handle(svc: Service, route: Route, rid: object, req: _ReadReq, caller: Caller) -> None:
         if req.stale:
-            svc.out.reply(route, rid, answer(svc, req))
+            svc.out.reply(route, rid, answer(svc, req, caller.rights))
             return
         if not svc.leading() or not svc.reads.begin(
-                svc.replica, PendingRead(route, rid, partial(answer, svc, req))):
+                svc.replica, PendingRead(route, rid, partial(answer, svc, req, caller.rights))):
             svc.not_leader(route, rid)
             return
         svc.counters.reads += 1
 
 
-def _get(svc: Service, req: GetRequest) -> GetReply:
+def _get(svc: Service, req: GetRequest, rights: Rights) -> GetReply:
     return GetReply(svc.machine.get(req.key), svc.machine.revision)
 
 
-def _list(svc: Service, req: ListRequest) -> ListReply:
-    return ListReply(tuple(svc.machine.list(req.prefix)), svc.machine.revision)
+def _list(svc: Service, req: ListRequest, rights: Rights) -> ListReply:
+    kvs = svc.machine.list(req.prefix)
+    if not rights.reads_all_under(req.prefix):
+        kvs = [kv for kv in kvs if rights.may_read(kv.key)]
+    return ListReply(tuple(kvs), svc.machine.revision)
 
 
-def _history(svc: Service, req: HistoryRequest) -> HistoryReply:
+def _history(svc: Service, req: HistoryRequest, rights: Rights) -> HistoryReply:
     return HistoryReply(tuple(svc.machine.history(req.key)), svc.machine.revision)
 
 
-def _locks(svc: Service, req: LocksRequest) -> LocksReply:
+def _locks(svc: Service, req: LocksRequest, rights: Rights) -> LocksReply:
     m, now, times = svc.machine, svc.now_ms, svc.lock_times
     sessions = m.sessions()
     rows = []
     for lk in m.locks():
+        if not rights.may_lock(lk.name):
+            continue
         deadline = svc.sessions.deadline_ms(lk.holder_session)
         holder = sessions.get(lk.holder_session)
         rows.append(LockRow(
@@ -136,31 +175,64 @@ def _locks(svc: Service, req: LocksRequest) -> LocksReply:
             holder_ttl_left_ms=None if deadline is None else max(0, deadline - now),
             holder_ttl_ms=None if holder is None else holder.ttl_ms,
             age_ms=times.age_ms(lk.name, lk.token, now),
-            waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters)))
+            waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters),
+            holder=lk.holder, waiter_names=lk.waiter_names))
     return LocksReply(tuple(rows), m.revision)
+
+
+def _revision(svc: Service, req: RevisionRequest, rights: Rights) -> RevisionReply:
+    return RevisionReply(svc.machine.revision)
+
+
+def _auth_list(svc: Service, req: AuthListRequest, rights: Rights) -> AuthListReply:
+    rows = tuple(PrincipalRow(p.name, svc.public_key_of(p.name, p.public_key), p.rights.read,
+                              p.rights.write, p.rights.lock, p.rights.admin)
+                 for p in svc.machine.principals())
+    return AuthListReply(rows, svc.machine.revision)
 
 
 _read(GetRequest, _get)
 _read(ListRequest, _list)
 _read(HistoryRequest, _history)
 _read(LocksRequest, _locks)
+_read(AuthListRequest, _auth_list)
 
 
 # -- long polls and local answers -------------------------------------------------------------
 
 @_handles(WatchRequest)
-def _watch(svc: Service, route: Route, rid: object, req: WatchRequest) -> None:
-    svc.parking.watch(svc.machine, route, rid, req, svc.now_ms)
+def _watch(svc: Service, route: Route, rid: object, req: WatchRequest, caller: Caller) -> None:
+    rights = caller.rights
+    readable = None
+    if not rights.admin and not all(rights.reads_all_under(p) for p in req.prefixes or (req.prefix,)):
+        readable = rights.readable    # some keys under the prefixes are not the caller's
+    svc.parking.watch(svc.machine, route, rid, req, svc.now_ms, caller.principal, readable)
 
 
 @_handles(LockWaitRequest)
-def _lock_wait(svc: Service, route: Route, rid: object, req: LockWaitRequest) -> None:
+def _lock_wait(svc: Service, route: Route, rid: object, req: LockWaitRequest,
+               caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
         return
-    svc.parking.lock_wait(svc.machine, route, rid, req, svc.now_ms)
+    refused = _session_refusal(svc, req.session_id, caller)
+    if refused is not None:
+        svc.out.error(route, rid, ErrorCode.PERMISSION_DENIED, refused)
+        return
+    svc.parking.lock_wait(svc.machine, route, rid, req, svc.now_ms, caller.principal)
 
 
 @_handles(StatusRequest)
-def _status(svc: Service, route: Route, rid: object, req: StatusRequest) -> None:
+def _status(svc: Service, route: Route, rid: object, req: StatusRequest, caller: Caller) -> None:
     svc.out.reply(route, rid, StatusReply(svc.node_status()))
+
+
+@_handles(RevisionRequest)
+def _revision_handler(svc: Service, route: Route, rid: object, req: RevisionRequest,
+                      caller: Caller) -> None:
+    # Linearizable, like ``get``: the leader answers once its read index is applied.
+    if not svc.leading() or not svc.reads.begin(
+            svc.replica, PendingRead(route, rid, partial(_revision, svc, req, caller.rights))):
+        svc.not_leader(route, rid)
+        return
+    svc.counters.reads += 1

@@ -1,9 +1,14 @@
 """Requests parked until something happens: watches until an event, lock waits until a grant.
 
 Both are long polls with a deadline. A parked request is answered exactly once: when its
-condition holds (after an apply), when its deadline passes (``expire``), or -- lock waits
-are leader state -- when leadership ends (``take_lock_waits``). Each list is bounded by
+condition holds (after an apply), when its deadline passes (``expire``), when the principal
+that sent it is removed (``revoke``: ``permission_denied``), or -- lock waits are leader
+state -- when leadership ends (``take_lock_waits``). Each list is bounded by
 ``MAX_PARKED``; past it the request is answered ``busy`` at once.
+
+A watch sees only keys its principal may read: ``readable`` (None: every key under its
+prefixes is readable, so nothing is filtered) is applied inside ``events_since``, so its
+``limit`` counts only events the watcher may see.
 """
 from __future__ import annotations
 
@@ -33,6 +38,8 @@ class ParkedWatch:
     rid: object
     deadline_ms: int
     request: WatchRequest
+    principal: str = ""
+    readable: tuple[str, ...] | None = None    # key prefixes it may see; None: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,7 @@ class ParkedLockWait:
     deadline_ms: int
     name: str
     session_id: int
+    principal: str = ""
 
 
 class Parking:
@@ -62,8 +70,9 @@ class Parking:
 
     # -- watches --------------------------------------------------------------------------
 
-    def watch(self, m: Machine, route: Route, rid: object, req: WatchRequest, now_ms: int) -> None:
-        w = ParkedWatch(route, rid, now_ms + req.wait_ms, req)
+    def watch(self, m: Machine, route: Route, rid: object, req: WatchRequest, now_ms: int,
+              principal: str = "", readable: tuple[str, ...] | None = None) -> None:
+        w = ParkedWatch(route, rid, now_ms + req.wait_ms, req, principal, readable)
         if self._try_watch(m, w):
             return
         if req.wait_ms == 0:
@@ -77,7 +86,7 @@ class Parking:
         """Answer ``w`` if there is something to say (events, or that they are gone)."""
         req = w.request
         try:
-            events = m.events_since(req.selector, req.after, req.limit)
+            events = m.events_since(req.selector, req.after, req.limit, w.readable)
         except RevisionCompacted as e:
             oldest = e.oldest_available_revision
             self._out.reply(w.route, w.rid, ErrorReply(
@@ -96,8 +105,8 @@ class Parking:
     # -- lock waits -----------------------------------------------------------------------
 
     def lock_wait(self, m: Machine, route: Route, rid: object, req: LockWaitRequest,
-                  now_ms: int) -> None:
-        p = ParkedLockWait(route, rid, now_ms + req.wait_ms, req.name, req.session_id)
+                  now_ms: int, principal: str = "") -> None:
+        p = ParkedLockWait(route, rid, now_ms + req.wait_ms, req.name, req.session_id, principal)
         if self._try_lock_wait(m, p, final=req.wait_ms == 0):
             return
         if len(self.lock_waits) >= MAX_PARKED:
@@ -131,6 +140,22 @@ class Parking:
         """Leadership ended: every lock wait, to be redirected to the new leader."""
         out, self.lock_waits = self.lock_waits, []
         return out
+
+    # -- revocation -----------------------------------------------------------------------
+
+    def revoke(self, principal: str) -> None:
+        """``principal`` was removed: its parked requests end now, refused."""
+        message = f"{principal} was removed from the cluster's identities"
+        for w in [w for w in self.watches if w.principal == principal]:
+            self._out.error(w.route, w.rid, ErrorCode.PERMISSION_DENIED, message)
+        for p in [p for p in self.lock_waits if p.principal == principal]:
+            self._out.error(p.route, p.rid, ErrorCode.PERMISSION_DENIED, message)
+        self.watches = [w for w in self.watches if w.principal != principal]
+        self.lock_waits = [p for p in self.lock_waits if p.principal != principal]
+
+    def principals(self) -> set[str]:
+        """Everyone with a parked request."""
+        return {w.principal for w in self.watches} | {p.principal for p in self.lock_waits}
 
     # -- deadlines ------------------------------------------------------------------------
 
