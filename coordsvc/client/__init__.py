@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._client import Client, ClientTransport
 from ._lock import Lock, LockInfo
-from ._types import Entry, Event
+from ._types import Entry, Event, Principal
 from ._watch import Watch
 from .errors import (
     Compacted,
@@ -29,5 +29,5 @@ from .errors import (
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
     "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
-    "Unavailable", "Watch",
+    "Principal", "Unavailable", "Watch",
 ]

@@ -257,7 +257,7 @@ def validate(cmd: object) -> str | None:
     return f"unknown command {type(cmd).__name__}"
 
 
-def is_public_key(v: object) -> bool:
+def is_public_key(v: object) -> TypeGuard[str]:
     """A Z85-encoded 32-byte CURVE key (as ``zmq.curve_keypair()`` gives it)."""
     return isinstance(v, str) and len(v) == _Z85_KEY_CHARS and set(v) <= _Z85_ALPHABET
 

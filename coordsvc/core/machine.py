@@ -423,10 +423,10 @@ class Machine:
 
     def _auth_add(self, index: int, cmd: AuthAdd) -> Result:
         if cmd.name in self._principals:
-            return _err(ResultCode.INVALID, self.revision, f"principal {cmd.name!r} exists "
+            return _err(ResultCode.REFUSED, self.revision, f"principal {cmd.name!r} exists "
                         "(remove it first, or pick another name)")
         if cmd.public_key in self._by_key:
-            return _err(ResultCode.INVALID, self.revision,
+            return _err(ResultCode.REFUSED, self.revision,
                         f"that public key is {self._by_key[cmd.public_key]!r}'s already")
         if len(self._principals) >= MAX_PRINCIPALS:
             return _err(ResultCode.LIMIT, self.revision, f"too many principals (max {MAX_PRINCIPALS})")
@@ -438,9 +438,9 @@ class Machine:
     def _auth_remove(self, index: int, cmd: AuthRemove) -> Result:
         p = self._principals.get(cmd.name)
         if p is None:
-            return _err(ResultCode.INVALID, self.revision, f"no principal {cmd.name!r}")
+            return _err(ResultCode.REFUSED, self.revision, f"no principal {cmd.name!r}")
         if p.rights.admin and not any(q.rights.admin for q in self._principals.values() if q is not p):
-            return _err(ResultCode.INVALID, self.revision,
+            return _err(ResultCode.REFUSED, self.revision,
                         f"{cmd.name!r} is the last admin; add another admin first")
         del self._principals[cmd.name]
         if p.public_key is not None:

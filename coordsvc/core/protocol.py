@@ -119,6 +119,9 @@ class ResultCode(StrEnum):
     # The stamped principal may not run the command (its rights, or another principal's
     # session or client id): nothing changed.
     PERMISSION_DENIED = "permission_denied"
+    # The identity table refused the change (name or key taken, no such principal, the
+    # last admin): nothing changed.
+    REFUSED = "refused"
 
 
 class ChangeType(StrEnum):

@@ -62,7 +62,8 @@ class Node:
                 key = read_node_key(spec.key_file, node_id, spec.public_key)
             # The ZAP handler runs only inside receive(), once the service below exists.
             self.transport = Transport(cluster, node_id, key,
-                                       lambda public: self.service.principal_for_key(public))
+                                       lambda public: self.service.principal_for_key(public),
+                                       lambda principal: self.service.may_subscribe(principal))
         except BaseException:
             self.store.close()
             raise
@@ -95,6 +96,11 @@ class Node:
             replies, events = svc.take_outbox()
             for route, payload in replies:
                 tr.reply(route, payload)
+            removed = svc.take_removed_subscribers()
+            if removed:
+                log.info("%s removed; ending every PUB subscription so that only keys "
+                         "still allowed come back", ", ".join(removed))
+                tr.drop_subscribers()
             if events:
                 tr.publish(events)
             store.maintain()
@@ -146,7 +152,8 @@ class Node:
                 "bad_frames": self.transport.counters.bad_frames,
                 "dropped_sends": self.transport.counters.dropped_sends,
                 "oversize_sends": self.transport.counters.oversize_sends,
-                "rejected_keys": self.transport.counters.rejected_keys}
+                "rejected_keys": self.transport.counters.rejected_keys,
+                "subscriber_drops": self.transport.counters.subscriber_drops}
 
     def close(self) -> None:
         self.transport.close()

@@ -81,11 +81,12 @@ def test_only_an_admin_changes_the_table_and_a_refusal_changes_nothing() -> None
 
 def test_a_name_or_key_in_use_and_the_bootstrap_name_are_refused() -> None:
     log = Log().setup()
-    assert log.do("admin", AuthAdd("alice", OPS)).code == "invalid"
-    assert "'alice'" in str(log.do("admin", AuthAdd("carol", ALICE)).data["message"])
-    assert log.do("admin", AuthAdd("admin", OPS)).code == "invalid"
+    assert log.do("admin", AuthAdd("alice", OPS)).code == "refused"
+    r = log.do("admin", AuthAdd("carol", ALICE))
+    assert r.code == "refused" and "'alice'" in str(r.data["message"])
+    assert log.do("admin", AuthAdd("admin", OPS)).code == "invalid"     # malformed, not taken
     assert log.do("admin", AuthAdd("node:n1", OPS)).code == "invalid"
-    assert log.do("admin", AuthRemove("nobody")).code == "invalid"
+    assert log.do("admin", AuthRemove("nobody")).code == "refused"
 
 
 def test_the_last_admin_cannot_be_removed_but_the_bootstrap_one_can_once_another_exists() -> None:
