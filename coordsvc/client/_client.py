@@ -322,6 +322,9 @@ class Client:
         replies = self._transport.request_all([address for _, address in members],
                                               StatusRequest().to_wire(),
                                               min(ATTEMPT_S, self._timeout_s))
+        for r in replies:    # a removed key, its connections still open: not "unreachable"
+            if r is not None and r.get("error") == ErrorCode.PERMISSION_DENIED:
+                raise _refusal(StatusRequest(), ErrorReply.from_wire(r))
         return _status.summarize(members, [_node_status(r) for r in replies], name)
 
     def close(self) -> None:

@@ -112,4 +112,6 @@ def test_removing_a_key_ends_its_watches_and_loses_its_locks(node: LocalNode, ad
         assert lost.wait(5.0) and lk.lost        # its first keepalive was refused
         with pytest.raises(PermissionDenied):
             bob.put("app/k", "x")
+        with pytest.raises(PermissionDenied):   # not "no node is reachable"
+            bob.status()
     assert admin.locks() == []                   # its session closed with it
