@@ -264,7 +264,8 @@ class Client:
         Only the public key travels; generate the pair where the key will be used
         (``keys.KeyPair.generate()``, or ``coordctl auth add --out FILE``). Returns once
         every node that answers admits the key. ``InvalidRequest`` if the name, key or a
-        prefix is malformed, ``CoordError`` if the name or key is taken, ``PermissionDenied``
+        prefix is malformed, ``CoordError`` if the name or key is taken (a removed name stays
+        taken: it is never given to another key), ``PermissionDenied``
         unless this client is an admin."""
         cmd = AuthAdd(name, public_key, _prefixes(read, "read"), _prefixes(write, "write"),
                       _prefixes(lock, "lock"), admin)

@@ -61,6 +61,10 @@ MAX_SESSIONS = 100_000
 MAX_LOCKS = 100_000
 MAX_WAITERS = 1_000
 MAX_PRINCIPALS = 10_000
+# Removed names are retired, never given to another key: a connection authenticated before
+# the removal still carries the name. Past this many the oldest is forgotten (a connection
+# would have to stay open across that many removals to notice).
+MAX_RETIRED = 100_000
 KEY_HISTORY = 64
 WINDOW_EVENTS = 20_000
 # Values are up to 1 MiB, so a count bound alone would allow a 20 GB window.
@@ -170,6 +174,7 @@ class Machine:
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._principals: dict[str, Principal] = {BOOTSTRAP_ADMIN: _BOOTSTRAP}
         self._by_key: dict[str, str] = {}     # public key -> name (table entries only)
+        self._retired: dict[str, None] = {}   # removed names, oldest first
 
     # -- applying ------------------------------------------------------------------
 
@@ -424,7 +429,12 @@ class Machine:
     def _auth_add(self, index: int, cmd: AuthAdd) -> Result:
         if cmd.name in self._principals:
             return _err(ResultCode.REFUSED, self.revision, f"principal {cmd.name!r} exists "
-                        "(remove it first, or pick another name)")
+                        "(pick another name)")
+        if cmd.name in self._retired:
+            # Connections keep the name they were authenticated with: a new key under a
+            # removed name would hand its rights to the old key's open connections.
+            return _err(ResultCode.REFUSED, self.revision, f"{cmd.name!r} was removed, and a "
+                        "removed name is never given to another key: pick a new name")
         if cmd.public_key in self._by_key:
             return _err(ResultCode.REFUSED, self.revision,
                         f"that public key is {self._by_key[cmd.public_key]!r}'s already")
@@ -445,6 +455,9 @@ class Machine:
         del self._principals[cmd.name]
         if p.public_key is not None:
             del self._by_key[p.public_key]
+        self._retired[cmd.name] = None
+        if len(self._retired) > MAX_RETIRED:
+            del self._retired[next(iter(self._retired))]
         # Its sessions end now (their locks go to the next waiters): nobody could keep
         # them alive any more, and a removed identity should hold nothing.
         mine = sorted(sid for sid, s in self._sessions.items() if s.owner == cmd.name)
@@ -565,6 +578,7 @@ class Machine:
                    for cid, c in self._clients.items()],
             "acl": [[p.name, p.public_key, builtins.list(p.rights.read), builtins.list(p.rights.write),
                      builtins.list(p.rights.lock), p.rights.admin] for p in self.principals()],
+            "retired": builtins.list(self._retired),
         }
         out: bytes = msgpack.packb(state, use_bin_type=True)
         return out
@@ -624,6 +638,10 @@ class Machine:
                     _strs(read), _strs(write), _strs(lock), admin))
                 if public is not None:
                     self._by_key[public] = name
+        retired = st.get("retired", [])
+        if not isinstance(retired, builtins.list) or not all(isinstance(n, str) for n in retired):
+            raise ProtocolError("snapshot field retired must be a list of names")
+        self._retired = dict.fromkeys(retired)
 
 
 class _Getter:

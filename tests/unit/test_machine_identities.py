@@ -218,3 +218,15 @@ def test_a_stamped_request_encodes_as_the_leader_proposes_it() -> None:
     stamped = stamp(raw, "admin")
     assert decode_request(stamped) == Request("c", 3, 2, r.cmd, "admin")
     assert stamped == encode_request(Request("c", 3, 2, r.cmd, "admin"))
+
+
+def test_a_removed_name_is_never_given_to_another_key() -> None:
+    # An open connection keeps the name it was authenticated with; a new key under that
+    # name would hand it the new key's rights.
+    log = Log().setup()
+    log.do("admin", AuthRemove("alice"))
+    r = log.do("admin", AuthAdd("alice", OPS, admin=True))
+    assert r.code == "refused" and "never given to another key" in str(r.data["message"])
+    assert log.m.rights("alice") is None
+    assert Machine.restore(log.m.snapshot()).apply(
+        99, Request("a", 1, 1, AuthAdd("alice", OPS), "admin")).code == "refused"
