@@ -44,7 +44,7 @@ NodeOpt = Annotated[str, typer.Option("--node", metavar="ID", help="Node id, e.g
 DirOpt = Annotated[Path, typer.Option("--dir", metavar="DIR",
                                       help="Directory for cluster.toml and the node data dirs.")]
 BasePortOpt = Annotated[int, typer.Option(
-    "--base-port", metavar="P", help="Node i listens on P+i and publishes on P+100+i.")]
+    "--base-port", metavar="P", help="Node i listens on P+i, publishes on P+100+i and serves HTTP on P+200+i.")]
 InsecureOpt = Annotated[bool, typer.Option(
     "--insecure", help="No CURVE keys: plain TCP, no encryption, no authentication. "
                        "`coordctl status` and every node's log say so.")]
@@ -109,7 +109,7 @@ def _cluster_json(c: Cluster) -> dict[str, Any]:
     return {"path": str(c.path), "name": c.name, "id": c.id, "security": c.security,
             "admin_key": str(c.admin_key_file) if c.secure else None,
             "nodes": [{"id": n.id, "address": n.address, "publish": n.publish,
-                       "data_dir": str(n.data_dir), "public_key": n.public_key}
+                       "http": n.http, "data_dir": str(n.data_dir), "public_key": n.public_key}
                       for n in c.nodes]}
 
 

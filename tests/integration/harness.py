@@ -25,7 +25,7 @@ _ports = random.Random(os.getpid())
 
 
 def free_base_port(nodes: int) -> int:
-    """A base port whose node ports (base+i, base+100+i) are all free right now."""
+    """A base port whose node ports (base+i, base+100+i, base+200+i) are all free right now."""
     return clusterfile_free_base_port(nodes, _ports)
 
 
