@@ -341,6 +341,8 @@ class _Handler(BaseHTTPRequestHandler):
             body, ctype = app.static[path]
             self._send(200, body, ctype, head, {"Content-Security-Policy": _CSP,
                                                 "Cache-Control": "no-cache"})
+        elif path == "/favicon.ico":
+            self._send(204, b"", "image/x-icon", head)
         elif path == "/metrics":
             self._send(200, render(app.registry), _PROM_TYPE, head)
         elif path == "/healthz":
