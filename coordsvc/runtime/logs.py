@@ -30,7 +30,7 @@ FORMATS = ("text", "json")
 _RESERVED = frozenset(("time", "level", "node", "event", "msg"))
 
 
-def event(logger: logging.Logger, level: int, name: str, msg: str, **fields: Any) -> None:
+def event(logger: logging.Logger, level: int, name: str, msg: str, /, **fields: Any) -> None:
     """Log ``msg`` as event ``name`` with structured ``fields``."""
     if logger.isEnabledFor(level):
         logger.log(level, msg, extra={"event": name, "fields": fields})
