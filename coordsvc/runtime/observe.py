@@ -321,7 +321,7 @@ class Observer:
         if r.role is Role.LEADER and seen.role is not Role.LEADER:
             event(log, logging.INFO, "leader", f"elected leader at ballot {b}",
                   ballot=ballot, commit_index=r.commit_index, role=r.role.value)
-        elif r.leader != seen.leader:
+        elif r.leader != seen.leader and r.role is not Role.CANDIDATE:   # campaigns: above
             event(log, logging.INFO, "leader",
                   f"role {r.role.value}, leader {r.leader}, ballot {pb}",
                   leader=r.leader, role=r.role.value, ballot=promised,
