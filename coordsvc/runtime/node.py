@@ -230,7 +230,7 @@ def serve(cluster: Cluster, node_id: str, config: Config = Config(), log_level: 
         bind = http_bind(cluster, node_id, http)
         node = Node(cluster, node_id, config, bind)
     except (DataDirError, TransportError, ClusterFileError, KeyFileError, HttpError) as e:
-        event(log, logging.ERROR, "stop", f"cannot start: {e}", reason=str(e))
+        # One line on stderr (CONTRACT §2), not a log line besides it.
         print(f"coordctl serve: {node_id}: {e}", file=sys.stderr)
         return 1
 
