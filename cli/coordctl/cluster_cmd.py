@@ -479,6 +479,9 @@ def cluster_up(
                 console.print(f"[bold]coordsvc[/] cluster [bold]{c.name}[/]: "
                               f"{len(c.nodes)} nodes, file {path}, logs in {log_dir}/")
                 console.print("endpoints: " + ",".join(c.endpoints))
+                dashboards = [n.http + "/" for n in c.nodes if n.http]
+                if dashboards:
+                    console.print("dashboards and /metrics: " + "  ".join(dashboards))
                 if status is not None:
                     console.print(status_view(status))
                 if not leader:

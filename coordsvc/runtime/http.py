@@ -19,6 +19,7 @@ import base64
 import hmac
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +93,10 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self.connections.release()
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
 
 
 def _static(name: str) -> bytes:
@@ -174,7 +179,8 @@ class HttpServer:
     def start(self) -> None:
         handler = type("Handler", (_Handler,), {"app": self})
         try:
-            server = _Server(self.bind, handler, bind_and_activate=False)
+            cls = _Server6 if ":" in self.bind[0] else _Server
+            server = cls(self.bind, handler, bind_and_activate=False)
             server.server_bind()
             server.server_activate()
         except OSError as e:

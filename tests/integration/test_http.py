@@ -296,3 +296,40 @@ def test_log_level_warning_hides_info_lines(tmp_path: Path) -> None:
         c.close()
     text = c.log("n1")
     assert " INFO " not in text and "election" not in text
+
+
+def test_http_bind_can_be_overridden_and_an_old_cluster_file_serves_none(tmp_path: Path) -> None:
+    import re
+    import tomllib
+
+    import tomli_w
+
+    c = LocalCluster(tmp_path / "a", nodes=1)
+    port = int(c.http("n1").rsplit(":", 1)[1])
+    c.start("n1", "--http", f"127.0.0.2:{port}")
+    try:
+        code, body, _ = wait_until("HTTP on 127.0.0.2", lambda: _try(f"http://127.0.0.2:{port}/healthz"))
+        assert code == 200 and json.loads(body)["node"] == "n1"
+        assert _try(f"http://127.0.0.1:{port}/healthz") is None    # not on the default address
+    finally:
+        assert c.stop("n1") == 0
+        c.close()
+    old = LocalCluster(tmp_path / "b", nodes=1)
+    doc = tomllib.loads(old.file.read_text())
+    for n in doc["nodes"]:
+        del n["http"]
+    old.file.write_text(tomli_w.dumps(doc))
+    old.start("n1")
+    try:
+        old.leader()
+        assert re.search(r"WARNING http: no HTTP: .* gives n1 no http address", old.log("n1"))
+    finally:
+        assert old.stop("n1") == 0
+        old.close()
+
+
+def _try(url: str) -> tuple[int, bytes, dict[str, str]] | None:
+    try:
+        return fetch(url, timeout=1.0)
+    except OSError:
+        return None
