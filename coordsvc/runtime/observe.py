@@ -229,6 +229,8 @@ class Observer:
         self._last_view_mono = 0.0
         self._last_view: View | None = None
         self.slow_fsync_s = SLOW_FSYNC_S
+        self._slow_logged = -1e9
+        self._slow_counted = 0
 
     # ------------------------------------------------------------ hot path
 
@@ -265,10 +267,16 @@ class Observer:
         self.fsync.observe(took_s)
         if took_s >= self.slow_fsync_s:
             self.counts.slow_fsyncs += 1
-            event(log, logging.WARNING, "slow_fsync",
-                  f"a synchronous save took {took_s * 1000:.1f} ms "
-                  f"(threshold {self.slow_fsync_s * 1000:.0f} ms)",
-                  took_ms=round(took_s * 1000, 3), threshold_ms=round(self.slow_fsync_s * 1000))
+            # A stalling disk makes every save slow: one line a second, with the count.
+            now = time.monotonic()
+            if now - self._slow_logged >= 1.0:
+                since = self.counts.slow_fsyncs - self._slow_counted
+                self._slow_logged, self._slow_counted = now, self.counts.slow_fsyncs
+                event(log, logging.WARNING, "slow_fsync",
+                      f"a synchronous save took {took_s * 1000:.1f} ms (threshold "
+                      f"{self.slow_fsync_s * 1000:.0f} ms; {since} slow since the last line)",
+                      took_ms=round(took_s * 1000, 3), threshold_ms=round(self.slow_fsync_s * 1000),
+                      slow_since_last=since, slow_total=self.counts.slow_fsyncs)
 
     def changes(self, events: list[Change]) -> None:
         self.tail.extend(events)

@@ -333,3 +333,21 @@ def _try(url: str) -> tuple[int, bytes, dict[str, str]] | None:
         return fetch(url, timeout=1.0)
     except OSError:
         return None
+
+
+def test_snapshots_are_logged_and_counted(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path, snapshot_every=5)
+    c.start(None, "--log-format", "json")
+    try:
+        leader = c.leader()
+        with c.client() as cl:
+            for i in range(12):
+                cl.put(f"s/{i}", b"v")
+        snaps = wait_until("the leader logs a snapshot",
+                           lambda: [e for e in _events(c, leader) if e["event"] == "snapshot"])
+        assert snaps[0]["index"] >= 5 and snaps[0]["level"] == "info"
+        m = wait_until("the snapshot is counted",
+                       lambda: (x := metrics(c.http(leader)))[("coordsvc_snapshots_total", ())] >= 1 and x)
+        assert m[("coordsvc_snapshot_index", ())] >= 5
+    finally:
+        c.close()

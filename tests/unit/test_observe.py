@@ -121,3 +121,15 @@ def test_log_setup_refuses_unknown_levels_and_formats() -> None:
         logs.setup("n1", "loud", "text")
     with pytest.raises(ValueError):
         logs.setup("n1", "info", "xml")
+
+
+def test_slow_fsyncs_are_counted_each_and_logged_at_most_once_a_second(captured: io.StringIO) -> None:
+    logs.setup("n1", "info", "json", captured)
+    o = Observer("n1", Shared())
+    for _ in range(5):
+        o.synced(0.5)
+    o.synced(0.001)
+    assert o.counts.slow_fsyncs == 5 and o.fsync.frozen().count == 6
+    lines = [json.loads(ln) for ln in captured.getvalue().splitlines()]
+    assert [ln["event"] for ln in lines] == ["slow_fsync"]
+    assert lines[0]["took_ms"] == 500.0 and lines[0]["slow_since_last"] == 1
