@@ -87,18 +87,6 @@ class Node:
         except BaseException:
             self.store.close()
             raise
-        self.shared = Shared()
-        self.observer = Observer(node_id, self.shared, self._transport_counters)
-        self.store.on_sync = self.observer.synced
-        if http is not None:
-            try:
-                self.http = HttpServer(http, cluster, node_id, self.shared, key)
-                self.http.start()
-            except BaseException:
-                self.http = None
-                self.transport.close()
-                self.store.close()
-                raise
         addresses = {n.id: n.address for n in cluster.nodes}
         self.service = Service(node_id, addresses, self.store.load(), random.Random(),
                                _now_ms(), config, identities=identities(cluster))
@@ -109,6 +97,18 @@ class Node:
         self.stopping = False
         self.stop_reason = "stopped"
         self.service.extra_status = self._extra_status
+        self.shared = Shared()
+        self.observer = Observer(node_id, self.shared, self._transport_counters)
+        self.store.on_sync = self.observer.synced
+        if http is not None:
+            try:
+                server = HttpServer(http, cluster, node_id, self.shared, key)
+                server.start()
+            except BaseException:
+                self.transport.close()
+                self.store.close()
+                raise
+            self.http = server
 
     def run(self) -> None:
         svc, tr, store, obs = self.service, self.transport, self.store, self.observer
