@@ -81,8 +81,18 @@ def _readable_everywhere(c: LocalCluster, acked: dict[str, int], nodes: list[str
 
 @pytest.fixture
 def big_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    # Insecure: these tests forge peer frames over plain sockets and build a bare
-    # Transport, to test the wire's bounds; CURVE would stop the frames before the wire.
+    c = LocalCluster(tmp_path)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def insecure_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Forged peer frames from a plain socket reach the decoder only without CURVE (with
+    it, only members get that far: tests/security covers who may send)."""
     c = LocalCluster(tmp_path, secure=False)
     c.start()
     try:
@@ -211,8 +221,8 @@ def _frame(cls: type, payload: list[object]) -> bytes:
 
 
 def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
-        big_cluster: LocalCluster) -> None:
-    c = big_cluster
+        insecure_cluster: LocalCluster) -> None:
+    c = insecure_cluster
     leader = c.leader()
     with c.client(timeout=10.0) as cl:
         cl.put("before", b"1")
@@ -353,8 +363,7 @@ def test_an_oversize_message_is_dropped_and_counted_and_the_client_hears_why(
     from coordsvc.core.types import Ballot
     from coordsvc.transport.zmq_transport import Transport
 
-    # Not started: this test drives n1's transport itself (insecure: no ZAP handler needed).
-    c = LocalCluster(tmp_path, secure=False)
+    c = LocalCluster(tmp_path, secure=False)   # not started: the test drives n1's transport
     t = Transport(c.cluster, "n1")
     ctx = zmq.Context()
     try:
@@ -379,8 +388,7 @@ def test_an_oversize_message_is_dropped_and_counted_and_the_client_hears_why(
         assert client.poll(5000), "no answer: the client would wait out its timeout"
         reply = wire.decode_client(client.recv(), wire.CLIENT_REPLY)
         assert reply["id"] == 7 and reply["ok"] is False and reply["error"] == "internal"
-        client.close()
     finally:
         t.close()
-        ctx.term()
+        ctx.destroy(linger=0)     # closes the client socket too, also when an assert failed
         c.close()
