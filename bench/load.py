@@ -551,7 +551,8 @@ def one_line(name: str, r: dict[str, Any]) -> str:
 # -- coordsvc -------------------------------------------------------------------------------
 
 def free_ports(n: int, start: int) -> int:
-    """A base port b such that b+1..b+n and b+101..b+100+n are free on 127.0.0.1.
+    """A base port b such that b+1..b+n, b+101..b+100+n and b+201..b+200+n (HTTP) are
+    free on 127.0.0.1.
 
     Stdlib only, unlike ``coordsvc.clusterfile.free_base_port`` (same layout): the
     anchors run this file where coordsvc is not installed.
@@ -561,7 +562,7 @@ def free_ports(n: int, start: int) -> int:
     for _ in range(500):
         base = rng.randrange(start, start + 20000)
         try:
-            for port in [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]:
+            for port in [base + off + i for off in (0, 100, 200) for i in range(1, n + 1)]:
                 with socket.socket() as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("127.0.0.1", port))

@@ -13,6 +13,8 @@ admin_public_key = "..."           # Z85; the bootstrap client key DIR/admin.key
 id = "n1"
 address = "tcp://127.0.0.1:7101"   # ROUTER: peer traffic and client requests
 publish = "tcp://127.0.0.1:7201"   # PUB: heartbeats and watch events
+http = "http://127.0.0.1:7301"     # /metrics, /healthz, /readyz, dashboard (absent: no HTTP)
+http_bind = "0.0.0.0:7301"         # optional: where to listen; default 127.0.0.1:<http port>
 data_dir = "n1"                    # relative to the cluster file's directory
 public_key = "..."                 # Z85; the secret half is in <data_dir>/node.key (0600)
 
@@ -56,6 +58,8 @@ class NodeSpec:
     publish: str
     data_dir: Path
     public_key: str | None = None   # CURVE, Z85; None in an insecure cluster
+    http: str | None = None         # advertised URL of the node's HTTP endpoints
+    http_bind: str | None = None    # HOST:PORT to listen on (None: loopback, http's port)
 
     @property
     def key_file(self) -> Path:
@@ -113,6 +117,26 @@ def check_endpoint(ep: str) -> str:
     return ep
 
 
+def check_http(url: str) -> str:
+    """``url`` if it is ``http://HOST:PORT``, else ClusterFileError."""
+    try:
+        if not url.startswith("http://"):
+            raise ClusterFileError(url)
+        check_endpoint("tcp://" + url.removeprefix("http://"))
+    except ClusterFileError:
+        raise ClusterFileError(f"bad http address {url!r}: expected http://HOST:PORT") from None
+    return url
+
+
+def check_bind(hostport: str) -> str:
+    """``hostport`` if it is ``HOST:PORT`` (an HTTP listen address), else ClusterFileError."""
+    try:
+        check_endpoint("tcp://" + hostport)
+    except ClusterFileError:
+        raise ClusterFileError(f"bad http bind address {hostport!r}: expected HOST:PORT") from None
+    return hostport
+
+
 def load(path: Path) -> Cluster:
     try:
         raw = tomllib.loads(path.read_text())
@@ -130,10 +154,13 @@ def load(path: Path) -> Cluster:
             public = n.get("public_key")
             if security == CURVE or public is not None:
                 public = _public(path, public, f"public_key of node {n['id']}")
+            http, bind = n.get("http"), n.get("http_bind")
             nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
                                   check_endpoint(str(n["publish"])),
                                   d if d.is_absolute() else path.parent / d,
-                                  public if security == CURVE else None))
+                                  public if security == CURVE else None,
+                                  None if http is None else check_http(str(http)),
+                                  None if bind is None else check_bind(str(bind))))
     except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
     ids = [n.id for n in nodes]
@@ -182,7 +209,8 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
               force: bool = False, name: str = "coordsvc",
               tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
               cluster_keys: keys.ClusterKeys | None = None) -> Cluster:
-    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i.
+    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on
+    base+100+i and serves HTTP (metrics, health, dashboard) on base+200+i.
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
     firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
@@ -193,7 +221,7 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     """
     if not 1 <= nodes <= 15:
         raise ClusterFileError(f"--nodes must be between 1 and 15, got {nodes}")
-    if not 1 <= base_port <= 65535 - 100 - nodes:
+    if not 1 <= base_port <= 65535 - 200 - nodes:
         raise ClusterFileError(f"--base-port {base_port} leaves no room for {nodes} nodes")
     path = directory / FILE_NAME
     if path.exists() and not force:
@@ -209,6 +237,7 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     node_docs: list[dict[str, str]] = [
         {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
          "publish": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + 100 + i}",
+         "http": f"http://{_host(h, i, distinct_hosts)}:{base_port + 200 + i}",
          "data_dir": f"n{i}"}
         for i, h in enumerate(hosts, start=1)
     ]
@@ -265,9 +294,9 @@ def set_node_key(cluster: Cluster, node_id: str, public_key: str) -> Cluster:
 
 
 def node_ports(base_port: int, nodes: int) -> list[int]:
-    """Every port ``write_new`` assigns: node i listens on base+i and publishes on base+100+i."""
-    return [base_port + i for i in range(1, nodes + 1)] + [
-        base_port + 100 + i for i in range(1, nodes + 1)]
+    """Every port ``write_new`` assigns: node i listens on base+i, publishes on base+100+i
+    and serves HTTP on base+200+i."""
+    return [base_port + offset + i for offset in (0, 100, 200) for i in range(1, nodes + 1)]
 
 
 def free_base_port(nodes: int, rng: random.Random, low: int = 20000, high: int = 50000) -> int:

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -191,6 +192,8 @@ class SqliteStore:
         self.db_path = path / NODE_DB
         self._failed: str | None = None
         self._save_s: deque[float] = deque(maxlen=SAVE_SAMPLES)
+        # Told the duration of every synchronous save (the runtime's fsync histogram).
+        self.on_sync: Callable[[float], None] | None = None
         self._saves_since_checkpoint = 0
         self._pending_commit: int | None = None
         self._pending_since = 0.0
@@ -375,7 +378,10 @@ class SqliteStore:
         self._snapshot_index = snapshot_index
         self._saves_since_checkpoint += 1
         if sync:
-            self._save_s.append(time.perf_counter() - started)
+            took_s = time.perf_counter() - started
+            self._save_s.append(took_s)
+            if self.on_sync is not None:
+                self.on_sync(took_s)
 
     def save_p99_ms(self) -> float:
         """99th percentile (nearest rank) of the last 1024 save durations, 0.0 if none."""
