@@ -104,6 +104,7 @@ class Service:
         # Removed principals that could subscribe to the PUB socket (the runtime ends
         # their subscriptions: ``take_removed_subscribers``).
         self._removed_subscribers: list[str] = []
+        self._admin_keys: frozenset[str] | None = None    # admin_keys(), until the table changes
         self._was_serving = False
         # The runtime adds what only it knows (disk size, fsync latency, transport counters).
         self.extra_status: Callable[[], dict[str, Any]] | None = None
@@ -148,6 +149,15 @@ class Service:
             if self.identities.principal_for_key(cmd.public_key) is not None:
                 return "that public key is a member's or the bootstrap admin's"
         return None
+
+    def admin_keys(self) -> frozenset[str]:
+        """The public keys of every admin now (the bootstrap one unless removed): whoever
+        proves one of them may see values outside the client protocol (the dashboard)."""
+        if self._admin_keys is None:
+            self._admin_keys = frozenset(
+                k for p in self.machine.principals() if p.rights.admin
+                and (k := self.public_key_of(p.name, p.public_key)) is not None)
+        return self._admin_keys
 
     def public_key_of(self, name: str, public_key: str | None) -> str | None:
         """A principal's public key for ``auth list``: the table's, or the bootstrap admin's
@@ -274,6 +284,7 @@ class Service:
                     result = m.apply(slot, request)
                     if type(cmd) is AuthAdd and result.code == ResultCode.OK:
                         self._callers.clear()
+                        self._admin_keys = None
                 self.counters.applied_commands += 1
                 self._after_command(request, result)
         for sid in ready.renewed:
@@ -317,6 +328,7 @@ class Service:
         rights, end the parked requests of principals no longer known, and have the runtime
         end the PUB subscriptions of admins no longer known (members never change here)."""
         self._callers.clear()
+        self._admin_keys = None
         for principal in sorted(self.parking.principals()):
             if self.rights(principal) is None:
                 self.parking.revoke(principal)

@@ -2,8 +2,10 @@
 PUB stream of a removed admin, and the identity table across snapshots and restarts."""
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,32 @@ def test_the_identity_table_survives_snapshots_a_restart_and_a_catch_up_by_snaps
         with pytest.raises(PermissionDenied, match="rejected"):
             b.get("app/1", stale=True)
     assert keys.read_client_key(alice).name == "alice"
+
+
+def _dashboard_admin(url: str, secret: str) -> bool:
+    req = urllib.request.Request(url + "/api/whoami", headers={"X-Coord-Admin-Key": secret})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return bool(json.loads(r.read())["admin"])
+
+
+def _eventually(what: str, check: Callable[[], bool], limit_s: float = 10.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while not check():      # the loop publishes the identity table to HTTP every 0.5 s
+        assert time.monotonic() < deadline, f"not within {limit_s} s: {what}"
+        time.sleep(0.05)
+
+
+def test_the_dashboard_shows_values_to_the_tables_admins_and_not_to_a_removed_one(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    url = cluster.http(cluster.ids[0])
+    assert cluster.key is not None
+    bootstrap = keys.read_client_key(cluster.key).pair.secret
+    with cluster.client() as admin:
+        ops = keys.read_client_key(add_key(cluster, admin, tmp_path, "ops", admin=True)).pair.secret
+        reader = keys.read_client_key(add_key(cluster, admin, tmp_path, "r", read=[""])).pair.secret
+        _eventually("ops is an admin to the dashboard", lambda: _dashboard_admin(url, ops))
+        assert _dashboard_admin(url, bootstrap) and not _dashboard_admin(url, reader)
+    with Client(cluster.endpoints, timeout=5.0, key=tmp_path / "ops.key") as by_ops:
+        by_ops.auth_remove("admin")
+    _eventually("admin.key is refused", lambda: not _dashboard_admin(url, bootstrap))
+    assert _dashboard_admin(url, ops)
