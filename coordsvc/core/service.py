@@ -6,9 +6,10 @@ only way state leaves is :meth:`step`, which hands every ``Ready`` to ``save`` b
 ``send`` sees a single message and before any client hears an answer.
 
 Sessions are timed here, on the leader only, and never inside the replicated
-machine: keep-alives renew a leader-local deadline and ride to followers on the
-next heartbeat, so whoever takes over knows when each client was last alive and
-restarts its clock from there (plus one election timeout of grace).
+machine: keep-alives renew a leader-local deadline. Whoever takes over restarts every
+session's clock at its takeover, with the full ttl plus one election timeout of grace:
+the old leader may have renewed a session until it stepped down, which can be after
+the takeover, and no renewal it granted then reaches us.
 """
 from __future__ import annotations
 
@@ -111,8 +112,7 @@ class Service:
         self._read_seq = 0
         self._watches: list[_Parked] = []
         self._lock_waits: list[_Parked] = []
-        # Sessions: last renewal seen here (every node) and the leader's deadlines.
-        self._seen_ms: dict[int, int] = {}
+        # Sessions: the leader's deadlines.
         self._deadline_ms: dict[int, int] = {}
         self._expiring: dict[int, int] = {}
         # When this node applied each grant and each queued acquire (its own clock), for
@@ -238,8 +238,6 @@ class Service:
             self._ok(route, rid, known=False)
             return
         self._deadline_ms[sid] = self.now_ms + ttl_ms
-        self._seen_ms[sid] = self.now_ms
-        self.replica.note_renewal(sid)
         self._ok(route, rid, known=True)
 
     def _read(self, route: Route, rid: object, op: str, req: dict[str, Any]) -> None:
@@ -368,8 +366,6 @@ class Service:
         if ready.install is not None:
             self.machine = m = Machine.restore(ready.install.data)
             self.last_snapshot_index = ready.install.index
-            for sid in m.sessions():
-                self._seen_ms.setdefault(sid, self.now_ms)
         rev_before = m.revision
         for slot, batch in ready.committed:
             for raw in batch:
@@ -382,8 +378,6 @@ class Service:
                 result = m.apply(slot, request)
                 self.counters.applied_commands += 1
                 self._after_command(request, result)
-        for sid in ready.renewed:
-            self._seen_ms[sid] = self.now_ms
         if m.revision != rev_before:
             try:
                 self.events.extend(m.events_since("", rev_before, 1 << 30))
@@ -429,7 +423,6 @@ class Service:
         if isinstance(cmd, (OpenSession, OpenAndAcquire)) and code in ("ok", "queued"):
             sid = result.data.get("session_id")
             if isinstance(sid, int):
-                self._seen_ms[sid] = self.now_ms
                 if self._leading():
                     self._deadline_ms[sid] = self.now_ms + cmd.ttl_ms
                 if code == "queued" and isinstance(cmd, OpenAndAcquire):
@@ -452,7 +445,6 @@ class Service:
         self._queued_at = {k: v for k, v in self._queued_at.items() if k in waiting}
 
     def _forget_session(self, sid: int) -> None:
-        self._seen_ms.pop(sid, None)
         self._deadline_ms.pop(sid, None)
         self._expiring.pop(sid, None)
 
@@ -461,12 +453,15 @@ class Service:
     def _after_step(self) -> None:
         serving = self._serving()
         if serving and not self._was_serving:
-            # Took over: every live session gets the time it had left, measured from its
-            # last renewal that reached us, plus one election timeout of grace.
+            # Took over: every live session gets its full ttl from now, plus one election
+            # timeout of grace. Not "from its last renewal that reached us": renewals ride
+            # heartbeats, which never reach a follower cut off from the leader, and the
+            # old leader answers keepalives until it notices it lost its quorum, up to an
+            # election timeout after our takeover. Two clients then held one lock (found
+            # by the whole-node simulator).
             grace = self.cfg.election_timeout_ms
-            self._deadline_ms = {
-                sid: self._seen_ms.get(sid, self.now_ms) + info.ttl_ms + grace
-                for sid, info in self.machine.sessions().items()}
+            self._deadline_ms = {sid: self.now_ms + info.ttl_ms + grace
+                                 for sid, info in self.machine.sessions().items()}
             self._expiring.clear()
         elif not self._leading() and (self._was_serving or self._writes or self._proposed
                                          or self._lock_waits):
