@@ -144,6 +144,10 @@ class Replica:
         # not include it — and only then votes. (Paxos Made Live's rule, made concrete.)
         self.rebuilding = durable.rebuilding
         self._campaign_at: int | None = None
+        # When a rebuilding follower next looks at whether to campaign. Only a tick moves
+        # it: a timer counted from the last input never fires while heartbeats arrive
+        # faster than it runs out (a driver ticks only when next_timer_ms() is due).
+        self._rebuild_check_ms = now_ms
 
         self._ready = Ready()
         self._outstanding = False
@@ -183,6 +187,7 @@ class Replica:
             if due:
                 self._retransmit_accepts(now_ms)
         elif self.rebuilding and self.role is Role.FOLLOWER:
+            self._rebuild_check_ms = now_ms + self.cfg.heartbeat_ms
             self._campaign_when_caught_up(now_ms)
         elif not self.external and now_ms >= self.election_deadline:
             self._start_phase1()
@@ -198,8 +203,9 @@ class Replica:
         due = self.election_deadline if not self.external else self.now_ms + 10 * hb
         if self.role is Role.CANDIDATE or self.known_commit > self.acceptor.commit_index:
             due = min(due, self.catchup_sent_ms + 4 * hb + 1)
-        if self.rebuilding:
-            due = min(due, self._campaign_at if self._campaign_at is not None else self.now_ms + hb)
+        if self.rebuilding and self.role is Role.FOLLOWER:
+            due = min(due, self._campaign_at if self._campaign_at is not None
+                      else self._rebuild_check_ms)
         return due
 
     def suspect(self, node: NodeId) -> None:
