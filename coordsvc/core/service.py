@@ -383,6 +383,9 @@ class Service:
                 self.events.extend(m.events_since("", rev_before, 1 << 30))
             except Compacted:
                 pass  # more changed in one step than the window holds; pollers catch up
+        if m.revision != rev_before or ready.install is not None:
+            # A parked watch has no event after its revision; an installed snapshot may
+            # bring some, and a timeout would otherwise answer "none up to here".
             self._watches = [p for p in self._watches if not self._try_watch(p)]
         grants = m.take_grants()
         for g in grants:
