@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Op", "Summary", "summarize", "STATUSES"]
+__all__ = ["Op", "Recorder", "Summary", "summarize", "STATUSES"]
 
 STATUSES = ("ok", "fail", "unknown")
 
@@ -61,3 +61,41 @@ def summarize(ops: list[Op]) -> Summary:
     for op in ops:
         counts[op.status] += 1
     return Summary(counts["ok"], counts["fail"], counts["unknown"])
+
+
+class Recorder:
+    """Builds a history from simulated milliseconds (one process, no threads)."""
+
+    def __init__(self) -> None:
+        self._slots: list[Op | None] = []
+        self._pending: dict[int, tuple[int, str, str, object, int]] = {}
+
+    def invoke(self, process: int, kind: str, key: str, input: object, now_ms: int) -> int:
+        handle = len(self._slots)
+        self._slots.append(None)
+        self._pending[handle] = (process, kind, key, input, now_ms * 1_000_000)
+        return handle
+
+    def ok(self, handle: int, output: object, now_ms: int) -> None:
+        self._complete(handle, "ok", output, now_ms)
+
+    def fail(self, handle: int, now_ms: int) -> None:
+        self._complete(handle, "fail", None, now_ms)
+
+    def unknown(self, handle: int) -> None:
+        self._complete(handle, "unknown", None, None)
+
+    def _complete(self, handle: int, status: str, output: object, now_ms: int | None) -> None:
+        process, kind, key, input, invoke_ns = self._pending.pop(handle)
+        done = None if now_ms is None else now_ms * 1_000_000
+        self._slots[handle] = Op(process, kind, key, input, output, invoke_ns, done, status)
+
+    def ops(self) -> list[Op]:
+        """Every op in invoke order; one still pending is unknown (the run ended first)."""
+        out = []
+        for handle, op in enumerate(self._slots):
+            if op is None:
+                process, kind, key, input, invoke_ns = self._pending[handle]
+                op = Op(process, kind, key, input, None, invoke_ns, None, "unknown")
+            out.append(op)
+        return out
