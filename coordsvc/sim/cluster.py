@@ -23,6 +23,7 @@ from ..core.messages import Message, Outbound
 from ..core.replica import Ready, Replica, Role
 from ..core.types import Ballot, Config, Durable, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
+from .mutations import SkipAdoptReplica
 from .oracle import SlotOracle
 from .world import Faults, Network, World
 
@@ -67,14 +68,6 @@ class Params:
 
 class Violation(Exception):
     pass
-
-
-class _SkipAdoptReplica(Replica):
-    def _become_leader(self) -> None:
-        # Known-bad: forget what the promises reported (every slot becomes a no-op).
-        self.promises = {k: type(p)(p.src, p.ballot, p.from_slot, (), p.commit_index,
-                                    p.snapshot_index) for k, p in self.promises.items()}
-        super()._become_leader()
 
 
 @dataclass
@@ -145,7 +138,7 @@ class Sim:
         if self.mutation == "forget_promise":
             durable = Durable(Ballot(0, ""), 0, durable.entries, durable.commit_index,
                               durable.snapshot)
-        cls = _SkipAdoptReplica if self.mutation == "skip_adopt" else Replica
+        cls = SkipAdoptReplica if self.mutation == "skip_adopt" else Replica
         node.replica = cls(nid, self.ids, durable, random.Random(self.rng.random()),
                            self._local_now(nid), self.cfg)
         node.saving = False
