@@ -25,7 +25,7 @@ from ..core.types import Ballot, Config, Durable, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
 from .mutations import SkipAdoptReplica
 from .oracle import SlotOracle
-from .world import Faults, Network, World
+from .world import Disk, Faults, Network, World
 
 MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes")
 
@@ -74,6 +74,7 @@ class Violation(Exception):
 class _Node:
     id: str
     store: MemoryStore
+    disk: Disk
     replica: Replica | None = None
     saving: bool = False
     epoch: int = 0
@@ -110,7 +111,8 @@ class Sim:
         self.cfg = Config(heartbeat_ms=30, election_timeout_ms=200, max_inflight_slots=16,
                           max_batch_commands=8, catchup_batch=16,
                           snapshot_every=self.p.snapshot_every)
-        self.nodes = {i: _Node(i, MemoryStore()) for i in self.ids}
+        self.nodes = {i: _Node(i, MemoryStore(), Disk(self.world, self.p.disk_ms))
+                      for i in self.ids}
         self.net = Network(self.world, self.p.loss, self.p.dup, self.p.max_delay_ms)
         self.faults = Faults(self.world, self.net, self, self.ids, self.p.crash_every_ms,
                              self.p.partition_every_ms, self.p.disk_loss, self.p.safety_ms)
@@ -156,8 +158,7 @@ class Sim:
         if self.mutation == "reply_before_save":
             self._send_all(nid, ready.messages)
             ready.messages = []
-        self.world.at(self.now + self.rng.randint(0, self.p.disk_ms), self._ev_saved,
-                      (nid, node.epoch, ready))
+        node.disk.save(self._ev_saved, (nid, node.epoch, ready))
 
     def _saved(self, nid: str, ready: Ready) -> None:
         node = self.nodes[nid]
@@ -237,6 +238,7 @@ class Sim:
         node = self.nodes[nid]
         node.replica = None
         node.epoch += 1
+        node.disk.crash()
         self.stats["crashes"] += 1
         self.world.note("crash", nid)
 

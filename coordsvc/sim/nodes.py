@@ -40,7 +40,7 @@ from .oracle import SlotOracle
 from .reference import Reference
 from .requests import Payload
 from .workload import Record, Workload, watcher, worker
-from .world import Faults, Network, World
+from .world import Disk, Faults, Network, World
 
 __all__ = ["MUTATIONS", "NodeSim", "Params", "Result", "run"]
 
@@ -143,10 +143,10 @@ class _Node:
     id: str
     rate: float
     offset_ms: int
+    disk: Disk                     # the node is blocked until disk.busy_until
     store: MemoryStore = field(default_factory=MemoryStore)
     svc: ObservedService | None = None
     epoch: int = 0
-    busy_until: int = 0            # blocked on its disk until then
     inbox: list[tuple[Any, Any]] = field(default_factory=list)
     poll_pending: bool = False
     next_tick_ms: int = 0          # local clock, as the runtime's next_tick
@@ -167,7 +167,7 @@ class NodeSim:
         self.p = p = params or Params.draw(self.rng, nodes)
         self.ids = [f"n{i + 1}" for i in range(p.nodes)]
         self.endpoints = list(self.ids)
-        self.nodes = {nid: _Node(nid, p.drift[i], p.clock_offset_ms[i])
+        self.nodes = {nid: _Node(nid, p.drift[i], p.clock_offset_ms[i], Disk(self.world, p.disk_ms))
                       for i, nid in enumerate(self.ids)}
         self.addresses = {nid: f"sim://{nid}" for nid in self.ids}
         self._by_address = {a: nid for nid, a in self.addresses.items()}
@@ -222,8 +222,9 @@ class NodeSim:
         node = self.nodes[nid]
         node.svc = None
         node.epoch += 1
+        node.disk.crash()
         node.inbox.clear()
-        node.busy_until, node.poll_pending, node.wake_at = 0, False, None
+        node.poll_pending, node.wake_at = False, None
         self.stats["crashes"] += 1
         self.world.note("crash", nid)
 
@@ -265,7 +266,7 @@ class NodeSim:
                                  random.Random(self.rng.random()), self._local(node), self.cfg)
         svc.observe = self._applying
         node.svc = svc
-        node.busy_until, node.poll_pending, node.wake_at = 0, False, None
+        node.poll_pending, node.wake_at = False, None
         node.next_tick_ms = self._local(node)
         node.last_published = None
         self.oracle.booted(nid)
@@ -274,7 +275,7 @@ class NodeSim:
     # ---------------------------------------------------------------- the node loop
 
     def _poll_soon(self, node: _Node) -> None:
-        if not node.poll_pending and node.busy_until <= self.now:
+        if not node.poll_pending and node.disk.busy_until <= self.now:
             node.poll_pending = True
             self.world.at(self.now, self._poll, (node.id, node.epoch))
 
@@ -284,7 +285,7 @@ class NodeSim:
         if node.epoch != epoch or node.svc is None:
             return
         node.poll_pending = False
-        if node.busy_until <= self.now:
+        if node.disk.busy_until <= self.now:
             self._loop(node, node.svc)
 
     def _timer(self, data: tuple[str, int, int]) -> None:
@@ -318,19 +319,13 @@ class NodeSim:
         self.stats["steps"] += 1
         # Saves run one after another, each taking its time; the node waits for them.
         w, epoch = self.world, node.epoch
-        done_at: list[int] = []
-        t = self.now
-        for p in saves:
-            if not p.empty():
-                t += self.rng.randint(0, self.p.disk_ms)
-            done_at.append(t)
-            w.at(t, self._saved, (node.id, epoch, p))
+        done_at = [node.disk.save(self._saved, (node.id, p), p.empty()) for p in saves]
+        t = done_at[-1] if done_at else self.now
         for after, msgs in sends:
             if msgs:
                 w.at(done_at[after - 1] if after else self.now, self._release, (node.id, epoch, msgs))
         if replies or events:
             w.at(t, self._answer, (node.id, epoch, replies, events))
-        node.busy_until = t
         if t > self.now:
             w.at(t, self._poll, (node.id, epoch))
             node.poll_pending = True
@@ -340,12 +335,10 @@ class NodeSim:
             node.wake_at = at
             w.at(at, self._timer, (node.id, epoch, at))
 
-    def _saved(self, data: tuple[str, int, Persist]) -> None:
-        nid, epoch, p = data
+    def _saved(self, data: tuple[str, Persist]) -> None:
+        nid, p = data
         node = self.nodes[nid]
-        if node.epoch != epoch:
-            return  # crashed before the save completed: the write is lost
-        node.store.save(p)           # the durability point
+        node.store.save(p)           # the durability point (a crash before it loses p)
         self.stats["saves"] += 1
         self.oracle.saved(nid, p)
 

@@ -6,8 +6,10 @@ event a simulation notes; the same seed must give the same hash.
 
 The network loses, duplicates and delays messages and obeys partitions (a blocked pair
 ``(src, dst)`` is one direction, so partitions may be asymmetric); endpoints are plain
-names, nodes and clients alike. ``Faults`` crashes and restarts nodes (sometimes with a
-lost disk) and redraws partitions during the safety phase, then heals everything.
+names, nodes and clients alike. A node's ``Disk`` completes saves one after another, each
+taking a random time, and a crash loses every save not yet completed. ``Faults`` crashes
+and restarts nodes (sometimes with a lost disk) and redraws partitions during the safety
+phase, then heals everything.
 Simulations differ in what a node is (a bare replica, a whole ``Service``) and say so
 through the small ``Host`` interface.
 """
@@ -19,7 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Faults", "Host", "Network", "PARTITIONS", "World"]
+__all__ = ["Disk", "Faults", "Host", "Network", "PARTITIONS", "World"]
 
 Handler = Callable[[Any], None]
 
@@ -118,6 +120,37 @@ class Network:
     def heal(self) -> None:
         self.faults = False
         self.blocked.clear()
+
+
+class Disk:
+    """One node's disk: each save completes 0..disk_ms after the previous one did (or
+    at once when there is nothing to write); ``crash`` loses every save not completed --
+    its ``durable`` callback never runs."""
+
+    def __init__(self, world: World, disk_ms: int) -> None:
+        self.world = world
+        self.disk_ms = disk_ms
+        self.busy_until = 0
+        self._epoch = 0
+
+    def save(self, durable: Handler, data: Any, empty: bool = False) -> int:
+        """Start a save; ``durable(data)`` runs when it completes. Returns that time."""
+        w = self.world
+        done = max(w.now, self.busy_until)
+        if not empty:
+            done += w.rng.randint(0, self.disk_ms)
+        self.busy_until = done
+        w.at(done, self._completed, (self._epoch, durable, data))
+        return done
+
+    def _completed(self, item: tuple[int, Handler, Any]) -> None:
+        epoch, durable, data = item
+        if epoch == self._epoch:
+            durable(data)
+
+    def crash(self) -> None:
+        self._epoch += 1
+        self.busy_until = 0
 
 
 class Host(Protocol):
