@@ -78,6 +78,41 @@ def put(key: str, value: bytes, seq: int) -> dict[str, Any]:
     return {"op": "write", "req": encode_request(Request("c1", seq, seq, Put(key, value)))}
 
 
+def test_step_saves_each_ready_before_it_sends_and_answers_clients_only_after() -> None:
+    nodes = Nodes()
+    nodes.advance(3000)
+    leader = nodes.leader()
+    assert leader is not None
+    svc, calls = nodes.svcs[leader], []
+    svc.on_client("client", {**put("k", b"v", 1), "id": 1}, nodes.now)
+    svc.step(lambda p: calls.append("save"), lambda msgs: calls.append("send"))
+    assert calls[:2] == ["save", "send"] and calls.count("save") == calls.count("send")
+    assert all(calls[i] == "save" for i in range(0, len(calls), 2))
+    assert svc.take_outbox()[0] == []      # the write is not chosen yet: no answer
+
+
+def test_a_retried_write_is_applied_once_and_answered_with_the_first_result() -> None:
+    nodes = Nodes()
+    nodes.advance(3000)
+    leader = nodes.leader()
+    assert leader is not None
+    first = nodes.ask(leader, put("k", b"v", 1))
+    again = nodes.ask(leader, put("k", b"v", 1))
+    assert first is not None and again is not None
+    assert first["result"] == again["result"] == ["ok", 1, {"revision": 1}]
+    assert nodes.svcs[leader].machine.revision == 1
+
+
+def test_a_follower_answers_a_write_with_the_leaders_address() -> None:
+    nodes = Nodes()
+    nodes.advance(3000)
+    leader = nodes.leader()
+    follower = next(i for i in IDS if i != leader)
+    reply = nodes.ask(follower, put("k", b"v", 1))
+    assert reply is not None and reply["error"] == "not_leader"
+    assert reply["leader"] == leader and reply["leader_address"] == f"tcp://{leader}"
+
+
 def test_a_new_leader_never_expires_a_session_before_a_keepalive_the_old_leader_answered_runs_out() -> None:
     """Found by the whole-node simulator: the old leader may renew a session until it
     steps down, which can be after the takeover, and the renewal then never reaches the
