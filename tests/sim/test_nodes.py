@@ -24,10 +24,11 @@ def _seeds(config: pytest.Config) -> list[int]:
     return seeds(config, CI_SEEDS)
 
 
-def _failures(results: list[Result]) -> str:
+def _fail_on_violations(results: list[Result]) -> None:
     bad = [r.describe() for r in results if r.violations]
-    return f"{len(bad)} of {len(results)} seeds failed; replay with: pytest tests/sim --seed N\n" + \
-        "\n".join(bad)
+    if bad:
+        pytest.fail(f"{len(bad)} of {len(results)} seeds failed; replay with: pytest tests/sim "
+                    "--seed N\n" + "\n".join(bad), pytrace=False)
 
 
 def test_whole_nodes_stay_safe_under_faults_and_every_client_finishes_after_healing(
@@ -38,12 +39,11 @@ def test_whole_nodes_stay_safe_under_faults_and_every_client_finishes_after_heal
     grants = sum(r.stats["grants_believed"] for r in results)
     print(f"whole nodes: {len(seeds)} seeds from {seeds[0]}: {ops} ops answered, "
           f"{grants} lock grants held, {sum(bool(r.violations) for r in results)} failed")
-    assert not any(r.violations for r in results), _failures(results)
+    _fail_on_violations(results)
 
 
 def test_five_whole_nodes_stay_safe(pytestconfig: pytest.Config) -> None:
-    results = [run(seed, nodes=5) for seed in _seeds(pytestconfig)[:20]]
-    assert not any(r.violations for r in results), _failures(results)
+    _fail_on_violations([run(seed, nodes=5) for seed in _seeds(pytestconfig)[:20]])
 
 
 def test_the_same_seed_gives_the_same_trace() -> None:
