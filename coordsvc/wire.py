@@ -1,12 +1,30 @@
 """Bytes <-> messages: versioned, size-capped msgpack bodies.
 
 A body is one version byte, one type-tag byte, then a msgpack payload. Peer messages
-(tags 1..9, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
+(tags 1..11, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
 replies and watch events are msgpack maps with str keys.
 
 Decoding is the trust boundary: whatever a peer or client sends, ``decode*`` either
 returns a fully type-checked value or raises ``WireError`` -- never anything else --
 so the node can drop and count a bad frame instead of crashing.
+
+Bounds checked on every decoded peer field (the limits live in ``core.types``):
+
+- every frame, of any type: at most ``MAX_FRAME_BYTES`` (4 MiB), checked before msgpack
+  sees a byte. Senders pack within ``MESSAGE_BUDGET_BYTES`` (2 MiB) plus one item and
+  send snapshots in ``SNAPSHOT_CHUNK_BYTES`` (1 MiB) chunks, so no honest frame is near it;
+- ballot rounds, slots, commit indexes, heartbeat rounds: ints in ``[0, 2**62]``
+  (``MAX_ROUND``/``MAX_SLOT``), so ``x + 1`` always fits SQLite's int64; log slots >= 1;
+- node ids (``src``, a ballot's node): str of 1..64 characters (``MAX_NODE_ID_CHARS``);
+  a ballot's node may be empty only in the zero ballot ``[0, ""]``;
+- a value (batch of commands): at most ``MAX_BATCH_COMMANDS`` (65,536) bin items;
+- a promise's entries and a catch-up reply's chosen entries: at most ``MAX_MESSAGE_ITEMS``
+  (65,536); a heartbeat's renewed session ids: at most ``MAX_RENEWED`` (4,096) ints in
+  ``[1, 2**63 - 1]``;
+- a catch-up request: ``1 <= from_slot <= to_slot <= 2**62``;
+- a snapshot descriptor: index in ``[1, 2**62]``, size in ``[0, 2**62]``, a 32-byte
+  sha256; a snapshot chunk: at most ``SNAPSHOT_CHUNK_BYTES`` of data lying inside the
+  snapshot; a snapshot request: offset in ``[0, 2**62]``.
 """
 from __future__ import annotations
 
@@ -16,6 +34,8 @@ from typing import Any, Final
 import msgpack  # type: ignore[import-untyped]
 
 from coordsvc.core.messages import (
+    CHECKSUM_BYTES,
+    ENVELOPE_BYTES,
     MESSAGE_TYPES,
     Accept,
     Accepted,
@@ -27,8 +47,27 @@ from coordsvc.core.messages import (
     Nack,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
 )
-from coordsvc.core.types import Ballot, Entry, ProtocolError, Snapshot, UsageError, Value
+from coordsvc.core.types import (
+    MAX_BATCH_COMMANDS,
+    MAX_COMMAND_BYTES,
+    MAX_MESSAGE_ITEMS,
+    MAX_NODE_ID_CHARS,
+    MAX_RENEWED,
+    MAX_ROUND,
+    MAX_SLOT,
+    MAX_SNAPSHOT_BYTES,
+    MESSAGE_BUDGET_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
+    Ballot,
+    LogEntry,
+    ProtocolError,
+    UsageError,
+    Value,
+)
 
 __all__ = [
     "CLIENT_REPLY",
@@ -36,7 +75,9 @@ __all__ = [
     "CLIENT_TAGS",
     "EVENT",
     "MAX_FRAME_BYTES",
+    "MESSAGE_BUDGET_BYTES",
     "PEER_TAGS",
+    "SNAPSHOT_CHUNK_BYTES",
     "WIRE_VERSION",
     "WireError",
     "decode",
@@ -47,13 +88,13 @@ __all__ = [
 ]
 
 WIRE_VERSION: Final = 1
-# Values are capped at 1 MiB; catch-up replies and snapshots are chunked by the sender,
-# so one frame never needs more than this.
+# No frame of any type is larger. Values are capped at 1 MiB; senders pack items within
+# MESSAGE_BUDGET_BYTES (always at least one) and send snapshots in chunks, so the largest
+# honest peer frame is one budget or one batch, plus its envelope:
 MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
-# A catch-up reply carries a whole state-machine snapshot (100,000 small keys is ~10 MiB);
-# it alone may be larger. Sending snapshots in chunks would lift this exception.
-MAX_SNAPSHOT_FRAME_BYTES: Final = 256 * 1024 * 1024
-_CATCHUP_REPLY_TAG: Final = 9
+if max(MESSAGE_BUDGET_BYTES, MAX_COMMAND_BYTES + 16, SNAPSHOT_CHUNK_BYTES) + 4 * ENVELOPE_BYTES \
+        >= MAX_FRAME_BYTES:
+    raise ImportError("wire: a budget plus its largest item no longer fits the frame cap")
 
 CLIENT_REQUEST: Final = 32
 CLIENT_REPLY: Final = 33
@@ -96,9 +137,8 @@ def _check_frame(body: bytes) -> tuple[int, object]:
         raise UsageError(f"body must be bytes, got {type(body).__name__}")
     n = len(body)
     # Checked before msgpack ever sees the payload.
-    cap = MAX_SNAPSHOT_FRAME_BYTES if n > 1 and body[1] == _CATCHUP_REPLY_TAG else MAX_FRAME_BYTES
-    if n > cap:
-        raise WireError(f"frame too large ({n} > {cap} bytes)")
+    if n > MAX_FRAME_BYTES:
+        raise WireError(f"frame too large ({n} > {MAX_FRAME_BYTES} bytes)")
     if n < _HEADER_BYTES + 1:
         raise WireError("truncated frame")
     if body[0] != WIRE_VERSION:
@@ -121,29 +161,30 @@ def _check_frame(body: bytes) -> tuple[int, object]:
 # --- field validators (decode side) --------------------------------------------------
 # Types are checked with ``type(v) is int`` so a bool is never taken for an int.
 
-def _str(v: object, what: str) -> str:
-    if type(v) is str:
+def _node(v: object, what: str) -> str:
+    if type(v) is str and 0 < len(v) <= MAX_NODE_ID_CHARS:
         return v
-    raise WireError(f"{what}: want str")
+    raise WireError(f"{what}: want a node id (str of 1..{MAX_NODE_ID_CHARS} characters)")
 
 
 def _uint(v: object, what: str) -> int:
-    if type(v) is int and v >= 0:
+    """A slot, commit index or round: an int in [0, 2**62]."""
+    if type(v) is int and 0 <= v <= MAX_SLOT:
         return v
-    raise WireError(f"{what}: want int >= 0")
-
-
-def _int(v: object, what: str) -> int:
-    if type(v) is int:
-        return v
-    raise WireError(f"{what}: want int")
+    raise WireError(f"{what}: want int in [0, 2**62]")
 
 
 def _log_slot(v: object, what: str) -> int:
     # Slot 0 is reserved (see Accept), so no real log entry ever lives there.
-    if type(v) is int and v >= 1:
+    if type(v) is int and 1 <= v <= MAX_SLOT:
         return v
-    raise WireError(f"{what}: want int >= 1")
+    raise WireError(f"{what}: want int in [1, 2**62]")
+
+
+def _size(v: object, what: str) -> int:
+    if type(v) is int and 0 <= v <= MAX_SNAPSHOT_BYTES:
+        return v
+    raise WireError(f"{what}: want int in [0, 2**62]")
 
 
 # Nearly every message carries the current leader's ballot, and building a frozen
@@ -157,7 +198,9 @@ def _ballot(v: object, what: str) -> Ballot:
     if type(v) is tuple and len(v) == 2:
         rnd, node = v
         # Types are checked before the lookup: (True, "n") would hash equal to (1, "n").
-        if type(rnd) is int and rnd >= 0 and type(node) is str:
+        # Only the zero ballot has no node.
+        if (type(rnd) is int and 0 <= rnd <= MAX_ROUND and type(node) is str
+                and len(node) <= MAX_NODE_ID_CHARS and (node or rnd == 0)):
             key = (rnd, node)
             b = _BALLOT_CACHE.get(key)
             if b is None:
@@ -165,33 +208,33 @@ def _ballot(v: object, what: str) -> Ballot:
                     _BALLOT_CACHE.clear()
                 b = _BALLOT_CACHE[key] = Ballot(rnd, node)
             return b
-    raise WireError(f"{what}: want [round >= 0, node]")
+    raise WireError(f"{what}: want [round in [0, 2**62], node id]")
 
 
 def _value(v: object, what: str) -> Value:
-    if type(v) is tuple:
+    if type(v) is tuple and len(v) <= MAX_BATCH_COMMANDS:
         for cmd in v:
             if type(cmd) is not bytes:
                 raise WireError(f"{what}: want array of bin")
         return v
-    raise WireError(f"{what}: want array of bin")
+    raise WireError(f"{what}: want array of at most {MAX_BATCH_COMMANDS} bin")
 
 
-def _entry(v: object, what: str) -> Entry:
+def _entry(v: object, what: str) -> LogEntry:
     if type(v) is tuple and len(v) == 3:
-        return Entry(_log_slot(v[0], what), _ballot(v[1], what), _value(v[2], what))
+        return LogEntry(_log_slot(v[0], what), _ballot(v[1], what), _value(v[2], what))
     raise WireError(f"{what}: want [slot, ballot, value]")
 
 
-def _entries(v: object, what: str) -> tuple[Entry, ...]:
-    if type(v) is tuple:
+def _entries(v: object, what: str) -> tuple[LogEntry, ...]:
+    if type(v) is tuple and len(v) <= MAX_MESSAGE_ITEMS:
         return tuple([_entry(e, what) for e in v])
-    raise WireError(f"{what}: want array")
+    raise WireError(f"{what}: want array of at most {MAX_MESSAGE_ITEMS}")
 
 
 def _chosen(v: object, what: str) -> tuple[tuple[int, Value], ...]:
-    if type(v) is not tuple:
-        raise WireError(f"{what}: want array")
+    if type(v) is not tuple or len(v) > MAX_MESSAGE_ITEMS:
+        raise WireError(f"{what}: want array of at most {MAX_MESSAGE_ITEMS}")
     out = []
     for pair in v:
         if type(pair) is not tuple or len(pair) != 2:
@@ -200,21 +243,27 @@ def _chosen(v: object, what: str) -> tuple[tuple[int, Value], ...]:
     return tuple(out)
 
 
-def _snapshot(v: object, what: str) -> Snapshot | None:
-    if v is None:
-        return None
-    if type(v) is tuple and len(v) == 2 and type(v[1]) is bytes:
-        return Snapshot(_uint(v[0], what), v[1])
-    raise WireError(f"{what}: want [index, bin] or nil")
+def _snapshot_info(v: object, what: str) -> SnapshotInfo:
+    if (type(v) is tuple and len(v) == 3 and type(v[2]) is bytes
+            and len(v[2]) == CHECKSUM_BYTES):
+        return SnapshotInfo(_log_slot(v[0], what), _size(v[1], what), v[2])
+    raise WireError(f"{what}: want [index, size, sha256]")
 
 
-def _ints(v: object, what: str) -> tuple[int, ...]:
-    if type(v) is tuple:
+def _opt_snapshot_info(v: object, what: str) -> SnapshotInfo | None:
+    return None if v is None else _snapshot_info(v, what)
+
+
+_MAX_SESSION_ID = 2**63 - 1
+
+
+def _session_ids(v: object, what: str) -> tuple[int, ...]:
+    if type(v) is tuple and len(v) <= MAX_RENEWED:
         for i in v:
-            if type(i) is not int:
-                raise WireError(f"{what}: want array of int")
+            if type(i) is not int or not 1 <= i <= _MAX_SESSION_ID:
+                raise WireError(f"{what}: want array of session ids in [1, 2**63 - 1]")
         return v
-    raise WireError(f"{what}: want array of int")
+    raise WireError(f"{what}: want array of at most {MAX_RENEWED} session ids")
 
 
 # --- per-class codecs ----------------------------------------------------------------
@@ -230,19 +279,21 @@ def _enc_prepare(m: Prepare) -> tuple[object, ...]:
 
 
 def _dec_prepare(p: tuple[object, ...]) -> Prepare:
-    return Prepare(_str(p[0], "Prepare.src"), _ballot(p[1], "Prepare.ballot"),
+    return Prepare(_node(p[0], "Prepare.src"), _ballot(p[1], "Prepare.ballot"),
                    _uint(p[2], "Prepare.from_slot"))
 
 
 def _enc_promise(m: Promise) -> tuple[object, ...]:
     acc = tuple([(e.slot, (e.ballot.round, e.ballot.node), e.value) for e in m.accepted])
-    return (m.src, _b(m.ballot), m.from_slot, acc, m.commit_index, m.snapshot_index)
+    return (m.src, _b(m.ballot), m.from_slot, acc, m.commit_index, m.snapshot_index,
+            m.next_slot)
 
 
 def _dec_promise(p: tuple[object, ...]) -> Promise:
-    return Promise(_str(p[0], "Promise.src"), _ballot(p[1], "Promise.ballot"),
+    return Promise(_node(p[0], "Promise.src"), _ballot(p[1], "Promise.ballot"),
                    _uint(p[2], "Promise.from_slot"), _entries(p[3], "Promise.accepted"),
-                   _uint(p[4], "Promise.commit_index"), _uint(p[5], "Promise.snapshot_index"))
+                   _uint(p[4], "Promise.commit_index"), _uint(p[5], "Promise.snapshot_index"),
+                   _uint(p[6], "Promise.next_slot"))
 
 
 def _enc_nack(m: Nack) -> tuple[object, ...]:
@@ -250,7 +301,7 @@ def _enc_nack(m: Nack) -> tuple[object, ...]:
 
 
 def _dec_nack(p: tuple[object, ...]) -> Nack:
-    return Nack(_str(p[0], "Nack.src"), _ballot(p[1], "Nack.ballot"),
+    return Nack(_node(p[0], "Nack.src"), _ballot(p[1], "Nack.ballot"),
                 _ballot(p[2], "Nack.promised"))
 
 
@@ -259,7 +310,7 @@ def _enc_accept(m: Accept) -> tuple[object, ...]:
 
 
 def _dec_accept(p: tuple[object, ...]) -> Accept:
-    return Accept(_str(p[0], "Accept.src"), _ballot(p[1], "Accept.ballot"),
+    return Accept(_node(p[0], "Accept.src"), _ballot(p[1], "Accept.ballot"),
                   _log_slot(p[2], "Accept.slot"), _value(p[3], "Accept.value"),
                   _uint(p[4], "Accept.commit_index"))
 
@@ -269,7 +320,7 @@ def _enc_accepted(m: Accepted) -> tuple[object, ...]:
 
 
 def _dec_accepted(p: tuple[object, ...]) -> Accepted:
-    return Accepted(_str(p[0], "Accepted.src"), _ballot(p[1], "Accepted.ballot"),
+    return Accepted(_node(p[0], "Accepted.src"), _ballot(p[1], "Accepted.ballot"),
                     _log_slot(p[2], "Accepted.slot"))
 
 
@@ -278,9 +329,9 @@ def _enc_heartbeat(m: Heartbeat) -> tuple[object, ...]:
 
 
 def _dec_heartbeat(p: tuple[object, ...]) -> Heartbeat:
-    return Heartbeat(_str(p[0], "Heartbeat.src"), _ballot(p[1], "Heartbeat.ballot"),
+    return Heartbeat(_node(p[0], "Heartbeat.src"), _ballot(p[1], "Heartbeat.ballot"),
                      _uint(p[2], "Heartbeat.commit_index"), _uint(p[3], "Heartbeat.round"),
-                     _ints(p[4], "Heartbeat.renewed"))
+                     _session_ids(p[4], "Heartbeat.renewed"))
 
 
 def _enc_heartbeat_ack(m: HeartbeatAck) -> tuple[object, ...]:
@@ -288,7 +339,7 @@ def _enc_heartbeat_ack(m: HeartbeatAck) -> tuple[object, ...]:
 
 
 def _dec_heartbeat_ack(p: tuple[object, ...]) -> HeartbeatAck:
-    return HeartbeatAck(_str(p[0], "HeartbeatAck.src"), _ballot(p[1], "HeartbeatAck.ballot"),
+    return HeartbeatAck(_node(p[0], "HeartbeatAck.src"), _ballot(p[1], "HeartbeatAck.ballot"),
                         _uint(p[2], "HeartbeatAck.round"),
                         _uint(p[3], "HeartbeatAck.commit_index"))
 
@@ -298,21 +349,48 @@ def _enc_catchup_request(m: CatchupRequest) -> tuple[object, ...]:
 
 
 def _dec_catchup_request(p: tuple[object, ...]) -> CatchupRequest:
-    return CatchupRequest(_str(p[0], "CatchupRequest.src"),
-                          _uint(p[1], "CatchupRequest.from_slot"),
-                          _uint(p[2], "CatchupRequest.to_slot"))
+    return CatchupRequest(_node(p[0], "CatchupRequest.src"),
+                          _log_slot(p[1], "CatchupRequest.from_slot"),
+                          _log_slot(p[2], "CatchupRequest.to_slot"))
+
+
+def _info(s: SnapshotInfo) -> tuple[int, int, bytes]:
+    return (s.index, s.size, s.checksum)
 
 
 def _enc_catchup_reply(m: CatchupReply) -> tuple[object, ...]:
-    snap = None if m.snapshot is None else (m.snapshot.index, m.snapshot.data)
+    snap = None if m.snapshot is None else _info(m.snapshot)
     return (m.src, _b(m.ballot), m.chosen, snap, m.commit_index)
 
 
 def _dec_catchup_reply(p: tuple[object, ...]) -> CatchupReply:
-    return CatchupReply(_str(p[0], "CatchupReply.src"), _ballot(p[1], "CatchupReply.ballot"),
+    return CatchupReply(_node(p[0], "CatchupReply.src"), _ballot(p[1], "CatchupReply.ballot"),
                         _chosen(p[2], "CatchupReply.chosen"),
-                        _snapshot(p[3], "CatchupReply.snapshot"),
+                        _opt_snapshot_info(p[3], "CatchupReply.snapshot"),
                         _uint(p[4], "CatchupReply.commit_index"))
+
+
+def _enc_snapshot_request(m: SnapshotRequest) -> tuple[object, ...]:
+    return (m.src, m.index, m.offset)
+
+
+def _dec_snapshot_request(p: tuple[object, ...]) -> SnapshotRequest:
+    return SnapshotRequest(_node(p[0], "SnapshotRequest.src"),
+                           _log_slot(p[1], "SnapshotRequest.index"),
+                           _size(p[2], "SnapshotRequest.offset"))
+
+
+def _enc_snapshot_chunk(m: SnapshotChunk) -> tuple[object, ...]:
+    return (m.src, _info(m.snapshot), m.offset, m.data)
+
+
+def _dec_snapshot_chunk(p: tuple[object, ...]) -> SnapshotChunk:
+    data = p[3]
+    if type(data) is not bytes or len(data) > SNAPSHOT_CHUNK_BYTES:
+        raise WireError(f"SnapshotChunk.data: want bin of at most {SNAPSHOT_CHUNK_BYTES} bytes")
+    return SnapshotChunk(_node(p[0], "SnapshotChunk.src"),
+                         _snapshot_info(p[1], "SnapshotChunk.snapshot"),
+                         _size(p[2], "SnapshotChunk.offset"), data)
 
 
 _Encoder = Callable[[Any], tuple[object, ...]]
@@ -321,7 +399,7 @@ _Decoder = Callable[[tuple[object, ...]], Message]
 # cls -> (encoder, decoder, arity); tags follow MESSAGE_TYPES order (Prepare = 1).
 _CODECS: dict[type, tuple[_Encoder, _Decoder, int]] = {
     Prepare: (_enc_prepare, _dec_prepare, 3),
-    Promise: (_enc_promise, _dec_promise, 6),
+    Promise: (_enc_promise, _dec_promise, 7),
     Nack: (_enc_nack, _dec_nack, 3),
     Accept: (_enc_accept, _dec_accept, 5),
     Accepted: (_enc_accepted, _dec_accepted, 3),
@@ -329,13 +407,13 @@ _CODECS: dict[type, tuple[_Encoder, _Decoder, int]] = {
     HeartbeatAck: (_enc_heartbeat_ack, _dec_heartbeat_ack, 4),
     CatchupRequest: (_enc_catchup_request, _dec_catchup_request, 3),
     CatchupReply: (_enc_catchup_reply, _dec_catchup_reply, 5),
+    SnapshotRequest: (_enc_snapshot_request, _dec_snapshot_request, 3),
+    SnapshotChunk: (_enc_snapshot_chunk, _dec_snapshot_chunk, 4),
 }
 if set(_CODECS) != set(MESSAGE_TYPES):  # a new message class needs a codec and a tag
     raise ImportError("wire codecs out of sync with core.messages.MESSAGE_TYPES")
 
 PEER_TAGS: Final[Mapping[type, int]] = {cls: i for i, cls in enumerate(MESSAGE_TYPES, 1)}
-if PEER_TAGS[CatchupReply] != _CATCHUP_REPLY_TAG:
-    raise ImportError("wire: CatchupReply's tag moved; update _CATCHUP_REPLY_TAG")
 
 # class -> (header bytes, encoder); tag -> (class name, decoder, arity)
 _PEER_ENCODERS: dict[type, tuple[bytes, _Encoder]] = {
@@ -351,10 +429,9 @@ _CLIENT_HEADERS: dict[int, bytes] = {t: bytes((WIRE_VERSION, t)) for t in CLIENT
 
 def _finish(header: bytes, payload: bytes) -> bytes:
     body = header + payload
-    cap = MAX_SNAPSHOT_FRAME_BYTES if header[1] == _CATCHUP_REPLY_TAG else MAX_FRAME_BYTES
-    if len(body) > cap:
-        # Ours to prevent: senders chunk catch-up replies and snapshots, clients cap values.
-        raise UsageError(f"encoded frame too large ({len(body)} > {cap} bytes)")
+    if len(body) > MAX_FRAME_BYTES:
+        # Ours to prevent: senders pack by bytes and chunk snapshots, clients cap values.
+        raise UsageError(f"encoded frame too large ({len(body)} > {MAX_FRAME_BYTES} bytes)")
     return body
 
 

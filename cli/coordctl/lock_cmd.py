@@ -1,7 +1,6 @@
 """`coordctl lock ...`: run a command while holding a lock, and list the held locks."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
@@ -13,11 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import EXIT_USAGE, console, emit_json, fail, human_ms, warn
 
 if TYPE_CHECKING:
-    from coordsvc.client import Lock
+    from coordsvc.client import Lock, LockInfo
 
 app = typer.Typer(
     name="lock",
@@ -71,7 +70,7 @@ def run(
     wait: Annotated[float, typer.Option(
         "--wait", metavar="S", min=0.0,
         help="Seconds to wait for the lock (0: try once); exit 1 if not acquired.")] = 30.0,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     json: Annotated[bool, typer.Option(
         "--json", help="After CMD exits, print {name, token, exit_code, held_s} on stdout.")] = False,
@@ -98,7 +97,7 @@ def run(
             if p.poll() is None:
                 p.terminate()
 
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         lk = c.acquire(name, ttl=ttl, timeout=wait, on_lost=on_lost)
         started = time.monotonic()
         try:
@@ -117,20 +116,12 @@ def run(
     raise typer.Exit(rc)
 
 
-def lock_json(info: Any) -> dict[str, Any]:
-    """One held lock as JSON: name, holder (session id), token, ttl_left_s, waiters."""
-    if not isinstance(info, dict):
-        info = dataclasses.asdict(info)
-    out: dict[str, Any] = {
-        "name": info.get("name"),
-        "holder": info.get("holder", info.get("holder_session")),
-        "token": info.get("token"),
-        "ttl_left_s": info.get("ttl_left_s"),
-        "waiters": list(info.get("waiters") or ()),
-    }
-    out["age_s"] = info.get("age_s")
-    out["waits_s"] = list(info.get("waits_s") or ())
-    return out
+def lock_json(info: LockInfo) -> dict[str, Any]:
+    """One held lock as JSON: name, holder (session id), token, ttl_left_s, waiters, age_s,
+    waits_s."""
+    return {"name": info.name, "holder": info.holder_session, "token": info.token,
+            "ttl_left_s": info.ttl_left_s, "waiters": list(info.waiters), "age_s": info.age_s,
+            "waits_s": list(info.waits_s)}
 
 
 def _seconds(v: object) -> str:
@@ -139,7 +130,7 @@ def _seconds(v: object) -> str:
 
 @app.command("list")
 def list_(
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """List held locks: name, holder session, fencing token, age, ttl left, FIFO waiters.
@@ -148,7 +139,7 @@ def list_(
 
     Example: coordctl lock list --json
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         locks = [lock_json(info) for info in c.locks()]
     if json:
         emit_json(locks)

@@ -14,6 +14,7 @@ COORDCTL_DEBUG=1 to get the traceback of an unexpected error instead.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -23,10 +24,11 @@ from typing import Any
 import typer
 
 from coordsvc.clusterfile import ClusterFileError
+from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
 from . import cluster_cmd, config_cmd, lock_cmd
-from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -53,26 +55,45 @@ _EPILOG = ("Examples: coordctl cluster up  |  coordctl status --watch  |  "
 
 # --- error mapping ----------------------------------------------------------------------
 
-_HINTS = {
-    "CompareFailed": "read the current revision with `coordctl config get KEY --json` and retry",
-    "LockTimeout": "see who holds it with `coordctl lock list`, or wait longer with --wait",
-    "FenceRejected": "a newer holder was granted the lock; stop and re-acquire it",
-    "Compacted": "start from a newer revision, or omit --from-revision",
-    "InvalidRequest": "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0",
-    "Unavailable": "check that a majority of nodes is running: `coordctl status`",
-}
+_UNAVAILABLE_HINT = "check that a majority of nodes is running: `coordctl status`"
 
 
-def _coord_error_table() -> list[tuple[type[BaseException], int]]:
-    """CoordError subclasses -> exit code, most specific first; empty without the client."""
-    try:
-        import coordsvc as c
-        return [(c.CompareFailed, EXIT_REFUSED), (c.LockTimeout, EXIT_REFUSED),
-                (c.FenceRejected, EXIT_REFUSED), (c.Compacted, EXIT_REFUSED),
-                (c.InvalidRequest, EXIT_USAGE), (c.Unavailable, EXIT_UNAVAILABLE),
-                (c.CoordError, EXIT_REFUSED)]
-    except (ImportError, AttributeError):
-        return []
+@functools.cache
+def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
+    """The client's exception classes -> (exit code, hint), most specific first.
+
+    Imported on the error path only, so that offline commands (cluster init, serve) never
+    load the client.
+    """
+    from coordsvc.client import errors as e
+    return (
+        (e.CompareFailed, EXIT_REFUSED,
+         "read the current revision with `coordctl config get KEY --json` and retry"),
+        (e.LockTimeout, EXIT_REFUSED,
+         "see who holds it with `coordctl lock list`, or wait longer with --wait"),
+        (e.FenceRejected, EXIT_REFUSED, "a newer holder was granted the lock; stop and re-acquire it"),
+        (e.Compacted, EXIT_REFUSED, "start from a newer revision, or omit --from-revision"),
+        (e.InvalidRequest, EXIT_USAGE,
+         "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0"),
+        (e.Unavailable, EXIT_UNAVAILABLE, _UNAVAILABLE_HINT),
+        (e.PermissionDenied, EXIT_REFUSED,
+         "use a key this cluster knows: --key FILE, $COORD_KEY, or admin.key beside the cluster file"),
+        (e.CoordError, EXIT_REFUSED, None),
+    )
+
+
+def _coord_error(exc: Exception) -> tuple[int, str, str | None] | None:
+    """(exit code, message, hint) for an exception of the client's tree, else None."""
+    from coordsvc.client.errors import Compacted, Unavailable
+    for cls, code, hint in _coord_errors():
+        if isinstance(exc, cls):
+            msg = str(exc) or cls.__name__
+            if isinstance(exc, Compacted) and exc.oldest is not None:
+                hint = f"the oldest revision still kept is {exc.oldest}; {hint}"
+            if isinstance(exc, Unavailable):
+                msg = f"cluster unavailable, outcome unknown: {msg}"
+            return code, msg, hint
+    return None
 
 
 def exit_code_for(exc: BaseException) -> tuple[int, str, str | None]:
@@ -85,23 +106,14 @@ def exit_code_for(exc: BaseException) -> tuple[int, str, str | None]:
         return EXIT_USAGE, exc.format_message(), f"see `{where} --help`"
     if isinstance(exc, ClickException):
         return exc.exit_code, exc.format_message(), None
-    if isinstance(exc, ClusterFileError):
+    if isinstance(exc, (ClusterFileError, KeyFileError)):
         return EXIT_USAGE, str(exc), None
     if isinstance(exc, DataDirError):
         return EXIT_REFUSED, str(exc), None
-    for cls, code in _coord_error_table():
-        if isinstance(exc, cls):
-            name = cls.__name__
-            msg = str(exc) or name
-            extra = getattr(exc, "oldest", None)
-            hint = _HINTS.get(name)
-            if name == "Compacted" and extra is not None:
-                hint = f"the oldest revision still kept is {extra}; {hint}"
-            if name == "Unavailable":
-                msg = f"cluster unavailable, outcome unknown: {msg}"
-            return code, msg, hint
+    if isinstance(exc, Exception) and (mapped := _coord_error(exc)) is not None:
+        return mapped
     if isinstance(exc, TimeoutError):
-        return EXIT_UNAVAILABLE, f"timed out: {exc}", _HINTS["Unavailable"]
+        return EXIT_UNAVAILABLE, f"timed out: {exc}", _UNAVAILABLE_HINT
     if isinstance(exc, OSError):
         what = f"{exc.strerror}: {exc.filename}" if exc.filename and exc.strerror else str(exc)
         return EXIT_REFUSED, what or type(exc).__name__, None
@@ -191,7 +203,7 @@ def _watch(fetch: Callable[[], dict[str, Any]], json: bool) -> None:
 @app.command("status")
 def status(
     watch: bool = typer.Option(False, "--watch", help="Refresh every second until Ctrl-C."),
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Show every node: role, leader, ballot, commit/applied index, lag, db size, ...
@@ -205,7 +217,7 @@ def status(
 
     Example: coordctl status --watch --cluster .coord/cluster.toml
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         if watch:
             try:
                 _watch(c.status, json)

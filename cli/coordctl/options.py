@@ -1,8 +1,10 @@
 """Options shared by every client-side command, and how a command gets its Client.
 
 Discovery follows CONTRACT §2 through ``clusterfile.find``: --cluster, --endpoints,
-$COORD_CLUSTER, $COORD_ENDPOINTS, ./.coord/cluster.toml. The client package is imported
-lazily so that the offline commands (cluster init, node init, serve) work without it.
+$COORD_CLUSTER, $COORD_ENDPOINTS, ./.coord/cluster.toml. The key follows CONTRACT §7:
+--key, $COORD_KEY, admin.key beside the cluster file discovery found. The client
+package is imported when a command connects, so that offline commands (cluster init,
+node init, serve) start without loading it.
 """
 from __future__ import annotations
 
@@ -13,12 +15,10 @@ import typer
 
 from coordsvc import clusterfile
 
-from .output import EXIT_USAGE, fail
-
 if TYPE_CHECKING:
     from coordsvc import Client
 
-__all__ = ["ClusterOpt", "EndpointsOpt", "JsonOpt", "Target", "TimeoutOpt", "connect"]
+__all__ = ["ClusterOpt", "EndpointsOpt", "JsonOpt", "KeyOpt", "Target", "TimeoutOpt", "connect"]
 
 _CLIENT_PANEL = "Cluster connection"
 
@@ -28,6 +28,9 @@ ClusterOpt = Annotated[Optional[str], typer.Option(
 EndpointsOpt = Annotated[Optional[str], typer.Option(
     "--endpoints", metavar="tcp://H:P,...", rich_help_panel=_CLIENT_PANEL,
     help="Comma-separated node endpoints, instead of a cluster file ($COORD_ENDPOINTS).")]
+KeyOpt = Annotated[Optional[str], typer.Option(
+    "--key", metavar="FILE", rich_help_panel=_CLIENT_PANEL,
+    help="Client key file (default: $COORD_KEY, then admin.key beside the cluster file).")]
 TimeoutOpt = Annotated[float, typer.Option(
     "--timeout", metavar="S", min=0.1, rich_help_panel=_CLIENT_PANEL,
     help="Seconds to wait for the cluster before giving up (exit 3).")]
@@ -52,14 +55,13 @@ class Target:
         return cls(tuple(found), None)
 
 
-def connect(cluster: str | None, endpoints: str | None, timeout: float) -> Client:
-    """A Client for the cluster the options (or the environment) point at."""
+def connect(cluster: str | None, endpoints: str | None, timeout: float,
+            key: str | None = None) -> Client:
+    """A Client for the cluster the options (or the environment) point at, with the key
+    ``--key`` names (else $COORD_KEY, else admin.key beside the cluster file)."""
+    from coordsvc.client import Client
+
     target = Target.resolve(cluster, endpoints)
-    try:
-        from coordsvc import Client
-    except ImportError as e:  # the client package is not installed / not written yet
-        fail(f"the coordsvc client is not available: {e}",
-             "reinstall with `.venv/bin/pip install -e .`", EXIT_USAGE)
     # A Cluster (not just its endpoints) lets status name unreachable nodes.
     return Client(target.cluster if target.cluster is not None else list(target.endpoints),
-                  timeout=timeout)
+                  timeout=timeout, key=key)

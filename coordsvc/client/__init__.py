@@ -11,7 +11,7 @@ with Client(["tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"]) as c:
 """
 from __future__ import annotations
 
-from ._client import Client
+from ._client import Client, ClientTransport
 from ._lock import Lock, LockInfo
 from ._types import Entry, Event
 from ._watch import Watch
@@ -22,10 +22,12 @@ from .errors import (
     FenceRejected,
     InvalidRequest,
     LockTimeout,
+    PermissionDenied,
     Unavailable,
 )
 
 __all__ = [
-    "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
-    "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "Unavailable", "Watch",
+    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
+    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
+    "Unavailable", "Watch",
 ]

@@ -1,32 +1,56 @@
-"""``Client``: leader discovery, retries with a stable (client_id, seq), result mapping."""
+"""``Client``: leader discovery, retries with a stable (client_id, seq), result mapping.
+
+Requests and replies are the records of ``coordsvc.core.protocol``; the bytes travel
+through a ``ClientTransport`` -- ZeroMQ unless the caller passes another (the client's
+tests pass one that reaches an in-process node).
+"""
 from __future__ import annotations
 
 import builtins
+import math
 import os
 import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from coordsvc import clusterfile
-from coordsvc.core.commands import Command, Delete, Fence, Put, Request, encode_request, validate
-from coordsvc.core.machine import Result
-from coordsvc.core.types import ProtocolError
+from coordsvc.core.commands import Command, Delete, Fence, Put, Request, validate
+from coordsvc.core.protocol import (
+    ClientRequest,
+    ErrorCode,
+    ErrorReply,
+    GetReply,
+    GetRequest,
+    HistoryReply,
+    HistoryRequest,
+    ListReply,
+    ListRequest,
+    LockRow,
+    LocksReply,
+    LocksRequest,
+    Result,
+    SchemaError,
+    StatusReply,
+    StatusRequest,
+    WriteReply,
+    WriteRequest,
+)
 
-from . import _status
+from . import _credentials, _status
 from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
-from ._types import Entry, Event, entry_from_wire, events_from_wire
+from ._types import Entry, Event, entry_of, event_of
 from ._watch import Watch, WatchHub
 from .errors import Compacted, CoordError, InvalidRequest, Unavailable
 
-__all__ = ["Client"]
+__all__ = ["Client", "ClientTransport"]
 
 # One attempt waits at most this long for a node (plus the long-poll time of watch and
 # lock_wait), so a dead or SIGSTOPped node is skipped quickly.
@@ -36,6 +60,35 @@ BACKOFF_S = (0.010, 0.050)
 # we talk to may have lost its quorum while the others elected a new leader).
 _UNAVAILABLE_BEFORE_ROTATE = 2
 
+_R = TypeVar("_R")
+
+
+class ClientTransport(Protocol):
+    """What a ``Client`` needs to reach nodes: one request at a time per thread.
+
+    Payloads are request maps without ``id``; a transport adds a fresh ``id`` per
+    attempt and returns only the reply carrying it.
+    """
+
+    def request(self, endpoint: str, payload: dict[str, Any], deadline: float,
+                connect_deadline: float, cancel: threading.Event | None = None
+                ) -> dict[str, Any] | None:
+        """``endpoint``'s reply map, or None if none came by ``deadline`` (``time.monotonic``).
+        Raises ``Cancelled`` once ``cancel`` is set."""
+
+    def request_all(self, endpoints: Sequence[str], payload: dict[str, Any],
+                    timeout_s: float) -> builtins.list[dict[str, Any] | None]:
+        """``payload`` to every endpoint at once; each one's reply, None if it did not answer."""
+
+    def learn_key(self, address: object, public: object) -> None:
+        """A member named ``public`` as the CURVE key of ``address`` (with a redirect)."""
+
+    def release_thread(self) -> None:
+        """The calling thread is done with the transport (a worker thread about to end)."""
+
+    def close(self) -> None:
+        """Release everything; later requests raise ``CoordError``."""
+
 
 class Client:
     """A thread-safe client of a coordsvc cluster (CONTRACT section 4).
@@ -44,29 +97,22 @@ class Client:
     ``clusterfile.Cluster``; None finds the cluster as the CLI does (``$COORD_CLUSTER``,
     ``$COORD_ENDPOINTS``, ``./.coord/cluster.toml``). ``timeout`` bounds each call's
     retries: past it the call raises ``Unavailable`` (the outcome of a write is unknown).
+    Bad arguments raise ``InvalidRequest``. ``transport`` replaces the ZeroMQ transport.
+
+    ``key`` is a client key file (CONTRACT §7); without it the client uses ``$COORD_KEY``,
+    else the ``admin.key`` beside the cluster file. A key the cluster rejects makes calls
+    fail at once with ``PermissionDenied``.
     """
 
     def __init__(self, endpoints: Sequence[str] | clusterfile.Cluster | None = None,
-                 timeout: float = 5.0) -> None:
-        found: Sequence[str] | clusterfile.Cluster = (
-            clusterfile.find() if endpoints is None else endpoints)
-        self._cluster: clusterfile.Cluster | None = None
-        if isinstance(found, clusterfile.Cluster):
-            self._cluster = found
-            eps = found.endpoints
-        elif isinstance(found, str):
-            raise TypeError("endpoints must be a list of 'tcp://host:port' strings, not a str")
-        else:
-            eps = [clusterfile.check_endpoint(e) for e in found]
-        if not eps:
-            raise ValueError("need at least one endpoint")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout}")
-        self._endpoints: tuple[str, ...] = tuple(dict.fromkeys(eps))
-        self._timeout = float(timeout)
+                 timeout: float = 5.0, key: str | os.PathLike[str] | None = None, *,
+                 transport: ClientTransport | None = None) -> None:
+        self._cluster, self._endpoints = _locate(endpoints)
+        self._timeout_s = _check_timeout(timeout)
         #: Identifies this client's writes for exactly-once retries (random per Client).
         self.client_id = secrets.token_hex(8)
-        self._transport = Transport()
+        self._transport: ClientTransport = (
+            Transport(_credentials.resolve(self._cluster, key)) if transport is None else transport)
         self._seq_mu = threading.Lock()
         self._seq = 0
         self._inflight: set[int] = set()
@@ -80,8 +126,17 @@ class Client:
         self._closed = False
 
     @classmethod
-    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> Client:
-        return cls(clusterfile.load(Path(path)), timeout=timeout)
+    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0,
+                          key: str | os.PathLike[str] | None = None) -> Client:
+        """A client of the cluster in ``path``, with the admin key beside it unless ``key``
+        or ``$COORD_KEY`` names another."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequest(f"path must be a str or path, got {type(path).__name__}")
+        try:
+            cluster = clusterfile.load(Path(path))
+        except clusterfile.ClusterFileError as e:
+            raise InvalidRequest(str(e)) from None
+        return cls(cluster, timeout=timeout, key=key)
 
     @property
     def endpoints(self) -> builtins.list[str]:
@@ -89,7 +144,7 @@ class Client:
 
     @property
     def timeout(self) -> float:
-        return self._timeout
+        return self._timeout_s
 
     @property
     def leader(self) -> str | None:
@@ -103,7 +158,10 @@ class Client:
         """Set ``key``; return the new revision. ``if_revision=0``: only if absent."""
         res = self._write(Put(key, _to_bytes(value), if_revision, _fence(fence)))
         raise_for(res)
-        return _int(res.data.get("revision", res.revision), "revision")
+        rev = res.data.get("revision", res.revision)
+        if type(rev) is not int:
+            raise CoordError("malformed reply: revision")
+        return rev
 
     def delete(self, key: str, if_revision: int | None = None, fence: Lock | None = None) -> bool:
         """Delete ``key``; False if it did not exist."""
@@ -114,25 +172,20 @@ class Client:
     def get(self, key: str, stale: bool = False) -> Entry | None:
         """The key's entry or None; linearizable unless ``stale`` (then any node answers)."""
         _check_key(key)
-        reply = self._call({"op": "get", "key": key, "stale": bool(stale)}, leader=not stale)
-        kv = reply.get("kv")
-        return None if kv is None else entry_from_wire(kv)
+        kv = self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale).kv
+        return None if kv is None else entry_of(kv)
 
     def list(self, prefix: str = "", stale: bool = False) -> builtins.list[Entry]:
         """Entries whose key starts with ``prefix``, sorted by key."""
         _check_prefix(prefix)
-        reply = self._call({"op": "list", "prefix": prefix, "stale": bool(stale)},
-                           leader=not stale)
-        kvs = reply.get("kvs")
-        if not isinstance(kvs, builtins.list):
-            raise CoordError("malformed reply: kvs")
-        return sorted((entry_from_wire(kv) for kv in kvs), key=lambda e: e.key)
+        reply = self._call(ListRequest(prefix, bool(stale)), ListReply.from_wire, leader=not stale)
+        return sorted((entry_of(kv) for kv in reply.kvs), key=lambda e: e.key)
 
     def history(self, key: str) -> builtins.list[Event]:
         """The key's recent changes (a bounded history), oldest first."""
         _check_key(key)
-        reply = self._call({"op": "history", "key": key}, leader=True)
-        return sorted(events_from_wire(reply.get("events")), key=lambda e: e.revision)
+        reply = self._call(HistoryRequest(key), HistoryReply.from_wire, leader=True)
+        return sorted((event_of(ch) for ch in reply.events), key=lambda e: e.revision)
 
     def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
         """Events under ``prefix`` with revision >= ``start_revision`` (None: from now on)."""
@@ -147,8 +200,7 @@ class Client:
 
     def revision(self) -> int:
         """The cluster's current revision (a linearizable read)."""
-        reply = self._call({"op": "get", "key": "/", "stale": False}, leader=True)
-        return _int(reply.get("revision"), "revision")
+        return self._call(GetRequest("/"), GetReply.from_wire, leader=True).revision
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -172,8 +224,8 @@ class Client:
 
     def locks(self) -> builtins.list[LockInfo]:
         """Every held lock with its holder, token, waiters and ttl left (linearizable)."""
-        reply = self._call({"op": "locks"}, leader=True)
-        return _lock_infos(reply.get("locks"))
+        reply = self._call(LocksRequest(), LocksReply.from_wire, leader=True)
+        return [_lock_info(row) for row in reply.locks]
 
     # -- cluster -------------------------------------------------------------------------
 
@@ -187,8 +239,10 @@ class Client:
         else:
             members = [(None, ep) for ep in self._endpoints]
             name = None
-        return _status.collect(self._transport.context, members, name,
-                               min(ATTEMPT_S, self._timeout))
+        replies = self._transport.request_all([address for _, address in members],
+                                              StatusRequest().to_wire(),
+                                              min(ATTEMPT_S, self._timeout_s))
+        return _status.summarize(members, [_node_status(r) for r in replies], name)
 
     def close(self) -> None:
         """Give up held locks (best effort), close every socket. Idempotent."""
@@ -197,7 +251,7 @@ class Client:
         with self._locks_mu:
             held = builtins.list(self._locks)
         for lk in held:
-            lk.abandon(timeout=min(ATTEMPT_S, self._timeout))
+            lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
         with self._locks_mu:
             starter, self._starter = self._starter, None
             hub, self._hub = self._hub, None
@@ -242,7 +296,7 @@ class Client:
             else:
                 self._locks.discard(lk)
 
-    def _write(self, cmd: Command, timeout: float | None = None) -> Result:
+    def _write(self, cmd: Command, timeout_s: float | None = None) -> Result:
         """Replicate ``cmd`` exactly once; its Result (any code)."""
         err = validate(cmd)
         if err is not None:
@@ -254,26 +308,24 @@ class Client:
             first_unacked = min(self._inflight)
         try:
             # Encoded once: every retry sends identical bytes, so the node dedupes it.
-            body = encode_request(Request(self.client_id, seq, first_unacked, cmd))
-            reply = self._call({"op": "write", "req": body}, leader=True, timeout=timeout)
+            request = WriteRequest.of(Request(self.client_id, seq, first_unacked, cmd))
+            return self._call(request, WriteReply.from_wire, leader=True, timeout_s=timeout_s).result
         finally:
             with self._seq_mu:
                 self._inflight.discard(seq)
-        try:
-            return Result.from_wire(reply.get("result"))
-        except ProtocolError as e:
-            raise CoordError(f"malformed reply: {e}") from None
 
-    def _call(self, payload: dict[str, Any], *, leader: bool, timeout: float | None = None,
-              long_poll_s: float = 0.0, pin: Pin | None = None,
-              cancel: threading.Event | None = None) -> dict[str, Any]:
-        """Send one request until a node answers it; the successful reply map.
+    def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
+              leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
+              pin: Pin | None = None, cancel: threading.Event | None = None) -> _R:
+        """Send one request until a node answers it; the successful reply, ``decode``d.
 
         Leader ops follow ``not_leader`` redirects; others are answered by any node,
-        preferring ``pin``'s. Raises ``Unavailable`` once ``timeout`` is spent.
+        preferring ``pin``'s. Raises ``Unavailable`` once ``timeout_s`` is spent, and
+        ``CoordError`` for a reply that does not fit its record.
         """
         self._check_open()
-        total = self._timeout if timeout is None else timeout
+        payload = request.to_wire()
+        total = self._timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + total
         ep = self._start(leader, pin)
         redirects = unavailable = 0
@@ -281,7 +333,7 @@ class Client:
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
-                raise Unavailable(f"no node answered {payload['op']!r} within {total:.1f}s "
+                raise Unavailable(f"no node answered {request.op.value!r} within {total:.1f}s "
                                   "(the outcome is unknown)")
             reply = self._transport.request(
                 ep, payload, deadline=now + min(remaining, ATTEMPT_S + long_poll_s),
@@ -295,33 +347,34 @@ class Client:
                     self._leader = ep
                 if pin is not None:
                     pin.endpoint = ep
-                return reply
-            err = reply.get("error")
-            message = str(reply.get("message") or err)
-            if err == "not_leader":
+                try:
+                    return decode(reply)
+                except SchemaError as e:
+                    raise CoordError(f"malformed reply to {request.op}: {e}") from None
+            try:
+                err = ErrorReply.from_wire(reply)
+            except SchemaError as e:
+                raise CoordError(f"malformed reply to {request.op}: {e}") from None
+            if err.error == ErrorCode.NOT_LEADER:
                 if self._leader == ep:
                     self._leader = None
-                addr = reply.get("leader_address")
-                if isinstance(addr, str) and addr and addr != ep and redirects < len(self._endpoints):
+                addr = err.leader_address
+                self._transport.learn_key(addr, err.leader_public_key)
+                if addr is not None and addr != ep and redirects < len(self._endpoints):
                     redirects += 1
                     ep = addr
                     continue
                 redirects = 0
                 ep = self._rotate(ep, pin)
                 self._backoff(deadline, cancel)
-            elif err in ("unavailable", "busy"):
+            elif err.error in (ErrorCode.UNAVAILABLE, ErrorCode.BUSY):
                 unavailable += 1
-                if err == "unavailable" and unavailable >= _UNAVAILABLE_BEFORE_ROTATE:
+                if err.error == ErrorCode.UNAVAILABLE and unavailable >= _UNAVAILABLE_BEFORE_ROTATE:
                     unavailable = 0
                     ep = self._rotate(ep, pin)
                 self._backoff(deadline, cancel)
-            elif err == "compacted":
-                oldest = reply.get("oldest")
-                raise Compacted(message, oldest if type(oldest) is int else None)
-            elif err == "bad_request":
-                raise InvalidRequest(message)
             else:
-                raise CoordError(f"{payload['op']}: {err}: {message}")
+                raise _refusal(request, err)
 
     def _start(self, leader: bool, pin: Pin | None) -> str:
         if pin is not None and pin.endpoint is not None:
@@ -355,9 +408,57 @@ class Client:
 
 # -- helpers -------------------------------------------------------------------------------
 
+# Refusals that end a call, by error code; any other code is a plain CoordError.
+_REFUSALS: dict[ErrorCode | str, Callable[[ErrorReply], CoordError]] = {
+    ErrorCode.COMPACTED: lambda err: Compacted(err.message, err.oldest),
+    ErrorCode.BAD_REQUEST: lambda err: InvalidRequest(err.message),
+}
+
+
+def _refusal(request: ClientRequest, err: ErrorReply) -> CoordError:
+    make = _REFUSALS.get(err.error)
+    if make is None:
+        return CoordError(f"{request.op}: {err.error}: {err.message}")
+    return make(err)
+
+
+def _locate(endpoints: object) -> tuple[clusterfile.Cluster | None, tuple[str, ...]]:
+    """The cluster (if a file names it) and its distinct endpoints, or ``InvalidRequest``."""
+    try:
+        found = clusterfile.find() if endpoints is None else endpoints
+    except clusterfile.ClusterFileError as e:
+        raise InvalidRequest(str(e)) from None
+    if isinstance(found, clusterfile.Cluster):
+        return found, tuple(dict.fromkeys(found.endpoints))
+    if isinstance(found, (str, bytes)) or not isinstance(found, (builtins.list, tuple)):
+        raise InvalidRequest("endpoints must be a list of 'tcp://host:port' strings, "
+                             f"got {type(found).__name__}")
+    eps = []
+    for ep in found:
+        if not isinstance(ep, str):
+            raise InvalidRequest(f"endpoint {ep!r} is not a 'tcp://host:port' string")
+        try:
+            eps.append(clusterfile.check_endpoint(ep))
+        except clusterfile.ClusterFileError as err:
+            raise InvalidRequest(str(err)) from None
+    if not eps:
+        raise InvalidRequest("need at least one endpoint")
+    return None, tuple(dict.fromkeys(eps))
+
+
+def _check_timeout(timeout: object) -> float:
+    if (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
+            and math.isfinite(timeout) and timeout > 0):
+        return float(timeout)
+    raise InvalidRequest(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+
+
 def _to_bytes(value: str | bytes) -> bytes:
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequest(f"value is not valid UTF-8: {e}") from None
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, bytes):
@@ -386,26 +487,21 @@ def _check_prefix(prefix: str) -> None:
         raise InvalidRequest("prefix must be a string")
 
 
-def _int(v: object, what: str) -> int:
-    if type(v) is not int:
-        raise CoordError(f"malformed reply: {what}")
-    return v
+def _seconds(ms: int | None) -> float | None:
+    return None if ms is None else ms / 1000
 
 
-def _lock_infos(raw: object) -> builtins.list[LockInfo]:
-    if not isinstance(raw, builtins.list):
-        raise CoordError("malformed reply: locks")
-    out = []
-    for r in raw:
-        # [name, holder_session, token, granted_index, [waiter, ...], ttl_left_ms | nil, ...]
-        if not (isinstance(r, builtins.list) and len(r) >= 6 and isinstance(r[0], str)
-                and type(r[1]) is int and type(r[2]) is int and isinstance(r[4], builtins.list)
-                and (r[5] is None or type(r[5]) in (int, float))):
-            raise CoordError("malformed reply: lock")
-        age = r[7] if len(r) > 7 and type(r[7]) in (int, float) else None
-        waits = r[8] if len(r) > 8 and isinstance(r[8], builtins.list) else []
-        out.append(LockInfo(r[0], r[1], r[2], tuple(int(w) for w in r[4]),
-                            None if r[5] is None else r[5] / 1000,
-                            None if age is None else age / 1000,
-                            tuple(w / 1000 if type(w) in (int, float) else None for w in waits)))
-    return out
+def _lock_info(row: LockRow) -> LockInfo:
+    return LockInfo(row.name, row.holder_session, row.token, row.waiters,
+                    _seconds(row.holder_ttl_left_ms), _seconds(row.age_ms),
+                    tuple(_seconds(w) for w in row.waits_ms))
+
+
+def _node_status(reply: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A member's status map from its reply; None if it did not answer (or not sensibly)."""
+    if reply is None or reply.get("ok") is not True:
+        return None
+    try:
+        return StatusReply.from_wire(reply).status.to_wire()
+    except SchemaError:
+        return None

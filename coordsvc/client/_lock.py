@@ -16,15 +16,23 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeGuard
 
-from coordsvc.core import machine
 from coordsvc.core.commands import Cancel, CloseSession, OpenAndAcquire, validate
+from coordsvc.core.protocol import (
+    KeepaliveReply,
+    KeepaliveRequest,
+    LockState,
+    LockWaitReply,
+    LockWaitRequest,
+    ResultCode,
+)
 
 from ._results import expect
 from ._transport import Cancelled
@@ -72,7 +80,7 @@ class Lock:
                  on_lost: Callable[[Lock], None] | None, valid_until: float) -> None:
         self.name = name
         self.session_id = session_id
-        self.ttl = ttl_s
+        self.ttl_s = ttl_s
         self.token = 0
         self._client = client
         self._on_lost = on_lost
@@ -86,6 +94,11 @@ class Lock:
     def __repr__(self) -> str:
         return (f"Lock(name={self.name!r}, token={self.token}, session_id={self.session_id}, "
                 f"lost={self.lost}, released={self.released})")
+
+    @property
+    def ttl(self) -> float:
+        """``ttl_s``, under the name CONTRACT's first client gave it."""
+        return self.ttl_s
 
     @property
     def valid_until(self) -> float:
@@ -118,7 +131,7 @@ class Lock:
         # The session is this lock's alone: closing it releases the grant (or leaves the
         # queue) and hands the lock to the next waiter, in one write.
         res = self._client._write(CloseSession(self.session_id))
-        expect(res, machine.OK, machine.NO_SESSION)
+        expect(res, ResultCode.OK, ResultCode.NO_SESSION)
 
     def release_quietly(self) -> None:
         """``release()`` that logs instead of raising (for exits that already fail)."""
@@ -127,13 +140,13 @@ class Lock:
         except CoordError as e:
             log.warning("releasing lock %r failed: %s", self.name, e)
 
-    def abandon(self, timeout: float) -> None:
+    def abandon(self, timeout_s: float) -> None:
         """Stop keeping alive and close the session (which also leaves the wait queue and
         frees a grant); best effort, never raises."""
         if not self._finish():
             return
         try:
-            self._client._write(CloseSession(self.session_id), timeout=timeout)
+            self._client._write(CloseSession(self.session_id), timeout_s=timeout_s)
         except CoordError as e:
             log.debug("abandoning lock %r: closing session %d failed: %s",
                       self.name, self.session_id, e)
@@ -154,7 +167,7 @@ class Lock:
         self._client._track(self, True)
         # The thread is needed only once the first keepalive is due (a third of the ttl
         # in): a lock released before then never costs one.
-        first_keepalive = self.valid_until - self.ttl * 2 / 3
+        first_keepalive = self.valid_until - self.ttl_s * 2 / 3
         self._client._keepalive_starter().schedule(self, first_keepalive - STARTER_TICK_S)
 
     def _start_thread(self) -> None:
@@ -192,9 +205,9 @@ class Lock:
             self._client._transport.release_thread()
 
     def _keepalive_loop(self) -> None:
-        period = self.ttl / 3
-        margin = max(LOST_MARGIN_FRACTION * self.ttl, LOST_MARGIN_MIN_S)
-        next_send = self.valid_until - self.ttl + period
+        period = self.ttl_s / 3
+        margin = max(LOST_MARGIN_FRACTION * self.ttl_s, LOST_MARGIN_MIN_S)
+        next_send = self.valid_until - self.ttl_s + period
         while True:
             lost_at = self.valid_until - margin
             now = time.monotonic()
@@ -207,9 +220,9 @@ class Lock:
                 continue
             sent = time.monotonic()
             try:
-                reply = self._client._call(
-                    {"op": "keepalive", "session_id": self.session_id}, leader=True,
-                    timeout=lost_at - sent, cancel=self._stop)
+                known = self._client._call(
+                    KeepaliveRequest(self.session_id), KeepaliveReply.from_wire, leader=True,
+                    timeout_s=lost_at - sent, cancel=self._stop).known
             except Cancelled:
                 return
             except Unavailable:
@@ -221,11 +234,11 @@ class Lock:
                 log.warning("keepalive of session %d failed: %s", self.session_id, e)
                 next_send = time.monotonic() + 0.1
                 continue
-            if reply.get("known") is not True:
+            if not known:
                 self._lose("the cluster no longer knows the session")
                 return
             with self._mu:
-                self._valid_until = max(self._valid_until, sent + self.ttl)
+                self._valid_until = max(self._valid_until, sent + self.ttl_s)
             next_send = sent + period
 
     def _lose(self, why: str) -> None:
@@ -294,40 +307,40 @@ class KeepaliveStarter:
             t.join()
 
 
-def acquire_lock(client: Client, name: str, ttl: float, timeout: float | None,
+def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
                  on_lost: Callable[[Lock], None] | None) -> Lock:
     """Open a session, queue for ``name`` on it, wait for the grant (see Client.acquire).
 
     If the first write's outcome stays unknown (``Unavailable``), a session opened by it
-    is not kept alive and expires after ``ttl``, releasing whatever it got.
+    is not kept alive and expires after ``ttl_s``, releasing whatever it got.
     """
-    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
-        raise InvalidRequest("ttl must be a number of seconds")
-    cmd = OpenAndAcquire(name, int(round(ttl * 1000)), wait=timeout != 0)
+    if not _is_number(ttl_s) or not math.isfinite(ttl_s):
+        raise InvalidRequest(f"ttl must be a finite number of seconds, got {ttl_s!r}")
+    if timeout_s is not None and not (_is_number(timeout_s) and timeout_s >= 0):
+        raise InvalidRequest(f"timeout must be a number of seconds >= 0 or None, got {timeout_s!r}")
+    cmd = OpenAndAcquire(name, int(round(ttl_s * 1000)), wait=timeout_s != 0)
     err = validate(cmd)
-    if err is None and timeout is not None and not timeout >= 0:
-        err = f"timeout must be >= 0 or None, got {timeout}"
     if err is not None:
         raise InvalidRequest(err)
     start = time.monotonic()
-    deadline = None if timeout is None else start + timeout
+    deadline = None if timeout_s is None else start + timeout_s
     res = client._write(cmd)
-    if res.code == machine.LOCK_BUSY:
+    if res.code == ResultCode.LOCK_BUSY:
         raise LockTimeout(f"lock {name!r} is held by another session")
-    expect(res, machine.OK, machine.QUEUED)
+    expect(res, ResultCode.OK, ResultCode.QUEUED)
     sid = res.data.get("session_id")
     if type(sid) is not int:
         raise CoordError("malformed reply: session_id")
     # The session's clock started no earlier than our send, hence ``start``.
-    lk = Lock(client, name, sid, float(ttl), on_lost, valid_until=start + ttl)
+    lk = Lock(client, name, sid, float(ttl_s), on_lost, valid_until=start + ttl_s)
     lk._start()
     try:
-        if res.code == machine.OK:
+        if res.code == ResultCode.OK:
             _take_grant(lk, res.data.get("token"))
         else:
             _wait_for_grant(client, lk, deadline)
     except BaseException:
-        lk.abandon(timeout=client.timeout)
+        lk.abandon(timeout_s=client.timeout)
         raise
     return lk
 
@@ -350,17 +363,13 @@ def _wait_for_grant(client: Client, lk: Lock, deadline: float | None) -> None:
                 _give_up(client, lk)
                 raise LockTimeout(f"lock {lk.name!r} not acquired in time")
         reply = client._call(
-            {"op": "lock_wait", "name": lk.name, "session_id": lk.session_id,
-             "wait_ms": int(wait_s * 1000)},
-            leader=True, timeout=wait_s + client.timeout, long_poll_s=wait_s)
-        state = reply.get("state")
-        if state == "held":
-            _take_grant(lk, reply.get("token"))
+            LockWaitRequest(lk.name, lk.session_id, int(wait_s * 1000)), LockWaitReply.from_wire,
+            leader=True, timeout_s=wait_s + client.timeout, long_poll_s=wait_s)
+        if reply.state is LockState.HELD:
+            _take_grant(lk, reply.token)
             return
-        if state == "none":
+        if reply.state is LockState.NONE:
             raise LockTimeout(f"lock {lk.name!r}: the session expired while waiting")
-        if state != "waiting":
-            raise CoordError(f"malformed reply: lock_wait state {state!r}")
 
 
 def _give_up(client: Client, lk: Lock) -> None:
@@ -370,4 +379,8 @@ def _give_up(client: Client, lk: Lock) -> None:
     confirmed the outcome is unknown, so ``Unavailable`` propagates instead.
     """
     res = client._write(Cancel(lk.name, lk.session_id))
-    expect(res, machine.OK, machine.NO_SESSION)
+    expect(res, ResultCode.OK, ResultCode.NO_SESSION)
+
+
+def _is_number(v: object) -> TypeGuard[float]:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)

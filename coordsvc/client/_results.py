@@ -1,33 +1,48 @@
-"""Result codes of replicated writes -> exceptions."""
+"""Result codes of replicated writes -> exceptions, by one table."""
 from __future__ import annotations
 
-from coordsvc.core import machine
-from coordsvc.core.machine import Result
+from collections.abc import Callable
+
+from coordsvc.core.protocol import Result, ResultCode
 
 from .errors import CompareFailed, CoordError, FenceRejected, InvalidRequest, Unavailable
 
 __all__ = ["expect", "raise_for"]
 
 
+def _compare_failed(res: Result, message: str) -> CoordError:
+    cur = res.data.get("current_revision")
+    return CompareFailed(message, cur if type(cur) is int else None)
+
+
+def _unknown_outcome(res: Result, message: str) -> CoordError:
+    # The node dropped this seq's cached reply: whether it was applied is unknown.
+    return Unavailable(f"the outcome of this request is unknown: {message}")
+
+
+# Codes a key write can end with, other than ok. Lock codes (lock_busy, queued, no_session,
+# not_held) are expected by the lock code, which names them with ``expect``.
+_ERRORS: dict[ResultCode, Callable[[Result, str], CoordError]] = {
+    ResultCode.COMPARE_FAILED: _compare_failed,
+    ResultCode.FENCE_REJECTED: lambda res, message: FenceRejected(message),
+    ResultCode.INVALID: lambda res, message: InvalidRequest(message),
+    ResultCode.LIMIT: lambda res, message: InvalidRequest(message),
+    ResultCode.STALE_REQUEST: _unknown_outcome,
+}
+
+
 def raise_for(res: Result) -> None:
     """Raise the exception for a non-ok Result of a key write; return on ok."""
-    if res.code == machine.OK:
+    if res.code == ResultCode.OK:
         return
     message = str(res.data.get("message", res.code))
-    if res.code == machine.COMPARE_FAILED:
-        cur = res.data.get("current_revision")
-        raise CompareFailed(message, cur if type(cur) is int else None)
-    if res.code == machine.FENCE_REJECTED:
-        raise FenceRejected(message)
-    if res.code in (machine.INVALID, machine.LIMIT):
-        raise InvalidRequest(message)
-    if res.code == machine.STALE_REQUEST:
-        # The node dropped this seq's cached reply: whether it was applied is unknown.
-        raise Unavailable(f"the outcome of this request is unknown: {message}")
-    raise CoordError(f"unexpected result {res.code}: {message}")
+    make = _ERRORS.get(res.code)
+    if make is None:
+        raise CoordError(f"unexpected result {res.code}: {message}")
+    raise make(res, message)
 
 
-def expect(res: Result, *codes: str) -> None:
+def expect(res: Result, *codes: ResultCode) -> None:
     """Return if ``res.code`` is one of ``codes``, else raise its exception."""
     if res.code in codes:
         return

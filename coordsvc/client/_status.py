@@ -1,63 +1,20 @@
-"""``Client.status()``: ask every member at once, build CONTRACT section 5's dict."""
+"""``Client.status()``: CONTRACT section 5's dict from every member's own status.
+
+The client asks every member at once (``ClientTransport.request_all``); this module only
+summarizes what came back.
+"""
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import zmq
-
-from coordsvc import wire
-
-from ._transport import Socket, frames_to_reply, new_dealer
-
-__all__ = ["NODE_FIELDS", "collect", "summarize"]
+__all__ = ["NODE_FIELDS", "summarize"]
 
 # CONTRACT section 5 fields, then the extras nodes report; all null when unreachable.
 NODE_FIELDS = ("id", "address", "reachable", "role", "leader", "ballot", "commit_index",
                "applied_index", "lag", "db_bytes", "uptime_s", "sessions", "locks_held", "keys",
-               "revision", "bad_frames", "fsync_p99_ms", "last_leader_contact_ms")
-
-
-def collect(ctx: zmq.Context[Socket], members: Sequence[tuple[str | None, str]],
-            cluster_name: str | None, timeout_s: float) -> dict[str, Any]:
-    """Query ``members`` ((id or None, address)) in parallel, one poller, no threads."""
-    deadline = time.monotonic() + timeout_s
-    socks: list[Socket] = []
-    replies: list[dict[str, Any] | None] = [None] * len(members)
-    try:
-        for _, address in members:
-            socks.append(new_dealer(ctx, address))
-        ids = list(range(1, len(members) + 1))
-        unsent = set(range(len(members)))
-        waiting: set[int] = set()
-        poller = zmq.Poller()
-        for s in socks:
-            poller.register(s, zmq.POLLOUT)
-        index = {s: i for i, s in enumerate(socks)}
-        while unsent or waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            for s, ev in poller.poll(max(1, int(left * 1000))):
-                i = index[s]
-                if ev & zmq.POLLIN and i in waiting:
-                    reply = frames_to_reply(socks[i].recv_multipart(zmq.NOBLOCK))
-                    if reply is not None and reply.get("id") == ids[i]:
-                        waiting.discard(i)
-                        poller.unregister(s)
-                        if reply.get("ok") is True and isinstance(reply.get("status"), dict):
-                            replies[i] = reply["status"]
-                elif ev & zmq.POLLOUT and i in unsent:
-                    s.send(wire.encode_client(wire.CLIENT_REQUEST, {"id": ids[i], "op": "status"}),
-                           zmq.NOBLOCK)
-                    unsent.discard(i)
-                    waiting.add(i)
-                    poller.modify(s, zmq.POLLIN)
-    finally:
-        for s in socks:
-            s.close(linger=0)
-    return summarize(members, replies, cluster_name)
+               "revision", "bad_frames", "fsync_p99_ms", "last_leader_contact_ms", "security",
+               "rejected_peer", "rejected_keys")
 
 
 def summarize(members: Sequence[tuple[str | None, str]],
@@ -101,6 +58,9 @@ def summarize(members: Sequence[tuple[str | None, str]],
             "commit_index": _max_int(n.get("commit_index") for n in source),
             "revision": _max_int(n.get("revision") for n in source),
             "can_lose": max(0, healthy - quorum_size),
+            # What the nodes say ("curve" or "insecure"); None when none answered.
+            "security": next((n["security"] for n in up if isinstance(n.get("security"), str)),
+                             None),
         },
         "nodes": nodes,
     }

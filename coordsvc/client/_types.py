@@ -1,11 +1,16 @@
-"""The values the client hands back: small frozen dataclasses."""
+"""The values the client hands back: small frozen dataclasses (CONTRACT section 4).
+
+They are the public face of the protocol's rows (``coordsvc.core.protocol``): an
+``Entry`` is a ``KeyValue`` without its bookkeeping, an ``Event`` is a ``Change`` whose
+``type`` is a plain ``"put"`` or ``"delete"``.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import CoordError
+from coordsvc.core.protocol import Change, KeyValue
 
-__all__ = ["Entry", "Event", "entry_from_wire", "events_from_wire"]
+__all__ = ["Entry", "Event", "entry_of", "event_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,22 +32,9 @@ class Event:
     revision: int
 
 
-def entry_from_wire(kv: object) -> Entry:
-    """``[key, value, revision, create_revision, version]`` -> Entry."""
-    if (isinstance(kv, list) and len(kv) >= 3 and isinstance(kv[0], str)
-            and isinstance(kv[1], bytes) and type(kv[2]) is int):
-        return Entry(kv[0], kv[1], kv[2])
-    raise CoordError("malformed reply: kv")
+def entry_of(kv: KeyValue) -> Entry:
+    return Entry(kv.key, kv.value, kv.revision)
 
 
-def events_from_wire(raw: object) -> list[Event]:
-    """``[[type, key, value, revision], ...]`` -> events."""
-    if not isinstance(raw, list):
-        raise CoordError("malformed reply: events")
-    out = []
-    for e in raw:
-        if not (isinstance(e, list) and len(e) == 4 and e[0] in ("put", "delete")
-                and isinstance(e[1], str) and isinstance(e[2], bytes) and type(e[3]) is int):
-            raise CoordError("malformed reply: event")
-        out.append(Event(e[0], e[1], e[2], e[3]))
-    return out
+def event_of(ch: Change) -> Event:
+    return Event(ch.type.value, ch.key, ch.value, ch.revision)

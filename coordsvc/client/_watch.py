@@ -20,8 +20,10 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from coordsvc.core.protocol import WatchReply, WatchRequest
+
 from ._transport import Cancelled, Pin
-from ._types import Event, events_from_wire
+from ._types import Event, event_of
 from .errors import Compacted, CoordError
 
 if TYPE_CHECKING:
@@ -209,9 +211,9 @@ class WatchHub:
         c = self._client
         try:
             reply = c._call(
-                {"op": "watch", "prefixes": prefixes, "after": after,
-                 "wait_ms": int(WATCH_WAIT_S * 1000), "limit": WATCH_LIMIT},
-                leader=False, timeout=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
+                WatchRequest(after, prefixes=tuple(prefixes), wait_ms=int(WATCH_WAIT_S * 1000),
+                             limit=WATCH_LIMIT), WatchReply.from_wire,
+                leader=False, timeout_s=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
                 pin=self._pin, cancel=self._interrupt)
         except Cancelled:
             return True
@@ -226,16 +228,15 @@ class WatchHub:
             for w in watches:
                 w._fail(e)
             return False
-        events = sorted(events_from_wire(reply.get("events")), key=lambda ev: ev.revision)
-        rev = reply.get("revision")
-        if len(events) >= WATCH_LIMIT or type(rev) is not int:
+        events = sorted((event_of(ch) for ch in reply.events), key=lambda ev: ev.revision)
+        if len(events) >= WATCH_LIMIT:
             # A full batch: complete only up to its last event.
             through = events[-1].revision if events else after
         else:
-            # A complete batch computed at the node's revision ``rev``: nothing else under
-            # the prefixes exists up to it. Moving past it keeps a quiet prefix on a busy
+            # A complete batch computed at the node's revision: nothing else under the
+            # prefixes exists up to it. Moving past it keeps a quiet prefix on a busy
             # cluster from falling out of the window (a spurious Compacted).
-            through = max(rev, events[-1].revision if events else after)
+            through = max(reply.revision, events[-1].revision if events else after)
         for w in watches:
             w._deliver(events, through)
         return True

@@ -4,9 +4,11 @@
 CoordError              the base; also "you misused the client" (e.g. it is closed)
 ├── CompareFailed       if_revision did not match: nothing was written
 ├── FenceRejected       the fencing token is no longer the newest grant: nothing was written
-├── InvalidRequest      bad key, value too large, bad ttl, ...: nothing was written
+├── InvalidRequest      bad key, value too large, bad ttl, bad endpoints or timeout for
+│                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
+├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "Unavailable",
+    "PermissionDenied", "Unavailable",
 ]
 
 
@@ -36,11 +38,18 @@ class FenceRejected(CoordError):
 
 
 class InvalidRequest(CoordError):
-    """The request breaks a limit (key, value size, ttl, ...): nothing was written."""
+    """The request or an argument breaks a limit or a type (key, value size, ttl, endpoints,
+    timeout, ...): nothing was written."""
 
 
 class LockTimeout(CoordError):
     """The lock was not acquired within the timeout: nothing is held."""
+
+
+class PermissionDenied(CoordError):
+    """The cluster refused this client's key, or the client has no key for a secure cluster
+    (or a key for an insecure one): nothing was done. Raised as soon as the CURVE handshake
+    fails, not after the timeout."""
 
 
 class Unavailable(CoordError):

@@ -3,15 +3,20 @@
 Pure state and transitions. Each handler returns the reply; the caller (the
 replica) records what became dirty in the pending ``Persist`` and releases the
 reply only after that ``Persist`` is reported saved.
+
+A promise lists accepted entries within a byte budget; what does not fit is listed by
+the next ``Prepare`` at the same ballot (see ``Replica`` for why the chunks add up to
+one promise).
 """
 from __future__ import annotations
 
-from .messages import Accept, Accepted, Nack, Prepare, Promise
+from .messages import Accept, Accepted, Nack, Prepare, Promise, entry_bytes
 from .types import (
+    MAX_MESSAGE_ITEMS,
     ZERO_BALLOT,
     Ballot,
     Durable,
-    Entry,
+    LogEntry,
     Persist,
     SafetyViolation,
     Slot,
@@ -21,15 +26,17 @@ from .types import (
 
 
 class Acceptor:
-    def __init__(self, node_id: str, durable: Durable, promise_window: int) -> None:
+    def __init__(self, node_id: str, durable: Durable, promise_window: int,
+                 budget_bytes: int) -> None:
         self.node_id = node_id
         self.promised: Ballot = durable.promised
-        self.log: dict[Slot, Entry] = {e.slot: e for e in durable.entries}
+        self.log: dict[Slot, LogEntry] = {e.slot: e for e in durable.entries}
         self.snapshot: Snapshot = durable.snapshot
         self.commit_index: Slot = max(durable.commit_index, durable.snapshot.index)
         # A promise lists accepted entries only when the candidate is at most this
         # many slots behind our commit index; otherwise it must catch up first.
         self.promise_window = promise_window
+        self.budget_bytes = budget_bytes
 
     @property
     def last_slot(self) -> Slot:
@@ -46,10 +53,24 @@ class Acceptor:
         complete_through = self.snapshot.index
         if self.commit_index >= m.from_slot + self.promise_window:
             complete_through = self.commit_index
-        first = max(m.from_slot, complete_through + 1)
-        accepted = tuple(self.log[s] for s in sorted(self.log) if s >= first)
-        return Promise(self.node_id, m.ballot, m.from_slot, accepted,
-                       self.commit_index, complete_through)
+        if complete_through >= m.from_slot:
+            # The candidate must learn slots through complete_through and prepare again
+            # before it may lead: entries listed now would never be used.
+            return Promise(self.node_id, m.ballot, m.from_slot, (), self.commit_index,
+                           complete_through)
+        accepted: list[LogEntry] = []
+        used = 0
+        next_slot = 0
+        for s in sorted(s for s in self.log if s >= m.from_slot):
+            e = self.log[s]
+            cost = entry_bytes(e)
+            if accepted and (used + cost > self.budget_bytes or len(accepted) >= MAX_MESSAGE_ITEMS):
+                next_slot = s        # the rest follows when the candidate asks from here
+                break
+            accepted.append(e)
+            used += cost
+        return Promise(self.node_id, m.ballot, m.from_slot, tuple(accepted),
+                       self.commit_index, complete_through, next_slot)
 
     def on_accept(self, m: Accept, persist: Persist) -> Accepted | Nack | None:
         if m.ballot < self.promised:
@@ -74,7 +95,7 @@ class Acceptor:
             raise SafetyViolation(
                 f"two values for slot {m.slot} at ballot {m.ballot}: {old.value!r} vs {m.value!r}")
         if old is None or old.ballot != m.ballot:
-            e = Entry(m.slot, m.ballot, m.value)
+            e = LogEntry(m.slot, m.ballot, m.value)
             self.log[m.slot] = e
             persist.entries.append(e)
         return Accepted(self.node_id, m.ballot, m.slot)
@@ -88,7 +109,7 @@ class Acceptor:
             return
         if old is not None and slot <= self.commit_index:
             raise SafetyViolation(f"slot {slot} chosen twice: {old.value!r} vs {value!r}")
-        e = Entry(slot, ballot if ballot > ZERO_BALLOT else self.promised, value)
+        e = LogEntry(slot, ballot if ballot > ZERO_BALLOT else self.promised, value)
         self.log[slot] = e
         persist.entries.append(e)
 

@@ -55,6 +55,9 @@ class Delete:
     fence: Fence | None = None
 
 
+# OpenSession, Acquire and Release have had no producer since locks use OpenAndAcquire
+# (2b3dcb6); they stay because logs written before it hold tags 3, 6 and 7, and every
+# replica must still apply those entries the same way.
 @dataclass(frozen=True, slots=True)
 class OpenSession:
     ttl_ms: int

@@ -33,11 +33,10 @@ from .commands import (
     validate,
     validate_request,
 )
+from .protocol import Change, ChangeType, KeyValue, Result, ResultCode
 from .types import ProtocolError, UsageError
 
-__all__ = [
-    "CODES", "Compacted", "Event", "Grant", "KV", "LockInfo", "Machine", "Result", "SessionInfo",
-]
+__all__ = ["Grant", "HeldLock", "Machine", "RevisionCompacted", "SessionInfo"]
 
 # Module globals rather than constructor arguments: every replica must use the same
 # bounds, and tests shrink them with monkeypatch.
@@ -51,56 +50,17 @@ WINDOW_EVENTS = 20_000
 # Values are up to 1 MiB, so a count bound alone would allow a 20 GB window.
 WINDOW_BYTES = 64 * 1_048_576
 
-OK, COMPARE_FAILED, FENCE_REJECTED, INVALID = "ok", "compare_failed", "fence_rejected", "invalid"
-LOCK_BUSY, QUEUED, NO_SESSION, NOT_HELD = "lock_busy", "queued", "no_session", "not_held"
-STALE_REQUEST, LIMIT = "stale_request", "limit"
-CODES = frozenset({OK, COMPARE_FAILED, FENCE_REJECTED, INVALID, LOCK_BUSY, QUEUED, NO_SESSION,
-                   NOT_HELD, STALE_REQUEST, LIMIT})
+_PUT, _DELETE = ChangeType.PUT, ChangeType.DELETE
 
 _SNAPSHOT_VERSION = 1
 
 
-class Compacted(Exception):
+class RevisionCompacted(Exception):
     """Events after the requested revision were dropped from the window."""
 
     def __init__(self, oldest_available_revision: int) -> None:
         super().__init__(f"compacted: oldest available revision is {oldest_available_revision}")
         self.oldest_available_revision = oldest_available_revision
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    code: str
-    revision: int
-    data: dict[str, object] = field(default_factory=dict)
-
-    def to_wire(self) -> list[object]:
-        return [self.code, self.revision, self.data]
-
-    @classmethod
-    def from_wire(cls, w: object) -> Result:
-        if (not isinstance(w, (list, tuple)) or len(w) != 3 or w[0] not in CODES
-                or not isinstance(w[1], int) or isinstance(w[1], bool) or not isinstance(w[2], dict)
-                or not all(isinstance(k, str) for k in w[2])):
-            raise ProtocolError(f"malformed result {w!r:.200}")
-        return cls(w[0], w[1], dict(w[2]))
-
-
-@dataclass(frozen=True, slots=True)
-class KV:
-    key: str
-    value: bytes
-    revision: int
-    create_revision: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    type: str  # "put" | "delete"
-    key: str
-    value: bytes
-    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +78,7 @@ class SessionInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class LockInfo:
+class HeldLock:
     name: str
     holder_session: int
     token: int
@@ -151,7 +111,7 @@ class _Client:
     results: dict[int, Result] = field(default_factory=dict)
 
 
-def _err(code: str, revision: int, message: str) -> Result:
+def _err(code: ResultCode, revision: int, message: str) -> Result:
     return Result(code, revision, {"message": message})
 
 
@@ -164,11 +124,11 @@ class Machine:
         self.next_token = 1
         self.first_revision_in_window = 1
         self.grants: builtins.list[Grant] = []
-        self._kv: dict[str, KV] = {}
+        self._kv: dict[str, KeyValue] = {}
         # Plain lists trimmed on append: a deque costs ~760 bytes even for one event, which
         # was 76 MB of a 100,000-key node.
-        self._history: dict[str, builtins.list[Event]] = {}
-        self._window: deque[Event] = deque()
+        self._history: dict[str, builtins.list[Change]] = {}
+        self._window: deque[Change] = deque()
         self._window_bytes = 0
         self._sessions: dict[int, _Session] = {}
         self._locks: dict[str, _Lock] = {}
@@ -181,7 +141,7 @@ class Machine:
         """Apply ``req`` from log slot ``index`` (recorded in grants and sessions only)."""
         err = validate_request(req)
         if err is not None:
-            return _err(INVALID, self.revision, err)
+            return _err(ResultCode.INVALID, self.revision, err)
         if req.client_id == "":
             return self._run(index, req.cmd, internal=True)
         client = self._clients.get(req.client_id)
@@ -199,7 +159,7 @@ class Machine:
         if cached is not None:
             return cached
         if req.seq < client.floor:
-            return _err(STALE_REQUEST, self.revision, f"seq {req.seq} is below {client.floor}")
+            return _err(ResultCode.STALE_REQUEST, self.revision, f"seq {req.seq} is below {client.floor}")
         result = self._run(index, req.cmd, internal=False)
         client.results[req.seq] = result
         if len(client.results) > MAX_SEQS_PER_CLIENT:
@@ -211,7 +171,7 @@ class Machine:
     def _run(self, index: int, cmd: Command, internal: bool) -> Result:
         err = validate(cmd)
         if err is not None:
-            return _err(INVALID, self.revision, err)
+            return _err(ResultCode.INVALID, self.revision, err)
         if isinstance(cmd, Put):
             return self._put(cmd)
         if isinstance(cmd, Delete):
@@ -222,7 +182,7 @@ class Machine:
             return self._close(index, cmd.session_id)
         if isinstance(cmd, ExpireSession):
             if not internal:
-                return _err(INVALID, self.revision, "ExpireSession is internal to the leader")
+                return _err(ResultCode.INVALID, self.revision, "ExpireSession is internal to the leader")
             return self._close(index, cmd.session_id)
         if isinstance(cmd, Acquire):
             return self._acquire(index, cmd)
@@ -232,7 +192,7 @@ class Machine:
             return self._cancel(index, cmd)
         if isinstance(cmd, OpenAndAcquire):
             return self._open_and_acquire(index, cmd)
-        return Result(OK, self.revision, {})  # Noop: validate() rejected every other type
+        return Result(ResultCode.OK, self.revision, {})  # Noop: validate() rejected every other type
 
     # -- keys ----------------------------------------------------------------------
 
@@ -240,13 +200,13 @@ class Machine:
         if fence is not None:
             lk = self._locks.get(fence.lock)
             if lk is None or lk.token != fence.token:
-                return _err(FENCE_REJECTED, self.revision,
+                return _err(ResultCode.FENCE_REJECTED, self.revision,
                             f"lock {fence.lock!r} is not held with token {fence.token}")
         if if_revision is not None:
             cur = self._kv.get(key)
             current = 0 if cur is None else cur.revision
             if current != if_revision:
-                return Result(COMPARE_FAILED, self.revision, {
+                return Result(ResultCode.COMPARE_FAILED, self.revision, {
                     "message": f"key {key!r} is at revision {current}, not {if_revision}",
                     "current_revision": current})
         return None
@@ -257,24 +217,24 @@ class Machine:
             return rejected
         self.revision += 1
         cur = self._kv.get(cmd.key)
-        self._kv[cmd.key] = KV(cmd.key, cmd.value, self.revision,
+        self._kv[cmd.key] = KeyValue(cmd.key, cmd.value, self.revision,
                                self.revision if cur is None else cur.create_revision,
                                1 if cur is None else cur.version + 1)
-        self._record(Event("put", cmd.key, cmd.value, self.revision))
-        return Result(OK, self.revision, {"revision": self.revision})
+        self._record(Change(_PUT, cmd.key, cmd.value, self.revision))
+        return Result(ResultCode.OK, self.revision, {"revision": self.revision})
 
     def _delete(self, cmd: Delete) -> Result:
         rejected = self._precheck(cmd.key, cmd.if_revision, cmd.fence)
         if rejected is not None:
             return rejected
         if cmd.key not in self._kv:
-            return Result(OK, self.revision, {"deleted": False})
+            return Result(ResultCode.OK, self.revision, {"deleted": False})
         self.revision += 1
         del self._kv[cmd.key]
-        self._record(Event("delete", cmd.key, b"", self.revision))
-        return Result(OK, self.revision, {"deleted": True, "revision": self.revision})
+        self._record(Change(_DELETE, cmd.key, b"", self.revision))
+        return Result(ResultCode.OK, self.revision, {"deleted": True, "revision": self.revision})
 
-    def _record(self, ev: Event) -> None:
+    def _record(self, ev: Change) -> None:
         hist = self._history.get(ev.key)
         if hist is None:
             self._history[ev.key] = [ev]
@@ -298,22 +258,22 @@ class Machine:
 
     def _open(self, index: int, ttl_ms: int) -> Result:
         if len(self._sessions) >= MAX_SESSIONS:
-            return _err(LIMIT, self.revision, f"too many sessions (max {MAX_SESSIONS})")
+            return _err(ResultCode.LIMIT, self.revision, f"too many sessions (max {MAX_SESSIONS})")
         sid = self.next_session_id
         self.next_session_id += 1
         self._sessions[sid] = _Session(ttl_ms, index)
-        return Result(OK, self.revision, {"session_id": sid})
+        return Result(ResultCode.OK, self.revision, {"session_id": sid})
 
     def _close(self, index: int, sid: int) -> Result:
         s = self._sessions.pop(sid, None)
         if s is None:
-            return _err(NO_SESSION, self.revision, f"no session {sid}")
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {sid}")
         # Leave queues first so no lock released below is handed back to this session.
         for name in sorted(s.waiting):
             self._locks[name].waiters.remove(sid)
         for name in sorted(s.held):
             self._hand_over(index, name)
-        return Result(OK, self.revision, {})
+        return Result(ResultCode.OK, self.revision, {})
 
     def _grant(self, index: int, name: str, sid: int) -> int:
         token = self.next_token
@@ -343,30 +303,30 @@ class Machine:
     def _acquire(self, index: int, cmd: Acquire) -> Result:
         s = self._sessions.get(cmd.session_id)
         if s is None:
-            return _err(NO_SESSION, self.revision, f"no session {cmd.session_id}")
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
         lk = self._locks.get(cmd.name)
         if lk is None:
             if len(self._locks) >= MAX_LOCKS:
-                return _err(LIMIT, self.revision, f"too many locks held (max {MAX_LOCKS})")
-            return Result(OK, self.revision, {"token": self._grant(index, cmd.name, cmd.session_id)})
+                return _err(ResultCode.LIMIT, self.revision, f"too many locks held (max {MAX_LOCKS})")
+            return Result(ResultCode.OK, self.revision, {"token": self._grant(index, cmd.name, cmd.session_id)})
         if lk.holder == cmd.session_id:
-            return Result(OK, self.revision, {"token": lk.token})
+            return Result(ResultCode.OK, self.revision, {"token": lk.token})
         if not cmd.wait:
-            return _err(LOCK_BUSY, self.revision, f"lock {cmd.name!r} is held by another session")
+            return _err(ResultCode.LOCK_BUSY, self.revision, f"lock {cmd.name!r} is held by another session")
         if cmd.name not in s.waiting:
             if len(lk.waiters) >= MAX_WAITERS:
-                return _err(LIMIT, self.revision, f"too many waiters on {cmd.name!r} (max {MAX_WAITERS})")
+                return _err(ResultCode.LIMIT, self.revision, f"too many waiters on {cmd.name!r} (max {MAX_WAITERS})")
             lk.waiters.append(cmd.session_id)
             s.waiting.add(cmd.name)
-        return Result(QUEUED, self.revision, {})
+        return Result(ResultCode.QUEUED, self.revision, {})
 
     def _open_and_acquire(self, index: int, cmd: OpenAndAcquire) -> Result:
         if len(self._sessions) >= MAX_SESSIONS:
-            return _err(LIMIT, self.revision, f"too many sessions (max {MAX_SESSIONS})")
+            return _err(ResultCode.LIMIT, self.revision, f"too many sessions (max {MAX_SESSIONS})")
         sid = self.next_session_id
         self._open(index, cmd.ttl_ms)
         res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait))
-        if res.code in (OK, QUEUED):
+        if res.code in (ResultCode.OK, ResultCode.QUEUED):
             return Result(res.code, res.revision, {**res.data, "session_id": sid})
         self._close(index, sid)  # busy or a limit: nothing held, so no session either
         return res
@@ -374,15 +334,15 @@ class Machine:
     def _release(self, index: int, cmd: Release) -> Result:
         lk = self._locks.get(cmd.name)
         if lk is None or lk.holder != cmd.session_id or lk.token != cmd.token:
-            return _err(NOT_HELD, self.revision,
+            return _err(ResultCode.NOT_HELD, self.revision,
                         f"lock {cmd.name!r} is not held by session {cmd.session_id} with token {cmd.token}")
         self._hand_over(index, cmd.name)
-        return Result(OK, self.revision, {})
+        return Result(ResultCode.OK, self.revision, {})
 
     def _cancel(self, index: int, cmd: Cancel) -> Result:
         s = self._sessions.get(cmd.session_id)
         if s is None:
-            return _err(NO_SESSION, self.revision, f"no session {cmd.session_id}")
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
         dequeued = released = False
         if cmd.name in s.waiting:
             s.waiting.discard(cmd.name)
@@ -391,7 +351,7 @@ class Machine:
         elif cmd.name in s.held:
             self._hand_over(index, cmd.name)
             released = True
-        return Result(OK, self.revision, {"dequeued": dequeued, "released": released})
+        return Result(ResultCode.OK, self.revision, {"dequeued": dequeued, "released": released})
 
     def take_grants(self) -> builtins.list[Grant]:
         """Grants made since the last call, so the runtime can wake their waiters."""
@@ -400,23 +360,23 @@ class Machine:
 
     # -- queries -------------------------------------------------------------------
 
-    def get(self, key: str) -> KV | None:
+    def get(self, key: str) -> KeyValue | None:
         return self._kv.get(key)
 
-    def list(self, prefix: str) -> builtins.list[KV]:
+    def list(self, prefix: str) -> builtins.list[KeyValue]:
         return [self._kv[k] for k in sorted(self._kv) if k.startswith(prefix)]
 
-    def history(self, key: str) -> builtins.list[Event]:
+    def history(self, key: str) -> builtins.list[Change]:
         return builtins.list(self._history.get(key, ()))
 
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
-                     limit: int) -> builtins.list[Event]:
+                     limit: int) -> builtins.list[Change]:
         """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)."""
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:
-            raise Compacted(self.first_revision_in_window)
-        out: builtins.list[Event] = []
+            raise RevisionCompacted(self.first_revision_in_window)
+        out: builtins.list[Change] = []
         # The window holds every revision from first_revision_in_window on, one event each.
         start = after_revision + 1 - self.first_revision_in_window
         for i in range(start, len(self._window)):
@@ -444,8 +404,8 @@ class Machine:
         s = self._sessions.get(session_id)
         return s is not None and name in s.waiting
 
-    def locks(self) -> builtins.list[LockInfo]:
-        return [LockInfo(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters))
+    def locks(self) -> builtins.list[HeldLock]:
+        return [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters))
                 for n, lk in sorted(self._locks.items())]
 
     @property
@@ -467,7 +427,7 @@ class Machine:
     # machines give equal bytes.
 
     def snapshot(self) -> bytes:
-        events: dict[int, Event] = {ev.revision: ev for ev in self._window}
+        events: dict[int, Change] = {ev.revision: ev for ev in self._window}
         for hist in self._history.values():
             events.update((ev.revision, ev) for ev in hist)
         state = {
@@ -506,17 +466,17 @@ class Machine:
         g = _Getter(st)
         self.revision, self.next_session_id = g.int("rev"), g.int("sid")
         self.next_token, self.first_revision_in_window = g.int("tok"), g.int("w0")
-        events: dict[int, Event] = {}
+        events: dict[int, Change] = {}
         for r, typ, key, value in g.rows("ev", int, str, str, bytes):
             if typ not in ("put", "delete"):
                 raise ProtocolError(f"malformed event type at revision {r}")
-            events[r] = Event(typ, key, value, r)
+            events[r] = Change(ChangeType(typ), key, value, r)
         self._window = deque(events[r] for r in range(self.first_revision_in_window, self.revision + 1))
         self._window_bytes = sum(len(ev.value) for ev in self._window)
         for key, revs in g.rows("hist", str, list):
             self._history[key] = [events[r] for r in _ints(revs)][-KEY_HISTORY:]
         for key, rev, create, version in g.rows("kv", str, int, int, int):
-            self._kv[key] = KV(key, events[rev].value, rev, create, version)
+            self._kv[key] = KeyValue(key, events[rev].value, rev, create, version)
         for sid, ttl_ms, opened in g.rows("ses", int, int, int):
             self._sessions[sid] = _Session(ttl_ms, opened)
         for name, holder, token, granted, waiters in g.rows("lk", str, int, int, int, list):

@@ -1,40 +1,765 @@
-"""The client <-> node request protocol (bodies travel as wire.CLIENT_REQUEST / CLIENT_REPLY).
+"""The client <-> node protocol, written once: every request, reply and row as a typed record.
 
-Every request is a msgpack map with ``"id"`` (int, chosen by the client to match the
-reply; the node echoes it) and ``"op"``. Every reply is a map with ``"id"``, ``"ok"``
-(bool) and either the op's fields or ``"error"`` (one of ``ERRORS``) plus ``"message"``.
+Bodies travel as ``wire.CLIENT_REQUEST`` / ``wire.CLIENT_REPLY`` msgpack maps. A request
+map is ``{"id": ..., "op": ..., <the op's fields>}``; the node echoes ``id`` (any value,
+the client's to choose) in the reply. A reply map is ``{"id", "ok": True, <fields>}`` or
+``{"id", "ok": False, "error": <ErrorCode>, "message": str, ...}``. The envelope (``id``)
+belongs to the transport; the records here describe everything else.
 
-Ops (fields of the request -> fields of a successful reply):
+Every record has ``to_wire()`` and a validating ``from_wire()`` that returns a fully typed
+value or raises :class:`SchemaError` -- never anything else -- so the node answers
+``bad_request`` and the client reports a malformed reply, each from one place. Field names
+and shapes are the ones the first client spoke; rows (kv, change, lock) are positional
+lists that only ever grow at the end, and readers ignore fields they do not know, so an
+older reader keeps working against a newer node.
+
+Ops (request fields -> reply fields):
 
 ``write``      req: bytes (commands.encode_request) -> result: Result.to_wire()
                Leader only. Applied exactly once per (client_id, seq), across retries.
-``keepalive``  session_id: int -> known: bool. Leader only; not replicated (the leader
-               forwards renewals to followers on its heartbeats).
-``get``        key: str, stale: bool -> kv: [key, value, revision, create_revision, version] | nil,
-               revision: int.  Linearizable unless stale (then any node answers).
-``list``       prefix: str, stale: bool -> kvs: [kv, ...] sorted by key, revision: int
-``history``    key: str -> events: [[type, key, value, revision], ...], revision: int
-``watch``      prefix: str or prefixes: [str, ...] (non-empty wins), after: int, wait_ms: int,
-               limit: int -> events: [...], revision: int.  Events under the prefix (or any
-               of the prefixes: one poll serves all of a client's watches), in revision order.
-               Any node; parks up to wait_ms until an event with revision > after exists.
-               error "compacted" (+ "oldest": int) when ``after`` is older than the window.
-``lock_wait``  name: str, session_id: int, wait_ms: int -> state: "held"|"waiting"|"none",
-               token: int (0 unless held). Leader only; parks up to wait_ms while "waiting".
-``locks``      -> locks: [[name, holder_session, token, granted_index, [waiter, ...],
-               holder_ttl_left_ms | nil], ...].  Linearizable.
-``status``     -> status: the node's entry of `coordctl status --json` plus extras.
-               Answered locally by any node, even without a quorum.
+``keepalive``  session_id -> known: bool. Leader only; not replicated (the leader forwards
+               renewals to followers on its heartbeats).
+``get``        key, stale -> kv: KeyValue | nil, revision. Linearizable unless stale (then
+               any node answers). ``list``/``history``/``locks`` take ``stale`` as well.
+``list``       prefix, stale -> kvs: [KeyValue, ...] sorted by key, revision
+``history``    key -> events: [Change, ...], revision
+``watch``      prefix or prefixes (non-empty wins), after, wait_ms, limit -> events, revision.
+               Events under the prefix (or any of the prefixes: one poll serves all of a
+               client's watches), in revision order. Any node; parks up to wait_ms until an
+               event with revision > after exists. Error ``compacted`` (+ ``oldest``) when
+               ``after`` is older than the window.
+``lock_wait``  name, session_id, wait_ms -> state: LockState, token (0 unless held).
+               Leader only; parks up to wait_ms while "waiting".
+``locks``      -> locks: [LockRow, ...], revision. Linearizable.
+``status``     -> status: NodeStatus. Answered locally by any node, even without a quorum.
+
+Adding an op, all in this module: a member of :class:`Op`; a request record with
+``op: ClassVar[Op]`` and ``from_wire``/``to_wire``, listed in ``REQUEST_TYPES``; a reply
+record the same way. The import-time check below refuses an op without a request record,
+and ``service_ops.HANDLERS`` (checked by a test) one without a handler.
 """
 from __future__ import annotations
 
-OPS = ("write", "keepalive", "get", "list", "history", "watch", "lock_wait", "locks", "status")
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, TypeGuard, TypeVar
 
-# Errors a node may answer with. "not_leader" carries "leader" (node id or nil) and
-# "leader_address" (endpoint or nil). "unavailable" means the outcome is unknown and the
-# same request may be retried. "busy" means a bounded queue is full: retry later.
-ERRORS = ("not_leader", "unavailable", "bad_request", "compacted", "busy")
+from .commands import Request, decode_request, encode_request
+from .types import MAX_COMMAND_BYTES, ProtocolError
+
+__all__ = [
+    "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES",
+    "Change", "ChangeType", "ClientRequest", "ErrorCode", "ErrorReply", "GetReply", "GetRequest",
+    "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
+    "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
+    "LocksReply", "LocksRequest", "NodeStatus", "Op", "REQUEST_TYPES", "Result", "ResultCode",
+    "SchemaError", "StatusReply", "StatusRequest", "WatchReply", "WatchRequest", "WriteReply",
+    "WriteRequest", "decode_client_request", "reply_map",
+]
 
 MAX_WAIT_MS = 30_000
 MAX_WATCH_BATCH = 1_000
 MAX_WATCH_PREFIXES = 1_000
+
+
+class SchemaError(ProtocolError):
+    """A request or reply map that does not fit its record (the node answers ``bad_request``)."""
+
+
+# -- vocabularies -------------------------------------------------------------------------
+# StrEnum members are str: msgpack and json write them as the plain strings they equal.
+
+class Op(StrEnum):
+    WRITE = "write"
+    KEEPALIVE = "keepalive"
+    GET = "get"
+    LIST = "list"
+    HISTORY = "history"
+    WATCH = "watch"
+    LOCK_WAIT = "lock_wait"
+    LOCKS = "locks"
+    STATUS = "status"
+
+
+class ErrorCode(StrEnum):
+    """Why a node refused a request (``ok: false``)."""
+
+    NOT_LEADER = "not_leader"    # + leader (node id or nil), leader_address (endpoint or nil)
+    UNAVAILABLE = "unavailable"  # the outcome is unknown; the same request may be retried
+    BAD_REQUEST = "bad_request"  # the request does not fit the schema
+    COMPACTED = "compacted"      # + oldest: the first revision a watch can still start after
+    BUSY = "busy"                # a bounded queue is full: retry later
+
+
+class ResultCode(StrEnum):
+    """The outcome of a replicated write (``Result.code``): part of the log's results."""
+
+    OK = "ok"
+    COMPARE_FAILED = "compare_failed"
+    FENCE_REJECTED = "fence_rejected"
+    INVALID = "invalid"
+    LOCK_BUSY = "lock_busy"
+    QUEUED = "queued"
+    NO_SESSION = "no_session"
+    NOT_HELD = "not_held"
+    STALE_REQUEST = "stale_request"
+    LIMIT = "limit"
+
+
+class ChangeType(StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+class LockState(StrEnum):
+    """Where a session stands on one lock (``lock_wait``)."""
+
+    HELD = "held"
+    WAITING = "waiting"
+    NONE = "none"    # neither held nor queued: the session is gone or left the queue
+
+
+# Plain dict lookups: an Enum call costs eight times as much on the reply paths.
+_RESULT_CODES: dict[str, ResultCode] = {c.value: c for c in ResultCode}
+_CHANGE_TYPES: dict[str, ChangeType] = {c.value: c for c in ChangeType}
+_LOCK_STATES: dict[str, LockState] = {c.value: c for c in LockState}
+_ERROR_CODES: dict[str, ErrorCode] = {c.value: c for c in ErrorCode}
+_T = TypeVar("_T")
+
+
+def _lookup(table: dict[str, _T], v: object) -> _T | None:
+    """``table[v]`` for a str ``v``, else None (a list from the wire is not even hashable)."""
+    return table.get(v) if type(v) is str else None
+
+
+# -- field readers --------------------------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+def _is_int(v: object) -> TypeGuard[int]:
+    return type(v) is int
+
+
+def _get(m: Mapping[str, Any], name: str, default: Any) -> Any:
+    v = m.get(name, _MISSING)
+    if v is _MISSING:
+        if default is _MISSING:
+            raise SchemaError(f"missing field {name!r}")
+        return default
+    if v is None:
+        raise SchemaError(f"field {name!r} must not be nil")
+    return v
+
+
+def _str(m: Mapping[str, Any], name: str, default: Any = _MISSING) -> str:
+    v = _get(m, name, default)
+    if type(v) is not str:
+        raise SchemaError(f"field {name!r} must be str")
+    return v
+
+
+def _int(m: Mapping[str, Any], name: str, default: Any = _MISSING) -> int:
+    v = _get(m, name, default)
+    if type(v) is not int:
+        raise SchemaError(f"field {name!r} must be int")
+    return v
+
+
+def _bool(m: Mapping[str, Any], name: str, default: Any = _MISSING) -> bool:
+    v = _get(m, name, default)
+    if type(v) is not bool:
+        raise SchemaError(f"field {name!r} must be bool")
+    return v
+
+
+def _opt_int(v: object, what: str) -> int | None:
+    if v is None or type(v) is int:
+        return v
+    raise SchemaError(f"{what} must be int or nil")
+
+
+def _clamp(v: int, low: int, high: int) -> int:
+    return low if v < low else high if v > high else v
+
+
+def _map(w: object, what: str) -> Mapping[str, Any]:
+    if type(w) is not dict:
+        raise SchemaError(f"{what} must be a map")
+    return w
+
+
+def _list(w: object, what: str) -> list[Any]:
+    if type(w) is not list:
+        raise SchemaError(f"{what} must be a list")
+    return w
+
+
+# -- rows -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A replicated write's outcome, the same on every replica: cached for retries."""
+
+    code: ResultCode
+    revision: int
+    data: dict[str, object] = field(default_factory=dict)
+
+    def to_wire(self) -> list[object]:
+        return [self.code, self.revision, self.data]
+
+    @classmethod
+    def from_wire(cls, w: object) -> Result:
+        if isinstance(w, (list, tuple)) and len(w) == 3:
+            code, revision, data = w
+            if (type(code) is str and code in _RESULT_CODES and _is_int(revision) and type(data) is dict
+                    and all(type(k) is str for k in data)):
+                return cls(_RESULT_CODES[code], revision, dict(data))
+        raise SchemaError(f"malformed result {w!r:.200}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """A key's current value: ``[key, value, revision, create_revision, version]``."""
+
+    key: str
+    value: bytes
+    revision: int
+    create_revision: int
+    version: int
+
+    def to_wire(self) -> list[object]:
+        return [self.key, self.value, self.revision, self.create_revision, self.version]
+
+    @classmethod
+    def from_wire(cls, w: object) -> KeyValue:
+        if (type(w) is list and len(w) >= 5 and type(w[0]) is str and type(w[1]) is bytes
+                and type(w[2]) is int and type(w[3]) is int and type(w[4]) is int):
+            return cls(w[0], w[1], w[2], w[3], w[4])
+        raise SchemaError("malformed kv row")
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One applied change of a key: ``[type, key, value, revision]`` (a delete's value is empty)."""
+
+    type: ChangeType
+    key: str
+    value: bytes
+    revision: int
+
+    def to_wire(self) -> list[object]:
+        return [self.type, self.key, self.value, self.revision]
+
+    def to_map(self) -> dict[str, object]:
+        """The same change as the PUB stream publishes it (wire.EVENT)."""
+        return {"type": self.type, "key": self.key, "value": self.value, "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, w: object) -> Change:
+        if (type(w) is list and len(w) >= 4 and (t := _lookup(_CHANGE_TYPES, w[0])) is not None
+                and type(w[1]) is str and type(w[2]) is bytes and type(w[3]) is int):
+            return cls(t, w[1], w[2], w[3])
+        raise SchemaError("malformed event row")
+
+
+def _changes(w: object) -> tuple[Change, ...]:
+    return tuple(Change.from_wire(e) for e in _list(w, "events"))
+
+
+@dataclass(frozen=True, slots=True)
+class LockRow:
+    """One held lock as ``locks`` reports it. Times are the leader's own clock, in ms;
+    None where this leader has not seen the event (it took over after it).
+
+    Wire: ``[name, holder_session, token, granted_index, [waiter, ...],
+    holder_ttl_left_ms, holder_ttl_ms, age_ms, [wait_ms, ...]]``; nodes before the last
+    three fields sent six, which still decode.
+    """
+
+    name: str
+    holder_session: int
+    token: int
+    granted_index: int
+    waiters: tuple[int, ...]
+    holder_ttl_left_ms: int | None
+    holder_ttl_ms: int | None = None
+    age_ms: int | None = None
+    waits_ms: tuple[int | None, ...] = ()    # per waiter, in queue order
+
+    def to_wire(self) -> list[object]:
+        return [self.name, self.holder_session, self.token, self.granted_index,
+                list(self.waiters), self.holder_ttl_left_ms, self.holder_ttl_ms, self.age_ms,
+                list(self.waits_ms)]
+
+    @classmethod
+    def from_wire(cls, w: object) -> LockRow:
+        if not (type(w) is list and len(w) >= 6 and type(w[0]) is str and type(w[1]) is int
+                and type(w[2]) is int and type(w[3]) is int and type(w[4]) is list
+                and all(type(x) is int for x in w[4])):
+            raise SchemaError("malformed lock row")
+        waits = _list(w[8], "lock row waits") if len(w) > 8 else []
+        return cls(w[0], w[1], w[2], w[3], tuple(w[4]),
+                   _opt_int(w[5], "lock row ttl left"),
+                   _opt_int(w[6], "lock row ttl") if len(w) > 6 else None,
+                   _opt_int(w[7], "lock row age") if len(w) > 7 else None,
+                   tuple(_opt_int(x, "lock row wait") for x in waits))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """One node's own view, as ``status`` answers it: the node's entry of CONTRACT §5's
+    ``nodes`` plus extras. ``extra`` holds what the runtime adds (disk size, fsync latency,
+    transport counters); it goes first on the wire, so a named field always wins."""
+
+    id: str
+    address: str | None
+    role: str                     # "leader" | "follower" | "candidate"
+    leader: str | None
+    voting: bool
+    ballot: tuple[int, str]
+    commit_index: int
+    applied_index: int
+    uptime_s: float
+    sessions: int
+    locks_held: int
+    keys: int
+    revision: int
+    last_leader_contact_ms: int | None
+    bad_frames: int
+    snapshot_index: int
+    pending_writes: int
+    parked_watches: int
+    rejected_replies: int = 0     # catch-up replies/chunks from a peer not asked (dropped)
+    rounds_exhausted: bool = False   # someone promised round 2**62: this node cannot campaign
+    security: str | None = None   # "curve" | "insecure" (None: a node that does not say)
+    public_key: str | None = None   # this node's CURVE public key (secure clusters)
+    rejected_peer: int = 0        # peer messages whose src was not the connection's member
+    extra: Mapping[str, object] = field(default_factory=dict)
+
+    _INTS: ClassVar[tuple[str, ...]] = (
+        "commit_index", "applied_index", "sessions", "locks_held", "keys", "revision",
+        "bad_frames", "snapshot_index", "pending_writes", "parked_watches")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "id": self.id, "address": self.address, "reachable": True, "role": self.role,
+            "leader": self.leader, "voting": self.voting, "ballot": list(self.ballot),
+            "commit_index": self.commit_index, "applied_index": self.applied_index,
+            "uptime_s": self.uptime_s, "sessions": self.sessions, "locks_held": self.locks_held,
+            "keys": self.keys, "revision": self.revision,
+            "last_leader_contact_ms": self.last_leader_contact_ms, "bad_frames": self.bad_frames,
+            "snapshot_index": self.snapshot_index, "pending_writes": self.pending_writes,
+            "parked_watches": self.parked_watches, "rejected_replies": self.rejected_replies,
+            "rounds_exhausted": self.rounds_exhausted, "security": self.security,
+            "public_key": self.public_key, "rejected_peer": self.rejected_peer,
+        }
+
+    @classmethod
+    def from_wire(cls, w: object) -> NodeStatus:
+        m = _map(w, "status")
+        ballot = _list(_get(m, "ballot", _MISSING), "ballot")
+        if not (len(ballot) == 2 and type(ballot[0]) is int and type(ballot[1]) is str):
+            raise SchemaError("field 'ballot' must be [round, node]")
+        role = _str(m, "role")
+        if role not in ("leader", "follower", "candidate"):
+            raise SchemaError(f"unknown role {role!r}")
+        address, leader = m.get("address"), m.get("leader")
+        uptime = _get(m, "uptime_s", _MISSING)
+        if not (address is None or type(address) is str) or not (leader is None or type(leader) is str):
+            raise SchemaError("fields 'address' and 'leader' must be str or nil")
+        if type(uptime) not in (int, float) or not math.isfinite(uptime):
+            raise SchemaError("field 'uptime_s' must be a number")
+        ints = {f: _int(m, f) for f in cls._INTS}
+        ints["rejected_replies"] = _int(m, "rejected_replies", 0)
+        ints["rejected_peer"] = _int(m, "rejected_peer", 0)
+        security, public_key = m.get("security"), m.get("public_key")
+        if not (security is None or type(security) is str) or not (
+                public_key is None or type(public_key) is str):
+            raise SchemaError("fields 'security' and 'public_key' must be str or nil")
+        named = {f for f in _STATUS_FIELDS}
+        return cls(
+            id=_str(m, "id"), address=address, role=role, leader=leader, voting=_bool(m, "voting"),
+            ballot=(ballot[0], ballot[1]), uptime_s=float(uptime),
+            last_leader_contact_ms=_opt_int(m.get("last_leader_contact_ms"), "last_leader_contact_ms"),
+            rounds_exhausted=_bool(m, "rounds_exhausted", False),
+            security=security, public_key=public_key,
+            extra={k: v for k, v in m.items() if k not in named}, **ints)
+
+
+_STATUS_FIELDS = ("reachable", *(f for f in NodeStatus.__dataclass_fields__ if f != "extra"))
+
+
+# -- requests -------------------------------------------------------------------------------
+# ``from_wire`` takes the whole request map (``id`` and ``op`` included, both ignored here);
+# ``to_wire`` gives the map without ``id``, which the transport adds per attempt.
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """A replicated command; ``raw`` are the exact bytes the leader proposes and dedupes by."""
+
+    op: ClassVar[Op] = Op.WRITE
+    raw: bytes
+    request: Request
+
+    @classmethod
+    def of(cls, request: Request) -> WriteRequest:
+        """Encode ``request`` once: every retry sends identical bytes."""
+        return cls(encode_request(request), request)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.WRITE, "req": self.raw}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> WriteRequest:
+        raw = m.get("req")
+        if type(raw) is not bytes:
+            _get(m, "req", _MISSING)   # missing or nil: say which
+            raise SchemaError("field 'req' must be bytes")
+        if len(raw) > MAX_COMMAND_BYTES:    # a key and a 1 MiB value fit with room to spare
+            raise SchemaError(f"write request of {len(raw)} bytes exceeds {MAX_COMMAND_BYTES}")
+        try:
+            request = decode_request(raw)
+        except ProtocolError as e:
+            raise SchemaError(f"undecodable write: {e}") from None
+        if request.client_id == "":
+            raise SchemaError("internal requests are the leader's alone")
+        return cls(raw, request)
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveRequest:
+    op: ClassVar[Op] = Op.KEEPALIVE
+    session_id: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.KEEPALIVE, "session_id": self.session_id}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> KeepaliveRequest:
+        sid = m.get("session_id")
+        return cls(sid if type(sid) is int else _int(m, "session_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class GetRequest:
+    op: ClassVar[Op] = Op.GET
+    key: str
+    stale: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.GET, "key": self.key, "stale": self.stale}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> GetRequest:
+        key, stale = m.get("key"), m.get("stale", False)
+        if type(key) is str and type(stale) is bool:   # the hot path: no error to word
+            return cls(key, stale)
+        return cls(_str(m, "key"), _bool(m, "stale", False))
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    op: ClassVar[Op] = Op.LIST
+    prefix: str = ""
+    stale: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.LIST, "prefix": self.prefix, "stale": self.stale}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> ListRequest:
+        return cls(_str(m, "prefix", ""), _bool(m, "stale", False))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    op: ClassVar[Op] = Op.HISTORY
+    key: str
+    stale: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.HISTORY, "key": self.key, "stale": self.stale}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> HistoryRequest:
+        return cls(_str(m, "key"), _bool(m, "stale", False))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest:
+    """Events after revision ``after`` under ``prefixes`` (if any) or ``prefix``.
+
+    ``wait_ms`` and ``limit`` are clamped into range rather than refused, as they always were.
+    """
+
+    op: ClassVar[Op] = Op.WATCH
+    after: int
+    prefix: str = ""
+    prefixes: tuple[str, ...] = ()
+    wait_ms: int = 0
+    limit: int = MAX_WATCH_BATCH
+
+    @property
+    def selector(self) -> str | tuple[str, ...]:
+        """What ``Machine.events_since`` matches keys against."""
+        return self.prefixes or self.prefix
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.WATCH, "prefix": self.prefix, "prefixes": list(self.prefixes),
+                "after": self.after, "wait_ms": self.wait_ms, "limit": self.limit}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> WatchRequest:
+        prefix = _str(m, "prefix", "")
+        prefixes = m.get("prefixes", [])
+        if not (type(prefixes) is list and len(prefixes) <= MAX_WATCH_PREFIXES
+                and all(type(x) is str for x in prefixes)):
+            raise SchemaError(f"prefixes must be a list of at most {MAX_WATCH_PREFIXES} strings")
+        after = _int(m, "after")
+        if after < 0:
+            raise SchemaError("after must be >= 0")
+        return cls(after, prefix, tuple(prefixes),
+                   _clamp(_int(m, "wait_ms", 0), 0, MAX_WAIT_MS),
+                   _clamp(_int(m, "limit", MAX_WATCH_BATCH), 1, MAX_WATCH_BATCH))
+
+
+@dataclass(frozen=True, slots=True)
+class LockWaitRequest:
+    op: ClassVar[Op] = Op.LOCK_WAIT
+    name: str
+    session_id: int
+    wait_ms: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.LOCK_WAIT, "name": self.name, "session_id": self.session_id,
+                "wait_ms": self.wait_ms}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> LockWaitRequest:
+        return cls(_str(m, "name"), _int(m, "session_id"),
+                   _clamp(_int(m, "wait_ms", 0), 0, MAX_WAIT_MS))
+
+
+@dataclass(frozen=True, slots=True)
+class LocksRequest:
+    op: ClassVar[Op] = Op.LOCKS
+    stale: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.LOCKS, "stale": self.stale}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> LocksRequest:
+        return cls(_bool(m, "stale", False))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    op: ClassVar[Op] = Op.STATUS
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.STATUS}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> StatusRequest:
+        return cls()
+
+
+ClientRequest = (WriteRequest | KeepaliveRequest | GetRequest | ListRequest | HistoryRequest
+                 | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest)
+REQUEST_TYPES: tuple[type[ClientRequest], ...] = (
+    WriteRequest, KeepaliveRequest, GetRequest, ListRequest, HistoryRequest, WatchRequest,
+    LockWaitRequest, LocksRequest, StatusRequest)
+_BY_OP: dict[str, type[ClientRequest]] = {t.op.value: t for t in REQUEST_TYPES}
+if set(_BY_OP) != {o.value for o in Op} or len(_BY_OP) != len(REQUEST_TYPES):
+    raise ImportError("protocol: every Op needs exactly one request record in REQUEST_TYPES")
+
+
+def decode_client_request(w: object) -> ClientRequest:
+    """The request record a decoded map holds, or ``SchemaError``."""
+    if type(w) is not dict:
+        raise SchemaError("request must be a map")
+    cls = _lookup(_BY_OP, w.get("op"))
+    if cls is None:
+        raise SchemaError(f"unknown op {w.get('op')!r:.100}")
+    return cls.from_wire(w)
+
+
+# -- replies --------------------------------------------------------------------------------
+# ``to_wire`` gives the map without ``id``; ``from_wire`` takes a map whose ``ok`` is true
+# (the client looks at ``ok`` first and reads an ``ErrorReply`` otherwise).
+
+def reply_map(rid: object, reply: Reply) -> dict[str, Any]:
+    """The whole reply map: ``reply``'s fields under the request's ``id``."""
+    out = reply.to_wire()
+    out["id"] = rid
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class WriteReply:
+    result: Result
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "result": self.result.to_wire()}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> WriteReply:
+        return cls(Result.from_wire(m.get("result")))
+
+
+@dataclass(frozen=True, slots=True)
+class KeepaliveReply:
+    known: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "known": self.known}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> KeepaliveReply:
+        return cls(_bool(m, "known"))
+
+
+@dataclass(frozen=True, slots=True)
+class GetReply:
+    kv: KeyValue | None
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "kv": None if self.kv is None else self.kv.to_wire(),
+                "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> GetReply:
+        kv, revision = m.get("kv"), m.get("revision")
+        if type(revision) is not int:
+            revision = _int(m, "revision")    # raises, saying why
+        return cls(None if kv is None else KeyValue.from_wire(kv), revision)
+
+
+@dataclass(frozen=True, slots=True)
+class ListReply:
+    kvs: tuple[KeyValue, ...]
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "kvs": [kv.to_wire() for kv in self.kvs], "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> ListReply:
+        return cls(tuple(KeyValue.from_wire(kv) for kv in _list(m.get("kvs"), "kvs")),
+                   _int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply:
+    events: tuple[Change, ...]
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "events": [e.to_wire() for e in self.events], "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> HistoryReply:
+        return cls(_changes(m.get("events")), _int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class WatchReply:
+    """``events`` after the request's ``after``, in revision order; complete up to
+    ``revision`` (the node's) unless there are ``limit`` of them."""
+
+    events: tuple[Change, ...]
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "events": [e.to_wire() for e in self.events], "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> WatchReply:
+        return cls(_changes(m.get("events")), _int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class LockWaitReply:
+    state: LockState
+    token: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "state": self.state, "token": self.token}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> LockWaitReply:
+        state = _lookup(_LOCK_STATES, m.get("state"))
+        if state is None:
+            raise SchemaError(f"unknown lock state {m.get('state')!r:.100}")
+        return cls(state, _int(m, "token"))
+
+
+@dataclass(frozen=True, slots=True)
+class LocksReply:
+    locks: tuple[LockRow, ...]
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "locks": [lk.to_wire() for lk in self.locks], "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> LocksReply:
+        return cls(tuple(LockRow.from_wire(r) for r in _list(m.get("locks"), "locks")),
+                   _int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    status: NodeStatus
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "status": self.status.to_wire()}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> StatusReply:
+        return cls(NodeStatus.from_wire(m.get("status")))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A refusal. ``error`` is a plain str when a newer node sends a code this one lacks."""
+
+    error: ErrorCode | str
+    message: str
+    leader: str | None = None            # not_leader: who leads, if known
+    leader_address: str | None = None    # not_leader: where to send the request instead
+    oldest: int | None = None            # compacted: the oldest revision still kept
+    leader_public_key: str | None = None  # not_leader: the leader's CURVE key (secure clusters)
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": False, "error": self.error, "message": self.message}
+        if self.error == ErrorCode.NOT_LEADER:
+            out["leader"], out["leader_address"] = self.leader, self.leader_address
+            if self.leader_public_key is not None:    # secure clusters only
+                out["leader_public_key"] = self.leader_public_key
+        elif self.error == ErrorCode.COMPACTED:
+            out["oldest"] = self.oldest
+        return out
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> ErrorReply:
+        error = _str(m, "error")
+        message = m.get("message")
+        leader, address = m.get("leader"), m.get("leader_address")
+        oldest, public = m.get("oldest"), m.get("leader_public_key")
+        return cls(_ERROR_CODES.get(error, error),
+                   message if type(message) is str and message else error,
+                   leader if type(leader) is str else None,
+                   address if type(address) is str and address else None,
+                   oldest if type(oldest) is int else None,
+                   public if type(public) is str and public else None)
+
+
+Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply
+         | LockWaitReply | LocksReply | StatusReply | ErrorReply)

@@ -7,6 +7,44 @@ which reads are now safe. The driver must ``save(ready.persist)`` before it send
 ``ready.messages``, then call :meth:`advance`. Until ``advance`` no new Ready is
 handed out, so a reply produced while an earlier save is in flight (e.g. to a
 duplicate Prepare) can never overtake that save.
+
+**Bounded by bytes.** Every message this replica builds stays within a byte budget
+(``Config``): an Accept carries a batch of commands within ``max_batch_bytes``; a Promise
+or a catch-up reply carries entries within ``message_budget_bytes``; a snapshot travels
+in chunks of ``snapshot_chunk_bytes`` (see ``transfer``). Each packs at least one item,
+and one item is at most a batch or one command (``MAX_COMMAND_BYTES``), so no message
+exceeds the frame cap. The leader's queues are bounded in bytes too: past
+``max_pending_bytes`` ``propose`` refuses, and no new slot is opened while the values in
+flight exceed ``max_inflight_bytes``.
+
+**Phase 1 in chunks.** An acceptor's Promise lists its accepted entries within the
+budget; when they do not all fit it names the first slot left out (``next_slot``) and
+the candidate asks that acceptor again, at the same ballot, from there. The candidate
+leads only once a quorum of acceptors sent *complete* promises (down to one with
+``next_slot == 0``). The chunks of one acceptor tell the candidate what one big
+promise would have, because:
+
+1. Every chunk is computed after the acceptor's promise of our ballot ``b`` is durable
+   (the first chunk travels with it; later ones are answers to later Prepares). From
+   then on the acceptor accepts nothing below ``b``, and nothing at ``b`` either while
+   we are a candidate (we are ``b``'s only proposer). If it accepts above ``b`` it has
+   promised above ``b`` and answers our next Prepare with a Nack, never a chunk. So for
+   each slot a chunk reports exactly what the acceptor accepted before promising
+   ``b`` -- what a single promise sent at promise time would report -- except for two
+   changes that are safe to report: a value it has since learned to be chosen (any
+   proposal above the choosing ballot must carry it anyway), and slots compacted into
+   a snapshot, which the chunk declares through ``snapshot_index`` so that the
+   candidate learns them by catch-up before it leads.
+2. The chunks cover consecutive ranges ``[from_slot, n1), [n1, n2), ..., [nk, oo)``: a
+   chunk is taken only if its ``from_slot`` is the ``next_slot`` we asked for, so a slot
+   with no entry listed had none when the chunk covering it was made. Duplicates and
+   stragglers from an earlier round at this ballot (phase 1 restarts at the same ballot
+   after a catch-up) are dropped, or describe a later state, equally valid by (1).
+
+Hence every quorum intersection argument of single-message Paxos carries over, and the
+new leader's rule (adopt the highest-ballot value per slot, no-ops in holes) keeps its
+proof. ``tests/unit/test_replica.py`` checks the rules; the simulator runs with budgets
+small enough that nearly every promise, batch, catch-up reply and snapshot splits.
 """
 from __future__ import annotations
 
@@ -18,6 +56,8 @@ from typing import TYPE_CHECKING
 
 from .acceptor import Acceptor
 from .messages import (
+    COMMAND_OVERHEAD_BYTES,
+    VALUE_OVERHEAD_BYTES,
     Accept,
     Accepted,
     CatchupReply,
@@ -29,13 +69,24 @@ from .messages import (
     Outbound,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
+    chosen_bytes,
+    value_bytes,
 )
+from .transfer import Fetch, Shelf, checksum
 from .types import (
+    MAX_COMMAND_BYTES,
+    MAX_MESSAGE_ITEMS,
+    MAX_RENEWED,
+    MAX_ROUND,
     NOOP,
     ZERO_BALLOT,
     Ballot,
     Config,
     Durable,
+    LogEntry,
     NodeId,
     Persist,
     SafetyViolation,
@@ -83,6 +134,51 @@ class _Read:
     round: int
 
 
+@dataclass(slots=True)
+class _Promises:
+    """One acceptor's promise of our ballot, gathered chunk by chunk."""
+
+    next_slot: Slot                  # the from_slot the next chunk must have
+    listed_to: Slot = 0              # the last slot the chunks so far covered with an entry
+    entries: list[LogEntry] = field(default_factory=list)
+    complete_through: Slot = 0       # max snapshot_index over the chunks
+    commit_index: Slot = 0
+    complete: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStatus:
+    """A snapshot of one replica's state for status pages, the simulator and tests."""
+
+    id: NodeId
+    role: Role
+    leader: NodeId | None
+    ballot: Ballot               # ours, once we campaigned (ZERO_BALLOT before)
+    leader_ballot: Ballot        # the ballot of the leader we follow (ours while leading)
+    promised: Ballot
+    commit_index: Slot
+    known_commit: Slot           # the highest commit index any peer told us
+    applied: Slot
+    snapshot_index: Slot
+    voting: bool                 # False while a replacement rebuilds
+    serving: bool                # leading, and everything phase 1 recovered is chosen
+    pending_commands: int
+    pending_bytes: int
+    inflight_slots: int
+    inflight_bytes: int
+    fetch_peer: NodeId | None    # the peer a catch-up or snapshot request is in flight to
+    fetch_snapshot_index: Slot   # the snapshot being assembled (0: none)
+    fetch_snapshot_bytes: int    # ... and how much of it arrived
+    retained_snapshot_index: Slot  # a superseded snapshot kept for a transfer (0: none)
+    rejected_replies: int        # replies from a peer we did not ask, or not awaited
+    bad_snapshots: int           # assembled snapshots whose checksum did not match
+    rounds_exhausted: bool       # someone promised round 2**62: we cannot campaign
+
+
+# Resends of one catch-up or snapshot request before starting over with a fresh request.
+_FETCH_RESENDS = 5
+
+
 class Replica:
     def __init__(self, node_id: NodeId, members: list[NodeId], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
@@ -95,7 +191,8 @@ class Replica:
         self.cfg = config
         self.rng = rng
         self.external = external_leadership
-        self.acceptor = Acceptor(node_id, durable, config.catchup_batch)
+        self.acceptor = Acceptor(node_id, durable, config.catchup_batch,
+                                 config.message_budget_bytes)
         self.high_water_round = max(durable.high_water_round, durable.promised.round)
         self.applied: Slot = durable.snapshot.index
         self.now_ms = now_ms
@@ -109,15 +206,22 @@ class Replica:
 
         # candidate state
         self.from_slot: Slot = 0
-        self.promises: dict[NodeId, Promise] = {}
+        self.promises: dict[NodeId, _Promises] = {}
         self.nacks: set[NodeId] = set()
         self.catchup_for_phase1 = False
+        self.phase1_progress_ms = -10**12   # when a promise chunk was last taken
+        self.phase1_renewed_ms = -10**12    # when complete acceptors were last re-asked
         # leader state
         self.next_slot: Slot = 0
-        self.inflight: dict[Slot, tuple[Value, set[NodeId], int]] = {}
+        # slot -> (value, acceptors that accepted it, last sent, value_bytes(value))
+        self.inflight: dict[Slot, tuple[Value, set[NodeId], int, int]] = {}
+        self.inflight_bytes = 0
         self.chosen_ahead: dict[Slot, Value] = {}
         self.recovered_through: Slot = 0
         self.pending: deque[bytes] = deque()
+        self.pending_bytes = 0
+        self._max_pending = config.max_pending_commands      # read on every propose
+        self._max_pending_bytes = config.max_pending_bytes
         self.hb_round = 0
         self.hb_acks: dict[int, set[NodeId]] = {}
         self.confirmed_round = 0
@@ -127,8 +231,15 @@ class Replica:
         self.last_ack_ms: dict[NodeId, int] = {}
         self.renewed: list[int] = []
 
-        # catch-up
+        # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
+        self.fetch: Fetch | None = None
+        self.catchup_peer: NodeId = node_id      # phase 1 catch-up: whom we learn from
+        self.catchup_goal: Slot = 0              # ... and up to which slot
+        self.shelf = Shelf(durable.snapshot, config.snapshot_retain_ms)
+        self.rejected_replies = 0
+        self.bad_snapshots = 0
+        self.rounds_exhausted = False
         # At boot there is no leader of ours to disrupt, and a running cluster's heartbeat
         # reaches us within a few heartbeat intervals: the first timer can be shorter.
         self.election_deadline = now_ms + self._election_timeout() // 2
@@ -155,10 +266,17 @@ class Replica:
     # ------------------------------------------------------------------ inputs
 
     def propose(self, command: bytes) -> bool:
-        """Queue a command for the log. False if we are not leader or the queue is full."""
-        if self.role is not Role.LEADER or len(self.pending) >= self.cfg.max_pending_commands:
+        """Queue a command for the log. False if we are not leader or the queue is full
+        (in commands or in bytes). A command above ``MAX_COMMAND_BYTES`` is the caller's
+        error: it could not travel in one Accept."""
+        n = len(command)
+        if n > MAX_COMMAND_BYTES:
+            raise UsageError(f"command of {n} bytes exceeds MAX_COMMAND_BYTES ({MAX_COMMAND_BYTES})")
+        if (self.role is not Role.LEADER or len(self.pending) >= self._max_pending
+                or self.pending_bytes + n > self._max_pending_bytes):
             return False
         self.pending.append(command)
+        self.pending_bytes += n
         return True
 
     def read(self, token: Hashable) -> bool:
@@ -172,11 +290,12 @@ class Replica:
 
     def note_renewal(self, session_id: int) -> None:
         """A session keep-alive reached us as leader; tell followers on the next heartbeat."""
-        if self.role is Role.LEADER and len(self.renewed) < 4096:
+        if self.role is Role.LEADER and len(self.renewed) < MAX_RENEWED:
             self.renewed.append(session_id)
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        self.shelf.expire(now_ms)
         if self.role is Role.LEADER:
             if self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
@@ -193,6 +312,8 @@ class Replica:
             self._start_phase1()
         elif self.role is Role.CANDIDATE and now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
             self._resend_prepares()
+        if self.role is Role.CANDIDATE:
+            self._renew_promises(now_ms)
         self._maybe_request_catchup()
 
     def next_timer_ms(self) -> int:
@@ -230,6 +351,7 @@ class Replica:
         if snapshot.index <= self.acceptor.snapshot.index:
             return
         self.acceptor.install_snapshot(snapshot, self._ready.persist)
+        self.shelf.replace(snapshot, self.now_ms)
 
     def receive(self, msg: Message, now_ms: int) -> None:
         self.now_ms = now_ms
@@ -239,9 +361,14 @@ class Replica:
             return
         if isinstance(msg, Prepare):
             self._observe(msg.ballot)
-            self._reply(msg.src, self.acceptor.on_prepare(msg, self._ready.persist))
+            answer = self.acceptor.on_prepare(msg, self._ready.persist)
+            self._reply(msg.src, answer)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"promised higher ballot {msg.ballot}")
+            if isinstance(answer, Promise) and msg.src != self.id and self.role is Role.FOLLOWER:
+                # Give the candidate we promised time to finish its (chunked) phase 1
+                # before campaigning against it: Raft's rule for a granted vote.
+                self._reset_election()
         elif isinstance(msg, Accept):
             self._observe(msg.ballot)
             reply = self.acceptor.on_accept(msg, self._ready.persist)
@@ -265,6 +392,10 @@ class Replica:
             self._on_catchup_request(msg)
         elif isinstance(msg, CatchupReply):
             self._on_catchup_reply(msg)
+        elif isinstance(msg, SnapshotRequest):
+            self._on_snapshot_request(msg)
+        elif isinstance(msg, SnapshotChunk):
+            self._on_snapshot_chunk(msg)
 
     def _receive_rebuilding(self, msg: Message) -> bool:
         """Handle ``msg`` without voting; False lets the normal path take it."""
@@ -345,6 +476,30 @@ class Replica:
     def promised(self) -> Ballot:
         return self.acceptor.promised
 
+    @property
+    def serving(self) -> bool:
+        """Leading, and everything phase 1 recovered is chosen: safe to answer clients."""
+        return self.role is Role.LEADER and self.acceptor.commit_index >= self.recovered_through
+
+    def status(self) -> ReplicaStatus:
+        f = self.fetch
+        assembling = f is not None and f.snapshot is not None
+        return ReplicaStatus(
+            id=self.id, role=self.role, leader=self.leader, ballot=self.ballot,
+            leader_ballot=self.leader_ballot, promised=self.acceptor.promised,
+            commit_index=self.acceptor.commit_index, known_commit=self.known_commit,
+            applied=self.applied, snapshot_index=self.acceptor.snapshot.index,
+            voting=not self.rebuilding,
+            serving=self.serving,
+            pending_commands=len(self.pending), pending_bytes=self.pending_bytes,
+            inflight_slots=len(self.inflight), inflight_bytes=self.inflight_bytes,
+            fetch_peer=None if f is None else f.peer,
+            fetch_snapshot_index=f.snapshot.index if f is not None and f.snapshot else 0,
+            fetch_snapshot_bytes=len(f.data) if f is not None and assembling else 0,
+            retained_snapshot_index=self.shelf.retained_index or 0,
+            rejected_replies=self.rejected_replies, bad_snapshots=self.bad_snapshots,
+            rounds_exhausted=self.rounds_exhausted)
+
     # ------------------------------------------------------------------ helpers
 
     def _election_timeout(self) -> int:
@@ -395,11 +550,13 @@ class Replica:
         if was_leader:
             self.leader = None
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.chosen_ahead.clear()
         self._ready.aborted_reads.extend(r.token for r in self.reads)
         self.reads.clear()
         self._ready.aborted_commands.extend(self.pending)
         self.pending.clear()
+        self.pending_bytes = 0
         self.renewed.clear()
         self.hb_acks.clear()
         self._reset_election()
@@ -408,6 +565,13 @@ class Replica:
 
     def _start_phase1(self) -> None:
         top = max(self.high_water_round, self.highest_seen.round, self.acceptor.promised.round)
+        if top >= MAX_ROUND:
+            # Someone holds the last round there is. Honest rounds grow by one per campaign,
+            # so only a forged or corrupt ballot gets here; there is no higher ballot to
+            # campaign with, and building one would persist a round that cannot be stored.
+            self.rounds_exhausted = True
+            self._reset_election()
+            return
         self.high_water_round = top + 1
         self._ready.persist.high_water_round = self.high_water_round  # saved before the Prepare leaves
         if self.role is Role.LEADER:
@@ -420,6 +584,7 @@ class Replica:
 
     def _begin_prepare(self) -> None:
         self.from_slot = self.acceptor.commit_index + 1
+        self.phase1_progress_ms = self.phase1_renewed_ms = self.now_ms
         self.promises.clear()
         self.nacks.clear()
         self.catchup_for_phase1 = False
@@ -429,46 +594,88 @@ class Replica:
     def _resend_prepares(self) -> None:
         self.catchup_sent_ms = self.now_ms
         if self.catchup_for_phase1:
-            self._request_catchup_from_best()
+            self._drive_fetch(self.catchup_peer, self.catchup_goal)
             return
         for m in self.members:
-            if m not in self.promises:
-                self._send(m, Prepare(self.id, self.ballot, self.from_slot))
+            p = self.promises.get(m)
+            if p is None or not p.complete:
+                self._send(m, Prepare(self.id, self.ballot,
+                                      self.from_slot if p is None else p.next_slot))
+
+    def _renew_promises(self, now_ms: int) -> None:
+        """While phase 1 moves, keep acceptors that already answered from campaigning.
+
+        A chunked phase 1 may outlast an election timeout. An acceptor resets its timer
+        whenever it promises a candidate, so every half timeout in which some chunk
+        arrived, the complete acceptors are asked again from past what they listed (an
+        empty answer, normally). A candidate that stops moving stops asking, and the
+        others' timers run out as usual.
+        """
+        if (self.catchup_for_phase1 or self.phase1_progress_ms <= self.phase1_renewed_ms
+                or now_ms - self.phase1_renewed_ms < self.cfg.election_timeout_ms // 2):
+            return
+        self.phase1_renewed_ms = now_ms
+        for node, p in sorted(self.promises.items()):
+            if p.complete and node != self.id:
+                self._send(node, Prepare(self.id, self.ballot, max(self.from_slot, p.listed_to + 1)))
 
     def _on_promise(self, m: Promise) -> None:
-        if self.role is not Role.CANDIDATE or m.ballot != self.ballot or m.from_slot != self.from_slot:
+        if self.role is not Role.CANDIDATE or m.ballot != self.ballot:
             return
-        self.promises[m.src] = m
+        p = self.promises.get(m.src)
+        if (p is not None and p.complete) or m.from_slot != (self.from_slot if p is None
+                                                             else p.next_slot):
+            return   # a duplicate, or not the chunk we asked for
+        if p is None:
+            p = self.promises[m.src] = _Promises(self.from_slot)
+        self._reset_election()        # phase 1 is moving: do not start it over
+        self.phase1_progress_ms = self.now_ms
+        p.entries.extend(m.accepted)
+        if m.accepted:
+            p.listed_to = m.accepted[-1].slot
+        p.complete_through = max(p.complete_through, m.snapshot_index)
+        p.commit_index = max(p.commit_index, m.commit_index)
         if m.commit_index > self.known_commit:
             self.known_commit = m.commit_index
-        if len(self.promises) < self.quorum or self.catchup_for_phase1:
+        if p.complete_through >= self.from_slot:
+            # Slots chosen there were compacted or left out: we must learn them and prepare
+            # again before leading (the acceptor listed nothing, knowing that). Start now.
+            p.complete = True
+            if not self.catchup_for_phase1:
+                self.catchup_for_phase1 = True
+                self.catchup_peer, self.catchup_goal = m.src, p.commit_index
+                self._fetch_entries(self.catchup_peer, self.catchup_goal)
             return
-        if any(p.snapshot_index >= self.from_slot for p in self.promises.values()):
-            # Chosen slots we do not hold were compacted or omitted: learn them first.
-            self.catchup_for_phase1 = True
-            self._request_catchup_from_best()
+        if m.next_slot:
+            p.next_slot = m.next_slot           # more follows: ask for it at the same ballot
+            self._send(m.src, Prepare(self.id, self.ballot, m.next_slot))
             return
-        self._become_leader()
-
-    def _request_catchup_from_best(self) -> None:
-        best = max(self.promises.values(), key=lambda p: (p.snapshot_index, p.commit_index, p.src))
-        self._send(best.src, CatchupRequest(self.id, self.acceptor.commit_index + 1, best.commit_index))
-        self.catchup_sent_ms = self.now_ms
+        p.complete = True
+        if self.catchup_for_phase1:
+            return
+        if sum(1 for q in self.promises.values() if q.complete) >= self.quorum:
+            self._become_leader()
 
     def _become_leader(self) -> None:
         self.role = Role.LEADER
         self.leader, self.leader_ballot = self.id, self.ballot
+        self.fetch = None
         best: dict[Slot, tuple[Ballot, Value]] = {}
         for p in self.promises.values():
-            for e in p.accepted:
+            if not p.complete:
+                continue
+            for e in p.entries:
                 if e.slot >= self.from_slot and (e.slot not in best or e.ballot > best[e.slot][0]):
                     best[e.slot] = (e.ballot, e.value)
         top = max(best, default=self.from_slot - 1)
         self.inflight.clear()
+        self.inflight_bytes = 0
         self.chosen_ahead.clear()
         for s in range(self.from_slot, top + 1):
             value = best[s][1] if s in best else NOOP   # holes become no-ops
-            self.inflight[s] = (value, set(), self.now_ms)
+            size = value_bytes(value)
+            self.inflight[s] = (value, set(), self.now_ms, size)
+            self.inflight_bytes += size
             self._broadcast(Accept(self.id, self.ballot, s, value, self.acceptor.commit_index))
         self.next_slot = top + 1
         self.recovered_through = top
@@ -484,19 +691,41 @@ class Replica:
     def _flush_proposals(self) -> None:
         if self.role is not Role.LEADER:
             return
-        while self.pending and len(self.inflight) < self.cfg.max_inflight_slots:
-            n = min(len(self.pending), self.cfg.max_batch_commands)
-            batch = tuple(self.pending.popleft() for _ in range(n))
+        cfg, pending = self.cfg, self.pending
+        while (pending and len(self.inflight) < cfg.max_inflight_slots
+               and self.inflight_bytes < cfg.max_inflight_bytes):
+            # A batch is cut by count and by encoded bytes, and always takes one command:
+            # one command (<= MAX_COMMAND_BYTES) fits any Accept by itself.
+            queued = len(pending)
+            if (VALUE_OVERHEAD_BYTES + self.pending_bytes + COMMAND_OVERHEAD_BYTES * queued
+                    <= cfg.max_batch_bytes and queued <= cfg.max_batch_commands):
+                # Everything queued fits (the usual case): one step, no per-command loop.
+                value = tuple(pending)
+                pending.clear()
+                size = VALUE_OVERHEAD_BYTES + self.pending_bytes + COMMAND_OVERHEAD_BYTES * queued
+                self.pending_bytes = 0
+            else:
+                batch: list[bytes] = []
+                size = VALUE_OVERHEAD_BYTES
+                while pending and len(batch) < cfg.max_batch_commands:
+                    cost = len(pending[0]) + COMMAND_OVERHEAD_BYTES
+                    if batch and size + cost > cfg.max_batch_bytes:
+                        break
+                    batch.append(pending.popleft())
+                    size += cost
+                self.pending_bytes -= size - VALUE_OVERHEAD_BYTES - COMMAND_OVERHEAD_BYTES * len(batch)
+                value = tuple(batch)
             slot = self.next_slot
             self.next_slot += 1
-            self.inflight[slot] = (batch, set(), self.now_ms)
-            self._broadcast(Accept(self.id, self.ballot, slot, batch, self.acceptor.commit_index))
+            self.inflight[slot] = (value, set(), self.now_ms, size)
+            self.inflight_bytes += size
+            self._broadcast(Accept(self.id, self.ballot, slot, value, self.acceptor.commit_index))
 
     def _retransmit_accepts(self, now_ms: int) -> None:
         for slot in sorted(self.inflight):
-            value, acks, sent = self.inflight[slot]
+            value, acks, sent, size = self.inflight[slot]
             if now_ms - sent >= 2 * self.cfg.heartbeat_ms:
-                self.inflight[slot] = (value, acks, now_ms)
+                self.inflight[slot] = (value, acks, now_ms, size)
                 for m in self.members:
                     if m not in acks:
                         self._send(m, Accept(self.id, self.ballot, slot, value,
@@ -512,6 +741,7 @@ class Replica:
         item[1].add(m.src)
         if len(item[1]) >= self.quorum:
             del self.inflight[m.slot]
+            self.inflight_bytes -= item[3]
             self.chosen_ahead[m.slot] = item[0]
             self._advance_leader_commit()
 
@@ -594,49 +824,156 @@ class Replica:
             c += 1
         self._set_commit(c)
 
-    def _maybe_request_catchup(self) -> None:
+    def _maybe_request_catchup(self, now: bool = False) -> None:
+        """A follower behind the leader's commit index keeps one request in flight to it."""
         if self.role is not Role.FOLLOWER or self.leader is None or self.leader == self.id:
             return
         if self.known_commit <= self.acceptor.commit_index:
+            self.fetch = None     # caught up (perhaps by Accepts): nothing left to fetch
             return
-        if self.now_ms - self.catchup_sent_ms < 4 * self.cfg.heartbeat_ms:
-            return
+        if now:
+            self._fetch_entries(self.leader, self.known_commit)
+        else:
+            self._drive_fetch(self.leader, self.known_commit)
+
+    def _fetch_entries(self, peer: NodeId, to_slot: Slot) -> None:
+        first = self.acceptor.commit_index + 1
+        req = CatchupRequest(self.id, first, max(first, to_slot))
+        self.fetch = Fetch(peer, req, self.now_ms)
+        self._send(peer, req)
         self.catchup_sent_ms = self.now_ms
-        self._send(self.leader, CatchupRequest(self.id, self.acceptor.commit_index + 1,
-                                               self.known_commit))
+
+    def _drive_fetch(self, peer: NodeId, to_slot: Slot) -> None:
+        """Keep a request to ``peer`` in flight: resend one left unanswered (a snapshot
+        resumes at the offset reached), and after a few silent resends start afresh."""
+        f = self.fetch
+        if f is not None and f.peer == peer:
+            if self.now_ms - f.sent_ms < 4 * self.cfg.heartbeat_ms:
+                return
+            if f.resends < _FETCH_RESENDS:
+                f.resends += 1
+                f.sent_ms = self.catchup_sent_ms = self.now_ms
+                self._send(peer, f.request)
+                return
+        self._fetch_entries(peer, to_slot)
+
+    def _fetch_done(self, progressed: bool) -> None:
+        """A catch-up reply or a whole snapshot was taken in: ask for what is still missing."""
+        self.fetch = None
+        if self.role is Role.CANDIDATE and self.catchup_for_phase1:
+            if progressed:
+                self._reset_election()
+            if progressed and self.acceptor.commit_index < self.catchup_goal:
+                self._fetch_entries(self.catchup_peer, self.catchup_goal)
+            else:
+                self._begin_prepare()  # same ballot, from our new first unchosen slot
+        elif progressed:
+            self._maybe_request_catchup(now=True)
+
+    def _expected_reply(self, src: NodeId) -> bool:
+        """Replies are taken only from the peer a request is in flight to: a forged or
+        stale catch-up reply or snapshot chunk changes nothing."""
+        return self.fetch is not None and self.fetch.peer == src
+
+    def _verify_snapshot(self, data: bytearray, info: SnapshotInfo) -> bool:
+        return len(data) == info.size and checksum(data) == info.checksum
+
+    def _label(self) -> Ballot:
+        return self.ballot if self.role is Role.LEADER else self.acceptor.promised
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         commit = self.acceptor.commit_index
         snap = self.acceptor.snapshot
-        start = m.from_slot
-        snapshot = None
-        if start <= snap.index:
-            snapshot, start = snap, snap.index + 1
-        end = min(m.to_slot, commit, start + self.cfg.catchup_batch - 1)
-        if snapshot is None and start > end:
+        if m.from_slot <= snap.index:
+            # Compacted here: name the snapshot; the requester fetches it in chunks.
+            self._send(m.src, CatchupReply(self.id, self._label(), (), self.shelf.info(), commit))
             return
-        chosen = tuple((s, self.acceptor.log[s].value) for s in range(start, end + 1))
-        label = self.ballot if self.role is Role.LEADER else self.acceptor.promised
-        self._send(m.src, CatchupReply(self.id, label, chosen, snapshot, commit))
+        end = min(m.to_slot, commit, m.from_slot + self.cfg.catchup_batch - 1)
+        if m.from_slot > end:
+            return
+        log, budget = self.acceptor.log, self.cfg.message_budget_bytes
+        chosen: list[tuple[Slot, Value]] = []
+        used = 0
+        for s in range(m.from_slot, end + 1):
+            value = log[s].value
+            cost = chosen_bytes(value)
+            if chosen and (used + cost > budget or len(chosen) >= MAX_MESSAGE_ITEMS):
+                break
+            chosen.append((s, value))
+            used += cost
+        self._send(m.src, CatchupReply(self.id, self._label(), tuple(chosen), None, commit))
 
     def _on_catchup_reply(self, m: CatchupReply) -> None:
+        if not self._expected_reply(m.src):
+            self.rejected_replies += 1
+            return
         if m.commit_index > self.known_commit:
             self.known_commit = m.commit_index
+        f = self.fetch
+        if m.snapshot is not None:
+            if f is None or m.snapshot.index <= self.acceptor.commit_index or (
+                    f.snapshot is not None and (m.snapshot == f.snapshot
+                                                or m.snapshot.index < f.snapshot.index)):
+                return    # nothing we need, or a duplicate of what we are fetching
+            # Behind the peer's snapshot: fetch it, chunk by chunk, from the start.
+            f.snapshot, f.data, f.resends = m.snapshot, bytearray(), 0
+            self._request_chunk(f)
+            return
+        if f is not None and f.snapshot is not None:
+            return        # a straggler from before the snapshot transfer began
         persist = self._ready.persist
-        if m.snapshot is not None and m.snapshot.index > self.acceptor.commit_index:
-            self.acceptor.install_snapshot(m.snapshot, persist)
-            self.applied = m.snapshot.index
-            self._ready.install = m.snapshot
-            self._ready.committed.clear()
-        c = self.acceptor.commit_index
+        before = c = self.acceptor.commit_index
         for slot, value in m.chosen:
             if slot == c + 1:
                 self.acceptor.learn_chosen(slot, m.ballot, value, persist)
                 c = slot
         self._set_commit(c)
-        self.catchup_sent_ms = -10**12  # ask for the next batch straight away
-        if self.role is Role.CANDIDATE and self.catchup_for_phase1:
-            self._begin_prepare()  # same ballot, from our new first unchosen slot
+        self._fetch_done(progressed=c > before)
+
+    def _request_chunk(self, f: Fetch) -> None:
+        f.request = f.next_chunk(self.id)
+        f.sent_ms = self.catchup_sent_ms = self.now_ms
+        self._send(f.peer, f.request)
+
+    def _on_snapshot_request(self, m: SnapshotRequest) -> None:
+        got = self.shelf.chunk(m.index, m.offset, self.cfg.snapshot_chunk_bytes, self.now_ms)
+        if got is not None:
+            info, offset, data = got
+            self._send(m.src, SnapshotChunk(self.id, info, offset, data))
+        elif self.acceptor.snapshot.index > 0:
+            # No longer kept here: name the current snapshot so the requester moves to it.
+            self._send(m.src, CatchupReply(self.id, self._label(), (), self.shelf.info(),
+                                           self.acceptor.commit_index))
+
+    def _on_snapshot_chunk(self, m: SnapshotChunk) -> None:
+        f = self.fetch
+        if (not self._expected_reply(m.src) or f is None or f.snapshot != m.snapshot
+                or m.offset != len(f.data)):
+            self.rejected_replies += 1
+            return
+        f.data += m.data
+        f.resends = 0
+        if self.role is Role.CANDIDATE:
+            self._reset_election()    # a long transfer is progress, not a dead election
+        if len(f.data) < m.snapshot.size:
+            self._request_chunk(f)
+            return
+        if not self._verify_snapshot(f.data, m.snapshot):
+            # Damaged on the way (or a sender's bug): nothing is installed; start again.
+            self.bad_snapshots += 1
+            f.data = bytearray()
+            self._request_chunk(f)
+            return
+        installed = m.snapshot.index > self.acceptor.commit_index
+        if installed:
+            snap = Snapshot(m.snapshot.index, bytes(f.data))
+            self.fetch = None
+            self.acceptor.install_snapshot(snap, self._ready.persist)
+            self.shelf.replace(snap, self.now_ms)
+            self.applied = snap.index
+            self._ready.install = snap
+            self._ready.committed.clear()
+        self._fetch_done(progressed=installed)
 
     def _collect_committed(self) -> None:
         if self.boot_snapshot is not None:

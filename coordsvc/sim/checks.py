@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..core.machine import Result
+from ..core.protocol import Result
 
 __all__ = [
     "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",

@@ -29,9 +29,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from ..core import machine
 from ..core.commands import Cancel, CloseSession, Command, OpenAndAcquire
-from ..core.machine import Result
+from ..core.protocol import ErrorCode, LockState, Result, ResultCode
 from . import requests
 from .requests import BadReply, Payload
 from .world import World
@@ -203,20 +202,23 @@ class SimClient:
                 yield from self._backoff(deadline)
                 continue
             try:
-                err = requests.error_of(reply)
+                refusal = requests.error_of(reply)
             except BadReply as e:
                 self.env.protocol_violation(f"{self.name}: {payload['op']} from {ep}: {e}")
-                err = "unavailable"
-            if err is None:
-                if leader:
-                    self.leader = ep
-                if pin is not None:
-                    pin[0] = ep
-                return reply
-            if err == "not_leader":
+                refusal = None
+                err: ErrorCode | str = ErrorCode.UNAVAILABLE
+            else:
+                if refusal is None:
+                    if leader:
+                        self.leader = ep
+                    if pin is not None:
+                        pin[0] = ep
+                    return reply
+                err = refusal.error
+            if err == ErrorCode.NOT_LEADER:
                 if self.leader == ep:
                     self.leader = None
-                addr = requests.leader_address(reply)
+                addr = None if refusal is None else refusal.leader_address
                 to = None if addr is None else self.env.node_at(addr)
                 if to is not None and to != ep and redirects < len(self.env.endpoints):
                     redirects += 1
@@ -225,17 +227,18 @@ class SimClient:
                 redirects = 0
                 ep = self._rotate(ep, pin)
                 yield from self._backoff(deadline)
-            elif err in ("unavailable", "busy"):
+            elif err in (ErrorCode.UNAVAILABLE, ErrorCode.BUSY):
                 unavailable += 1
-                if err == "unavailable" and unavailable >= UNAVAILABLE_BEFORE_ROTATE:
+                if err == ErrorCode.UNAVAILABLE and unavailable >= UNAVAILABLE_BEFORE_ROTATE:
                     unavailable = 0
                     ep = self._rotate(ep, pin)
                 yield from self._backoff(deadline)
-            elif err == "compacted":
+            elif err == ErrorCode.COMPACTED:
                 return reply
             else:
+                message = "" if refusal is None else refusal.message
                 self.env.protocol_violation(f"{self.name}: {payload['op']} from {ep} failed "
-                                            f"with {err}: {reply.get('message')}")
+                                            f"with {err}: {message}")
                 return None
 
     def _start(self, pin: list[str | None] | None) -> str:
@@ -330,7 +333,7 @@ class SimClient:
         """The first write of a lock cycle: the lock (granted or queued) and the Result."""
         start = self.world.now
         _, res = yield from self.write(OpenAndAcquire(name, ttl_ms, wait=True), timeout_ms)
-        if res is None or res.code not in (machine.OK, machine.QUEUED):
+        if res is None or res.code not in (ResultCode.OK, ResultCode.QUEUED):
             return None, res
         sid = res.data.get("session_id")
         if type(sid) is not int:
@@ -340,7 +343,7 @@ class SimClient:
         lk = SimLock(name, sid, ttl_ms, valid_until=start + ttl_ms)
         self.locks.append(lk)
         self.spawn(self.keepalive(lk), f"keepalive {sid}")
-        if res.code == machine.OK:
+        if res.code == ResultCode.OK:
             token = res.data.get("token")
             if type(token) is not int or token < 1:
                 self.env.protocol_violation(f"{self.name}: grant without a token: {res}")
@@ -369,9 +372,9 @@ class SimClient:
             except BadReply as e:
                 self.env.protocol_violation(f"{self.name}: lock_wait: {e}")
                 return "unavailable"
-            if state == "held":
+            if state is LockState.HELD:
                 return "held" if self.take_grant(lk, token) else "lost"
-            if state == "none":
+            if state is LockState.NONE:
                 return "lost"
 
     def finish(self, lk: SimLock) -> None:

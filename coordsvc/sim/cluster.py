@@ -7,11 +7,19 @@ shared with the whole-node simulation (``world.py``, ``oracle.py``); the oracle 
 every durable save and never forgets what was chosen, so a violation is caught at the
 step that caused it.
 
+Byte budgets are tiny (tens of bytes, drawn per seed), so nearly every Accept batch,
+Promise, catch-up reply and snapshot is cut into several messages or chunks. The network
+may also damage a snapshot chunk's bytes and deliver forged catch-up replies that claim
+to come from a peer the receiver did not ask; both must change nothing.
+
 Known-bad variants (``mutation``) exist so tests can show the simulator catches them:
 ``forget_promise`` (a restarted acceptor loses its promise), ``skip_adopt`` (a new
 leader ignores accepted values in promises), ``reply_before_save`` (the driver
 sends before the save completes), ``wiped_node_votes`` (a node whose disk was lost comes
-back blank and votes at once, instead of rebuilding as a non-voting learner).
+back blank and votes at once, instead of rebuilding as a non-voting learner),
+``skip_checksum`` (a snapshot is installed without checking its checksum),
+``trust_any_reply`` (catch-up replies are taken from any peer, asked or not),
+``lead_on_partial_promises`` (a candidate counts a promise before all its chunks came).
 """
 from __future__ import annotations
 
@@ -19,15 +27,23 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..core.messages import Message, Outbound
+from ..core.messages import (
+    CatchupReply,
+    Message,
+    Outbound,
+    Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+)
 from ..core.replica import Ready, Replica, Role
-from ..core.types import Ballot, Config, Durable, Slot, Snapshot, Value
+from ..core.types import Ballot, Config, Durable, NodeId, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
 from .mutations import SkipAdoptReplica
 from .oracle import SlotOracle
 from .world import Disk, Faults, Network, World
 
-MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes")
+MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes",
+             "skip_checksum", "trust_any_reply", "lead_on_partial_promises")
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,12 @@ class Params:
     heal_ms: int
     snapshot_every: int
     disk_loss: float          # chance that a restart finds the node's disk wiped
+    batch_bytes: int          # one Accept's batch
+    budget_bytes: int         # promises and catch-up replies
+    chunk_bytes: int          # snapshot chunks
+    snapshot_pad: int         # filler bytes in each snapshot, so they span many chunks
+    corrupt: float            # chance that a snapshot chunk arrives damaged
+    forge_every_ms: int       # forged catch-up replies from a peer nobody asked
 
     @staticmethod
     def draw(rng: random.Random, nodes: int | None = None) -> Params:
@@ -63,11 +85,43 @@ class Params:
             heal_ms=12000,
             snapshot_every=rng.choice((8, 50, 10**9)),
             disk_loss=rng.choice((0.0, 0.0, 0.2, 0.5)),
+            batch_bytes=rng.choice((45, 60, 200)),
+            budget_bytes=rng.choice((16, 60, 200)),
+            chunk_bytes=rng.choice((7, 40)),
+            snapshot_pad=rng.choice((0, 100)),
+            corrupt=rng.choice((0.0, 0.0, 0.05)),
+            forge_every_ms=rng.choice((10**9, 10**9, 100)),
         )
 
 
 class Violation(Exception):
     pass
+
+
+class _SkipChecksumReplica(Replica):
+    def _verify_snapshot(self, data: bytearray, info: SnapshotInfo) -> bool:
+        return len(data) == info.size       # known-bad: trusts whatever arrived
+
+
+class _TrustAnyReplyReplica(Replica):
+    def _expected_reply(self, src: NodeId) -> bool:
+        return True                          # known-bad: takes replies nobody asked for
+
+
+class _PartialPromiseReplica(Replica):
+    def _on_promise(self, m: Promise) -> None:
+        # Known-bad: take the first chunk of a promise as the whole promise.
+        if m.next_slot:
+            m = Promise(m.src, m.ballot, m.from_slot, m.accepted, m.commit_index,
+                        m.snapshot_index, 0)
+        super()._on_promise(m)
+
+
+_MUTANTS: dict[str, type[Replica]] = {
+    "skip_adopt": SkipAdoptReplica, "skip_checksum": _SkipChecksumReplica,
+    "trust_any_reply": _TrustAnyReplyReplica,
+    "lead_on_partial_promises": _PartialPromiseReplica,
+}
 
 
 @dataclass
@@ -104,12 +158,23 @@ class Sim:
             # Bad variants need faults to show; keep the run violent.
             self.p = Params(**{**self.p.__dict__, "crash_every_ms": 120, "disk_ms": 8,
                                "partition_every_ms": 300, "max_delay_ms": 20,
-                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0})
+                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0,
+                               "corrupt": 0.3 if mutation == "skip_checksum" else 0.0,
+                               "snapshot_every": (8 if mutation in ("skip_checksum",
+                                                                    "trust_any_reply")
+                                                  else self.p.snapshot_every),
+                               "forge_every_ms": 20 if mutation == "trust_any_reply" else 10**9,
+                               "budget_bytes": 16 if mutation == "lead_on_partial_promises"
+                               else self.p.budget_bytes})
         self.mutation = mutation
         self.ids = [f"n{i + 1}" for i in range(self.p.nodes)]
         self.quorum = self.p.nodes // 2 + 1
         self.cfg = Config(heartbeat_ms=30, election_timeout_ms=200, max_inflight_slots=16,
-                          max_batch_commands=8, catchup_batch=16,
+                          max_inflight_bytes=12 * self.p.batch_bytes,
+                          max_batch_commands=8, max_batch_bytes=self.p.batch_bytes,
+                          max_pending_bytes=20 * self.p.batch_bytes,
+                          catchup_batch=16, message_budget_bytes=self.p.budget_bytes,
+                          snapshot_chunk_bytes=self.p.chunk_bytes, snapshot_retain_ms=300,
                           snapshot_every=self.p.snapshot_every)
         self.nodes = {i: _Node(i, MemoryStore(), Disk(self.world, self.p.disk_ms))
                       for i in self.ids}
@@ -118,11 +183,15 @@ class Sim:
                              self.p.partition_every_ms, self.p.disk_loss, self.p.safety_ms)
         self.oracle = SlotOracle(self.quorum, self._violate, self._chosen,
                                  promises_may_regress=mutation == "forget_promise")
+        self.snapshot_data: dict[Slot, bytes] = {}   # every snapshot a node made, by index
         self.proposed: set[bytes] = set()
         self.outstanding: set[bytes] = set()
+        self.last_try: dict[bytes, int] = {}
         self.seen_chosen: set[bytes] = set()
         self.violations: list[str] = []
-        self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "saves": 0}
+        self.stats = {"delivered": 0, "dropped": 0, "crashes": 0, "elections": 0, "saves": 0,
+                      "snapshot_chunks": 0, "corrupted": 0, "forged": 0, "promise_chunks": 0,
+                      "installs": 0}
         self.next_cmd = 0
 
     @property
@@ -140,7 +209,7 @@ class Sim:
         if self.mutation == "forget_promise":
             durable = Durable(Ballot(0, ""), 0, durable.entries, durable.commit_index,
                               durable.snapshot)
-        cls = SkipAdoptReplica if self.mutation == "skip_adopt" else Replica
+        cls = _MUTANTS.get(self.mutation or "", Replica)
         node.replica = cls(nid, self.ids, durable, random.Random(self.rng.random()),
                            self._local_now(nid), self.cfg)
         node.saving = False
@@ -175,8 +244,12 @@ class Sim:
         node.saving = False
         r.advance()
         applied, chain = self.oracle.applied[nid], self.oracle.chain[nid]
-        if applied - r.acceptor.snapshot.index >= self.p.snapshot_every and applied > 0:
-            r.compact(Snapshot(applied, f"{applied}:{chain}".encode()))
+        if applied - r.status().snapshot_index >= self.p.snapshot_every and applied > 0:
+            data = f"{applied}:{chain}:".encode() + b"." * self.p.snapshot_pad
+            known = self.snapshot_data.setdefault(applied, data)
+            if known != data:
+                self._violate(f"{nid} snapshotted different bytes at {applied}")
+            r.compact(Snapshot(applied, data))
         self._pump(nid)
 
     def _send_all(self, src: str, msgs: list[Outbound]) -> None:
@@ -184,7 +257,22 @@ class Sim:
             self._transmit(src, o.dst, o.msg)
 
     def _transmit(self, src: str, dst: str, msg: Message) -> None:
-        self.net.send(src, dst, self._ev_deliver, (dst, msg))
+        self.net.send(src, dst, self._ev_deliver, (dst, msg), on_the_wire=self._on_the_wire)
+
+    def _on_the_wire(self, data: tuple[str, Message]) -> tuple[str, Message]:
+        """A message the network did not drop: count chunks, and now and then damage a
+        snapshot chunk's bytes (the checksum must catch it)."""
+        dst, msg = data
+        if isinstance(msg, SnapshotChunk):
+            self.stats["snapshot_chunks"] += 1
+            if self.net.faults and msg.data and self.rng.random() < self.p.corrupt:
+                i = self.rng.randrange(len(msg.data))
+                bad = msg.data[:i] + bytes([msg.data[i] ^ 0x5A]) + msg.data[i + 1:]
+                self.stats["corrupted"] += 1
+                return dst, SnapshotChunk(msg.src, msg.snapshot, msg.offset, bad)
+        elif isinstance(msg, Promise) and msg.next_slot:
+            self.stats["promise_chunks"] += 1
+        return data
 
     # ---------------------------------------------------------------- oracle
 
@@ -199,7 +287,12 @@ class Sim:
             self.outstanding.discard(c)
 
     def _install(self, node: _Node, snap: Snapshot) -> None:
-        index_s, _, chain = snap.data.decode().partition(":")
+        self.stats["installs"] += 1
+        if snap.data != self.snapshot_data.get(snap.index):
+            self._violate(f"{node.id} installed a snapshot at {snap.index} that no node made "
+                          f"(damaged or forged): {snap.data[:40]!r}")
+            return
+        index_s, chain, _ = snap.data.decode().split(":", 2)
         if int(index_s) != snap.index:
             self._violate(f"snapshot label {index_s} != index {snap.index}")
         self.oracle.installed(node.id, snap.index, chain)
@@ -210,9 +303,32 @@ class Sim:
         best = None
         for nid in self.ids:
             r = self.nodes[nid].replica
-            if r is not None and r.role is Role.LEADER and (best is None or r.ballot > best[0]):
-                best = (r.ballot, nid)
+            if r is None:
+                continue
+            st = r.status()
+            if st.role is Role.LEADER and (best is None or st.ballot > best[0]):
+                best = (st.ballot, nid)
         return best[1] if best else None
+
+    def _forge(self) -> None:
+        """A catch-up reply claiming to come from a member the receiver did not ask."""
+        nid = self.rng.choice(self.ids)
+        r = self.nodes[nid].replica
+        if r is None:
+            return
+        st = r.status()
+        liars = [i for i in self.ids if i not in (nid, st.fetch_peer)]
+        if not liars:
+            return
+        src = self.rng.choice(liars)
+        slot = st.commit_index + 1
+        forged = CatchupReply(src, Ballot(st.promised.round, src), ((slot, (b"forged",)),),
+                              None, slot)
+        self.stats["forged"] += 1
+        # Delivered at once: by the time a queued copy arrived, nid might have asked src.
+        self.world.note("forge", nid, src)
+        r.receive(forged, self._local_now(nid))
+        self._pump(nid)
 
     def _propose(self) -> None:
         if self.faults.active:
@@ -224,9 +340,12 @@ class Sim:
         if target is not None:
             r = self.nodes[target].replica
             assert r is not None
-            retry = sorted(self.outstanding)[:32]
+            # Like a client: (re)send a command only when its last attempt is a while ago.
+            retry = [c for c in sorted(self.outstanding)
+                     if self.now - self.last_try.get(c, -10**9) >= 250][:32]
             for c in retry:
-                r.propose(c)
+                if r.propose(c):
+                    self.last_try[c] = self.now
             self._pump(target)
 
     # ---------------------------------------------------------------- world.Host
@@ -276,6 +395,7 @@ class Sim:
             self._boot(nid)
         self.world.at(self.p.propose_every_ms, self._ev_propose)
         self.faults.start()
+        self.world.at(self.p.forge_every_ms, self._ev_forge)
         end = self.p.safety_ms + self.p.heal_ms
         while not self.violations and self.world.run_one(end):
             if not self.faults.active and not self.outstanding and self._converged():
@@ -295,7 +415,7 @@ class Sim:
         top = max(self.oracle.chosen, default=0)
         # A replaced node must also have earned its vote back.
         return all(n.replica is not None and self.oracle.applied[n.id] >= top
-                   and not n.replica.rebuilding for n in self.nodes.values())
+                   and n.replica.status().voting for n in self.nodes.values())
 
     def _ev_tick(self, data: Any) -> None:
         nid, epoch = data
@@ -330,6 +450,11 @@ class Sim:
         self._propose()
         self.world.at(self.now + (self.p.propose_every_ms if self.faults.active else 100),
                       self._ev_propose)
+
+    def _ev_forge(self, _: Any) -> None:
+        if self.faults.active:
+            self._forge()
+            self.world.at(self.now + self.rng.randint(1, 2 * self.p.forge_every_ms), self._ev_forge)
 
 
 def run(seed: int, mutation: str | None = None, nodes: int | None = None) -> Result:

@@ -1,13 +1,15 @@
 """Known-bad nodes, to prove the whole-node simulation catches what it claims to.
 
-Each mutation is a subclass of the production ``Service`` (or of ``Machine``, planted in
-one) that breaks one rule; production code has no hooks for them. A test asserts that
+Each mutation is a subclass of the production ``Service`` (or of one of its parts --
+``Machine``, ``Parking``, ``Replica`` -- planted in one) that breaks one rule; production
+code has no hooks for them. A test asserts that
 each one is caught within the CI seeds, and by which check.
 
 - ``grant_to_closed_session`` (Machine): closing or expiring a session leaves it in the
   wait queues, and a release hands the lock to it anyway. The lock then belongs to a
   session nobody can close or expire.
-- ``skip_watch_event`` (Service): a watch answer that carries several events loses one.
+- ``skip_watch_event`` (the Service's ``Parking``): a watch answer that carries several
+  events loses one.
 - ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
   next ``step``, after its messages and client replies have left.
 
@@ -23,11 +25,13 @@ a node applies against what was chosen). It changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
-from ..core.machine import NO_SESSION, OK, Compacted, Grant, Machine, Result
+from ..core.machine import Grant, Machine, RevisionCompacted
+from ..core.protocol import Result, ResultCode, WatchReply
 from ..core.replica import Ready, Replica
-from ..core.service import Service, _Parked, event_wire
+from ..core.service import Service
+from ..core.service_parking import ParkedWatch, Parking
 from ..core.types import Persist
 
 __all__ = ["MUTATIONS", "ObservedService"]
@@ -35,6 +39,8 @@ __all__ = ["MUTATIONS", "ObservedService"]
 
 class ObservedService(Service):
     observe: Callable[[str, Ready], None] | None = None
+    # Production part -> the known-bad subclass a mutation runs instead (none here).
+    swaps: ClassVar[dict[type, type]] = {}
 
     def _apply(self, ready: Ready) -> None:
         if self.observe is not None:
@@ -46,11 +52,11 @@ class _GrantsToClosedSessions(Machine):
     def _close(self, index: int, sid: int) -> Result:
         s = self._sessions.pop(sid, None)
         if s is None:
-            return Result(NO_SESSION, self.revision, {"message": f"no session {sid}"})
+            return Result(ResultCode.NO_SESSION, self.revision, {"message": f"no session {sid}"})
         # Known-bad: the session keeps its places in the wait queues.
         for name in sorted(s.held):
             self._hand_over(index, name)
-        return Result(OK, self.revision, {})
+        return Result(ResultCode.OK, self.revision, {})
 
     def _hand_over(self, index: int, name: str) -> None:
         lk = self._locks[name]
@@ -66,37 +72,40 @@ class _GrantsToClosedSessions(Machine):
 
 
 class _Swapped(ObservedService):
-    """Runs ``machine_class`` wherever the Service makes or restores a ``Machine``, and
-    ``replica_class`` for the Replica it builds."""
-
-    machine_class: type[Machine] = Machine
-    replica_class: type[Replica] = Replica
+    """Runs a known-bad subclass wherever the Service makes one of its parts: each value
+    of exactly a class in ``swaps`` assigned to an attribute (``machine`` when it is made
+    or restored, ``replica``, ``parking``) becomes an instance of its known-bad class."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "machine" and type(value) is Machine:
-            value.__class__ = self.machine_class
-        elif name == "replica" and type(value) is Replica:
-            value.__class__ = self.replica_class
+        bad = self.swaps.get(type(value))
+        if bad is not None:
+            value.__class__ = bad
         super().__setattr__(name, value)
 
 
 class GrantToClosedSession(_Swapped):
-    machine_class = _GrantsToClosedSessions
+    swaps = {Machine: _GrantsToClosedSessions}
 
 
-class SkipWatchEvent(ObservedService):
-    def _try_watch(self, p: _Parked) -> bool:
+class _SkippingParking(Parking):
+    __slots__ = ()
+
+    def _try_watch(self, m: Machine, w: ParkedWatch) -> bool:
+        req = w.request
         try:
-            evs = self.machine.events_since(p.prefixes or p.key, p.after, p.limit)
-        except Compacted:
-            return super()._try_watch(p)
+            evs = m.events_since(req.selector, req.after, req.limit)
+        except RevisionCompacted:
+            return super()._try_watch(m, w)
         if len(evs) < 2:
-            return super()._try_watch(p)
+            return super()._try_watch(m, w)
         # Known-bad: the second event of the batch is lost on its way into the answer.
         del evs[1]
-        self._ok(p.route, p.rid, events=[event_wire(e) for e in evs],
-                 revision=self.machine.revision)
+        self._out.reply(w.route, w.rid, WatchReply(tuple(evs), m.revision))
         return True
+
+
+class SkipWatchEvent(_Swapped):
+    swaps = {Parking: _SkippingParking}
 
 
 class ReplyBeforeSave(ObservedService):
@@ -120,13 +129,13 @@ class ReplyBeforeSave(ObservedService):
 class SkipAdoptReplica(Replica):
     def _become_leader(self) -> None:
         # Known-bad: forget what the promises reported (every slot becomes a no-op).
-        self.promises = {k: type(p)(p.src, p.ballot, p.from_slot, (), p.commit_index,
-                                    p.snapshot_index) for k, p in self.promises.items()}
+        for p in self.promises.values():
+            p.entries.clear()
         super()._become_leader()
 
 
 class SkipAdopt(_Swapped):
-    replica_class = SkipAdoptReplica
+    swaps = {Replica: SkipAdoptReplica}
 
 
 MUTATIONS: dict[str, type[ObservedService]] = {

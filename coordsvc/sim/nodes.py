@@ -23,13 +23,15 @@ import random
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..core.machine import Event, Machine
+from ..core.identity import ADMIN, Identities, node_principal
+from ..core.machine import Machine
 from ..core.messages import Message, Outbound
+from ..core.protocol import Change
 from ..core.replica import Ready, Role
-from ..core.service import Route
+from ..core.service_outbox import Route
 from ..core.types import Config, Persist
 from ..storage.memory import MemoryStore
-from . import checks
+from . import checks, requests
 from .checks import Tenure, Watcher, WatchEvent
 from .client import SimClient
 from .history import Recorder, summarize
@@ -38,7 +40,7 @@ from .linearizability import step_budget
 from .mutations import MUTATIONS, ObservedService
 from .oracle import SlotOracle
 from .reference import Reference
-from .requests import Payload
+from .requests import BadReply, Payload
 from .workload import Record, Workload, watcher, worker
 from .world import Disk, Faults, Network, World
 
@@ -147,7 +149,7 @@ class _Node:
     store: MemoryStore = field(default_factory=MemoryStore)
     svc: ObservedService | None = None
     epoch: int = 0
-    inbox: list[tuple[Any, Any]] = field(default_factory=list)
+    inbox: list[tuple[str, Message | Payload]] = field(default_factory=list)   # (sender, body)
     poll_pending: bool = False
     next_tick_ms: int = 0          # local clock, as the runtime's next_tick
     wake_at: int | None = None     # the timer event that counts (sim time)
@@ -170,6 +172,11 @@ class NodeSim:
         self.nodes = {nid: _Node(nid, p.drift[i], p.clock_offset_ms[i], Disk(self.world, p.disk_ms))
                       for i, nid in enumerate(self.ids)}
         self.addresses = {nid: f"sim://{nid}" for nid in self.ids}
+        # A secure cluster, as deployed: a peer message arrives with the principal of the
+        # member that sent it, a client request as "admin". Keys are plain names here;
+        # the core only compares them.
+        self.identities = Identities(secure=True, members={nid: f"key:{nid}" for nid in self.ids},
+                                     admin_key="key:admin")
         self._by_address = {a: nid for nid, a in self.addresses.items()}
         self.cfg = Config(heartbeat_ms=50, election_timeout_ms=p.election_timeout_ms,
                           max_inflight_slots=16, max_batch_commands=8, catchup_batch=16,
@@ -178,7 +185,7 @@ class NodeSim:
         self.faults = Faults(self.world, self.net, self, self.ids, p.crash_every_ms,
                              p.partition_every_ms, p.disk_loss, p.safety_ms)
         self.violations: list[str] = []
-        self.reference = Reference(getattr(self.service_class, "machine_class", Machine))
+        self.reference = Reference(self.service_class.swaps.get(Machine, Machine))
         self.oracle = SlotOracle(p.nodes // 2 + 1, self._violate, self.reference.chosen)
         self.history = Recorder()
         self.record = Record()
@@ -263,7 +270,8 @@ class NodeSim:
         node = self.nodes[nid]
         node.epoch += 1
         svc = self.service_class(nid, self.addresses, node.store.load(),
-                                 random.Random(self.rng.random()), self._local(node), self.cfg)
+                                 random.Random(self.rng.random()), self._local(node), self.cfg,
+                                 identities=self.identities)
         svc.observe = self._applying
         node.svc = svc
         node.poll_pending, node.wake_at = False, None
@@ -302,11 +310,13 @@ class NodeSim:
         saves: list[Persist] = []
         sends: list[tuple[int, list[Outbound]]] = []
         try:
-            for route, body in inputs:
-                if route is None:
-                    svc.on_peer(body, now_l)
+            for sender, body in inputs:
+                if isinstance(body, dict):
+                    svc.on_client(sender, body, now_l, ADMIN)
                 else:
-                    svc.on_client(route, body, now_l)
+                    svc.on_peer(body, now_l, node_principal(sender))
+            if svc.counters.rejected_peer:
+                self._violate(f"{node.id} rejected a peer message that its member sent")
             if now_l >= node.next_tick_ms:
                 svc.tick(now_l)
             svc.step(saves.append, lambda msgs: sends.append((len(saves), msgs)))
@@ -347,43 +357,50 @@ class NodeSim:
         if self.nodes[nid].epoch != epoch:
             return
         for o in msgs:
-            self.net.send(nid, o.dst, self._deliver_peer, (o.dst, o.msg))
+            self.net.send(nid, o.dst, self._deliver_peer, (o.dst, nid, o.msg))
 
-    def _answer(self, data: tuple[str, int, list[tuple[Route, Payload]], list[Event]]) -> None:
+    def _answer(self, data: tuple[str, int, list[tuple[Route, Payload]], list[Change]]) -> None:
         nid, epoch, replies, events = data
         if self.nodes[nid].epoch != epoch:
             return
         for route, reply in replies:     # a route is the client's name
-            self.net.send(nid, str(route), self._deliver_reply, (str(route), reply))
+            self.net.send(nid, str(route), self._deliver_reply, (str(route), requests.pack(reply)))
         self._published(self.nodes[nid], events)
 
-    def _deliver_peer(self, data: tuple[str, Message]) -> None:
-        nid, msg = data
+    def _deliver_peer(self, data: tuple[str, str, Message]) -> None:
+        nid, sender, msg = data
         node = self.nodes[nid]
         if node.svc is None:
             return
         self.stats["peer_messages"] += 1
         self.world.note("peer", nid, type(msg).__name__, msg.src)
-        node.inbox.append((None, msg))
+        node.inbox.append((sender, msg))
         self._poll_soon(node)
 
-    def _deliver_request(self, data: tuple[str, str, Payload]) -> None:
-        nid, client, payload = data
+    def _deliver_request(self, data: tuple[str, str, bytes]) -> None:
+        nid, client, body = data
         node = self.nodes[nid]
         if node.svc is None:
             return
+        payload = requests.unpack(body)
         self.stats["client_requests"] += 1
         self.world.note("request", nid, client, payload.get("op"), payload.get("id"))
         node.inbox.append((client, payload))
         self._poll_soon(node)
 
-    def _deliver_reply(self, data: tuple[str, Payload]) -> None:
-        client, reply = data
+    def _deliver_reply(self, data: tuple[str, bytes]) -> None:
+        client, body = data
+        try:
+            reply = requests.unpack(body)
+        except BadReply as e:
+            self.protocol_violation(f"a reply to {client}: {e}")
+            return
         self.world.note("reply", client, reply.get("id"), reply.get("ok"))
         self._clients[client].on_reply(reply)
 
     def transmit(self, client: SimClient, node: str, payload: Payload) -> None:
-        self.net.send(client.name, node, self._deliver_request, (node, client.name, payload))
+        self.net.send(client.name, node, self._deliver_request,
+                      (node, client.name, requests.pack(payload)))
 
     # ---------------------------------------------------------------- what nodes apply
 
@@ -394,7 +411,7 @@ class NodeSim:
         for slot, value in ready.committed:
             self.oracle.applied_entry(nid, slot, value)
 
-    def _published(self, node: _Node, events: list[Event]) -> None:
+    def _published(self, node: _Node, events: list[Change]) -> None:
         ref = self.reference.events
         for e in events:
             if ref.get(e.revision) != e:
@@ -452,7 +469,7 @@ class NodeSim:
             return False
         top = max(self.oracle.chosen, default=0)
         return all(n.svc is not None and self.oracle.applied.get(n.id, 0) >= top
-                   and not n.svc.replica.rebuilding for n in self.nodes.values())
+                   and n.svc.replica.status().voting for n in self.nodes.values())
 
     def _stuck(self) -> list[str]:
         out = [f"{c.name} still at {c.doing}" for c in self.workers for t in c.tasks
@@ -462,9 +479,10 @@ class NodeSim:
                 for wl in self.record.watches if wl.fetched < target]
         top = max(self.oracle.chosen, default=0)
         for n in self.nodes.values():
-            if n.svc is None or self.oracle.applied.get(n.id, 0) < top or n.svc.replica.rebuilding:
-                role = None if n.svc is None else n.svc.replica.role
-                out.append(f"{n.id} ({role}) applied {self.oracle.applied.get(n.id, 0)} of {top}")
+            st = None if n.svc is None else n.svc.replica.status()
+            if st is None or self.oracle.applied.get(n.id, 0) < top or not st.voting:
+                what = "down" if st is None else f"{st.role.value}, voting={st.voting}"
+                out.append(f"{n.id} ({what}) applied {self.oracle.applied.get(n.id, 0)} of {top}")
         return out
 
     # ---------------------------------------------------------------- the checker
@@ -480,7 +498,7 @@ class NodeSim:
         found += checks.check_tenures(self._tenures(), ref.grants)
         found += checks.check_locks_reads(self.record.locks_reads, self.record.gone_sessions)
         found += checks.check_answers({c.name: c.answers for c in self.workers}, ref.results)
-        expected = [WatchEvent(e.revision, e.key, e.type, e.value)
+        expected = [WatchEvent(e.revision, e.key, e.type.value, e.value)
                     for _, e in sorted(ref.events.items())]
         found += checks.check_unique_values(expected, "the chosen log")
         watches = self.record.watches
@@ -506,7 +524,7 @@ class NodeSim:
         want = self.reference.machine.snapshot()
         out = []
         for n in self.nodes.values():
-            if n.svc is not None and n.svc.replica.applied == self.reference.applied:
+            if n.svc is not None and n.svc.replica.status().applied == self.reference.applied:
                 if n.svc.machine.snapshot() != want:
                     out.append(f"{n.id}'s machine differs from the chosen log's after slot "
                                f"{self.reference.applied}")
@@ -515,7 +533,7 @@ class NodeSim:
     def _final_stats(self) -> dict[str, int]:
         ops = summarize(self.history.ops())
         leaders = sum(1 for n in self.nodes.values()
-                      if n.svc is not None and n.svc.replica.role is Role.LEADER)
+                      if n.svc is not None and n.svc.replica.status().role is Role.LEADER)
         return {**self.stats, "dropped": self.net.dropped, "now_ms": self.now,
                 "chosen": len(self.oracle.chosen), "revision": self.reference.revision,
                 "ops_ok": ops.ok, "ops_fail": ops.fail, "ops_unknown": ops.unknown,

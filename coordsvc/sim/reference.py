@@ -8,9 +8,9 @@ be, and only what clients saw can give it away.
 """
 from __future__ import annotations
 
-from ..core import machine
 from ..core.commands import decode_request
-from ..core.machine import Event, Machine, Result
+from ..core.machine import Machine
+from ..core.protocol import Change, Result, ResultCode
 from ..core.types import ProtocolError, Slot, Value
 
 __all__ = ["Reference"]
@@ -23,7 +23,7 @@ class Reference:
         self._chosen: dict[Slot, Value] = {}
         # (client id, seq) -> the Result of its first application.
         self.results: dict[tuple[str, int], Result] = {}
-        self.events: dict[int, Event] = {}
+        self.events: dict[int, Change] = {}
         # (lock, token) -> the session it was granted to.
         self.grants: dict[tuple[str, int], int] = {}
         self.violations: list[str] = []
@@ -49,7 +49,7 @@ class Reference:
                 first = self.results.setdefault(key, result)
                 # A retry is answered from the machine's cache (the very same Result) or,
                 # once the client promised never to retry it, refused as stale.
-                if first is not result and first != result and result.code != machine.STALE_REQUEST:
+                if first is not result and first != result and result.code != ResultCode.STALE_REQUEST:
                     self.violations.append(
                         f"slot {slot}: {key} applied again: first {first}, then {result}")
             if m.revision != before:

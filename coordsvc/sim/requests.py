@@ -1,141 +1,148 @@
 """The simulated clients' one view of the client protocol: requests built, replies read.
 
-Everything the simulator knows about the request and reply maps of
-``coordsvc.core.protocol`` is in this module, so that switching to typed protocol records
-touches nothing else. Readers return plain values and raise ``BadReply`` when a reply does
-not have the documented shape: the checker reports that as a protocol violation.
+Requests are the records of ``coordsvc.core.protocol``, sent as their ``to_wire()`` maps;
+replies are read back with the records' ``from_wire()``, exactly as ``coordsvc.Client``
+does. This is the only module of the simulator that builds or reads a map. Readers
+return plain values or records and raise ``BadReply`` when a reply does not fit its
+record: the checker reports that as a protocol violation.
+
+Maps cross the simulated network as msgpack bytes (``pack``/``unpack``, the options of
+``coordsvc.wire``'s client frames), so a node decodes what a real client would send --
+plain strings where a record wrote an enum -- and a client what a node would answer.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
 
-from ..core.commands import Command, Request, encode_request
-from ..core.machine import Result
-from ..core.types import ProtocolError
+import msgpack  # type: ignore[import-untyped, unused-ignore]  # as in the core
+
+from ..core.commands import Command, Request
+from ..core.protocol import (
+    ErrorReply,
+    GetReply,
+    GetRequest,
+    KeepaliveReply,
+    KeepaliveRequest,
+    LocksReply,
+    LocksRequest,
+    LockState,
+    LockWaitReply,
+    LockWaitRequest,
+    Result,
+    SchemaError,
+    WatchReply,
+    WatchRequest,
+    WriteReply,
+    WriteRequest,
+)
 from .checks import LockRow, WatchEvent
 
 __all__ = [
-    "BadReply", "LockRow", "WatchEvent", "error_of", "get", "keepalive", "known", "kv_of",
-    "leader_address", "lock_state", "lock_wait", "locks", "locks_of", "revision_of", "watch",
-    "watch_events", "write", "write_result",
+    "BadReply", "LockRow", "Payload", "WatchEvent", "error_of", "get", "get_revision",
+    "keepalive", "known", "kv_of", "lock_state", "lock_wait", "locks", "locks_of", "pack",
+    "unpack", "watch", "watch_events", "write", "write_result",
 ]
 
 Payload = dict[str, Any]
+_R = TypeVar("_R", covariant=True)
 
 
 class BadReply(Exception):
     """A reply that breaks the documented protocol (the node misbehaved)."""
 
 
+class _Decodes(Protocol[_R]):
+    def from_wire(self, m: Mapping[str, Any], /) -> _R: ...
+
+
+def _decode(record: _Decodes[_R], reply: Payload) -> _R:
+    try:
+        return record.from_wire(reply)
+    except SchemaError as e:
+        raise BadReply(f"{e}: {reply!r:.200}") from None
+
+
+# -- the wire -------------------------------------------------------------------------------
+
+def pack(payload: Payload) -> bytes:
+    out: bytes = msgpack.packb(payload, use_bin_type=True)
+    return out
+
+
+def unpack(body: bytes) -> Payload:
+    m = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    if type(m) is not dict:
+        raise BadReply(f"not a map: {m!r:.200}")
+    return m
+
+
 # -- requests (the transport adds "id") ----------------------------------------------------
 
 def write(client_id: str, seq: int, first_unacked: int, cmd: Command) -> Payload:
     # Encoded once: every retry of this payload carries the same bytes.
-    return {"op": "write", "req": encode_request(Request(client_id, seq, first_unacked, cmd))}
+    return WriteRequest.of(Request(client_id, seq, first_unacked, cmd)).to_wire()
 
 
 def keepalive(session_id: int) -> Payload:
-    return {"op": "keepalive", "session_id": session_id}
+    return KeepaliveRequest(session_id).to_wire()
 
 
 def get(key: str) -> Payload:
-    return {"op": "get", "key": key, "stale": False}
+    return GetRequest(key).to_wire()
 
 
 def locks() -> Payload:
-    return {"op": "locks"}
+    return LocksRequest().to_wire()
 
 
 def lock_wait(name: str, session_id: int, wait_ms: int) -> Payload:
-    return {"op": "lock_wait", "name": name, "session_id": session_id, "wait_ms": wait_ms}
+    return LockWaitRequest(name, session_id, wait_ms).to_wire()
 
 
 def watch(prefixes: list[str], after: int, wait_ms: int, limit: int) -> Payload:
-    return {"op": "watch", "prefixes": prefixes, "after": after, "wait_ms": wait_ms,
-            "limit": limit}
+    return WatchRequest(after, prefixes=tuple(prefixes), wait_ms=wait_ms, limit=limit).to_wire()
 
 
 # -- replies -------------------------------------------------------------------------------
 
-def error_of(reply: Payload) -> str | None:
-    """None for a successful reply, else its error code."""
+def error_of(reply: Payload) -> ErrorReply | None:
+    """None for a successful reply, else the refusal it carries."""
     if reply.get("ok") is True:
         return None
-    err = reply.get("error")
-    if not isinstance(err, str):
-        raise BadReply(f"failed reply without an error code: {reply!r:.200}")
-    return err
-
-
-def leader_address(reply: Payload) -> str | None:
-    addr = reply.get("leader_address")
-    return addr if isinstance(addr, str) and addr else None
+    return _decode(ErrorReply, reply)
 
 
 def write_result(reply: Payload) -> Result:
-    try:
-        return Result.from_wire(reply.get("result"))
-    except ProtocolError as e:
-        raise BadReply(str(e)) from None
-
-
-def _int(reply: Payload, field: str) -> int:
-    v = reply.get(field)
-    if type(v) is not int:
-        raise BadReply(f"{field} must be an int: {reply!r:.200}")
-    return v
-
-
-def revision_of(reply: Payload) -> int:
-    return _int(reply, "revision")
+    return _decode(WriteReply, reply).result
 
 
 def kv_of(reply: Payload) -> tuple[bytes | None, int]:
     """A get's (value, mod revision); (None, 0) when the key does not exist."""
-    kv = reply.get("kv")
-    if kv is None:
-        return None, 0
-    if not (isinstance(kv, list) and len(kv) == 5 and isinstance(kv[1], bytes)
-            and type(kv[2]) is int):
-        raise BadReply(f"malformed kv {kv!r:.200}")
-    return kv[1], kv[2]
+    kv = _decode(GetReply, reply).kv
+    return (None, 0) if kv is None else (kv.value, kv.revision)
 
 
-def watch_events(reply: Payload) -> list[WatchEvent]:
-    raw = reply.get("events")
-    if not isinstance(raw, list):
-        raise BadReply(f"events must be a list: {reply!r:.200}")
-    out = []
-    for e in raw:
-        if not (isinstance(e, list) and len(e) == 4 and e[0] in ("put", "delete")
-                and isinstance(e[1], str) and isinstance(e[2], bytes) and type(e[3]) is int):
-            raise BadReply(f"malformed event {e!r:.200}")
-        out.append(WatchEvent(e[3], e[1], e[0], e[2]))  # revision, key, type, value
-    return out
+def get_revision(reply: Payload) -> int:
+    """The node's revision a get was answered at."""
+    return _decode(GetReply, reply).revision
 
 
-def lock_state(reply: Payload) -> tuple[str, int]:
-    state = reply.get("state")
-    if state not in ("held", "waiting", "none"):
-        raise BadReply(f"lock_wait state {state!r}")
-    return state, _int(reply, "token")
+def watch_events(reply: Payload) -> tuple[list[WatchEvent], int]:
+    """A watch answer's events, in the order sent, and the node's revision."""
+    w = _decode(WatchReply, reply)
+    return [WatchEvent(e.revision, e.key, e.type.value, e.value) for e in w.events], w.revision
+
+
+def lock_state(reply: Payload) -> tuple[LockState, int]:
+    r = _decode(LockWaitReply, reply)
+    return r.state, r.token
 
 
 def known(reply: Payload) -> bool:
-    k = reply.get("known")
-    if not isinstance(k, bool):
-        raise BadReply(f"keepalive reply without known: {reply!r:.200}")
-    return k
+    return _decode(KeepaliveReply, reply).known
 
 
 def locks_of(reply: Payload) -> list[LockRow]:
-    raw = reply.get("locks")
-    if not isinstance(raw, list):
-        raise BadReply(f"locks must be a list: {reply!r:.200}")
-    out = []
-    for r in raw:
-        if not (isinstance(r, list) and len(r) >= 5 and isinstance(r[0], str)
-                and type(r[1]) is int and type(r[2]) is int and isinstance(r[4], list)):
-            raise BadReply(f"malformed lock row {r!r:.200}")
-        out.append(LockRow(r[0], r[1], r[2], tuple(int(w) for w in r[4])))
-    return out
+    return [LockRow(r.name, r.holder_session, r.token, r.waiters)
+            for r in _decode(LocksReply, reply).locks]

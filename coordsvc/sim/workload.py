@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core import machine
 from ..core.commands import Delete, Fence, Put
+from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
 from .checks import LocksRead, WatchEvent
 from .client import LOCK_WAIT_MAX_MS, Co, SimClient, SimLock, Sleep
@@ -100,7 +100,7 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
     c.doing = "done"
 
 
-def _unexpected(c: SimClient, what: str, res: machine.Result) -> None:
+def _unexpected(c: SimClient, what: str, res: Result) -> None:
     c.env.protocol_violation(f"{c.name}: {what} answered {res.code}: {res.data}")
 
 
@@ -133,9 +133,9 @@ def _put(c: SimClient, history: Recorder, key: str, give_up_ms: int | None,
     _, res = yield from c.write(Put(key, value, fence=fence), give_up_ms)
     if res is None:
         history.unknown(h)
-    elif res.code == machine.OK:
+    elif res.code == ResultCode.OK:
         history.ok(h, res.data.get("revision"), c.world.now)
-    elif res.code == machine.FENCE_REJECTED and fence is not None:
+    elif res.code == ResultCode.FENCE_REJECTED and fence is not None:
         history.fail(h, c.world.now)
     else:
         history.unknown(h)
@@ -154,9 +154,9 @@ def _cas(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -> C
     _, res = yield from c.write(Put(key, new, if_revision=revision), give_up_ms)
     if res is None:
         history.unknown(h)
-    elif res.code == machine.OK:
+    elif res.code == ResultCode.OK:
         history.ok(h, None, c.world.now)
-    elif res.code == machine.COMPARE_FAILED:
+    elif res.code == ResultCode.COMPARE_FAILED:
         history.fail(h, c.world.now)
     else:
         history.unknown(h)
@@ -168,7 +168,7 @@ def _delete(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -
     _, res = yield from c.write(Delete(key), give_up_ms)
     if res is None:
         history.unknown(h)
-    elif res.code == machine.OK:
+    elif res.code == ResultCode.OK:
         history.ok(h, res.data.get("deleted") is True, c.world.now)
     else:
         history.unknown(h)
@@ -213,14 +213,14 @@ def _lock_cycle(c: SimClient, wl: Workload, record: Record, history: Recorder,
         outcome = yield from c.wait_for_grant(lk, w.now + wait_ms, wl.give_up_ms)
         if outcome == "timeout" and not interrupted:
             res = yield from c.cancel(lk, wl.give_up_ms)
-            if res is not None and res.code not in (machine.OK, machine.NO_SESSION):
+            if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
                 _unexpected(c, f"Cancel {name}", res)
     if lk.granted_at is not None and not final:
         yield from _hold(c, wl, lk, history)
     res = yield from c.close_session(lk, give_up_ms)
     if res is None:
         return
-    if res.code in (machine.OK, machine.NO_SESSION):
+    if res.code in (ResultCode.OK, ResultCode.NO_SESSION):
         record.gone_sessions[lk.session_id] = w.now
     else:
         _unexpected(c, f"CloseSession {lk.session_id}", res)
@@ -247,7 +247,7 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
         while reply is None:
             reply = yield from c.call(requests.get("/"), leader=True)
         try:
-            after = requests.revision_of(reply)
+            after = requests.get_revision(reply)
         except BadReply as e:
             c.env.protocol_violation(f"{c.name}: revision: {e}")
             return
@@ -265,13 +265,16 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
         if reply is None:
             yield Sleep(ERROR_PAUSE_MS)
             continue
-        if reply.get("error") == "compacted":
-            c.env.protocol_violation(f"{c.name}: watch {prefix!r} after {asked}: compacted "
-                                     "(the window is far larger than a simulated run)")
-            return
         try:
-            events = requests.watch_events(reply)
-            revision = requests.revision_of(reply)
+            refusal = requests.error_of(reply)
+            if refusal is not None:
+                if refusal.error == ErrorCode.COMPACTED:
+                    c.env.protocol_violation(
+                        f"{c.name}: watch {prefix!r} after {asked}: compacted (the window is "
+                        "far larger than a simulated run)")
+                    return
+                raise BadReply(f"refused with {refusal.error}")
+            events, revision = requests.watch_events(reply)
         except BadReply as e:
             c.env.protocol_violation(f"{c.name}: watch: {e}")
             continue

@@ -71,8 +71,11 @@ class Network:
         self.faults = True
         self.dropped = 0
 
-    def send(self, src: str, dst: str, deliver: Handler, data: Any) -> None:
-        """Deliver ``data`` to ``deliver`` later (zero, one or two times) unless cut off."""
+    def send(self, src: str, dst: str, deliver: Handler, data: Any,
+             on_the_wire: Callable[[Any], Any] | None = None) -> None:
+        """Deliver ``data`` to ``deliver`` later (zero, one or two times) unless cut off.
+        ``on_the_wire(data)``, if given, sees what survived loss and returns what arrives
+        (every copy of it): a simulation may count or damage messages there."""
         w = self.world
         if src == dst:
             w.at(w.now, deliver, data)
@@ -80,6 +83,8 @@ class Network:
         if self.faults and ((src, dst) in self.blocked or w.rng.random() < self.loss):
             self.dropped += 1
             return
+        if on_the_wire is not None:
+            data = on_the_wire(data)
         copies = 2 if self.faults and w.rng.random() < self.dup else 1
         for _ in range(copies):
             w.at(w.now + w.rng.randint(0, self.max_delay_ms), deliver, data)

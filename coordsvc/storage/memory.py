@@ -1,14 +1,14 @@
 """In-memory Store for core tests and the simulation."""
 from __future__ import annotations
 
-from ..core.types import EMPTY_SNAPSHOT, ZERO_BALLOT, Ballot, Durable, Entry, Persist, Slot, Snapshot
+from ..core.types import EMPTY_SNAPSHOT, ZERO_BALLOT, Ballot, Durable, LogEntry, Persist, Slot, Snapshot
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self.promised: Ballot = ZERO_BALLOT
         self.high_water_round = 0
-        self.entries: dict[Slot, Entry] = {}
+        self.entries: dict[Slot, LogEntry] = {}
         self.commit_index: Slot = 0
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self.saves = 0

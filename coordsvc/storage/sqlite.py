@@ -9,6 +9,12 @@ A save that fails part-way is rolled back and the store refuses every later save
 after a failed fsync the kernel may have dropped the dirty pages, so a "successful"
 retry could acknowledge state that is not on disk (the PostgreSQL fsync lesson).
 The node must stop and restart from what ``open`` finds.
+
+``open`` checks the whole database before the node may serve: SQLite's integrity check,
+every field of the acceptor row (types, and rounds/slots within ``[0, 2**62]``), every
+log row (its ballot, and its value decodes), the snapshot (it restores into a state
+machine), and a real write (a read-only file fails here, not at the first save). Any
+failure is a ``DataDirError`` with a one-line reason.
 """
 from __future__ import annotations
 
@@ -23,7 +29,21 @@ from types import TracebackType
 
 import msgpack  # type: ignore[import-untyped]
 
-from ..core.types import Ballot, Durable, Entry, Persist, SafetyViolation, Snapshot, UsageError, Value
+from ..core.machine import Machine
+from ..core.types import (
+    MAX_NODE_ID_CHARS,
+    MAX_ROUND,
+    MAX_SLOT,
+    Ballot,
+    Durable,
+    LogEntry,
+    Persist,
+    ProtocolError,
+    SafetyViolation,
+    Snapshot,
+    UsageError,
+    Value,
+)
 from .datadir import (
     NODE_DB,
     REBUILDING,
@@ -73,6 +93,62 @@ def _decode(blob: bytes, slot: int, db_path: Path) -> Value:
     if not isinstance(items, list) or not all(isinstance(b, bytes) for b in items):
         raise DataDirError(f"database {db_path} is corrupt: log slot {slot} is not a batch")
     return tuple(items)
+
+
+def _int_in(v: object, low: int, high: int, what: str, db_path: Path) -> int:
+    if type(v) is not int or not low <= v <= high:
+        raise DataDirError(f"database {db_path} is corrupt: {what} is {v!r:.40} "
+                           f"(want an integer in [{low}, {high}])")
+    return v
+
+
+def _ballot(rnd: object, node: object, what: str, db_path: Path) -> Ballot:
+    r = _int_in(rnd, 0, MAX_ROUND, f"{what} round", db_path)
+    if type(node) is not str or len(node) > MAX_NODE_ID_CHARS or (r > 0 and not node):
+        raise DataDirError(f"database {db_path} is corrupt: {what} node is {node!r:.40}")
+    return Ballot(r, node)
+
+
+def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
+    """Read every row the node will use and refuse the database if one is unusable."""
+    row = conn.execute("SELECT promised_round, promised_node, high_water_round, commit_index "
+                       "FROM acceptor WHERE id = 0").fetchone()
+    snap = conn.execute("SELECT idx, data FROM snapshot WHERE id = 0").fetchone()
+    if row is None or snap is None:
+        raise DataDirError(f"database {db_path} is corrupt: acceptor state rows missing")
+    _ballot(row[0], row[1], "the promised ballot", db_path)
+    _int_in(row[2], 0, MAX_ROUND, "the ballot high-water round", db_path)
+    _int_in(row[3], 0, MAX_SLOT, "the commit index", db_path)
+    index = _int_in(snap[0], 0, MAX_SLOT, "the snapshot index", db_path)
+    if type(snap[1]) is not bytes or (index == 0 and snap[1]):
+        raise DataDirError(f"database {db_path} is corrupt: the snapshot row holds no snapshot")
+    if index > 0:
+        try:
+            Machine.restore(snap[1])
+        except ProtocolError as e:
+            raise DataDirError(f"database {db_path} is corrupt: the snapshot at index {index} "
+                               f"does not decode ({' '.join(str(e).split())[:120]})") from None
+    for slot, rnd, node, blob in conn.execute(
+            "SELECT slot, ballot_round, ballot_node, value FROM log ORDER BY slot"):
+        _int_in(slot, max(1, index + 1), MAX_SLOT, "a log slot", db_path)
+        _ballot(rnd, node, f"log slot {slot}'s ballot", db_path)
+        if type(blob) is not bytes:
+            raise DataDirError(f"database {db_path} is corrupt: log slot {slot} is not a batch")
+        _decode(blob, slot, db_path)
+
+
+def _check_writable(conn: sqlite3.Connection, db_path: Path) -> None:
+    """A real write: a read-only file must be refused now, not at the first save."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if "locked" in str(e):
+            raise
+        raise DataDirError(f"database {db_path} is not writable: {e}") from None
 
 
 def _lock_dir(path: Path) -> int:
@@ -162,6 +238,8 @@ class SqliteStore:
                 )
             if version < SCHEMA_VERSION:
                 migrate(conn, version)
+            _check_contents(conn, db_path)
+            _check_writable(conn, db_path)
             return cls(conn, path, lock_fd)
         except BaseException as e:
             if conn is not None:
@@ -189,13 +267,14 @@ class SqliteStore:
         if scalars is None or snap is None:
             raise DataDirError(f"database {self.db_path} is corrupt: acceptor state rows missing")
         entries = tuple(
-            Entry(slot, Ballot(rnd, node), _decode(blob, slot, self.db_path))
+            LogEntry(slot, _ballot(rnd, node, f"log slot {slot}'s ballot", self.db_path),
+                  _decode(blob, slot, self.db_path))
             for slot, rnd, node, blob in conn.execute(
                 "SELECT slot, ballot_round, ballot_node, value FROM log ORDER BY slot"
             )
         )
         return Durable(
-            promised=Ballot(scalars[0], scalars[1]),
+            promised=_ballot(scalars[0], scalars[1], "the promised ballot", self.db_path),
             high_water_round=scalars[2],
             entries=entries,
             commit_index=scalars[3],
@@ -248,6 +327,8 @@ class SqliteStore:
         conn = self._live()
         started = time.perf_counter()
         snapshot_index = p.snapshot.index if p.snapshot is not None else self._snapshot_index
+        if p.high_water_round is not None and not 0 <= p.high_water_round <= MAX_ROUND:
+            raise UsageError(f"high-water round {p.high_water_round} outside [0, 2**62]")
         # Encode before BEGIN: a malformed value is a UsageError that touches nothing.
         rows = [
             (e.slot, e.ballot.round, e.ballot.node, _encode(e.value))

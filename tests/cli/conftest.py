@@ -6,7 +6,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from coordsvc import clusterfile
 
 
 def coordctl_path() -> str:
@@ -54,48 +55,12 @@ def assert_one_line_error(stderr: str) -> str:
     return lines[0]
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+_ports = random.Random()
 
 
 def free_base_port(nodes: int = 3) -> int:
-    """A base port P with P+1..P+n and P+101..P+100+n free on 127.0.0.1 right now."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(30000, 55000, 10)
-        ports = [base + i for i in range(1, nodes + 1)] + [base + 100 + i
-                                                          for i in range(1, nodes + 1)]
-        if all(_port_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def client_available() -> bool:
-    try:
-        import coordsvc
-        return hasattr(coordsvc, "Client")
-    except ImportError:
-        return False
-
-
-def runtime_available() -> bool:
-    try:
-        import coordsvc.runtime.node as node
-        return hasattr(node, "serve")
-    except ImportError:
-        return False
-
-
-needs_client = pytest.mark.skipif(not client_available(),
-                                  reason="coordsvc.Client is not exported yet")
-needs_runtime = pytest.mark.skipif(
-    not (client_available() and runtime_available()),
-    reason="needs coordsvc.Client and coordsvc.runtime.node.serve")
+    """A base port whose node ports are all free on 127.0.0.1 right now."""
+    return clusterfile.free_base_port(nodes, _ports)
 
 
 def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> int:
@@ -111,15 +76,16 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> int:
 
 
 class LocalCluster:
-    """`coordctl cluster init` + one `coordctl serve` process per node."""
+    """`coordctl cluster init` + one `coordctl serve` process per node. Secure (CURVE) like
+    `cluster init` itself; commands find the admin key beside the cluster file."""
 
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    def __init__(self, root: Path, nodes: int = 3, insecure: bool = False) -> None:
         self.root = root
         self.dir = root / "coord"
         self.base_port = free_base_port(nodes)
         self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
         r = run("cluster", "init", "--nodes", str(nodes), "--dir", self.dir,
-                "--base-port", str(self.base_port))
+                "--base-port", str(self.base_port), *(["--insecure"] if insecure else []))
         assert r.returncode == 0, r.stderr
         self.file = Path(r.stdout.strip())
         assert self.file == self.dir / "cluster.toml"
@@ -190,8 +156,6 @@ class LocalCluster:
 
 
 def _up(root: Path) -> Iterator[LocalCluster]:
-    if not (client_available() and runtime_available()):
-        pytest.skip("needs coordsvc.Client and coordsvc.runtime.node.serve")
     c = LocalCluster(root)
     try:
         c.start_all()

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from coordsvc import clusterfile, keys
+
 from .conftest import (
     COORDCTL,
     assert_one_line_error,
     clean_env,
     free_base_port,
-    needs_client,
-    needs_runtime,
     run,
 )
 
@@ -99,10 +99,16 @@ def test_node_init_prepares_one_nodes_data_dir(tmp_path: Path) -> None:
     for f in n2.iterdir():
         f.unlink()
     n2.rmdir()
+    old_key = keys.read_client_key(tmp_path / "c" / "admin.key").server_keys()
     r = run("node", "init", "--cluster", tmp_path / "c" / "cluster.toml", "--node", "n2")
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()) == n2
     assert (n2 / "node.db").is_file()
+    # Its key went with the directory: a new one, recorded where clients and members look.
+    c = clusterfile.load(tmp_path / "c" / "cluster.toml")
+    assert keys.read_node_key(n2 / "node.key", "n2", c.node("n2").public_key)
+    assert c.node("n2").public_key != old_key[c.node("n2").address]
+    assert keys.read_client_key(tmp_path / "c" / "admin.key").server_keys() == c.server_keys()
     again = run("node", "init", "--cluster", tmp_path / "c" / "cluster.toml", "--node", "n2",
                 "--json")
     assert again.returncode == 0, again.stderr
@@ -222,10 +228,11 @@ def test_serve_refuses_a_missing_data_dir(tmp_path: Path) -> None:
 def test_serve_refuses_an_empty_data_dir(tmp_path: Path) -> None:
     assert _init(tmp_path).returncode == 0
     (tmp_path / "c" / "n1" / "node.db").unlink()
+    left = sorted((tmp_path / "c" / "n1").iterdir())   # the node's key stays
     r = run("serve", "--cluster", tmp_path / "c" / "cluster.toml", "--node", "n1", timeout=20)
     assert r.returncode != 0
     assert "node.db" in assert_one_line_error(r.stderr)
-    assert list((tmp_path / "c" / "n1").iterdir()) == []
+    assert sorted((tmp_path / "c" / "n1").iterdir()) == left
 
 
 def test_serve_unknown_node_exits_2(tmp_path: Path) -> None:
@@ -242,7 +249,6 @@ def _last_line_no_traceback(stderr: str) -> str:
     return lines[-1]
 
 
-@needs_runtime
 def test_serve_refuses_a_corrupt_database(tmp_path: Path) -> None:
     assert _init(tmp_path).returncode == 0
     (tmp_path / "c" / "n1" / "node.db").write_bytes(b"this is not sqlite" * 20)
@@ -251,7 +257,6 @@ def test_serve_refuses_a_corrupt_database(tmp_path: Path) -> None:
     assert "corrupt" in _last_line_no_traceback(r.stderr)
 
 
-@needs_runtime
 def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
     base = free_base_port()
     assert _init(tmp_path, "--base-port", str(base)).returncode == 0
@@ -266,7 +271,6 @@ def test_serve_refuses_a_taken_port(tmp_path: Path) -> None:
 
 # --- unreachable cluster ----------------------------------------------------------------
 
-@needs_client
 def test_status_of_unreachable_endpoints_exits_3(tmp_path: Path) -> None:
     base = free_base_port()
     r = run("status", "--json", "--timeout", "1", "--endpoints",
@@ -279,7 +283,6 @@ def test_status_of_unreachable_endpoints_exits_3(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr
 
 
-@needs_client
 def test_status_table_of_a_stopped_cluster_marks_every_node_unreachable(tmp_path: Path) -> None:
     base = free_base_port()
     assert _init(tmp_path, "--base-port", str(base)).returncode == 0
@@ -292,7 +295,6 @@ def test_status_table_of_a_stopped_cluster_marks_every_node_unreachable(tmp_path
     assert_one_line_error(r.stderr)
 
 
-@needs_client
 @pytest.mark.parametrize("args", [["config", "get", "k"], ["config", "set", "k", "v"],
                                   ["config", "list"], ["lock", "list"]])
 def test_client_commands_without_a_quorum_exit_3(tmp_path: Path, args: list[str]) -> None:

@@ -6,13 +6,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import COORDCTL, LocalCluster, clean_env, free_base_port, needs_runtime, run, stop_process
+from .conftest import COORDCTL, LocalCluster, clean_env, free_base_port, run, stop_process
 
 CLUSTER_FIELDS = {"name", "leader", "quorum", "members", "healthy", "commit_index", "revision"}
 NODE_FIELDS = {"id", "address", "reachable", "role", "leader", "ballot", "commit_index",
@@ -107,7 +108,6 @@ def _serving(cluster_file: Path) -> list[int]:
     return [int(p) for p in r.stdout.split()]
 
 
-@needs_runtime
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_cluster_up_starts_every_node_and_stops_them_all(tmp_path: Path, sig: int) -> None:
     base = free_base_port()
@@ -141,7 +141,6 @@ def test_cluster_up_starts_every_node_and_stops_them_all(tmp_path: Path, sig: in
     assert _serving(d / "cluster.toml") == [], "a node outlived `cluster up`"
 
 
-@needs_runtime
 def test_cluster_up_reports_a_node_that_dies(tmp_path: Path) -> None:
     base = free_base_port()
     d = tmp_path / "up"
@@ -161,12 +160,26 @@ def test_cluster_up_reports_a_node_that_dies(tmp_path: Path) -> None:
                            capture_output=True, text=True)
         pids = [int(p) for p in r.stdout.split()]
         assert len(pids) == 1
+        lines: list[str] = []
+        reported = threading.Event()
+
+        def read_stderr() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                lines.append(line)
+                if "node n1" in line and "exited" in line:
+                    reported.set()
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
         os.kill(pids[0], signal.SIGKILL)  # a node started (indirectly) by this test
-        time.sleep(1.5)
+        assert reported.wait(15), "".join(lines)   # cluster up looks every 0.5 s
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
+        reader.join()
     finally:
         stop_process(proc)
-    assert "node n1" in err and "exited" in err, err
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode == 0
     assert _serving(d / "cluster.toml") == []

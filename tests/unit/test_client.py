@@ -1,17 +1,21 @@
-"""The client against in-process fake nodes speaking coordsvc/core/protocol.py.
+"""The client against a real node in this process (``inproc.LocalNode``: the production
+``Service`` on a memory store), reached through an in-process transport.
 
-A fake node is a ROUTER socket on a thread; it answers from the real state machine
-(``core.machine.Machine``), so exactly-once, CAS, fencing and locks behave as on a node.
-Per-op ``override`` hooks script faults: dropped replies, redirects, stale replies.
+Where a test needs a node or network that misbehaves -- a lost reply, a redirect, a
+silent node, an odd answer -- ``inproc.Faults`` scripts it per (endpoint, op) in front of
+the transport; everything it does not script is the node's own answer. Endpoints are
+names only: ``A``, ``B`` and ``C`` reach the same node unless a test says otherwise, and
+``DEAD`` reaches nothing.
 """
 from __future__ import annotations
 
 import gc
+import math
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ import zmq
 import coordsvc
 from coordsvc import wire
 from coordsvc.client import Client, Event, _client, _lock, _watch
+from coordsvc.client._transport import Transport
 from coordsvc.client.errors import (
     Compacted,
     CompareFailed,
@@ -33,145 +38,26 @@ from coordsvc.client.errors import (
 from coordsvc.clusterfile import Cluster, NodeSpec
 from coordsvc.core import machine
 from coordsvc.core.commands import decode_request
-from coordsvc.core.machine import Machine
 from coordsvc.fencing import fenced_file_write, fenced_write, read_file_fence
 
-PARK = object()  # an override's answer meaning "not yet: ask me again shortly"
+from .inproc import Faults, LocalNode, LocalTransport, answer, drop_replies, first, silent
+
+A, B, C = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"
+DEAD = "tcp://127.0.0.1:4"
 Reply = dict[str, Any]
-Override = Callable[[Reply, bool], "Reply | None | object"]
-
-
-class FakeNode:
-    """One node: answers from a (possibly shared) Machine, or from ``override[op]``.
-
-    An override gets (request, expired) and returns a reply map (``id`` is added), None
-    to send nothing, or PARK to be asked again until the request's wait_ms runs out.
-    """
-
-    def __init__(self, m: Machine | None = None, node_id: str = "n1", role: str = "leader") -> None:
-        self.m = m if m is not None else Machine()
-        self.id = node_id
-        self.role = role
-        self.override: dict[str, Override] = {}
-        self.requests: list[Reply] = []
-        self.before_reply: Callable[[Reply], list[Reply]] | None = None
-        self._index = 0
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{port}"
-        self._stop = threading.Event()
-        self._parked: list[tuple[bytes, Reply, float]] = []
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def ops(self, op: str) -> list[Reply]:
-        return [r for r in self.requests if r["op"] == op]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._sock.close(linger=0)
-        self._ctx.term()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self._sock.poll(5, zmq.POLLIN):
-                ident, body = self._sock.recv_multipart()
-                req = wire.decode_client(body, wire.CLIENT_REQUEST)
-                self.requests.append(req)
-                wait_s = req.get("wait_ms", 0) / 1000
-                self._parked.append((ident, req, time.monotonic() + wait_s))
-            still = []
-            for ident, req, until in self._parked:
-                out = self._answer(req, time.monotonic() >= until)
-                if out is PARK:
-                    still.append((ident, req, until))
-                elif isinstance(out, dict):
-                    for extra in self.before_reply(req) if self.before_reply else []:
-                        self._send(ident, extra)
-                    self._send(ident, {**out, "id": req["id"]})
-            self._parked = still
-
-    def _send(self, ident: bytes, reply: Reply) -> None:
-        self._sock.send_multipart([ident, wire.encode_client(wire.CLIENT_REPLY, reply)])
-
-    def _answer(self, req: Reply, expired: bool) -> Reply | None | object:
-        hook = self.override.get(req["op"])
-        if hook is not None:
-            return hook(req, expired)
-        handler: Override = getattr(self, "_op_" + req["op"])
-        return handler(req, expired)
-
-    # -- the protocol, from the real machine -----------------------------------------------
-
-    def _op_write(self, req: Reply, expired: bool) -> Reply:
-        self._index += 1
-        return {"ok": True, "result": self.m.apply(self._index, decode_request(req["req"])).to_wire()}
-
-    def _op_keepalive(self, req: Reply, expired: bool) -> Reply:
-        return {"ok": True, "known": req["session_id"] in self.m.sessions()}
-
-    def _op_get(self, req: Reply, expired: bool) -> Reply:
-        kv = self.m.get(req["key"])
-        return {"ok": True, "revision": self.m.revision,
-                "kv": None if kv is None else [kv.key, kv.value, kv.revision,
-                                               kv.create_revision, kv.version]}
-
-    def _op_list(self, req: Reply, expired: bool) -> Reply:
-        return {"ok": True, "revision": self.m.revision,
-                "kvs": [[kv.key, kv.value, kv.revision, kv.create_revision, kv.version]
-                        for kv in self.m.list(req["prefix"])]}
-
-    def _op_history(self, req: Reply, expired: bool) -> Reply:
-        return {"ok": True, "revision": self.m.revision,
-                "events": [[e.type, e.key, e.value, e.revision] for e in self.m.history(req["key"])]}
-
-    def _op_watch(self, req: Reply, expired: bool) -> Reply | object:
-        try:
-            prefix = tuple(req["prefixes"]) if req.get("prefixes") else req["prefix"]
-            evs = self.m.events_since(prefix, req["after"], req["limit"])
-        except machine.Compacted as e:
-            return {"ok": False, "error": "compacted", "message": str(e),
-                    "oldest": e.oldest_available_revision}
-        if not evs and not expired:
-            return PARK
-        return {"ok": True, "revision": self.m.revision,
-                "events": [[e.type, e.key, e.value, e.revision] for e in evs]}
-
-    def _op_lock_wait(self, req: Reply, expired: bool) -> Reply | object:
-        owner = self.m.lock_owner(req["name"])
-        if owner is not None and owner[0] == req["session_id"]:
-            return {"ok": True, "state": "held", "token": owner[1]}
-        if self.m.waiting(req["name"], req["session_id"]):
-            return {"ok": True, "state": "waiting", "token": 0} if expired else PARK
-        return {"ok": True, "state": "none", "token": 0}
-
-    def _op_locks(self, req: Reply, expired: bool) -> Reply:
-        return {"ok": True, "locks": [[i.name, i.holder_session, i.token, i.granted_index,
-                                       list(i.waiters), 5000, 10000] for i in self.m.locks()]}
-
-    def _op_status(self, req: Reply, expired: bool) -> Reply:
-        return {"ok": True, "status": {
-            "id": self.id, "address": self.address, "role": self.role, "leader": "n1",
-            "ballot": [3, "n1"], "commit_index": 40, "applied_index": 37 if self.role != "leader" else 40,
-            "db_bytes": 4096, "uptime_s": 1.5, "sessions": self.m.session_count,
-            "locks_held": self.m.locks_held, "keys": self.m.key_count, "revision": self.m.revision,
-            "bad_frames": 0, "fsync_p99_ms": 1.0, "last_leader_contact_ms": 3}}
 
 
 @pytest.fixture
-def nodes() -> Iterator[Callable[..., FakeNode]]:
-    made: list[FakeNode] = []
+def node() -> Iterator[LocalNode]:
+    n = LocalNode()
+    yield n
+    n.stop()
 
-    def make(*args: Any, **kw: Any) -> FakeNode:
-        made.append(FakeNode(*args, **kw))
-        return made[-1]
 
-    yield make
-    for n in made:
-        n.stop()
+@pytest.fixture
+def net(node: LocalNode) -> Faults:
+    """A, B and C all reach ``node``; nothing is scripted yet."""
+    return Faults(LocalTransport({A: node, B: node, C: node}))
 
 
 @pytest.fixture(autouse=True)
@@ -180,117 +66,106 @@ def quick_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_client, "ATTEMPT_S", 0.2)
 
 
-def dead_endpoint() -> str:
-    """A loopback port nobody listens on."""
-    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as s:
-        s.setsockopt(zmq.LINGER, 0)
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-    return f"tcp://127.0.0.1:{port}"
+def client(net: Faults, *endpoints: str, timeout: float = 2.0) -> Client:
+    return Client(list(endpoints or [A]), timeout=timeout, transport=net)
 
 
-def drop_first(n: int, inner: Override) -> Override:
-    """Apply the request but send no reply, the first ``n`` times."""
-    left = [n]
-
-    def hook(req: Reply, expired: bool) -> Reply | None | object:
-        out = inner(req, expired)
-        if left[0] > 0:
-            left[0] -= 1
-            return None
-        return out
-    return hook
-
-
-def answer_with(reply: Reply) -> Override:
-    return lambda req, expired: reply
+def not_leader(address: str | None) -> Reply:
+    return {"ok": False, "error": "not_leader", "message": "ask elsewhere",
+            "leader": None if address is None else "n1", "leader_address": address}
 
 
 # -- retries and leader discovery -------------------------------------------------------------
 
 def test_write_retried_after_a_dropped_reply_resends_identical_bytes_and_applies_once(
-        nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    n.override["write"] = drop_first(1, n._op_write)
-    with Client([n.address], timeout=2.0) as c:
+        node: LocalNode, net: Faults) -> None:
+    net.on(A, "write", drop_replies(1))
+    with client(net) as c:
         assert c.put("k", "v") == 1
-    writes = n.ops("write")
+    writes = node.ops("write")
     assert len(writes) == 2
     assert writes[0]["req"] == writes[1]["req"]          # same client_id, seq, command
     assert writes[0]["id"] != writes[1]["id"]            # but a fresh id per attempt
     r = decode_request(writes[0]["req"])
     assert r.client_id == c.client_id and r.seq == 1 and r.first_unacked == 1
-    assert n.m.revision == 1                             # applied once
+    assert node.machine.revision == 1                    # applied once
 
 
-def test_not_leader_with_leader_address_is_followed(nodes: Callable[..., FakeNode]) -> None:
-    leader = nodes()
-    follower = nodes(leader.m, "n2", "follower")
-    follower.override["write"] = lambda req, exp: {
-        "ok": False, "error": "not_leader", "leader": "n1", "leader_address": leader.address,
-        "message": "ask n1"}
-    with Client([follower.address], timeout=2.0) as c:  # the leader is not even listed
+def test_not_leader_with_leader_address_is_followed(net: Faults) -> None:
+    net.on(B, "write", answer(not_leader(A)))
+    with client(net, B) as c:                  # the leader is not even listed
         assert c.put("k", b"v") == 1
-        assert c.leader == leader.address
+        assert c.leader == A
         c.put("k", b"w")
-    assert len(follower.ops("write")) == 1              # the leader is remembered
-    assert len(leader.ops("write")) == 2
+    assert len(net.sent(B, "write")) == 1      # the leader is remembered
+    assert len(net.sent(A, "write")) == 2
 
 
-def test_not_leader_without_address_tries_the_next_endpoint(nodes: Callable[..., FakeNode]) -> None:
-    follower = nodes(role="follower")
-    leader = nodes(follower.m, "n2")
-    follower.override["get"] = lambda req, exp: {"ok": False, "error": "not_leader",
-                                                 "leader": None, "leader_address": None}
-    with Client([follower.address, leader.address], timeout=2.0) as c:
+def test_not_leader_without_address_tries_the_next_endpoint(net: Faults) -> None:
+    net.on(A, "get", answer(not_leader(None)))
+    with client(net, A, B) as c:
         assert c.get("nope") is None
-    assert len(leader.ops("get")) == 1
+    assert len(net.sent(B, "get")) == 1
 
 
-def test_reply_with_a_stale_id_is_dropped(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    n.before_reply = lambda req: [{"id": req["id"] + 1000, "ok": True,
-                                   "kv": ["k", b"stale", 99, 99, 1], "revision": 99}]
-    with Client([n.address], timeout=2.0) as c:
-        c.put("k", "fresh")
-        e = c.get("k")
-    assert e is not None and e.value == b"fresh" and e.revision == 1
+def test_zmq_transport_drops_a_reply_with_a_stale_id() -> None:
+    # The id check lives in the ZeroMQ transport, so the peer here is a bare ROUTER that
+    # answers a leftover (another id) before the real reply.
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+
+    def peer() -> None:
+        ident, body = router.recv_multipart()
+        rid = wire.decode_client(body, wire.CLIENT_REQUEST)["id"]
+        for reply in ({"id": rid + 1000, "ok": True, "stale": True}, {"id": rid, "ok": True}):
+            router.send_multipart([ident, wire.encode_client(wire.CLIENT_REPLY, reply)])
+
+    t = threading.Thread(target=peer)
+    t.start()
+    transport = Transport()
+    try:
+        now = time.monotonic()
+        reply = transport.request(endpoint, {"op": "status"}, now + 2.0, now + 2.0)
+        assert reply is not None and "stale" not in reply
+    finally:
+        t.join()
+        transport.close()
+        router.close()
+        ctx.term()
 
 
-def test_silent_node_is_skipped_for_a_live_one(nodes: Callable[..., FakeNode]) -> None:
-    paused = nodes()
-    live = nodes(paused.m, "n2")
-    paused.override["get"] = lambda req, exp: None  # SIGSTOPped: never answers
-    with Client([paused.address, live.address], timeout=2.0) as c:
+def test_silent_node_is_skipped_for_a_live_one(net: Faults) -> None:
+    net.on(A, "get", silent())                 # SIGSTOPped: never answers
+    with client(net, A, B) as c:
         t0 = time.monotonic()
         assert c.get("k") is None
         assert time.monotonic() - t0 < 1.0
 
 
-def test_no_reachable_node_raises_unavailable_within_the_timeout(
-        nodes: Callable[..., FakeNode]) -> None:
-    silent = nodes()
-    silent.override["write"] = lambda req, exp: None
-    with Client([dead_endpoint(), silent.address], timeout=0.5) as c:
+def test_no_reachable_node_raises_unavailable_within_the_timeout(net: Faults) -> None:
+    net.on(A, "write", silent())
+    with client(net, DEAD, A, timeout=0.5) as c:
         t0 = time.monotonic()
         with pytest.raises(Unavailable):
             c.put("k", "v")
         assert time.monotonic() - t0 < 0.5 + 0.3
 
 
-def test_busy_and_unavailable_are_retried(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    answers = iter([{"ok": False, "error": "busy"}, {"ok": False, "error": "unavailable"}])
-    n.override["write"] = lambda req, exp: next(answers, None) or n._op_write(req, exp)
-    with Client([n.address], timeout=2.0) as c:
+def test_busy_and_unavailable_are_retried(net: Faults) -> None:
+    net.on(A, "write", first({"ok": False, "error": "busy", "message": "full"},
+                             {"ok": False, "error": "unavailable", "message": "lost"}))
+    with client(net) as c:
         assert c.put("k", "v") == 1
-    assert len({w["req"] for w in n.ops("write")}) == 1
+    assert len(net.sent(A, "write")) == 3
+    assert len({w["req"] for w in net.sent(A, "write")}) == 1
 
 
 # -- results and limits -------------------------------------------------------------------------
 
-def test_result_codes_map_to_exceptions(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_result_codes_map_to_exceptions(net: Faults) -> None:
+    with client(net) as c:
         rev = c.put("k", "v", if_revision=0)
         with pytest.raises(CompareFailed) as cf:
             c.put("k", "w", if_revision=0)
@@ -300,18 +175,42 @@ def test_result_codes_map_to_exceptions(nodes: Callable[..., FakeNode]) -> None:
         assert c.delete("k") is False
         for code, exc in [("invalid", InvalidRequest), ("limit", InvalidRequest),
                           ("stale_request", Unavailable), ("fence_rejected", FenceRejected)]:
-            n.override["write"] = answer_with(
-                {"ok": True, "result": [code, 0, {"message": f"server says {code}"}]})
+            net.on(A, "write", answer({"ok": True, "result": [code, 0, {"message": f"server says {code}"}]}))
             with pytest.raises(exc, match=f"server says {code}"):
                 c.put("k", "v")
-        n.override["get"] = lambda req, exp: {"ok": False, "error": "bad_request", "message": "huh"}
+        net.on(A, "get", answer({"ok": False, "error": "bad_request", "message": "huh"}))
         with pytest.raises(InvalidRequest, match="huh"):
             c.get("k")
 
 
-def test_limits_are_checked_before_sending(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_a_malformed_reply_is_a_coord_error_not_a_crash(net: Faults) -> None:
+    with client(net) as c:
+        for reply in [{"ok": True, "kv": ["k", "not bytes", 1, 1, 1], "revision": 1},
+                      {"ok": True, "kv": None},
+                      {"ok": False, "error": ["not", "a", "code"]}]:
+            net.on(A, "get", answer(reply))
+            with pytest.raises(CoordError, match="malformed reply"):
+                c.get("k")
+        net.on(A, "get", answer({"ok": False, "error": "from_the_future", "message": "new"}))
+        with pytest.raises(CoordError, match="from_the_future"):
+            c.get("k")
+
+
+def test_a_refused_request_is_answered_bad_request_by_the_node(node: LocalNode) -> None:
+    transport = LocalTransport({A: node})
+    now = time.monotonic()
+    for payload, why in [({"op": "get"}, "missing field 'key'"),
+                         ({"op": "get", "key": 5}, "must be str"),
+                         ({"op": "watch", "after": -1}, "after must be >= 0"),
+                         ({"op": "nope"}, "unknown op")]:
+        reply = transport.request(A, payload, now + 2.0, now + 2.0)
+        assert reply is not None and reply["ok"] is False and reply["error"] == "bad_request"
+        assert why in reply["message"]
+    assert node.status()["bad_frames"] == 4
+
+
+def test_limits_are_checked_before_sending(net: Faults) -> None:
+    with client(net) as c:
         for key in ["", "a\x00b", "é" * 257]:
             with pytest.raises(InvalidRequest):
                 c.put(key, "v")
@@ -328,12 +227,49 @@ def test_limits_are_checked_before_sending(nodes: Callable[..., FakeNode]) -> No
         with pytest.raises(InvalidRequest):
             c.watch("p", start_revision=-2)
         c.put("k" * 512, b"x" * 1_048_576)  # exactly at both limits: fine
-    assert len(n.requests) == 1
+    assert len(net.sent()) == 1
 
 
-def test_reads_return_entries_and_events(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+@pytest.mark.parametrize("call", [
+    lambda c: c.put(5, "v"), lambda c: c.put("k", 5), lambda c: c.put("k", "\udc80"),
+    lambda c: c.put("k", "v", if_revision="3"), lambda c: c.put("k", "v", fence="lock"),
+    lambda c: c.get(None), lambda c: c.list(3), lambda c: c.watch("p", start_revision="1"),
+    lambda c: c.acquire("l", ttl="5"), lambda c: c.acquire("l", ttl=math.nan),
+    lambda c: c.acquire("l", ttl=math.inf), lambda c: c.acquire("l", timeout="5"),
+    lambda c: c.acquire("l", timeout=-1), lambda c: c.acquire("l", timeout=math.nan),
+])
+def test_bad_arguments_raise_invalid_request_and_send_nothing(net: Faults, call: Any) -> None:
+    with client(net) as c:
+        with pytest.raises(InvalidRequest):
+            call(c)
+    assert net.sent() == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"endpoints": "tcp://127.0.0.1:1"}, {"endpoints": []}, {"endpoints": [5]},
+    {"endpoints": ["udp://127.0.0.1:1"]}, {"endpoints": ["tcp://127.0.0.1:99999"]},
+    {"endpoints": 7}, {"timeout": "5"}, {"timeout": math.nan}, {"timeout": math.inf},
+    {"timeout": -1.0}, {"timeout": 0}, {"timeout": True},
+])
+def test_client_construction_refuses_bad_arguments_with_invalid_request(
+        kwargs: dict[str, Any], net: Faults) -> None:
+    with pytest.raises(InvalidRequest):
+        Client(**{"endpoints": [A], **kwargs}, transport=net)
+
+
+def test_client_without_a_cluster_to_find_raises_invalid_request(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, net: Faults) -> None:
+    monkeypatch.delenv("COORD_CLUSTER", raising=False)
+    monkeypatch.delenv("COORD_ENDPOINTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidRequest, match="no cluster given"):
+        Client(transport=net)
+    with pytest.raises(InvalidRequest, match="not found"):
+        Client.from_cluster_file(tmp_path / "missing.toml")
+
+
+def test_reads_return_entries_and_events(net: Faults) -> None:
+    with client(net) as c:
         c.put("app/b", "2")
         c.put("app/a", "1")
         c.put("other", "x")
@@ -343,13 +279,12 @@ def test_reads_return_entries_and_events(nodes: Callable[..., FakeNode]) -> None
         assert c.history("app/b") == [Event("put", "app/b", b"2", 1), Event("delete", "app/b", b"", 4)]
         assert c.get("other", stale=True) == coordsvc.Entry("other", b"x", 3)
         assert c.revision() == 4
-    assert [r["stale"] for r in n.ops("get")] == [True, False]
+    assert [r["stale"] for r in net.sent(op="get")] == [True, False]
 
 
-def test_many_threads_share_one_client(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
+def test_many_threads_share_one_client(node: LocalNode, net: Faults) -> None:
     revs: list[int] = []
-    with Client([n.address], timeout=2.0) as c:
+    with client(net) as c:
         def work(t: int) -> None:
             for i in range(10):
                 revs.append(c.put(f"t{t}/{i}", "v"))
@@ -359,18 +294,17 @@ def test_many_threads_share_one_client(nodes: Callable[..., FakeNode]) -> None:
         for t in threads:
             t.join()
     assert sorted(revs) == list(range(1, 81))
-    for w in n.ops("write"):
+    for w in node.ops("write"):
         r = decode_request(w["req"])
         assert r.first_unacked <= r.seq
 
 
 def test_client_finds_endpoints_from_the_environment(
-        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
-    n = nodes()
+        net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("COORD_CLUSTER", raising=False)
-    monkeypatch.setenv("COORD_ENDPOINTS", n.address)
-    with Client() as c:
-        assert c.endpoints == [n.address]
+    monkeypatch.setenv("COORD_ENDPOINTS", B)
+    with Client(transport=net) as c:
+        assert c.endpoints == [B]
         assert c.get("k") is None
     with pytest.raises(CoordError, match="closed"):
         c.get("k")
@@ -385,9 +319,8 @@ def test_exceptions_are_exported_and_share_a_base() -> None:
 
 # -- watches --------------------------------------------------------------------------------------
 
-def test_watch_delivers_from_start_revision_inclusive(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_watch_delivers_from_start_revision_inclusive(net: Faults) -> None:
+    with client(net) as c:
         for i in range(1, 5):
             c.put(f"app/{i}", str(i))
         c.put("zzz", "other")
@@ -400,9 +333,8 @@ def test_watch_delivers_from_start_revision_inclusive(nodes: Callable[..., FakeN
             assert ev == Event("put", "app/5", b"5", 6)
 
 
-def test_watch_without_start_revision_sees_only_new_events(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_watch_without_start_revision_sees_only_new_events(net: Faults) -> None:
+    with client(net) as c:
         c.put("app/old", "1")
         w = c.watch("app/")
         c.put("app/new", "2")
@@ -413,42 +345,40 @@ def test_watch_without_start_revision_sees_only_new_events(nodes: Callable[..., 
 
 
 def test_watch_orders_and_dedupes_and_resumes_after_the_last_delivered_revision(
-        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+        net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_watch, "WATCH_WAIT_S", 0.2)   # how long a silent node may park us
-    a = nodes()
-    b = nodes(a.m, "n2")
 
     def ev(r: int) -> list[object]:
         return ["put", f"p/{r}", b"v", r]
     batches = iter([[ev(3), ev(1), ev(2), ev(2)], [ev(2), ev(3), ev(4)]])
-    def batch(req: Reply, exp: bool) -> Reply:
-        evs = next(batches)
+
+    def batch(req: Reply, forward: object) -> Reply | None:
+        evs = next(batches, None)
+        if evs is None:
+            return None      # node A goes silent once it has said its piece
         return {"ok": True, "revision": max(e[3] for e in evs), "events": evs}  # type: ignore[type-var]
-    a.override["watch"] = batch
-    with Client([a.address, b.address], timeout=2.0) as c:
+    net.on(A, "watch", batch)
+    with client(net, A, B) as c:
         w = c.watch("p/", start_revision=1)
         assert [w.next(1.0) for _ in range(4)] == [
             Event("put", f"p/{r}", b"v", r) for r in (1, 2, 3, 4)]
-        # node a goes silent: the watch moves to b, asking for events after revision 4
-        a.override["watch"] = lambda req, exp: None
-        b.override["watch"] = lambda req, exp: {"ok": True, "revision": 5,
-                                                "events": [ev(4), ev(5)]}
-        # a silent long poll looks like a parked one, so a is dropped after wait + attempt
+        # node A goes silent: the watch moves to B, asking for events after revision 4
+        net.on(B, "watch", answer({"ok": True, "revision": 5, "events": [ev(4), ev(5)]}))
+        # a silent long poll looks like a parked one, so A is dropped after wait + attempt
         assert w.next(2.0) == Event("put", "p/5", b"v", 5)
-    assert [r["after"] for r in a.ops("watch")][:2] == [0, 3]
-    assert b.ops("watch")[0]["after"] == 4
+    assert [r["after"] for r in net.sent(A, "watch")][:2] == [0, 3]
+    assert net.sent(B, "watch")[0]["after"] == 4
 
 
-def test_watches_of_one_client_share_one_long_poll(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    c = Client([n.address], timeout=2.0)
+def test_watches_of_one_client_share_one_long_poll(net: Faults) -> None:
+    c = client(net)
     watches = [c.watch(f"w{i}/", start_revision=1) for i in range(10)]
     for i in range(10):
         c.put(f"w{i}/k", str(i))
     for i, w in enumerate(watches):
         assert w.next(2.0) == Event("put", f"w{i}/k", str(i).encode(), i + 1)
         assert w.next(0) is None                       # nobody else's events
-    polls = n.ops("watch")
+    polls = net.sent(op="watch")
     assert polls[-1]["prefixes"] == [f"w{i}/" for i in range(10)]
     assert len(polls) < 10 * 10                        # not one poll per watch per event
     watches[0].close()
@@ -459,11 +389,10 @@ def test_watches_of_one_client_share_one_long_poll(nodes: Callable[..., FakeNode
 
 
 def test_a_slow_watch_reader_bounds_its_buffer_and_still_gets_every_event(
-        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+        net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_watch, "WATCH_LIMIT", 2)
     monkeypatch.setattr(_watch, "BUFFER_MAX", 4)
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+    with client(net) as c:
         for i in range(10):
             c.put(f"s/{i}", "v")
         w = c.watch("s/", start_revision=1)
@@ -475,9 +404,8 @@ def test_a_slow_watch_reader_bounds_its_buffer_and_still_gets_every_event(
         assert [w.next(2.0).key for _ in range(10)] == [f"s/{i}" for i in range(10)]  # type: ignore[union-attr]
 
 
-def test_a_dropped_watch_is_no_longer_polled_for(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_a_dropped_watch_is_no_longer_polled_for(net: Faults) -> None:
+    with client(net) as c:
         w = c.watch("d/", start_revision=1)
         hub = c._hub
         assert hub is not None and len(hub._watches) == 1
@@ -487,10 +415,9 @@ def test_a_dropped_watch_is_no_longer_polled_for(nodes: Callable[..., FakeNode])
 
 
 def test_watch_raises_compacted_with_the_oldest_revision(
-        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+        net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(machine, "WINDOW_EVENTS", 3)
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+    with client(net) as c:
         for i in range(6):
             c.put("p/k", str(i))
         with pytest.raises(Compacted) as e:
@@ -502,62 +429,82 @@ def test_watch_raises_compacted_with_the_oldest_revision(
 
 # -- locks ----------------------------------------------------------------------------------------
 
-def test_lock_grants_tokens_and_try_lock_times_out(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_lock_grants_tokens_and_try_lock_times_out(node: LocalNode, net: Faults) -> None:
+    with client(net) as c:
         with c.lock("deploy", ttl=5.0, timeout=1.0) as lk:
             assert lk.token >= 1 and lk.held and not lk.lost
             assert lk.valid_until > time.monotonic()
+            assert lk.ttl == lk.ttl_s == 5.0
             with pytest.raises(LockTimeout):
                 c.acquire("deploy", ttl=5.0, timeout=0)
-            assert n.m.session_count == 1                 # the failed try closed its session
+            assert node.machine.session_count == 1        # the failed try closed its session
             assert [(i.name, i.token) for i in c.locks()] == [("deploy", lk.token)]
-        assert lk.released and n.m.locks_held == 0 and n.m.session_count == 0
+        assert lk.released and node.machine.locks_held == 0 and node.machine.session_count == 0
         lk.release()                                      # idempotent
         lk2 = c.acquire("deploy", ttl=5.0, timeout=0)
         assert lk2.token > lk.token
         lk2.release()
 
 
-def test_waiter_is_granted_when_the_holder_releases(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
-        first = c.acquire("q", ttl=5.0)
-        releaser = threading.Timer(0.2, first.release)
-        releaser.start()
-        second = c.acquire("q", ttl=5.0, timeout=1.5)
-        releaser.join()
-        assert second.token > first.token
-        assert n.ops("lock_wait")
-        second.release()
-
-
-def test_lock_timeout_cancels_and_holds_nothing(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_lock_list_reports_holder_ttl_age_and_waiters(net: Faults) -> None:
+    with client(net) as c:
         holder = c.acquire("q", ttl=5.0)
-        with pytest.raises(LockTimeout):
-            c.acquire("q", ttl=5.0, timeout=0.3)
-        assert n.m.session_count == 1 and n.m.locks()[0].waiters == ()
+        outcome: list[BaseException] = []
+
+        def wait_in_line() -> None:
+            try:
+                c.acquire("q", ttl=5.0, timeout=0.5)
+            except LockTimeout as e:
+                outcome.append(e)
+        waiting = threading.Thread(target=wait_in_line)
+        waiting.start()
+        deadline = time.monotonic() + 2.0
+        while not (infos := c.locks()) or not infos[0].waiters:
+            assert time.monotonic() < deadline, "the waiter never queued"
+        (info,) = infos
+        assert (info.name, info.holder_session, info.token) == ("q", holder.session_id, holder.token)
+        assert info.ttl_left_s is not None and 0 < info.ttl_left_s <= 5.0
+        assert info.age_s is not None and info.age_s >= 0
+        assert len(info.waits_s) == 1 and info.waits_s[0] is not None
+        waiting.join()
+        assert len(outcome) == 1
         holder.release()
 
 
-def test_on_lost_fires_when_the_session_is_forgotten(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
+def test_waiter_is_granted_when_the_holder_releases(net: Faults) -> None:
+    with client(net) as c:
+        first_lock = c.acquire("q", ttl=5.0)
+        releaser = threading.Timer(0.2, first_lock.release)
+        releaser.start()
+        second = c.acquire("q", ttl=5.0, timeout=1.5)
+        releaser.join()
+        assert second.token > first_lock.token
+        assert net.sent(op="lock_wait")
+        second.release()
+
+
+def test_lock_timeout_cancels_and_holds_nothing(node: LocalNode, net: Faults) -> None:
+    with client(net) as c:
+        holder = c.acquire("q", ttl=5.0)
+        with pytest.raises(LockTimeout):
+            c.acquire("q", ttl=5.0, timeout=0.3)
+        assert node.machine.session_count == 1 and node.machine.locks()[0].waiters == ()
+        holder.release()
+
+
+def test_on_lost_fires_when_the_session_is_forgotten(net: Faults) -> None:
     fired = threading.Event()
-    with Client([n.address], timeout=2.0) as c:
+    with client(net) as c:
         lk = c.acquire("l", ttl=1.0, on_lost=lambda lock: fired.set())
-        n.override["keepalive"] = lambda req, exp: {"ok": True, "known": False}
+        net.on(A, "keepalive", answer({"ok": True, "known": False}))
         assert fired.wait(1.0) and lk.lost and not lk.held
         lk.release()
 
 
-def test_on_lost_fires_before_the_ttl_when_keepalives_go_unanswered(
-        nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
+def test_on_lost_fires_before_the_ttl_when_keepalives_go_unanswered(net: Faults) -> None:
     fired: list[float] = []
-    with Client([n.address], timeout=2.0) as c:
-        n.override["keepalive"] = lambda req, exp: None
+    with client(net) as c:
+        net.on(A, "keepalive", silent())
         t0 = time.monotonic()
         lk = c.acquire("l", ttl=1.0, on_lost=lambda lock: fired.append(time.monotonic()))
         deadline = t0 + 1.0
@@ -568,34 +515,30 @@ def test_on_lost_fires_before_the_ttl_when_keepalives_go_unanswered(
         assert fired[0] <= lk.valid_until - _lock.LOST_MARGIN_MIN_S + 0.05
 
 
-def test_keepalive_extends_valid_until(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_keepalive_extends_valid_until(net: Faults) -> None:
+    with client(net) as c:
         lk = c.acquire("l", ttl=1.0)
-        first = lk.valid_until
+        first_valid = lk.valid_until
         deadline = time.monotonic() + 2.0      # the first keepalive is due after ttl / 3
-        while lk.valid_until <= first:
+        while lk.valid_until <= first_valid:
             assert time.monotonic() < deadline, "valid_until never moved"
             time.sleep(0.01)
-        assert lk.held and n.ops("keepalive")
+        assert lk.held and net.sent(op="keepalive")
         lk.release()
 
 
-def test_a_lock_released_before_its_first_keepalive_never_starts_a_thread(
-        nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-
+def test_a_lock_released_before_its_first_keepalive_never_starts_a_thread(net: Faults) -> None:
     def keepalive_threads() -> list[str]:
         return [t.name for t in threading.enumerate()
                 if t.name.startswith("coordsvc-keepalive-") and "starter" not in t.name]
 
-    with Client([n.address], timeout=2.0) as c:
+    with client(net) as c:
         for _ in range(20):
             c.acquire("short", ttl=30.0).release()     # first keepalive due after 10 s
-        assert keepalive_threads() == [] and not n.ops("keepalive")
+        assert keepalive_threads() == [] and not net.sent(op="keepalive")
         lk = c.acquire("long", ttl=1.0)                  # due after 0.33 s
         deadline = time.monotonic() + 2.0
-        while not n.ops("keepalive"):
+        while not net.sent(op="keepalive"):
             assert time.monotonic() < deadline, "no keepalive was sent"
             time.sleep(0.01)
         assert keepalive_threads() == [f"coordsvc-keepalive-{lk.session_id}"]
@@ -604,10 +547,9 @@ def test_a_lock_released_before_its_first_keepalive_never_starts_a_thread(
 
 
 def test_released_locks_do_not_pile_up_in_the_keepalive_starter(
-        nodes: Callable[..., FakeNode], monkeypatch: pytest.MonkeyPatch) -> None:
+        net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_lock, "PURGE_MIN", 16)
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+    with client(net) as c:
         held = c.acquire("held", ttl=300.0)
         for i in range(200):
             c.acquire(f"short-{i % 3}", ttl=300.0).release()   # starts due in 100 s
@@ -617,10 +559,8 @@ def test_released_locks_do_not_pile_up_in_the_keepalive_starter(
         held.release()
 
 
-def test_put_fenced_by_a_stale_lock_is_rejected_and_writes_nothing(
-        nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    with Client([n.address], timeout=2.0) as c:
+def test_put_fenced_by_a_stale_lock_is_rejected_and_writes_nothing(net: Faults) -> None:
+    with client(net) as c:
         old = c.acquire("res", ttl=5.0)
         rev = c.put("data", "from old", fence=old)
         old.release()
@@ -632,42 +572,48 @@ def test_put_fenced_by_a_stale_lock_is_rejected_and_writes_nothing(
         new.release()
 
 
-def test_close_gives_up_held_locks(nodes: Callable[..., FakeNode]) -> None:
-    n = nodes()
-    c = Client([n.address], timeout=2.0)
+def test_close_gives_up_held_locks(node: LocalNode, net: Faults) -> None:
+    c = client(net)
     lk = c.acquire("l", ttl=5.0)
     c.close()
-    assert lk.released and n.m.session_count == 0
+    assert lk.released and node.machine.session_count == 0
     c.close()
 
 
 # -- status ---------------------------------------------------------------------------------------
 
-def test_status_marks_an_unreachable_member_with_null_fields(nodes: Callable[..., FakeNode]) -> None:
-    a = nodes(node_id="n1")
-    b = nodes(a.m, "n2", "follower")
-    dead = dead_endpoint()
+def test_status_marks_an_unreachable_member_with_null_fields(node: LocalNode, net: Faults) -> None:
+    with client(net) as c:
+        for i in range(5):
+            c.put(f"k{i}", "v")
+    leader = node.status()
+    follower = {**leader, "id": "n2", "role": "follower", "leader": "n1",
+                "applied_index": leader["commit_index"] - 3}
+    net.on(B, "status", answer({"ok": True, "status": follower}))
     cluster = Cluster("test", "cid", tuple(
-        NodeSpec(i, addr, addr, Path(i)) for i, addr in
-        [("n1", a.address), ("n2", b.address), ("n3", dead)]))
-    with Client(cluster, timeout=0.3) as c:
+        NodeSpec(i, addr, addr, Path(i)) for i, addr in [("n1", A), ("n2", B), ("n3", DEAD)]))
+    with Client(cluster, timeout=0.3, transport=net) as c:
         st = c.status()
     assert st["cluster"] == {"name": "test", "leader": "n1", "quorum": True, "members": 3,
-                             "healthy": 2, "commit_index": 40, "revision": 0, "can_lose": 0}
+                             "healthy": 2, "commit_index": leader["commit_index"],
+                             "revision": 5, "can_lose": 0, "security": "insecure"}
     n1, n2, n3 = st["nodes"]
-    assert (n1["reachable"], n1["role"], n1["lag"], n1["ballot"]) == (True, "leader", 0, [3, "n1"])
-    assert (n2["id"], n2["lag"], n2["applied_index"]) == ("n2", 3, 37)
-    assert n3["id"] == "n3" and n3["address"] == dead and n3["reachable"] is False
+    assert (n1["reachable"], n1["role"], n1["lag"], n1["ballot"]) == (True, "leader", 0, leader["ballot"])
+    assert (n2["id"], n2["lag"], n2["applied_index"]) == ("n2", 3, leader["commit_index"] - 3)
+    assert n3["id"] == "n3" and n3["address"] == DEAD and n3["reachable"] is False
     assert all(n3[k] is None for k in n3 if k not in ("id", "address", "reachable"))
     for k in ["role", "leader", "ballot", "commit_index", "applied_index", "lag", "db_bytes",
               "uptime_s", "sessions", "locks_held", "keys"]:
         assert k in n3 and k in n1
 
 
-def test_status_from_endpoints_without_a_leader(nodes: Callable[..., FakeNode]) -> None:
-    a = nodes(node_id="n1", role="follower")
-    with Client([a.address, dead_endpoint()], timeout=0.3) as c:
-        st = c.status()
+def test_status_from_endpoints_without_a_leader() -> None:
+    lone = LocalNode("n1", members=("n1", "n2", "n3"))    # its peers never answer
+    try:
+        with Client([A, DEAD], timeout=0.3, transport=LocalTransport({A: lone})) as c:
+            st = c.status()
+    finally:
+        lone.stop()
     assert st["cluster"]["leader"] is None and st["cluster"]["quorum"] is False
     assert st["nodes"][0]["id"] == "n1" and st["nodes"][0]["lag"] is None
     assert st["nodes"][1]["id"] is None and st["nodes"][1]["reachable"] is False

@@ -20,7 +20,8 @@ from coordsvc.core.commands import (
     Release,
     Request,
 )
-from coordsvc.core.machine import KV, Compacted, Event, Grant, LockInfo, Machine, Result, SessionInfo
+from coordsvc.core.machine import Grant, HeldLock, Machine, RevisionCompacted, SessionInfo
+from coordsvc.core.protocol import Change, KeyValue, Result, ResultCode
 from coordsvc.core.types import ProtocolError, UsageError
 
 
@@ -64,17 +65,17 @@ def test_put_tracks_create_revision_and_version(c: Client) -> None:
     c.do(Put("a", b"1"))
     c.do(Put("b", b"x"))
     c.do(Put("a", b"2"))
-    assert c.m.get("a") == KV("a", b"2", 3, 1, 2)
+    assert c.m.get("a") == KeyValue("a", b"2", 3, 1, 2)
     c.do(Delete("a"))
     c.do(Put("a", b"3"))
-    assert c.m.get("a") == KV("a", b"3", 5, 5, 1)
+    assert c.m.get("a") == KeyValue("a", b"3", 5, 5, 1)
 
 
 def test_put_with_if_revision_zero_requires_the_key_to_be_absent(c: Client) -> None:
     assert c.do(Put("a", b"1", 0)).code == "ok"
     r = c.do(Put("a", b"2", 0))
     assert r.code == "compare_failed" and r.data["current_revision"] == 1
-    assert c.m.get("a") == KV("a", b"1", 1, 1, 1)
+    assert c.m.get("a") == KeyValue("a", b"1", 1, 1, 1)
 
 
 def test_cas_with_stale_revision_writes_nothing(c: Client) -> None:
@@ -82,7 +83,7 @@ def test_cas_with_stale_revision_writes_nothing(c: Client) -> None:
     c.do(Put("a", b"2"))
     r = c.do(Put("a", b"3", if_revision=1))
     assert r.code == "compare_failed" and r.revision == 2
-    assert c.m.get("a") == KV("a", b"2", 2, 1, 2)
+    assert c.m.get("a") == KeyValue("a", b"2", 2, 1, 2)
     assert len(c.m.history("a")) == 2
 
 
@@ -109,7 +110,7 @@ def test_delete_bumps_the_revision_and_records_a_delete_event(c: Client) -> None
     c.do(Put("a", b"1"))
     assert c.do(Delete("a", if_revision=1)) == Result("ok", 2, {"deleted": True, "revision": 2})
     assert c.m.get("a") is None
-    assert c.m.history("a") == [Event("put", "a", b"1", 1), Event("delete", "a", b"", 2)]
+    assert c.m.history("a") == [Change("put", "a", b"1", 1), Change("delete", "a", b"", 2)]
 
 
 def test_fenced_write_with_the_current_token_is_applied(c: Client) -> None:
@@ -187,7 +188,7 @@ def test_events_since_raises_compacted_exactly_when_a_needed_event_was_dropped(
         c.do(Put("k", bytes([i])))
     assert c.m.first_revision_in_window == 4
     assert [e.revision for e in c.m.events_since("", 3, 10)] == [4, 5, 6, 7, 8]
-    with pytest.raises(Compacted) as exc:
+    with pytest.raises(RevisionCompacted) as exc:
         c.m.events_since("", 2, 10)
     assert exc.value.oldest_available_revision == 4
 
@@ -197,7 +198,7 @@ def test_event_window_is_also_bounded_by_value_bytes(c: Client, monkeypatch: pyt
     for i in range(5):
         c.do(Put(f"k{i}", b"x" * 10))
     assert c.m.first_revision_in_window == 4
-    with pytest.raises(Compacted):
+    with pytest.raises(RevisionCompacted):
         c.m.events_since("", 0, 10)
 
 
@@ -207,7 +208,7 @@ def test_a_retried_seq_returns_the_cached_result_without_reapplying() -> None:
     m = Machine()
     first = m.apply(1, Request("c", 1, 1, Put("k", b"v")))
     again = m.apply(2, Request("c", 1, 1, Put("k", b"other")))
-    assert again == first and m.revision == 1 and m.get("k") == KV("k", b"v", 1, 1, 1)
+    assert again == first and m.revision == 1 and m.get("k") == KeyValue("k", b"v", 1, 1, 1)
 
 
 def test_concurrent_seqs_applied_out_of_order_are_each_applied_once() -> None:
@@ -338,7 +339,7 @@ def test_acquiring_a_free_lock_grants_the_next_token(c: Client) -> None:
     a = c.session()
     assert c.do(Acquire("x", a, False)) == Result("ok", 0, {"token": 1})
     assert c.do(Acquire("y", a, True)).data == {"token": 2}
-    assert c.m.locks() == [LockInfo("x", a, 1, 2, ()), LockInfo("y", a, 2, 3, ())]
+    assert c.m.locks() == [HeldLock("x", a, 1, 2, ()), HeldLock("y", a, 2, 3, ())]
 
 
 def test_acquire_with_an_unknown_session_is_no_session(c: Client) -> None:
@@ -604,7 +605,7 @@ _any_cmds: st.SearchStrategy[Command] = st.one_of(
 def test_apply_never_raises_on_a_well_typed_request(reqs: list[Request]) -> None:
     m = Machine()
     for i, r in enumerate(reqs, 1):
-        assert m.apply(i, r).code in machine_mod.CODES
+        assert m.apply(i, r).code in set(ResultCode)
     assert Machine.restore(m.snapshot()).snapshot() == m.snapshot()
 
 

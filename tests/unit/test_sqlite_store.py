@@ -9,18 +9,22 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coordsvc.core.commands import Put, Request
+from coordsvc.core.machine import Machine
 from coordsvc.core.types import (
     ZERO_BALLOT,
     Ballot,
     Durable,
-    Entry,
+    LogEntry,
     Persist,
+    ProtocolError,
     SafetyViolation,
     Snapshot,
     UsageError,
@@ -38,8 +42,19 @@ def fresh(path: Path, cluster: str = CLUSTER, node: str = "n1") -> SqliteStore:
     return SqliteStore.open(path, cluster, node)
 
 
-def entry(slot: int, rnd: int = 1, node: str = "n1", *cmds: bytes) -> Entry:
-    return Entry(slot, Ballot(rnd, node), tuple(cmds) or (f"cmd{slot}".encode(),))
+def entry(slot: int, rnd: int = 1, node: str = "n1", *cmds: bytes) -> LogEntry:
+    return LogEntry(slot, Ballot(rnd, node), tuple(cmds) or (f"cmd{slot}".encode(),))
+
+
+def machine_snapshot(keys: int) -> bytes:
+    """A real state-machine snapshot (``open`` checks that a stored one restores)."""
+    m = Machine()
+    for i in range(keys):
+        m.apply(i + 1, Request("c", i + 1, 0, Put(f"k{i}", b"v", None, None)))
+    return m.snapshot()
+
+
+SNAPS = [machine_snapshot(n) for n in range(4)]
 
 
 # ---------------------------------------------------------------- semantics
@@ -53,11 +68,11 @@ def test_fresh_store_loads_the_zero_state(tmp_path: Path) -> None:
 
 def test_every_persist_field_round_trips(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
-        snap = Snapshot(3, b"\x00state\xff" * 10)
+        snap = Snapshot(3, SNAPS[3])
         s.save(Persist(
             promised=Ballot(7, "n2"),
             high_water_round=9,
-            entries=[entry(4, 7, "n2", b"a", b"", b"\x00" * 100), Entry(5, Ballot(7, "n2"), ())],
+            entries=[entry(4, 7, "n2", b"a", b"", b"\x00" * 100), LogEntry(5, Ballot(7, "n2"), ())],
             commit_index=4,
             snapshot=snap,
         ))
@@ -66,7 +81,7 @@ def test_every_persist_field_round_trips(tmp_path: Path) -> None:
     assert d.high_water_round == 9
     assert d.commit_index == 4
     assert d.snapshot == snap
-    assert d.entries == (entry(4, 7, "n2", b"a", b"", b"\x00" * 100), Entry(5, Ballot(7, "n2"), ()))
+    assert d.entries == (entry(4, 7, "n2", b"a", b"", b"\x00" * 100), LogEntry(5, Ballot(7, "n2"), ()))
 
 
 def test_none_fields_leave_state_unchanged(tmp_path: Path) -> None:
@@ -99,9 +114,9 @@ def test_later_entry_for_a_slot_overwrites_the_earlier(tmp_path: Path) -> None:
 def test_snapshot_truncates_the_log_through_its_index(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
         s.save(Persist(entries=[entry(i) for i in range(1, 11)]))
-        s.save(Persist(snapshot=Snapshot(6, b"S6"), entries=[entry(5), entry(11)]))
+        s.save(Persist(snapshot=Snapshot(6, SNAPS[2]), entries=[entry(5), entry(11)]))
         d = s.load()
-        assert d.snapshot == Snapshot(6, b"S6")
+        assert d.snapshot == Snapshot(6, SNAPS[2])
         assert [e.slot for e in d.entries] == [7, 8, 9, 10, 11]
         # Entries at or below the snapshot are dropped in later saves too.
         s.save(Persist(entries=[entry(2), entry(12)]))
@@ -117,7 +132,7 @@ def test_reopen_after_close_keeps_everything(tmp_path: Path) -> None:
     with fresh(d) as s:
         for i in range(1, 40):
             s.save(Persist(promised=Ballot(i, "n1"), high_water_round=i, entries=[entry(i)],
-                           commit_index=i - 1, snapshot=Snapshot(i - 5, b"x") if i % 10 == 0 else None))
+                           commit_index=i - 1, snapshot=Snapshot(i - 5, SNAPS[1]) if i % 10 == 0 else None))
         want = s.load()
     init_data_dir(d, CLUSTER, "n1")  # idempotent: must not disturb anything
     with SqliteStore.open(d, CLUSTER, "n1") as s:
@@ -161,8 +176,8 @@ def test_a_failed_save_leaves_nothing_and_poisons_the_store(tmp_path: Path) -> N
         # The snapshot UPDATE and log DELETE run, then the entry insert overflows
         # SQLite's 64-bit integer: the whole transaction must roll back.
         with pytest.raises(OverflowError):
-            s.save(Persist(promised=Ballot(2, "n1"), snapshot=Snapshot(4, b"s"),
-                           entries=[entry(6, 2**70)], commit_index=5))
+            s.save(Persist(promised=Ballot(2, "n1"), snapshot=Snapshot(4, SNAPS[1]),
+                           entries=[LogEntry(2**70, Ballot(2, "n1"), (b"x",))], commit_index=5))
         assert s.load() == before
         with pytest.raises(SafetyViolation):
             s.save(Persist(commit_index=1))
@@ -173,7 +188,7 @@ def test_a_failed_save_leaves_nothing_and_poisons_the_store(tmp_path: Path) -> N
 
 def test_a_malformed_value_is_a_usage_error_that_touches_nothing(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
-        bad = Entry(1, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
+        bad = LogEntry(1, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
         with pytest.raises(UsageError):
             s.save(Persist(commit_index=3, entries=[bad]))
         assert s.load() == Durable()
@@ -199,7 +214,7 @@ def test_the_commit_index_waits_for_a_scalar_write_not_for_entries(tmp_path: Pat
 
 def test_a_failed_save_notes_no_commit_index(tmp_path: Path) -> None:
     with fresh(tmp_path / "d") as s:
-        bad = Entry(2, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
+        bad = LogEntry(2, Ballot(1, "n1"), ("not bytes",))  # type: ignore[arg-type]
         with pytest.raises(UsageError):
             s.save(Persist(commit_index=2, entries=[bad], promised=Ballot(1, "n1")))
         assert s.load().commit_index == 0
@@ -235,18 +250,20 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
         s.load()
 
 
-_nodes = st.sampled_from(["", "n1", "n2", "n3"])
-_ballots = st.builds(Ballot, st.integers(0, 2**63 - 1) | st.integers(0, 5), _nodes)
-_slots = st.integers(0, 20)
+# What a replica can produce: rounds and slots up to 2**62, a node id in every ballot
+# but the zero one, log slots from 1, snapshots of the state machine.
+_nodes = st.sampled_from(["n1", "n2", "n3"])
+_ballots = st.builds(Ballot, st.integers(1, 2**62) | st.integers(1, 5), _nodes) | st.just(ZERO_BALLOT)
+_slots = st.integers(1, 20)
 _values = st.lists(st.binary(max_size=12), max_size=3).map(tuple)
-_entries = st.builds(Entry, _slots, _ballots, _values)
+_entries = st.builds(LogEntry, _slots, _ballots, _values)
 _persists = st.builds(
     Persist,
     promised=st.none() | _ballots,
-    high_water_round=st.none() | st.integers(0, 2**63 - 1),
+    high_water_round=st.none() | st.integers(0, 2**62),
     entries=st.lists(_entries, max_size=6),
     commit_index=st.none() | _slots,
-    snapshot=st.none() | st.builds(Snapshot, _slots, st.binary(max_size=20)),
+    snapshot=st.none() | st.builds(Snapshot, _slots, st.sampled_from(SNAPS)),
 )
 
 
@@ -348,6 +365,116 @@ def test_open_refuses_a_directory_held_by_another_store(tmp_path: Path) -> None:
     SqliteStore.open(tmp_path / "d", CLUSTER, "n1").close()  # released on close
 
 
+def _tamper(d: Path, sql: str, *args: object) -> None:
+    """Change node.db behind the store's back (as a disk error or a careless edit would)."""
+    conn = sqlite3.connect(d / "node.db")
+    try:
+        conn.execute(sql, args)
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _refused_in_one_line(d: Path, *words: str) -> None:
+    with pytest.raises(DataDirError) as ei:
+        SqliteStore.open(d, CLUSTER, "n1")
+    msg = str(ei.value)
+    assert "\n" not in msg and "corrupt" in msg, msg
+    for w in words:
+        assert w in msg, msg
+    # The refused open let go of the directory: a second try gives the same reason.
+    with pytest.raises(DataDirError) as again:
+        SqliteStore.open(d, CLUSTER, "n1")
+    assert str(again.value) == msg
+
+
+@pytest.mark.parametrize("column,value,words", [
+    ("promised_round", 2**63 - 1, ["promised ballot round"]),
+    ("promised_round", -1, ["promised ballot round"]),
+    ("promised_node", "n" * 65, ["promised ballot node"]),
+    ("promised_node", "", ["promised ballot node"]),          # round 7, nobody's ballot
+    ("high_water_round", 2**62 + 1, ["high-water round"]),
+    ("commit_index", -3, ["commit index"]),
+])
+def test_open_refuses_an_acceptor_row_out_of_range(tmp_path: Path, column: str, value: object,
+                                                   words: list[str]) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(promised=Ballot(7, "n2")))
+    _tamper(d, f"UPDATE acceptor SET {column} = ? WHERE id = 0", value)
+    _refused_in_one_line(d, *words)
+
+
+def test_open_refuses_a_snapshot_that_does_not_restore(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(snapshot=Snapshot(5, SNAPS[2]), commit_index=5))
+    _tamper(d, "UPDATE snapshot SET data = ? WHERE id = 0", SNAPS[2][:-7])
+    _refused_in_one_line(d, "snapshot at index 5 does not decode")
+
+
+@pytest.mark.parametrize("sql,args,words", [
+    ("UPDATE log SET value = ? WHERE slot = 3", (b"\xc1not msgpack",), ["log slot 3"]),
+    ("UPDATE log SET value = ? WHERE slot = 3", (b"\x92\x01\x02",), ["log slot 3"]),
+    ("UPDATE log SET ballot_round = ? WHERE slot = 4", (2**63 - 1,), ["log slot 4"]),
+    ("UPDATE log SET ballot_node = '' WHERE slot = 4", (), ["log slot 4"]),
+    ("UPDATE log SET slot = 0 WHERE slot = 2", (), ["log slot"]),
+    ("UPDATE log SET slot = 1 WHERE slot = 2", (), ["log slot"]),   # below the snapshot
+])
+def test_open_refuses_a_log_row_it_could_not_use(tmp_path: Path, sql: str, args: tuple[object, ...],
+                                                 words: list[str]) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(snapshot=Snapshot(1, SNAPS[1]), entries=[entry(i) for i in range(2, 6)]))
+    _tamper(d, sql, *args)
+    _refused_in_one_line(d, *words)
+
+
+def test_a_sound_database_with_everything_in_it_opens(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(promised=Ballot(2**62, "n3"), high_water_round=2**62,
+                       snapshot=Snapshot(9, SNAPS[3]), entries=[entry(i) for i in range(10, 20)],
+                       commit_index=12))
+    with SqliteStore.open(d, CLUSTER, "n1") as s:
+        assert s.load().promised == Ballot(2**62, "n3")
+
+
+def test_the_store_never_persists_a_round_it_could_not_increment(tmp_path: Path) -> None:
+    with fresh(tmp_path / "d") as s:
+        with pytest.raises(UsageError):
+            s.save(Persist(high_water_round=2**62 + 1))
+        s.save(Persist(high_water_round=2**62))     # not poisoned: nothing was attempted
+    with pytest.raises(ProtocolError):
+        Ballot(2**62 + 1, "n1")
+
+
+@pytest.fixture
+def immutable(tmp_path: Path) -> Iterator[list[Path]]:
+    """Paths made immutable with chattr +i (root ignores mode bits, not this); undone after."""
+    done: list[Path] = []
+    yield done
+    for path in done:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+def _chattr_immutable(path: Path, done: list[Path]) -> None:
+    r = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"chattr +i is not available here: {r.stderr.strip()}")
+    done.append(path)
+
+
+def test_open_refuses_a_read_only_node_db_in_one_line(tmp_path: Path, immutable: list[Path]) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(promised=Ballot(3, "n2")))
+    _chattr_immutable(d / "node.db", immutable)
+    with pytest.raises(DataDirError, match="is not writable: attempt to write a readonly database") as ei:
+        SqliteStore.open(d, CLUSTER, "n1")
+    assert "\n" not in str(ei.value)
+
+
 def test_init_is_idempotent_for_the_same_identity(tmp_path: Path) -> None:
     d = tmp_path / "d"
     with fresh(d) as s:
@@ -377,14 +504,17 @@ def test_init_refuses_to_overwrite_a_corrupt_node_db(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- SIGKILL
 
 
+SNAP_FOR_CRASH_TESTS = Machine().snapshot()
+
+
 def persist_for(i: int) -> Persist:
     """The i-th save of the crash tests (i >= 1); a snapshot every 25 saves."""
     return Persist(
         promised=Ballot(i, "n1"),
         high_water_round=i,
-        entries=[Entry(i, Ballot(i, "n1"), (i.to_bytes(4, "big") * 25,))],
+        entries=[LogEntry(i, Ballot(i, "n1"), (i.to_bytes(4, "big") * 25,))],
         commit_index=i - 1,
-        snapshot=Snapshot(i - 10, f"snap{i}".encode()) if i % 25 == 0 else None,
+        snapshot=Snapshot(i - 10, SNAP_FOR_CRASH_TESTS) if i % 25 == 0 else None,
     )
 
 
@@ -456,10 +586,10 @@ def test_sigkill_mid_save_leaves_a_prefix_with_every_acknowledged_save(
 
 
 def test_a_commit_index_only_save_is_lazy_and_restores_full_sync(tmp_path: Path) -> None:
-    from coordsvc.core.types import Ballot, Entry, Persist
+    from coordsvc.core.types import Ballot, LogEntry, Persist
     init_data_dir(tmp_path / "d", "c", "n1")
     store = SqliteStore.open(tmp_path / "d", "c", "n1")
-    store.save(Persist(entries=[Entry(1, Ballot(1, "n1"), (b"x",))]))
+    store.save(Persist(entries=[LogEntry(1, Ballot(1, "n1"), (b"x",))]))
     store.save(Persist(commit_index=1))
     assert store._live().execute("PRAGMA synchronous").fetchone()[0] == 2   # FULL again
     store.close()
@@ -469,13 +599,13 @@ def test_a_commit_index_only_save_is_lazy_and_restores_full_sync(tmp_path: Path)
 
 
 def test_the_wal_is_checkpointed_by_maintain_not_inside_commits(tmp_path: Path) -> None:
-    from coordsvc.core.types import Ballot, Entry, Persist
+    from coordsvc.core.types import Ballot, LogEntry, Persist
     from coordsvc.storage.sqlite import CHECKPOINT_EVERY_SAVES
     init_data_dir(tmp_path / "d", "c", "n1")
     store = SqliteStore.open(tmp_path / "d", "c", "n1")
     assert store._live().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
     for i in range(CHECKPOINT_EVERY_SAVES):
-        store.save(Persist(entries=[Entry(i + 1, Ballot(1, "n1"), (b"x" * 100,))]))
+        store.save(Persist(entries=[LogEntry(i + 1, Ballot(1, "n1"), (b"x" * 100,))]))
     db = tmp_path / "d" / "node.db"
     before = db.stat().st_size          # commits went to the WAL only
     store.maintain()

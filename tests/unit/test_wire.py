@@ -21,13 +21,23 @@ from coordsvc.core.messages import (
     Nack,
     Prepare,
     Promise,
+    SnapshotChunk,
+    SnapshotInfo,
+    SnapshotRequest,
+    chosen_bytes,
+    entry_bytes,
+    value_bytes,
 )
 from coordsvc.core.types import (
+    MAX_BATCH_COMMANDS,
+    MAX_MESSAGE_ITEMS,
+    MAX_RENEWED,
+    MESSAGE_BUDGET_BYTES,
+    SNAPSHOT_CHUNK_BYTES,
     ZERO_BALLOT,
     Ballot,
-    Entry,
+    LogEntry,
     ProtocolError,
-    Snapshot,
     UsageError,
 )
 from coordsvc.wire import (
@@ -60,27 +70,61 @@ def tag_of(cls: type) -> int:
 
 # --- strategies ----------------------------------------------------------------------
 
-U63 = st.integers(min_value=0, max_value=2**63 - 1)
-SLOTS = st.integers(min_value=1, max_value=2**63 - 1)
-NODES = st.text(max_size=12)
-BALLOTS = st.builds(Ballot, U63, NODES)
+TOP = 2**62
+U62 = st.integers(min_value=0, max_value=TOP)
+SLOTS = st.integers(min_value=1, max_value=TOP)
+NODES = st.text(min_size=1, max_size=64)
+BALLOTS = st.builds(Ballot, st.integers(1, TOP), NODES) | st.just(ZERO_BALLOT)
 VALUES = st.lists(st.binary(max_size=64), max_size=5).map(tuple)
-ENTRIES = st.builds(Entry, SLOTS, BALLOTS, VALUES)
-SNAPSHOTS = st.none() | st.builds(Snapshot, U63, st.binary(max_size=64))
+ENTRIES = st.builds(LogEntry, SLOTS, BALLOTS, VALUES)
+INFOS = st.builds(SnapshotInfo, SLOTS, st.integers(0, TOP), st.binary(min_size=32, max_size=32))
+
+
+@st.composite
+def promises(draw: st.DrawFn) -> Promise:
+    src, ballot, from_slot = draw(NODES), draw(BALLOTS), draw(U62)
+    entries = draw(st.lists(ENTRIES, max_size=4).map(tuple))
+    nxt = 0
+    if entries and draw(st.booleans()):
+        nxt = draw(st.integers(max(from_slot + 1, entries[-1].slot + 1), TOP + 1))
+        nxt = min(nxt, TOP)
+        if nxt <= from_slot or nxt <= entries[-1].slot:
+            nxt = 0
+    return Promise(src, ballot, from_slot, entries, draw(U62), draw(U62), nxt)
+
+
+@st.composite
+def catchup_requests(draw: st.DrawFn) -> CatchupRequest:
+    a, b = sorted((draw(SLOTS), draw(SLOTS)))
+    return CatchupRequest(draw(NODES), a, b)
+
+
+@st.composite
+def snapshot_chunks(draw: st.DrawFn) -> SnapshotChunk:
+    data = draw(st.binary(max_size=64))
+    offset = draw(st.integers(0, TOP - len(data)))
+    size = draw(st.integers(offset + len(data), TOP))
+    if not data:
+        size = offset
+    info = SnapshotInfo(draw(SLOTS), size, draw(st.binary(min_size=32, max_size=32)))
+    return SnapshotChunk(draw(NODES), info, offset, data)
+
 
 MESSAGES: st.SearchStrategy[Message] = st.one_of(
-    st.builds(Prepare, NODES, BALLOTS, U63),
-    st.builds(Promise, NODES, BALLOTS, U63, st.lists(ENTRIES, max_size=4).map(tuple),
-              U63, U63),
+    st.builds(Prepare, NODES, BALLOTS, U62),
+    promises(),
     st.builds(Nack, NODES, BALLOTS, BALLOTS),
-    st.builds(Accept, NODES, BALLOTS, SLOTS, VALUES, U63),
+    st.builds(Accept, NODES, BALLOTS, SLOTS, VALUES, U62),
     st.builds(Accepted, NODES, BALLOTS, SLOTS),
-    st.builds(Heartbeat, NODES, BALLOTS, U63, U63,
-              st.lists(st.integers(-2**63, 2**63 - 1), max_size=5).map(tuple)),
-    st.builds(HeartbeatAck, NODES, BALLOTS, U63, U63),
-    st.builds(CatchupRequest, NODES, U63, U63),
+    st.builds(Heartbeat, NODES, BALLOTS, U62, U62,
+              st.lists(st.integers(1, 2**63 - 1), max_size=5).map(tuple)),
+    st.builds(HeartbeatAck, NODES, BALLOTS, U62, U62),
+    catchup_requests(),
     st.builds(CatchupReply, NODES, BALLOTS,
-              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple), SNAPSHOTS, U63),
+              st.lists(st.tuples(SLOTS, VALUES), max_size=4).map(tuple),
+              st.none() | INFOS, U62),
+    st.builds(SnapshotRequest, NODES, SLOTS, U62),
+    snapshot_chunks(),
 )
 
 # Arbitrary msgpack-able trees, biased towards the shapes the decoders look for.
@@ -115,11 +159,15 @@ def assert_valid_or_wire_error(body: bytes) -> None:
 
 # --- round trips ---------------------------------------------------------------------
 
+SUM = bytes(range(32))
+INFO = SnapshotInfo(8, 3 * MiB, SUM)
+
 EXAMPLES: list[Message] = [
     Prepare("n1", B, 0),
-    Prepare("", ZERO_BALLOT, 2**63),
+    Prepare("n" * 64, ZERO_BALLOT, 2**62),
     Promise("n2", B, 1, (), 0, 0),
-    Promise("n2", B, 5, (Entry(5, B, ()), Entry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
+    Promise("n2", B, 5, (LogEntry(5, B, ()), LogEntry(6, Ballot(3, "n3"), (b"a", b""))), 4, 2),
+    Promise("n2", B, 5, (LogEntry(5, B, (b"x" * MiB,)),), 4, 2, 9),
     Nack("n3", B, Ballot(9, "n9")),
     Accept("n1", B, 1, (), 0),
     Accept("n1", B, 42, (b"x" * 100,), 41),
@@ -127,12 +175,19 @@ EXAMPLES: list[Message] = [
     Accept("n1", B, 43, tuple(b"c%d" % i for i in range(512)), 0),
     Accepted("n2", B, 42),
     Heartbeat("n1", B, 10, 3),
-    Heartbeat("n1", B, 10, 3, (1, 2, 2**40, -5)),
+    Heartbeat("n1", B, 10, 3, (1, 2, 2**40, 2**63 - 1)),
     HeartbeatAck("n2", B, 3, 10),
     CatchupRequest("n3", 1, 256),
+    CatchupRequest("n3", 2**62, 2**62),
     CatchupReply("n1", B, (), None, 0),
-    CatchupReply("n1", B, ((1, ()), (2, (b"a",))), Snapshot(0, b""), 2),
-    CatchupReply("n1", B, ((9, (b"z" * MiB,)),), Snapshot(8, b"s" * (2 * MiB)), 9),
+    CatchupReply("n1", B, ((1, ()), (2, (b"a",))), None, 2),
+    CatchupReply("n1", B, ((9, (b"z" * MiB,)),), None, 9),
+    CatchupReply("n1", B, (), INFO, 9),
+    SnapshotRequest("n2", 8, 0),
+    SnapshotRequest("n2", 8, 2 * MiB),
+    SnapshotChunk("n1", INFO, 0, b"s" * SNAPSHOT_CHUNK_BYTES),
+    SnapshotChunk("n1", INFO, 3 * MiB - 5, b"tail!"),
+    SnapshotChunk("n1", SnapshotInfo(4, 0, SUM), 0, b""),
 ]
 
 
@@ -160,18 +215,26 @@ def test_any_valid_message_round_trips(msg: Message) -> None:
 
 
 def test_peer_tags_follow_message_types_order() -> None:
-    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 10))
+    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 12))
     assert PEER_TAGS[Prepare] == 1 and PEER_TAGS[CatchupReply] == 9
+    # New messages are appended, never renumbered.
+    assert PEER_TAGS[SnapshotRequest] == 10 and PEER_TAGS[SnapshotChunk] == 11
     assert (CLIENT_REQUEST, CLIENT_REPLY, EVENT) == (32, 33, 34)
 
 
 def test_peer_payload_is_a_compact_positional_array() -> None:
     body = encode_peer(Accept("n1", B, 42, (b"x",), 41))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], 42, [b"x"], 41]
-    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"a",)),), 4, 2))
-    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2]
+    body = encode_peer(Promise("n2", B, 5, (LogEntry(5, B, (b"a",)),), 4, 2, 6))
+    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2, 6]
     body = encode_peer(CatchupReply("n1", B, ((1, (b"a",)),), None, 1))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1]
+    body = encode_peer(CatchupReply("n1", B, (), INFO, 9))
+    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [], [8, 3 * MiB, SUM], 9]
+    body = encode_peer(SnapshotRequest("n2", 8, 1024))
+    assert msgpack.unpackb(body[2:]) == ["n2", 8, 1024]
+    body = encode_peer(SnapshotChunk("n1", INFO, 1024, b"abc"))
+    assert msgpack.unpackb(body[2:]) == ["n1", [8, 3 * MiB, SUM], 1024, b"abc"]
 
 
 @pytest.mark.parametrize("tag", [CLIENT_REQUEST, CLIENT_REPLY, EVENT])
@@ -202,7 +265,7 @@ def test_wrong_version_is_rejected() -> None:
             decode(bytes((v,)) + good[1:])
 
 
-@pytest.mark.parametrize("tag", [0, 10, 31, 35, 255])
+@pytest.mark.parametrize("tag", [0, 12, 31, 35, 255])
 def test_unknown_tag_is_rejected(tag: int) -> None:
     with pytest.raises(WireError, match="tag"):
         decode(frame(tag, ["n1", [1, "n1"], 1]))
@@ -215,7 +278,7 @@ def test_short_frames_are_rejected(body: bytes) -> None:
 
 
 def test_truncated_msgpack_is_rejected_at_every_cut() -> None:
-    body = encode_peer(Promise("n2", B, 5, (Entry(5, B, (b"abc",)),), 4, 2))
+    body = encode_peer(Promise("n2", B, 5, (LogEntry(5, B, (b"abc",)),), 4, 2))
     for cut in range(len(body)):
         with pytest.raises(WireError):
             decode(body[:cut])
@@ -320,11 +383,14 @@ def test_accept_field_type_errors_are_rejected(i: int, bad: object) -> None:
 @pytest.mark.parametrize("cls,payload", [
     (Prepare, ["n1", [1, "n1"], -1]),
     (Prepare, ["n1", [1, "n1"], True]),
-    (Promise, ["n1", [1, "n1"], 0, [[0, [1, "n1"], []]], 0, 0]),     # entry slot 0
-    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"]]], 0, 0]),         # entry arity
-    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"], ["s"]]], 0, 0]),  # entry value
-    (Promise, ["n1", [1, "n1"], 0, None, 0, 0]),
-    (Promise, ["n1", [1, "n1"], 0, [], 0, -3]),
+    (Promise, ["n1", [1, "n1"], 0, [[0, [1, "n1"], []]], 0, 0, 0]),     # entry slot 0
+    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"]]], 0, 0, 0]),         # entry arity
+    (Promise, ["n1", [1, "n1"], 0, [[1, [1, "n1"], ["s"]]], 0, 0, 0]),  # entry value
+    (Promise, ["n1", [1, "n1"], 0, None, 0, 0, 0]),
+    (Promise, ["n1", [1, "n1"], 0, [], 0, -3, 0]),
+    (Promise, ["n1", [1, "n1"], 0, [], 0, 0, 5]),                      # more follows nothing
+    (Promise, ["n1", [1, "n1"], 3, [[4, [1, "n1"], []]], 0, 0, 3]),     # next_slot not ahead
+    (Promise, ["n1", [1, "n1"], 3, [[4, [1, "n1"], []]], 0, 0, 4]),     # listed past next_slot
     (Nack, ["n1", [1, "n1"], [1]]),
     (Accepted, ["n1", [1, "n1"], -1]),
     (Heartbeat, ["n1", [1, "n1"], 0, 0, [1, "2"]]),
@@ -334,14 +400,27 @@ def test_accept_field_type_errors_are_rejected(i: int, bad: object) -> None:
     (HeartbeatAck, ["n1", [1, "n1"], "0", 0]),
     (CatchupRequest, ["n1", -1, 5]),
     (CatchupRequest, ["n1", 1, 2.5]),
+    (CatchupRequest, ["n1", 0, 5]),                                  # slot 0 is never chosen
+    (CatchupRequest, ["n1", 6, 5]),                                  # an empty range
     (CatchupReply, ["n1", [1, "n1"], [[1]], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [[-1, []]], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [[1, [1]]], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [5], None, 0]),
     (CatchupReply, ["n1", [1, "n1"], [], [1], 0]),
-    (CatchupReply, ["n1", [1, "n1"], [], [1, "data"], 0]),
-    (CatchupReply, ["n1", [1, "n1"], [], [-1, b""], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, 5, "sum"], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, 5, b"short"], 0]),          # not a sha256
+    (CatchupReply, ["n1", [1, "n1"], [], [0, 5, bytes(32)], 0]),         # index 0
+    (CatchupReply, ["n1", [1, "n1"], [], [1, -5, bytes(32)], 0]),
+    (CatchupReply, ["n1", [1, "n1"], [], [1, b"old snapshot bytes"], 0]),  # the old format
     (CatchupReply, ["n1", [1, "n1"], [], False, 0]),
+    (SnapshotRequest, ["n1", 0, 0]),
+    (SnapshotRequest, ["n1", 1, -1]),
+    (SnapshotRequest, ["n1", 1, 2**62 + 1]),
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], 8, b"abc"]),              # past the end
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], 2, b""]),                 # empty mid-way
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], 0, "abc"]),
+    (SnapshotChunk, ["n1", [1, 10, bytes(32)], -1, b"a"]),
+    (SnapshotChunk, ["n1", None, 0, b"a"]),
 ])
 def test_field_type_errors_are_rejected_for_every_message(cls: type, payload: object) -> None:
     with pytest.raises(WireError, match=cls.__name__):
@@ -397,7 +476,7 @@ def test_decode_peer_rejects_client_tags() -> None:
 
 def test_encoding_a_non_message_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
-        encode_peer(Entry(1, B, ()))  # type: ignore[arg-type]
+        encode_peer(LogEntry(1, B, ()))  # type: ignore[arg-type]
 
 
 def test_encoding_a_bad_client_frame_is_a_usage_error() -> None:
@@ -481,11 +560,146 @@ def test_bytes_like_bodies_decode_and_non_bytes_is_a_usage_error() -> None:
         decode("not bytes")  # type: ignore[arg-type]
 
 
-def test_only_catchup_replies_may_exceed_the_frame_cap() -> None:
-    from coordsvc.core.messages import CatchupReply
-    from coordsvc.core.types import Snapshot
-    big = Snapshot(10, b"s" * (MAX_FRAME_BYTES + 1))
-    body = encode_peer(CatchupReply("n1", B, (), big, 10))
-    assert decode_peer(body) == CatchupReply("n1", B, (), big, 10)
-    with pytest.raises(UsageError):
-        encode_peer(Accept("n1", B, 1, (b"x" * (MAX_FRAME_BYTES + 1),), 0))
+def test_no_frame_of_any_type_may_exceed_the_frame_cap() -> None:
+    big = frame(tag_of(CatchupReply), ["n1", [1, "n1"], [[1, [b"s" * MAX_FRAME_BYTES]]], None, 1])
+    with pytest.raises(WireError, match="too large"):
+        decode(big)
+    for msg in (CatchupReply("n1", B, ((1, (b"x" * (MAX_FRAME_BYTES + 1),)),), None, 1),
+                Promise("n1", B, 1, (LogEntry(1, B, (b"x" * MAX_FRAME_BYTES,)),), 0, 0)):
+        with pytest.raises(UsageError, match="too large"):
+            encode_peer(msg)
+    assert not hasattr(wire, "MAX_SNAPSHOT_FRAME_BYTES")
+
+
+# --- range checks: the bounds documented in wire's docstring -------------------------
+
+HUGE = [2**62 + 1, 2**63 - 1, 2**63, 2**64 - 1]
+
+
+@pytest.mark.parametrize("n", HUGE)
+def test_ballot_rounds_above_2_to_the_62_are_rejected(n: int) -> None:
+    for cls, payload in [
+        (Prepare, ["n1", [n, "n1"], 1]),
+        (Accept, ["n1", [n, "n1"], 1, [], 0]),
+        (Heartbeat, ["n1", [n, "n1"], 0, 1, []]),
+        (Nack, ["n1", [1, "n1"], [n, "n2"]]),
+        (Promise, ["n1", [1, "n1"], 1, [[1, [n, "n2"], []]], 0, 0, 0]),
+    ]:
+        with pytest.raises(WireError, match=cls.__name__):
+            decode(frame(tag_of(cls), payload))
+
+
+@pytest.mark.parametrize("n", HUGE)
+def test_slots_commit_indexes_and_heartbeat_rounds_above_2_to_the_62_are_rejected(n: int) -> None:
+    for cls, payload in [
+        (Prepare, ["n1", [1, "n1"], n]),
+        (Accept, ["n1", [1, "n1"], n, [], 0]),
+        (Accept, ["n1", [1, "n1"], 1, [], n]),
+        (Accepted, ["n1", [1, "n1"], n]),
+        (Heartbeat, ["n1", [1, "n1"], n, 1, []]),
+        (Heartbeat, ["n1", [1, "n1"], 0, n, []]),
+        (HeartbeatAck, ["n1", [1, "n1"], n, 0]),
+        (HeartbeatAck, ["n1", [1, "n1"], 0, n]),
+        (Promise, ["n1", [1, "n1"], 1, [], 0, n, 0]),
+        (Promise, ["n1", [1, "n1"], 1, [[n, [1, "n1"], []]], 0, 0, 0]),
+        (CatchupRequest, ["n1", 1, n]),
+        (CatchupReply, ["n1", [1, "n1"], [[n, []]], None, 0]),
+        (CatchupReply, ["n1", [1, "n1"], [], None, n]),
+        (SnapshotRequest, ["n1", n, 0]),
+    ]:
+        with pytest.raises(WireError, match=cls.__name__):
+            decode(frame(tag_of(cls), payload))
+
+
+def test_the_largest_round_and_slot_are_accepted_and_still_fit_an_increment_in_int64() -> None:
+    m = decode_peer(frame(tag_of(Accept), ["n1", [2**62, "n1"], 2**62, [], 2**62]))
+    assert isinstance(m, Accept) and m.ballot.round + 1 < 2**63 and m.slot + 1 < 2**63
+
+
+def test_node_ids_are_short_non_empty_strings() -> None:
+    for bad in ("", "n" * 65):
+        with pytest.raises(WireError, match="Accepted.src"):
+            decode(frame(tag_of(Accepted), [bad, [1, "n1"], 1]))
+    with pytest.raises(WireError, match="Accepted.ballot"):
+        decode(frame(tag_of(Accepted), ["n1", [1, "n" * 65], 1]))
+    with pytest.raises(WireError, match="Accepted.ballot"):    # only the zero ballot is nobody's
+        decode(frame(tag_of(Accepted), ["n1", [3, ""], 1]))
+    assert decode_peer(frame(tag_of(Nack), ["n" * 64, [1, "n1"], [0, ""]])) == Nack(
+        "n" * 64, Ballot(1, "n1"), ZERO_BALLOT)
+
+
+def test_lists_in_peer_messages_are_bounded() -> None:
+    too_many_cmds = [b""] * (MAX_BATCH_COMMANDS + 1)
+    with pytest.raises(WireError, match="Accept.value"):
+        decode(frame(tag_of(Accept), ["n1", [1, "n1"], 1, too_many_cmds, 0]))
+    with pytest.raises(WireError, match="Promise.accepted"):
+        decode(frame(tag_of(Promise), ["n1", [1, "n1"], 1,
+                                       [[1, [1, "n1"], []]] * (MAX_MESSAGE_ITEMS + 1), 0, 0, 0]))
+    with pytest.raises(WireError, match="CatchupReply.chosen"):
+        decode(frame(tag_of(CatchupReply), ["n1", [1, "n1"], [[1, []]] * (MAX_MESSAGE_ITEMS + 1),
+                                            None, 0]))
+    with pytest.raises(WireError, match="Heartbeat.renewed"):
+        decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [1] * (MAX_RENEWED + 1)]))
+    for sid in (0, -5, 2**63):
+        with pytest.raises(WireError, match="Heartbeat.renewed"):
+            decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [sid]]))
+
+
+def test_a_snapshot_chunk_carries_at_most_one_chunk_of_data() -> None:
+    info = [1, 4 * SNAPSHOT_CHUNK_BYTES, bytes(32)]
+    ok = frame(tag_of(SnapshotChunk), ["n1", info, 0, b"x" * SNAPSHOT_CHUNK_BYTES])
+    assert isinstance(decode_peer(ok), SnapshotChunk)
+    with pytest.raises(WireError, match="SnapshotChunk.data"):
+        decode(frame(tag_of(SnapshotChunk), ["n1", info, 0, b"x" * (SNAPSHOT_CHUNK_BYTES + 1)]))
+
+
+# --- size estimates: senders pack with them, so they must bound the real encoding -----
+
+@settings(max_examples=200)
+@given(SLOTS, BALLOTS, st.lists(st.binary(max_size=300), max_size=20).map(tuple))
+def test_size_estimates_bound_the_encoded_sizes(slot: int, ballot: Ballot,
+                                                value: tuple[bytes, ...]) -> None:
+    def packed(x: object) -> int:
+        return len(msgpack.packb(x, use_bin_type=True))
+
+    assert packed(list(value)) <= value_bytes(value)
+    assert packed([slot, [ballot.round, ballot.node], list(value)]) <= entry_bytes(
+        LogEntry(slot, ballot, value))
+    assert packed([slot, list(value)]) <= chosen_bytes(value)
+
+
+def test_the_largest_command_a_client_can_send_fits_max_command_bytes() -> None:
+    from coordsvc.core.commands import (
+        MAX_CLIENT_ID_CHARS,
+        MAX_INT,
+        MAX_KEY_BYTES,
+        MAX_VALUE_BYTES,
+        Fence,
+        Put,
+        Request,
+        encode_request,
+        validate,
+        validate_request,
+    )
+    from coordsvc.core.types import MAX_COMMAND_BYTES
+    key = "\U0010ffff" * (MAX_KEY_BYTES // 4)          # 512 bytes of 4-byte characters
+    cmd = Put(key, b"v" * MAX_VALUE_BYTES, MAX_INT, Fence(key, MAX_INT))
+    req = Request("\U0010ffff" * MAX_CLIENT_ID_CHARS, MAX_INT, MAX_INT, cmd)
+    assert validate(cmd) is None and validate_request(req) is None
+    assert len(encode_request(req)) <= MAX_COMMAND_BYTES
+
+
+def test_a_full_budget_plus_the_largest_item_fits_in_one_frame() -> None:
+    from coordsvc.core.commands import MAX_KEY_BYTES, MAX_VALUE_BYTES
+    from coordsvc.core.messages import ENVELOPE_BYTES
+    from coordsvc.core.types import MAX_COMMAND_BYTES
+    assert MAX_COMMAND_BYTES > MAX_KEY_BYTES + MAX_VALUE_BYTES
+    biggest = (b"c" * MAX_COMMAND_BYTES,)
+    n = "n" * 64
+    for msg in (Accept(n, Ballot(2**62, n), 2**62, biggest, 2**62),
+                Promise(n, Ballot(2**62, n), 2**62 - 1, (LogEntry(2**62 - 1, Ballot(2**62, n),
+                                                               biggest),), 2**62, 2**62, 2**62),
+                CatchupReply(n, Ballot(2**62, n), ((2**62, biggest),), INFO, 2**62)):
+        assert len(encode_peer(msg)) <= MESSAGE_BUDGET_BYTES + ENVELOPE_BYTES < MAX_FRAME_BYTES
+    chunk = SnapshotChunk(n, SnapshotInfo(2**62, 2**62, SUM), 0, b"s" * SNAPSHOT_CHUNK_BYTES)
+    assert len(encode_peer(chunk)) <= SNAPSHOT_CHUNK_BYTES + ENVELOPE_BYTES

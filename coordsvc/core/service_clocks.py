@@ -1,0 +1,119 @@
+"""Node-local clocks: when each session was last heard of, when each lock changed hands.
+
+Neither enters the replicated machine. Time is not part of the log, so replicas cannot
+disagree about it; instead only the leader decides that a session expired, and proposes
+``ExpireSession`` into the log. Keep-alives renew a leader-local deadline and ride to the
+followers on the next heartbeat (``Ready.renewed``), so whoever takes over knows when
+each client was last alive and restarts its clock from there, plus one election timeout
+of grace: a leader change never expires a live client.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .machine import Grant, HeldLock, SessionInfo
+
+__all__ = ["EXPIRE_RETRY_MS", "LOCK_TIMES_PRUNE_AT", "LockTimes", "SessionClocks"]
+
+# An ExpireSession proposed but not applied yet (the slot may have been lost with a
+# leader change) is proposed again after this long.
+EXPIRE_RETRY_MS = 1_000
+# LockTimes drops entries of locks no longer held or queued for once it has this many.
+LOCK_TIMES_PRUNE_AT = 100_000
+
+
+class SessionClocks:
+    """Per session: the last renewal this node saw (every node) and, on the serving
+    leader only, the deadline past which it proposes the session's expiry."""
+
+    __slots__ = ("_deadline_ms", "_expiring_ms", "_seen_ms")
+
+    def __init__(self) -> None:
+        self._seen_ms: dict[int, int] = {}
+        self._deadline_ms: dict[int, int] = {}
+        self._expiring_ms: dict[int, int] = {}   # when we last proposed its expiry
+
+    def heard(self, session_id: int, now_ms: int) -> None:
+        """The leader reported a renewal (or the session was opened): alive at ``now_ms``."""
+        self._seen_ms[session_id] = now_ms
+
+    def heard_of(self, session_ids: Iterable[int], now_ms: int) -> None:
+        """Sessions that arrived in a snapshot: alive now unless heard of before."""
+        for sid in session_ids:
+            self._seen_ms.setdefault(sid, now_ms)
+
+    def renewed(self, session_id: int, now_ms: int, ttl_ms: int) -> None:
+        """A keep-alive reached us as leader."""
+        self._deadline_ms[session_id] = now_ms + ttl_ms
+        self._seen_ms[session_id] = now_ms
+
+    def opened(self, session_id: int, now_ms: int, ttl_ms: int, leading: bool) -> None:
+        self._seen_ms[session_id] = now_ms
+        if leading:
+            self._deadline_ms[session_id] = now_ms + ttl_ms
+
+    def forget(self, session_id: int) -> None:
+        self._seen_ms.pop(session_id, None)
+        self._deadline_ms.pop(session_id, None)
+        self._expiring_ms.pop(session_id, None)
+
+    def deadline_ms(self, session_id: int) -> int | None:
+        return self._deadline_ms.get(session_id)
+
+    def take_over(self, sessions: Mapping[int, SessionInfo], now_ms: int, grace_ms: int) -> None:
+        """We began serving as leader: every live session gets the time it had left,
+        measured from its last renewal that reached us, plus ``grace_ms``."""
+        self._deadline_ms = {sid: self._seen_ms.get(sid, now_ms) + info.ttl_ms + grace_ms
+                             for sid, info in sessions.items()}
+        self._expiring_ms.clear()
+
+    def stop_leading(self) -> None:
+        self._deadline_ms.clear()
+        self._expiring_ms.clear()
+
+    def due(self, now_ms: int) -> list[int]:
+        """Sessions whose expiry to propose now, in id order (each at most once per
+        ``EXPIRE_RETRY_MS``)."""
+        out = []
+        for sid, deadline in sorted(self._deadline_ms.items()):
+            if now_ms > deadline and now_ms - self._expiring_ms.get(sid, -10**12) > EXPIRE_RETRY_MS:
+                self._expiring_ms[sid] = now_ms
+                out.append(sid)
+        return out
+
+
+class LockTimes:
+    """When this node applied each grant and each queued acquire, by its own clock: the
+    age and wait times ``locks`` reports (None where it has not seen the event)."""
+
+    __slots__ = ("_granted_ms", "_queued_ms")
+
+    def __init__(self) -> None:
+        self._granted_ms: dict[tuple[str, int], int] = {}   # (name, token) -> when granted
+        self._queued_ms: dict[tuple[str, int], int] = {}    # (name, session id) -> when queued
+
+    def queued(self, name: str, session_id: int, now_ms: int) -> None:
+        self._queued_ms.setdefault((name, session_id), now_ms)
+
+    def granted(self, grants: Iterable[Grant], now_ms: int) -> None:
+        for g in grants:
+            self._granted_ms.setdefault((g.name, g.token), now_ms)
+            self._queued_ms.pop((g.name, g.session_id), None)
+
+    def age_ms(self, name: str, token: int, now_ms: int) -> int | None:
+        t = self._granted_ms.get((name, token))
+        return None if t is None else now_ms - t
+
+    def wait_ms(self, name: str, session_id: int, now_ms: int) -> int | None:
+        t = self._queued_ms.get((name, session_id))
+        return None if t is None else now_ms - t
+
+    def oversized(self) -> bool:
+        return len(self._granted_ms) + len(self._queued_ms) > LOCK_TIMES_PRUNE_AT
+
+    def prune(self, locks: list[HeldLock]) -> None:
+        """Forget locks no longer held and waits no longer queued."""
+        live = {(lk.name, lk.token) for lk in locks}
+        waiting = {(lk.name, w) for lk in locks for w in lk.waiters}
+        self._granted_ms = {k: v for k, v in self._granted_ms.items() if k in live}
+        self._queued_ms = {k: v for k, v in self._queued_ms.items() if k in waiting}
