@@ -179,7 +179,6 @@ class Service:
         if ready.install is not None:
             self.machine = m = Machine.restore(ready.install.data)
             self.last_snapshot_index = ready.install.index
-            self.sessions.heard_of(m.sessions(), self.now_ms)
         rev_before = m.revision
         for slot, batch in ready.committed:
             for raw in batch:
@@ -192,8 +191,6 @@ class Service:
                 result = m.apply(slot, request)
                 self.counters.applied_commands += 1
                 self._after_command(request, result)
-        for sid in ready.renewed:
-            self.sessions.heard(sid, self.now_ms)
         if m.revision != rev_before:
             try:
                 self.out.events.extend(m.events_since("", rev_before, 1 << 30))

@@ -87,7 +87,6 @@ def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest) -
     ttl_ms = svc.machine.session_ttl_ms(req.session_id)
     if ttl_ms is not None:
         svc.sessions.renewed(req.session_id, svc.now_ms, ttl_ms)
-        svc.replica.note_renewal(req.session_id)
     svc.out.reply(route, rid, KeepaliveReply(ttl_ms is not None))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from coordsvc.core.commands import Put, Request, encode_request
+from coordsvc.core.commands import OpenAndAcquire, Put, Request, encode_request
 from coordsvc.core.messages import Outbound
 from coordsvc.core.replica import Role
 from coordsvc.core.service import Service
@@ -18,6 +18,8 @@ from coordsvc.storage.memory import MemoryStore
 
 IDS = ["n1", "n2", "n3"]
 CFG = Config(heartbeat_ms=50, election_timeout_ms=500)
+TTL_MS = 3000
+CLIENT_MARGIN_MS = 600     # client/_lock.py: max(0.2 * ttl, 0.5 s)
 
 
 class Nodes:
@@ -109,3 +111,33 @@ def test_a_follower_answers_a_write_with_the_leaders_address() -> None:
     reply = nodes.ask(follower, put("k", b"v", 1))
     assert reply is not None and reply["error"] == "not_leader"
     assert reply["leader"] == leader and reply["leader_address"] == f"tcp://{leader}"
+
+
+def test_a_new_leader_never_expires_a_session_before_a_keepalive_the_old_leader_answered_runs_out() -> None:
+    """Found by the whole-node simulator: the old leader may renew a session until it
+    steps down, which can be after the takeover, and the renewal then never reaches the
+    new leader; so the new leader must give every session a full ttl."""
+    nodes = Nodes()
+    nodes.advance(3000)
+    old = nodes.leader()
+    assert old is not None
+    opened = nodes.ask(old, {"op": "write", "req": encode_request(
+        Request("c1", 1, 1, OpenAndAcquire("lk", TTL_MS, wait=True)))})
+    assert opened is not None and opened["ok"]
+    sid = opened["result"][2]["session_id"]
+    nodes.advance(500)    # every node has applied the open (and seen the session alive)
+    new = next(i for i in IDS if i != old)
+    nodes.cut |= {(old, new), (new, old)}
+    last_renewal = None
+    while nodes.svcs[old].replica.role is Role.LEADER:   # keepalives every 100 ms
+        reply = nodes.ask(old, {"op": "keepalive", "session_id": sid})
+        if reply is not None and reply.get("known") is True:
+            last_renewal = nodes.now
+        nodes.advance(100)
+    assert last_renewal is not None and nodes.leader() == new
+    client_believes_until = last_renewal + TTL_MS - CLIENT_MARGIN_MS
+    while nodes.now < client_believes_until:
+        nodes.advance(10)
+        assert sid in nodes.svcs[new].machine.sessions(), (
+            f"session expired at {nodes.now}; its client holds the lock until "
+            f"{client_believes_until} (renewed at {last_renewal})")
