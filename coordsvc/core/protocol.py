@@ -17,8 +17,8 @@ Ops (request fields -> reply fields):
 
 ``write``      req: bytes (commands.encode_request) -> result: Result.to_wire()
                Leader only. Applied exactly once per (client_id, seq), across retries.
-``keepalive``  session_id -> known: bool. Leader only; not replicated (the leader forwards
-               renewals to followers on its heartbeats).
+``keepalive``  session_id -> known: bool. Leader only; not replicated (a new leader
+               restarts every session's clock at its takeover).
 ``get``        key, stale -> kv: KeyValue | nil, revision. Linearizable unless stale (then
                any node answers). ``list``/``history``/``locks`` take ``stale`` as well.
 ``list``       prefix, stale -> kvs: [KeyValue, ...] sorted by key, revision

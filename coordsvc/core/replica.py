@@ -79,7 +79,6 @@ from .transfer import Fetch, Shelf, checksum
 from .types import (
     MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
-    MAX_RENEWED,
     MAX_ROUND,
     NOOP,
     ZERO_BALLOT,
@@ -118,13 +117,11 @@ class Ready:
     # Reads and not-yet-slotted commands dropped because we stopped leading.
     aborted_reads: list[Hashable] = field(default_factory=list)
     aborted_commands: list[bytes] = field(default_factory=list)
-    # Session ids the leader reported renewed (followers only): restart their clocks.
-    renewed: list[int] = field(default_factory=list)
 
     def empty(self) -> bool:
         return (self.persist.empty() and not self.messages and not self.committed
                 and self.install is None and not self.reads and not self.aborted_reads
-                and not self.aborted_commands and not self.renewed)
+                and not self.aborted_commands)
 
 
 @dataclass(slots=True)
@@ -229,7 +226,6 @@ class Replica:
         self.last_hb_sent_ms = -10**12
         self.hb_wanted = False
         self.last_ack_ms: dict[NodeId, int] = {}
-        self.renewed: list[int] = []
 
         # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
@@ -287,11 +283,6 @@ class Replica:
         self.reads.append(_Read(token, index, self.hb_round + 1))
         self.hb_wanted = True
         return True
-
-    def note_renewal(self, session_id: int) -> None:
-        """A session keep-alive reached us as leader; tell followers on the next heartbeat."""
-        if self.role is Role.LEADER and len(self.renewed) < MAX_RENEWED:
-            self.renewed.append(session_id)
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
@@ -557,7 +548,6 @@ class Replica:
         self._ready.aborted_commands.extend(self.pending)
         self.pending.clear()
         self.pending_bytes = 0
-        self.renewed.clear()
         self.hb_acks.clear()
         self._reset_election()
 
@@ -777,9 +767,8 @@ class Replica:
         self.hb_acks[self.hb_round] = set()
         for k in [k for k in self.hb_acks if k < self.hb_round - 8]:
             del self.hb_acks[k]
-        renewed, self.renewed = tuple(self.renewed), []
         self._broadcast(Heartbeat(self.id, self.ballot, self.acceptor.commit_index,
-                                  self.hb_round, renewed))
+                                  self.hb_round))
         self.last_hb_sent_ms = self.now_ms
         self.hb_wanted = False
 
@@ -793,7 +782,6 @@ class Replica:
                 self._step_down(f"heartbeat from higher ballot {m.ballot}")
             if self.role is Role.FOLLOWER:
                 self._follow(m.src, m.ballot)
-                self._ready.renewed.extend(m.renewed)
                 self._learn_commit(m.ballot, m.commit_index)
                 self._maybe_request_catchup()
         self._send(m.src, HeartbeatAck(self.id, m.ballot, m.round, self.acceptor.commit_index))
