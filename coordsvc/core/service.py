@@ -196,6 +196,10 @@ class Service:
                 self.out.events.extend(m.events_since("", rev_before, 1 << 30))
             except RevisionCompacted:
                 pass  # more changed in one step than the window holds; pollers catch up
+        if m.revision != rev_before or ready.install is not None:
+            # A parked watch has no event after its revision. An installed snapshot may
+            # bring some (rev_before is read after the install), and left parked the
+            # watch would time out answering "no events up to here" past them.
             self.parking.wake_watches(m)
         grants = m.take_grants()
         if grants:

@@ -141,3 +141,25 @@ def test_a_new_leader_never_expires_a_session_before_a_keepalive_the_old_leader_
         assert sid in nodes.svcs[new].machine.sessions(), (
             f"session expired at {nodes.now}; its client holds the lock until "
             f"{client_believes_until} (renewed at {last_renewal})")
+
+
+def test_a_parked_watch_is_answered_with_the_events_a_snapshot_install_brought() -> None:
+    """Found by the whole-node simulator: a follower that caught up by installing a
+    snapshot (and nothing after it) left its parked watches parked, and on their timeout
+    answered "no events, revision R" for revisions the snapshot had brought: the watcher
+    then skipped them."""
+    nodes = Nodes(Config(heartbeat_ms=50, election_timeout_ms=500, snapshot_every=1))
+    nodes.advance(3000)
+    leader = nodes.leader()
+    assert leader is not None
+    follower = next(i for i in IDS if i != leader)
+    rid = nodes.send(follower, {"op": "watch", "prefix": "k/", "after": 0, "wait_ms": 2000})
+    nodes.isolate(follower)
+    for seq in (1, 2, 3):
+        assert nodes.ask(leader, put(f"k/{seq}", b"v", seq)) is not None
+    nodes.advance(200)          # the leader snapshots past every entry it has
+    nodes.cut.clear()
+    nodes.advance(2500)         # the follower catches up by snapshot; the watch runs out
+    reply = nodes.replies.get((follower, rid))
+    assert reply is not None and reply["ok"]
+    assert [e[3] for e in reply["events"]] == [1, 2, 3], reply
