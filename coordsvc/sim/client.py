@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ..core.commands import Cancel, CloseSession, Command, OpenAndAcquire
-from ..core.protocol import ErrorCode, LockState, Result, ResultCode
+from ..core.protocol import ErrorCode, ErrorReply, LockState, Result, ResultCode
 from . import requests
 from .requests import BadReply, Payload
 from .world import World
@@ -205,20 +205,18 @@ class SimClient:
                 refusal = requests.error_of(reply)
             except BadReply as e:
                 self.env.protocol_violation(f"{self.name}: {payload['op']} from {ep}: {e}")
-                refusal = None
-                err: ErrorCode | str = ErrorCode.UNAVAILABLE
-            else:
-                if refusal is None:
-                    if leader:
-                        self.leader = ep
-                    if pin is not None:
-                        pin[0] = ep
-                    return reply
-                err = refusal.error
+                refusal = ErrorReply(ErrorCode.UNAVAILABLE, str(e))   # then carry on as if so
+            if refusal is None:
+                if leader:
+                    self.leader = ep
+                if pin is not None:
+                    pin[0] = ep
+                return reply
+            err = refusal.error
             if err == ErrorCode.NOT_LEADER:
                 if self.leader == ep:
                     self.leader = None
-                addr = None if refusal is None else refusal.leader_address
+                addr = refusal.leader_address
                 to = None if addr is None else self.env.node_at(addr)
                 if to is not None and to != ep and redirects < len(self.env.endpoints):
                     redirects += 1
@@ -236,9 +234,8 @@ class SimClient:
             elif err == ErrorCode.COMPACTED:
                 return reply
             else:
-                message = "" if refusal is None else refusal.message
                 self.env.protocol_violation(f"{self.name}: {payload['op']} from {ep} failed "
-                                            f"with {err}: {message}")
+                                            f"with {err}: {refusal.message}")
                 return None
 
     def _start(self, pin: list[str | None] | None) -> str:

@@ -7,11 +7,14 @@ until ``next_timer_ms()`` (at most 250 ms) or the next input. The runtime's save
 on fsync; here each save takes a random time during which the node is blocked, messages
 handed to ``send`` after a save leave only when it completed, and client replies leave
 when the step's last save completed. A crash loses every save not completed, and with
-it everything that was waiting for it.
+it everything that was waiting for it. The cluster is a secure one: each peer message
+reaches ``on_peer`` with its sender's principal, each request ``on_client`` as "admin",
+and requests and replies cross the network as msgpack bytes, as on the real wire.
 
 One seed draws everything (``Params`` lists every drawn value; a failure prints them):
 fault rates, per-node clock drift, partitions between nodes and between clients and
-nodes, the clients' workload. A run is a safety phase under faults, then the heal:
+nodes, byte budgets (small enough, in some seeds, that promises, catch-up replies and
+snapshots travel in many pieces), the clients' workload. A run is a safety phase under faults, then the heal:
 every client must finish (every request it retries answered) and every watcher catch
 up. The per-slot oracle checks every durable save and every applied slot as it happens;
 the history is checked when the run ends (``checks.py``, ``linearizability.py``).
@@ -25,7 +28,7 @@ from typing import Any
 
 from ..core.identity import ADMIN, Identities, node_principal
 from ..core.machine import Machine
-from ..core.messages import Message, Outbound
+from ..core.messages import Message, Outbound, Promise, SnapshotChunk
 from ..core.protocol import Change
 from ..core.replica import Ready, Role
 from ..core.service_outbox import Route
@@ -73,6 +76,11 @@ class Params:
     workers: int
     watchers: tuple[tuple[str, int, bool], ...]   # (prefix, start ms, from now?)
     workload: Workload
+    # Byte budgets (None: the production default): one Accept's batch, a Promise's or
+    # catch-up reply's entries, a snapshot chunk. Small ones split nearly every message.
+    batch_bytes: int | None
+    budget_bytes: int | None
+    chunk_bytes: int | None
 
     @staticmethod
     def draw(rng: random.Random, nodes: int | None = None) -> Params:
@@ -117,6 +125,9 @@ class Params:
             workers=rng.choice((3, 5, 8)),
             watchers=watchers,
             workload=wl,
+            batch_bytes=rng.choice((100, 400, None)),
+            budget_bytes=rng.choice((128, 1024, None)),
+            chunk_bytes=rng.choice((32, 256, None)),
         )
 
     def describe(self) -> str:
@@ -178,9 +189,17 @@ class NodeSim:
         self.identities = Identities(secure=True, members={nid: f"key:{nid}" for nid in self.ids},
                                      admin_key="key:admin")
         self._by_address = {a: nid for nid, a in self.addresses.items()}
+        budgets: dict[str, int] = {}
+        if p.batch_bytes is not None:
+            budgets.update(max_batch_bytes=p.batch_bytes, max_inflight_bytes=12 * p.batch_bytes,
+                           max_pending_bytes=20 * p.batch_bytes)
+        if p.budget_bytes is not None:
+            budgets["message_budget_bytes"] = p.budget_bytes
+        if p.chunk_bytes is not None:
+            budgets["snapshot_chunk_bytes"] = p.chunk_bytes
         self.cfg = Config(heartbeat_ms=50, election_timeout_ms=p.election_timeout_ms,
                           max_inflight_slots=16, max_batch_commands=8, catchup_batch=16,
-                          snapshot_every=p.snapshot_every)
+                          snapshot_every=p.snapshot_every, **budgets)
         self.net = Network(self.world, p.loss, p.dup, p.max_delay_ms)
         self.faults = Faults(self.world, self.net, self, self.ids, p.crash_every_ms,
                              p.partition_every_ms, p.disk_loss, p.safety_ms)
@@ -190,7 +209,8 @@ class NodeSim:
         self.history = Recorder()
         self.record = Record()
         self.stats = {"crashes": 0, "wipes": 0, "peer_messages": 0, "client_requests": 0,
-                      "saves": 0, "steps": 0}
+                      "saves": 0, "steps": 0, "snapshot_chunks": 0, "promise_chunks": 0,
+                      "installs": 0}
         self.workers: list[SimClient] = []
         self.watchers: list[SimClient] = []
         self._clients: dict[str, SimClient] = {}
@@ -373,6 +393,10 @@ class NodeSim:
         if node.svc is None:
             return
         self.stats["peer_messages"] += 1
+        if isinstance(msg, SnapshotChunk):
+            self.stats["snapshot_chunks"] += 1
+        elif isinstance(msg, Promise) and msg.next_slot:
+            self.stats["promise_chunks"] += 1
         self.world.note("peer", nid, type(msg).__name__, msg.src)
         node.inbox.append((sender, msg))
         self._poll_soon(node)
@@ -406,6 +430,7 @@ class NodeSim:
 
     def _applying(self, nid: str, ready: Ready) -> None:
         if ready.install is not None:
+            self.stats["installs"] += 1
             self.oracle.installed(nid, ready.install.index)
             self.nodes[nid].last_published = None
         for slot, value in ready.committed:
