@@ -201,7 +201,7 @@ def test_a_refused_request_is_answered_bad_request_by_the_node(node: LocalNode) 
     now = time.monotonic()
     for payload, why in [({"op": "get"}, "missing field 'key'"),
                          ({"op": "get", "key": 5}, "must be str"),
-                         ({"op": "watch", "after": -1}, "after must be >= 0"),
+                         ({"op": "watch", "after": -1}, "field 'after' must be in [0, 2**63 - 1]"),
                          ({"op": "nope"}, "unknown op")]:
         reply = transport.request(A, payload, now + 2.0, now + 2.0)
         assert reply is not None and reply["ok"] is False and reply["error"] == "bad_request"
