@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
-    "InvalidRequest", "Lock", "LockTimeout", "Unavailable", "Watch", "__version__",
+    "InvalidRequest", "Lock", "LockTimeout", "QuotaExceeded", "Unavailable", "Watch", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         InvalidRequest,
         Lock,
         LockTimeout,
+        QuotaExceeded,
         Unavailable,
         Watch,
     )

@@ -168,6 +168,10 @@ def status_header(status: Mapping[str, Any]) -> Text:
         t.append(f"  revision {c['revision']}")
     if c.get("commit_index") is not None:
         t.append(f"  commit {c['commit_index']}")
+    alarms = c.get("alarms") or []
+    t.append("  alarms ")
+    t.append(", ".join(map(str, alarms)) if alarms else "none",
+             style="bold red" if alarms else "")
     return t
 
 

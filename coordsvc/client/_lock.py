@@ -314,10 +314,12 @@ def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
     If the first write's outcome stays unknown (``Unavailable``), a session opened by it
     is not kept alive and expires after ``ttl_s``, releasing whatever it got.
     """
-    if not _is_number(ttl_s) or not math.isfinite(ttl_s):
-        raise InvalidRequest(f"ttl must be a finite number of seconds, got {ttl_s!r}")
-    if timeout_s is not None and not (_is_number(timeout_s) and timeout_s >= 0):
-        raise InvalidRequest(f"timeout must be a number of seconds >= 0 or None, got {timeout_s!r}")
+    if not _is_number(ttl_s) or not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise InvalidRequest(f"ttl must be a finite number of seconds > 0, got {ttl_s!r}")
+    if timeout_s is not None and not (_is_number(timeout_s) and math.isfinite(timeout_s)
+                                      and timeout_s >= 0):
+        raise InvalidRequest("timeout must be a finite number of seconds >= 0, or None to wait "
+                             f"as long as it takes, got {timeout_s!r}")
     cmd = OpenAndAcquire(name, int(round(ttl_s * 1000)), wait=timeout_s != 0)
     err = validate(cmd)
     if err is not None:

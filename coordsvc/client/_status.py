@@ -57,6 +57,8 @@ def summarize(members: Sequence[tuple[str | None, str]],
             "commit_index": _max_int(n.get("commit_index") for n in source),
             "revision": _max_int(n.get("revision") for n in source),
             "can_lose": max(0, healthy - quorum_size),
+            # Quotas exceeded on any node that answered (CONTRACT §6).
+            "alarms": sorted({a for n in up for a in (n.get("alarms") or []) if type(a) is str}),
         },
         "nodes": nodes,
     }
