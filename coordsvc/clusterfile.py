@@ -13,6 +13,10 @@ data_dir = "n1"                    # relative to the cluster file's directory
 
 [tuning]                           # optional: any field of coordsvc.core.types.Config
 snapshot_every = 10000
+
+[limits]                           # optional quotas (coordsvc.core.quotas), these defaults:
+max_db_bytes = 2147483648          # past it, every put is refused (QuotaExceeded)
+max_keys = 1000000                 # past it, puts of new keys are refused
 ```
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pathlib import Path
 
 import tomli_w
 
+from .core.quotas import Quotas
 from .core.types import Config
 
 DEFAULT_DIR = Path(".coord")
@@ -59,6 +64,7 @@ class Cluster:
     nodes: tuple[NodeSpec, ...]
     path: Path | None = None
     config: Config = field(default_factory=Config)
+    limits: Quotas = field(default_factory=Quotas)
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -104,7 +110,18 @@ def load(path: Path) -> Cluster:
     ids = [n.id for n in nodes]
     if not nodes or len(set(ids)) != len(ids):
         raise ClusterFileError(f"cluster file {path} must list nodes with distinct ids")
-    return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})))
+    return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})),
+                   _limits(path, raw.get("limits", {})))
+
+
+def _limits(path: Path, raw: object) -> Quotas:
+    known = {f.name for f in fields(Quotas)}
+    if not isinstance(raw, dict) or not set(raw) <= known:
+        raise ClusterFileError(f"cluster file {path}: [limits] takes {', '.join(sorted(known))}")
+    try:
+        return Quotas(**raw)
+    except ValueError as e:
+        raise ClusterFileError(f"cluster file {path}: {e}") from None
 
 
 def _tuning(path: Path, raw: object) -> Config:

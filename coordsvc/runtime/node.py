@@ -4,12 +4,19 @@
 
 No threads, no busy waiting: the loop sleeps in zmq poll until a socket is readable
 or the next timer is due.
+
+What stops a node once it serves: a signal (exit 0), a detected ``SafetyViolation``
+(exit 70), or a failed disk write (exit 74, one line naming the database and the error:
+the store refuses every later save, see ``storage.sqlite``). A request whose handling
+raised was answered ``internal`` by the service; it is logged here once, with its
+traceback.
 """
 from __future__ import annotations
 
 import logging
 import random
 import signal
+import sqlite3
 import sys
 import time
 from types import FrameType
@@ -25,6 +32,10 @@ from ..transport.zmq_transport import Transport, TransportError
 
 log = logging.getLogger("coordsvc.node")
 MAX_SLEEP_MS = 250
+# How often the database size the quotas see is measured (three PRAGMAs, ~10 us).
+DB_MEASURE_MS = 1_000
+EXIT_SAFETY = 70
+EXIT_DISK = 74   # EX_IOERR
 
 
 def _now_ms() -> int:
@@ -42,7 +53,7 @@ class Node:
             raise
         addresses = {n.id: n.address for n in cluster.nodes}
         self.service = Service(node_id, addresses, self.store.load(), random.Random(),
-                               _now_ms(), config)
+                               _now_ms(), config, quotas=cluster.limits)
         self.id = node_id
         self.stopping = False
         self._role = Role.FOLLOWER
@@ -52,6 +63,7 @@ class Node:
     def run(self) -> None:
         svc, tr, store = self.service, self.transport, self.store
         next_tick = _now_ms()
+        next_measure = 0
         while not self.stopping:
             tr.poll(max(0, next_tick - _now_ms()))
             now = _now_ms()
@@ -61,6 +73,9 @@ class Node:
                 else:
                     svc.on_client(route, body, now)
             if now >= next_tick:
+                if now >= next_measure:
+                    svc.observe_db_bytes(store.db_bytes_in_use())
+                    next_measure = now + DB_MEASURE_MS
                 svc.tick(now)
             svc.step(store.save, tr.send)
             replies, events = svc.take_outbox()
@@ -68,6 +83,8 @@ class Node:
                 tr.reply(route, payload)
             if events:
                 tr.publish(events)
+            for what, exc in svc.take_incidents():
+                log.error("answered internal: %s", what, exc_info=exc)
             store.maintain()
             self._log_changes()
             next_tick = min(svc.next_timer_ms(), _now_ms() + MAX_SLEEP_MS)
@@ -112,7 +129,13 @@ def serve(cluster: Cluster, node_id: str, config: Config = Config()) -> int:
         node.run()
     except SafetyViolation as e:
         log.critical("stopping: %s", e)
-        return 70
+        return EXIT_SAFETY
+    except (sqlite3.Error, OSError) as e:
+        # Only the store does file I/O in the loop (sockets raise zmq errors): a write
+        # failed, and nothing acknowledged may depend on it, so stop (see storage.sqlite).
+        log.critical("stopping: writing %s failed: %s: %s", node.store.db_path,
+                     type(e).__name__, " ".join(str(e).split()))
+        return EXIT_DISK
     finally:
         node.close()
     log.info("stopped")
