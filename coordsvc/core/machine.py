@@ -121,8 +121,9 @@ class _Versions(builtins.list[Change]):
     def add(self, ev: Change) -> None:
         self.append(ev)
         self.nbytes += len(ev.value)
-        while len(self) > 1 and (len(self) > KEY_HISTORY or self.nbytes > KEY_HISTORY_BYTES):
-            self.nbytes -= len(self.pop(0).value)
+        if len(self) > KEY_HISTORY or self.nbytes > KEY_HISTORY_BYTES:
+            while len(self) > 1 and (len(self) > KEY_HISTORY or self.nbytes > KEY_HISTORY_BYTES):
+                self.nbytes -= len(self.pop(0).value)
 
 
 @dataclass(slots=True)
@@ -453,7 +454,20 @@ class Machine:
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
                      limit: int) -> builtins.list[Change]:
         """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)."""
-        return self.events_page(prefix, after_revision, limit, 1 << 62)[0]
+        if after_revision < 0 or limit < 1:
+            raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
+        if after_revision + 1 < self.first_revision_in_window:
+            raise RevisionCompacted(self.first_revision_in_window)
+        out: builtins.list[Change] = []
+        # The window holds every revision from first_revision_in_window on, one event each.
+        start = after_revision + 1 - self.first_revision_in_window
+        for i in range(start, len(self._window)):
+            ev = self._window[i]
+            if ev.key.startswith(prefix):
+                out.append(ev)
+                if len(out) >= limit:
+                    break
+        return out
 
     def events_page(self, prefix: str | tuple[str, ...], after_revision: int, limit: int,
                     max_bytes: int) -> tuple[builtins.list[Change], bool]:

@@ -592,14 +592,19 @@ class WatchRequest:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> WatchRequest:
-        prefix = _key(_str(m, "prefix", ""), "prefix", allow_empty=True)
+        prefix = m.get("prefix", "")
+        if not (type(prefix) is str and len(prefix) <= MAX_KEY_BYTES // 4 and "\x00" not in prefix):
+            prefix = _key(_str(m, "prefix", ""), "prefix", allow_empty=True)
         prefixes = m.get("prefixes", [])
         if not (type(prefixes) is list and len(prefixes) <= MAX_WATCH_PREFIXES
                 and all(type(x) is str for x in prefixes)):
             raise SchemaError(f"prefixes must be a list of at most {MAX_WATCH_PREFIXES} strings")
         for x in prefixes:
-            _key(x, "prefix", allow_empty=True)
-        after = _count(m, "after", _MISSING)
+            if not (len(x) <= MAX_KEY_BYTES // 4 and "\x00" not in x):   # else say why, if so
+                _key(x, "prefix", allow_empty=True)
+        after = m.get("after")
+        if not (type(after) is int and 0 <= after <= MAX_INT):
+            after = _count(m, "after", _MISSING)
         return cls(after, prefix, tuple(prefixes),
                    _clamp(_int(m, "wait_ms", 0), 0, MAX_WAIT_MS),
                    _clamp(_int(m, "limit", MAX_WATCH_BATCH), 1, MAX_WATCH_BATCH))

@@ -80,9 +80,11 @@ def _write(svc: Service, route: Route, rid: object, req: WriteRequest) -> None:
     waiter = WriteWaiter(route, rid, svc.now_ms)
     if svc.writes.join((r.client_id, r.seq), waiter):
         return    # a retry while the first attempt is in flight: both hear one Result
-    if type(r.cmd) is Put and not svc.machine.has_result(r.client_id, r.seq):
+    q, m = svc.quota, svc.machine
+    if (type(r.cmd) is Put and (svc.db_bytes >= q.max_db_bytes or m.key_count >= q.max_keys)
+            and not m.has_result(r.client_id, r.seq)):
         # A retry of an applied put gets its cached Result whatever the quotas say now.
-        refused = svc.quota.refuse_put(svc.machine, r.cmd.key, svc.db_bytes)
+        refused = q.refuse_put(m, r.cmd.key, svc.db_bytes)
         if refused is not None:
             svc.out.error(route, rid, ErrorCode.QUOTA_EXCEEDED, refused)
             return

@@ -28,10 +28,12 @@ Why not the alternatives:
 
 What a cursor costs: taking it copies the references of the remaining rows (O(rows) once,
 the price of any consistent snapshot, paid only by reads that do not fit one page), and
-it keeps alive values later overwritten or deleted. So cursors are bounded: at most
-``MAX_CURSORS_PER_ROUTE`` per connection and ``MAX_CURSORS`` per node, at most
-``MAX_CURSOR_BYTES`` of rows pinned by all of them, and one unused for ``CURSOR_IDLE_MS``
-is dropped. Past a bound the read is refused ``busy`` (naming it); a continuation whose
+it keeps alive values later overwritten or deleted (until then they are the machine's
+own, not copies). So cursors are bounded: at most ``MAX_CURSORS_PER_ROUTE`` per
+connection and ``MAX_CURSORS`` per node, and one unused for ``CURSOR_IDLE_MS`` is
+dropped. The rows all cursors refer to are bounded by ``MAX_CURSOR_BYTES`` (twice the
+default ``max_db_bytes``), except that one cursor may always open: listing everything
+must stay possible whatever the database holds. Past a bound the read is refused ``busy`` (naming it); a continuation whose
 cursor is gone (expired, drained, or the node restarted) is answered ``cursor_expired``
 and the client starts the listing again.
 """
@@ -49,7 +51,7 @@ __all__ = ["CURSOR_IDLE_MS", "MAX_CURSORS", "MAX_CURSORS_PER_ROUTE", "MAX_CURSOR
 
 MAX_CURSORS = 256
 MAX_CURSORS_PER_ROUTE = 8
-MAX_CURSOR_BYTES = 1024 * 1024 * 1024
+MAX_CURSOR_BYTES = 4 * 1024 * 1024 * 1024
 CURSOR_IDLE_MS = 30_000
 
 Row = TypeVar("Row", KeyValue, Change)
@@ -127,7 +129,7 @@ class Cursors:
         if self._per_route.get(route, 0) >= MAX_CURSORS_PER_ROUTE:
             return ("too many paged reads in progress on this connection "
                     f"(max_cursors_per_connection {MAX_CURSORS_PER_ROUTE})")
-        if self.pinned_bytes + rest_bytes > MAX_CURSOR_BYTES:
+        if self._by_id and self.pinned_bytes + rest_bytes > MAX_CURSOR_BYTES:
             return ("paged reads in progress hold too much data on this node "
                     f"(max_cursor_bytes {MAX_CURSOR_BYTES})")
         return None

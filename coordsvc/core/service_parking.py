@@ -74,6 +74,8 @@ class ParkedLockWait:
 
 def _prefixes(req: WatchRequest) -> tuple[str, ...]:
     ps = req.prefixes or (req.prefix,)
+    if len(ps) == 1:
+        return ps
     return ("",) if "" in ps else tuple(dict.fromkeys(ps))
 
 
@@ -122,17 +124,23 @@ class Parking:
 
     def watch(self, m: Machine, route: Route, rid: object, req: WatchRequest, now_ms: int) -> None:
         prefixes = _prefixes(req)
-        w = ParkedWatch(route, rid, now_ms + req.wait_ms, req, prefixes,
-                        sum(len(p) + _PREFIX_OVERHEAD for p in prefixes))
+        nbytes = (len(prefixes[0]) if len(prefixes) == 1 else sum(map(len, prefixes))) \
+            + _PREFIX_OVERHEAD * len(prefixes)
+        w = ParkedWatch(route, rid, now_ms + req.wait_ms, req, prefixes, nbytes)
         if self._try_watch(m, w):
             return
         if req.wait_ms == 0:
             self._out.reply(route, rid, WatchReply((), m.revision))
             return
-        refused = self._watch_refusal(w)
-        if refused is not None:
-            self._out.error(route, rid, *refused)
-            return
+        per_route = self._per_route
+        if not (len(self.watches) < MAX_PARKED
+                and per_route.get((True, route), 0) < MAX_PARKED_PER_ROUTE
+                and self._route_bytes.get(route, 0) + nbytes <= MAX_PREFIX_BYTES_PER_ROUTE
+                and self._prefix_bytes + nbytes <= MAX_PREFIX_BYTES):
+            refused = self._watch_refusal(w)   # the same checks, saying which one failed
+            if refused is not None:
+                self._out.error(route, rid, *refused)
+                return
         wid = self._park(w.deadline_ms)
         self.watches[wid] = w
         for p in prefixes:
@@ -142,7 +150,8 @@ class Parking:
                 self._lens[len(p)] = self._lens.get(len(p), 0) + 1
             else:
                 ids[wid] = None
-        self._count(True, route, 1)
+        k = (True, route)
+        per_route[k] = per_route.get(k, 0) + 1
         self._route_bytes[route] = self._route_bytes.get(route, 0) + w.prefix_bytes
         self._prefix_bytes += w.prefix_bytes
 

@@ -86,6 +86,16 @@ def test_paged_reads_in_progress_are_bounded_per_connection_and_name_the_bound()
     assert s.ask({"op": "list", "prefix": "big/"}, "other")["cursor"]   # others still can
 
 
+def test_the_rows_cursors_refer_to_are_bounded_but_one_cursor_may_always_open(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service_pages, "MAX_CURSOR_BYTES", 2 * MiB)
+    s = Solo()
+    _big(s, 4)
+    assert s.ask({"op": "list", "prefix": "big/"}, "a")["cursor"]      # 3 MiB left: alone, fine
+    refused = s.ask({"op": "list", "prefix": "big/"}, "b")
+    assert refused["error"] == "busy" and "max_cursor_bytes" in refused["message"]
+
+
 def test_limit_and_start_after_return_one_sorted_page_and_say_whether_more_keys_exist() -> None:
     s = Solo()
     for k in ["a/3", "a/1", "b/1", "a/2", "a/4", "a"]:
