@@ -490,9 +490,12 @@ def _locate(endpoints: object) -> tuple[clusterfile.Cluster | None, tuple[str, .
 
 
 def _check_timeout(timeout: object) -> float:
-    if (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-            and math.isfinite(timeout) and timeout > 0):
-        return float(timeout)
+    try:
+        seconds = float(timeout) if isinstance(timeout, (int, float)) else math.nan
+    except OverflowError:    # an int too large for a float
+        seconds = math.inf
+    if not isinstance(timeout, bool) and math.isfinite(seconds) and seconds > 0:
+        return seconds
     raise InvalidRequest(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
 
 

@@ -386,4 +386,10 @@ def _give_up(client: Client, lk: Lock) -> None:
 
 
 def _is_number(v: object) -> TypeGuard[float]:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    """A real number, not NaN, that a float holds (an int of 400 digits is not one)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return not math.isnan(float(v))
+    except OverflowError:
+        return False

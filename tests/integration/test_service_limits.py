@@ -76,40 +76,53 @@ def cluster3(tmp_path: Path) -> Iterator[LocalCluster]:
 
 # -- values at the limit --------------------------------------------------------------------
 
-def test_six_1_mib_values_are_listed_watched_and_their_history_read_whole_on_every_node(
-        cluster3: LocalCluster) -> None:
-    c = cluster3
+def _big_values(c: LocalCluster, n: int) -> None:
+    """``n`` values of 1 MiB under big/ and six versions of one key: every answer whole."""
     c.leader()
+    keys = [f"big/{i:03d}" for i in range(n)]
     with Client(c.endpoints, timeout=30.0) as cl:
-        acked = {f"big/{i}": cl.put(f"big/{i}", _value(i)) for i in range(6)}
+        acked = {k: cl.put(k, _value(i % 50)) for i, k in enumerate(keys)}
         hist_revs = [cl.put("hist/k", _value(i)) for i in range(6)]
         lst = cl.list("big/")
-        assert [e.key for e in lst] == sorted(acked) and lst.revision == hist_revs[-1]
-        assert all(e.value == _value(i) and e.revision == acked[e.key] for i, e in enumerate(lst))
+        assert [e.key for e in lst] == keys and lst.revision == hist_revs[-1]
+        assert all(e.value == _value(i % 50) and e.revision == acked[e.key] for i, e in enumerate(lst))
         hist = cl.history("hist/k")
         assert [ev.revision for ev in hist] == hist_revs
         assert [ev.value for ev in hist] == [_value(i) for i in range(6)]
-        with cl.watch("big/", start_revision=1) as w:
-            got = [w.next(20.0) for _ in range(6)]
-        assert [(ev.key, ev.revision) for ev in got if ev is not None] == sorted(acked.items(), key=lambda kv: kv[1])
-        for n in c.ids:       # the stale list each node answers itself is whole too
-            with Client([c.cluster.node(n).address], timeout=30.0) as one:
-                assert [e.value for e in one.list("big/", stale=True)] == [_value(i) for i in range(6)]
-    r = _coordctl(c, "config", "list", "big/", "--json")
+        # From revision 1 (six values); a 100 MiB run starts where the 64 MiB window still is.
+        watched = list(acked.items())[max(0, n - 50):]
+        with cl.watch("big/", start_revision=watched[0][1]) as w:
+            got = [w.next(30.0) for _ in watched]
+        assert [(ev.key, ev.revision) for ev in got if ev is not None] == watched
+        for node in c.ids:     # the stale list each node answers itself is whole too
+            with Client([c.cluster.node(node).address], timeout=30.0) as one:
+                assert [e.key for e in one.list("big/", stale=True)] == keys
+    r = _coordctl(c, "config", "list", "big/", "--json", timeout=300)
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
-    assert [row["key"] for row in rows] == sorted(acked)
-    assert all(row["value"] == _value(i).decode() for i, row in enumerate(rows))
+    assert [row["key"] for row in rows] == keys
+    assert all(row["value"] == _value(i % 50).decode() for i, row in enumerate(rows))
     r = _coordctl(c, "config", "list", "big/", "--limit", "4")
     assert r.returncode == 0 and r.stdout.count("big/") == 4
-    assert "--start-after big/3" in _one_line(r.stderr)
+    assert f"--start-after {keys[3]}" in _one_line(r.stderr)
     r = _coordctl(c, "config", "history", "hist/k", "--json")
     assert r.returncode == 0 and [row["revision"] for row in json.loads(r.stdout)] == hist_revs
     _all_up(c)
-    for n in c.ids:           # every acknowledged write readable on every node
-        for key, rev in acked.items():
-            reply = c.probe.call(n, "get", timeout=5.0, key=key, stale=True)
-            assert reply and reply["ok"] and reply["kv"][2] == rev and reply["kv"][1] == _value(int(key[-1]))
+    for node in c.ids:        # every acknowledged write readable on every node
+        for i, (key, rev) in enumerate(acked.items()):
+            reply = c.probe.call(node, "get", timeout=5.0, key=key, stale=True)
+            assert reply and reply["ok"] and reply["kv"][2] == rev and reply["kv"][1] == _value(i % 50)
+
+
+def test_six_1_mib_values_are_listed_watched_and_their_history_read_whole_on_every_node(
+        cluster3: LocalCluster) -> None:
+    _big_values(cluster3, 6)
+
+
+@pytest.mark.long
+def test_a_100_mib_prefix_is_listed_watched_and_read_whole_on_every_node(
+        cluster3: LocalCluster) -> None:
+    _big_values(cluster3, 100)
 
 
 # -- quotas ---------------------------------------------------------------------------------

@@ -239,6 +239,7 @@ def test_limits_are_checked_before_sending(net: Faults) -> None:
     lambda c: c.acquire("l", timeout=-1), lambda c: c.acquire("l", timeout=math.nan),
     lambda c: c.acquire("l", timeout=math.inf), lambda c: c.acquire("l", ttl=-1),
     lambda c: c.acquire("l", ttl=1e300), lambda c: c.acquire("l", timeout=True),
+    lambda c: c.acquire("l", ttl=2**1100), lambda c: c.acquire("l", timeout=2**1100),
     lambda c: c.watch("p", start_revision=2**70), lambda c: c.watch("p" * 513),
     lambda c: c.put("k", "v", if_revision=2**70), lambda c: c.delete("k", if_revision=2**64),
     lambda c: c.list("p", limit=0), lambda c: c.list("p", limit=True),
@@ -256,7 +257,7 @@ def test_bad_arguments_raise_invalid_request_and_send_nothing(net: Faults, call:
     {"endpoints": "tcp://127.0.0.1:1"}, {"endpoints": []}, {"endpoints": [5]},
     {"endpoints": ["udp://127.0.0.1:1"]}, {"endpoints": ["tcp://127.0.0.1:99999"]},
     {"endpoints": 7}, {"timeout": "5"}, {"timeout": math.nan}, {"timeout": math.inf},
-    {"timeout": -1.0}, {"timeout": 0}, {"timeout": True},
+    {"timeout": -1.0}, {"timeout": 0}, {"timeout": True}, {"timeout": 2**1100},
 ])
 def test_client_construction_refuses_bad_arguments_with_invalid_request(
         kwargs: dict[str, Any], net: Faults) -> None:
