@@ -20,10 +20,11 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
-from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import HealthCheck, assume, given, seed, settings
 from hypothesis import strategies as st
 
 from coordsvc import wire
+from coordsvc.transport.zmq_transport import MAX_ROUTER_MESSAGE_BYTES
 
 from .harness import LocalCluster
 
@@ -43,7 +44,15 @@ _ints = st.one_of(st.integers(-2**63, 2**64 - 1), st.integers(-3, 70),
                   st.sampled_from([0, 1, 2**62, 2**63 - 1, 2**63, 2**64 - 1, -2**63]))
 _text = st.one_of(st.text(max_size=40), st.sampled_from(["", "a/", "k\x00", "k" * 513, "é" * 300,
                                                          "p" * 100 * 1024]))
-_blobs = st.one_of(st.binary(max_size=256), st.sampled_from([b"x" * 65536, b"y" * (1 << 20)]))
+class Big(bytes):
+    """A large value that Hypothesis shows by its size, not its 1 MiB of content."""
+
+    def __repr__(self) -> str:
+        return f"Big({len(self)} bytes)"
+
+
+_blobs = st.one_of(st.binary(max_size=256),
+                   st.sampled_from([Big(b"x" * 65536), Big(b"y" * (1 << 20))]))
 _scalars = st.one_of(st.none(), st.booleans(), _ints, st.floats(), _text, _blobs)
 _values = st.recursive(_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
@@ -161,11 +170,14 @@ def _fuzz(live: tuple[LocalCluster, Speaker], examples: int) -> None:
     @seed(SEED)
     @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.large_base_example])
+                                     HealthCheck.large_base_example, HealthCheck.filter_too_much])
     @given(req=_requests, oversize=st.integers(0, 99))
     def one(req: dict[str, Any], oversize: int) -> None:
         if oversize == 0:    # about 1 in 100: a frame between the cap and twice the cap
-            req = {**req, "pad": b"z" * (wire.MAX_FRAME_BYTES + 1024)}
+            req = {**req, "pad": Big(b"z" * (wire.MAX_FRAME_BYTES + 1024))}
+        # Above MAX_ROUTER_MESSAGE_BYTES ZeroMQ drops the connection before the node sees
+        # a byte (documented); such a request has no reply to check.
+        assume(len(_encode(req)(2**40)) <= MAX_ROUTER_MESSAGE_BYTES)
         rid = speaker.send(_encode(req))
         # A request that may park is checked at the end (all of them wait at once).
         reply = speaker.wait(rid, 0.3 if req.get("op") in PARKING else REPLY_S)
