@@ -33,9 +33,14 @@ own, not copies). So cursors are bounded: at most ``MAX_CURSORS_PER_ROUTE`` per
 connection and ``MAX_CURSORS`` per node, and one unused for ``CURSOR_IDLE_MS`` is
 dropped. The rows all cursors refer to are bounded by ``MAX_CURSOR_BYTES`` (twice the
 default ``max_db_bytes``), except that one cursor may always open: listing everything
-must stay possible whatever the database holds. Past a bound the read is refused ``busy`` (naming it); a continuation whose
-cursor is gone (expired, drained, or the node restarted) is answered ``cursor_expired``
-and the client starts the listing again.
+must stay possible whatever the database holds. Past a bound the read is refused ``busy``
+(naming it); a continuation whose cursor is gone (expired, drained, or the node
+restarted) is answered ``cursor_expired`` and the client starts the listing again.
+
+A continuation names the offset it wants (rows received since the first page), so a
+retried page repeats rather than skips. Cursor ids are per-node counters: anyone who
+could make the read can read its pages; once requests carry an authenticated principal,
+a cursor should answer only the principal that opened it.
 """
 from __future__ import annotations
 
