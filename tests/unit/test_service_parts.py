@@ -21,6 +21,7 @@ from coordsvc.core.commands import (
 )
 from coordsvc.core.machine import SessionInfo
 from coordsvc.core.messages import Message, Outbound
+from coordsvc.core.quotas import Quotas
 from coordsvc.core.service import Service
 from coordsvc.core.service_clocks import EXPIRE_RETRY_MS, SessionClocks
 from coordsvc.core.service_writes import PendingWrites, WriteWaiter
@@ -33,11 +34,11 @@ CFG = Config(heartbeat_ms=10, election_timeout_ms=50)
 class Solo:
     """One Service, its store and its clock; ``ask`` sends a request map and steps."""
 
-    def __init__(self, members: tuple[str, ...] = ("n1",)) -> None:
+    def __init__(self, members: tuple[str, ...] = ("n1",), quotas: Quotas = Quotas()) -> None:
         self.store = MemoryStore()
         self.now = 0
         self.svc = Service("n1", {m: f"tcp://127.0.0.1:{i + 1}" for i, m in enumerate(members)},
-                           self.store.load(), random.Random(1), self.now, CFG)
+                           self.store.load(), random.Random(1), self.now, CFG, quotas=quotas)
         self.replies: list[tuple[object, dict[str, Any]]] = []
         self.seq = 0
         if len(members) == 1:
@@ -76,9 +77,10 @@ class Solo:
         (reply,) = [r for rt, r in self.replies[before:] if rt == route]
         return reply
 
-    def write(self, cmd: Command) -> dict[str, Any]:
+    def write(self, cmd: Command, client_id: str = "c") -> dict[str, Any]:
         self.seq += 1
-        return self.ask({"op": "write", "req": encode_request(Request("c", self.seq, self.seq, cmd))})
+        return self.ask({"op": "write",
+                         "req": encode_request(Request(client_id, self.seq, self.seq, cmd))})
 
 
 def test_a_malformed_request_is_answered_bad_request_counted_and_changes_nothing() -> None:
@@ -131,7 +133,7 @@ def test_a_parked_watch_is_answered_by_the_first_matching_change() -> None:
     s.write(Put("app/a", b"1"))
     (reply,) = [r for rt, r in s.replies if rt == "w"]
     assert reply == {"id": 1, "ok": True, "events": [["put", "app/a", b"1", 2]], "revision": 2}
-    assert s.svc.parking.watches == []
+    assert not s.svc.parking.watches
 
 
 def test_a_parked_watch_is_answered_empty_at_its_deadline() -> None:
