@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._client import Client, ClientTransport
 from ._lock import Lock, LockInfo
-from ._types import Entry, Event, Principal
+from ._types import Entry, EntryList, Event, Principal
 from ._watch import Watch
 from .errors import (
     Compacted,
@@ -23,11 +23,12 @@ from .errors import (
     InvalidRequest,
     LockTimeout,
     PermissionDenied,
+    QuotaExceeded,
     Unavailable,
 )
 
 __all__ = [
-    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
-    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
-    "Principal", "Unavailable", "Watch",
+    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
+    "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
+    "PermissionDenied", "Principal", "QuotaExceeded", "Unavailable", "Watch",
 ]
