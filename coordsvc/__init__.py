@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
-    "InvalidRequest", "Lock", "LockTimeout", "PermissionDenied", "QuotaExceeded", "Unavailable",
+    "InvalidRequest", "Lease", "LeaseExpired", "Lock", "LockTimeout", "PermissionDenied",
+    "QuotaExceeded", "Unavailable",
     "Watch", "__version__",
 ]
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
         Event,
         FenceRejected,
         InvalidRequest,
+        Lease,
+        LeaseExpired,
         Lock,
         LockTimeout,
         PermissionDenied,

@@ -12,7 +12,7 @@ with Client(["tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"]) as c:
 from __future__ import annotations
 
 from ._client import Client, ClientTransport
-from ._lock import Lock, LockInfo
+from ._lock import Lease, Lock, LockInfo
 from ._types import Entry, EntryList, Event, Principal
 from ._watch import Watch
 from .errors import (
@@ -21,6 +21,7 @@ from .errors import (
     CoordError,
     FenceRejected,
     InvalidRequest,
+    LeaseExpired,
     LockTimeout,
     PermissionDenied,
     QuotaExceeded,
@@ -29,6 +30,7 @@ from .errors import (
 
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
-    "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
+    "Event", "FenceRejected", "InvalidRequest", "Lease", "LeaseExpired", "Lock", "LockInfo",
+    "LockTimeout",
     "PermissionDenied", "Principal", "QuotaExceeded", "Unavailable", "Watch",
 ]

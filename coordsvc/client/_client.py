@@ -59,7 +59,7 @@ from coordsvc.core.protocol import (
 )
 
 from . import _credentials, _status
-from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
+from ._lock import KeepaliveStarter, Lease, Lock, LockInfo, _Kept, acquire_lock, open_lease
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
 from ._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
@@ -164,7 +164,7 @@ class Client:
         self._locks_mu = threading.Lock()
         self._starter: KeepaliveStarter | None = None
         self._hub: WatchHub | None = None
-        self._locks: set[Lock] = set()
+        self._locks: set[_Kept] = set()    # locks of their own session, and leases
         self._closed = False
 
     @classmethod
@@ -196,9 +196,12 @@ class Client:
     # -- config keys ---------------------------------------------------------------------
 
     def put(self, key: str, value: str | bytes, if_revision: int | None = None,
-            fence: Lock | None = None) -> int:
-        """Set ``key``; return the new revision. ``if_revision=0``: only if absent."""
-        res = self._write(Put(key, _to_bytes(value), if_revision, _fence(fence)))
+            fence: Lock | None = None, lease: Lease | None = None) -> int:
+        """Set ``key``; return the new revision. ``if_revision=0``: only if absent.
+        ``lease``: the key is ephemeral, deleted when the lease ends (``LeaseExpired`` if
+        it has); a later put without a lease makes it persistent again."""
+        res = self._write(Put(key, _to_bytes(value), if_revision, _fence(fence),
+                              self._lease_id(lease)))
         raise_for(res)
         rev = res.data.get("revision", res.revision)
         if type(rev) is not int:
@@ -271,22 +274,40 @@ class Client:
     # -- locks ---------------------------------------------------------------------------
 
     def acquire(self, name: str, ttl: float = 10.0, timeout: float | None = None,
-                on_lost: Callable[[Lock], None] | None = None) -> Lock:
+                on_lost: Callable[[Lock], None] | None = None, lease: Lease | None = None) -> Lock:
         """Acquire lock ``name`` (FIFO among waiters). ``timeout=0``: try once; None: wait
-        forever. Raises ``LockTimeout`` when not acquired (then nothing is held)."""
-        return acquire_lock(self, name, ttl, timeout, on_lost)
+        forever. Raises ``LockTimeout`` when not acquired (then nothing is held).
+        ``lease``: hold it on that lease (``ttl`` is then the lease's): it is released when
+        the lease ends, and the lease's keepalive keeps it."""
+        return acquire_lock(self, name, ttl, timeout, on_lost, lease)
 
     @contextmanager
     def lock(self, name: str, ttl: float = 10.0, timeout: float | None = 30.0,
-             on_lost: Callable[[Lock], None] | None = None) -> Iterator[Lock]:
+             on_lost: Callable[[Lock], None] | None = None,
+             lease: Lease | None = None) -> Iterator[Lock]:
         """``with c.lock(name) as lk:`` holds the lock (kept alive) for the block."""
-        lk = self.acquire(name, ttl=ttl, timeout=timeout, on_lost=on_lost)
+        lk = self.acquire(name, ttl=ttl, timeout=timeout, on_lost=on_lost, lease=lease)
         try:
             yield lk
         except BaseException:
             lk.release_quietly()
             raise
         lk.release()
+
+    def lease(self, ttl: float = 10.0, on_lost: Callable[[Lease], None] | None = None) -> Lease:
+        """A new lease of ``ttl`` seconds, kept alive in the background until ``revoke()``
+        (or the end of its ``with`` block, or ``close()``). Keys put on it and locks taken
+        on it end with it: ``with c.lease(10.0) as ls: c.put(k, v, lease=ls)``."""
+        return open_lease(self, ttl, on_lost)
+
+    def _lease_id(self, lease: Lease | None) -> int:
+        if lease is None:
+            return 0
+        if not isinstance(lease, Lease):
+            raise InvalidRequest(f"lease must be a Lease, got {type(lease).__name__}")
+        if lease._client is not self:
+            raise InvalidRequest("that lease belongs to another Client")
+        return lease.session_id
 
     def locks(self) -> builtins.list[LockInfo]:
         """Every held lock with its holder, token, waiters and ttl left (linearizable); only
@@ -369,13 +390,15 @@ class Client:
         return _status.summarize(members, [_node_status(r) for r in replies], name)
 
     def close(self) -> None:
-        """Give up held locks (best effort), close every socket. Idempotent."""
+        """Give up held locks and revoke leases (best effort), close every socket.
+        Idempotent."""
         if self._closed:
             return
         with self._locks_mu:
             held = builtins.list(self._locks)
-        for lk in held:
-            lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
+        for lk in held:   # locks and leases (a lease's end deletes its keys)
+            if isinstance(lk, (Lock, Lease)):
+                lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
         with self._locks_mu:
             starter, self._starter = self._starter, None
             hub, self._hub = self._hub, None
@@ -413,7 +436,7 @@ class Client:
                 self._starter = KeepaliveStarter()
             return self._starter
 
-    def _track(self, lk: Lock, alive: bool) -> None:
+    def _track(self, lk: _Kept, alive: bool) -> None:
         with self._locks_mu:
             if alive:
                 self._locks.add(lk)

@@ -7,6 +7,7 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 ├── InvalidRequest      bad key, value too large, bad ttl, bad endpoints or timeout for
 │                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
+├── LeaseExpired        the lease a put named has ended: nothing was written
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
 ├── PermissionDenied    the cluster refused this client's key (or it has none), or the
 │                       request is outside the key's rights: nothing was done
@@ -18,7 +19,8 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 from __future__ import annotations
 
 __all__ = [
-    "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
+    "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LeaseExpired",
+    "LockTimeout",
     "PermissionDenied", "QuotaExceeded", "Unavailable",
 ]
 
@@ -47,6 +49,10 @@ class InvalidRequest(CoordError):
 
 class LockTimeout(CoordError):
     """The lock was not acquired within the timeout: nothing is held."""
+
+
+class LeaseExpired(CoordError):
+    """The lease named by a put has ended (revoked, or expired): nothing was written."""
 
 
 class PermissionDenied(CoordError):

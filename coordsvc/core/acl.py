@@ -4,6 +4,7 @@ A client principal holds prefix lists and a flag (CONTRACT §7):
 
 - ``read``: ``get``, ``list``, ``history`` and ``watch`` of keys under the prefix;
 - ``write``: ``put`` and ``delete`` of keys under the prefix -- and read them;
+  (any write or lock right may open a lease, a session, for ephemeral keys or locks);
 - ``lock``: lock names under the prefix (locks today; lease-locks, elections, semaphores
   and rwlocks name theirs the same way), and nothing else;
 - ``admin``: everything, including the identity table and other principals' sessions.
@@ -141,9 +142,10 @@ def _lock_right(cmd: Acquire | OpenAndAcquire | Release | Cancel, r: Rights) -> 
 
 
 def _session_right(cmd: OpenSession | CloseSession, r: Rights) -> str | None:
-    # Sessions exist to hold locks (and later leases): any lock right opens one. Whose
-    # session it is, the machine checks (ownership).
-    return None if r.lock else "no lock right, so no sessions"
+    # Sessions hold locks, and as leases they hold ephemeral keys: any lock or write right
+    # opens one. Whose session it is, the machine checks (ownership), and what a lease
+    # holds is checked key by key and lock by lock like any other write.
+    return None if r.lock or r.write else "no lock or write right, so no sessions or leases"
 
 
 def _admin_only(cmd: Command, r: Rights) -> str | None:
@@ -203,8 +205,12 @@ def _lock_wait(req: LockWaitRequest, r: Rights) -> str | None:
     return None if r.may_lock(req.name) else f"no right to lock {req.name!r}"
 
 
-def _any_lock(req: KeepaliveRequest | LocksRequest, r: Rights) -> str | None:
+def _any_lock(req: LocksRequest, r: Rights) -> str | None:
     return None if r.lock else "no lock right"
+
+
+def _any_session(req: KeepaliveRequest, r: Rights) -> str | None:
+    return None if r.lock or r.write else "no lock or write right, so no sessions or leases"
 
 
 def _anyone(req: object, r: Rights) -> str | None:
@@ -216,7 +222,7 @@ def _clients(req: object, r: Rights) -> str | None:
 
 
 _REQUEST_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
-    WriteRequest: _write, KeepaliveRequest: _any_lock, GetRequest: _read_key,
+    WriteRequest: _write, KeepaliveRequest: _any_session, GetRequest: _read_key,
     ListRequest: _read_prefix, HistoryRequest: _read_key, WatchRequest: _watch,
     LockWaitRequest: _lock_wait, LocksRequest: _any_lock, StatusRequest: _anyone,
     RevisionRequest: _clients, AuthListRequest: _admin_only,

@@ -28,6 +28,12 @@ client id, so trusted clients are still kept from crowding each other out
 (``quota_owner``). The same value on every replica, so the bounds are replicated
 decisions like any other.
 
+Leases are sessions. A put on a lease (``Put.lease``, a session id) makes its key
+ephemeral: the session's end -- close, expiry, its owner's removal -- deletes the key in
+the same apply step, one revision (and one watch event) each, before its locks pass on.
+A put without a lease makes the key persistent again; the lease must be the writer's
+(or the writer an admin), as for every other use of a session.
+
 Keys are also held in a sorted index, so a page of ``scan`` costs O(log n + page), not a
 sort of every key. A key's history keeps its newest ``KEY_HISTORY`` versions, fewer when
 their values exceed ``KEY_HISTORY_BYTES`` (never fewer than one).
@@ -85,6 +91,9 @@ MAX_RETIRED = 100_000
 # owners to fill it.
 MAX_SESSIONS_PER_OWNER = 10_000
 MAX_WAITERS_PER_OWNER = 100
+# Ephemeral keys on one lease: its end deletes them all in one apply step, one revision
+# each, so this bounds the work (and the events) of one expiry.
+MAX_KEYS_PER_LEASE = 10_000
 KEY_HISTORY = 64
 KEY_HISTORY_BYTES = 8 * MiB   # of values: 64 versions of 1 MiB would be 64 MiB per key
 WINDOW_EVENTS = 20_000
@@ -173,6 +182,7 @@ class _Session:
     quota: str = ""     # whom it counts against (quota_owner)
     held: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)    # ephemeral keys: deleted when it ends
 
 
 @dataclass(slots=True)
@@ -216,6 +226,7 @@ class Machine:
         self._sessions: dict[int, _Session] = {}
         self._owner_sessions: dict[str, int] = {}
         self._locks: dict[str, _Lock] = {}
+        self._leased: dict[str, int] = {}     # ephemeral key -> the session (lease) it lives on
         # Least recently active first; apply order is replicated, so eviction is too.
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._principals: dict[str, Principal] = {BOOTSTRAP_ADMIN: _BOOTSTRAP}
@@ -276,6 +287,10 @@ class Machine:
             assert r is not None   # command_refusal refuses None
             rights = r
         if isinstance(cmd, Put):
+            if cmd.lease:
+                refused_lease = self._lease_refusal(cmd.lease, cmd.key, who, rights)
+                if refused_lease is not None:
+                    return refused_lease
             return self._put(cmd)
         if isinstance(cmd, Delete):
             return self._delete(cmd)
@@ -313,6 +328,20 @@ class Machine:
         return _err(ResultCode.PERMISSION_DENIED, self.revision,
                     f"{who}: session {sid} belongs to another principal")
 
+    def _lease_refusal(self, sid: int, key: str, who: str, rights: Rights) -> Result | None:
+        """A put on lease ``sid``: the session must exist and be ``who``'s (or ``who`` an
+        admin), and have room for another key."""
+        s = self._sessions.get(sid)
+        if s is None:
+            return _err(ResultCode.NO_SESSION, self.revision, f"no lease (session) {sid}")
+        refused = self._not_owner(sid, who, rights)
+        if refused is not None:
+            return refused
+        if key not in s.keys and len(s.keys) >= MAX_KEYS_PER_LEASE:
+            return _err(ResultCode.LIMIT, self.revision,
+                        f"too many keys on lease {sid} (max {MAX_KEYS_PER_LEASE})")
+        return None
+
     # -- keys ----------------------------------------------------------------------
 
     def _precheck(self, key: str, if_revision: int | None, fence: Fence | None) -> Result | None:
@@ -341,6 +370,7 @@ class Machine:
         self._kv[cmd.key] = KeyValue(cmd.key, cmd.value, self.revision,
                                self.revision if cur is None else cur.create_revision,
                                1 if cur is None else cur.version + 1)
+        self._attach(cmd.key, cmd.lease)
         self._record(Change(_PUT, cmd.key, cmd.value, self.revision))
         return Result(ResultCode.OK, self.revision, {"revision": self.revision})
 
@@ -350,11 +380,28 @@ class Machine:
             return rejected
         if cmd.key not in self._kv:
             return Result(ResultCode.OK, self.revision, {"deleted": False})
-        self.revision += 1
-        del self._kv[cmd.key]
-        self._keys.remove(cmd.key)
-        self._record(Change(_DELETE, cmd.key, b"", self.revision))
+        self._remove_key(cmd.key)
         return Result(ResultCode.OK, self.revision, {"deleted": True, "revision": self.revision})
+
+    def _remove_key(self, key: str) -> None:
+        """Delete the existing ``key`` at the next revision."""
+        self.revision += 1
+        del self._kv[key]
+        self._keys.remove(key)
+        self._attach(key, 0)
+        self._record(Change(_DELETE, key, b"", self.revision))
+
+    def _attach(self, key: str, sid: int) -> None:
+        """``key`` now lives on lease ``sid`` (0: on none, persistent)."""
+        old = self._leased.get(key, 0)
+        if old == sid:
+            return
+        if old:
+            self._sessions[old].keys.discard(key)
+            del self._leased[key]
+        if sid:
+            self._sessions[sid].keys.add(key)
+            self._leased[key] = sid
 
     def _record(self, ev: Change) -> None:
         hist = self._history.get(ev.key)
@@ -403,6 +450,11 @@ class Machine:
             self._owner_sessions[s.quota] = left
         else:
             del self._owner_sessions[s.quota]
+        # Its ephemeral keys go first, in this same step, one revision each: whoever gets
+        # one of its locks below never sees them.
+        for key in sorted(s.keys):
+            self._leased.pop(key, None)
+            self._remove_key(key)
         # Leave queues first so no lock released below is handed back to this session.
         for name in sorted(s.waiting):
             self._locks[name].waiters.remove(sid)
@@ -642,6 +694,14 @@ class Machine:
         return {sid: SessionInfo(s.ttl_ms, tuple(sorted(s.held)), s.opened_index)
                 for sid, s in sorted(self._sessions.items())}
 
+    def lease_of(self, key: str) -> int | None:
+        """The lease (session id) ``key`` lives on, or None if it is persistent or absent."""
+        return self._leased.get(key)
+
+    def lease_keys(self, session_id: int) -> builtins.list[str]:
+        s = self._sessions.get(session_id)
+        return [] if s is None else sorted(s.keys)
+
     def lock_owner(self, name: str) -> tuple[int, int] | None:
         lk = self._locks.get(name)
         return None if lk is None else (lk.holder, lk.token)
@@ -694,6 +754,7 @@ class Machine:
             "acl": [[p.name, p.public_key, builtins.list(p.rights.read), builtins.list(p.rights.write),
                      builtins.list(p.rights.lock), p.rights.admin] for p in self.principals()],
             "retired": builtins.list(self._retired),
+            "eph": [[k, sid] for k, sid in sorted(self._leased.items())],
         }
         out: bytes = msgpack.packb(state, use_bin_type=True)
         return out
@@ -763,6 +824,11 @@ class Machine:
         if not isinstance(retired, builtins.list) or not all(isinstance(n, str) for n in retired):
             raise ProtocolError("snapshot field retired must be a list of names")
         self._retired = dict.fromkeys(retired)
+        if "eph" in st:   # snapshots from before leases have no ephemeral keys
+            for key, sid in g.rows("eph", str, int):
+                if key not in self._kv or sid not in self._sessions:
+                    raise ProtocolError(f"snapshot: ephemeral key {key!r} on a missing key or lease")
+                self._attach(key, sid)
 
 
 class _Getter:
