@@ -14,7 +14,9 @@ Besides linearizability per key (``linearizability.py``) a run is checked for:
   the answer the chosen log gives its (client id, seq), and no put's value appears at two
   revisions (values are unique, so that would be one put applied twice);
 - watch completeness (``check_watch``): each watcher saw every committed event under its
-  prefix after its start exactly once, in revision order.
+  prefix after its start exactly once, in revision order;
+- ephemeral keys die with their lease (``check_ephemeral_reads``): a linearizable read
+  invoked after some node applied the end of a lease never returns a value put on it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from ..core.protocol import Result
 
 __all__ = [
-    "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
+    "EphemeralRead", "check_ephemeral_reads", "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
     "check_locks_reads", "check_tenures", "check_unique_values", "check_watch",
 ]
 
@@ -103,6 +105,34 @@ def check_locks_reads(reads: Sequence[LocksRead], gone: Mapping[int, int]) -> li
                     problems.append(f"{r.client}'s locks listing at t={r.invoke_ms} shows "
                                     f"session {sid} {role} {row.name!r} (token {row.token}), "
                                     f"but it was closed by t={closed}")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class EphemeralRead:
+    """A linearizable get of an ephemeral key, when it was asked for, and what it returned."""
+
+    client: str
+    key: str
+    invoke_ms: int
+    value: bytes | None
+
+
+def check_ephemeral_reads(reads: Sequence[EphemeralRead], lease_of_value: Mapping[bytes, int],
+                          ended: Mapping[int, int]) -> list[str]:
+    """``lease_of_value[v]``: the lease value ``v`` was put on (values are unique);
+    ``ended[lease]``: when a node first applied its end. Once a node applied the end, the
+    deletes of its keys are committed, so a read invoked after that must not see them."""
+    problems: list[str] = []
+    for r in reads:
+        if r.value is None:
+            continue
+        sid = lease_of_value.get(r.value)
+        end = None if sid is None else ended.get(sid)
+        if end is not None and end < r.invoke_ms:
+            problems.append(f"{r.client} read {r.key!r} = {r.value!r} at t={r.invoke_ms}, "
+                            f"but that value lived on lease {sid}, whose end was applied at "
+                            f"t={end}: an ephemeral key outlived its lease")
     return problems
 
 

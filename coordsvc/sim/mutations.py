@@ -10,6 +10,8 @@ each one is caught within the CI seeds, and by which check.
   session nobody can close or expire.
 - ``skip_watch_event`` (the Service's ``Parking``): a watch answer that carries several
   events loses one.
+- ``keep_ephemeral_keys`` (Machine): a lease's expiry forgets its ephemeral keys instead
+  of deleting them, so they outlive their owner.
 - ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
   next ``step``, after its messages and client replies have left.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..core.commands import Command, ExpireSession
 from ..core.machine import Grant, Machine, RevisionCompacted
 from ..core.protocol import Result, ResultCode, WatchReply
 from ..core.replica import Ready, Replica
@@ -87,6 +90,22 @@ class GrantToClosedSession(_Swapped):
     swaps = {Machine: _GrantsToClosedSessions}
 
 
+class _KeepsEphemeralKeys(Machine):
+    def _run(self, index: int, cmd: Command, who: str, client_id: str) -> Result:
+        if isinstance(cmd, ExpireSession) and not who:
+            s = self._sessions.get(cmd.session_id)
+            if s is not None:
+                # Known-bad: the expiring lease lets go of its keys instead of deleting them.
+                for key in sorted(s.keys):
+                    del self._leased[key]
+                s.keys.clear()
+        return super()._run(index, cmd, who, client_id)
+
+
+class KeepEphemeralKeys(_Swapped):
+    swaps = {Machine: _KeepsEphemeralKeys}
+
+
 class _SkippingParking(Parking):
     __slots__ = ()
 
@@ -141,6 +160,7 @@ class SkipAdopt(_Swapped):
 MUTATIONS: dict[str, type[ObservedService]] = {
     "grant_to_closed_session": GrantToClosedSession,
     "skip_watch_event": SkipWatchEvent,
+    "keep_ephemeral_keys": KeepEphemeralKeys,
     "reply_before_save": ReplyBeforeSave,
     "skip_adopt": SkipAdopt,
 }

@@ -90,8 +90,9 @@ class Params:
         wl = Workload(
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
-            weights=rng.choice(((40, 25, 20, 5, 8, 2), (30, 20, 15, 5, 25, 5),
-                                (20, 10, 10, 5, 50, 5), (10, 5, 5, 0, 70, 10))),
+            # get, put, cas, delete, lock, locks, lease, eph_get
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12), (30, 20, 15, 5, 25, 5, 8, 12),
+                                (20, 10, 10, 5, 50, 5, 8, 12), (10, 5, 5, 0, 70, 10, 5, 10))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),
@@ -208,6 +209,7 @@ class NodeSim:
         self.oracle = SlotOracle(p.nodes // 2 + 1, self._violate, self.reference.chosen)
         self.history = Recorder()
         self.record = Record()
+        self.lease_ended: dict[int, int] = {}   # session -> when a node first applied its end
         self.stats = {"crashes": 0, "wipes": 0, "peer_messages": 0, "client_requests": 0,
                       "saves": 0, "steps": 0, "snapshot_chunks": 0, "promise_chunks": 0,
                       "installs": 0}
@@ -435,6 +437,8 @@ class NodeSim:
             self.nodes[nid].last_published = None
         for slot, value in ready.committed:
             self.oracle.applied_entry(nid, slot, value)
+            for sid in self.reference.ended.get(slot, ()):
+                self.lease_ended.setdefault(sid, self.now)
 
     def _published(self, node: _Node, events: list[Change]) -> None:
         ref = self.reference.events
@@ -523,6 +527,8 @@ class NodeSim:
         found += checks.check_tenures(self._tenures(), ref.grants)
         found += checks.check_locks_reads(self.record.locks_reads, self.record.gone_sessions)
         found += checks.check_answers({c.name: c.answers for c in self.workers}, ref.results)
+        found += checks.check_ephemeral_reads(self.record.eph_reads, self.record.eph_values,
+                                              self.lease_ended)
         expected = [WatchEvent(e.revision, e.key, e.type.value, e.value)
                     for _, e in sorted(ref.events.items())]
         found += checks.check_unique_values(expected, "the chosen log")

@@ -3,7 +3,9 @@
 Workers mix linearizable reads, puts (every value unique, so a value names the write that
 made it), compare-and-set, deletes, lock cycles (with keepalives, fenced writes, timeouts
 that give up by ``Cancel``, and interrupted waits that just close the session) and
-``locks`` listings, until the safety phase ends. Then each takes every lock once, waiting
+``locks`` listings, and lease cycles (a session kept alive, ephemeral puts on it, then
+revoked or abandoned to expire) with reads of the ephemeral keys, until the safety phase
+ends. Then each takes every lock once, waiting
 as long as it takes, and reads every key once more, retrying until answered: after
 healing every lock must come free (abandoned sessions expire) and every request must be
 answered. Watchers long-poll ``watch`` for one prefix from revision 0 or from "now" (a
@@ -11,17 +13,20 @@ linearizable read of the current revision), resume from the last revision fetche
 now and then switch nodes.
 
 What a checker needs lands in the history ``Recorder``, the ``Record`` (locks listings,
-closed sessions, watch streams) and the clients themselves (answers, locks held).
+closed sessions, watch streams, ephemeral values and their reads) and the clients
+themselves (answers, locks held). Ephemeral keys are kept out of the linearizability
+history: the deletes their lease's end makes are no client's operation; their own check
+(``checks.check_ephemeral_reads``) covers them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.commands import Delete, Fence, Put
+from ..core.commands import CloseSession, Delete, Fence, OpenSession, Put
 from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
-from .checks import LocksRead, WatchEvent
+from .checks import EphemeralRead, LocksRead, WatchEvent
 from .client import LOCK_WAIT_MAX_MS, Co, SimClient, SimLock, Sleep
 from .history import Recorder
 from .requests import BadReply
@@ -37,7 +42,7 @@ class Workload:
 
     keys: tuple[str, ...]
     locks: tuple[str, ...]
-    weights: tuple[int, int, int, int, int, int]   # get, put, cas, delete, lock, locks
+    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get
     think_ms: int
     give_up_ms: int | None        # a write or read is abandoned (unknown) after this
     ttl_ms: tuple[int, ...]
@@ -48,6 +53,8 @@ class Workload:
     watch_wait_ms: int
     watch_limit: int
     watch_switch: float           # chance per poll that a watcher moves to a random node
+    eph_keys: tuple[str, ...] = ("e/0", "e/1")   # put only on leases
+    abandon: float = 0.5          # share of lease cycles left to expire rather than revoked
 
 
 @dataclass(slots=True)
@@ -65,9 +72,12 @@ class Record:
     gone_sessions: dict[int, int] = field(default_factory=dict)
     locks_reads: list[LocksRead] = field(default_factory=list)
     watches: list[WatchLog] = field(default_factory=list)
+    # Each value put on a lease -> that lease (session id); and every read of an ephemeral key.
+    eph_values: dict[bytes, int] = field(default_factory=dict)
+    eph_reads: list[EphemeralRead] = field(default_factory=list)
 
 
-_OPS = ("get", "put", "cas", "delete", "lock", "locks")
+_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get")
 
 
 def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
@@ -88,6 +98,10 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
             yield from _delete(c, history, key, wl.give_up_ms)
         elif op == "lock":
             yield from _lock_cycle(c, wl, record, history)
+        elif op == "lease":
+            yield from _lease_cycle(c, wl, record)
+        elif op == "eph_get":
+            yield from _eph_get(c, record, rng.choice(wl.eph_keys), wl.give_up_ms)
         else:
             yield from _locks(c, record, wl.give_up_ms)
     # After healing: every lock comes free and every request is answered.
@@ -97,6 +111,9 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
     for key in wl.keys:
         c.doing = f"final read of {key}"
         yield from _get(c, history, key, None)
+    for key in wl.eph_keys:
+        c.doing = f"final read of {key}"
+        yield from _eph_get(c, record, key, None)
     c.doing = "done"
 
 
@@ -173,6 +190,48 @@ def _delete(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -
     else:
         history.unknown(h)
         _unexpected(c, f"delete {key}", res)
+
+
+def _lease_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
+    """Open a lease, put ephemeral keys on it, hold it, then revoke it or let it expire."""
+    rng, w = c.rng, c.world
+    ttl_ms = rng.choice(wl.ttl_ms)
+    start = w.now
+    _, res = yield from c.write(OpenSession(ttl_ms), wl.give_up_ms)
+    if res is None:
+        return   # unknown: a session it may have opened expires by itself
+    sid = res.data.get("session_id")
+    if res.code != ResultCode.OK or type(sid) is not int:
+        _unexpected(c, "OpenSession", res)
+        return
+    ls = SimLock("", sid, ttl_ms, valid_until=start + ttl_ms)
+    c.spawn(c.keepalive(ls), f"keepalive {sid}")
+    for key in rng.sample(wl.eph_keys, rng.randint(1, len(wl.eph_keys))):
+        value = _value(c)
+        record.eph_values[value] = sid
+        _, res = yield from c.write(Put(key, value, lease=sid), wl.give_up_ms)
+        if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
+            _unexpected(c, f"put {key} on lease {sid}", res)
+    yield Sleep(rng.randint(*wl.hold_ms))
+    c.finish(ls)    # keepalives stop either way
+    if rng.random() < wl.abandon:
+        return      # the leader expires it
+    _, res = yield from c.write(CloseSession(sid), wl.give_up_ms)
+    if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
+        _unexpected(c, f"CloseSession {sid}", res)
+
+
+def _eph_get(c: SimClient, record: Record, key: str, give_up_ms: int | None) -> Co[None]:
+    invoked = c.world.now
+    reply = yield from c.call(requests.get(key), leader=True, timeout_ms=give_up_ms)
+    if reply is None:
+        return
+    try:
+        value, _ = requests.kv_of(reply)
+    except BadReply as e:
+        c.env.protocol_violation(f"{c.name}: get {key}: {e}")
+        return
+    record.eph_reads.append(EphemeralRead(c.name, key, invoked, value))
 
 
 def _locks(c: SimClient, record: Record, give_up_ms: int | None) -> Co[None]:
