@@ -29,6 +29,7 @@ from coordsvc.core.commands import (
     Fence,
     Put,
     Request,
+    Txn,
     validate,
 )
 from coordsvc.core.protocol import (
@@ -213,6 +214,39 @@ class Client:
         res = self._write(Delete(key, if_revision, _fence(fence)))
         raise_for(res)
         return res.data.get("deleted") is True
+
+    def txn(self, compare: Sequence[tuple[str, int]] = (), success: Sequence[TxnOp] = (),
+            failure: Sequence[TxnOp] = (), fence: Lock | None = None) -> tuple[bool, int]:
+        """Atomically: if every ``(key, revision)`` of ``compare`` holds (0: the key is
+        absent), apply ``success``, else ``failure``; ``(succeeded, revision)``. Ops are
+        ``("put", key, value)``, ``("put", key, value, lease)`` or ``("delete", key)``; all
+        writes of the applied branch share one revision (the one returned; the current one
+        if the branch changed nothing). A failed compare is not an exception. ``fence``
+        guards it like a single put (``FenceRejected``: nothing was applied). At most
+        ``MAX_TXN_OPS`` (64) compares and ops per branch, and 1 MiB of keys and values."""
+        cmd = Txn(_compares(compare), self._txn_ops(success, "success"),
+                  self._txn_ops(failure, "failure"), _fence(fence))
+        res = self._write(cmd)
+        raise_for(res)
+        ok, rev = res.data.get("succeeded"), res.data.get("revision")
+        if type(ok) is not bool or type(rev) is not int:
+            raise CoordError("malformed reply: succeeded, revision")
+        return ok, rev
+
+    def _txn_ops(self, ops: Sequence[TxnOp], what: str) -> tuple[Put | Delete, ...]:
+        if isinstance(ops, (str, bytes)) or not isinstance(ops, (builtins.list, tuple)):
+            raise InvalidRequest(f"{what} must be a list of ops")
+        out: builtins.list[Put | Delete] = []
+        for op in ops:
+            if isinstance(op, tuple) and len(op) in (3, 4) and op[0] == "put":
+                out.append(Put(op[1], _to_bytes(op[2]), lease=self._lease_id(
+                    op[3] if len(op) == 4 else None)))
+            elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
+                out.append(Delete(op[1]))
+            else:
+                raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
+                                     f"('delete', key), got {op!r:.100}")
+        return tuple(out)
 
     def get(self, key: str, stale: bool = False) -> Entry | None:
         """The key's entry or None; linearizable unless ``stale`` (then any node answers)."""
@@ -639,6 +673,20 @@ def _to_bytes(value: str | bytes) -> bytes:
     if isinstance(value, bytes):
         return value
     raise InvalidRequest(f"value must be str or bytes, got {type(value).__name__}")
+
+
+TxnOp = tuple[Any, ...]   # ("put", key, value[, lease]) | ("delete", key)
+
+
+def _compares(compare: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    if isinstance(compare, (str, bytes)) or not isinstance(compare, (builtins.list, tuple)):
+        raise InvalidRequest("compare must be a list of (key, revision)")
+    out = []
+    for c in compare:
+        if not (isinstance(c, tuple) and len(c) == 2 and type(c[1]) is int):
+            raise InvalidRequest(f"a compare is (key, revision), got {c!r:.100}")
+        out.append((c[0], c[1]))
+    return tuple(out)
 
 
 def _fence(lk: Lock | None) -> Fence | None:

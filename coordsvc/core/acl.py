@@ -46,6 +46,7 @@ from .commands import (
     OpenSession,
     Put,
     Release,
+    Txn,
 )
 from .protocol import (
     AuthListRequest,
@@ -135,6 +136,18 @@ def _key_right(cmd: Put | Delete, r: Rights) -> str | None:
     return f"no right to write {cmd.key!r}"
 
 
+def _txn_right(cmd: Txn, r: Rights) -> str | None:
+    # Every key it may touch, in either branch, and every key it compares (a compare
+    # reveals a key's revision, so it needs the right to read it).
+    for key, _ in cmd.compare:
+        if not r.may_read(key):
+            return f"no right to read {key!r} (compared)"
+    for op in cmd.success + cmd.failure:
+        if not r.may_write(op.key):
+            return f"no right to write {op.key!r}"
+    return None
+
+
 def _lock_right(cmd: Acquire | OpenAndAcquire | Release | Cancel, r: Rights) -> str | None:
     if r.may_lock(cmd.name):
         return None
@@ -157,7 +170,7 @@ def _any_write(cmd: Noop, r: Rights) -> str | None:
 
 
 _COMMAND_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
-    Put: _key_right, Delete: _key_right,
+    Put: _key_right, Delete: _key_right, Txn: _txn_right,
     Acquire: _lock_right, OpenAndAcquire: _lock_right, Release: _lock_right, Cancel: _lock_right,
     OpenSession: _session_right, CloseSession: _session_right,
     AuthAdd: _admin_only, AuthRemove: _admin_only, ExpireSession: _admin_only,

@@ -21,6 +21,7 @@ from .types import ProtocolError
 __all__ = [
     "Acquire", "AuthAdd", "AuthRemove", "Cancel", "CloseSession", "Command", "Delete",
     "ExpireSession", "Fence", "Noop", "OpenAndAcquire", "OpenSession", "Put", "Release", "Request",
+    "Txn", "MAX_TXN_BYTES", "MAX_TXN_OPS",
     "BOOTSTRAP_ADMIN", "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_PRINCIPAL_CHARS",
     "MAX_RIGHT_PREFIXES", "MAX_TTL_MS", "MAX_VALUE_BYTES", "MIN_TTL_MS", "NAME_RE",
     "decode_request", "encode_request", "is_public_key", "stamp", "validate", "validate_request",
@@ -47,6 +48,11 @@ _Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ
                           ".-:+=^!/*?&<>()[]{}@%$#")
 # Counters and client-chosen numbers must survive a msgpack round trip (snapshots).
 MAX_INT = 2**63 - 1
+# A transaction: compares, and ops per branch (etcd's default max-txn-ops is 128); keys and
+# values in all at most one value's limit, so the encoded command stays under
+# types.MAX_COMMAND_BYTES (1 MiB + 8 KiB: 192 entries of framing fit in the 8 KiB).
+MAX_TXN_OPS = 64
+MAX_TXN_BYTES = 1_048_576
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +168,26 @@ class AuthRemove:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """Compare revisions, then apply ``success`` if every compare holds, else ``failure``:
+    all or nothing, every write of the applied branch at one revision.
+
+    ``compare`` is ``(key, revision)`` pairs (0: the key is absent); the branches hold
+    ``Put``s and ``Delete``s without their own ``if_revision`` or ``fence`` (a put may name a
+    ``lease``), each key at most once per branch. ``fence`` guards the whole transaction
+    as it guards a single put. Bounded: at most ``MAX_TXN_OPS`` compares and as many ops per
+    branch, and ``MAX_TXN_BYTES`` of keys and values in all, so one fits one command.
+    """
+
+    compare: tuple[tuple[str, int], ...] = ()
+    success: tuple[Put | Delete, ...] = ()
+    failure: tuple[Put | Delete, ...] = ()
+    fence: Fence | None = None
+
+
 Command = (Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel
-           | OpenAndAcquire | Noop | AuthAdd | AuthRemove)
+           | OpenAndAcquire | Noop | AuthAdd | AuthRemove | Txn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +284,48 @@ def validate(cmd: object) -> str | None:
         return _check_auth_add(cmd)
     if isinstance(cmd, AuthRemove):
         return _check_principal_name(cmd.name)
+    if isinstance(cmd, Txn):
+        return _check_txn(cmd)
     return f"unknown command {type(cmd).__name__}"
+
+
+def _check_txn(cmd: Txn) -> str | None:
+    if not (isinstance(cmd.compare, tuple) and isinstance(cmd.success, tuple)
+            and isinstance(cmd.failure, tuple)):
+        return "a transaction's compare, success and failure must be tuples"
+    total = 0
+    if len(cmd.compare) > MAX_TXN_OPS:
+        return f"a transaction takes at most {MAX_TXN_OPS} compares, got {len(cmd.compare)}"
+    for c in cmd.compare:
+        if not (isinstance(c, tuple) and len(c) == 2):
+            return "a compare is (key, revision)"
+        err = _check_name("compare key", c[0]) or _check_int("compare revision", c[1], 0)
+        if err is not None:
+            return err
+        total += len(c[0].encode("utf-8"))
+    for branch, ops in (("success", cmd.success), ("failure", cmd.failure)):
+        if len(ops) > MAX_TXN_OPS:
+            return f"a transaction's {branch} takes at most {MAX_TXN_OPS} ops, got {len(ops)}"
+        keys: set[str] = set()
+        for op in ops:
+            if not isinstance(op, (Put, Delete)):
+                return f"a transaction's {branch} holds puts and deletes only"
+            if op.if_revision is not None or op.fence is not None:
+                return "ops inside a transaction take no if_revision or fence (use compare and fence=)"
+            err = validate(op)
+            if err is not None:
+                return f"{branch}: {err}"
+            if op.key in keys:
+                return f"{branch}: key {op.key!r} appears twice"
+            keys.add(op.key)
+            total += len(op.key.encode("utf-8")) + (len(op.value) if isinstance(op, Put) else 0)
+    if total > MAX_TXN_BYTES:
+        return f"a transaction holds at most {MAX_TXN_BYTES} bytes of keys and values, got {total}"
+    if cmd.fence is not None:
+        if not isinstance(cmd.fence, Fence):
+            return "fence must be a Fence"
+        return _check_name("fence lock name", cmd.fence.lock) or _check_int("fence token", cmd.fence.token, 1)
+    return None
 
 
 def is_public_key(v: object) -> TypeGuard[str]:
@@ -327,6 +392,7 @@ _NOOP, _PUT, _DELETE, _OPEN, _CLOSE, _EXPIRE, _ACQUIRE, _RELEASE, _CANCEL, _OPEN
 _AUTH_ADD, _AUTH_REMOVE = 10, 11
 # A put on a lease: a tag of its own, so a plain put keeps its old encoding.
 _PUT_LEASE = 12
+_TXN = 13
 # msgpack's one-byte headers of a 4- and a 5-element array.
 _FIXARRAY_4, _STAMPED_HEAD = 0x94, b"\x95"
 
@@ -360,6 +426,9 @@ def _cmd_out(c: Command) -> list[object]:
         return [_AUTH_ADD, c.name, c.public_key, list(c.read), list(c.write), list(c.lock), c.admin]
     if isinstance(c, AuthRemove):
         return [_AUTH_REMOVE, c.name]
+    if isinstance(c, Txn):
+        return [_TXN, [[k, r] for k, r in c.compare], [_cmd_out(op) for op in c.success],
+                [_cmd_out(op) for op in c.failure], _fence_out(c.fence)]
     return [_NOOP]
 
 
@@ -446,7 +515,35 @@ _DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
     _AUTH_ADD: (7, lambda f: AuthAdd(_str(f[1]), _str(f[2]), _strs(f[3]), _strs(f[4]), _strs(f[5]),
                                      _bool(f[6]))),
     _AUTH_REMOVE: (2, lambda f: AuthRemove(_str(f[1]))),
+    _TXN: (5, lambda f: Txn(_compares(f[1]), _txn_ops(f[2]), _txn_ops(f[3]), _fence_in(f[4]))),
 }
+
+
+def _compares(v: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(v, list) or len(v) > MAX_TXN_OPS:
+        raise ProtocolError(f"compare must be a list of at most {MAX_TXN_OPS} [key, revision]")
+    out = []
+    for c in v:
+        if not isinstance(c, list) or len(c) != 2:
+            raise ProtocolError("a compare is [key, revision]")
+        out.append((_str(c[0]), _int(c[1])))
+    return tuple(out)
+
+
+def _txn_ops(v: object) -> tuple[Put | Delete, ...]:
+    if not isinstance(v, list) or len(v) > MAX_TXN_OPS:
+        raise ProtocolError(f"a branch must be a list of at most {MAX_TXN_OPS} ops")
+    out: list[Put | Delete] = []
+    for c in v:
+        if not isinstance(c, list) or not c or c[0] not in (_PUT, _PUT_LEASE, _DELETE):
+            raise ProtocolError("a transaction's op is a put or a delete")
+        arity, build = _DECODERS[c[0]]
+        if len(c) != arity:
+            raise ProtocolError(f"command tag {c[0]} takes {arity - 1} fields, got {len(c) - 1}")
+        op = build(c)
+        assert isinstance(op, (Put, Delete))
+        out.append(op)
+    return tuple(out)
 
 
 def decode_request(b: bytes) -> Request:

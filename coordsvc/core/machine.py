@@ -34,6 +34,11 @@ the same apply step, one revision (and one watch event) each, before its locks p
 A put without a lease makes the key persistent again; the lease must be the writer's
 (or the writer an admin), as for every other use of a session.
 
+A transaction (``Txn``) compares revisions and applies one branch at one revision: the
+event window holds one item per revision -- a change, or a transaction's changes sorted
+by key -- so revision arithmetic still finds a revision's place, and pages of events are
+never cut inside a revision.
+
 Keys are also held in a sorted index, so a page of ``scan`` costs O(log n + page), not a
 sort of every key. A key's history keeps its newest ``KEY_HISTORY`` versions, fewer when
 their values exceed ``KEY_HISTORY_BYTES`` (never fewer than one).
@@ -66,6 +71,7 @@ from .commands import (
     Put,
     Release,
     Request,
+    Txn,
     validate,
     validate_request,
 )
@@ -221,8 +227,10 @@ class Machine:
         # Plain lists trimmed on append: a deque costs ~760 bytes even for one event, which
         # was 76 MB of a 100,000-key node.
         self._history: dict[str, _Versions] = {}
-        self._window: deque[Change] = deque()
+        # One item per revision: its change, or a transaction's changes (sorted by key).
+        self._window: deque[Change | tuple[Change, ...]] = deque()
         self._window_bytes = 0
+        self._window_events = 0
         self._sessions: dict[int, _Session] = {}
         self._owner_sessions: dict[str, int] = {}
         self._locks: dict[str, _Lock] = {}
@@ -294,6 +302,8 @@ class Machine:
             return self._put(cmd)
         if isinstance(cmd, Delete):
             return self._delete(cmd)
+        if isinstance(cmd, Txn):
+            return self._txn(cmd, who, rights)
         quota = quota_owner(who, rights, client_id)
         if isinstance(cmd, OpenSession):
             return self._open(index, cmd.ttl_ms, who, quota)
@@ -383,6 +393,44 @@ class Machine:
         self._remove_key(cmd.key)
         return Result(ResultCode.OK, self.revision, {"deleted": True, "revision": self.revision})
 
+    def _txn(self, cmd: Txn, who: str, rights: Rights) -> Result:
+        """Compare, then apply one branch at one revision (the ``Txn`` docstring)."""
+        rejected = self._precheck("", None, cmd.fence)
+        if rejected is not None:
+            return rejected
+        kv = self._kv
+        ok = all((0 if (cur := kv.get(key)) is None else cur.revision) == rev
+                 for key, rev in cmd.compare)
+        branch = cmd.success if ok else cmd.failure
+        for op in branch:
+            if isinstance(op, Put) and op.lease:
+                refused = self._lease_refusal(op.lease, op.key, who, rights)
+                if refused is not None:
+                    return refused
+        ops = sorted((op for op in branch if isinstance(op, Put) or op.key in kv),
+                     key=lambda op: op.key)
+        if not ops:    # nothing to change (no ops, or deletes of absent keys): no revision
+            return Result(ResultCode.OK, self.revision, {"succeeded": ok, "revision": self.revision})
+        self.revision += 1
+        rev = self.revision
+        changes = []
+        for op in ops:
+            if isinstance(op, Put):
+                cur = kv.get(op.key)
+                if cur is None:
+                    self._keys.add(op.key)
+                kv[op.key] = KeyValue(op.key, op.value, rev, rev if cur is None else cur.create_revision,
+                                      1 if cur is None else cur.version + 1)
+                self._attach(op.key, op.lease)
+                changes.append(Change(_PUT, op.key, op.value, rev))
+            else:
+                del kv[op.key]
+                self._keys.remove(op.key)
+                self._attach(op.key, 0)
+                changes.append(Change(_DELETE, op.key, b"", rev))
+        self._record_group(tuple(changes))
+        return Result(ResultCode.OK, rev, {"succeeded": ok, "revision": rev})
+
     def _remove_key(self, key: str) -> None:
         """Delete the existing ``key`` at the next revision."""
         self.revision += 1
@@ -404,22 +452,45 @@ class Machine:
             self._leased[key] = sid
 
     def _record(self, ev: Change) -> None:
+        self._add_history(ev)
+        self._window.append(ev)
+        self._window_bytes += len(ev.value)
+        self._window_events += 1
+        self._trim_window()
+
+    def _record_group(self, evs: tuple[Change, ...]) -> None:
+        """The changes of one transaction, all at one revision, sorted by key."""
+        if len(evs) == 1:
+            self._record(evs[0])
+            return
+        for ev in evs:
+            self._add_history(ev)
+            self._window_bytes += len(ev.value)
+        self._window.append(evs)
+        self._window_events += len(evs)
+        self._trim_window()
+
+    def _add_history(self, ev: Change) -> None:
         hist = self._history.get(ev.key)
         if hist is None:
             self._history[ev.key] = _Versions([ev])
         else:
             hist.add(ev)
-        self._window.append(ev)
-        self._window_bytes += len(ev.value)
-        while len(self._window) > WINDOW_EVENTS or self._window_bytes > WINDOW_BYTES:
-            old = self._window.popleft()
-            self._window_bytes -= len(old.value)
-            self.first_revision_in_window = old.revision + 1
-            # A deleted key's history lives until its delete leaves the window, so the
-            # number of histories stays bounded by live keys plus the window.
-            last = self._history.get(old.key)
-            if old.key not in self._kv and last is not None and last[-1] is old:
-                del self._history[old.key]
+
+    def _trim_window(self) -> None:
+        while self._window_events > WINDOW_EVENTS or self._window_bytes > WINDOW_BYTES:
+            item = self._window.popleft()
+            group = (item,) if type(item) is Change else item
+            assert isinstance(group, tuple)
+            for old in group:
+                self._window_bytes -= len(old.value)
+                self._window_events -= 1
+                # A deleted key's history lives until its delete leaves the window, so the
+                # number of histories stays bounded by live keys plus the window.
+                last = self._history.get(old.key)
+                if old.key not in self._kv and last is not None and last[-1] is old:
+                    del self._history[old.key]
+            self.first_revision_in_window = group[0].revision + 1
 
     # -- sessions and locks --------------------------------------------------------
 
@@ -643,46 +714,49 @@ class Machine:
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
                      limit: int, readable: tuple[str, ...] | None = None) -> builtins.list[Change]:
         """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)
-        and, unless ``readable`` is None, with one of the prefixes in ``readable``."""
-        if after_revision < 0 or limit < 1:
-            raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
-        if after_revision + 1 < self.first_revision_in_window:
-            raise RevisionCompacted(self.first_revision_in_window)
-        out: builtins.list[Change] = []
-        # The window holds every revision from first_revision_in_window on, one event each.
-        start = after_revision + 1 - self.first_revision_in_window
-        for i in range(start, len(self._window)):
-            ev = self._window[i]
-            if ev.key.startswith(prefix) and (readable is None or ev.key.startswith(readable)):
-                out.append(ev)
-                if len(out) >= limit:
-                    break
-        return out
+        and, unless ``readable`` is None, with one of the prefixes in ``readable``. The
+        events of one revision (a transaction) are never split: ``limit`` may be passed to
+        finish one."""
+        return self.events_page(prefix, after_revision, limit, 1 << 62, readable)[0]
 
     def events_page(self, prefix: str | tuple[str, ...], after_revision: int, limit: int,
                     max_bytes: int, readable: tuple[str, ...] | None = None,
                     ) -> tuple[builtins.list[Change], bool]:
-        """``events_since``, also cut once the values passed ``max_bytes`` (always one event);
-        and whether it was cut (by ``limit`` or bytes): then it is complete only up to its
-        last event."""
+        """``events_since``, also cut once the values passed ``max_bytes`` (always one
+        revision); and whether it was cut (by ``limit`` or bytes): then it is complete only
+        up to its last event. A cut never falls inside a revision, so a reader resuming
+        after the last revision it got misses nothing."""
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:
             raise RevisionCompacted(self.first_revision_in_window)
         out: builtins.list[Change] = []
         size = 0
-        # The window holds every revision from first_revision_in_window on, one event each.
+        # The window holds every revision from first_revision_in_window on, one item each.
         start = after_revision + 1 - self.first_revision_in_window
         window = self._window
         for i in range(start, len(window)):
-            ev = window[i]
-            if ev.key.startswith(prefix) and (readable is None or ev.key.startswith(readable)):
-                size += len(ev.value) + 4 * len(ev.key) + 48
+            item = window[i]
+            if type(item) is Change:
+                if not (item.key.startswith(prefix)
+                        and (readable is None or item.key.startswith(readable))):
+                    continue
+                size += len(item.value) + 4 * len(item.key) + 48
                 if out and size > max_bytes:
                     return out, True
-                out.append(ev)
-                if len(out) >= limit:
-                    return out, i + 1 < len(window)
+                out.append(item)
+            else:
+                assert isinstance(item, tuple)
+                picked = [ev for ev in item if ev.key.startswith(prefix)
+                          and (readable is None or ev.key.startswith(readable))]
+                if not picked:
+                    continue
+                size += sum(len(ev.value) + 4 * len(ev.key) + 48 for ev in picked)
+                if out and size > max_bytes:
+                    return out, True
+                out.extend(picked)
+            if len(out) >= limit:
+                return out, i + 1 < len(window)
         return out, False
 
     def session_ttl_ms(self, session_id: int) -> int | None:
@@ -735,14 +809,19 @@ class Machine:
     # machines give equal bytes.
 
     def snapshot(self) -> bytes:
-        events: dict[int, Change] = {ev.revision: ev for ev in self._window}
+        # A transaction writes several keys at one revision, each key once: (revision, key)
+        # names an event.
+        events: dict[tuple[int, str], Change] = {}
+        for item in self._window:
+            for ev in ((item,) if type(item) is Change else item):   # type: ignore[union-attr]
+                events[(ev.revision, ev.key)] = ev
         for hist in self._history.values():
-            events.update((ev.revision, ev) for ev in hist)
+            events.update(((ev.revision, ev.key), ev) for ev in hist)
         state = {
             "v": _SNAPSHOT_VERSION,
             "rev": self.revision, "sid": self.next_session_id, "tok": self.next_token,
             "w0": self.first_revision_in_window,
-            "ev": [[r, ev.type, ev.key, ev.value] for r, ev in sorted(events.items())],
+            "ev": [[r, ev.type, ev.key, ev.value] for (r, _), ev in sorted(events.items())],
             "kv": [[k, kv.revision, kv.create_revision, kv.version] for k, kv in sorted(self._kv.items())],
             "hist": [[k, [ev.revision for ev in h]] for k, h in sorted(self._history.items())],
             "ses": [[sid, s.ttl_ms, s.opened_index, s.owner, s.quota]
@@ -779,20 +858,25 @@ class Machine:
         g = _Getter(st)
         self.revision, self.next_session_id = g.int("rev"), g.int("sid")
         self.next_token, self.first_revision_in_window = g.int("tok"), g.int("w0")
-        events: dict[int, Change] = {}
+        events: dict[tuple[int, str], Change] = {}
+        at: dict[int, builtins.list[Change]] = {}    # revision -> its events, by key
         for r, typ, key, value in g.rows("ev", int, str, str, bytes):
             if typ not in ("put", "delete"):
                 raise ProtocolError(f"malformed event type at revision {r}")
-            events[r] = Change(ChangeType(typ), key, value, r)
-        self._window = deque(events[r] for r in range(self.first_revision_in_window, self.revision + 1))
-        self._window_bytes = sum(len(ev.value) for ev in self._window)
+            ev = events[(r, key)] = Change(ChangeType(typ), key, value, r)
+            at.setdefault(r, []).append(ev)
+        for r in range(self.first_revision_in_window, self.revision + 1):
+            group = sorted(at[r], key=lambda e: e.key)
+            self._window.append(group[0] if len(group) == 1 else tuple(group))
+            self._window_bytes += sum(len(ev.value) for ev in group)
+            self._window_events += len(group)
         for key, revs in g.rows("hist", str, list):
             hist = _Versions([])
             for r in _ints(revs):
-                hist.add(events[r])
+                hist.add(events[(r, key)])
             self._history[key] = hist
         for key, rev, create, version in g.rows("kv", str, int, int, int):
-            self._kv[key] = KeyValue(key, events[rev].value, rev, create, version)
+            self._kv[key] = KeyValue(key, events[(rev, key)].value, rev, create, version)
         self._keys = SortedList(self._kv)
         # Rows of snapshots from before principals have no owners: those sessions and
         # client ids were the bootstrap admin's (every client was, then). Rows from before

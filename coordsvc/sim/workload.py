@@ -339,7 +339,7 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
             continue
         last = asked
         for ev in events:
-            if ev.revision <= last or not ev.key.startswith(prefix):
+            if ev.revision < last or ev.revision <= asked or not ev.key.startswith(prefix):
                 c.env.protocol_violation(
                     f"{c.name}: watch {prefix!r} after {asked} answered out of order or "
                     f"outside the prefix: {[e.revision for e in events]}")
@@ -349,8 +349,9 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
         # one up to the node's revision.
         through = (events[-1].revision if len(events) >= wl.watch_limit
                    else max(revision, events[-1].revision if events else asked))
+        before = wlog.fetched    # a transaction's events share a revision
         for ev in events:
-            if ev.revision > wlog.fetched and ev.key.startswith(prefix):
+            if ev.revision > before and ev.key.startswith(prefix):
                 wlog.delivered.append(ev)
                 wlog.fetched = ev.revision
         wlog.fetched = max(wlog.fetched, through)

@@ -1,15 +1,17 @@
 """Client recipes (CONTRACT §10) against real clusters, under leader kills."""
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from coordsvc import Client, Event
+from coordsvc import Client, Event, Unavailable
 
 from .harness import LocalCluster
 
@@ -86,3 +88,71 @@ def test_a_kept_lease_survives_a_leader_kill_and_revoke_deletes_its_keys(
     ls.revoke()
     assert client.get("reg/a") is None and lk.released
     assert "reg-lock" not in {i.name for i in client.locks()}
+
+
+def test_concurrent_txns_move_value_atomically_across_a_leader_kill(cluster: LocalCluster,
+                                                                     client: Client) -> None:
+    seed = random.randrange(2**32)
+    print(f"seed={seed}")
+    total = 100
+    ok, first = client.txn(compare=[("acct/a", 0), ("acct/b", 0)],
+                           success=[("put", "acct/a", "50"), ("put", "acct/b", "50")])
+    assert ok
+    stop = threading.Event()
+    committed: list[int] = []
+    problems: list[str] = []
+
+    def mover(i: int) -> None:
+        rng = random.Random(seed + i)
+        with cluster.client(timeout=10.0) as c:
+            while not stop.is_set():
+                try:
+                    lst = {e.key: e for e in c.list("acct/")}
+                    a, b = lst["acct/a"], lst["acct/b"]
+                    amount = rng.randint(-10, 10)
+                    done, rev = c.txn(
+                        compare=[("acct/a", a.revision), ("acct/b", b.revision)],
+                        success=[("put", "acct/a", str(int(a.value) - amount)),
+                                 ("put", "acct/b", str(int(b.value) + amount))])
+                except Unavailable:
+                    continue    # the outcome is unknown; the compares keep it atomic either way
+                if done:
+                    committed.append(rev)
+
+    def auditor() -> None:
+        with cluster.client(timeout=10.0) as c:
+            while not stop.is_set():
+                try:
+                    lst = {e.key: e for e in c.list("acct/")}
+                except Unavailable:
+                    continue
+                a, b = lst["acct/a"], lst["acct/b"]
+                if int(a.value) + int(b.value) != total or a.revision != b.revision:
+                    problems.append(f"torn read: {a} {b}")
+
+    threads = [threading.Thread(target=mover, args=(i,)) for i in range(3)]
+    threads.append(threading.Thread(target=auditor))
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(committed) < 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.kill(cluster.leader())
+        target = len(committed) + 30
+        while len(committed) < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not problems, problems[:3]
+    assert len(committed) >= 60, f"only {len(committed)} transactions committed"
+    ha = {e.revision: e for e in client.history("acct/a")}
+    hb = {e.revision: e for e in client.history("acct/b")}
+    assert set(ha) == set(hb), "a transaction wrote one key without the other"
+    # The history keeps the newest 64 versions of a key: every commit since its start is in it.
+    assert {r for r in committed if r >= min(ha)} <= set(ha)
+    assert len(set(committed)) == len(committed)
+    assert all(int(ha[r].value) + int(hb[r].value) == total for r in ha)
+    assert min(ha) >= first

@@ -136,3 +136,36 @@ def test_a_lease_argument_must_be_a_lease_of_this_client(net: Faults) -> None:
         with pytest.raises(InvalidRequest):
             c.lease(ttl=0.1)
         ls.revoke()
+
+
+# -- transactions ------------------------------------------------------------------------------
+
+def test_txn_applies_one_branch_at_one_revision_and_a_watch_sees_every_write(net: Faults) -> None:
+    with client(net) as c:
+        ra = c.put("app/a", "1")
+        w = c.watch("app/", start_revision=ra + 1)
+        ok, rev = c.txn(compare=[("app/a", ra), ("app/b", 0)],
+                        success=[("put", "app/a", "x"), ("put", "app/b", b"y"), ("delete", "app/c")],
+                        failure=[])
+        assert ok and rev == ra + 1
+        a, b = c.get("app/a"), c.get("app/b")
+        assert a is not None and b is not None and a.revision == b.revision == rev
+        got = [w.next(timeout=2.0), w.next(timeout=2.0)]
+        assert [(e.key, e.revision) for e in got if e is not None] == [("app/a", rev), ("app/b", rev)]
+        w.close()
+        ok, rev2 = c.txn(compare=[("app/a", ra)], success=[("delete", "app/a")],
+                         failure=[("put", "app/f", "failed")])
+        assert not ok and rev2 == rev + 1 and c.get("app/a") is not None
+        with c.lease(ttl=5.0) as ls:
+            c.txn(success=[("put", "app/e", "eph", ls)])
+        assert c.get("app/e") is None
+
+
+def test_txn_arguments_are_checked_before_sending(net: Faults) -> None:
+    with client(net) as c:
+        for bad in ([("get", "k")], "put", [("put", "k")], [("delete", "a"), ("delete", "a")]):
+            with pytest.raises(InvalidRequest):
+                c.txn(success=bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequest):
+            c.txn(compare=[("k", "3")])  # type: ignore[list-item]
+        assert not net.sent(op="write")
