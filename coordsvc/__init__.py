@@ -5,7 +5,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
-    "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
+    "Client", "Compacted", "CompareFailed", "CoordError", "Election", "Entry", "Event",
+    "FenceRejected", "Leader", "RWLock", "Term",
     "InvalidRequest", "Lease", "LeaseExpired", "Lock", "LockTimeout", "PermissionDenied",
     "QuotaExceeded", "Unavailable",
     "Watch", "__version__",
@@ -17,16 +18,20 @@ if TYPE_CHECKING:
         Compacted,
         CompareFailed,
         CoordError,
+        Election,
         Entry,
         Event,
         FenceRejected,
         InvalidRequest,
+        Leader,
         Lease,
         LeaseExpired,
         Lock,
         LockTimeout,
         PermissionDenied,
         QuotaExceeded,
+        RWLock,
+        Term,
         Unavailable,
         Watch,
     )

@@ -12,7 +12,8 @@ with Client(["tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"]) as c:
 from __future__ import annotations
 
 from ._client import Client, ClientTransport
-from ._lock import Lease, Lock, LockInfo
+from ._election import Election, Leader, Term
+from ._lock import Lease, Lock, LockInfo, RWLock, SharedHold
 from ._types import Entry, EntryList, Event, Principal
 from ._watch import Watch
 from .errors import (
@@ -29,7 +30,8 @@ from .errors import (
 )
 
 __all__ = [
-    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
+    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Election", "Entry",
+    "EntryList", "Leader", "RWLock", "SharedHold", "Term",
     "Event", "FenceRejected", "InvalidRequest", "Lease", "LeaseExpired", "Lock", "LockInfo",
     "LockTimeout",
     "PermissionDenied", "Principal", "QuotaExceeded", "Unavailable", "Watch",

@@ -60,7 +60,18 @@ from coordsvc.core.protocol import (
 )
 
 from . import _credentials, _status
-from ._lock import KeepaliveStarter, Lease, Lock, LockInfo, _Kept, acquire_lock, open_lease
+from ._election import Election
+from ._lock import (
+    KeepaliveStarter,
+    Lease,
+    Lock,
+    LockInfo,
+    RWLock,
+    SharedHold,
+    _Kept,
+    acquire_lock,
+    open_lease,
+)
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
 from ._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
@@ -308,19 +319,23 @@ class Client:
     # -- locks ---------------------------------------------------------------------------
 
     def acquire(self, name: str, ttl: float = 10.0, timeout: float | None = None,
-                on_lost: Callable[[Lock], None] | None = None, lease: Lease | None = None) -> Lock:
+                on_lost: Callable[[Lock], None] | None = None, lease: Lease | None = None,
+                lock_delay: float = 0.0) -> Lock:
         """Acquire lock ``name`` (FIFO among waiters). ``timeout=0``: try once; None: wait
         forever. Raises ``LockTimeout`` when not acquired (then nothing is held).
         ``lease``: hold it on that lease (``ttl`` is then the lease's): it is released when
-        the lease ends, and the lease's keepalive keeps it."""
-        return acquire_lock(self, name, ttl, timeout, on_lost, lease)
+        the lease ends, and the lease's keepalive keeps it. ``lock_delay`` (seconds, at most
+        60): should this holder's session expire (not a release), nobody gets the lock for
+        that long, so a holder that lost its session but not its work has time to notice."""
+        return acquire_lock(self, name, ttl, timeout, on_lost, lease, lock_delay)
 
     @contextmanager
     def lock(self, name: str, ttl: float = 10.0, timeout: float | None = 30.0,
              on_lost: Callable[[Lock], None] | None = None,
-             lease: Lease | None = None) -> Iterator[Lock]:
+             lease: Lease | None = None, lock_delay: float = 0.0) -> Iterator[Lock]:
         """``with c.lock(name) as lk:`` holds the lock (kept alive) for the block."""
-        lk = self.acquire(name, ttl=ttl, timeout=timeout, on_lost=on_lost, lease=lease)
+        lk = self.acquire(name, ttl=ttl, timeout=timeout, on_lost=on_lost, lease=lease,
+                          lock_delay=lock_delay)
         try:
             yield lk
         except BaseException:
@@ -333,6 +348,27 @@ class Client:
         (or the end of its ``with`` block, or ``close()``). Keys put on it and locks taken
         on it end with it: ``with c.lease(10.0) as ls: c.put(k, v, lease=ls)``."""
         return open_lease(self, ttl, on_lost)
+
+    def semaphore(self, name: str, limit: int, ttl: float = 10.0, timeout: float | None = 30.0,
+                  on_lost: Callable[[Lock], None] | None = None,
+                  lease: Lease | None = None) -> SharedHold:
+        """``with c.semaphore(name, limit=4) as slot:`` holds one of ``limit`` slots
+        (FIFO among waiters; ``slot.token`` a fencing token). Every holder must name the
+        same ``limit`` (``InvalidRequest`` otherwise). ``LockTimeout`` if no slot came within
+        ``timeout``. Its session is its own unless ``lease``."""
+        if type(limit) is not int:
+            raise InvalidRequest(f"limit must be an int, got {limit!r}")
+        return SharedHold(self, name, "semaphore", limit, ttl, timeout, on_lost, lease)
+
+    def election(self, name: str) -> Election:
+        """Election ``name``: ``campaign(value, ttl, timeout)`` -> a ``Term`` once leading,
+        ``leader()`` -> ``Leader(value, token)`` or None, ``observe()`` every change."""
+        return Election(self, name)
+
+    def rwlock(self, name: str) -> RWLock:
+        """Read/write lock ``name``: ``with c.rwlock(name).read(): ...`` (shared) or
+        ``.write()`` (exclusive), FIFO between them."""
+        return RWLock(self, name)
 
     def _lease_id(self, lease: Lease | None) -> int:
         if lease is None:
@@ -717,7 +753,8 @@ def _seconds(ms: int | None) -> float | None:
 def _lock_info(row: LockRow) -> LockInfo:
     return LockInfo(row.name, row.holder_session, row.token, row.waiters,
                     _seconds(row.holder_ttl_left_ms), _seconds(row.age_ms),
-                    tuple(_seconds(w) for w in row.waits_ms), row.holder, row.waiter_names)
+                    tuple(_seconds(w) for w in row.waits_ms), row.holder, row.waiter_names,
+                    row.kind, row.limit, row.holders, row.waiter_modes)
 
 
 def _prefixes(v: Sequence[str], what: str) -> tuple[str, ...]:

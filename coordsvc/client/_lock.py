@@ -29,9 +29,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeGuard
 
 from coordsvc.core.commands import (
+    MAX_LOCK_DELAY_MS,
     MAX_TTL_MS,
     MIN_TTL_MS,
     Acquire,
+    AcquireShared,
     Cancel,
     CloseSession,
     Command,
@@ -57,7 +59,8 @@ from .errors import CoordError, InvalidRequest, LockTimeout, PermissionDenied, U
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["KeepaliveStarter", "Lease", "Lock", "LockInfo", "acquire_lock", "open_lease"]
+__all__ = ["KeepaliveStarter", "Lease", "Lock", "LockInfo", "RWLock", "acquire_lock",
+           "SharedHold", "acquire_shared", "open_lease"]
 
 log = logging.getLogger("coordsvc.client")
 
@@ -84,6 +87,12 @@ class LockInfo:
     waits_s: tuple[float | None, ...] = ()         # per waiter, in queue order
     holder: str | None = None                      # the identity (key name) holding it
     waiter_names: tuple[str, ...] = ()             # per waiter, in queue order
+    kind: str = "lock"                             # "lock" | "semaphore" | "rwlock"
+    limit: int = 0                                 # a semaphore's slots
+    # A semaphore's or rwlock's holders: (session, token, identity, mode), grant order;
+    # and each waiter's mode ("semaphore", "read", "write").
+    holders: tuple[tuple[int, int, str, str], ...] = ()
+    waiter_modes: tuple[str, ...] = ()
 
 
 class _Kept:
@@ -507,8 +516,16 @@ def open_lease(client: Client, ttl_s: object, on_lost: Callable[[Lease], None] |
     return ls
 
 
+def _check_delay(lock_delay_s: object) -> int:
+    if not _is_number(lock_delay_s) or not 0 <= lock_delay_s * 1000 <= MAX_LOCK_DELAY_MS:
+        raise InvalidRequest(f"lock_delay must be a number of seconds in [0, "
+                             f"{MAX_LOCK_DELAY_MS / 1000:g}], got {lock_delay_s!r}")
+    return int(round(lock_delay_s * 1000))
+
+
 def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
-                 on_lost: Callable[[Lock], None] | None, lease: Lease | None = None) -> Lock:
+                 on_lost: Callable[[Lock], None] | None, lease: Lease | None = None,
+                 lock_delay_s: object = 0) -> Lock:
     """Open a session, queue for ``name`` on it, wait for the grant (see Client.acquire);
     or, with ``lease``, queue on the lease's session.
 
@@ -516,11 +533,12 @@ def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
     is not kept alive and expires after ``ttl_s``, releasing whatever it got. (On a lease,
     a grant the unknown write got is the lease's until it ends.)
     """
+    delay_ms = _check_delay(lock_delay_s)
     if lease is not None:
-        return _acquire_on_lease(client, name, timeout_s, on_lost, lease)
+        return _acquire_on_lease(client, name, timeout_s, on_lost, lease, delay_ms)
     ttl = _check_ttl(ttl_s)
     timeout = _check_timeout(timeout_s)
-    cmd = OpenAndAcquire(name, int(round(ttl * 1000)), wait=timeout != 0)
+    cmd = OpenAndAcquire(name, int(round(ttl * 1000)), wait=timeout != 0, lock_delay_ms=delay_ms)
     err = validate(cmd)
     if err is not None:
         raise InvalidRequest(err)
@@ -560,14 +578,35 @@ def _granted_or_abandoned(client: Client, lk: Lock, res: Result, deadline: float
         raise
 
 
+def acquire_shared(client: Client, name: str, mode: str, limit: int, ttl_s: object,
+                   timeout_s: object, on_lost: Callable[[Lock], None] | None,
+                   lease: Lease | None) -> tuple[Lock, Lease | None]:
+    """A slot of semaphore ``name`` or a read/write hold of rwlock ``name``: on ``lease``,
+    or on a lease of its own (returned, to be revoked with the hold)."""
+    own = None
+    if lease is None:
+        _check_timeout(timeout_s)
+        own = lease = open_lease(client, ttl_s, None)
+    try:
+        return _acquire_on_lease(client, name, timeout_s, on_lost, lease, 0, (mode, limit)), own
+    except BaseException:
+        if own is not None:
+            own.abandon(client.timeout)
+        raise
+
+
 def _acquire_on_lease(client: Client, name: str, timeout_s: object,
-                      on_lost: Callable[[Lock], None] | None, lease: Lease) -> Lock:
+                      on_lost: Callable[[Lock], None] | None, lease: Lease, delay_ms: int,
+                      shared: tuple[str, int] | None = None) -> Lock:
     if not isinstance(lease, Lease):
         raise InvalidRequest(f"lease must be a Lease, got {type(lease).__name__}")
     if lease._client is not client:
         raise InvalidRequest("that lease belongs to another Client")
     timeout = _check_timeout(timeout_s)
-    cmd = Acquire(name, lease.session_id, wait=timeout != 0)
+    cmd: Acquire | AcquireShared = Acquire(name, lease.session_id, wait=timeout != 0,
+                                           lock_delay_ms=delay_ms)
+    if shared is not None:
+        cmd = AcquireShared(name, lease.session_id, shared[0], shared[1], wait=timeout != 0)
     err = validate(cmd)
     if err is not None:
         raise InvalidRequest(err)
@@ -581,8 +620,8 @@ def _acquire_on_lease(client: Client, name: str, timeout_s: object,
         raise
     if res.code in (ResultCode.LOCK_BUSY, ResultCode.NO_SESSION):
         lease._detach(lk)
-        raise LockTimeout(f"lock {name!r} is held by another session" if res.code == ResultCode.LOCK_BUSY
-                          else f"lock {name!r}: lease {lease.session_id} has ended")
+        raise LockTimeout(f"{name!r} is held by another session" if res.code == ResultCode.LOCK_BUSY
+                          else f"{name!r}: lease {lease.session_id} has ended")
     try:
         expect(res, ResultCode.OK, ResultCode.QUEUED)
     except BaseException:
@@ -637,3 +676,61 @@ def _is_number(v: object) -> TypeGuard[float]:
         return not math.isnan(float(v))
     except OverflowError:
         return False
+
+
+class RWLock:
+    """A read/write lock of the cluster (``Client.rwlock``): many readers or one writer,
+    granted in FIFO order (a waiting writer holds back the readers behind it), each hold
+    with a fencing token. ``with rw.read(ttl=10.0): ...`` / ``with rw.write(...)``."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self.name = name
+        self._client = client
+
+    def read(self, ttl: float = 10.0, timeout: float | None = 30.0,
+             on_lost: Callable[[Lock], None] | None = None,
+             lease: Lease | None = None) -> SharedHold:
+        return SharedHold(self._client, self.name, "read", 0, ttl, timeout, on_lost, lease)
+
+    def write(self, ttl: float = 10.0, timeout: float | None = 30.0,
+              on_lost: Callable[[Lock], None] | None = None,
+              lease: Lease | None = None) -> SharedHold:
+        return SharedHold(self._client, self.name, "write", 0, ttl, timeout, on_lost, lease)
+
+
+class SharedHold:
+    """A semaphore slot or rwlock hold, acquired on ``__enter__`` (which returns its
+    ``Lock``: ``token``, ``held``, ``valid_until``) and released on ``__exit__``."""
+
+    def __init__(self, client: Client, name: str, mode: str, limit: int, ttl_s: float,
+                 timeout_s: float | None, on_lost: Callable[[Lock], None] | None,
+                 lease: Lease | None) -> None:
+        self._args = (client, name, mode, limit, ttl_s, timeout_s, on_lost, lease)
+        self._held: tuple[Lock, Lease | None] | None = None
+
+    def acquire(self) -> Lock:
+        if self._held is None:
+            self._held = acquire_shared(*self._args)
+        return self._held[0]
+
+    def release(self) -> None:
+        if self._held is None:
+            return
+        lk, own = self._held
+        if own is not None:
+            own.revoke()      # the hold's own session: closing it releases the slot
+        else:
+            lk.release()
+
+    def __enter__(self) -> Lock:
+        return self.acquire()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if et is None:
+            self.release()
+            return
+        try:
+            self.release()
+        except CoordError as e:
+            log.warning("releasing %r failed: %s", self._args[1], e)

@@ -33,13 +33,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .commands import (
+    ELECTION_PREFIX,
     Acquire,
+    AcquireShared,
     AuthAdd,
     AuthRemove,
+    Campaign,
     Cancel,
     CloseSession,
     Command,
     Delete,
+    EndLockDelay,
     ExpireSession,
     Noop,
     OpenAndAcquire,
@@ -83,16 +87,23 @@ class Rights:
         return self.read + self.write
 
     def may_read(self, key: str) -> bool:
+        if key.startswith(ELECTION_PREFIX):   # an election's record: its lock right reads it
+            return self.may_lock(key)
         return self.admin or key.startswith(self.read) or key.startswith(self.write)
 
     def may_write(self, key: str) -> bool:
         return self.admin or key.startswith(self.write)
 
     def may_lock(self, name: str) -> bool:
+        """Lock ``name`` -- or, for ``ELECTION_PREFIX + name``, stand for election ``name``."""
+        if name.startswith(ELECTION_PREFIX):
+            name = name[len(ELECTION_PREFIX):]
         return self.admin or name.startswith(self.lock)
 
     def reads_all_under(self, prefix: str) -> bool:
         """Every key starting with ``prefix`` is readable: answers need no filtering."""
+        if prefix.startswith(ELECTION_PREFIX):
+            return self.may_lock(prefix)
         return self.admin or prefix.startswith(self.read) or prefix.startswith(self.write)
 
     def reads_some_under(self, prefix: str) -> bool:
@@ -148,7 +159,8 @@ def _txn_right(cmd: Txn, r: Rights) -> str | None:
     return None
 
 
-def _lock_right(cmd: Acquire | OpenAndAcquire | Release | Cancel, r: Rights) -> str | None:
+def _lock_right(cmd: Acquire | OpenAndAcquire | Release | Cancel | AcquireShared | Campaign,
+                r: Rights) -> str | None:
     if r.may_lock(cmd.name):
         return None
     return f"no right to lock {cmd.name!r}"
@@ -171,9 +183,11 @@ def _any_write(cmd: Noop, r: Rights) -> str | None:
 
 _COMMAND_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
     Put: _key_right, Delete: _key_right, Txn: _txn_right,
-    Acquire: _lock_right, OpenAndAcquire: _lock_right, Release: _lock_right, Cancel: _lock_right,
+    Acquire: _lock_right, OpenAndAcquire: _lock_right, AcquireShared: _lock_right,
+    Campaign: _lock_right, Release: _lock_right, Cancel: _lock_right,
     OpenSession: _session_right, CloseSession: _session_right,
     AuthAdd: _admin_only, AuthRemove: _admin_only, ExpireSession: _admin_only,
+    EndLockDelay: _admin_only,
     Noop: _any_write,
 }
 

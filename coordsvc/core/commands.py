@@ -21,7 +21,9 @@ from .types import ProtocolError
 __all__ = [
     "Acquire", "AuthAdd", "AuthRemove", "Cancel", "CloseSession", "Command", "Delete",
     "ExpireSession", "Fence", "Noop", "OpenAndAcquire", "OpenSession", "Put", "Release", "Request",
-    "Txn", "MAX_TXN_BYTES", "MAX_TXN_OPS",
+    "Txn", "MAX_TXN_BYTES", "MAX_TXN_OPS", "EndLockDelay", "MAX_LOCK_DELAY_MS",
+    "AcquireShared", "MAX_SEMAPHORE_LIMIT", "SHARED_MODES", "Campaign", "ELECTION_PREFIX",
+    "MAX_CAMPAIGN_VALUE_BYTES",
     "BOOTSTRAP_ADMIN", "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_PRINCIPAL_CHARS",
     "MAX_RIGHT_PREFIXES", "MAX_TTL_MS", "MAX_VALUE_BYTES", "MIN_TTL_MS", "NAME_RE",
     "decode_request", "encode_request", "is_public_key", "stamp", "validate", "validate_request",
@@ -53,6 +55,16 @@ MAX_INT = 2**63 - 1
 # types.MAX_COMMAND_BYTES (1 MiB + 8 KiB: 192 entries of framing fit in the 8 KiB).
 MAX_TXN_OPS = 64
 MAX_TXN_BYTES = 1_048_576
+# Consul caps its lock-delay at 60 s too: longer, and a crashed holder blocks everyone.
+MAX_LOCK_DELAY_MS = 60_000
+# A semaphore's slots (its holders are listed in ``locks`` answers, so bounded).
+MAX_SEMAPHORE_LIMIT = 1_000
+SHARED_MODES = ("semaphore", "read", "write")
+# Election NAME is the lock ELECTION_PREFIX + NAME, and its leader's record is the key of
+# that same name (the machine writes it; clients may not). \x01 keeps it apart from any
+# name a person would type.
+ELECTION_PREFIX = "\x01election/"
+MAX_CAMPAIGN_VALUE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +116,13 @@ class ExpireSession:
 
 @dataclass(frozen=True, slots=True)
 class Acquire:
+    """Acquire (or queue for) ``name`` on session ``session_id``. ``lock_delay_ms``: should
+    the session expire while it holds the lock, nobody gets it for that long."""
+
     name: str
     session_id: int
     wait: bool
+    lock_delay_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +137,40 @@ class OpenAndAcquire:
     name: str
     ttl_ms: int
     wait: bool
+    lock_delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireShared:
+    """Take (or queue for) a slot of semaphore ``name`` (``mode`` "semaphore", at most
+    ``limit`` holders) or read/write lock ``name`` (``mode`` "read": shared with readers,
+    "write": alone; ``limit`` unused, 0) on session ``session_id``. Waiters are granted in
+    FIFO order, each with a fencing token; ``Release`` and ``Cancel`` work as for locks."""
+
+    name: str
+    session_id: int
+    mode: str
+    limit: int
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Stand for election ``name`` with ``value`` on session ``session_id``: queue (FIFO)
+    for its lock; whoever holds it leads, and its record key says so."""
+
+    name: str
+    session_id: int
+    value: bytes
+    wait: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EndLockDelay:
+    """Proposed by the leader only, as an internal request, once a lock's delay passed on
+    its clock: the lock goes to its first waiter (or away)."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +237,8 @@ class Txn:
 
 
 Command = (Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel
-           | OpenAndAcquire | Noop | AuthAdd | AuthRemove | Txn)
+           | OpenAndAcquire | Noop | AuthAdd | AuthRemove | Txn | EndLockDelay | AcquireShared
+           | Campaign)
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,11 +319,32 @@ def validate(cmd: object) -> str | None:
     if isinstance(cmd, Acquire):
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
-        return _check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+                or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
     if isinstance(cmd, OpenAndAcquire):
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
-        return _check_name("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+        return (_check_name("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+                or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
+    if isinstance(cmd, EndLockDelay):
+        return _check_name("lock name", cmd.name)
+    if isinstance(cmd, Campaign):
+        if not isinstance(cmd.wait, bool) or not isinstance(cmd.value, bytes):
+            return "wait must be a bool and value bytes"
+        if len(cmd.value) > MAX_CAMPAIGN_VALUE_BYTES:
+            return f"a campaign's value is at most {MAX_CAMPAIGN_VALUE_BYTES} bytes, got {len(cmd.value)}"
+        err = _check_name("election name", cmd.name)
+        if err is None and isinstance(cmd.name, str):
+            err = _check_name("election name", ELECTION_PREFIX + cmd.name)
+        return err or _check_int("session_id", cmd.session_id, 1)
+    if isinstance(cmd, AcquireShared):
+        if not isinstance(cmd.wait, bool):
+            return "wait must be a bool"
+        if cmd.mode not in SHARED_MODES:
+            return f"mode must be one of {SHARED_MODES}, got {cmd.mode!r:.40}"
+        low, high = (1, MAX_SEMAPHORE_LIMIT) if cmd.mode == "semaphore" else (0, 0)
+        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+                or _check_int("limit", cmd.limit, low, high))
     if isinstance(cmd, Release):
         return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
                 or _check_int("token", cmd.token, 1))
@@ -393,6 +465,10 @@ _AUTH_ADD, _AUTH_REMOVE = 10, 11
 # A put on a lease: a tag of its own, so a plain put keeps its old encoding.
 _PUT_LEASE = 12
 _TXN = 13
+# Acquires with a lock-delay: tags of their own, so those without keep their encoding.
+_ACQUIRE_DELAY, _OPEN_ACQUIRE_DELAY, _END_LOCK_DELAY = 14, 15, 16
+_ACQUIRE_SHARED = 17
+_CAMPAIGN = 18
 # msgpack's one-byte headers of a 4- and a 5-element array.
 _FIXARRAY_4, _STAMPED_HEAD = 0x94, b"\x95"
 
@@ -415,12 +491,22 @@ def _cmd_out(c: Command) -> list[object]:
     if isinstance(c, ExpireSession):
         return [_EXPIRE, c.session_id]
     if isinstance(c, Acquire):
+        if c.lock_delay_ms:
+            return [_ACQUIRE_DELAY, c.name, c.session_id, c.wait, c.lock_delay_ms]
         return [_ACQUIRE, c.name, c.session_id, c.wait]
+    if isinstance(c, EndLockDelay):
+        return [_END_LOCK_DELAY, c.name]
+    if isinstance(c, Campaign):
+        return [_CAMPAIGN, c.name, c.session_id, c.value, c.wait]
+    if isinstance(c, AcquireShared):
+        return [_ACQUIRE_SHARED, c.name, c.session_id, c.mode, c.limit, c.wait]
     if isinstance(c, Release):
         return [_RELEASE, c.name, c.session_id, c.token]
     if isinstance(c, Cancel):
         return [_CANCEL, c.name, c.session_id]
     if isinstance(c, OpenAndAcquire):
+        if c.lock_delay_ms:
+            return [_OPEN_ACQUIRE_DELAY, c.name, c.ttl_ms, c.wait, c.lock_delay_ms]
         return [_OPEN_ACQUIRE, c.name, c.ttl_ms, c.wait]
     if isinstance(c, AuthAdd):
         return [_AUTH_ADD, c.name, c.public_key, list(c.read), list(c.write), list(c.lock), c.admin]
@@ -515,6 +601,12 @@ _DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
     _AUTH_ADD: (7, lambda f: AuthAdd(_str(f[1]), _str(f[2]), _strs(f[3]), _strs(f[4]), _strs(f[5]),
                                      _bool(f[6]))),
     _AUTH_REMOVE: (2, lambda f: AuthRemove(_str(f[1]))),
+    _ACQUIRE_DELAY: (5, lambda f: Acquire(_str(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))),
+    _OPEN_ACQUIRE_DELAY: (5, lambda f: OpenAndAcquire(_str(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))),
+    _END_LOCK_DELAY: (2, lambda f: EndLockDelay(_str(f[1]))),
+    _CAMPAIGN: (5, lambda f: Campaign(_str(f[1]), _int(f[2]), _bytes(f[3]), _bool(f[4]))),
+    _ACQUIRE_SHARED: (6, lambda f: AcquireShared(_str(f[1]), _int(f[2]), _str(f[3]), _int(f[4]),
+                                                 _bool(f[5]))),
     _TXN: (5, lambda f: Txn(_compares(f[1]), _txn_ops(f[2]), _txn_ops(f[3]), _fence_in(f[4]))),
 }
 

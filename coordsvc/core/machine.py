@@ -57,13 +57,17 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped, unused-i
 from .acl import ADMIN_RIGHTS, MEMBER_RIGHTS, Rights, command_refusal
 from .commands import (
     BOOTSTRAP_ADMIN,
+    ELECTION_PREFIX,
     Acquire,
+    AcquireShared,
     AuthAdd,
     AuthRemove,
+    Campaign,
     Cancel,
     CloseSession,
     Command,
     Delete,
+    EndLockDelay,
     ExpireSession,
     Fence,
     OpenAndAcquire,
@@ -97,6 +101,10 @@ MAX_RETIRED = 100_000
 # owners to fill it.
 MAX_SESSIONS_PER_OWNER = 10_000
 MAX_WAITERS_PER_OWNER = 100
+# Semaphores and read/write locks: a writer weighs every slot of an rwlock; holders of one
+# are listed in ``locks`` answers, so at most this many at once (readers queue beyond it).
+RW_ALL = 1 << 30
+MAX_SHARED_HOLDERS = 1_000
 # Ephemeral keys on one lease: its end deletes them all in one apply step, one revision
 # each, so this bounds the work (and the events) of one expiry.
 MAX_KEYS_PER_LEASE = 10_000
@@ -143,6 +151,12 @@ class HeldLock:
     waiters: tuple[int, ...]
     holder: str = ""                      # the principal owning the holding session
     waiter_names: tuple[str, ...] = ()    # the principals owning the waiting sessions
+    kind: str = "lock"                    # "lock" | "semaphore" | "rwlock"
+    limit: int = 0                        # a semaphore's slots
+    # Semaphores and rwlocks: every holder (session, token, principal, mode), grant order,
+    # and each waiter's mode ("semaphore", "read", "write").
+    holders: tuple[tuple[int, int, str, str], ...] = ()
+    waiter_modes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,15 +203,36 @@ class _Session:
     held: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
     keys: set[str] = field(default_factory=set)    # ephemeral keys: deleted when it ends
+    delays: dict[str, int] = field(default_factory=dict)   # lock -> its lock_delay_ms (if not 0)
 
 
 @dataclass(slots=True)
 class _Lock:
-    # A lock exists only while held: a release hands it straight to the next waiter.
+    # A lock exists only while held -- a release hands it straight to the next waiter --
+    # or while delayed: its holder's session expired and it had a lock-delay, so nobody
+    # (holder 0, token 0) holds it until the leader's EndLockDelay.
     holder: int
     token: int
     granted_index: int
     waiters: deque[int] = field(default_factory=deque)
+    delay_ms: int = 0     # the holder's lock-delay, applied if its session expires
+
+
+@dataclass(slots=True)
+class _Shared:
+    """A semaphore (``limit`` slots, each holder weighs 1) or a read/write lock (``limit``
+    RW_ALL: a reader weighs 1, a writer RW_ALL). Exists while held or waited for. Waiters
+    are admitted strictly in order: one that does not fit blocks those behind it."""
+
+    kind: str
+    limit: int
+    holders: dict[int, tuple[int, int]] = field(default_factory=dict)   # sid -> (token, weight)
+    used: int = 0
+    waiters: deque[tuple[int, int]] = field(default_factory=deque)      # (sid, weight)
+
+
+def _mode(kind: str, weight: int) -> str:
+    return "semaphore" if kind == "semaphore" else "write" if weight == RW_ALL else "read"
 
 
 @dataclass(slots=True)
@@ -222,6 +257,7 @@ class Machine:
         self.next_token = 1
         self.first_revision_in_window = 1
         self.grants: builtins.list[Grant] = []
+        self.delays: builtins.list[tuple[str, int]] = []   # lock-delays begun: (lock, ms)
         self._kv: dict[str, KeyValue] = {}
         self._keys = SortedList()    # the keys of _kv, sorted: pages without a full sort
         # Plain lists trimmed on append: a deque costs ~760 bytes even for one event, which
@@ -234,6 +270,9 @@ class Machine:
         self._sessions: dict[int, _Session] = {}
         self._owner_sessions: dict[str, int] = {}
         self._locks: dict[str, _Lock] = {}
+        self._shared: dict[str, _Shared] = {}   # semaphores and rwlocks (names apart from locks)
+        # (election lock, session) -> the value it campaigns with, while it waits
+        self._candidates: dict[tuple[str, int], bytes] = {}
         self._leased: dict[str, int] = {}     # ephemeral key -> the session (lease) it lives on
         # Least recently active first; apply order is replicated, so eviction is too.
         self._clients: OrderedDict[str, _Client] = OrderedDict()
@@ -294,6 +333,9 @@ class Machine:
                 return _err(ResultCode.PERMISSION_DENIED, self.revision, f"{who}: {refused}")
             assert r is not None   # command_refusal refuses None
             rights = r
+        refused_name = _reserved(cmd)
+        if refused_name is not None:
+            return _err(ResultCode.INVALID, self.revision, refused_name)
         if isinstance(cmd, Put):
             if cmd.lease:
                 refused_lease = self._lease_refusal(cmd.lease, cmd.key, who, rights)
@@ -310,14 +352,18 @@ class Machine:
         if isinstance(cmd, ExpireSession):
             if who:
                 return _err(ResultCode.INVALID, self.revision, "ExpireSession is internal to the leader")
-            return self._close(index, cmd.session_id)
+            return self._close(index, cmd.session_id, expired=True)
+        if isinstance(cmd, EndLockDelay):
+            if who:
+                return _err(ResultCode.INVALID, self.revision, "EndLockDelay is internal to the leader")
+            return self._end_delay(index, cmd.name)
         if isinstance(cmd, OpenAndAcquire):
             return self._open_and_acquire(index, cmd, who, quota)
         if isinstance(cmd, AuthAdd):
             return self._auth_add(index, cmd)
         if isinstance(cmd, AuthRemove):
             return self._auth_remove(index, cmd)
-        if isinstance(cmd, (CloseSession, Acquire, Release, Cancel)):
+        if isinstance(cmd, (CloseSession, Acquire, Release, Cancel, AcquireShared, Campaign)):
             refused_session = self._not_owner(cmd.session_id, who, rights)
             if refused_session is not None:
                 return refused_session
@@ -325,6 +371,10 @@ class Machine:
                 return self._close(index, cmd.session_id)
             if isinstance(cmd, Acquire):
                 return self._acquire(index, cmd)
+            if isinstance(cmd, AcquireShared):
+                return self._acquire_shared(index, cmd)
+            if isinstance(cmd, Campaign):
+                return self._campaign(index, cmd)
             if isinstance(cmd, Release):
                 return self._release(index, cmd)
             return self._cancel(index, cmd)
@@ -512,7 +562,7 @@ class Machine:
         self._owner_sessions[quota] = self._owner_sessions.get(quota, 0) + 1
         return Result(ResultCode.OK, self.revision, {"session_id": sid})
 
-    def _close(self, index: int, sid: int) -> Result:
+    def _close(self, index: int, sid: int, expired: bool = False) -> Result:
         s = self._sessions.pop(sid, None)
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {sid}")
@@ -527,22 +577,162 @@ class Machine:
             self._leased.pop(key, None)
             self._remove_key(key)
         # Leave queues first so no lock released below is handed back to this session.
+        shared = sorted(n for n in s.waiting | s.held if n in self._shared)
         for name in sorted(s.waiting):
-            self._locks[name].waiters.remove(sid)
+            if name in self._shared:
+                self._leave_shared(name, sid)
+            else:
+                self._locks[name].waiters.remove(sid)
+                self._candidates.pop((name, sid), None)
         for name in sorted(s.held):
-            self._hand_over(index, name)
+            if name in self._shared:
+                self._release_shared(name, sid, s)
+                continue
+            lk = self._locks[name]
+            if expired and lk.delay_ms:
+                # An involuntary release: the holder may still be working, unaware.
+                lk.holder, lk.token, lk.granted_index = 0, 0, index
+                self.delays.append((name, lk.delay_ms))
+            else:
+                self._hand_over(index, name)
+        for name in shared:
+            self._admit(index, name)
         return Result(ResultCode.OK, self.revision, {})
+
+    # -- elections -------------------------------------------------------------------------
+
+    def _campaign(self, index: int, cmd: Campaign) -> Result:
+        if cmd.session_id not in self._sessions:
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
+        name, sid = ELECTION_PREFIX + cmd.name, cmd.session_id
+        self._candidates[(name, sid)] = cmd.value
+        res = self._acquire(index, Acquire(name, sid, cmd.wait))
+        if res.code != ResultCode.QUEUED:     # granted (the record is written) or refused
+            self._candidates.pop((name, sid), None)
+        return res
+
+    def _set_record(self, name: str, token: int, value: bytes) -> None:
+        """Election ``name``'s record: its leader's token and value (``b"<token>\n<value>"``)."""
+        record = b"%d\n%s" % (token, value)
+        self.revision += 1
+        cur = self._kv.get(name)
+        if cur is None:
+            self._keys.add(name)
+        self._kv[name] = KeyValue(name, record, self.revision,
+                                  self.revision if cur is None else cur.create_revision,
+                                  1 if cur is None else cur.version + 1)
+        self._record(Change(_PUT, name, record, self.revision))
+
+    # -- semaphores and read/write locks -------------------------------------------------
+
+    def _acquire_shared(self, index: int, cmd: AcquireShared) -> Result:
+        s = self._sessions.get(cmd.session_id)
+        if s is None:
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
+        name, sid = cmd.name, cmd.session_id
+        if name in self._locks:
+            return _err(ResultCode.INVALID, self.revision, f"{name!r} is a lock, not a {cmd.mode} lock")
+        kind = "semaphore" if cmd.mode == "semaphore" else "rwlock"
+        limit = cmd.limit if kind == "semaphore" else RW_ALL
+        weight = RW_ALL if cmd.mode == "write" else 1
+        sh = self._shared.get(name)
+        if sh is None:
+            if len(self._locks) + len(self._shared) >= MAX_LOCKS:
+                return _err(ResultCode.LIMIT, self.revision, f"too many locks held (max {MAX_LOCKS})")
+            sh = _Shared(kind, limit)
+        elif sh.kind != kind:
+            return _err(ResultCode.INVALID, self.revision, f"{name!r} is a {sh.kind}, not a {kind}")
+        elif sh.limit != limit:
+            return _err(ResultCode.INVALID, self.revision,
+                        f"semaphore {name!r} has limit {sh.limit}, not {cmd.limit}")
+        held = sh.holders.get(sid)
+        if held is not None:
+            return Result(ResultCode.OK, self.revision, {"token": held[0]})
+        if name in s.waiting:
+            return Result(ResultCode.QUEUED, self.revision, {})
+        self._shared[name] = sh
+        if not sh.waiters and self._fits(sh, weight):
+            return Result(ResultCode.OK, self.revision,
+                          {"token": self._grant_shared(index, name, sh, sid, weight)})
+        refused = None
+        if not cmd.wait:
+            refused = _err(ResultCode.LOCK_BUSY, self.revision, f"{kind} {name!r} has no room")
+        elif len(sh.waiters) >= MAX_WAITERS:
+            refused = _err(ResultCode.LIMIT, self.revision, f"too many waiters on {name!r} (max {MAX_WAITERS})")
+        elif sum(1 for w, _ in sh.waiters if (ws := self._sessions.get(w)) is not None
+                 and ws.quota == s.quota) >= MAX_WAITERS_PER_OWNER:
+            refused = _err(ResultCode.LIMIT, self.revision, f"too many waiters of this client on "
+                           f"{name!r} (max_waiters_per_owner {MAX_WAITERS_PER_OWNER})")
+        if refused is not None:
+            if not sh.holders and not sh.waiters:
+                del self._shared[name]
+            return refused
+        sh.waiters.append((sid, weight))
+        s.waiting.add(name)
+        return Result(ResultCode.QUEUED, self.revision, {})
+
+    @staticmethod
+    def _fits(sh: _Shared, weight: int) -> bool:
+        return sh.used + weight <= sh.limit and len(sh.holders) < MAX_SHARED_HOLDERS
+
+    def _grant_shared(self, index: int, name: str, sh: _Shared, sid: int, weight: int) -> int:
+        token = self.next_token
+        self.next_token += 1
+        sh.holders[sid] = (token, weight)
+        sh.used += weight
+        self._sessions[sid].held.add(name)
+        self.grants.append(Grant(name, sid, token))
+        return token
+
+    def _admit(self, index: int, name: str) -> None:
+        """Grant waiters of ``name`` in order while the first fits; drop it if unused."""
+        sh = self._shared.get(name)
+        if sh is None:
+            return
+        while sh.waiters and self._fits(sh, sh.waiters[0][1]):
+            sid, weight = sh.waiters.popleft()
+            self._sessions[sid].waiting.discard(name)
+            self._grant_shared(index, name, sh, sid, weight)
+        if not sh.holders and not sh.waiters:
+            del self._shared[name]
+
+    def _leave_shared(self, name: str, sid: int) -> None:
+        sh = self._shared[name]
+        sh.waiters = deque(w for w in sh.waiters if w[0] != sid)
+
+    def _release_shared(self, name: str, sid: int, s: _Session | None) -> None:
+        sh = self._shared[name]
+        _, weight = sh.holders.pop(sid)
+        sh.used -= weight
+        if s is not None:
+            s.held.discard(name)
+
+    def _end_delay(self, index: int, name: str) -> Result:
+        lk = self._locks.get(name)
+        if lk is None or lk.holder != 0:
+            return Result(ResultCode.OK, self.revision, {"ended": False})
+        if not lk.waiters:
+            del self._locks[name]
+        else:
+            nxt = lk.waiters.popleft()
+            self._sessions[nxt].waiting.discard(name)
+            self._grant(index, name, nxt)
+        return Result(ResultCode.OK, self.revision, {"ended": True})
 
     def _grant(self, index: int, name: str, sid: int) -> int:
         token = self.next_token
         self.next_token += 1
         lk = self._locks.get(name)
+        s = self._sessions[sid]
+        delay_ms = s.delays.get(name, 0)
         if lk is None:
-            self._locks[name] = _Lock(sid, token, index)
+            self._locks[name] = _Lock(sid, token, index, delay_ms=delay_ms)
         else:
-            lk.holder, lk.token, lk.granted_index = sid, token, index
-        self._sessions[sid].held.add(name)
+            lk.holder, lk.token, lk.granted_index, lk.delay_ms = sid, token, index, delay_ms
+        s.held.add(name)
         self.grants.append(Grant(name, sid, token))
+        if name.startswith(ELECTION_PREFIX):
+            self._set_record(name, token, self._candidates.pop((name, sid), b""))
         return token
 
     def _hand_over(self, index: int, name: str) -> None:
@@ -551,8 +741,11 @@ class Machine:
         holder = self._sessions.get(lk.holder)
         if holder is not None:
             holder.held.discard(name)
+            holder.delays.pop(name, None)
         if not lk.waiters:
             del self._locks[name]
+            if name in self._kv and name.startswith(ELECTION_PREFIX):
+                self._remove_key(name)    # nobody leads
             return
         nxt = lk.waiters.popleft()
         self._sessions[nxt].waiting.discard(name)
@@ -563,6 +756,8 @@ class Machine:
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
         lk = self._locks.get(cmd.name)
+        if cmd.lock_delay_ms and (lk is None or lk.holder != cmd.session_id):
+            s.delays[cmd.name] = cmd.lock_delay_ms    # applies from its grant on
         if lk is None:
             if len(self._locks) >= MAX_LOCKS:
                 return _err(ResultCode.LIMIT, self.revision, f"too many locks held (max {MAX_LOCKS})")
@@ -570,7 +765,9 @@ class Machine:
         if lk.holder == cmd.session_id:
             return Result(ResultCode.OK, self.revision, {"token": lk.token})
         if not cmd.wait:
-            return _err(ResultCode.LOCK_BUSY, self.revision, f"lock {cmd.name!r} is held by another session")
+            s.delays.pop(cmd.name, None)
+            return _err(ResultCode.LOCK_BUSY, self.revision, f"lock {cmd.name!r} is held by another session"
+                        if lk.holder else f"lock {cmd.name!r} is in its lock-delay")
         if cmd.name not in s.waiting:
             if len(lk.waiters) >= MAX_WAITERS:
                 return _err(ResultCode.LIMIT, self.revision, f"too many waiters on {cmd.name!r} (max {MAX_WAITERS})")
@@ -590,13 +787,22 @@ class Machine:
             return refused
         sid = self.next_session_id
         self._open(index, cmd.ttl_ms, owner, quota)
-        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait))
+        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait, cmd.lock_delay_ms))
         if res.code in (ResultCode.OK, ResultCode.QUEUED):
             return Result(res.code, res.revision, {**res.data, "session_id": sid})
         self._close(index, sid)  # busy or a limit: nothing held, so no session either
         return res
 
     def _release(self, index: int, cmd: Release) -> Result:
+        sh = self._shared.get(cmd.name)
+        if sh is not None:
+            held = sh.holders.get(cmd.session_id)
+            if held is None or held[0] != cmd.token:
+                return _err(ResultCode.NOT_HELD, self.revision, f"{sh.kind} {cmd.name!r} is not held "
+                            f"by session {cmd.session_id} with token {cmd.token}")
+            self._release_shared(cmd.name, cmd.session_id, self._sessions.get(cmd.session_id))
+            self._admit(index, cmd.name)
+            return Result(ResultCode.OK, self.revision, {})
         lk = self._locks.get(cmd.name)
         if lk is None or lk.holder != cmd.session_id or lk.token != cmd.token:
             return _err(ResultCode.NOT_HELD, self.revision,
@@ -609,8 +815,19 @@ class Machine:
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
         dequeued = released = False
-        if cmd.name in s.waiting:
+        if cmd.name in self._shared:
+            if cmd.name in s.waiting:
+                s.waiting.discard(cmd.name)
+                self._leave_shared(cmd.name, cmd.session_id)
+                dequeued = True
+            elif cmd.name in s.held:
+                self._release_shared(cmd.name, cmd.session_id, s)
+                released = True
+            self._admit(index, cmd.name)    # the head may have left: those behind may fit
+        elif cmd.name in s.waiting:
             s.waiting.discard(cmd.name)
+            s.delays.pop(cmd.name, None)
+            self._candidates.pop((cmd.name, cmd.session_id), None)
             self._locks[cmd.name].waiters.remove(cmd.session_id)
             dequeued = True
         elif cmd.name in s.held:
@@ -676,6 +893,15 @@ class Machine:
     def session_owner(self, session_id: int) -> str | None:
         s = self._sessions.get(session_id)
         return None if s is None else s.owner
+
+    def take_delays(self) -> builtins.list[tuple[str, int]]:
+        """Lock-delays begun since the last call: (lock, delay_ms), for the leader's clock."""
+        out, self.delays = self.delays, []
+        return out
+
+    def delayed_locks(self) -> dict[str, int]:
+        """Every lock in its lock-delay, with the delay (a new leader restarts them all)."""
+        return {n: lk.delay_ms for n, lk in sorted(self._locks.items()) if lk.holder == 0}
 
     def take_grants(self) -> builtins.list[Grant]:
         """Grants made since the last call, so the runtime can wake their waiters."""
@@ -776,6 +1002,15 @@ class Machine:
         s = self._sessions.get(session_id)
         return [] if s is None else sorted(s.keys)
 
+    def held_token(self, name: str, session_id: int) -> int | None:
+        """The token session ``session_id`` holds lock, semaphore or rwlock ``name`` with."""
+        lk = self._locks.get(name)
+        if lk is not None:
+            return lk.token if lk.holder == session_id else None
+        sh = self._shared.get(name)
+        held = None if sh is None else sh.holders.get(session_id)
+        return None if held is None else held[0]
+
     def lock_owner(self, name: str) -> tuple[int, int] | None:
         lk = self._locks.get(name)
         return None if lk is None else (lk.holder, lk.token)
@@ -786,9 +1021,19 @@ class Machine:
 
     def locks(self) -> builtins.list[HeldLock]:
         ses = self._sessions
-        return [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters),
-                         ses[lk.holder].owner, tuple(ses[w].owner for w in lk.waiters))
-                for n, lk in sorted(self._locks.items())]
+        out = [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters),
+                        ses[lk.holder].owner if lk.holder else "",
+                        tuple(ses[w].owner for w in lk.waiters))
+               for n, lk in self._locks.items()]
+        for n, sh in self._shared.items():
+            holders = tuple((sid, tok, ses[sid].owner, _mode(sh.kind, w))
+                            for sid, (tok, w) in sh.holders.items())
+            first = holders[0] if holders else (0, 0, "", "")
+            out.append(HeldLock(n, first[0], first[1], 0, tuple(w for w, _ in sh.waiters), first[2],
+                                tuple(ses[w].owner for w, _ in sh.waiters), sh.kind,
+                                sh.limit if sh.kind == "semaphore" else 0, holders,
+                                tuple(_mode(sh.kind, wt) for _, wt in sh.waiters)))
+        return sorted(out, key=lambda h: h.name)
 
     @property
     def key_count(self) -> int:
@@ -800,7 +1045,7 @@ class Machine:
 
     @property
     def locks_held(self) -> int:
-        return len(self._locks)
+        return len(self._locks) + len(self._shared)
 
     # -- snapshots -----------------------------------------------------------------
     # Every event is stored once, keyed by its unique revision; the window, the
@@ -827,7 +1072,13 @@ class Machine:
             "ses": [[sid, s.ttl_ms, s.opened_index, s.owner, s.quota]
                     for sid, s in sorted(self._sessions.items())],
             "lk": [[n, lk.holder, lk.token, lk.granted_index, builtins.list(lk.waiters)]
+                   + ([lk.delay_ms] if lk.delay_ms else [])
                    for n, lk in sorted(self._locks.items())],
+            "sh": [[n, sh.kind, sh.limit, [[sid, tok, w] for sid, (tok, w) in sh.holders.items()],
+                    [[sid, w] for sid, w in sh.waiters]] for n, sh in sorted(self._shared.items())],
+            "cand": [[n, sid, v] for (n, sid), v in sorted(self._candidates.items())],
+            "ldel": [[sid, n, ms] for sid, s in sorted(self._sessions.items())
+                     for n, ms in sorted(s.delays.items())],
             "cl": [[cid, c.floor, [[s, r.to_wire()] for s, r in sorted(c.results.items())], c.owner]
                    for cid, c in self._clients.items()],
             "acl": [[p.name, p.public_key, builtins.list(p.rights.read), builtins.list(p.rights.write),
@@ -885,9 +1136,11 @@ class Machine:
             sid, ttl_ms, opened, owner, quota = (*row, BOOTSTRAP_ADMIN, "")[:5]
             self._sessions[sid] = _Session(ttl_ms, opened, owner, quota)
             self._owner_sessions[quota] = self._owner_sessions.get(quota, 0) + 1
-        for name, holder, token, granted, waiters in g.rows("lk", str, int, int, int, list):
-            self._locks[name] = _Lock(holder, token, granted, deque(_ints(waiters)))
-            self._sessions[holder].held.add(name)
+        for row in g.rows("lk", str, int, int, int, list, int, optional=1):
+            name, holder, token, granted, waiters, delay_ms = (*row, 0)[:6]
+            self._locks[name] = _Lock(holder, token, granted, deque(_ints(waiters)), delay_ms)
+            if holder:     # 0: in its lock-delay
+                self._sessions[holder].held.add(name)
             for w in waiters:
                 self._sessions[w].waiting.add(name)
         for row in g.rows("cl", str, int, list, str, optional=1):
@@ -908,11 +1161,45 @@ class Machine:
         if not isinstance(retired, builtins.list) or not all(isinstance(n, str) for n in retired):
             raise ProtocolError("snapshot field retired must be a list of names")
         self._retired = dict.fromkeys(retired)
+        if "sh" in st:   # snapshots from before semaphores and rwlocks have none
+            for name, kind, limit, holders, waiters in g.rows("sh", str, str, int, list, list):
+                sh = self._shared[name] = _Shared(kind, limit)
+                for sid, tok, w in holders:
+                    sh.holders[sid] = (tok, w)
+                    sh.used += w
+                    self._sessions[sid].held.add(name)
+                for sid, w in waiters:
+                    sh.waiters.append((sid, w))
+                    self._sessions[sid].waiting.add(name)
+        if "cand" in st:   # snapshots from before elections have no candidates
+            for name, sid, value in g.rows("cand", str, int, bytes):
+                self._candidates[(name, sid)] = value
+        if "ldel" in st:   # snapshots from before lock-delays have none
+            for sid, name, ms in g.rows("ldel", int, str, int):
+                self._sessions[sid].delays[name] = ms
         if "eph" in st:   # snapshots from before leases have no ephemeral keys
             for key, sid in g.rows("eph", str, int):
                 if key not in self._kv or sid not in self._sessions:
                     raise ProtocolError(f"snapshot: ephemeral key {key!r} on a missing key or lease")
                 self._attach(key, sid)
+
+
+def _reserved(cmd: Command) -> str | None:
+    """Keys and lock names under ELECTION_PREFIX are elections', written by the machine:
+    no client puts, deletes or locks them directly (release and cancel stay open, so a
+    candidate can resign)."""
+    if isinstance(cmd, (Put, Delete)):
+        names: tuple[str, ...] = (cmd.key,)
+    elif isinstance(cmd, Txn):
+        names = tuple(op.key for op in cmd.success + cmd.failure)
+    elif isinstance(cmd, (Acquire, OpenAndAcquire, AcquireShared)):
+        names = (cmd.name,)
+    else:
+        return None
+    for n in names:
+        if n.startswith(ELECTION_PREFIX):
+            return f"{n!r}: names starting with {ELECTION_PREFIX!r} belong to elections"
+    return None
 
 
 class _Getter:

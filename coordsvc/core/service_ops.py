@@ -253,7 +253,8 @@ def _locks(svc: Service, route: Route, req: LocksRequest, caller: Caller) -> Loc
             holder_ttl_ms=None if holder is None else holder.ttl_ms,
             age_ms=times.age_ms(lk.name, lk.token, now),
             waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters),
-            holder=lk.holder, waiter_names=lk.waiter_names))
+            holder=lk.holder, waiter_names=lk.waiter_names, kind=lk.kind, limit=lk.limit,
+            holders=lk.holders, waiter_modes=lk.waiter_modes))
     return LocksReply(tuple(rows), m.revision)
 
 

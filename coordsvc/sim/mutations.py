@@ -52,7 +52,7 @@ class ObservedService(Service):
 
 
 class _GrantsToClosedSessions(Machine):
-    def _close(self, index: int, sid: int) -> Result:
+    def _close(self, index: int, sid: int, expired: bool = False) -> Result:
         s = self._sessions.pop(sid, None)
         if s is None:
             return Result(ResultCode.NO_SESSION, self.revision, {"message": f"no session {sid}"})

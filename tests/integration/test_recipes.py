@@ -156,3 +156,68 @@ def test_concurrent_txns_move_value_atomically_across_a_leader_kill(cluster: Loc
     assert len(set(committed)) == len(committed)
     assert all(int(ha[r].value) + int(hb[r].value) == total for r in ha)
     assert min(ha) >= first
+
+
+def test_a_semaphore_and_an_rwlock_stay_exclusive_and_fifo_across_a_leader_kill(
+        cluster: LocalCluster, client: Client) -> None:
+    seed = random.randrange(2**32)
+    print(f"seed={seed}")
+    mu = threading.Lock()
+    inside = {"slots": 0, "readers": 0, "writers": 0}
+    worst = {"slots": 0, "mixed": 0}
+    tokens: list[int] = []
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        rng = random.Random(seed + i)
+        try:
+            with cluster.client(timeout=10.0) as c:
+                rw = c.rwlock("schema")
+                while not stop.is_set():
+                    try:
+                        if rng.random() < 0.5:
+                            with c.semaphore("batch", limit=2, ttl=5.0, timeout=20.0) as slot:
+                                with mu:
+                                    inside["slots"] += 1
+                                    worst["slots"] = max(worst["slots"], inside["slots"])
+                                    tokens.append(slot.token)
+                                time.sleep(rng.uniform(0, 0.05))
+                                with mu:
+                                    inside["slots"] -= 1
+                        else:
+                            mode = "writers" if rng.random() < 0.3 else "readers"
+                            hold = rw.write(ttl=5.0, timeout=20.0) if mode == "writers" else \
+                                rw.read(ttl=5.0, timeout=20.0)
+                            with hold:
+                                with mu:
+                                    inside[mode] += 1
+                                    if inside["writers"] and (inside["writers"] > 1 or inside["readers"]):
+                                        worst["mixed"] += 1
+                                time.sleep(rng.uniform(0, 0.05))
+                                with mu:
+                                    inside[mode] -= 1
+                    except Unavailable:
+                        continue
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(tokens) < 15 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster.kill(cluster.leader())
+        target = len(tokens) + 15
+        while len(tokens) < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert worst["slots"] <= 2 and worst["mixed"] == 0
+    assert len(tokens) >= 30 and len(set(tokens)) == len(tokens)
+    assert [i for i in client.locks() if i.name in ("batch", "schema")] == []

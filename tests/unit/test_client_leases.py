@@ -169,3 +169,114 @@ def test_txn_arguments_are_checked_before_sending(net: Faults) -> None:
         with pytest.raises(InvalidRequest):
             c.txn(compare=[("k", "3")])  # type: ignore[list-item]
         assert not net.sent(op="write")
+
+
+# -- lock-delay -------------------------------------------------------------------------------
+
+def test_an_expired_holders_lock_delay_keeps_the_lock_from_the_waiter_for_a_while(
+        node: LocalNode, net: Faults) -> None:
+    with client(net) as c, client(net) as waiter_client:
+        holder = c.acquire("l", ttl=1.0, lock_delay=1.0)
+        net.on(A, "keepalive", answer({"ok": True, "known": True}))   # the node never hears one
+        got: list[int] = []
+        t = threading.Thread(target=lambda: got.append(
+            waiter_client.acquire("l", ttl=5.0, timeout=10.0).token))
+        t.start()
+        states = []
+        while t.is_alive():
+            infos = [i for i in waiter_client.locks() if i.name == "l"]
+            states.append(infos[0].holder_session if infos else None)
+            time.sleep(0.01)
+        t.join()
+        # held by the first session, then by nobody (the delay), then by the waiter's
+        assert holder.session_id in states and 0 in states
+        assert states.index(0) > states.index(holder.session_id)
+        assert got and got[0] > holder.token
+        with pytest.raises(InvalidRequest):
+            c.acquire("m", lock_delay=61.0)
+
+
+# -- semaphores and read/write locks -------------------------------------------------------------
+
+def test_a_semaphore_admits_its_limit_and_the_next_waiter_gets_a_larger_token(
+        node: LocalNode, net: Faults) -> None:
+    with client(net) as c:
+        with c.semaphore("batch", limit=2, ttl=5.0, timeout=1.0) as s1, \
+                c.semaphore("batch", limit=2, ttl=5.0, timeout=1.0) as s2:
+            assert s1.token >= 1 and s2.token > s1.token and s1.held
+            with pytest.raises(LockTimeout):
+                c.semaphore("batch", limit=2, ttl=5.0, timeout=0).acquire()
+            (info,) = [i for i in c.locks() if i.name == "batch"]
+            assert info.kind == "semaphore" and info.limit == 2 and len(info.holders) == 2
+            with pytest.raises(InvalidRequest):
+                c.semaphore("batch", limit=3, timeout=0).acquire()
+        with c.semaphore("batch", limit=2, timeout=0) as s3:
+            assert s3.token > s2.token
+        assert node.machine.locks_held == 0 and node.machine.session_count == 0
+
+
+def test_rwlock_readers_share_and_a_writer_waits_for_them(node: LocalNode, net: Faults) -> None:
+    with client(net) as c:
+        rw = c.rwlock("schema")
+        with rw.read(ttl=5.0) as r1, rw.read(ttl=5.0) as r2:
+            assert r2.token > r1.token
+            with pytest.raises(LockTimeout):
+                rw.write(ttl=5.0, timeout=0.2).acquire()
+            got: list[int] = []
+            t = threading.Thread(target=lambda: got.append(rw.write(ttl=5.0, timeout=5.0).acquire().token))
+            t.start()
+            deadline = time.monotonic() + 5.0
+            while not any(i.waiters for i in c.locks() if i.name == "schema"):
+                assert time.monotonic() < deadline, "the writer never queued"
+                time.sleep(0.01)
+            (info,) = [i for i in c.locks() if i.name == "schema"]
+            assert info.kind == "rwlock" and info.waiter_modes == ("write",)
+            with pytest.raises(LockTimeout):     # FIFO: a reader does not pass the writer
+                rw.read(ttl=5.0, timeout=0).acquire()
+        t.join()
+        assert got and got[0] > r2.token
+        c.close()
+    assert node.machine.locks_held == 0
+
+
+# -- elections ---------------------------------------------------------------------------------
+
+def test_an_election_has_one_leader_whose_value_and_token_everyone_reads(net: Faults) -> None:
+    from coordsvc import Leader
+    with client(net) as c, client(net) as other:
+        el = c.election("scheduler")
+        assert el.leader() is None
+        with el.campaign("host-a", ttl=5.0, timeout=None) as term:
+            assert term.token >= 1 and term.held
+            assert other.election("scheduler").leader() == Leader(b"host-a", term.token)
+            with pytest.raises(LockTimeout):
+                other.election("scheduler").campaign("host-b", ttl=5.0, timeout=0)
+        assert el.leader() is None
+        t2 = other.election("scheduler").campaign("host-b", ttl=5.0, timeout=1.0)
+        assert t2.token > term.token and el.leader() == Leader(b"host-b", t2.token)
+        t2.resign()
+        t2.resign()
+
+
+def test_observe_yields_every_change_of_leader_in_order(net: Faults) -> None:
+    from coordsvc import Leader
+    with client(net) as c, client(net) as b_client:
+        el = c.election("sched")
+        seen = el.observe()
+        assert next(seen) is None
+        ta = el.campaign("A", ttl=5.0)
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(
+            b_client.election("sched").campaign("B", ttl=5.0, timeout=5.0)))
+        waiter.start()
+        deadline = time.monotonic() + 5.0
+        while not any(i.waiters for i in c.locks() if i.name.endswith("sched")):
+            assert time.monotonic() < deadline, "B never queued"
+            time.sleep(0.01)
+        ta.resign()
+        waiter.join()
+        (tb,) = got
+        tb.resign()   # type: ignore[attr-defined]
+        assert [next(seen), next(seen), next(seen)] == [
+            Leader(b"A", ta.token), Leader(b"B", tb.token), None]  # type: ignore[attr-defined]
+        seen.close()
