@@ -88,7 +88,7 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
 
 def _coord_error(exc: Exception) -> tuple[int, str, str | None] | None:
     """(exit code, message, hint) for an exception of the client's tree, else None."""
-    from coordsvc.client.errors import Compacted, Unavailable
+    from coordsvc.client.errors import Compacted, InvalidRequest, Unavailable
     for cls, code, hint in _coord_errors():
         if isinstance(exc, cls):
             msg = str(exc) or cls.__name__
@@ -96,6 +96,8 @@ def _coord_error(exc: Exception) -> tuple[int, str, str | None] | None:
                 hint = f"the oldest revision still kept is {exc.oldest}; {hint}"
             if isinstance(exc, Unavailable):
                 msg = f"cluster unavailable, outcome unknown: {msg}"
+            if cls is InvalidRequest and "schema of prefix" in msg:
+                hint = "see what it expects with `coordctl config schema get PREFIX`"
             return code, msg, hint
     return None
 

@@ -7,6 +7,7 @@ tests pass one that reaches an in-process node).
 from __future__ import annotations
 
 import builtins
+import json
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from coordsvc import clusterfile
 from coordsvc.core.commands import (
     MAX_INT,
+    SCHEMA_PREFIX,
     AuthAdd,
     AuthRemove,
     Command,
@@ -29,6 +31,8 @@ from coordsvc.core.commands import (
     Fence,
     Put,
     Request,
+    SchemaDelete,
+    SchemaSet,
     Txn,
     validate,
 )
@@ -258,6 +262,30 @@ class Client:
                 raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
                                      f"('delete', key), got {op!r:.100}")
         return tuple(out)
+
+    def schema_set(self, prefix: str, schema: str | bytes | Mapping[str, Any]) -> int:
+        """Attach JSON Schema ``schema`` (JSON text, or a dict) to ``prefix``: from then on a
+        put or txn under it whose value is not JSON validating against it is refused with
+        ``InvalidRequest`` naming the failing path (values already there are not checked).
+        ``InvalidRequest`` if the schema is not a valid JSON Schema. The revision."""
+        raw = (json.dumps(schema).encode() if isinstance(schema, Mapping) else _to_bytes(schema))
+        res = self._write(SchemaSet(prefix, raw))
+        raise_for(res)
+        rev = res.data.get("revision")
+        if type(rev) is not int:
+            raise CoordError("malformed reply: revision")
+        return rev
+
+    def schema_get(self, prefix: str) -> bytes | None:
+        """The JSON Schema attached to exactly ``prefix``, or None."""
+        e = self.get(SCHEMA_PREFIX + prefix)
+        return None if e is None else e.value
+
+    def schema_delete(self, prefix: str) -> bool:
+        """Detach ``prefix``'s schema; False if it had none."""
+        res = self._write(SchemaDelete(prefix))
+        raise_for(res)
+        return res.data.get("deleted") is True
 
     def get(self, key: str, stale: bool = False) -> Entry | None:
         """The key's entry or None; linearizable unless ``stale`` (then any node answers)."""

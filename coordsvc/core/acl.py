@@ -34,6 +34,7 @@ from typing import Any
 
 from .commands import (
     ELECTION_PREFIX,
+    SCHEMA_PREFIX,
     Acquire,
     AcquireShared,
     AuthAdd,
@@ -50,6 +51,8 @@ from .commands import (
     OpenSession,
     Put,
     Release,
+    SchemaDelete,
+    SchemaSet,
     Txn,
 )
 from .protocol import (
@@ -89,6 +92,8 @@ class Rights:
     def may_read(self, key: str) -> bool:
         if key.startswith(ELECTION_PREFIX):   # an election's record: its lock right reads it
             return self.may_lock(key)
+        if key.startswith(SCHEMA_PREFIX):     # a prefix's schema: whoever may read under it
+            key = key[len(SCHEMA_PREFIX):]
         return self.admin or key.startswith(self.read) or key.startswith(self.write)
 
     def may_write(self, key: str) -> bool:
@@ -104,6 +109,8 @@ class Rights:
         """Every key starting with ``prefix`` is readable: answers need no filtering."""
         if prefix.startswith(ELECTION_PREFIX):
             return self.may_lock(prefix)
+        if prefix.startswith(SCHEMA_PREFIX):
+            prefix = prefix[len(SCHEMA_PREFIX):]
         return self.admin or prefix.startswith(self.read) or prefix.startswith(self.write)
 
     def reads_some_under(self, prefix: str) -> bool:
@@ -147,6 +154,11 @@ def _key_right(cmd: Put | Delete, r: Rights) -> str | None:
     return f"no right to write {cmd.key!r}"
 
 
+def _schema_right(cmd: SchemaSet | SchemaDelete, r: Rights) -> str | None:
+    # Only who may write every key under the prefix may constrain them.
+    return None if r.may_write(cmd.prefix) else f"no right to write everything under {cmd.prefix!r}"
+
+
 def _txn_right(cmd: Txn, r: Rights) -> str | None:
     # Every key it may touch, in either branch, and every key it compares (a compare
     # reveals a key's revision, so it needs the right to read it).
@@ -183,6 +195,7 @@ def _any_write(cmd: Noop, r: Rights) -> str | None:
 
 _COMMAND_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
     Put: _key_right, Delete: _key_right, Txn: _txn_right,
+    SchemaSet: _schema_right, SchemaDelete: _schema_right,
     Acquire: _lock_right, OpenAndAcquire: _lock_right, AcquireShared: _lock_right,
     Campaign: _lock_right, Release: _lock_right, Cancel: _lock_right,
     OpenSession: _session_right, CloseSession: _session_right,

@@ -23,7 +23,7 @@ __all__ = [
     "ExpireSession", "Fence", "Noop", "OpenAndAcquire", "OpenSession", "Put", "Release", "Request",
     "Txn", "MAX_TXN_BYTES", "MAX_TXN_OPS", "EndLockDelay", "MAX_LOCK_DELAY_MS",
     "AcquireShared", "MAX_SEMAPHORE_LIMIT", "SHARED_MODES", "Campaign", "ELECTION_PREFIX",
-    "MAX_CAMPAIGN_VALUE_BYTES",
+    "MAX_CAMPAIGN_VALUE_BYTES", "RESERVED_PREFIX", "SCHEMA_PREFIX", "SchemaDelete", "SchemaSet",
     "BOOTSTRAP_ADMIN", "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_PRINCIPAL_CHARS",
     "MAX_RIGHT_PREFIXES", "MAX_TTL_MS", "MAX_VALUE_BYTES", "MIN_TTL_MS", "NAME_RE",
     "decode_request", "encode_request", "is_public_key", "stamp", "validate", "validate_request",
@@ -64,6 +64,10 @@ SHARED_MODES = ("semaphore", "read", "write")
 # that same name (the machine writes it; clients may not). \x01 keeps it apart from any
 # name a person would type.
 ELECTION_PREFIX = "\x01election/"
+# The schema of config prefix P is the key SCHEMA_PREFIX + P (core.schemas).
+SCHEMA_PREFIX = "\x01schema/"
+# Keys and lock names under it are the machine's to write (elections, schemas).
+RESERVED_PREFIX = "\x01"
 MAX_CAMPAIGN_VALUE_BYTES = 64 * 1024
 
 
@@ -166,6 +170,20 @@ class Campaign:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaSet:
+    """Attach JSON Schema ``schema`` (JSON text) to config prefix ``prefix``: from then on
+    every put under it must be JSON that validates (core.schemas)."""
+
+    prefix: str
+    schema: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaDelete:
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
 class EndLockDelay:
     """Proposed by the leader only, as an internal request, once a lock's delay passed on
     its clock: the lock goes to its first waiter (or away)."""
@@ -238,7 +256,7 @@ class Txn:
 
 Command = (Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel
            | OpenAndAcquire | Noop | AuthAdd | AuthRemove | Txn | EndLockDelay | AcquireShared
-           | Campaign)
+           | Campaign | SchemaSet | SchemaDelete)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +346,14 @@ def validate(cmd: object) -> str | None:
                 or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
     if isinstance(cmd, EndLockDelay):
         return _check_name("lock name", cmd.name)
+    if isinstance(cmd, (SchemaSet, SchemaDelete)):
+        if not isinstance(cmd.prefix, str):
+            return "prefix must be a string"
+        err = _check_name("schema key", SCHEMA_PREFIX + cmd.prefix)
+        if err is None and isinstance(cmd, SchemaSet):
+            if not isinstance(cmd.schema, bytes) or len(cmd.schema) > 64 * 1024:
+                return "a schema is JSON text of at most 65536 bytes"
+        return err
     if isinstance(cmd, Campaign):
         if not isinstance(cmd.wait, bool) or not isinstance(cmd.value, bytes):
             return "wait must be a bool and value bytes"
@@ -469,6 +495,7 @@ _TXN = 13
 _ACQUIRE_DELAY, _OPEN_ACQUIRE_DELAY, _END_LOCK_DELAY = 14, 15, 16
 _ACQUIRE_SHARED = 17
 _CAMPAIGN = 18
+_SCHEMA_SET, _SCHEMA_DELETE = 19, 20
 # msgpack's one-byte headers of a 4- and a 5-element array.
 _FIXARRAY_4, _STAMPED_HEAD = 0x94, b"\x95"
 
@@ -496,6 +523,10 @@ def _cmd_out(c: Command) -> list[object]:
         return [_ACQUIRE, c.name, c.session_id, c.wait]
     if isinstance(c, EndLockDelay):
         return [_END_LOCK_DELAY, c.name]
+    if isinstance(c, SchemaSet):
+        return [_SCHEMA_SET, c.prefix, c.schema]
+    if isinstance(c, SchemaDelete):
+        return [_SCHEMA_DELETE, c.prefix]
     if isinstance(c, Campaign):
         return [_CAMPAIGN, c.name, c.session_id, c.value, c.wait]
     if isinstance(c, AcquireShared):
@@ -604,6 +635,8 @@ _DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
     _ACQUIRE_DELAY: (5, lambda f: Acquire(_str(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))),
     _OPEN_ACQUIRE_DELAY: (5, lambda f: OpenAndAcquire(_str(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))),
     _END_LOCK_DELAY: (2, lambda f: EndLockDelay(_str(f[1]))),
+    _SCHEMA_SET: (3, lambda f: SchemaSet(_str(f[1]), _bytes(f[2]))),
+    _SCHEMA_DELETE: (2, lambda f: SchemaDelete(_str(f[1]))),
     _CAMPAIGN: (5, lambda f: Campaign(_str(f[1]), _int(f[2]), _bytes(f[3]), _bool(f[4]))),
     _ACQUIRE_SHARED: (6, lambda f: AcquireShared(_str(f[1]), _int(f[2]), _str(f[3]), _int(f[4]),
                                                  _bool(f[5]))),

@@ -58,6 +58,8 @@ from .acl import ADMIN_RIGHTS, MEMBER_RIGHTS, Rights, command_refusal
 from .commands import (
     BOOTSTRAP_ADMIN,
     ELECTION_PREFIX,
+    RESERVED_PREFIX,
+    SCHEMA_PREFIX,
     Acquire,
     AcquireShared,
     AuthAdd,
@@ -75,11 +77,14 @@ from .commands import (
     Put,
     Release,
     Request,
+    SchemaDelete,
+    SchemaSet,
     Txn,
     validate,
     validate_request,
 )
 from .protocol import Change, ChangeType, KeyValue, Result, ResultCode
+from .schemas import MAX_SCHEMAS, Schema, compile_schema
 from .types import MiB, ProtocolError, UsageError
 
 __all__ = ["Grant", "HeldLock", "Machine", "Principal", "RevisionCompacted", "SessionInfo",
@@ -271,6 +276,8 @@ class Machine:
         self._owner_sessions: dict[str, int] = {}
         self._locks: dict[str, _Lock] = {}
         self._shared: dict[str, _Shared] = {}   # semaphores and rwlocks (names apart from locks)
+        # prefix -> its compiled schema: a cache of the keys under SCHEMA_PREFIX
+        self._schemas: dict[str, Schema] = {}
         # (election lock, session) -> the value it campaigns with, while it waits
         self._candidates: dict[tuple[str, int], bytes] = {}
         self._leased: dict[str, int] = {}     # ephemeral key -> the session (lease) it lives on
@@ -336,6 +343,12 @@ class Machine:
         refused_name = _reserved(cmd)
         if refused_name is not None:
             return _err(ResultCode.INVALID, self.revision, refused_name)
+        if isinstance(cmd, Put) and self._schemas:
+            problem = self._schema_problem(cmd.key, cmd.value)
+            if problem is not None:
+                return _err(ResultCode.INVALID, self.revision, problem)
+        if isinstance(cmd, (SchemaSet, SchemaDelete)):
+            return self._schema_change(cmd)
         if isinstance(cmd, Put):
             if cmd.lease:
                 refused_lease = self._lease_refusal(cmd.lease, cmd.key, who, rights)
@@ -453,6 +466,10 @@ class Machine:
                  for key, rev in cmd.compare)
         branch = cmd.success if ok else cmd.failure
         for op in branch:
+            if isinstance(op, Put) and self._schemas:
+                problem = self._schema_problem(op.key, op.value)
+                if problem is not None:
+                    return _err(ResultCode.INVALID, self.revision, problem)
             if isinstance(op, Put) and op.lease:
                 refused = self._lease_refusal(op.lease, op.key, who, rights)
                 if refused is not None:
@@ -599,6 +616,49 @@ class Machine:
             self._admit(index, name)
         return Result(ResultCode.OK, self.revision, {})
 
+    # -- config schemas ---------------------------------------------------------------------
+
+    def _schema_problem(self, key: str, value: bytes) -> str | None:
+        """Why ``value`` may not be put at ``key`` under the schemas in force (the shortest
+        failing prefix first, so every replica says the same)."""
+        if len(self._schemas) <= len(key):
+            prefixes = sorted((p for p in self._schemas if key.startswith(p)), key=len)
+        else:
+            prefixes = [key[:i] for i in range(len(key) + 1) if key[:i] in self._schemas]
+        for p in prefixes:
+            problem = self._schemas[p].problem(key, value)
+            if problem is not None:
+                return problem
+        return None
+
+    def _schema_change(self, cmd: SchemaSet | SchemaDelete) -> Result:
+        key = SCHEMA_PREFIX + cmd.prefix
+        if isinstance(cmd, SchemaDelete):
+            if key not in self._kv:
+                return Result(ResultCode.OK, self.revision, {"deleted": False})
+            del self._schemas[cmd.prefix]
+            self._remove_key(key)
+            return Result(ResultCode.OK, self.revision, {"deleted": True, "revision": self.revision})
+        compiled = compile_schema(cmd.prefix, cmd.schema)
+        if isinstance(compiled, str):
+            return _err(ResultCode.INVALID, self.revision, compiled)
+        if cmd.prefix not in self._schemas and len(self._schemas) >= MAX_SCHEMAS:
+            return _err(ResultCode.LIMIT, self.revision, f"too many schemas (max {MAX_SCHEMAS})")
+        self._schemas[cmd.prefix] = compiled
+        self._set_key(key, cmd.schema)
+        return Result(ResultCode.OK, self.revision, {"revision": self.revision})
+
+    def _set_key(self, key: str, value: bytes) -> None:
+        """Put ``value`` at ``key`` at the next revision (the machine's own keys)."""
+        self.revision += 1
+        cur = self._kv.get(key)
+        if cur is None:
+            self._keys.add(key)
+        self._kv[key] = KeyValue(key, value, self.revision,
+                                 self.revision if cur is None else cur.create_revision,
+                                 1 if cur is None else cur.version + 1)
+        self._record(Change(_PUT, key, value, self.revision))
+
     # -- elections -------------------------------------------------------------------------
 
     def _campaign(self, index: int, cmd: Campaign) -> Result:
@@ -613,15 +673,7 @@ class Machine:
 
     def _set_record(self, name: str, token: int, value: bytes) -> None:
         """Election ``name``'s record: its leader's token and value (``b"<token>\n<value>"``)."""
-        record = b"%d\n%s" % (token, value)
-        self.revision += 1
-        cur = self._kv.get(name)
-        if cur is None:
-            self._keys.add(name)
-        self._kv[name] = KeyValue(name, record, self.revision,
-                                  self.revision if cur is None else cur.create_revision,
-                                  1 if cur is None else cur.version + 1)
-        self._record(Change(_PUT, name, record, self.revision))
+        self._set_key(name, b"%d\n%s" % (token, value))
 
     # -- semaphores and read/write locks -------------------------------------------------
 
@@ -1129,6 +1181,13 @@ class Machine:
         for key, rev, create, version in g.rows("kv", str, int, int, int):
             self._kv[key] = KeyValue(key, events[(rev, key)].value, rev, create, version)
         self._keys = SortedList(self._kv)
+        for key in self._keys.irange(minimum=SCHEMA_PREFIX):
+            if not key.startswith(SCHEMA_PREFIX):
+                break
+            compiled = compile_schema(key[len(SCHEMA_PREFIX):], self._kv[key].value)
+            if isinstance(compiled, str):
+                raise ProtocolError(f"snapshot: the schema at {key!r} does not compile: {compiled}")
+            self._schemas[compiled.prefix] = compiled
         # Rows of snapshots from before principals have no owners: those sessions and
         # client ids were the bootstrap admin's (every client was, then). Rows from before
         # per-owner bounds have no quota owner: counted as "".
@@ -1185,9 +1244,9 @@ class Machine:
 
 
 def _reserved(cmd: Command) -> str | None:
-    """Keys and lock names under ELECTION_PREFIX are elections', written by the machine:
-    no client puts, deletes or locks them directly (release and cancel stay open, so a
-    candidate can resign)."""
+    """Keys and lock names under RESERVED_PREFIX (elections, schemas) are written by the
+    machine: no client puts, deletes or locks them directly (release and cancel stay open,
+    so a candidate can resign)."""
     if isinstance(cmd, (Put, Delete)):
         names: tuple[str, ...] = (cmd.key,)
     elif isinstance(cmd, Txn):
@@ -1197,8 +1256,8 @@ def _reserved(cmd: Command) -> str | None:
     else:
         return None
     for n in names:
-        if n.startswith(ELECTION_PREFIX):
-            return f"{n!r}: names starting with {ELECTION_PREFIX!r} belong to elections"
+        if n.startswith(RESERVED_PREFIX):
+            return f"{n!r}: names starting with {RESERVED_PREFIX!r} belong to the cluster"
     return None
 
 

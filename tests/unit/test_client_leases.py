@@ -280,3 +280,22 @@ def test_observe_yields_every_change_of_leader_in_order(net: Faults) -> None:
         assert [next(seen), next(seen), next(seen)] == [
             Leader(b"A", ta.token), Leader(b"B", tb.token), None]  # type: ignore[attr-defined]
         seen.close()
+
+
+# -- config schemas ------------------------------------------------------------------------------
+
+def test_a_schema_refuses_puts_and_txns_with_invalid_request_naming_the_path(net: Faults) -> None:
+    schema = {"type": "object", "properties": {"rollout": {"type": "integer"}}}
+    with client(net) as c:
+        c.schema_set("app/flags/", schema)
+        assert c.schema_get("app/flags/") is not None and c.schema_get("app/") is None
+        c.put("app/flags/a", '{"rollout": 5}')
+        with pytest.raises(InvalidRequest, match=r"\$\.rollout"):
+            c.put("app/flags/a", '{"rollout": "five"}')
+        with pytest.raises(InvalidRequest, match="app/flags/b"):
+            c.txn(success=[("put", "app/x", "1"), ("put", "app/flags/b", "[")])
+        assert c.get("app/x") is None
+        with pytest.raises(InvalidRequest):
+            c.schema_set("app/", "{not json")
+        assert c.schema_delete("app/flags/") and not c.schema_delete("app/flags/")
+        c.put("app/flags/a", "anything")
