@@ -1,6 +1,7 @@
 """Client recipes (CONTRACT §10) against real clusters, under leader kills."""
 from __future__ import annotations
 
+import asyncio
 import random
 import subprocess
 import sys
@@ -221,3 +222,52 @@ def test_a_semaphore_and_an_rwlock_stay_exclusive_and_fifo_across_a_leader_kill(
     assert worst["slots"] <= 2 and worst["mixed"] == 0
     assert len(tokens) >= 30 and len(set(tokens)) == len(tokens)
     assert [i for i in client.locks() if i.name in ("batch", "schema")] == []
+
+
+def test_contract_section_10_snippet_runs_as_written(cluster: LocalCluster) -> None:
+    cluster.leader()
+    c = cluster.client(timeout=10.0)
+    path = cluster.file
+    # -- CONTRACT §10, verbatim but for `...` bodies and the endless observe loop --------
+    with c.lease(ttl=10.0) as ls:                     # kept alive in the background; ls.id
+        c.put("svc/web/n1", "10.0.0.5:80", lease=ls)   # ephemeral: deleted when the lease ends
+        assert ls.valid_until > time.monotonic()       # monotonic time the lease is surely alive until
+        with c.lock("deploy", lease=ls, timeout=30.0):
+            assert c.get("svc/web/n1") is not None
+    ls.revoke()                                        # (leaving the block revokes) deletes its keys,
+    assert c.get("svc/web/n1") is None
+    el = c.election("scheduler")
+    with el.campaign("host-a", ttl=10.0, timeout=None) as term:   # blocks until leader
+        assert term.token > 0                          # fencing token, like a lock's
+        ld = el.leader()                               # -> Leader(value, token) | None
+        assert ld is not None and ld.token == term.token and ld.value == b"host-a"
+    for ld in el.observe():
+        assert ld is None                              # nobody leads now
+        break
+    with c.semaphore("batch", limit=4, ttl=10.0, timeout=30.0) as slot:
+        assert slot.token > term.token
+    rw = c.rwlock("schema")
+    with rw.read(ttl=10.0):                            # many readers, or
+        pass
+    with rw.write(ttl=10.0):                           # one writer; FIFO between them
+        pass
+    c.put("app/a", "0")
+    c.put("app/b", "0")
+    a = c.get("app/a")
+    assert a is not None
+    ok, rev = c.txn(compare=[("app/a", a.revision), ("app/b", 0)],   # key, if_revision
+                    success=[("put", "app/a", "x"), ("delete", "app/b")],
+                    failure=[])                                     # atomic, all or nothing
+    assert not ok                                      # app/b exists: compare failed
+    ok, rev = c.txn(compare=[("app/a", a.revision)], success=[("put", "app/a", "x"), ("delete", "app/b")])
+    assert ok and c.get("app/a").revision == rev and c.get("app/b") is None  # type: ignore[union-attr]
+    from coordsvc.aio import AsyncClient  # the same API with async/await:
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(path) as ac:
+            await ac.put("k", "v")
+            async for ev in ac.watch("k", start_revision=1):
+                assert ev.value == b"v"
+                break
+    asyncio.run(main())
+    c.close()
