@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from ..core.protocol import Result
 
 __all__ = [
-    "EphemeralRead", "check_ephemeral_reads", "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
+    "EphemeralRead", "check_ephemeral_reads", "check_semaphore", "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
     "check_locks_reads", "check_tenures", "check_unique_values", "check_watch",
 ]
 
@@ -90,6 +90,32 @@ def check_tenures(tenures: Sequence[Tenure], granted: Mapping[tuple[str, int], i
                                 f"held {t.token} from t={t.start_ms}")
             if t.end_ms >= latest.end_ms:
                 latest = t
+    return problems
+
+
+def check_semaphore(tenures: Sequence[Tenure], limit: int,
+                    granted: Mapping[tuple[str, int], int]) -> list[str]:
+    """At no instant more than ``limit`` clients believe they hold a slot, and every believed
+    slot is one the chosen log granted, to that session with that token."""
+    problems: list[str] = []
+    edges: list[tuple[int, int, Tenure]] = []
+    for t in tenures:
+        if granted.get((t.lock, t.token)) != t.session_id:
+            problems.append(f"{t.client} believed it held a slot of {t.lock!r} with token "
+                            f"{t.token} (session {t.session_id}) that the log never granted it")
+        if t.end_ms > t.start_ms:
+            edges += [(t.start_ms, 1, t), (t.end_ms, -1, t)]
+    holding: list[Tenure] = []
+    for at, step, t in sorted(edges, key=lambda e: (e[0], e[1])):   # ends before starts
+        if step < 0:
+            holding.remove(t)
+            continue
+        holding.append(t)
+        if len(holding) > limit:
+            problems.append(f"{len(holding)} clients believed they held a slot of {t.lock!r} "
+                            f"(limit {limit}) at t={at}: "
+                            + ", ".join(f"{h.client} token {h.token}" for h in holding))
+            break
     return problems
 
 

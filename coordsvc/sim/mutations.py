@@ -12,6 +12,7 @@ each one is caught within the CI seeds, and by which check.
   events loses one.
 - ``keep_ephemeral_keys`` (Machine): a lease's expiry forgets its ephemeral keys instead
   of deleting them, so they outlive their owner.
+- ``over_admit`` (Machine): a semaphore admits one holder more than its limit.
 - ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
   next ``step``, after its messages and client replies have left.
 
@@ -53,6 +54,10 @@ class ObservedService(Service):
 
 class _GrantsToClosedSessions(Machine):
     def _close(self, index: int, sid: int, expired: bool = False) -> Result:
+        s = self._sessions.get(sid)
+        if s is not None and (s.keys or any(n in self._shared for n in s.waiting | s.held)):
+            # Leases and semaphore slots close correctly: the planted bug is in plain locks.
+            return super()._close(index, sid, expired)
         s = self._sessions.pop(sid, None)
         if s is None:
             return Result(ResultCode.NO_SESSION, self.revision, {"message": f"no session {sid}"})
@@ -100,6 +105,17 @@ class _KeepsEphemeralKeys(Machine):
                     del self._leased[key]
                 s.keys.clear()
         return super()._run(index, cmd, who, client_id)
+
+
+class _OverAdmits(Machine):
+    @staticmethod
+    def _fits(sh: Any, weight: int) -> bool:
+        # Known-bad: off by one.
+        return bool(sh.used + weight <= sh.limit + 1)
+
+
+class OverAdmit(_Swapped):
+    swaps = {Machine: _OverAdmits}
 
 
 class KeepEphemeralKeys(_Swapped):
@@ -161,6 +177,7 @@ MUTATIONS: dict[str, type[ObservedService]] = {
     "grant_to_closed_session": GrantToClosedSession,
     "skip_watch_event": SkipWatchEvent,
     "keep_ephemeral_keys": KeepEphemeralKeys,
+    "over_admit": OverAdmit,
     "reply_before_save": ReplyBeforeSave,
     "skip_adopt": SkipAdopt,
 }

@@ -91,8 +91,8 @@ class Params:
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
             # get, put, cas, delete, lock, locks, lease, eph_get
-            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12), (30, 20, 15, 5, 25, 5, 8, 12),
-                                (20, 10, 10, 5, 50, 5, 8, 12), (10, 5, 5, 0, 70, 10, 5, 10))),
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8), (30, 20, 15, 5, 25, 5, 8, 12, 10),
+                                (20, 10, 10, 5, 50, 5, 8, 12, 15), (10, 5, 5, 0, 70, 10, 5, 10, 30))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),
@@ -525,6 +525,8 @@ class NodeSim:
             found.append(("linearizability checker out of budget: " if lin.timed_out else "")
                          + lin.explanation)
         found += checks.check_tenures(self._tenures(), ref.grants)
+        found += checks.check_semaphore(self._tenures(sems=True), self.p.workload.sem_limit,
+                                        ref.grants)
         found += checks.check_locks_reads(self.record.locks_reads, self.record.gone_sessions)
         found += checks.check_answers({c.name: c.answers for c in self.workers}, ref.results)
         found += checks.check_ephemeral_reads(self.record.eph_reads, self.record.eph_values,
@@ -542,10 +544,10 @@ class NodeSim:
         for f in found:
             self._violate(f"history: {f}")
 
-    def _tenures(self) -> list[Tenure]:
+    def _tenures(self, sems: bool = False) -> list[Tenure]:
         out = []
         for c in self.workers:
-            for lk in c.locks:
+            for lk in (c.sems if sems else c.locks):
                 b = lk.belief(self.now)
                 if b is not None:
                     out.append(Tenure(c.name, lk.name, lk.session_id, lk.token, b[0], b[1]))
@@ -570,6 +572,7 @@ class NodeSim:
                 "ops_ok": ops.ok, "ops_fail": ops.fail, "ops_unknown": ops.unknown,
                 "lock_cycles": sum(len(c.locks) for c in self.workers),
                 "grants_believed": len(self._tenures()),
+                "slots_believed": len(self._tenures(sems=True)),
                 "watch_events": sum(len(w.delivered) for w in self.record.watches),
                 "locks_reads": len(self.record.locks_reads), "leaders": leaders}
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.commands import CloseSession, Delete, Fence, OpenSession, Put
+from ..core.commands import AcquireShared, CloseSession, Delete, Fence, OpenSession, Put
 from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
 from .checks import EphemeralRead, LocksRead, WatchEvent
@@ -42,7 +42,7 @@ class Workload:
 
     keys: tuple[str, ...]
     locks: tuple[str, ...]
-    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get
+    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get, sem
     think_ms: int
     give_up_ms: int | None        # a write or read is abandoned (unknown) after this
     ttl_ms: tuple[int, ...]
@@ -54,6 +54,7 @@ class Workload:
     watch_limit: int
     watch_switch: float           # chance per poll that a watcher moves to a random node
     eph_keys: tuple[str, ...] = ("e/0", "e/1")   # put only on leases
+    sem_limit: int = 2            # of the one semaphore, "sem/a"
     abandon: float = 0.5          # share of lease cycles left to expire rather than revoked
 
 
@@ -77,7 +78,8 @@ class Record:
     eph_reads: list[EphemeralRead] = field(default_factory=list)
 
 
-_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get")
+_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem")
+SEMAPHORE = "sem/a"
 
 
 def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
@@ -102,6 +104,8 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
             yield from _lease_cycle(c, wl, record)
         elif op == "eph_get":
             yield from _eph_get(c, record, rng.choice(wl.eph_keys), wl.give_up_ms)
+        elif op == "sem":
+            yield from _sem_cycle(c, wl, record)
         else:
             yield from _locks(c, record, wl.give_up_ms)
     # After healing: every lock comes free and every request is answered.
@@ -219,6 +223,41 @@ def _lease_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
     _, res = yield from c.write(CloseSession(sid), wl.give_up_ms)
     if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
         _unexpected(c, f"CloseSession {sid}", res)
+
+
+def _sem_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
+    """A slot of the semaphore: a session, AcquireShared, wait, hold, close."""
+    rng, w = c.rng, c.world
+    ttl_ms = rng.choice(wl.ttl_ms)
+    start = w.now
+    _, res = yield from c.write(OpenSession(ttl_ms), wl.give_up_ms)
+    if res is None:
+        return
+    sid = res.data.get("session_id")
+    if res.code != ResultCode.OK or type(sid) is not int:
+        _unexpected(c, "OpenSession", res)
+        return
+    lk = SimLock(SEMAPHORE, sid, ttl_ms, valid_until=start + ttl_ms)
+    c.sems.append(lk)
+    c.spawn(c.keepalive(lk), f"keepalive {sid}")
+    _, res = yield from c.write(AcquireShared(SEMAPHORE, sid, "semaphore", wl.sem_limit, True),
+                                wl.give_up_ms)
+    if res is not None and res.code == ResultCode.OK:
+        token = res.data.get("token")
+        if type(token) is int:
+            c.take_grant(lk, token)
+    elif res is not None and res.code == ResultCode.QUEUED:
+        outcome = yield from c.wait_for_grant(lk, w.now + rng.choice(wl.lock_timeout_ms),
+                                              wl.give_up_ms)
+        if outcome == "timeout":
+            yield from c.cancel(lk, wl.give_up_ms)
+    elif res is not None and res.code != ResultCode.NO_SESSION:
+        _unexpected(c, f"AcquireShared {SEMAPHORE}", res)
+    if lk.granted_at is not None:
+        yield Sleep(rng.randint(*wl.hold_ms))
+    res = yield from c.close_session(lk, wl.give_up_ms)
+    if res is not None and res.code in (ResultCode.OK, ResultCode.NO_SESSION):
+        record.gone_sessions[lk.session_id] = w.now
 
 
 def _eph_get(c: SimClient, record: Record, key: str, give_up_ms: int | None) -> Co[None]:

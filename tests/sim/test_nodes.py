@@ -71,6 +71,8 @@ CAUGHT_BY = {
     "skip_watch_event": ("watcher",),
     # A read after the expiry was applied still returns the ephemeral value.
     "keep_ephemeral_keys": ("outlived its lease",),
+    # More clients than the limit believe they hold a slot at once.
+    "over_admit": ("(limit 2)",),
     # A node applies (and answers for) a slot no quorum has on disk yet.
     "reply_before_save": ("chosen is None",),
     "skip_adopt": ("chosen twice", "linearizable", "chosen log", "no progress"),
