@@ -88,8 +88,8 @@ def set_(
     Example: coordctl config set svc/web/n1 10.0.0.5:80 --lease-ttl 10
     """
     if (value is None) == (file is None):
-        fail("give either VALUE or --file PATH", "coordctl config set KEY VALUE, or "
-             "coordctl config set KEY --file PATH (- for stdin)", EXIT_USAGE)
+        fail("give either VALUE or --file PATH (- for stdin)", "see `coordctl config set --help`",
+             EXIT_USAGE)
     data: str | bytes = value if value is not None else _read_file(file or "-")
     with connect(cluster, endpoints, timeout, key_file) as c:
         if lease_ttl is None:

@@ -91,8 +91,9 @@ class Params:
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
             # get, put, cas, delete, lock, locks, lease, eph_get
-            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8), (30, 20, 15, 5, 25, 5, 8, 12, 10),
-                                (20, 10, 10, 5, 50, 5, 8, 12, 15), (10, 5, 5, 0, 70, 10, 5, 10, 30))),
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6), (30, 20, 15, 5, 25, 5, 8, 12, 10, 8),
+                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10),
+                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),

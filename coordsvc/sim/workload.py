@@ -23,7 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.commands import AcquireShared, CloseSession, Delete, Fence, OpenSession, Put
+from ..core.commands import (
+    ELECTION_PREFIX,
+    AcquireShared,
+    Campaign,
+    CloseSession,
+    Delete,
+    Fence,
+    OpenSession,
+    Put,
+)
 from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
 from .checks import EphemeralRead, LocksRead, WatchEvent
@@ -42,7 +51,7 @@ class Workload:
 
     keys: tuple[str, ...]
     locks: tuple[str, ...]
-    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get, sem
+    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect
     think_ms: int
     give_up_ms: int | None        # a write or read is abandoned (unknown) after this
     ttl_ms: tuple[int, ...]
@@ -78,8 +87,9 @@ class Record:
     eph_reads: list[EphemeralRead] = field(default_factory=list)
 
 
-_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem")
+_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem", "elect")
 SEMAPHORE = "sem/a"
+ELECTION = "el/a"
 
 
 def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
@@ -106,6 +116,8 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
             yield from _eph_get(c, record, rng.choice(wl.eph_keys), wl.give_up_ms)
         elif op == "sem":
             yield from _sem_cycle(c, wl, record)
+        elif op == "elect":
+            yield from _sem_cycle(c, wl, record, election=True)
         else:
             yield from _locks(c, record, wl.give_up_ms)
     # After healing: every lock comes free and every request is answered.
@@ -225,8 +237,10 @@ def _lease_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
         _unexpected(c, f"CloseSession {sid}", res)
 
 
-def _sem_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
-    """A slot of the semaphore: a session, AcquireShared, wait, hold, close."""
+def _sem_cycle(c: SimClient, wl: Workload, record: Record, election: bool = False) -> Co[None]:
+    """A slot of the semaphore: a session, AcquireShared, wait, hold, close. Or, with
+    ``election``, a term of the election: Campaign instead of AcquireShared, and the term
+    is checked like a lock (one leader at a time, tokens in order)."""
     rng, w = c.rng, c.world
     ttl_ms = rng.choice(wl.ttl_ms)
     start = w.now
@@ -237,11 +251,14 @@ def _sem_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
     if res.code != ResultCode.OK or type(sid) is not int:
         _unexpected(c, "OpenSession", res)
         return
-    lk = SimLock(SEMAPHORE, sid, ttl_ms, valid_until=start + ttl_ms)
-    c.sems.append(lk)
+    name = ELECTION_PREFIX + ELECTION if election else SEMAPHORE
+    lk = SimLock(name, sid, ttl_ms, valid_until=start + ttl_ms)
+    (c.locks if election else c.sems).append(lk)
     c.spawn(c.keepalive(lk), f"keepalive {sid}")
-    _, res = yield from c.write(AcquireShared(SEMAPHORE, sid, "semaphore", wl.sem_limit, True),
-                                wl.give_up_ms)
+    cmd: Campaign | AcquireShared = (
+        Campaign(ELECTION, sid, c.name.encode()) if election
+        else AcquireShared(SEMAPHORE, sid, "semaphore", wl.sem_limit, True))
+    _, res = yield from c.write(cmd, wl.give_up_ms)
     if res is not None and res.code == ResultCode.OK:
         token = res.data.get("token")
         if type(token) is int:
@@ -252,7 +269,7 @@ def _sem_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
         if outcome == "timeout":
             yield from c.cancel(lk, wl.give_up_ms)
     elif res is not None and res.code != ResultCode.NO_SESSION:
-        _unexpected(c, f"AcquireShared {SEMAPHORE}", res)
+        _unexpected(c, f"{type(cmd).__name__} {name}", res)
     if lk.granted_at is not None:
         yield Sleep(rng.randint(*wl.hold_ms))
     res = yield from c.close_session(lk, wl.give_up_ms)
