@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordsvc import Client, Event, Unavailable
+from coordsvc import Client, Event, Leader, Unavailable
 
 from .harness import LocalCluster
 
@@ -271,3 +271,53 @@ def test_contract_section_10_snippet_runs_as_written(cluster: LocalCluster) -> N
                 break
     asyncio.run(main())
     c.close()
+
+
+# A candidate that wins, says so, and is then SIGKILLed: its term ends with its lease.
+CANDIDATE = textwrap.dedent("""
+    import sys, time
+    from coordsvc import Client
+    c = Client(sys.argv[1].split(","), timeout=10.0, key=sys.argv[2])
+    term = c.election("sched").campaign("host-a", ttl=2.0, timeout=30)
+    print(term.token, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_an_election_fails_over_in_order_across_a_leader_kill(cluster: LocalCluster,
+                                                              client: Client) -> None:
+    el = client.election("sched")
+    seen: list[Leader | None] = []
+    done, watching = threading.Event(), threading.Event()
+
+    def follow() -> None:
+        with cluster.client(timeout=10.0) as oc:
+            for ld in oc.election("sched").observe():
+                seen.append(ld)
+                watching.set()
+                if ld is not None and ld.value == b"host-b":
+                    done.set()
+                    return
+    watcher = threading.Thread(target=follow)
+    watcher.start()
+    assert watching.wait(30.0)            # it saw nobody leading: every change is ahead
+    p = subprocess.Popen([sys.executable, "-c", CANDIDATE, ",".join(cluster.endpoints),
+                          str(cluster.key)], stdout=subprocess.PIPE, text=True)
+    try:
+        first = int(p.stdout.readline())  # type: ignore[union-attr]
+        p.kill()                          # the leader dies; its lease expires
+        p.wait()
+        cluster.kill(cluster.leader())    # and so does the cluster's leader
+        with el.campaign("host-b", ttl=5.0, timeout=30.0) as term:
+            assert term.token > first
+            ld = el.leader()
+            assert ld is not None and (ld.value, ld.token) == (b"host-b", term.token)
+            assert done.wait(30.0), seen
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()  # type: ignore[union-attr]
+        watcher.join(30.0)
+    # A's lease may expire before B queues (then nobody leads for a while) or after.
+    assert seen in ([None, Leader(b"host-a", first), Leader(b"host-b", term.token)],
+                    [None, Leader(b"host-a", first), None, Leader(b"host-b", term.token)]), seen
