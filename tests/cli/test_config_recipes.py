@@ -66,3 +66,21 @@ def test_schema_set_get_delete_and_a_refused_put(cluster: LocalCluster, tmp_path
     assert r.returncode == 0
     r = run("config", "schema", "get", "app/flags/", *cluster.args())
     assert r.returncode == 1
+
+
+def test_lock_list_shows_semaphores_rwlocks_and_elections(cluster: LocalCluster) -> None:
+    from coordsvc import Client
+    with Client.from_cluster_file(cluster.file) as c:
+        with c.semaphore("batch", limit=3, timeout=5.0), c.semaphore("batch", limit=3, timeout=5.0), \
+                c.rwlock("schema").read(timeout=5.0), \
+                c.election("sched").campaign("host-a", timeout=5.0):
+            r = run("lock", "list", "--json", *cluster.args())
+            assert r.returncode == 0, r.stderr
+            rows = {row["name"]: row for row in json.loads(r.stdout)}
+            batch, schema = rows["batch"], rows["schema"]
+            assert (batch["kind"], batch["limit"], len(batch["holders"])) == ("semaphore", 3, 2)
+            assert batch["holders"][0]["token"] < batch["holders"][1]["token"]
+            assert schema["kind"] == "rwlock" and schema["holders"][0]["mode"] == "read"
+            assert [row for name, row in rows.items() if name.endswith("sched")]
+            table = run("lock", "list", *cluster.args())
+            assert "semaphore 2/3" in table.stdout and "rwlock" in table.stdout
