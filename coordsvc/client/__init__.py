@@ -23,11 +23,12 @@ from .errors import (
     InvalidRequest,
     LockTimeout,
     PermissionDenied,
+    SnapshotGone,
     Unavailable,
 )
 
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
     "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
-    "Unavailable", "Watch",
+    "SnapshotGone", "Unavailable", "Watch",
 ]

@@ -9,6 +9,7 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
 ├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
+├── SnapshotGone        the node no longer holds a backup being saved (snapshot_save retries)
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "PermissionDenied", "Unavailable",
+    "PermissionDenied", "SnapshotGone", "Unavailable",
 ]
 
 
@@ -50,6 +51,11 @@ class PermissionDenied(CoordError):
     """The cluster refused this client's key, or the client has no key for a secure cluster
     (or a key for an insecure one): nothing was done. Raised as soon as the CURVE handshake
     fails, not after the timeout."""
+
+
+class SnapshotGone(CoordError):
+    """The node serving a backup no longer holds it (it restarted, or the save sat idle too
+    long). ``Client.snapshot_save`` starts over by itself a few times before raising it."""
 
 
 class Unavailable(CoordError):

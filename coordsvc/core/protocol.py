@@ -32,6 +32,14 @@ Ops (request fields -> reply fields):
                Leader only; parks up to wait_ms while "waiting".
 ``locks``      -> locks: [LockRow, ...], revision. Linearizable.
 ``status``     -> status: NodeStatus. Answered locally by any node, even without a quorum.
+``snapshot_save``  -> export_id, index, revision, keys, snapshot_index, snapshot_bytes,
+               entries, body_bytes, node. Leader only, at a linearizable point: the node
+               pins the state as of ``index`` for this save (``core.export``) and serves it
+               with ``snapshot_chunk``; ``busy`` while ``MAX_EXPORTS`` saves are open.
+``snapshot_chunk`` export_id, offset -> offset, data, done, sha256 (of the whole body, with
+               the last chunk). Only the node that answered ``snapshot_save``; offsets go
+               in order (the last one may be asked again). Error ``snapshot_gone`` when the
+               node no longer holds the save (restarted, idle too long): start over.
 
 Adding an op, all in this module: a member of :class:`Op`; a request record with
 ``op: ClassVar[Op]`` and ``from_wire``/``to_wire``, listed in ``REQUEST_TYPES``; a reply
@@ -47,7 +55,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from .commands import Request, decode_request, encode_request
-from .types import MAX_COMMAND_BYTES, ProtocolError
+from .types import MAX_COMMAND_BYTES, SNAPSHOT_CHUNK_BYTES, ProtocolError
 
 __all__ = [
     "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES",
@@ -55,8 +63,9 @@ __all__ = [
     "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
     "LocksReply", "LocksRequest", "NodeStatus", "Op", "REQUEST_TYPES", "Result", "ResultCode",
-    "SchemaError", "StatusReply", "StatusRequest", "WatchReply", "WatchRequest", "WriteReply",
-    "WriteRequest", "decode_client_request", "reply_map",
+    "SchemaError", "SnapshotChunkReply", "SnapshotChunkRequest", "SnapshotSaveReply",
+    "SnapshotSaveRequest", "StatusReply", "StatusRequest", "WatchReply", "WatchRequest",
+    "WriteReply", "WriteRequest", "decode_client_request", "reply_map",
 ]
 
 MAX_WAIT_MS = 30_000
@@ -81,6 +90,8 @@ class Op(StrEnum):
     LOCK_WAIT = "lock_wait"
     LOCKS = "locks"
     STATUS = "status"
+    SNAPSHOT_SAVE = "snapshot_save"
+    SNAPSHOT_CHUNK = "snapshot_chunk"
 
 
 class ErrorCode(StrEnum):
@@ -91,6 +102,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"  # the request does not fit the schema
     COMPACTED = "compacted"      # + oldest: the first revision a watch can still start after
     BUSY = "busy"                # a bounded queue is full: retry later
+    SNAPSHOT_GONE = "snapshot_gone"  # the node no longer holds that save: start it again
 
 
 class ResultCode(StrEnum):
@@ -569,11 +581,41 @@ class StatusRequest:
         return cls()
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotSaveRequest:
+    op: ClassVar[Op] = Op.SNAPSHOT_SAVE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.SNAPSHOT_SAVE}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotSaveRequest:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkRequest:
+    op: ClassVar[Op] = Op.SNAPSHOT_CHUNK
+    export_id: int
+    offset: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.SNAPSHOT_CHUNK, "export_id": self.export_id, "offset": self.offset}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotChunkRequest:
+        export_id, offset = _int(m, "export_id"), _int(m, "offset")
+        if export_id < 0 or offset < 0:
+            raise SchemaError("export_id and offset must be >= 0")
+        return cls(export_id, offset)
+
+
 ClientRequest = (WriteRequest | KeepaliveRequest | GetRequest | ListRequest | HistoryRequest
-                 | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest)
+                 | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest
+                 | SnapshotSaveRequest | SnapshotChunkRequest)
 REQUEST_TYPES: tuple[type[ClientRequest], ...] = (
     WriteRequest, KeepaliveRequest, GetRequest, ListRequest, HistoryRequest, WatchRequest,
-    LockWaitRequest, LocksRequest, StatusRequest)
+    LockWaitRequest, LocksRequest, StatusRequest, SnapshotSaveRequest, SnapshotChunkRequest)
 _BY_OP: dict[str, type[ClientRequest]] = {t.op.value: t for t in REQUEST_TYPES}
 if set(_BY_OP) != {o.value for o in Op} or len(_BY_OP) != len(REQUEST_TYPES):
     raise ImportError("protocol: every Op needs exactly one request record in REQUEST_TYPES")
@@ -727,6 +769,62 @@ class StatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSaveReply:
+    """A save opened at log index ``index``: its body is ``snapshot_bytes`` of the
+    snapshot taken at ``snapshot_index``, then ``entries`` records (``core.export``)."""
+
+    export_id: int
+    index: int
+    revision: int
+    keys: int
+    snapshot_index: int
+    snapshot_bytes: int
+    entries: int
+    body_bytes: int
+    node: str
+
+    _INTS: ClassVar[tuple[str, ...]] = ("export_id", "index", "revision", "keys", "snapshot_index",
+                                        "snapshot_bytes", "entries", "body_bytes")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, **{f: getattr(self, f) for f in self._INTS}, "node": self.node}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotSaveReply:
+        ints = {f: _int(m, f) for f in cls._INTS}
+        if min(ints.values()) < 0 or ints["snapshot_index"] > ints["index"] or (
+                ints["snapshot_bytes"] > ints["body_bytes"]
+                or ints["entries"] != ints["index"] - ints["snapshot_index"]):
+            raise SchemaError(f"inconsistent snapshot_save reply {ints}")
+        return cls(node=_str(m, "node"), **ints)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkReply:
+    offset: int
+    data: bytes
+    done: bool
+    sha256: bytes = b""     # the whole body's, with the last chunk
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "offset": self.offset, "data": self.data, "done": self.done,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotChunkReply:
+        data, sha = m.get("data"), m.get("sha256", b"")
+        if type(data) is not bytes or len(data) > SNAPSHOT_CHUNK_BYTES:
+            raise SchemaError(f"field 'data' must be bytes, at most {SNAPSHOT_CHUNK_BYTES}")
+        done = _bool(m, "done")
+        if type(sha) is not bytes or len(sha) != (32 if done else 0):
+            raise SchemaError("field 'sha256' must be 32 bytes with the last chunk, empty before")
+        offset = _int(m, "offset")
+        if offset < 0:
+            raise SchemaError("offset must be >= 0")
+        return cls(offset, data, done, sha)
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     """A refusal. ``error`` is a plain str when a newer node sends a code this one lacks."""
 
@@ -762,4 +860,5 @@ class ErrorReply:
 
 
 Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply
-         | LockWaitReply | LocksReply | StatusReply | ErrorReply)
+         | LockWaitReply | LocksReply | StatusReply | SnapshotSaveReply | SnapshotChunkReply
+         | ErrorReply)

@@ -27,6 +27,7 @@ from .commands import (
     decode_request,
     encode_request,
 )
+from .export import Exports
 from .identity import ADMIN, INSECURE, Identities
 from .machine import Machine, RevisionCompacted
 from .messages import Message, Outbound
@@ -89,6 +90,7 @@ class Service:
         self.parking = Parking(self.out)
         self.sessions = SessionClocks()
         self.lock_times = LockTimes()
+        self.exports = Exports()      # backups being served (core/export.py)
         self._was_serving = False
         # The runtime adds what only it knows (disk size, fsync latency, transport counters).
         self.extra_status: Callable[[], dict[str, Any]] | None = None
@@ -116,6 +118,7 @@ class Service:
         self.now_ms = now_ms
         self.replica.tick(now_ms)
         self.parking.expire(self.machine, now_ms)
+        self.exports.expire(now_ms)
         if self.serving():
             for sid in self.sessions.due(now_ms):
                 self.replica.propose(encode_request(Request("", 0, 0, ExpireSession(sid))))
