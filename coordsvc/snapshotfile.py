@@ -262,25 +262,24 @@ class Inspection:
     size: int
     header: Header | None
     problem: str | None     # None: the file verified
+    readable: bool = True   # False: missing, a directory, no permission (not damage)
 
 
 def inspect(path: Path) -> Inspection:
     """Like ``verify``, but a damaged file still shows the header fields it has."""
     try:
-        return Inspection(path.stat().st_size, verify(path), None)
-    except SnapshotFileError as e:
-        problem = str(e)
-    except OSError as e:
-        return Inspection(0, None, f"{path} cannot be read: {e.strerror}")
-    header = None
-    size = 0
-    try:
         f, size = _open(path)
-        with f:
+    except SnapshotFileError as e:
+        return Inspection(0, None, str(e), readable=False)
+    with f:
+        try:
             header, _ = _parse_header(path, f, size)
-    except SnapshotFileError:
-        pass
-    return Inspection(size, header, problem)
+        except SnapshotFileError as e:
+            return Inspection(size, None, str(e))
+    try:
+        return Inspection(size, verify(path), None)
+    except SnapshotFileError as e:
+        return Inspection(size, header, str(e))
 
 
 def load(path: Path) -> tuple[Header, Machine]:

@@ -103,7 +103,8 @@ def info(file: FileArg, json: JsonOpt = False) -> None:
         for k, v in rows:
             console.print(f"{k:<{width}}  {v}", markup=False, highlight=False)
     if got.problem is not None:
-        fail(got.problem, "a damaged backup cannot be restored; use another copy")
+        fail(got.problem, "a damaged backup cannot be restored; use another copy"
+             if got.readable else None)
 
 
 @app.command("restore")
@@ -138,7 +139,8 @@ def restore(
     try:
         header, machine = snapshotfile.load(file)
     except SnapshotFileError as e:
-        fail(str(e), "a damaged backup cannot be restored; use another copy")
+        fail(str(e), "a damaged backup cannot be restored; use another copy"
+             if file.is_file() else None)
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         fail(f"{directory} already exists and is not an empty directory",
              "restore creates a new cluster: pick a new --dir", EXIT_REFUSED)
