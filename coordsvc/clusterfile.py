@@ -15,6 +15,8 @@ address = "tcp://127.0.0.1:7101"   # ROUTER: peer traffic and client requests
 publish = "tcp://127.0.0.1:7201"   # PUB: heartbeats and watch events
 http = "http://127.0.0.1:7301"     # /metrics, /healthz, /readyz, dashboard (absent: no HTTP)
 http_bind = "0.0.0.0:7301"         # optional: where to listen; default 127.0.0.1:<http port>
+bind = "tcp://0.0.0.0:7101"        # optional: where the ROUTER listens; default: address
+publish_bind = "tcp://0.0.0.0:7201"  # optional: where the PUB listens; default: publish
 data_dir = "n1"                    # relative to the cluster file's directory
 public_key = "..."                 # Z85; the secret half is in <data_dir>/node.key (0600)
 
@@ -23,6 +25,11 @@ snapshot_every = 10000
 ```
 
 The file holds public keys only; ``write_keys`` puts the secret halves where they belong.
+
+``address``, ``publish`` and ``http`` are what a node *advertises*: peers and clients
+connect there, redirects name them. A node listens there too, unless ``bind``,
+``publish_bind`` or ``http_bind`` say otherwise -- a container binds ``0.0.0.0`` (or its
+pod IP) but advertises a stable DNS name (``cluster init --bind-host 0.0.0.0``).
 """
 from __future__ import annotations
 
@@ -60,6 +67,18 @@ class NodeSpec:
     public_key: str | None = None   # CURVE, Z85; None in an insecure cluster
     http: str | None = None         # advertised URL of the node's HTTP endpoints
     http_bind: str | None = None    # HOST:PORT to listen on (None: loopback, http's port)
+    bind: str | None = None         # tcp://HOST:PORT the ROUTER listens on (None: address)
+    publish_bind: str | None = None  # tcp://HOST:PORT the PUB listens on (None: publish)
+
+    @property
+    def listen(self) -> str:
+        """Where this node's ROUTER binds."""
+        return self.bind or self.address
+
+    @property
+    def publish_listen(self) -> str:
+        """Where this node's PUB binds."""
+        return self.publish_bind or self.publish
 
     @property
     def key_file(self) -> Path:
@@ -155,12 +174,15 @@ def load(path: Path) -> Cluster:
             if security == CURVE or public is not None:
                 public = _public(path, public, f"public_key of node {n['id']}")
             http, bind = n.get("http"), n.get("http_bind")
+            listen, publish_listen = n.get("bind"), n.get("publish_bind")
             nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
                                   check_endpoint(str(n["publish"])),
                                   d if d.is_absolute() else path.parent / d,
                                   public if security == CURVE else None,
                                   None if http is None else check_http(str(http)),
-                                  None if bind is None else check_bind(str(bind))))
+                                  None if bind is None else check_bind(str(bind)),
+                                  None if listen is None else check_endpoint(str(listen)),
+                                  None if publish_listen is None else check_endpoint(str(publish_listen))))
     except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
     ids = [n.id for n in nodes]
@@ -208,9 +230,12 @@ def _tuning(path: Path, raw: object) -> Config:
 def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", base_port: int = 7100,
               force: bool = False, name: str = "coordsvc",
               tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
-              cluster_keys: keys.ClusterKeys | None = None) -> Cluster:
+              cluster_keys: keys.ClusterKeys | None = None, bind_host: str | None = None) -> Cluster:
     """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on
     base+100+i and serves HTTP (metrics, health, dashboard) on base+200+i.
+
+    ``bind_host`` (e.g. ``0.0.0.0``): every node listens on that host at its ports
+    (``bind``, ``publish_bind``, ``http_bind``) while advertising its ``host``.
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
     firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
@@ -232,7 +257,7 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     if len(hosts) != nodes:
         raise ClusterFileError(f"give one --host for all nodes or one per node ({nodes}), "
                                f"not {len(hosts)}")
-    for h in hosts:
+    for h in hosts + ([bind_host] if bind_host is not None else []):
         check_endpoint(f"tcp://{h}:{base_port + 1}")
     node_docs: list[dict[str, str]] = [
         {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
@@ -241,6 +266,11 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
          "data_dir": f"n{i}"}
         for i, h in enumerate(hosts, start=1)
     ]
+    if bind_host is not None:
+        for i, n in enumerate(node_docs, start=1):
+            n["bind"] = f"tcp://{bind_host}:{base_port + i}"
+            n["publish_bind"] = f"tcp://{bind_host}:{base_port + 100 + i}"
+            n["http_bind"] = f"{bind_host}:{base_port + 200 + i}"
     security: dict[str, str] = {"mode": INSECURE}
     if cluster_keys is not None:
         security = {"mode": CURVE, "admin_public_key": cluster_keys.admin.public}

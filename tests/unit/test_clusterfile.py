@@ -57,3 +57,32 @@ def test_init_gives_node_i_http_on_base_plus_200_plus_i(tmp_path: Path) -> None:
 def test_init_refuses_a_base_port_without_room_for_the_http_ports(tmp_path: Path) -> None:
     with pytest.raises(ClusterFileError, match="base-port"):
         clusterfile.write_new(tmp_path, 3, base_port=65535 - 200)
+
+
+def test_a_node_listens_where_it_is_reached_unless_bind_and_publish_bind_say_otherwise(
+        tmp_path: Path) -> None:
+    old = clusterfile.load(_write(tmp_path)).node("n1")
+    assert (old.bind, old.publish_bind) == (None, None)
+    assert (old.listen, old.publish_listen) == (old.address, old.publish)
+    c = clusterfile.load(_write(tmp_path, 'bind = "tcp://0.0.0.0:7101"\n'
+                                          'publish_bind = "tcp://0.0.0.0:7201"'))
+    n = c.node("n1")
+    assert (n.address, n.listen) == ("tcp://127.0.0.1:7101", "tcp://0.0.0.0:7101")
+    assert (n.publish, n.publish_listen) == ("tcp://127.0.0.1:7201", "tcp://0.0.0.0:7201")
+
+
+@pytest.mark.parametrize("extra", ['bind = "0.0.0.0:7101"', 'publish_bind = "tcp://h:0x10"'])
+def test_a_malformed_bind_address_is_refused_in_one_line(tmp_path: Path, extra: str) -> None:
+    with pytest.raises(ClusterFileError, match="bad endpoint"):
+        clusterfile.load(_write(tmp_path, extra))
+
+
+def test_init_with_a_bind_host_advertises_each_host_and_listens_on_the_bind_host(tmp_path: Path) -> None:
+    hosts = [f"coord-{i}.coord.default.svc.cluster.local" for i in range(3)]
+    c = clusterfile.write_new(tmp_path, 3, host=hosts, base_port=7100, bind_host="0.0.0.0")
+    for i, (n, h) in enumerate(zip(c.nodes, hosts, strict=True), start=1):
+        assert (n.address, n.listen) == (f"tcp://{h}:{7100 + i}", f"tcp://0.0.0.0:{7100 + i}")
+        assert (n.publish, n.publish_listen) == (f"tcp://{h}:{7200 + i}", f"tcp://0.0.0.0:{7200 + i}")
+        assert (n.http, n.http_bind) == (f"http://{h}:{7300 + i}", f"0.0.0.0:{7300 + i}")
+    with pytest.raises(ClusterFileError):
+        clusterfile.write_new(tmp_path / "x", 3, bind_host="not a host")
