@@ -230,12 +230,16 @@ def _tuning(path: Path, raw: object) -> Config:
 def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", base_port: int = 7100,
               force: bool = False, name: str = "coordsvc",
               tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
-              cluster_keys: keys.ClusterKeys | None = None, bind_host: str | None = None) -> Cluster:
+              cluster_keys: keys.ClusterKeys | None = None, bind_host: str | None = None,
+              same_ports: bool = False) -> Cluster:
     """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on
     base+100+i and serves HTTP (metrics, health, dashboard) on base+200+i.
 
     ``bind_host`` (e.g. ``0.0.0.0``): every node listens on that host at its ports
     (``bind``, ``publish_bind``, ``http_bind``) while advertising its ``host``.
+    ``same_ports``: every node gets node 1's ports (base+1, base+101, base+201), which
+    needs a distinct host per node (a pod template or container image gives every node
+    the same ports and probes).
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
     firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
@@ -257,20 +261,25 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     if len(hosts) != nodes:
         raise ClusterFileError(f"give one --host for all nodes or one per node ({nodes}), "
                                f"not {len(hosts)}")
+    if same_ports and len(set(hosts)) != nodes:
+        raise ClusterFileError("--same-ports needs a distinct --host for every node")
     for h in hosts + ([bind_host] if bind_host is not None else []):
         check_endpoint(f"tcp://{h}:{base_port + 1}")
+    def port(i: int) -> int:
+        return base_port + (1 if same_ports else i)
+
     node_docs: list[dict[str, str]] = [
-        {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
-         "publish": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + 100 + i}",
-         "http": f"http://{_host(h, i, distinct_hosts)}:{base_port + 200 + i}",
+        {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{port(i)}",
+         "publish": f"tcp://{_host(h, i, distinct_hosts)}:{port(i) + 100}",
+         "http": f"http://{_host(h, i, distinct_hosts)}:{port(i) + 200}",
          "data_dir": f"n{i}"}
         for i, h in enumerate(hosts, start=1)
     ]
     if bind_host is not None:
         for i, n in enumerate(node_docs, start=1):
-            n["bind"] = f"tcp://{bind_host}:{base_port + i}"
-            n["publish_bind"] = f"tcp://{bind_host}:{base_port + 100 + i}"
-            n["http_bind"] = f"{bind_host}:{base_port + 200 + i}"
+            n["bind"] = f"tcp://{bind_host}:{port(i)}"
+            n["publish_bind"] = f"tcp://{bind_host}:{port(i) + 100}"
+            n["http_bind"] = f"{bind_host}:{port(i) + 200}"
     security: dict[str, str] = {"mode": INSECURE}
     if cluster_keys is not None:
         security = {"mode": CURVE, "admin_public_key": cluster_keys.admin.public}

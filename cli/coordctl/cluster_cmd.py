@@ -51,6 +51,9 @@ BindHostOpt = Annotated[Optional[str], typer.Option(
     help="Where every node listens (e.g. 0.0.0.0 in a container), at its own ports, while "
          "peers and clients reach it at its --host (written as bind, publish_bind and "
          "http_bind in cluster.toml). Default: listen where it is reached.")]
+SamePortsOpt = Annotated[bool, typer.Option(
+    "--same-ports", help="Give every node the ports P+1, P+101, P+201 (nodes on separate hosts, "
+                         "one --host each: containers and pods that share one template).")]
 InsecureOpt = Annotated[bool, typer.Option(
     "--insecure", help="No CURVE keys: plain TCP, no encryption, no authentication. "
                        "`coordctl status` and every node's log say so.")]
@@ -69,7 +72,8 @@ def _move_aside(d: Path, stamp: str) -> Path:
 
 
 def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: int,
-                 force: bool, insecure: bool = False, bind_host: str | None = None) -> Cluster:
+                 force: bool, insecure: bool = False, bind_host: str | None = None,
+                 same_ports: bool = False) -> Cluster:
     """Write DIR/cluster.toml and prepare every node's data directory.
 
     Secure unless ``insecure``: a CURVE key pair per node (public half in cluster.toml,
@@ -95,7 +99,8 @@ def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: 
     cluster_keys = None if insecure else keys.ClusterKeys.generate(
         f"n{i}" for i in range(1, nodes + 1))
     cluster = clusterfile.write_new(directory, nodes, host=host, base_port=base_port,
-                                    force=force, cluster_keys=cluster_keys, bind_host=bind_host)
+                                    force=force, cluster_keys=cluster_keys, bind_host=bind_host,
+                                    same_ports=same_ports)
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     if admin_key.exists():   # --force: the old cluster's key opens nothing now
         warn(f"moved the old {admin_key.name} to {_move_aside(admin_key, stamp)}")
@@ -133,6 +138,7 @@ def cluster_init(
                         "to <dir>.replaced-<time>, never deleted.")] = False,
     insecure: InsecureOpt = False,
     bind_host: BindHostOpt = None,
+    same_ports: SamePortsOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Write DIR/cluster.toml for nodes n1..nN, prepare their data dirs, print its path.
@@ -143,7 +149,8 @@ def cluster_init(
 
     Example: coordctl cluster init --nodes 3 --dir .coord --base-port 7100
     """
-    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure, bind_host)
+    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure, bind_host,
+                     same_ports)
     if json:
         emit_json(_cluster_json(c))
     else:

@@ -13,7 +13,7 @@ from coordsvc import snapshotfile
 from coordsvc.clusterfile import Cluster
 from coordsvc.snapshotfile import Header, SnapshotFileError
 
-from .cluster_cmd import BasePortOpt, BindHostOpt, InsecureOpt, init_cluster
+from .cluster_cmd import BasePortOpt, BindHostOpt, InsecureOpt, SamePortsOpt, init_cluster
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import EXIT_REFUSED, console, emit_json, fail, human_bytes
 
@@ -119,6 +119,7 @@ def restore(
     base_port: BasePortOpt = 7100,
     insecure: InsecureOpt = False,
     bind_host: BindHostOpt = None,
+    same_ports: SamePortsOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Create a NEW cluster in DIR whose state is exactly the backup in FILE.
@@ -152,7 +153,7 @@ def restore(
     try:
         parent.mkdir(parents=True, exist_ok=True)
         c = init_cluster(staging, nodes, host or "127.0.0.1", base_port, force=False,
-                         insecure=insecure, bind_host=bind_host)
+                         insecure=insecure, bind_host=bind_host, same_ports=same_ports)
         _write_state(c, header.index, machine.snapshot())
         del machine
         if directory.exists():

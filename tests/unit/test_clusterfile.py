@@ -86,3 +86,13 @@ def test_init_with_a_bind_host_advertises_each_host_and_listens_on_the_bind_host
         assert (n.http, n.http_bind) == (f"http://{h}:{7300 + i}", f"0.0.0.0:{7300 + i}")
     with pytest.raises(ClusterFileError):
         clusterfile.write_new(tmp_path / "x", 3, bind_host="not a host")
+
+
+def test_same_ports_gives_every_node_the_ports_of_node_one_on_its_own_host(tmp_path: Path) -> None:
+    hosts = ["coord1", "coord2", "coord3"]
+    c = clusterfile.write_new(tmp_path, 3, host=hosts, base_port=7100, same_ports=True)
+    assert [n.address for n in c.nodes] == [f"tcp://{h}:7101" for h in hosts]
+    assert [n.publish for n in c.nodes] == [f"tcp://{h}:7201" for h in hosts]
+    assert [n.http for n in c.nodes] == [f"http://{h}:7301" for h in hosts]
+    with pytest.raises(ClusterFileError, match="distinct --host"):
+        clusterfile.write_new(tmp_path / "x", 3, host="127.0.0.1", same_ports=True)
