@@ -22,6 +22,10 @@ public_key = "..."                 # Z85; the secret half is in <data_dir>/node.
 
 [tuning]                           # optional: any field of coordsvc.core.types.Config
 snapshot_every = 10000
+
+[limits]                           # optional quotas (coordsvc.core.quotas), these defaults:
+max_db_bytes = 2147483648          # past it, every put is refused (QuotaExceeded)
+max_keys = 1000000                 # past it, puts of new keys are refused
 ```
 
 The file holds public keys only; ``write_keys`` puts the secret halves where they belong.
@@ -45,6 +49,7 @@ from pathlib import Path
 import tomli_w
 
 from . import keys
+from .core.quotas import Quotas
 from .core.types import Config
 
 DEFAULT_DIR = Path(".coord")
@@ -112,6 +117,7 @@ class Cluster:
     def server_keys(self) -> dict[str, str]:
         """Address -> public key of every node (empty in an insecure cluster)."""
         return {n.address: n.public_key for n in self.nodes if n.public_key is not None}
+    limits: Quotas = field(default_factory=Quotas)
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -192,7 +198,7 @@ def load(path: Path) -> Cluster:
     if len(set(publics)) != len(publics):
         raise ClusterFileError(f"cluster file {path}: every node and the admin need their own key")
     return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})),
-                   security, admin)
+                   security, admin, _limits(path, raw.get("limits", {})))
 
 
 def _public(path: Path, value: object, what: str) -> str:
@@ -213,6 +219,16 @@ def _security(path: Path, raw: object) -> tuple[str, str | None]:
     if raw["mode"] == INSECURE:
         return INSECURE, None
     return CURVE, _public(path, raw.get("admin_public_key"), "[security] admin_public_key")
+
+
+def _limits(path: Path, raw: object) -> Quotas:
+    known = {f.name for f in fields(Quotas)}
+    if not isinstance(raw, dict) or not set(raw) <= known:
+        raise ClusterFileError(f"cluster file {path}: [limits] takes {', '.join(sorted(known))}")
+    try:
+        return Quotas(**raw)
+    except ValueError as e:
+        raise ClusterFileError(f"cluster file {path}: {e}") from None
 
 
 def _tuning(path: Path, raw: object) -> Config:

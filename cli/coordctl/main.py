@@ -73,6 +73,9 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
          "see who holds it with `coordctl lock list`, or wait longer with --wait"),
         (e.FenceRejected, EXIT_REFUSED, "a newer holder was granted the lock; stop and re-acquire it"),
         (e.Compacted, EXIT_REFUSED, "start from a newer revision, or omit --from-revision"),
+        (e.QuotaExceeded, EXIT_REFUSED,
+         "delete keys to get under the quota (`coordctl status` shows the alarm), or raise "
+         "[limits] in cluster.toml"),
         (e.InvalidRequest, EXIT_USAGE,
          "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0"),
         (e.Unavailable, EXIT_UNAVAILABLE, _UNAVAILABLE_HINT),

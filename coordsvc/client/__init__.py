@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._client import Client, ClientTransport
 from ._lock import Lock, LockInfo
-from ._types import Entry, Event
+from ._types import Entry, EntryList, Event
 from ._watch import Watch
 from .errors import (
     Compacted,
@@ -23,12 +23,13 @@ from .errors import (
     InvalidRequest,
     LockTimeout,
     PermissionDenied,
+    QuotaExceeded,
     SnapshotGone,
     Unavailable,
 )
 
 __all__ = [
-    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
-    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
-    "SnapshotGone", "Unavailable", "Watch",
+    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
+    "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
+    "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable", "Watch",
 ]

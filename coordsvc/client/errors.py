@@ -9,6 +9,8 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
 ├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
+├── QuotaExceeded       a put past the cluster's [limits] max_keys or max_db_bytes: nothing
+│                       was written (deletes, reads and locks still work)
 ├── SnapshotGone        the node no longer holds a backup being saved (snapshot_save retries)
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "PermissionDenied", "SnapshotGone", "Unavailable",
+    "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable",
 ]
 
 
@@ -69,3 +71,8 @@ class Compacted(CoordError):
         super().__init__(message)
         #: The oldest revision a watch can still start from, if the node said.
         self.oldest = oldest
+
+
+class QuotaExceeded(CoordError):
+    """A put was refused because a quota (``max_keys``, ``max_db_bytes``) is exceeded:
+    nothing was written. The message names the quota."""

@@ -11,6 +11,12 @@ publishes twice a second (``observe.py``) and never touches the core.
 Member keys come from the cluster file, which the loop re-reads when it changes (checked
 once a second): a replaced node's new public key takes effect on every member without a
 restart. Any other change to the file (members, addresses) needs a restart.
+
+What stops a node once it serves: a signal (exit 0), a detected ``SafetyViolation``
+(exit 70), or a failed disk write (exit 74, one line naming the database and the error:
+the store refuses every later save, see ``storage.sqlite``). A request whose handling
+raised was answered ``internal`` by the service; it is logged here once, with its
+traceback.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import sys
 import time
 from types import FrameType
@@ -41,6 +48,10 @@ from .observe import Observer, Shared
 log = logging.getLogger("coordsvc.node")
 MAX_SLEEP_MS = 250
 RELOAD_EVERY_MS = 1000
+# How often the database size the quotas see is measured (three PRAGMAs, ~10 us).
+DB_MEASURE_MS = 1_000
+EXIT_SAFETY = 70
+EXIT_DISK = 74   # EX_IOERR
 
 
 def _now_ms() -> int:
@@ -89,7 +100,8 @@ class Node:
             raise
         addresses = {n.id: n.address for n in cluster.nodes}
         self.service = Service(node_id, addresses, self.store.load(), random.Random(),
-                               _now_ms(), config, identities=identities(cluster))
+                               _now_ms(), config, identities=identities(cluster),
+                               quotas=cluster.limits)
         self.id = node_id
         self.cluster = cluster
         self._file_seen = _file_signature(cluster)
@@ -120,6 +132,7 @@ class Node:
             if p.entries:
                 obs.saved(p.entries)
 
+        next_measure = 0
         while not self.stopping:
             tr.poll(max(0, next_tick - _now_ms()))
             now = _now_ms()
@@ -131,6 +144,9 @@ class Node:
                     obs.request_in(route, body, arrived)
                     svc.on_client(route, body, now, principal)
             if now >= next_tick:
+                if now >= next_measure:
+                    svc.observe_db_bytes(store.db_bytes_in_use())
+                    next_measure = now + DB_MEASURE_MS
                 svc.tick(now)
             svc.step(save, tr.send)
             replies, events = svc.take_outbox()
@@ -142,6 +158,8 @@ class Node:
             if events:
                 tr.publish(events)
                 obs.changes(events)
+            for what, exc in svc.take_incidents():
+                log.error("answered internal: %s", what, exc_info=exc)
             store.maintain()
             tr.maintain(now)
             if now >= self._next_reload_ms:
@@ -267,10 +285,16 @@ def serve(cluster: Cluster, node_id: str, config: Config = Config(), log_level: 
         node.run()
     except SafetyViolation as e:
         event(log, logging.CRITICAL, "stop", f"stopping: {e}", reason=f"safety violation: {e}")
-        return 70
+        return EXIT_SAFETY
+    except (sqlite3.Error, OSError) as e:
+        # Only the store does file I/O in the loop (sockets raise zmq errors): a write
+        # failed, and nothing acknowledged may depend on it, so stop (see storage.sqlite).
+        why = f"writing {node.store.db_path} failed: {type(e).__name__}: {' '.join(str(e).split())}"
+        event(log, logging.CRITICAL, "stop", f"stopping: {why}", reason=why)
+        return EXIT_DISK
     except Exception as e:
-        # A failed disk write, above all: the store refuses every later save, so serving
-        # on would answer from state that is not durable.
+        # Anything else escaping the loop is a bug (requests that raise are answered
+        # ``internal`` by the service): say so, then let the traceback out.
         event(log, logging.CRITICAL, "stop", f"stopping: {type(e).__name__}: {e}",
               reason=f"{type(e).__name__}: {e}")
         raise

@@ -399,6 +399,16 @@ class SqliteStore:
                 pass
         return total
 
+    def db_bytes_in_use(self) -> int:
+        """The database's pages in use, as this connection sees it (WAL content included,
+        free pages excluded): what the ``max_db_bytes`` quota measures. Unlike the file
+        size it shrinks once a snapshot has truncated the log."""
+        conn = self._live()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
+
     def maintain(self) -> None:
         """Fold the WAL back into the database when it has grown; call between batches.
 
