@@ -104,6 +104,7 @@ class Cluster:
     config: Config = field(default_factory=Config)
     security: str = INSECURE
     admin_public_key: str | None = None
+    limits: Quotas = field(default_factory=Quotas)
 
     @property
     def secure(self) -> bool:
@@ -117,7 +118,6 @@ class Cluster:
     def server_keys(self) -> dict[str, str]:
         """Address -> public key of every node (empty in an insecure cluster)."""
         return {n.address: n.public_key for n in self.nodes if n.public_key is not None}
-    limits: Quotas = field(default_factory=Quotas)
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -197,8 +197,50 @@ def load(path: Path) -> Cluster:
     publics = [n.public_key for n in nodes if n.public_key] + ([admin] if admin else [])
     if len(set(publics)) != len(publics):
         raise ClusterFileError(f"cluster file {path}: every node and the admin need their own key")
+    _check_ports(path, nodes)
     return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})),
                    security, admin, _limits(path, raw.get("limits", {})))
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "[::]", "*"})
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    """(host, port) of ``tcp://HOST:PORT``, ``http://HOST:PORT`` or ``HOST:PORT`` (checked)."""
+    m = _ENDPOINT.match("tcp://" + endpoint.split("://", 1)[-1])
+    assert m is not None, endpoint      # every caller passes a checked endpoint
+    return m.group(1), int(m.group(2))
+
+
+def _check_ports(path: Path, nodes: list[NodeSpec]) -> None:
+    """No two endpoints may be one socket: every advertised ``address``, ``publish`` and
+    ``http`` differs from every other node's and its own, and a node's three listening
+    sockets (``bind``, ``publish_bind``, HTTP) do not share a port on one address. Both
+    layouts of ``write_new`` pass (ports base+i, +100+i, +200+i; or, with --same-ports,
+    base+1, +101, +201 on a host per node); a hand-edited file that reuses a port is
+    refused here, in one line, instead of failing to bind later on one node."""
+    seen: dict[tuple[str, int], str] = {}
+    for n in nodes:
+        for what, ep in (("address", n.address), ("publish", n.publish), ("http", n.http)):
+            if ep is None:
+                continue
+            hp = _host_port(ep)
+            if hp in seen:
+                raise ClusterFileError(f"cluster file {path}: {n.id}'s {what} {ep} is also "
+                                       f"{seen[hp]}: every endpoint needs its own host:port")
+            seen[hp] = f"{n.id}'s {what}"
+        http_port = None if n.http is None else _host_port(n.http)[1]
+        listening = [("bind", n.listen), ("publish_bind", n.publish_listen)]
+        if n.http_bind is not None:
+            listening.append(("http_bind", n.http_bind))
+        elif http_port is not None:
+            listening.append(("http_bind", f"127.0.0.1:{http_port}"))
+        socks = [(what, *_host_port(ep)) for what, ep in listening]
+        for i, (what, host, port) in enumerate(socks):
+            for other, ohost, oport in socks[:i]:
+                if port == oport and (host == ohost or host in _WILDCARDS or ohost in _WILDCARDS):
+                    raise ClusterFileError(f"cluster file {path}: {n.id} would listen on port "
+                                           f"{port} twice ({other} and {what})")
 
 
 def _public(path: Path, value: object, what: str) -> str:
