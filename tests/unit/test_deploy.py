@@ -161,6 +161,9 @@ def test_the_statefulset_service_and_budget_fit_together() -> None:
     assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     # The ports `cluster init --same-ports --base-port 7100` gives every node.
     assert ports == {"router": 7101, "publish": 7201, "http": 7301}
+    scrape = spec["template"]["metadata"]["annotations"]
+    assert scrape == {"prometheus.io/scrape": "true", "prometheus.io/port": str(ports["http"]),
+                      "prometheus.io/path": "/metrics"}
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == ports
     (claim,) = spec["volumeClaimTemplates"]
     mounts = {v["name"]: v["mountPath"] for v in main["volumeMounts"]}
