@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from coordsvc import clusterfile, keys
+
 from .conftest import LocalCluster, assert_one_line_error, free_base_port, run
 
 
@@ -120,3 +122,64 @@ def test_info_on_a_file_that_is_not_a_backup_fails_in_one_line(tmp_path: Path) -
     assert r.returncode == 1 and "not a coordsvc snapshot" in assert_one_line_error(r.stderr)
     r = run("snapshot", "info", tmp_path / "nothing.snap")
     assert r.returncode == 1 and "does not exist" in assert_one_line_error(r.stderr)
+
+
+def test_restore_takes_exactly_the_contracts_flags_and_makes_a_new_cluster_with_coherent_keys(
+        cluster: LocalCluster, backup: Path, tmp_path: Path) -> None:
+    """CONTRACT §9: `snapshot restore FILE --nodes N --dir DIR [--base-port P]`: a new cluster
+    id, its own keys and admin.key, every data directory prepared; node i on P+i, P+100+i
+    and HTTP on P+200+i (§9's port plan)."""
+    base = free_base_port(3)
+    d = tmp_path / "restored"
+    r = run("snapshot", "restore", backup, "--nodes", "3", "--dir", d, "--base-port", str(base))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    new, old = clusterfile.load(d / "cluster.toml"), clusterfile.load(cluster.file)
+    assert new.id != old.id and new.secure
+    for i, n in enumerate(new.nodes, start=1):
+        assert (n.address, n.publish, n.http) == (
+            f"tcp://127.0.0.1:{base + i}", f"tcp://127.0.0.1:{base + 100 + i}",
+            f"http://127.0.0.1:{base + 200 + i}")
+        assert (n.data_dir / "node.db").is_file()
+        # node.key is the secret half of the public key cluster.toml gives the node.
+        assert n.public_key is not None
+        keys.read_node_key(n.key_file, n.id, expect_public=n.public_key)
+        assert n.public_key not in {m.public_key for m in old.nodes}
+    admin = keys.read_client_key(d / "admin.key")
+    assert admin.pair.public == new.admin_public_key != old.admin_public_key
+    assert admin.server_keys() == new.server_keys()
+
+
+def test_info_shows_revision_and_keys_as_text_and_json(backup: Path) -> None:
+    """CONTRACT §9: `snapshot info FILE [--json]` shows at least revision and keys."""
+    code, info, _ = _info(backup)
+    assert code == 0 and type(info["revision"]) is int and type(info["keys"]) is int
+    text = run("snapshot", "info", backup)
+    assert text.returncode == 0
+    rows = dict(line.split(None, 1) for line in text.stdout.splitlines() if line.strip())
+    assert (int(rows["revision"]), int(rows["keys"])) == (info["revision"], info["keys"])
+
+
+@pytest.mark.parametrize("args", [
+    ["snapshot", "save"],                                                  # FILE missing
+    ["snapshot", "restore", "{backup}", "--dir", "{dir}"],                 # --nodes missing
+    ["snapshot", "restore", "{backup}", "--nodes", "3"],                   # --dir missing
+    ["snapshot", "restore", "{backup}", "--nodes", "0", "--dir", "{dir}"],
+    ["snapshot", "restore", "{backup}", "--nodes", "3", "--dir", "{dir}", "--base-port", "70000"],
+    ["snapshot", "restore", "{backup}", "--nodes", "3", "--dir", "{dir}", "--same-ports"],
+    ["snapshot", "info"],
+])
+def test_snapshot_usage_errors_exit_2_in_one_line_and_create_nothing(
+        backup: Path, tmp_path: Path, args: list[str]) -> None:
+    d = tmp_path / "never"
+    r = run(*[a.format(backup=backup, dir=d) for a in args])
+    assert r.returncode == 2, r
+    assert_one_line_error(r.stderr)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_with_no_node_answering_exits_3_and_leaves_no_file(tmp_path: Path) -> None:
+    dead = f"tcp://127.0.0.1:{free_base_port(1) + 1}"
+    r = run("snapshot", "save", tmp_path / "b.snap", "--endpoints", dead, "--timeout", "1")
+    assert r.returncode == 3, r
+    assert "unavailable" in assert_one_line_error(r.stderr)
+    assert list(tmp_path.iterdir()) == []
