@@ -133,6 +133,11 @@ def restore(
     the next grant gets a larger token). The cluster is built beside DIR and renamed into
     place, so a refused or failed restore leaves no DIR behind.
 
+    Only the state is in a backup: cluster.toml's [tuning] and [limits] start at their
+    defaults, like a new cluster's -- copy those tables from the old cluster file before
+    the first start if it had them (a state past the default max_keys would otherwise
+    start in alarm, refusing new keys).
+
     Start it with `coordctl cluster up --dir DIR`, or one `coordctl serve --cluster
     DIR/cluster.toml --node nX` per node.
 
