@@ -240,30 +240,49 @@ def _max_rss_kib(argv: list[str]) -> tuple[int, subprocess.CompletedProcess[str]
     return int(rss), subprocess.CompletedProcess(argv, code, stdout, stderr)
 
 
-def test_a_state_of_tens_of_mib_streams_through_a_client_that_holds_one_chunk(
-        tmp_path: Path) -> None:
-    a = LocalCluster(tmp_path / "a")
+def _streams(tmp_path: Path, mib: int, nodes: int, timeout_s: int, **tuning: int) -> None:
+    """Save a state of ``mib`` values of 1 MB through `coordctl snapshot save`; its peak RSS
+    must stay within 24 MiB of `coordctl status`'s, whatever the state's size."""
+    a = LocalCluster(tmp_path / "a", nodes=nodes, **tuning)
     a.start()
     try:
         a.leader()
-        with a.client(timeout=20.0) as c:
-            for i in range(48):
-                c.put(f"blob/{i:02d}", bytes([i]) * 1_000_000)
+        with a.client(timeout=float(timeout_s)) as c:
+            for i in range(mib):
+                c.put(f"blob/{i:04d}", bytes([i % 256]) * 1_000_000)
         baseline, st = _max_rss_kib([*COORDCTL, "status", "--cluster", str(a.file)])
         assert st.returncode == 0, st.stderr
         peak, saved = _max_rss_kib([*COORDCTL, "snapshot", "save", str(tmp_path / "big.snap"),
-                                    "--cluster", str(a.file), "--timeout", "20"])
+                                    "--cluster", str(a.file), "--timeout", str(timeout_s)])
         assert saved.returncode == 0, saved.stderr
     finally:
         a.close()
     size = (tmp_path / "big.snap").stat().st_size
-    assert size > 48_000_000       # a dozen times the 4 MiB frame cap (wire.MAX_FRAME_BYTES)
+    assert size > mib * 1_000_000
     # The client held about one chunk at a time: its peak stays far below the state's size.
     print(f"coordctl status peak RSS {baseline} KiB, snapshot save {peak} KiB, file {size} bytes")
     assert peak - baseline < 24 * 1024, (baseline, peak)
+    verified = snapshotfile.verify(tmp_path / "big.snap")
+    assert verified.keys == mib
+
+
+def test_a_state_of_tens_of_mib_streams_through_a_client_that_holds_one_chunk(
+        tmp_path: Path) -> None:
+    _streams(tmp_path, 48, 3, 20)       # a dozen times the 4 MiB frame cap (wire.MAX_FRAME_BYTES)
     h, m = snapshotfile.load(tmp_path / "big.snap")
-    assert h.keys == 48 and all(m.get(f"blob/{i:02d}").value == bytes([i]) * 1_000_000  # type: ignore[union-attr]
+    assert h.keys == 48 and all(m.get(f"blob/{i:04d}").value == bytes([i]) * 1_000_000  # type: ignore[union-attr]
                                 for i in range(48))
+
+
+@pytest.mark.long
+@pytest.mark.timeout(1800)
+def test_a_1_gib_state_streams_through_a_client_that_holds_one_chunk(tmp_path: Path) -> None:
+    # Issue 15: "a 1 GiB state without 1 GiB of RAM". One node (the client is measured, and
+    # three nodes would each hold the state twice: machine and compaction snapshot). One
+    # compaction snapshot, at 800 entries, so the body is a snapshot and log records; the
+    # node's loop stalls while it saves that snapshot (slow_fsync logged 3.3 s at 300 MB
+    # and 5.7 s at 600 MB in one run; 20 s was not enough at 900), hence the long timeout.
+    _streams(tmp_path, 1100, 1, 300, snapshot_every=800)
 
 
 def test_restore_with_insecure_makes_a_cluster_without_keys(
