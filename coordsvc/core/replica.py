@@ -79,7 +79,6 @@ from .transfer import Fetch, Shelf, checksum
 from .types import (
     MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
-    MAX_RENEWED,
     MAX_ROUND,
     NOOP,
     ZERO_BALLOT,
@@ -118,13 +117,11 @@ class Ready:
     # Reads and not-yet-slotted commands dropped because we stopped leading.
     aborted_reads: list[Hashable] = field(default_factory=list)
     aborted_commands: list[bytes] = field(default_factory=list)
-    # Session ids the leader reported renewed (followers only): restart their clocks.
-    renewed: list[int] = field(default_factory=list)
 
     def empty(self) -> bool:
         return (self.persist.empty() and not self.messages and not self.committed
                 and self.install is None and not self.reads and not self.aborted_reads
-                and not self.aborted_commands and not self.renewed)
+                and not self.aborted_commands)
 
 
 @dataclass(slots=True)
@@ -229,7 +226,6 @@ class Replica:
         self.last_hb_sent_ms = -10**12
         self.hb_wanted = False
         self.last_ack_ms: dict[NodeId, int] = {}
-        self.renewed: list[int] = []
 
         # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
@@ -255,6 +251,10 @@ class Replica:
         # not include it — and only then votes. (Paxos Made Live's rule, made concrete.)
         self.rebuilding = durable.rebuilding
         self._campaign_at: int | None = None
+        # When a rebuilding follower next looks at whether to campaign. Only a tick moves
+        # it: a timer counted from the last input never fires while heartbeats arrive
+        # faster than it runs out (a driver ticks only when next_timer_ms() is due).
+        self._rebuild_check_ms = now_ms
 
         self._ready = Ready()
         self._outstanding = False
@@ -284,11 +284,6 @@ class Replica:
         self.hb_wanted = True
         return True
 
-    def note_renewal(self, session_id: int) -> None:
-        """A session keep-alive reached us as leader; tell followers on the next heartbeat."""
-        if self.role is Role.LEADER and len(self.renewed) < MAX_RENEWED:
-            self.renewed.append(session_id)
-
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
         self.shelf.expire(now_ms)
@@ -302,6 +297,7 @@ class Replica:
             if due:
                 self._retransmit_accepts(now_ms)
         elif self.rebuilding and self.role is Role.FOLLOWER:
+            self._rebuild_check_ms = now_ms + self.cfg.heartbeat_ms
             self._campaign_when_caught_up(now_ms)
         elif not self.external and now_ms >= self.election_deadline:
             self._start_phase1()
@@ -319,8 +315,9 @@ class Replica:
         due = self.election_deadline if not self.external else self.now_ms + 10 * hb
         if self.role is Role.CANDIDATE or self.known_commit > self.acceptor.commit_index:
             due = min(due, self.catchup_sent_ms + 4 * hb + 1)
-        if self.rebuilding:
-            due = min(due, self._campaign_at if self._campaign_at is not None else self.now_ms + hb)
+        if self.rebuilding and self.role is Role.FOLLOWER:
+            due = min(due, self._campaign_at if self._campaign_at is not None
+                      else self._rebuild_check_ms)
         return due
 
     def suspect(self, node: NodeId) -> None:
@@ -551,7 +548,6 @@ class Replica:
         self._ready.aborted_commands.extend(self.pending)
         self.pending.clear()
         self.pending_bytes = 0
-        self.renewed.clear()
         self.hb_acks.clear()
         self._reset_election()
 
@@ -771,9 +767,8 @@ class Replica:
         self.hb_acks[self.hb_round] = set()
         for k in [k for k in self.hb_acks if k < self.hb_round - 8]:
             del self.hb_acks[k]
-        renewed, self.renewed = tuple(self.renewed), []
         self._broadcast(Heartbeat(self.id, self.ballot, self.acceptor.commit_index,
-                                  self.hb_round, renewed))
+                                  self.hb_round))
         self.last_hb_sent_ms = self.now_ms
         self.hb_wanted = False
 
@@ -787,7 +782,6 @@ class Replica:
                 self._step_down(f"heartbeat from higher ballot {m.ballot}")
             if self.role is Role.FOLLOWER:
                 self._follow(m.src, m.ballot)
-                self._ready.renewed.extend(m.renewed)
                 self._learn_commit(m.ballot, m.commit_index)
                 self._maybe_request_catchup()
         self._send(m.src, HeartbeatAck(self.id, m.ballot, m.round, self.acceptor.commit_index))

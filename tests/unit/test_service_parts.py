@@ -181,12 +181,14 @@ def test_a_session_whose_keepalives_stop_is_expired_by_the_leader_after_its_ttl(
     assert s.ask({"op": "keepalive", "session_id": sid})["known"] is False
 
 
-def test_a_new_leader_gives_each_session_its_time_left_from_the_last_renewal_plus_grace() -> None:
+def test_a_new_leader_gives_every_session_its_full_ttl_from_the_takeover_plus_grace() -> None:
     clocks = SessionClocks()
-    clocks.heard(1, 1_000)                       # renewed at 1000 ms, as a follower heard
-    clocks.take_over({1: SessionInfo(5_000, (), 1), 2: SessionInfo(5_000, (), 2)}, 3_000, 600)
-    assert clocks.deadline_ms(1) == 1_000 + 5_000 + 600
-    assert clocks.deadline_ms(2) == 3_000 + 5_000 + 600      # never heard of: from now
+    clocks.renewed(1, 1_000, 5_000)              # renewed at 1000 ms while this node led
+    clocks.stop_leading()
+    clocks.take_over({1: SessionInfo(5_000, (), 1), 2: SessionInfo(2_000, (), 2)}, 3_000, 600)
+    # Not from the last renewal this node knew of: a later one may never have reached it.
+    assert clocks.deadline_ms(1) == 3_000 + 5_000 + 600
+    assert clocks.deadline_ms(2) == 3_000 + 2_000 + 600
 
 
 def test_an_expiry_is_proposed_again_only_after_the_retry_interval() -> None:
@@ -204,7 +206,7 @@ def test_leadership_ending_hands_every_write_waiter_back_and_forgets_proposals()
     w = PendingWrites()
     r1, r2 = Request("c", 1, 1, Put("a", b"")), Request("c", 2, 1, Put("b", b""))
     w.start(b"1", r1, WriteWaiter("x", 1, 0))
-    assert w.join(("c", 1), WriteWaiter("y", 2, 5))
+    assert w.join(("", "c", 1), WriteWaiter("y", 2, 5))
     w.start(b"2", r2, WriteWaiter("z", 3, 0))
     assert [x.route for x in w.drop_all()] == ["x", "y", "z"]
     assert w.idle() and w.proposed(b"1") is None and w.finish(r2) == []
