@@ -3,13 +3,15 @@ client (``etcd3==0.12.0`` with ``protobuf<4``, from ``bench/.venv-anchors``).
 
 Started with the Debian ``etcd-server`` binary (3.4.x, default durability: the WAL is
 fsynced before a write is acknowledged), one process per member, data under a temp dir,
-and stopped by PID. Clients connect to the leader's client port (etcd's best case: a
-follower would forward every request to the leader).
+through coordsvc's launcher (``coordsvc.runtime.launch``, standard library only, found
+from the repository root) and stopped by PID. Clients connect to the leader's client port
+(etcd's best case: a follower would forward every request to the leader).
 """
 from __future__ import annotations
 
 import os
 import queue
+import random
 import shutil
 import subprocess
 import tempfile
@@ -18,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from load import Conn, System, WatchStream, free_ports, stop_pids
+from coordsvc.runtime import launch
+
+from ..measure import CLIENT
+from ..systems import Conn, System, WatchStream
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
 
@@ -92,11 +97,11 @@ class EtcdSystem(System):
 
     def __init__(self, nodes: int = 3) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="etcdbench-"))
-        base = free_ports(nodes, 41000)
+        base = launch.free_base_port(nodes, random.Random(), 41000, 61000)
         self.client_port = {f"e{i}": base + i for i in range(1, nodes + 1)}
         peer_port = {f"e{i}": base + 100 + i for i in range(1, nodes + 1)}
         initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in peer_port.items())
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, launch.Proc] = {}
         version = subprocess.run([ETCD_BIN, "--version"], capture_output=True, text=True,
                                  timeout=10).stdout.splitlines()[0]
         self.notes = (f"{version}; WAL fsync per commit (default); python etcd3 0.12 client "
@@ -105,14 +110,13 @@ class EtcdSystem(System):
             for n in self.client_port:
                 cu = f"http://127.0.0.1:{self.client_port[n]}"
                 pu = f"http://127.0.0.1:{peer_port[n]}"
-                with open(self.root / f"{n}.log", "ab") as log:
-                    self.procs[n] = subprocess.Popen(
-                        [ETCD_BIN, "--name", n, "--data-dir", str(self.root / n),
-                         "--listen-client-urls", cu, "--advertise-client-urls", cu,
-                         "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
-                         "--initial-cluster", initial, "--initial-cluster-state", "new",
-                         "--initial-cluster-token", f"bench-{base}"],
-                        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                self.procs[n] = launch.start(
+                    [ETCD_BIN, "--name", n, "--data-dir", str(self.root / n),
+                     "--listen-client-urls", cu, "--advertise-client-urls", cu,
+                     "--listen-peer-urls", pu, "--initial-advertise-peer-urls", pu,
+                     "--initial-cluster", initial, "--initial-cluster-state", "new",
+                     "--initial-cluster-token", f"bench-{base}"],
+                    self.root / f"{n}.log")
             self.leader_port = self._wait_leader()
         except BaseException:
             self.close()
@@ -143,9 +147,9 @@ class EtcdSystem(System):
         return _EtcdConn(self.leader_port)
 
     def pids(self) -> dict[str, int]:
-        return {**{n: p.pid for n, p in self.procs.items()}, "client": os.getpid()}
+        return {**{n: p.pid for n, p in self.procs.items()}, CLIENT: os.getpid()}
 
     def close(self) -> None:
-        stop_pids(self.procs)
+        launch.stop(self.procs.values())
         self.procs.clear()
         shutil.rmtree(self.root, ignore_errors=True)
