@@ -35,10 +35,20 @@ class Conn(ABC):
 
     @abstractmethod
     def lock_acquire(self, name: str, timeout: float) -> Any:
-        """Block until lock ``name`` is held (return a handle) or ``timeout`` passes (None)."""
+        """Block until lock ``name`` is held (return a handle) or ``timeout`` passes (None).
+
+        The lock as the system's users run it (etcd: a session lock, one lease per client)."""
 
     @abstractmethod
     def lock_release(self, handle: Any) -> None: ...
+
+    def library_lock_acquire(self, name: str, timeout: float) -> Any:
+        """The client library's own one-call lock, where it differs from ``lock_acquire``
+        (etcd3's ``client.lock()`` opens a lease per acquire); else the same."""
+        return self.lock_acquire(name, timeout)
+
+    def library_lock_release(self, handle: Any) -> None:
+        self.lock_release(handle)
 
     @abstractmethod
     def watch(self, prefix: str) -> WatchStream:

@@ -3,7 +3,8 @@
 Who shares what: where the table says "client threads" or "threads" (put_tp, get_tp) the
 threads share ONE ``Conn``; where it says "clients" (seq_put, lock_1, lock_8x1, lock_8x8)
 each has its own ``Conn``. watch_fanout: the writer has its own ``Conn``; the 50 watchers
-share one ``Conn``, one watch stream and one thread each.
+share one ``Conn``, one watch stream and one thread each. lock_1_lib is lock_1 with the
+client library's own one-call lock where that differs (etcd3: a lease per acquire).
 
 ``run_suite`` runs tests against a system and measures the CPU of every process of it
 over each test's measured window (``measure.CpuMeter``: tests narrow the window to their
@@ -26,7 +27,8 @@ from .systems import System, WatchStream
 
 VALUE_BYTES = 64
 KEYS = 1000
-TESTS = ("seq_put", "put_tp", "lock_1", "lock_8x1", "lock_8x8", "get_tp", "watch_fanout")
+TESTS = ("seq_put", "put_tp", "lock_1", "lock_1_lib", "lock_8x1", "lock_8x8", "get_tp",
+         "watch_fanout")
 # Issue 11's large-value row, run on request (``--tests large``): values at and below the
 # 1 MiB limit, and one list answer of 100 MiB, with throughput and peak RSS per node.
 LARGE_TESTS = ("put_64k", "put_1m", "list_100m")
@@ -180,19 +182,22 @@ def t_put_tp(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
         c.close()
 
 
-def _lock_test(sysm: System, clients: int, same_lock: bool, duration_s: float,
-               meter: CpuMeter) -> dict[str, Any]:
+def _lock_test(sysm: System, clients: int, same_lock: bool, duration_s: float, meter: CpuMeter,
+               library: bool = False) -> dict[str, Any]:
     conns = [sysm.connect() for _ in range(clients)]
     tag = f"{random.getrandbits(32):08x}"
     w: Workers
 
     def body(i: int, st: dict[str, Any]) -> None:
+        c = conns[i]
+        acquire, release = ((c.library_lock_acquire, c.library_lock_release) if library
+                            else (c.lock_acquire, c.lock_release))
         name = f"L{tag}" if same_lock else f"L{tag}-{i}"
         t = time.perf_counter()
-        h = conns[i].lock_acquire(name, timeout=max(0.05, w.deadline - time.monotonic()) + 1.0)
+        h = acquire(name, max(0.05, w.deadline - time.monotonic()) + 1.0)
         if h is None:
             return   # timed out at the end of the window: not a cycle, not an error
-        conns[i].lock_release(h)
+        release(h)
         if time.monotonic() < w.deadline:
             st["ops"] += 1
             st["lat"].append(time.perf_counter() - t)
@@ -213,6 +218,11 @@ def _lock_test(sysm: System, clients: int, same_lock: bool, duration_s: float,
 def t_lock_1(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
     """1 client, acquire + release cycles on one lock."""
     return _lock_test(sysm, 1, True, p.lock_1_s, meter)
+
+
+def t_lock_1_lib(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
+    """lock_1 with the client library's own lock (etcd3: a lease per acquire)."""
+    return _lock_test(sysm, 1, True, p.lock_1_s, meter, library=True)
 
 
 def t_lock_8x1(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
@@ -429,7 +439,8 @@ def t_list_100m(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
 
 
 WORKLOAD: dict[str, Callable[[System, Params, CpuMeter], dict[str, Any]]] = {
-    "seq_put": t_seq_put, "put_tp": t_put_tp, "lock_1": t_lock_1, "lock_8x1": t_lock_8x1, "lock_8x8": t_lock_8x8, "get_tp": t_get_tp,
+    "seq_put": t_seq_put, "put_tp": t_put_tp, "lock_1": t_lock_1, "lock_1_lib": t_lock_1_lib,
+    "lock_8x1": t_lock_8x1, "lock_8x8": t_lock_8x8, "get_tp": t_get_tp,
     "watch_fanout": t_watch_fanout, "put_64k": t_put_64k, "put_1m": t_put_1m,
     "list_100m": t_list_100m,
 }

@@ -162,7 +162,7 @@ def drive(p: Params, tests: list[str]) -> dict[str, Any]:
             raise RuntimeError(f"pysyncobj: no leader within 30 s; logs in {root}")
         pids = {(f"{n}+load" if n == leader else n): pr.pid for n, pr in procs.items()}
         print(f"pysyncobj: {notes}; leader {leader}")
-        budget = (p.put_s + p.lock_1_s + 2 * p.lock_s + p.get_s + p.watch_s
+        budget = (p.put_s + 2 * p.lock_1_s + 2 * p.lock_s + p.get_s + p.watch_s
                   + p.seq_ops / 100 + 120)
         proc = procs[leader]
         res = _ask(proc, "run " + json.dumps({"params": p.__dict__, "tests": tests,

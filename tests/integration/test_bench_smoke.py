@@ -25,8 +25,8 @@ def test_bench_smoke_completes_with_ops_and_no_lost_watch_events(cluster: LocalC
                        capture_output=True, text=True, timeout=180, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
     tests = json.loads(out.read_text())["tests"]
-    assert set(tests) == {"seq_put", "put_tp", "lock_1", "lock_8x1", "lock_8x8", "get_tp",
-                          "watch_fanout"}
+    assert set(tests) == {"seq_put", "put_tp", "lock_1", "lock_1_lib", "lock_8x1", "lock_8x8",
+                          "get_tp", "watch_fanout"}
     for name, res in tests.items():
         assert "failed" not in res, (name, res)
         done = res.get("ops", res.get("delivered", 0))
