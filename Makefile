@@ -47,11 +47,13 @@ clean:
 # Benchmarks (issues 7 and 17; bench/README.md). `bench` is a package run with `python -m`
 # from here. DURATION scales every test's duration (1 = the issue's table).
 # `make bench`: coordsvc alone, quick by default; `make bench-compare`: coordsvc, etcd and
-# PySyncObj, 3 interleaved rounds, markdown tables with CPU per operation.
+# PySyncObj, 3 interleaved rounds, markdown tables with CPU per operation;
+# `make bench-scale`: how cost grows, with plots (QUICK=1: a small sweep in seconds).
 DURATION ?=
 ROUNDS ?= 3
+QUICK ?=
 
-.PHONY: bench bench-compare bench-anchors bench-large
+.PHONY: bench bench-compare bench-anchors bench-large bench-scale
 
 bench: $(BIN)/activate
 	$(BIN)/python -m bench.load --system coordsvc --scale $(or $(DURATION),0.3)
@@ -67,3 +69,8 @@ bench-anchors:
 bench-compare: $(BIN)/activate
 	-bash bench/anchors/install.sh
 	$(BIN)/python -m bench.compare --rounds $(ROUNDS) --scale $(or $(DURATION),1)
+
+# Issue 17's scale sweeps; matplotlib (the `bench` extra) draws bench/results/scale-*.png.
+bench-scale: $(BIN)/activate
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick)

@@ -11,7 +11,6 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -170,18 +169,6 @@ class CoordSystem(System):
         self.procs.clear()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def wait_serving(c: Client, deadline_s: float) -> float | None:
-    """Seconds until ``c`` gets a linearizable answer, or None past ``deadline_s``."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < deadline_s:
-        try:
-            c.get("bench/ready")
-            return time.monotonic() - t0
-        except Exception:
-            time.sleep(0.05)
-    return None
 
 
 def _pids_by_cmdline(cluster_file: str, ids: list[str]) -> dict[str, int]:

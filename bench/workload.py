@@ -55,6 +55,7 @@ class Params:
     get_threads: int = 16
     get_s: float = 10.0
     watchers: int = 50
+    watch_conns: int = 1          # the watchers share this many Conns (round robin)
     watch_rate: float = 500.0
     watch_s: float = 10.0
     large_threads: int = 4
@@ -93,7 +94,8 @@ class Workers:
     def __init__(self, n: int, duration_s: float, body: Callable[[int, dict[str, Any]], None],
                  meter: CpuMeter | None = None):
         self.n, self.duration_s, self.body, self.meter = n, duration_s, body, meter
-        self.stats = [{"ops": 0, "errors": 0, "lat": [], "first_error": None} for _ in range(n)]
+        self.stats: list[dict[str, Any]] = [{"ops": 0, "errors": 0, "lat": [], "first_error": None}
+                                            for _ in range(n)]
 
     def run(self) -> dict[str, Any]:
         start_evt = threading.Event()
@@ -276,12 +278,12 @@ def t_get_tp(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
 def t_watch_fanout(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
     """1 writer at 500 puts/s, 50 watchers on the prefix: delivered/s, delivery p99, lost."""
     writer = sysm.connect()
-    wconn = sysm.connect()
+    wconns = [sysm.connect() for _ in range(max(1, min(p.watch_conns, p.watchers)))]
     prefix = f"wf{random.getrandbits(32):08x}/"
     streams: list[WatchStream] = []
     try:
-        for _ in range(p.watchers):
-            streams.append(wconn.watch(prefix))
+        for i in range(p.watchers):
+            streams.append(wconns[i % len(wconns)].watch(prefix))
         got: list[set[str]] = [set() for _ in range(p.watchers)]
         dups = [0] * p.watchers
         lat: list[list[float]] = [[] for _ in range(p.watchers)]
@@ -364,7 +366,7 @@ def t_watch_fanout(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
         flat = [x for ls in lat for x in ls]
         return {"writes": len(acked), "write_errors": write_errors,
                 "write_rate": round(len(acked) / write_wall, 1),
-                "watchers": p.watchers, "delivered": delivered,
+                "watchers": p.watchers, "watch_conns": len(wconns), "delivered": delivered,
                 "events_per_s": round(delivered / max(end - t0, 1e-9), 1),
                 "lost": lost, "late_after_5s": late or 0, "drain_s": round(drain_s, 1),
                 "duplicates": sum(dups), "watch_errors": sum(errors),
@@ -379,7 +381,8 @@ def t_watch_fanout(sysm: System, p: Params, meter: CpuMeter) -> dict[str, Any]:
             except Exception:
                 pass
         writer.close()
-        wconn.close()
+        for wc in wconns:
+            wc.close()
 
 
 def _put_large(sysm: System, p: Params, meter: CpuMeter, value_bytes: int,
