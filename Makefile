@@ -48,7 +48,7 @@ clean:
 # from here. DURATION scales every test's duration (1 = the issue's table).
 # `make bench`: coordsvc alone, quick by default; `make bench-compare`: coordsvc, etcd and
 # PySyncObj, 3 interleaved rounds, markdown tables with CPU per operation;
-# `make bench-scale`: how cost grows, with plots (QUICK=1: a small sweep in seconds).
+# `make bench-scale`: how cost grows, with plots (QUICK=1: small ranges, about a minute).
 DURATION ?=
 ROUNDS ?= 3
 QUICK ?=

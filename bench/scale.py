@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.scale                   # every sweep over its full range
     .venv/bin/python -m bench.scale --quick           # every sweep over a small range
     .venv/bin/python -m bench.scale --sweeps keys,locks [--quick] [--points N] [--out DIR]
+    .venv/bin/python -m bench.scale --replot          # scale.md and the PNGs from scale.json
 
 Sweeps (each on fresh clusters of 3 nodes on 127.0.0.1, secure like ``cluster init``,
 started with the project's launcher and stopped by PID):
@@ -487,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small ranges: seconds per sweep")
     ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated of {','.join(SWEEPS)}")
     ap.add_argument("--points", type=int, help="at most this many points per sweep (smallest first)")
+    ap.add_argument("--replot", action="store_true",
+                    help="measure nothing: write scale.md and the plots from scale.json")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR,
                     help="where scale.json, scale.md and scale-*.png go (default bench/results)")
     a = ap.parse_args(argv)
@@ -501,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     doc.setdefault("sweeps", {})
     failed = []
-    for name in sweeps:
+    for name in [] if a.replot else sweeps:
         print(f"== {name} ({plan.mode})", flush=True)
         t0 = time.monotonic()
         busy0 = cpu_seconds(os.getpid())

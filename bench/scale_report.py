@@ -267,6 +267,7 @@ def _draw(name: str, pts: list[dict[str, Any]], axes: Any, plt: Any) -> None:
         b.set_ylabel("holder processes' CPU, % of one core")
         for ax in (a, b):
             ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
             ax.set_xlabel("held locks")
     else:   # nodes
         ns = [str(p["nodes"]) for p in pts]
