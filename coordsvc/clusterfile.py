@@ -38,9 +38,7 @@ pod IP) but advertises a stable DNS name (``cluster init --bind-host 0.0.0.0``).
 from __future__ import annotations
 
 import os
-import random
 import re
-import socket
 import tomllib
 import uuid
 from dataclasses import dataclass, field, fields
@@ -51,6 +49,8 @@ import tomli_w
 from . import keys
 from .core.quotas import Quotas
 from .core.types import Config
+from .runtime.launch import free_base_port as free_base_port  # re-exported: the port layout
+from .runtime.launch import node_ports as node_ports  # write_new assigns, and its finder
 
 DEFAULT_DIR = Path(".coord")
 FILE_NAME = "cluster.toml"
@@ -388,31 +388,6 @@ def set_node_key(cluster: Cluster, node_id: str, public_key: str) -> Cluster:
             n["public_key"] = keys.check_public(public_key, "public key")
     _write_atomically(cluster.path, raw)
     return load(cluster.path)
-
-
-def node_ports(base_port: int, nodes: int) -> list[int]:
-    """Every port ``write_new`` assigns: node i listens on base+i, publishes on base+100+i
-    and serves HTTP on base+200+i."""
-    return [base_port + offset + i for offset in (0, 100, 200) for i in range(1, nodes + 1)]
-
-
-def free_base_port(nodes: int, rng: random.Random, low: int = 20000, high: int = 50000) -> int:
-    """A base port whose every node port is free on 127.0.0.1 right now (tests, benchmarks)."""
-    for _ in range(500):
-        base = rng.randrange(low, high)
-        if all(_port_free(p) for p in node_ports(base, nodes)):
-            return base
-    raise ClusterFileError(f"no free block of ports for {nodes} nodes in {low}..{high}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _host(host: str, i: int, distinct: bool) -> str:

@@ -33,7 +33,6 @@ is a ``KeyFileError`` whose message is one line naming the file and what to do.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import tomllib
 from collections.abc import Iterable
@@ -42,6 +41,8 @@ from pathlib import Path
 
 import tomli_w
 import zmq
+
+from .core.commands import NAME_RE, is_public_key
 
 __all__ = [
     "ADMIN", "ADMIN_KEY_FILE", "NODE_KEY_FILE", "ClientKey", "ClusterKeys", "KeyFileError", "KeyPair",
@@ -55,10 +56,8 @@ NODE_KEY_FILE = "node.key"      # inside each node's data directory
 KEY_FILE_MODE = 0o600
 # A key file is a few hundred bytes per node; anything this large is not one.
 MAX_KEY_FILE_BYTES = 64 * 1024
-_Z85_KEY_CHARS = 40
-_Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                          ".-:+=^!/*?&<>()[]{}@%$#")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# One rule for a principal's name and for a key's text, the replicated table's own.
+_NAME = NAME_RE
 
 
 class KeyFileError(Exception):
@@ -67,8 +66,7 @@ class KeyFileError(Exception):
 
 def check_public(value: object, what: str) -> str:
     """``value`` if it is a Z85-encoded 32-byte CURVE key, else KeyFileError naming ``what``."""
-    if not (isinstance(value, str) and len(value) == _Z85_KEY_CHARS
-            and set(value) <= _Z85_ALPHABET):
+    if not is_public_key(value):
         raise KeyFileError(f"{what} is not a CURVE key (40 Z85 characters)")
     return value
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from coordsvc import clusterfile, keys
 from coordsvc.clusterfile import Cluster, NodeSpec
+from coordsvc.runtime import launch
 from coordsvc.storage.datadir import NODE_DB, init_data_dir
 
 from .options import JsonOpt
@@ -349,7 +350,6 @@ class _Child:
     node: str
     proc: subprocess.Popen[bytes]
     log: Path
-    log_file: IO[bytes]
     reported: bool = field(default=False)
 
 
@@ -377,22 +377,12 @@ def _report_dead(children: list[_Child]) -> int:
 
 
 def _stop_all(children: list[_Child], grace_s: float = 5.0) -> None:
-    for ch in children:
-        if ch.proc.poll() is None:
-            try:
-                ch.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace_s
-    for ch in children:
-        try:
-            ch.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            warn(f"node {ch.node} (pid {ch.proc.pid}) did not stop in {grace_s:g} s; killing it")
-            ch.proc.kill()
-            ch.proc.wait()
-    for ch in children:
-        ch.log_file.close()
+    nodes = {ch.proc.pid: ch.node for ch in children}
+
+    def killing(p: subprocess.Popen[bytes]) -> None:
+        warn(f"node {nodes[p.pid]} (pid {p.pid}) did not stop in {grace_s:g} s; killing it")
+
+    launch.stop([ch.proc for ch in children], grace_s, on_kill=killing)
 
 
 def _wait_for_leader(cluster: Cluster, children: list[_Child],
@@ -475,12 +465,9 @@ def cluster_up(
         try:
             for n in c.nodes:
                 log = log_dir / f"{n.id}.log"
-                f = log.open("ab")
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "coordctl", "serve", "--cluster", str(path),
-                     "--node", n.id],
-                    stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
-                children.append(_Child(n.id, proc, log, f))
+                proc = launch.start_node(path, n.id, log,
+                                         command=[sys.executable, "-m", "coordctl", "serve"])
+                children.append(_Child(n.id, proc, log))
             status = _wait_for_leader(c, children, 10.0)
             alive = _report_dead(children)
             if alive == 0:

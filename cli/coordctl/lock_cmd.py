@@ -117,11 +117,14 @@ def run(
 
 
 def lock_json(info: LockInfo) -> dict[str, Any]:
-    """One held lock as JSON: name, holder (session id), token, ttl_left_s, waiters, age_s,
-    waits_s."""
-    return {"name": info.name, "holder": info.holder_session, "token": info.token,
-            "ttl_left_s": info.ttl_left_s, "waiters": list(info.waiters), "age_s": info.age_s,
-            "waits_s": list(info.waits_s)}
+    """One held lock as JSON: name, holder (the identity holding it), token, ttl_left_s,
+    waiters (identities, first in line first), age_s, waits_s; and the sessions behind
+    them (session, waiter_sessions). A session id is no capability: only its owner (or an
+    admin) may act on it."""
+    return {"name": info.name, "holder": info.holder, "token": info.token,
+            "ttl_left_s": info.ttl_left_s, "waiters": list(info.waiter_names), "age_s": info.age_s,
+            "waits_s": list(info.waits_s), "session": info.holder_session,
+            "waiter_sessions": list(info.waiters)}
 
 
 def _seconds(v: object) -> str:
@@ -133,9 +136,11 @@ def list_(
     cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
-    """List held locks: name, holder session, fencing token, age, ttl left, FIFO waiters.
+    """List held locks: name, holder, fencing token, age, ttl left, FIFO waiters.
 
-    Each waiter is shown as SESSION (waiting for DURATION), first in line first.
+    Holders and waiters are the identities (key names) holding or waiting; each waiter is
+    shown as NAME (waiting for DURATION), first in line first. Only locks whose names your
+    key may lock are listed.
 
     Example: coordctl lock list --json
     """

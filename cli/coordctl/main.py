@@ -4,7 +4,7 @@ Exit codes (CONTRACT §3):
   0  success
   1  refused: compare failed, lock not acquired in time, key missing for `get`, fencing
      token rejected, watch start compacted away, cluster file/data dir would be overwritten,
-     a node refusing to start
+     a node refusing to start, permission denied (a key refused, or outside its rights)
   2  usage error: bad flags or arguments, invalid request (key/value/ttl limits), bad or
      missing cluster file or endpoints
   3  cluster unavailable or timeout: the outcome of a write is unknown
@@ -27,7 +27,7 @@ from coordsvc.clusterfile import ClusterFileError
 from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
-from . import cluster_cmd, config_cmd, lock_cmd, snapshot_cmd
+from . import auth_cmd, cluster_cmd, config_cmd, lock_cmd, snapshot_cmd
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
@@ -80,7 +80,8 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
          "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0"),
         (e.Unavailable, EXIT_UNAVAILABLE, _UNAVAILABLE_HINT),
         (e.PermissionDenied, EXIT_REFUSED,
-         "use a key this cluster knows: --key FILE, $COORD_KEY, or admin.key beside the cluster file"),
+         "use a key with the rights this needs (--key FILE, $COORD_KEY, or admin.key beside "
+         "the cluster file); an admin sees every key's rights with `coordctl auth list`"),
         (e.CoordError, EXIT_REFUSED, None),
     )
 
@@ -168,6 +169,7 @@ app.add_typer(cluster_cmd.node_app)
 app.add_typer(config_cmd.app)
 app.add_typer(lock_cmd.app)
 app.add_typer(snapshot_cmd.app)
+app.add_typer(auth_cmd.app)
 app.command("serve", epilog="Example: coordctl serve --cluster .coord/cluster.toml --node n1")(
     cluster_cmd.serve)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._client import Client, ClientTransport
 from ._lock import Lock, LockInfo
-from ._types import Entry, EntryList, Event
+from ._types import Entry, EntryList, Event, Principal
 from ._watch import Watch
 from .errors import (
     Compacted,
@@ -31,5 +31,5 @@ from .errors import (
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
     "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
-    "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable", "Watch",
+    "PermissionDenied", "Principal", "QuotaExceeded", "SnapshotGone", "Unavailable", "Watch",
 ]

@@ -20,8 +20,20 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from coordsvc import clusterfile, snapshotfile
-from coordsvc.core.commands import MAX_INT, Command, Delete, Fence, Put, Request, validate
+from coordsvc.core.commands import (
+    MAX_INT,
+    AuthAdd,
+    AuthRemove,
+    Command,
+    Delete,
+    Fence,
+    Put,
+    Request,
+    validate,
+)
 from coordsvc.core.protocol import (
+    AuthListReply,
+    AuthListRequest,
     ClientRequest,
     ErrorCode,
     ErrorReply,
@@ -35,9 +47,13 @@ from coordsvc.core.protocol import (
     LocksReply,
     LocksRequest,
     Result,
+    RevisionReply,
+    RevisionRequest,
     SchemaError,
     StatusReply,
     StatusRequest,
+    WatchReply,
+    WatchRequest,
     WriteReply,
     WriteRequest,
 )
@@ -46,12 +62,13 @@ from . import _credentials, _snapshot, _status
 from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
-from ._types import Entry, EntryList, Event, entry_of, event_of
+from ._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
 from ._watch import Watch, WatchHub
 from .errors import (
     Compacted,
     CoordError,
     InvalidRequest,
+    PermissionDenied,
     QuotaExceeded,
     SnapshotGone,
     Unavailable,
@@ -66,6 +83,9 @@ BACKOFF_S = (0.010, 0.050)
 # "unavailable" from the same node this many times in a row: try another node (the one
 # we talk to may have lost its quorum while the others elected a new leader).
 _UNAVAILABLE_BEFORE_ROTATE = 2
+# While waiting for every node to apply an identity change: the pause between rounds.
+_APPLIED_POLL_S = 0.02
+_PROBE_AFTER = 2**62
 # A paged read whose cursor vanished (its node restarted, or lost us for 30 s) is started
 # again from its first page, at most this many times.
 _PAGED_READ_ATTEMPTS = 3
@@ -227,7 +247,11 @@ class Client:
         return sorted((event_of(ch) for ch in rows), key=lambda e: e.revision)
 
     def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
-        """Events under ``prefix`` with revision >= ``start_revision`` (None: from now on)."""
+        """Events under ``prefix`` with revision >= ``start_revision`` (None: from now on).
+
+        Only events of keys this client's key may read are delivered; ``PermissionDenied``
+        (here, at once) when it may read nothing under ``prefix``, and from the iterator
+        when the key is removed while watching."""
         _check_prefix(prefix)
         if start_revision is None:
             after = self.revision()
@@ -235,11 +259,15 @@ class Client:
             raise InvalidRequest(f"start_revision must be an int in [0, 2**63 - 1], got {start_revision!r}")
         else:
             after = max(0, start_revision - 1)
+        # One poll serves every watch of this client, so a prefix the key may not read is
+        # refused here, alone, rather than failing the shared poll for all of them. Asking
+        # for events after a revision far ahead is answered at once, with none.
+        self._call(WatchRequest(_PROBE_AFTER, prefix), WatchReply.from_wire, leader=False)
         return Watch(self._watch_hub(), prefix, after)
 
     def revision(self) -> int:
-        """The cluster's current revision (a linearizable read)."""
-        return self._call(GetRequest("/"), GetReply.from_wire, leader=True).revision
+        """The cluster's current revision (a linearizable read; any key may ask)."""
+        return self._call(RevisionRequest(), RevisionReply.from_wire, leader=True).revision
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -262,9 +290,64 @@ class Client:
         lk.release()
 
     def locks(self) -> builtins.list[LockInfo]:
-        """Every held lock with its holder, token, waiters and ttl left (linearizable)."""
+        """Every held lock with its holder, token, waiters and ttl left (linearizable); only
+        locks whose names this client's key may lock."""
         reply = self._call(LocksRequest(), LocksReply.from_wire, leader=True)
         return [_lock_info(row) for row in reply.locks]
+
+    # -- identities (admin) ----------------------------------------------------------------
+
+    def auth_add(self, name: str, public_key: str, *, read: Sequence[str] = (),
+                 write: Sequence[str] = (), lock: Sequence[str] = (), admin: bool = False) -> None:
+        """Record client ``name`` with CURVE ``public_key`` and these rights (CONTRACT §7):
+        ``read``/``write``/``lock`` prefix lists (write implies read), ``admin`` for all.
+
+        Only the public key travels; generate the pair where the key will be used
+        (``keys.KeyPair.generate()``, or ``coordctl auth add --out FILE``). Returns once
+        every node that answers admits the key. ``InvalidRequest`` if the name, key or a
+        prefix is malformed, ``CoordError`` if the name or key is taken (a removed name stays
+        taken: it is never given to another key), ``PermissionDenied``
+        unless this client is an admin."""
+        cmd = AuthAdd(name, public_key, _prefixes(read, "read"), _prefixes(write, "write"),
+                      _prefixes(lock, "lock"), admin)
+        self._auth_write(cmd)
+
+    def auth_remove(self, name: str) -> None:
+        """Forget client ``name``: its key is refused on new connections, everything its
+        open connections send is refused, its watches and lock waits end with
+        ``PermissionDenied``, its sessions close (locks go to the next waiter). Returns once
+        every node that answers has applied it. ``CoordError`` for an unknown name or the
+        last admin (which cannot be removed)."""
+        self._auth_write(AuthRemove(name))
+
+    def auth_list(self) -> builtins.list[Principal]:
+        """Every client identity with its public key and rights, by name (admin only)."""
+        reply = self._call(AuthListRequest(), AuthListReply.from_wire, leader=True)
+        return [principal_of(row) for row in reply.principals]
+
+    def _auth_write(self, cmd: AuthAdd | AuthRemove) -> None:
+        res = self._write(cmd)
+        raise_for(res)
+        index = res.data.get("index")
+        if type(index) is int:
+            self._wait_applied(index)
+
+    def _wait_applied(self, index: int) -> None:
+        """Until every node that answers has applied log slot ``index`` (within the client's
+        timeout): a key just added is then admitted, and one just removed refused, whichever
+        node a client reaches first."""
+        members = ([n.address for n in self._cluster.nodes] if self._cluster is not None
+                   else builtins.list(self._endpoints))
+        deadline = time.monotonic() + self._timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                replies = self._transport.request_all(members, StatusRequest().to_wire(),
+                                                      min(ATTEMPT_S, left))
+            except PermissionDenied:
+                return    # we removed ourselves: the nodes refuse our key now
+            if all(_applied(r, index) for r in replies):
+                return
+            time.sleep(_APPLIED_POLL_S)
 
     # -- cluster -------------------------------------------------------------------------
 
@@ -281,6 +364,9 @@ class Client:
         replies = self._transport.request_all([address for _, address in members],
                                               StatusRequest().to_wire(),
                                               min(ATTEMPT_S, self._timeout_s))
+        for r in replies:    # a removed key, its connections still open: not "unreachable"
+            if r is not None and r.get("error") == ErrorCode.PERMISSION_DENIED:
+                raise _refusal(StatusRequest(), ErrorReply.from_wire(r))
         return _status.summarize(members, [_node_status(r) for r in replies], name)
 
     def snapshot_save(self, path: str | os.PathLike[str]) -> snapshotfile.Header:
@@ -485,6 +571,7 @@ _REFUSALS: dict[ErrorCode | str, Callable[[ErrorReply], CoordError]] = {
     ErrorCode.COMPACTED: lambda err: Compacted(err.message, err.oldest),
     ErrorCode.BAD_REQUEST: lambda err: InvalidRequest(err.message),
     ErrorCode.SNAPSHOT_GONE: lambda err: SnapshotGone(err.message),
+    ErrorCode.PERMISSION_DENIED: lambda err: PermissionDenied(f"permission denied: {err.message}"),
     ErrorCode.QUOTA_EXCEEDED: lambda err: QuotaExceeded(err.message),
     ErrorCode.CURSOR_EXPIRED: lambda err: _CursorExpired(err.message),
 }
@@ -572,7 +659,23 @@ def _seconds(ms: int | None) -> float | None:
 def _lock_info(row: LockRow) -> LockInfo:
     return LockInfo(row.name, row.holder_session, row.token, row.waiters,
                     _seconds(row.holder_ttl_left_ms), _seconds(row.age_ms),
-                    tuple(_seconds(w) for w in row.waits_ms))
+                    tuple(_seconds(w) for w in row.waits_ms), row.holder, row.waiter_names)
+
+
+def _prefixes(v: Sequence[str], what: str) -> tuple[str, ...]:
+    if isinstance(v, (str, bytes)) or not isinstance(v, (builtins.list, tuple)) or not all(
+            isinstance(p, str) for p in v):
+        raise InvalidRequest(f"{what} must be a list of key prefixes (strings)")
+    return tuple(v)
+
+
+def _applied(reply: dict[str, Any] | None, index: int) -> bool:
+    """Whether a node's status reply shows it applied ``index`` (a node that did not
+    answer is not waited for; one that refuses us has applied our own removal)."""
+    if reply is None or reply.get("error") == ErrorCode.PERMISSION_DENIED:
+        return True
+    status = _node_status(reply)
+    return status is None or status["applied_index"] >= index
 
 
 def _node_status(reply: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -36,7 +36,7 @@ from coordsvc.core.protocol import (
 
 from ._results import expect
 from ._transport import Cancelled
-from .errors import CoordError, InvalidRequest, LockTimeout, Unavailable
+from .errors import CoordError, InvalidRequest, LockTimeout, PermissionDenied, Unavailable
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -66,6 +66,8 @@ class LockInfo:
     ttl_left_s: float | None
     age_s: float | None = None                     # since the grant, as the leader saw it
     waits_s: tuple[float | None, ...] = ()         # per waiter, in queue order
+    holder: str | None = None                      # the identity (key name) holding it
+    waiter_names: tuple[str, ...] = ()             # per waiter, in queue order
 
 
 class Lock:
@@ -228,6 +230,11 @@ class Lock:
             except Unavailable:
                 next_send = time.monotonic()
                 continue
+            except PermissionDenied as e:
+                # The key was removed (its sessions closed with it) or never owned this
+                # session: no keepalive will ever succeed.
+                self._lose(f"the cluster refused the keepalive: {e}")
+                return
             except CoordError as e:
                 if self._client._closed:
                     return

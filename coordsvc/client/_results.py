@@ -5,7 +5,14 @@ from collections.abc import Callable
 
 from coordsvc.core.protocol import Result, ResultCode
 
-from .errors import CompareFailed, CoordError, FenceRejected, InvalidRequest, Unavailable
+from .errors import (
+    CompareFailed,
+    CoordError,
+    FenceRejected,
+    InvalidRequest,
+    PermissionDenied,
+    Unavailable,
+)
 
 __all__ = ["expect", "raise_for"]
 
@@ -28,6 +35,8 @@ _ERRORS: dict[ResultCode, Callable[[Result, str], CoordError]] = {
     ResultCode.INVALID: lambda res, message: InvalidRequest(message),
     ResultCode.LIMIT: lambda res, message: InvalidRequest(message),
     ResultCode.STALE_REQUEST: _unknown_outcome,
+    ResultCode.PERMISSION_DENIED: lambda res, message: PermissionDenied(message),
+    ResultCode.REFUSED: lambda res, message: CoordError(message),
 }
 
 

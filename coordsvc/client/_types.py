@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from coordsvc.core.protocol import Change, KeyValue
+from coordsvc.core.protocol import Change, KeyValue, PrincipalRow
 
-__all__ = ["Entry", "EntryList", "Event", "entry_of", "event_of"]
+__all__ = ["Entry", "EntryList", "Event", "Principal", "entry_of", "event_of", "principal_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,27 @@ class Event:
     revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A client identity the cluster knows (``Client.auth_list()``): its name, CURVE public
+    key (never a secret) and rights. ``public_key`` is None only for the bootstrap admin on
+    a node that does not know its key."""
+
+    name: str
+    public_key: str | None
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    lock: tuple[str, ...] = ()
+    admin: bool = False
+
+
 def entry_of(kv: KeyValue) -> Entry:
     return Entry(kv.key, kv.value, kv.revision)
 
 
 def event_of(ch: Change) -> Event:
     return Event(ch.type.value, ch.key, ch.value, ch.revision)
+
+
+def principal_of(row: PrincipalRow) -> Principal:
+    return Principal(row.name, row.public_key, row.read, row.write, row.lock, row.admin)

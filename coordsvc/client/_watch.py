@@ -24,7 +24,7 @@ from coordsvc.core.protocol import WatchReply, WatchRequest
 
 from ._transport import Cancelled, Pin
 from ._types import Event, event_of
-from .errors import Compacted, CoordError
+from .errors import Compacted, CoordError, PermissionDenied
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -229,6 +229,13 @@ class WatchHub:
                 if w.fetched + 1 < oldest:
                     w._fail(e, sticky=True)
                     self.remove(w)
+            return True
+        except PermissionDenied as e:
+            # Each prefix was allowed when its watch began (Client.watch asks first), so
+            # this is the key removed: every watch of this client ends.
+            for w in watches:
+                w._fail(e, sticky=True)
+                self.remove(w)
             return True
         except CoordError as e:   # Unavailable and the like: each watch hears it once
             for w in watches:

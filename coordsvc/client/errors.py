@@ -8,7 +8,8 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 │                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
-├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
+├── PermissionDenied    the cluster refused this client's key (or it has none), or the
+│                       request is outside the key's rights: nothing was done
 ├── QuotaExceeded       a put past the cluster's [limits] max_keys or max_db_bytes: nothing
 │                       was written (deletes, reads and locks still work)
 ├── SnapshotGone        the node no longer holds a backup being saved (snapshot_save retries)
@@ -50,9 +51,11 @@ class LockTimeout(CoordError):
 
 
 class PermissionDenied(CoordError):
-    """The cluster refused this client's key, or the client has no key for a secure cluster
-    (or a key for an insecure one): nothing was done. Raised as soon as the CURVE handshake
-    fails, not after the timeout."""
+    """Nothing was done: the cluster refused this client's key (unknown, or removed with
+    ``auth remove``), the client has no key for a secure cluster (or a key for an insecure
+    one), or the request is outside the key's rights (read/write/lock prefixes, admin), or
+    touches another identity's session or client id. A refused key is reported as soon as
+    the CURVE handshake fails, not after the timeout."""
 
 
 class SnapshotGone(CoordError):

@@ -1,4 +1,4 @@
-"""The deterministic replicated state machine: config keys, sessions, locks.
+"""The deterministic replicated state machine: config keys, sessions, locks, identities.
 
 Every replica applies the same ``Request``s in log order and must end in the same
 state with the same results, so nothing here reads a clock or an RNG, every
@@ -8,12 +8,25 @@ expiry is decided outside (by the leader) and arrives as ``ExpireSession``.
 ``apply`` never raises on a decoded ``Request``: bad values become an ``invalid``
 ``Result``. Queries may raise ``UsageError`` when the caller passes nonsense.
 
+Identities and ownership are replicated state like any other. The identity table maps
+client names to public keys and rights (``AuthAdd``/``AuthRemove``; the bootstrap
+``admin`` is in it from the start, its key in cluster.toml). Each request carries the
+principal the leader stamped into it, and ``apply`` decides with the table *as of that
+log position*: whether the principal may run the command at all (``acl.command_refusal``),
+and whether it owns what the command touches -- a client id belongs to the principal of
+its first request, a session to the principal that opened it. Admin may act on any
+session; nobody may use another principal's client id (that would let it answer or
+poison the owner's exactly-once records). A refusal is a ``permission_denied`` Result and
+changes nothing.
+
 Fairness: besides the global bounds, one *owner* may hold at most
 ``MAX_SESSIONS_PER_OWNER`` sessions and at most ``MAX_WAITERS_PER_OWNER`` places in one
 lock's queue, so one client cannot fill the tables every other client needs. The owner
-is the request's ``client_id`` (``_owner``); the identity stream makes it the
-authenticated principal the leader stamps into the request -- the same value on every
-replica either way, so the bounds are replicated decisions like any other.
+is the principal the leader stamped into the request, however many client ids it uses;
+for a principal with admin rights (every client of an insecure cluster) it is the
+client id, so trusted clients are still kept from crowding each other out
+(``quota_owner``). The same value on every replica, so the bounds are replicated
+decisions like any other.
 
 Keys are also held in a sorted index, so a page of ``scan`` costs O(log n + page), not a
 sort of every key. A key's history keeps its newest ``KEY_HISTORY`` versions, fewer when
@@ -30,8 +43,12 @@ from typing import Any
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 from sortedcontainers import SortedList  # type: ignore[import-untyped, unused-ignore]
 
+from .acl import ADMIN_RIGHTS, MEMBER_RIGHTS, Rights, command_refusal
 from .commands import (
+    BOOTSTRAP_ADMIN,
     Acquire,
+    AuthAdd,
+    AuthRemove,
     Cancel,
     CloseSession,
     Command,
@@ -49,7 +66,8 @@ from .commands import (
 from .protocol import Change, ChangeType, KeyValue, Result, ResultCode
 from .types import MiB, ProtocolError, UsageError
 
-__all__ = ["Grant", "HeldLock", "Machine", "RevisionCompacted", "SessionInfo", "owner_of"]
+__all__ = ["Grant", "HeldLock", "Machine", "Principal", "RevisionCompacted", "SessionInfo",
+           "quota_owner"]
 
 # Module globals rather than constructor arguments: every replica must use the same
 # bounds, and tests shrink them with monkeypatch.
@@ -58,6 +76,11 @@ MAX_SEQS_PER_CLIENT = 1_000
 MAX_SESSIONS = 100_000
 MAX_LOCKS = 100_000
 MAX_WAITERS = 1_000
+MAX_PRINCIPALS = 10_000
+# Removed names are retired, never given to another key: a connection authenticated before
+# the removal still carries the name. Past this many the oldest is forgotten (a connection
+# would have to stay open across that many removals to notice).
+MAX_RETIRED = 100_000
 # Per owner (see the module docstring): a tenth of the global table, so it takes ten
 # owners to fill it.
 MAX_SESSIONS_PER_OWNER = 10_000
@@ -69,6 +92,7 @@ WINDOW_EVENTS = 20_000
 WINDOW_BYTES = 64 * 1_048_576
 
 _PUT, _DELETE = ChangeType.PUT, ChangeType.DELETE
+_MEMBER_PREFIX = "node:"
 
 _SNAPSHOT_VERSION = 1
 
@@ -102,11 +126,26 @@ class HeldLock:
     token: int
     granted_index: int
     waiters: tuple[int, ...]
+    holder: str = ""                      # the principal owning the holding session
+    waiter_names: tuple[str, ...] = ()    # the principals owning the waiting sessions
 
 
-def owner_of(req: Request) -> str:
-    """Who a request's sessions and queue places count against (one line to re-key)."""
-    return req.client_id
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """One entry of the identity table. ``public_key`` is None for the bootstrap admin,
+    whose key is in cluster.toml rather than in the log."""
+
+    name: str
+    public_key: str | None
+    rights: Rights
+
+
+_BOOTSTRAP = Principal(BOOTSTRAP_ADMIN, None, ADMIN_RIGHTS)
+
+
+def quota_owner(who: str, rights: Rights, client_id: str) -> str:
+    """Whom a request's sessions and queue places count against (the module docstring)."""
+    return client_id if rights.admin else who
 
 
 class _Versions(builtins.list[Change]):
@@ -130,7 +169,8 @@ class _Versions(builtins.list[Change]):
 class _Session:
     ttl_ms: int
     opened_index: int
-    owner: str = ""
+    owner: str = ""     # the principal that opened it
+    quota: str = ""     # whom it counts against (quota_owner)
     held: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
 
@@ -150,6 +190,7 @@ class _Client:
     # evicted from ``results`` so an evicted seq is refused rather than re-applied.
     floor: int
     results: dict[int, Result] = field(default_factory=dict)
+    owner: str = BOOTSTRAP_ADMIN    # the principal of its first request: only it may use the id
 
 
 def _err(code: ResultCode, revision: int, message: str) -> Result:
@@ -177,6 +218,9 @@ class Machine:
         self._locks: dict[str, _Lock] = {}
         # Least recently active first; apply order is replicated, so eviction is too.
         self._clients: OrderedDict[str, _Client] = OrderedDict()
+        self._principals: dict[str, Principal] = {BOOTSTRAP_ADMIN: _BOOTSTRAP}
+        self._by_key: dict[str, str] = {}     # public key -> name (table entries only)
+        self._retired: dict[str, None] = {}   # removed names, oldest first
 
     # -- applying ------------------------------------------------------------------
 
@@ -186,12 +230,18 @@ class Machine:
         if err is not None:
             return _err(ResultCode.INVALID, self.revision, err)
         if req.client_id == "":
-            return self._run(index, req.cmd, internal=True, owner="")
+            return self._run(index, req.cmd, "", "")
+        who = req.principal or BOOTSTRAP_ADMIN   # unstamped: written before principals existed
         client = self._clients.get(req.client_id)
         if client is None:
-            client = self._clients[req.client_id] = _Client(req.first_unacked)
+            client = self._clients[req.client_id] = _Client(req.first_unacked, owner=who)
             if len(self._clients) > MAX_CLIENTS:
                 self._clients.popitem(last=False)
+        elif client.owner != who:
+            # Not even cached or counted as activity: the owner's records stay exactly as
+            # they were, so its own requests with this id still apply exactly once.
+            return _err(ResultCode.PERMISSION_DENIED, self.revision,
+                        f"client id {req.client_id!r} belongs to another principal")
         else:
             self._clients.move_to_end(req.client_id)
             if req.first_unacked > client.floor:
@@ -203,7 +253,7 @@ class Machine:
             return cached
         if req.seq < client.floor:
             return _err(ResultCode.STALE_REQUEST, self.revision, f"seq {req.seq} is below {client.floor}")
-        result = self._run(index, req.cmd, internal=False, owner=owner_of(req))
+        result = self._run(index, req.cmd, who, req.client_id)
         client.results[req.seq] = result
         if len(client.results) > MAX_SEQS_PER_CLIENT:
             lowest = min(client.results)
@@ -211,31 +261,57 @@ class Machine:
             client.floor = max(client.floor, lowest + 1)
         return result
 
-    def _run(self, index: int, cmd: Command, internal: bool, owner: str) -> Result:
+    def _run(self, index: int, cmd: Command, who: str, client_id: str) -> Result:
+        """Run ``cmd`` for principal ``who`` ("": an internal request of the leader) from
+        ``client_id``."""
         err = validate(cmd)
         if err is not None:
             return _err(ResultCode.INVALID, self.revision, err)
+        rights = ADMIN_RIGHTS
+        if who:
+            r = self.rights(who)
+            refused = command_refusal(r, cmd)
+            if refused is not None:
+                return _err(ResultCode.PERMISSION_DENIED, self.revision, f"{who}: {refused}")
+            assert r is not None   # command_refusal refuses None
+            rights = r
         if isinstance(cmd, Put):
             return self._put(cmd)
         if isinstance(cmd, Delete):
             return self._delete(cmd)
+        quota = quota_owner(who, rights, client_id)
         if isinstance(cmd, OpenSession):
-            return self._open(index, cmd.ttl_ms, owner)
-        if isinstance(cmd, CloseSession):
-            return self._close(index, cmd.session_id)
+            return self._open(index, cmd.ttl_ms, who, quota)
         if isinstance(cmd, ExpireSession):
-            if not internal:
+            if who:
                 return _err(ResultCode.INVALID, self.revision, "ExpireSession is internal to the leader")
             return self._close(index, cmd.session_id)
-        if isinstance(cmd, Acquire):
-            return self._acquire(index, cmd, owner)
-        if isinstance(cmd, Release):
-            return self._release(index, cmd)
-        if isinstance(cmd, Cancel):
-            return self._cancel(index, cmd)
         if isinstance(cmd, OpenAndAcquire):
-            return self._open_and_acquire(index, cmd, owner)
+            return self._open_and_acquire(index, cmd, who, quota)
+        if isinstance(cmd, AuthAdd):
+            return self._auth_add(index, cmd)
+        if isinstance(cmd, AuthRemove):
+            return self._auth_remove(index, cmd)
+        if isinstance(cmd, (CloseSession, Acquire, Release, Cancel)):
+            refused_session = self._not_owner(cmd.session_id, who, rights)
+            if refused_session is not None:
+                return refused_session
+            if isinstance(cmd, CloseSession):
+                return self._close(index, cmd.session_id)
+            if isinstance(cmd, Acquire):
+                return self._acquire(index, cmd)
+            if isinstance(cmd, Release):
+                return self._release(index, cmd)
+            return self._cancel(index, cmd)
         return Result(ResultCode.OK, self.revision, {})  # Noop: validate() rejected every other type
+
+    def _not_owner(self, sid: int, who: str, rights: Rights) -> Result | None:
+        """Refused unless session ``sid`` (if it exists) is ``who``'s, or ``who`` is admin."""
+        s = self._sessions.get(sid)
+        if s is None or s.owner == who or rights.admin:
+            return None
+        return _err(ResultCode.PERMISSION_DENIED, self.revision,
+                    f"{who}: session {sid} belongs to another principal")
 
     # -- keys ----------------------------------------------------------------------
 
@@ -300,33 +376,33 @@ class Machine:
 
     # -- sessions and locks --------------------------------------------------------
 
-    def _session_limit(self, owner: str) -> Result | None:
+    def _session_limit(self, quota: str) -> Result | None:
         if len(self._sessions) >= MAX_SESSIONS:
             return _err(ResultCode.LIMIT, self.revision, f"too many sessions (max {MAX_SESSIONS})")
-        if self._owner_sessions.get(owner, 0) >= MAX_SESSIONS_PER_OWNER:
+        if self._owner_sessions.get(quota, 0) >= MAX_SESSIONS_PER_OWNER:
             return _err(ResultCode.LIMIT, self.revision, "too many sessions of this client "
                         f"(max_sessions_per_owner {MAX_SESSIONS_PER_OWNER})")
         return None
 
-    def _open(self, index: int, ttl_ms: int, owner: str) -> Result:
-        refused = self._session_limit(owner)
+    def _open(self, index: int, ttl_ms: int, owner: str, quota: str) -> Result:
+        refused = self._session_limit(quota)
         if refused is not None:
             return refused
         sid = self.next_session_id
         self.next_session_id += 1
-        self._sessions[sid] = _Session(ttl_ms, index, owner)
-        self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
+        self._sessions[sid] = _Session(ttl_ms, index, owner, quota)
+        self._owner_sessions[quota] = self._owner_sessions.get(quota, 0) + 1
         return Result(ResultCode.OK, self.revision, {"session_id": sid})
 
     def _close(self, index: int, sid: int) -> Result:
         s = self._sessions.pop(sid, None)
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {sid}")
-        left = self._owner_sessions[s.owner] - 1
+        left = self._owner_sessions[s.quota] - 1
         if left:
-            self._owner_sessions[s.owner] = left
+            self._owner_sessions[s.quota] = left
         else:
-            del self._owner_sessions[s.owner]
+            del self._owner_sessions[s.quota]
         # Leave queues first so no lock released below is handed back to this session.
         for name in sorted(s.waiting):
             self._locks[name].waiters.remove(sid)
@@ -359,7 +435,7 @@ class Machine:
         self._sessions[nxt].waiting.discard(name)
         self._grant(index, name, nxt)
 
-    def _acquire(self, index: int, cmd: Acquire, owner: str) -> Result:
+    def _acquire(self, index: int, cmd: Acquire) -> Result:
         s = self._sessions.get(cmd.session_id)
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
@@ -377,7 +453,7 @@ class Machine:
                 return _err(ResultCode.LIMIT, self.revision, f"too many waiters on {cmd.name!r} (max {MAX_WAITERS})")
             # .get: a waiter always has a session, but counting must not be what fails if not
             mine = sum(1 for w in lk.waiters
-                       if (ws := self._sessions.get(w)) is not None and ws.owner == owner)
+                       if (ws := self._sessions.get(w)) is not None and ws.quota == s.quota)
             if mine >= MAX_WAITERS_PER_OWNER:
                 return _err(ResultCode.LIMIT, self.revision, f"too many waiters of this client on "
                             f"{cmd.name!r} (max_waiters_per_owner {MAX_WAITERS_PER_OWNER})")
@@ -385,13 +461,13 @@ class Machine:
             s.waiting.add(cmd.name)
         return Result(ResultCode.QUEUED, self.revision, {})
 
-    def _open_and_acquire(self, index: int, cmd: OpenAndAcquire, owner: str) -> Result:
-        refused = self._session_limit(owner)
+    def _open_and_acquire(self, index: int, cmd: OpenAndAcquire, owner: str, quota: str) -> Result:
+        refused = self._session_limit(quota)
         if refused is not None:
             return refused
         sid = self.next_session_id
-        self._open(index, cmd.ttl_ms, owner)
-        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait), owner)
+        self._open(index, cmd.ttl_ms, owner, quota)
+        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait))
         if res.code in (ResultCode.OK, ResultCode.QUEUED):
             return Result(res.code, res.revision, {**res.data, "session_id": sid})
         self._close(index, sid)  # busy or a limit: nothing held, so no session either
@@ -418,6 +494,65 @@ class Machine:
             self._hand_over(index, cmd.name)
             released = True
         return Result(ResultCode.OK, self.revision, {"dequeued": dequeued, "released": released})
+
+    # -- identities ----------------------------------------------------------------
+
+    def _auth_add(self, index: int, cmd: AuthAdd) -> Result:
+        if cmd.name in self._principals:
+            return _err(ResultCode.REFUSED, self.revision, f"principal {cmd.name!r} exists "
+                        "(pick another name)")
+        if cmd.name in self._retired:
+            # Connections keep the name they were authenticated with: a new key under a
+            # removed name would hand its rights to the old key's open connections.
+            return _err(ResultCode.REFUSED, self.revision, f"{cmd.name!r} was removed, and a "
+                        "removed name is never given to another key: pick a new name")
+        if cmd.public_key in self._by_key:
+            return _err(ResultCode.REFUSED, self.revision,
+                        f"that public key is {self._by_key[cmd.public_key]!r}'s already")
+        if len(self._principals) >= MAX_PRINCIPALS:
+            return _err(ResultCode.LIMIT, self.revision, f"too many principals (max {MAX_PRINCIPALS})")
+        self._principals[cmd.name] = Principal(cmd.name, cmd.public_key, Rights(
+            _dedupe(cmd.read), _dedupe(cmd.write), _dedupe(cmd.lock), cmd.admin))
+        self._by_key[cmd.public_key] = cmd.name
+        return Result(ResultCode.OK, self.revision, {"index": index})
+
+    def _auth_remove(self, index: int, cmd: AuthRemove) -> Result:
+        p = self._principals.get(cmd.name)
+        if p is None:
+            return _err(ResultCode.REFUSED, self.revision, f"no principal {cmd.name!r}")
+        if p.rights.admin and not any(q.rights.admin for q in self._principals.values() if q is not p):
+            return _err(ResultCode.REFUSED, self.revision,
+                        f"{cmd.name!r} is the last admin; add another admin first")
+        del self._principals[cmd.name]
+        if p.public_key is not None:
+            del self._by_key[p.public_key]
+        self._retired[cmd.name] = None
+        if len(self._retired) > MAX_RETIRED:
+            del self._retired[next(iter(self._retired))]
+        # Its sessions end now (their locks go to the next waiters): nobody could keep
+        # them alive any more, and a removed identity should hold nothing.
+        mine = sorted(sid for sid, s in self._sessions.items() if s.owner == cmd.name)
+        for sid in mine:
+            self._close(index, sid)
+        return Result(ResultCode.OK, self.revision, {"index": index, "sessions_closed": len(mine)})
+
+    def rights(self, principal: str) -> Rights | None:
+        """What ``principal`` may do (None: nothing; it is not, or no longer, known)."""
+        p = self._principals.get(principal)
+        if p is not None:
+            return p.rights
+        return MEMBER_RIGHTS if principal.startswith(_MEMBER_PREFIX) else None
+
+    def principal_for_key(self, public_z85: str) -> str | None:
+        """The table's principal for a client key (the bootstrap admin's key is not here)."""
+        return self._by_key.get(public_z85)
+
+    def principals(self) -> builtins.list[Principal]:
+        return [p for _, p in sorted(self._principals.items())]
+
+    def session_owner(self, session_id: int) -> str | None:
+        s = self._sessions.get(session_id)
+        return None if s is None else s.owner
 
     def take_grants(self) -> builtins.list[Grant]:
         """Grants made since the last call, so the runtime can wake their waiters."""
@@ -454,8 +589,9 @@ class Machine:
         return c is not None and seq in c.results
 
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
-                     limit: int) -> builtins.list[Change]:
-        """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)."""
+                     limit: int, readable: tuple[str, ...] | None = None) -> builtins.list[Change]:
+        """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)
+        and, unless ``readable`` is None, with one of the prefixes in ``readable``."""
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:
@@ -465,14 +601,15 @@ class Machine:
         start = after_revision + 1 - self.first_revision_in_window
         for i in range(start, len(self._window)):
             ev = self._window[i]
-            if ev.key.startswith(prefix):
+            if ev.key.startswith(prefix) and (readable is None or ev.key.startswith(readable)):
                 out.append(ev)
                 if len(out) >= limit:
                     break
         return out
 
     def events_page(self, prefix: str | tuple[str, ...], after_revision: int, limit: int,
-                    max_bytes: int) -> tuple[builtins.list[Change], bool]:
+                    max_bytes: int, readable: tuple[str, ...] | None = None,
+                    ) -> tuple[builtins.list[Change], bool]:
         """``events_since``, also cut once the values passed ``max_bytes`` (always one event);
         and whether it was cut (by ``limit`` or bytes): then it is complete only up to its
         last event."""
@@ -487,7 +624,7 @@ class Machine:
         window = self._window
         for i in range(start, len(window)):
             ev = window[i]
-            if ev.key.startswith(prefix):
+            if ev.key.startswith(prefix) and (readable is None or ev.key.startswith(readable)):
                 size += len(ev.value) + 4 * len(ev.key) + 48
                 if out and size > max_bytes:
                     return out, True
@@ -514,7 +651,9 @@ class Machine:
         return s is not None and name in s.waiting
 
     def locks(self) -> builtins.list[HeldLock]:
-        return [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters))
+        ses = self._sessions
+        return [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters),
+                         ses[lk.holder].owner, tuple(ses[w].owner for w in lk.waiters))
                 for n, lk in sorted(self._locks.items())]
 
     @property
@@ -546,12 +685,15 @@ class Machine:
             "ev": [[r, ev.type, ev.key, ev.value] for r, ev in sorted(events.items())],
             "kv": [[k, kv.revision, kv.create_revision, kv.version] for k, kv in sorted(self._kv.items())],
             "hist": [[k, [ev.revision for ev in h]] for k, h in sorted(self._history.items())],
-            "ses": [[sid, s.ttl_ms, s.opened_index, s.owner]
+            "ses": [[sid, s.ttl_ms, s.opened_index, s.owner, s.quota]
                     for sid, s in sorted(self._sessions.items())],
             "lk": [[n, lk.holder, lk.token, lk.granted_index, builtins.list(lk.waiters)]
                    for n, lk in sorted(self._locks.items())],
-            "cl": [[cid, c.floor, [[s, r.to_wire()] for s, r in sorted(c.results.items())]]
+            "cl": [[cid, c.floor, [[s, r.to_wire()] for s, r in sorted(c.results.items())], c.owner]
                    for cid, c in self._clients.items()],
+            "acl": [[p.name, p.public_key, builtins.list(p.rights.read), builtins.list(p.rights.write),
+                     builtins.list(p.rights.lock), p.rights.admin] for p in self.principals()],
+            "retired": builtins.list(self._retired),
         }
         out: bytes = msgpack.packb(state, use_bin_type=True)
         return out
@@ -591,20 +733,36 @@ class Machine:
         for key, rev, create, version in g.rows("kv", str, int, int, int):
             self._kv[key] = KeyValue(key, events[rev].value, rev, create, version)
         self._keys = SortedList(self._kv)
-        # Rows of snapshots before per-owner bounds have no owner: counted as "".
-        for row in g.rows("ses", int, int, int, str, optional=1):
-            sid, ttl_ms, opened, owner = (*row, "")[:4]
-            self._sessions[sid] = _Session(ttl_ms, opened, owner)
-            self._owner_sessions[owner] = self._owner_sessions.get(owner, 0) + 1
+        # Rows of snapshots from before principals have no owners: those sessions and
+        # client ids were the bootstrap admin's (every client was, then). Rows from before
+        # per-owner bounds have no quota owner: counted as "".
+        for row in g.rows("ses", int, int, int, str, str, optional=2):
+            sid, ttl_ms, opened, owner, quota = (*row, BOOTSTRAP_ADMIN, "")[:5]
+            self._sessions[sid] = _Session(ttl_ms, opened, owner, quota)
+            self._owner_sessions[quota] = self._owner_sessions.get(quota, 0) + 1
         for name, holder, token, granted, waiters in g.rows("lk", str, int, int, int, list):
             self._locks[name] = _Lock(holder, token, granted, deque(_ints(waiters)))
             self._sessions[holder].held.add(name)
             for w in waiters:
                 self._sessions[w].waiting.add(name)
-        for cid, floor, results in g.rows("cl", str, int, list):
+        for row in g.rows("cl", str, int, list, str, optional=1):
+            cid, floor, results, owner = (*row, BOOTSTRAP_ADMIN)[:4]
             if not all(isinstance(x, builtins.list) and len(x) == 2 and _is(x[0], int) for x in results):
                 raise ProtocolError(f"snapshot: malformed results of client {cid!r}")
-            self._clients[cid] = _Client(floor, {s: Result.from_wire(w) for s, w in results})
+            self._clients[cid] = _Client(floor, {s: Result.from_wire(w) for s, w in results}, owner)
+        if "acl" in st:   # snapshots from before the identity table have only the bootstrap admin
+            self._principals = {}
+            for name, public, read, write, lock, admin in g.rows("acl", str, object, list, list, list, bool):
+                if not (public is None or isinstance(public, str)):
+                    raise ProtocolError(f"snapshot: malformed key of principal {name!r}")
+                self._principals[name] = Principal(name, public, Rights(
+                    _strs(read), _strs(write), _strs(lock), admin))
+                if public is not None:
+                    self._by_key[public] = name
+        retired = st.get("retired", [])
+        if not isinstance(retired, builtins.list) or not all(isinstance(n, str) for n in retired):
+            raise ProtocolError("snapshot field retired must be a list of names")
+        self._retired = dict.fromkeys(retired)
 
 
 class _Getter:
@@ -630,7 +788,17 @@ class _Getter:
 
 
 def _is(v: object, t: type) -> bool:
-    return isinstance(v, t) and (t is bool or not isinstance(v, bool))
+    return t is object or isinstance(v, t) and (t is bool or not isinstance(v, bool))
+
+
+def _strs(v: builtins.list[Any]) -> tuple[str, ...]:
+    if not all(isinstance(x, str) for x in v):
+        raise ProtocolError("snapshot: expected a list of strings")
+    return tuple(v)
+
+
+def _dedupe(prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(prefixes))
 
 
 def _ints(v: builtins.list[Any]) -> builtins.list[int]:

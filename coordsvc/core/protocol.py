@@ -52,6 +52,12 @@ Ops (request fields -> reply fields):
                the last chunk). Only the node that answered ``snapshot_save``; offsets go
                in order (the last one may be asked again). Error ``snapshot_gone`` when the
                node no longer holds the save (restarted, idle too long): start over.
+``revision``   -> revision. Linearizable; any client key may ask (no right to a key needed).
+``auth_list``  -> principals: [PrincipalRow, ...], revision. Linearizable; admin only.
+               (``auth add``/``auth remove`` are writes: commands.AuthAdd/AuthRemove.)
+
+Every request is checked against the rights of the principal that sent it (``core.acl``)
+before anything else; a refusal is ``permission_denied`` and changes nothing.
 
 Adding an op, all in this module: a member of :class:`Op`; a request record with
 ``op: ClassVar[Op]`` and ``from_wire``/``to_wire``, listed in ``REQUEST_TYPES``; a reply
@@ -72,12 +78,14 @@ from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, SNAPSHOT_CHUNK_BYTES
 __all__ = [
     "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES", "MESSAGE_BUDGET_BYTES",
     "Change", "ChangeType", "ClientRequest", "ErrorCode", "ErrorReply", "GetReply", "GetRequest",
+    "AuthListReply", "AuthListRequest",
     "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
-    "LocksReply", "LocksRequest", "NodeStatus", "Op", "REQUEST_TYPES", "Result", "ResultCode",
-    "SchemaError", "SnapshotChunkReply", "SnapshotChunkRequest", "SnapshotSaveReply",
-    "SnapshotSaveRequest", "StatusReply", "StatusRequest", "WatchReply", "WatchRequest",
-    "WriteReply", "WriteRequest", "decode_client_request", "reply_map", "row_bytes",
+    "LocksReply", "LocksRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES", "Result",
+    "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError", "SnapshotChunkReply",
+    "SnapshotChunkRequest", "SnapshotSaveReply", "SnapshotSaveRequest", "StatusReply",
+    "StatusRequest", "WatchReply", "WatchRequest", "WriteReply", "WriteRequest",
+    "decode_client_request", "reply_map", "row_bytes",
 ]
 
 MAX_WAIT_MS = 30_000
@@ -104,6 +112,8 @@ class Op(StrEnum):
     STATUS = "status"
     SNAPSHOT_SAVE = "snapshot_save"
     SNAPSHOT_CHUNK = "snapshot_chunk"
+    REVISION = "revision"
+    AUTH_LIST = "auth_list"
 
 
 class ErrorCode(StrEnum):
@@ -114,6 +124,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"  # the request does not fit the schema
     COMPACTED = "compacted"      # + oldest: the first revision a watch can still start after
     BUSY = "busy"                # a bounded queue is full: retry later
+    PERMISSION_DENIED = "permission_denied"   # outside the caller's rights: nothing was done
     INTERNAL = "internal"        # the node failed answering this request (a bug, logged)
     QUOTA_EXCEEDED = "quota_exceeded"    # a put past [limits] max_keys / max_db_bytes
     CURSOR_EXPIRED = "cursor_expired"    # a page's cursor is gone: start the read again
@@ -133,6 +144,12 @@ class ResultCode(StrEnum):
     NOT_HELD = "not_held"
     STALE_REQUEST = "stale_request"
     LIMIT = "limit"
+    # The stamped principal may not run the command (its rights, or another principal's
+    # session or client id): nothing changed.
+    PERMISSION_DENIED = "permission_denied"
+    # The identity table refused the change (name or key taken, no such principal, the
+    # last admin): nothing changed.
+    REFUSED = "refused"
 
 
 class ChangeType(StrEnum):
@@ -340,8 +357,9 @@ class LockRow:
     None where this leader has not seen the event (it took over after it).
 
     Wire: ``[name, holder_session, token, granted_index, [waiter, ...],
-    holder_ttl_left_ms, holder_ttl_ms, age_ms, [wait_ms, ...]]``; nodes before the last
-    three fields sent six, which still decode.
+    holder_ttl_left_ms, holder_ttl_ms, age_ms, [wait_ms, ...], holder, [waiter_name, ...]]``;
+    nodes before the last five fields sent six, which still decode. ``holder`` and
+    ``waiter_names`` are the principals that own the sessions (None/empty from older nodes).
     """
 
     name: str
@@ -353,11 +371,13 @@ class LockRow:
     holder_ttl_ms: int | None = None
     age_ms: int | None = None
     waits_ms: tuple[int | None, ...] = ()    # per waiter, in queue order
+    holder: str | None = None                # the principal that owns the holding session
+    waiter_names: tuple[str, ...] = ()       # per waiter, in queue order
 
     def to_wire(self) -> list[object]:
         return [self.name, self.holder_session, self.token, self.granted_index,
                 list(self.waiters), self.holder_ttl_left_ms, self.holder_ttl_ms, self.age_ms,
-                list(self.waits_ms)]
+                list(self.waits_ms), self.holder, list(self.waiter_names)]
 
     @classmethod
     def from_wire(cls, w: object) -> LockRow:
@@ -366,11 +386,47 @@ class LockRow:
                 and all(type(x) is int for x in w[4])):
             raise SchemaError("malformed lock row")
         waits = _list(w[8], "lock row waits") if len(w) > 8 else []
+        holder = w[9] if len(w) > 9 else None
+        names = _list(w[10], "lock row waiter names") if len(w) > 10 else []
+        if not (holder is None or type(holder) is str) or not all(type(x) is str for x in names):
+            raise SchemaError("malformed lock row owners")
         return cls(w[0], w[1], w[2], w[3], tuple(w[4]),
                    _opt_int(w[5], "lock row ttl left"),
                    _opt_int(w[6], "lock row ttl") if len(w) > 6 else None,
                    _opt_int(w[7], "lock row age") if len(w) > 7 else None,
-                   tuple(_opt_int(x, "lock row wait") for x in waits))
+                   tuple(_opt_int(x, "lock row wait") for x in waits), holder, tuple(names))
+
+
+def _strs(w: object, what: str) -> tuple[str, ...]:
+    items = _list(w, what)
+    if not all(type(x) is str for x in items):
+        raise SchemaError(f"{what} must be a list of strings")
+    return tuple(items)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRow:
+    """One principal of the identity table (``auth_list``): ``[name, public_key, [read],
+    [write], [lock], admin]``. ``public_key`` is None for the bootstrap admin on a node that
+    does not know it (its key is in cluster.toml, not in the log). Never a secret."""
+
+    name: str
+    public_key: str | None
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    lock: tuple[str, ...] = ()
+    admin: bool = False
+
+    def to_wire(self) -> list[object]:
+        return [self.name, self.public_key, list(self.read), list(self.write), list(self.lock),
+                self.admin]
+
+    @classmethod
+    def from_wire(cls, w: object) -> PrincipalRow:
+        if not (type(w) is list and len(w) >= 6 and type(w[0]) is str
+                and (w[1] is None or type(w[1]) is str) and type(w[5]) is bool):
+            raise SchemaError("malformed principal row")
+        return cls(w[0], w[1], _strs(w[2], "read"), _strs(w[3], "write"), _strs(w[4], "lock"), w[5])
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +458,7 @@ class NodeStatus:
     security: str | None = None   # "curve" | "insecure" (None: a node that does not say)
     public_key: str | None = None   # this node's CURVE public key (secure clusters)
     rejected_peer: int = 0        # peer messages whose src was not the connection's member
+    denied: int = 0               # client requests refused as outside their principal's rights
     internal_errors: int = 0      # requests answered ``internal`` (a handler raised)
     alarms: tuple[str, ...] = ()  # quotas this node sees exceeded ("max_keys", "max_db_bytes")
     cursors: int = 0              # open page cursors (list/history reads in progress)
@@ -425,6 +482,7 @@ class NodeStatus:
             "parked_watches": self.parked_watches, "rejected_replies": self.rejected_replies,
             "rounds_exhausted": self.rounds_exhausted, "security": self.security,
             "public_key": self.public_key, "rejected_peer": self.rejected_peer,
+            "denied": self.denied,
             "internal_errors": self.internal_errors,
             "alarms": list(self.alarms), "cursors": self.cursors,
             "parked_lock_waits": self.parked_lock_waits,
@@ -446,7 +504,8 @@ class NodeStatus:
         if type(uptime) not in (int, float) or not math.isfinite(uptime):
             raise SchemaError("field 'uptime_s' must be a number")
         ints = {f: _int(m, f) for f in cls._INTS}
-        for f in ("rejected_replies", "rejected_peer", "internal_errors", "cursors", "parked_lock_waits"):
+        for f in ("rejected_replies", "rejected_peer", "denied", "internal_errors", "cursors",
+                  "parked_lock_waits"):
             ints[f] = _int(m, f, 0)
         alarms = _list(m.get("alarms", []), "alarms")
         if not all(type(a) is str for a in alarms):
@@ -502,6 +561,8 @@ class WriteRequest:
             raise SchemaError(f"undecodable write: {e}") from None
         if request.client_id == "":
             raise SchemaError("internal requests are the leader's alone")
+        if request.principal:
+            raise SchemaError("a write names no principal: the leader stamps the sender's")
         return cls(raw, request)
 
 
@@ -687,6 +748,18 @@ class SnapshotSaveRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class RevisionRequest:
+    op: ClassVar[Op] = Op.REVISION
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.REVISION}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> RevisionRequest:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotChunkRequest:
     op: ClassVar[Op] = Op.SNAPSHOT_CHUNK
     export_id: int
@@ -703,12 +776,26 @@ class SnapshotChunkRequest:
         return cls(export_id, offset)
 
 
+@dataclass(frozen=True, slots=True)
+class AuthListRequest:
+    op: ClassVar[Op] = Op.AUTH_LIST
+    stale: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.AUTH_LIST, "stale": self.stale}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> AuthListRequest:
+        return cls(_bool(m, "stale", False))
+
+
 ClientRequest = (WriteRequest | KeepaliveRequest | GetRequest | ListRequest | HistoryRequest
-                 | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest
-                 | SnapshotSaveRequest | SnapshotChunkRequest)
+                 | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest | RevisionRequest
+                 | AuthListRequest | SnapshotSaveRequest | SnapshotChunkRequest)
 REQUEST_TYPES: tuple[type[ClientRequest], ...] = (
     WriteRequest, KeepaliveRequest, GetRequest, ListRequest, HistoryRequest, WatchRequest,
-    LockWaitRequest, LocksRequest, StatusRequest, SnapshotSaveRequest, SnapshotChunkRequest)
+    LockWaitRequest, LocksRequest, StatusRequest, RevisionRequest, AuthListRequest,
+    SnapshotSaveRequest, SnapshotChunkRequest)
 _BY_OP: dict[str, type[ClientRequest]] = {t.op.value: t for t in REQUEST_TYPES}
 if set(_BY_OP) != {o.value for o in Op} or len(_BY_OP) != len(REQUEST_TYPES):
     raise ImportError("protocol: every Op needs exactly one request record in REQUEST_TYPES")
@@ -941,6 +1028,33 @@ class SnapshotChunkReply:
 
 
 @dataclass(frozen=True, slots=True)
+class RevisionReply:
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> RevisionReply:
+        return cls(_int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthListReply:
+    principals: tuple[PrincipalRow, ...]
+    revision: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "principals": [p.to_wire() for p in self.principals],
+                "revision": self.revision}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> AuthListReply:
+        return cls(tuple(PrincipalRow.from_wire(r) for r in _list(m.get("principals"), "principals")),
+                   _int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     """A refusal. ``error`` is a plain str when a newer node sends a code this one lacks."""
 
@@ -976,5 +1090,5 @@ class ErrorReply:
 
 
 Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply
-         | LockWaitReply | LocksReply | StatusReply | SnapshotSaveReply | SnapshotChunkReply
-         | ErrorReply)
+         | LockWaitReply | LocksReply | StatusReply | RevisionReply | AuthListReply
+         | SnapshotSaveReply | SnapshotChunkReply | ErrorReply)

@@ -25,9 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .acl import ADMIN_RIGHTS, Caller, Rights, may_subscribe, request_refusal
 from .commands import (
     Acquire,
+    AuthAdd,
+    AuthRemove,
     CloseSession,
+    Command,
     ExpireSession,
     OpenAndAcquire,
     OpenSession,
@@ -64,7 +68,12 @@ from .types import Config, Durable, NodeId, Persist, ProtocolError, SafetyViolat
 if TYPE_CHECKING:
     from random import Random
 
+_UNKNOWN: Any = object()
+
 __all__ = ["Service", "ServiceCounters"]
+
+# Principals whose rights are cached (cleared whenever the identity table changes).
+_MAX_CALLERS = 20_000
 
 
 @dataclass(slots=True)
@@ -75,6 +84,7 @@ class ServiceCounters:
     applied_commands: int = 0
     snapshots: int = 0
     rejected_peer: int = 0    # peer messages whose src is not the connection's principal
+    denied: int = 0           # client requests outside their principal's rights
 
 
 class Service:
@@ -101,6 +111,12 @@ class Service:
         self.parking = Parking(self.out)
         self.sessions = SessionClocks()
         self.lock_times = LockTimes()
+        # principal -> Caller (None: not known): one dict lookup per request.
+        self._callers: dict[str, Caller | None] = {}
+        # Removed principals that could subscribe to the PUB socket (the runtime ends
+        # their subscriptions: ``take_removed_subscribers``).
+        self._removed_subscribers: list[str] = []
+        self._admin_keys: frozenset[str] | None = None    # admin_keys(), until the table changes
         self.cursors = Cursors()
         self.exports = Exports()      # backups being served (core/export.py)
         self.quota = quotas
@@ -114,8 +130,56 @@ class Service:
 
     def principal_for_key(self, public_z85: str) -> str | None:
         """The principal a CURVE public key authenticates as (the transport's ZAP handler
-        asks), or None: members' keys, the bootstrap admin key, later the ACL table."""
-        return self.identities.principal_for_key(public_z85)
+        asks), or None: members' keys, the bootstrap admin key (unless it was removed), then
+        the replicated identity table."""
+        p = self.identities.principal_for_key(public_z85)
+        if p is None:
+            return self.machine.principal_for_key(public_z85) if self.identities.secure else None
+        if p == ADMIN and self.machine.rights(ADMIN) is None:
+            return None     # `auth remove admin`: the bootstrap key is refused from then on
+        return p
+
+    def rights(self, principal: str) -> Rights | None:
+        """What ``principal`` may do now (None: it is not, or no longer, known)."""
+        if not self.identities.secure:
+            return ADMIN_RIGHTS   # no keys, no identities: every client is "admin"
+        return self.machine.rights(principal)
+
+    def may_subscribe(self, principal: str) -> bool:
+        """May ``principal`` receive the PUB stream (every value written)? Members and
+        admins only (the transport's ZAP handler asks for the PUB's domain)."""
+        return may_subscribe(self.rights(principal))
+
+    def take_removed_subscribers(self) -> list[str]:
+        """Principals removed since the last call that could subscribe to the PUB socket:
+        the runtime must end their open subscriptions (ZAP refuses their new ones)."""
+        out, self._removed_subscribers = self._removed_subscribers, []
+        return out
+
+    def auth_refusal(self, cmd: Command) -> str | None:
+        """What the leader refuses to propose to the identity table, knowing what only
+        this node's configuration knows (the log cannot: members' and the bootstrap keys)."""
+        if not self.identities.secure:
+            return ("this cluster is insecure (no keys): identities and rights need a secure "
+                    "cluster (coordctl cluster init without --insecure)")
+        if isinstance(cmd, AuthAdd):
+            if self.identities.principal_for_key(cmd.public_key) is not None:
+                return "that public key is a member's or the bootstrap admin's"
+        return None
+
+    def admin_keys(self) -> frozenset[str]:
+        """The public keys of every admin now (the bootstrap one unless removed): whoever
+        proves one of them may see values outside the client protocol (the dashboard)."""
+        if self._admin_keys is None:
+            self._admin_keys = frozenset(
+                k for p in self.machine.principals() if p.rights.admin
+                and (k := self.public_key_of(p.name, p.public_key)) is not None)
+        return self._admin_keys
+
+    def public_key_of(self, name: str, public_key: str | None) -> str | None:
+        """A principal's public key for ``auth list``: the table's, or the bootstrap admin's
+        from this node's configuration."""
+        return self.identities.admin_key if public_key is None and name == ADMIN else public_key
 
     def on_peer(self, msg: Message, now_ms: int, principal: str | None = None) -> None:
         """A peer message that arrived over a connection authenticated as ``principal``
@@ -151,9 +215,8 @@ class Service:
         self.db_bytes = n
 
     def on_client(self, route: Route, req: Any, now_ms: int, principal: str = ADMIN) -> None:
-        """A client request from ``principal`` (``"admin"`` in an insecure cluster). Rights
-        per principal arrive with the ACL stream (issue 12b); today every key the cluster
-        knows may call every op."""
+        """A client request from ``principal`` (``"admin"`` in an insecure cluster), refused
+        with ``permission_denied`` if it is outside the principal's rights (``core.acl``)."""
         self.now_ms = now_ms
         rid = req.get("id") if isinstance(req, dict) else None
         try:
@@ -167,12 +230,32 @@ class Service:
         except Exception as e:   # a bug in a record's from_wire
             self.out.internal(route, rid, "decoding a request", e)
             return
+        caller = self._callers.get(principal, _UNKNOWN)
+        if caller is _UNKNOWN:
+            caller = self._caller(principal)
+        refused = None
+        if caller is None:
+            refused = request_refusal(None, request)
+        elif not caller.rights.admin:      # an admin costs the lookup above and this test
+            refused = request_refusal(caller.rights, request)
+        if refused is not None or caller is None:
+            self.counters.denied += 1
+            self.out.error(route, rid, ErrorCode.PERMISSION_DENIED, f"{principal}: {refused}")
+            return
         try:
-            HANDLERS[type(request)](self, route, rid, request)
+            HANDLERS[type(request)](self, route, rid, request, caller)
         except SafetyViolation:
             raise
         except Exception as e:
             self.out.internal(route, rid, f"handling {request.op.value!r}", e)
+
+    def _caller(self, principal: str) -> Caller | None:
+        rights = self.rights(principal)
+        caller = None if rights is None else Caller(principal, rights)
+        if len(self._callers) >= _MAX_CALLERS:
+            self._callers.clear()
+        self._callers[principal] = caller
+        return caller
 
     def take_incidents(self) -> list[Incident]:
         """Requests answered ``internal`` since the last call, with their exceptions."""
@@ -214,8 +297,10 @@ class Service:
     def _apply(self, ready: Ready) -> None:
         m = self.machine
         if ready.install is not None:
+            admins = {p.name for p in m.principals() if p.rights.admin}
             self.machine = m = Machine.restore(ready.install.data)
             self.last_snapshot_index = ready.install.index
+            self._identities_changed(admins)
         rev_before = m.revision
         for slot, batch in ready.committed:
             for raw in batch:
@@ -225,7 +310,17 @@ class Service:
                         request = decode_request(raw)
                     except ProtocolError:
                         continue  # every replica skips the same bytes: still deterministic
-                result = m.apply(slot, request)
+                cmd = request.cmd
+                if type(cmd) is AuthRemove:
+                    admins = {p.name for p in m.principals() if p.rights.admin}
+                    result = m.apply(slot, request)
+                    if result.code == ResultCode.OK:
+                        self._identities_changed(admins)
+                else:
+                    result = m.apply(slot, request)
+                    if type(cmd) is AuthAdd and result.code == ResultCode.OK:
+                        self._callers.clear()
+                        self._admin_keys = None
                 self.counters.applied_commands += 1
                 self._after_command(request, result)
         changed: list[Change] | None = []
@@ -276,6 +371,18 @@ class Service:
             self.replica.compact(Snapshot(applied, m.snapshot()))
             self.last_snapshot_index = applied
             self.counters.snapshots += 1
+
+    def _identities_changed(self, admins_before: set[str]) -> None:
+        """The identity table changed (a removal, or a snapshot installed): forget cached
+        rights, end the parked requests of principals no longer known, and have the runtime
+        end the PUB subscriptions of admins no longer known (members never change here)."""
+        self._callers.clear()
+        self._admin_keys = None
+        for principal in sorted(self.parking.principals()):
+            if self.rights(principal) is None:
+                self.parking.revoke(principal)
+        self._removed_subscribers.extend(sorted(
+            p for p in admins_before if not may_subscribe(self.rights(p))))
 
     def _after_command(self, request: Request, result: Result) -> None:
         """Node-local bookkeeping of one applied command, then answer its writers."""
@@ -342,7 +449,7 @@ class Service:
             parked_lock_waits=len(self.parking.lock_waits),
             security="curve" if self.identities.secure else "insecure",
             public_key=self.identities.public_key(self.id),
-            rejected_peer=self.counters.rejected_peer, extra=extra)
+            rejected_peer=self.counters.rejected_peer, denied=self.counters.denied, extra=extra)
 
     def status(self) -> dict[str, Any]:
         """This node's entry of ``coordctl status --json``, plus extras."""

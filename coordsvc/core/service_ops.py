@@ -1,8 +1,14 @@
 """The op table: one handler per request record, and one dispatch.
 
 ``Service.on_client`` turns the map into its record (``protocol.decode_client_request``:
-the only place a field is checked) and calls ``HANDLERS[type(record)]``. A handler may
-answer at once, propose a write, wait for the read index, or park the request.
+the only place a field is checked), refuses it if it is outside the caller's rights
+(``acl.request_refusal``), and calls ``HANDLERS[type(record)]`` with the ``Caller``. A
+handler may answer at once, propose a write, wait for the read index, or park the
+request. What rights alone cannot decide is decided here: which rows and events a caller
+may see (``list``, ``watch``, ``locks`` filter to them), and who owns a session
+(``keepalive``, ``lock_wait``). Writes carry their principal to the log: the leader
+stamps it into the replicated request, and the machine checks rights and ownership again
+when it applies it.
 
 Reads are written as *answers* -- a function of the machine -- and ``_read`` makes the
 handler: a stale read is answered on the spot by any node, a linearizable one by the
@@ -17,9 +23,12 @@ from functools import partial
 from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
-from .commands import Put
+from .acl import Caller
+from .commands import AuthAdd, AuthRemove, Put, Request, stamp
 from .export import ExportPoint
 from .protocol import (
+    AuthListReply,
+    AuthListRequest,
     Change,
     ErrorCode,
     ErrorReply,
@@ -36,7 +45,10 @@ from .protocol import (
     LocksReply,
     LocksRequest,
     LockWaitRequest,
+    PrincipalRow,
     Reply,
+    RevisionReply,
+    RevisionRequest,
     SnapshotChunkReply,
     SnapshotChunkRequest,
     SnapshotSaveReply,
@@ -58,15 +70,15 @@ __all__ = ["HANDLERS", "Handler"]
 
 _Req = TypeVar("_Req")
 _ReadReq = TypeVar("_ReadReq", bound="_Read")
-Handler = Callable[["Service", Route, object, Any], None]
+Handler = Callable[["Service", Route, object, Any, Caller], None]
 
 HANDLERS: dict[type, Handler] = {}
 
 
-def _handles(cls: type[_Req]) -> Callable[[Callable[[Service, Route, object, _Req], None]],
-                                          Callable[[Service, Route, object, _Req], None]]:
-    def register(fn: Callable[[Service, Route, object, _Req], None]
-                 ) -> Callable[[Service, Route, object, _Req], None]:
+def _handles(cls: type[_Req]) -> Callable[[Callable[[Service, Route, object, _Req, Caller], None]],
+                                          Callable[[Service, Route, object, _Req, Caller], None]]:
+    def register(fn: Callable[[Service, Route, object, _Req, Caller], None]
+                 ) -> Callable[[Service, Route, object, _Req, Caller], None]:
         if cls in HANDLERS:
             raise ImportError(f"two handlers for {cls.__name__}")
         HANDLERS[cls] = fn
@@ -77,14 +89,19 @@ def _handles(cls: type[_Req]) -> Callable[[Callable[[Service, Route, object, _Re
 # -- writes -----------------------------------------------------------------------------------
 
 @_handles(WriteRequest)
-def _write(svc: Service, route: Route, rid: object, req: WriteRequest) -> None:
+def _write(svc: Service, route: Route, rid: object, req: WriteRequest, caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
         return
-    r = req.request
+    r, who = req.request, caller.principal
     waiter = WriteWaiter(route, rid, svc.now_ms)
-    if svc.writes.join((r.client_id, r.seq), waiter):
+    if svc.writes.join((who, r.client_id, r.seq), waiter):
         return    # a retry while the first attempt is in flight: both hear one Result
+    if type(r.cmd) in (AuthAdd, AuthRemove):
+        refused = svc.auth_refusal(r.cmd)
+        if refused is not None:
+            svc.out.error(route, rid, ErrorCode.BAD_REQUEST, refused)
+            return
     q, m = svc.quota, svc.machine
     if (type(r.cmd) is Put and (svc.db_bytes >= q.max_db_bytes or m.key_count >= q.max_keys)
             and not m.has_result(r.client_id, r.seq)):
@@ -93,17 +110,33 @@ def _write(svc: Service, route: Route, rid: object, req: WriteRequest) -> None:
         if refused is not None:
             svc.out.error(route, rid, ErrorCode.QUOTA_EXCEEDED, refused)
             return
-    if svc.writes.full() or not svc.replica.propose(req.raw):
+    # The sender, as the connection authenticated it, goes into the log with the request.
+    raw = stamp(req.raw, who)
+    if svc.writes.full() or not svc.replica.propose(raw):
         svc.out.error(route, rid, ErrorCode.BUSY, "the leader's proposal queue is full; retry shortly")
         return
     svc.counters.writes += 1
-    svc.writes.start(req.raw, r, waiter)
+    svc.writes.start(raw, Request(r.client_id, r.seq, r.first_unacked, r.cmd, who), waiter)
+
+
+def _session_refusal(svc: Service, session_id: int, caller: Caller) -> str | None:
+    """Leader-local ops on a session (not replicated, so the machine cannot check them)
+    are its owner's, or an admin's."""
+    owner = svc.machine.session_owner(session_id)
+    if owner is None or owner == caller.principal or caller.rights.admin:
+        return None
+    return f"{caller.principal}: session {session_id} belongs to another principal"
 
 
 @_handles(KeepaliveRequest)
-def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest) -> None:
+def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest,
+               caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
+        return
+    refused = _session_refusal(svc, req.session_id, caller)
+    if refused is not None:
+        svc.out.error(route, rid, ErrorCode.PERMISSION_DENIED, refused)
         return
     ttl_ms = svc.machine.session_ttl_ms(req.session_id)
     if ttl_ms is not None:
@@ -118,17 +151,17 @@ class _Read(Protocol):
     def stale(self) -> bool: ...
 
 
-Answer = Callable[["Service", Route, _ReadReq], Reply]
+Answer = Callable[["Service", Route, _ReadReq, Caller], Reply]
 
 
-def _read_handler(answer: Answer[_ReadReq]) -> Callable[[Service, Route, object, _ReadReq], None]:
-    """The handler of a read answered by ``answer``."""
-    def handle(svc: Service, route: Route, rid: object, req: _ReadReq) -> None:
+def _read_handler(answer: Answer[_ReadReq]) -> Callable[[Service, Route, object, _ReadReq, Caller], None]:
+    """The handler of a read answered by ``answer`` for the caller."""
+    def handle(svc: Service, route: Route, rid: object, req: _ReadReq, caller: Caller) -> None:
         if req.stale:
-            svc.out.reply(route, rid, answer(svc, route, req))
+            svc.out.reply(route, rid, answer(svc, route, req, caller))
             return
         if not svc.leading() or not svc.reads.begin(
-                svc.replica, PendingRead(route, rid, partial(answer, svc, route, req))):
+                svc.replica, PendingRead(route, rid, partial(answer, svc, route, req, caller))):
             svc.not_leader(route, rid)
             return
         svc.counters.reads += 1
@@ -140,38 +173,42 @@ def _read(cls: type[_ReadReq], answer: Answer[_ReadReq]) -> None:
     _handles(cls)(_read_handler(answer))
 
 
-def _get(svc: Service, route: Route, req: GetRequest) -> GetReply:
+def _get(svc: Service, route: Route, req: GetRequest, caller: Caller) -> GetReply:
     return GetReply(svc.machine.get(req.key), svc.machine.revision)
 
 
-def _list(svc: Service, route: Route, req: ListRequest) -> Reply:
-    m = svc.machine
+def _list(svc: Service, route: Route, req: ListRequest, caller: Caller) -> Reply:
+    m, rights = svc.machine, caller.rights
     rows = m.scan(req.prefix, req.start_after)
+    if not rights.reads_all_under(req.prefix):
+        rows = (kv for kv in rows if rights.may_read(kv.key))
     page = first_page(islice(rows, req.limit) if req.limit else rows)
     more = req.limit > 0 and next(rows, None) is not None
-    cursor = _cursor(svc, route, "list", page.rest, page.rest_bytes, more)
+    cursor = _cursor(svc, route, caller, "list", page.rest, page.rest_bytes, more)
     if isinstance(cursor, ErrorReply):
         return cursor
     return ListReply(page.rows, m.revision, more, cursor)
 
 
-def _history(svc: Service, route: Route, req: HistoryRequest) -> Reply:
+def _history(svc: Service, route: Route, req: HistoryRequest, caller: Caller) -> Reply:
     page = first_page(iter(svc.machine.history(req.key)))
-    cursor = _cursor(svc, route, "history", page.rest, page.rest_bytes, False)
+    cursor = _cursor(svc, route, caller, "history", page.rest, page.rest_bytes, False)
     if isinstance(cursor, ErrorReply):
         return cursor
     return HistoryReply(page.rows, svc.machine.revision, cursor)
 
 
-def _cursor(svc: Service, route: Route, kind: Kind, rest: tuple[KeyValue, ...] | tuple[Change, ...],
-            rest_bytes: int, more: bool) -> int | ErrorReply:
+def _cursor(svc: Service, route: Route, caller: Caller, kind: Kind,
+            rest: tuple[KeyValue, ...] | tuple[Change, ...], rest_bytes: int,
+            more: bool) -> int | ErrorReply:
     """A cursor over the rows that did not fit the first page (0: none did not)."""
     if not rest:
         return 0
     refused = svc.cursors.refusal(route, rest_bytes)
     if refused is not None:
         return ErrorReply(ErrorCode.BUSY, refused)
-    return svc.cursors.open(kind, route, svc.machine.revision, rest, rest_bytes, svc.now_ms, more)
+    return svc.cursors.open(kind, route, svc.machine.revision, rest, rest_bytes, svc.now_ms, more,
+                            caller.principal)
 
 
 def _paged(cls: type[ListRequest] | type[HistoryRequest], kind: Kind,
@@ -180,11 +217,12 @@ def _paged(cls: type[ListRequest] | type[HistoryRequest], kind: Kind,
     first = _read_handler(answer)
 
     @_handles(cls)
-    def handle(svc: Service, route: Route, rid: object, req: ListRequest | HistoryRequest) -> None:
+    def handle(svc: Service, route: Route, rid: object, req: ListRequest | HistoryRequest,
+               caller: Caller) -> None:
         if not req.cursor:
-            first(svc, route, rid, req)
+            first(svc, route, rid, req, caller)
             return
-        c = svc.cursors.get(kind, req.cursor, svc.now_ms)
+        c = svc.cursors.get(kind, req.cursor, svc.now_ms, caller.principal)
         if c is None or req.offset >= len(c.rows):
             svc.out.error(route, rid, ErrorCode.CURSOR_EXPIRED,
                           f"{kind} cursor {req.cursor} is gone (drained, unused for a while, "
@@ -201,11 +239,13 @@ def _paged(cls: type[ListRequest] | type[HistoryRequest], kind: Kind,
             svc.out.reply(route, rid, HistoryReply(cast(tuple[Change, ...], rows), c.revision, left))
 
 
-def _locks(svc: Service, route: Route, req: LocksRequest) -> LocksReply:
-    m, now, times = svc.machine, svc.now_ms, svc.lock_times
+def _locks(svc: Service, route: Route, req: LocksRequest, caller: Caller) -> LocksReply:
+    m, now, times, rights = svc.machine, svc.now_ms, svc.lock_times, caller.rights
     sessions = m.sessions()
     rows = []
     for lk in m.locks():
+        if not rights.may_lock(lk.name):
+            continue
         deadline = svc.sessions.deadline_ms(lk.holder_session)
         holder = sessions.get(lk.holder_session)
         rows.append(LockRow(
@@ -213,34 +253,67 @@ def _locks(svc: Service, route: Route, req: LocksRequest) -> LocksReply:
             holder_ttl_left_ms=None if deadline is None else max(0, deadline - now),
             holder_ttl_ms=None if holder is None else holder.ttl_ms,
             age_ms=times.age_ms(lk.name, lk.token, now),
-            waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters)))
+            waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters),
+            holder=lk.holder, waiter_names=lk.waiter_names))
     return LocksReply(tuple(rows), m.revision)
+
+
+def _revision(svc: Service, route: Route, req: RevisionRequest, caller: Caller) -> RevisionReply:
+    return RevisionReply(svc.machine.revision)
+
+
+def _auth_list(svc: Service, route: Route, req: AuthListRequest, caller: Caller) -> AuthListReply:
+    rows = tuple(PrincipalRow(p.name, svc.public_key_of(p.name, p.public_key), p.rights.read,
+                              p.rights.write, p.rights.lock, p.rights.admin)
+                 for p in svc.machine.principals())
+    return AuthListReply(rows, svc.machine.revision)
 
 
 _read(GetRequest, _get)
 _paged(ListRequest, "list", _list)
 _paged(HistoryRequest, "history", _history)
 _read(LocksRequest, _locks)
+_read(AuthListRequest, _auth_list)
 
 
 # -- long polls and local answers -------------------------------------------------------------
 
 @_handles(WatchRequest)
-def _watch(svc: Service, route: Route, rid: object, req: WatchRequest) -> None:
-    svc.parking.watch(svc.machine, route, rid, req, svc.now_ms)
+def _watch(svc: Service, route: Route, rid: object, req: WatchRequest, caller: Caller) -> None:
+    rights = caller.rights
+    readable = None
+    if not rights.admin and not all(rights.reads_all_under(p) for p in req.prefixes or (req.prefix,)):
+        readable = rights.readable    # some keys under the prefixes are not the caller's
+    svc.parking.watch(svc.machine, route, rid, req, svc.now_ms, caller.principal, readable)
 
 
 @_handles(LockWaitRequest)
-def _lock_wait(svc: Service, route: Route, rid: object, req: LockWaitRequest) -> None:
+def _lock_wait(svc: Service, route: Route, rid: object, req: LockWaitRequest,
+               caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
         return
-    svc.parking.lock_wait(svc.machine, route, rid, req, svc.now_ms)
+    refused = _session_refusal(svc, req.session_id, caller)
+    if refused is not None:
+        svc.out.error(route, rid, ErrorCode.PERMISSION_DENIED, refused)
+        return
+    svc.parking.lock_wait(svc.machine, route, rid, req, svc.now_ms, caller.principal)
 
 
 @_handles(StatusRequest)
-def _status(svc: Service, route: Route, rid: object, req: StatusRequest) -> None:
+def _status(svc: Service, route: Route, rid: object, req: StatusRequest, caller: Caller) -> None:
     svc.out.reply(route, rid, StatusReply(svc.node_status()))
+
+
+@_handles(RevisionRequest)
+def _revision_handler(svc: Service, route: Route, rid: object, req: RevisionRequest,
+                      caller: Caller) -> None:
+    # Linearizable, like ``get``: the leader answers once its read index is applied.
+    if not svc.leading() or not svc.reads.begin(
+            svc.replica, PendingRead(route, rid, partial(_revision, svc, route, req, caller))):
+        svc.not_leader(route, rid)
+        return
+    svc.counters.reads += 1
 
 
 # -- backups (core/export.py) -----------------------------------------------------------------
@@ -249,7 +322,8 @@ _EXPORTS_FULL = "too many snapshot saves in progress on this node; retry shortly
 
 
 @_handles(SnapshotSaveRequest)
-def _snapshot_save(svc: Service, route: Route, rid: object, req: SnapshotSaveRequest) -> None:
+def _snapshot_save(svc: Service, route: Route, rid: object, req: SnapshotSaveRequest,
+                   caller: Caller) -> None:
     if not svc.leading():
         svc.not_leader(route, rid)
         return
@@ -273,7 +347,8 @@ def _pin_export(svc: Service) -> Reply:
 
 
 @_handles(SnapshotChunkRequest)
-def _snapshot_chunk(svc: Service, route: Route, rid: object, req: SnapshotChunkRequest) -> None:
+def _snapshot_chunk(svc: Service, route: Route, rid: object, req: SnapshotChunkRequest,
+                    caller: Caller) -> None:
     ex = svc.exports.get(req.export_id)
     chunk = None if ex is None else ex.chunk(req.offset, svc.now_ms)
     if chunk is None:

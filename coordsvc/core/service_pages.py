@@ -99,6 +99,7 @@ class Cursor:
     more: bool           # the read's ListReply.more, repeated on every page
     pinned_bytes: int
     last_used_ms: int
+    principal: str = ""  # who opened it: its rows were filtered for this caller's rights
 
     def page(self, offset: int, budget: int = MESSAGE_BUDGET_BYTES) -> tuple[KeyValue | Change, ...]:
         """The rows from ``offset`` on that fit ``budget`` (at least one)."""
@@ -140,18 +141,21 @@ class Cursors:
         return None
 
     def open(self, kind: Kind, route: Route, revision: int, rows: Sequence[KeyValue | Change],
-             rest_bytes: int, now_ms: int, more: bool = False) -> int:
-        """A cursor over ``rows`` (check ``refusal`` first); its id."""
+             rest_bytes: int, now_ms: int, more: bool = False, principal: str = "") -> int:
+        """A cursor over ``rows`` (check ``refusal`` first) for ``principal``; its id."""
         self._next_id += 1
         cid = self._next_id
-        self._by_id[cid] = Cursor(cid, kind, route, revision, rows, more, rest_bytes, now_ms)
+        self._by_id[cid] = Cursor(cid, kind, route, revision, rows, more, rest_bytes, now_ms,
+                                  principal)
         self._per_route[route] = self._per_route.get(route, 0) + 1
         self.pinned_bytes += rest_bytes
         return cid
 
-    def get(self, kind: Kind, cid: int, now_ms: int) -> Cursor | None:
+    def get(self, kind: Kind, cid: int, now_ms: int, principal: str = "") -> Cursor | None:
+        """Cursor ``cid`` if it is a ``kind`` cursor of ``principal`` (ids are guessable;
+        another principal's cursor is as good as gone)."""
         c = self._by_id.get(cid)
-        if c is None or c.kind != kind:
+        if c is None or c.kind != kind or c.principal != principal:
             return None
         c.last_used_ms = now_ms
         return c

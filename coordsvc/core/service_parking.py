@@ -1,8 +1,13 @@
 """Requests parked until something happens: watches until an event, lock waits until a grant.
 
 Both are long polls with a deadline. A parked request is answered exactly once: when its
-condition holds (after an apply), when its deadline passes (``expire``), or -- lock waits
-are leader state -- when leadership ends (``take_lock_waits``).
+condition holds (after an apply), when its deadline passes (``expire``), when the principal
+that sent it is removed (``revoke``: ``permission_denied``), or -- lock waits are leader
+state -- when leadership ends (``take_lock_waits``).
+
+A watch sees only keys its principal may read: ``readable`` (None: every key under its
+prefixes is readable, so nothing is filtered) is applied inside ``events_page``, so its
+``limit`` counts only events the watcher may see.
 
 Costs do not grow with the number of parked requests:
 
@@ -61,6 +66,8 @@ class ParkedWatch:
     request: WatchRequest
     prefixes: tuple[str, ...]     # what it is indexed under ("" for everything)
     prefix_bytes: int
+    principal: str = ""
+    readable: tuple[str, ...] | None = None    # key prefixes it may see; None: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,7 @@ class ParkedLockWait:
     deadline_ms: int
     name: str
     session_id: int
+    principal: str = ""
 
 
 def _prefixes(req: WatchRequest) -> tuple[str, ...]:
@@ -122,11 +130,13 @@ class Parking:
 
     # -- watches --------------------------------------------------------------------------
 
-    def watch(self, m: Machine, route: Route, rid: object, req: WatchRequest, now_ms: int) -> None:
+    def watch(self, m: Machine, route: Route, rid: object, req: WatchRequest, now_ms: int,
+              principal: str = "", readable: tuple[str, ...] | None = None) -> None:
         prefixes = _prefixes(req)
         nbytes = (len(prefixes[0]) if len(prefixes) == 1 else sum(map(len, prefixes))) \
             + _PREFIX_OVERHEAD * len(prefixes)
-        w = ParkedWatch(route, rid, now_ms + req.wait_ms, req, prefixes, nbytes)
+        w = ParkedWatch(route, rid, now_ms + req.wait_ms, req, prefixes, nbytes, principal,
+                        readable)
         if self._try_watch(m, w):
             return
         if req.wait_ms == 0:
@@ -197,7 +207,8 @@ class Parking:
         failure to answer is answered ``internal``: it must not take other requests down."""
         req = w.request
         try:
-            events, cut = m.events_page(req.selector, req.after, req.limit, MESSAGE_BUDGET_BYTES)
+            events, cut = m.events_page(req.selector, req.after, req.limit, MESSAGE_BUDGET_BYTES,
+                                        w.readable)
         except RevisionCompacted as e:
             oldest = e.oldest_available_revision
             self._out.reply(w.route, w.rid, ErrorReply(
@@ -239,8 +250,8 @@ class Parking:
     # -- lock waits -----------------------------------------------------------------------
 
     def lock_wait(self, m: Machine, route: Route, rid: object, req: LockWaitRequest,
-                  now_ms: int) -> None:
-        p = ParkedLockWait(route, rid, now_ms + req.wait_ms, req.name, req.session_id)
+                  now_ms: int, principal: str = "") -> None:
+        p = ParkedLockWait(route, rid, now_ms + req.wait_ms, req.name, req.session_id, principal)
         if self._try_lock_wait(m, p, final=req.wait_ms == 0):
             return
         if len(self.lock_waits) >= MAX_PARKED:
@@ -297,6 +308,24 @@ class Parking:
         """Leadership ended: every lock wait, to be redirected to the new leader."""
         out = [self._unpark_lock_wait(pid) for pid in list(self.lock_waits)]
         return out
+
+    # -- revocation -----------------------------------------------------------------------
+
+    def revoke(self, principal: str) -> None:
+        """``principal`` was removed: its parked requests end now, refused."""
+        message = f"{principal} was removed from the cluster's identities"
+        for wid in [wid for wid, w in self.watches.items() if w.principal == principal]:
+            w = self.watches[wid]
+            self._unpark_watch(wid)
+            self._out.error(w.route, w.rid, ErrorCode.PERMISSION_DENIED, message)
+        for pid in [pid for pid, p in self.lock_waits.items() if p.principal == principal]:
+            p = self._unpark_lock_wait(pid)
+            self._out.error(p.route, p.rid, ErrorCode.PERMISSION_DENIED, message)
+
+    def principals(self) -> set[str]:
+        """Everyone with a parked request."""
+        return ({w.principal for w in self.watches.values()}
+                | {p.principal for p in self.lock_waits.values()})
 
     # -- deadlines ------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Writes in flight on the leader: who waits for which replicated request's Result.
 
-A write is known by its exactly-once identity ``(client_id, seq)``. A retry that arrives
-while the first attempt is still in flight joins its waiters instead of being proposed a
-second time, and everyone hears the one Result. The leader also keeps each request it
+A write is known by its exactly-once identity ``(client_id, seq)`` and the principal that
+sent it. A retry that arrives while the first attempt is still in flight joins its waiters
+instead of being proposed a second time, and everyone hears the one Result; another
+principal naming the same client id and seq never joins (it would hear the owner's
+Result, or make the owner hear the refusal of its own). The leader also keeps each request it
 proposed already decoded, keyed by its bytes, so applying it need not decode them again.
 
 All of it is leader state: dropped (waiters answered ``unavailable``) when leadership
@@ -22,7 +24,7 @@ MAX_WRITE_WAITERS = 100_000
 # the Result stays in the machine for a retry).
 WRITE_WAITER_TTL_MS = 30_000
 
-WriteKey = tuple[str, int]   # (client_id, seq)
+WriteKey = tuple[str, str, int]   # (principal, client_id, seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,7 @@ class PendingWrites:
 
     def start(self, raw: bytes, request: Request, waiter: WriteWaiter) -> None:
         """``request`` (encoded as ``raw``) was proposed on behalf of ``waiter``."""
-        self._waiters[(request.client_id, request.seq)] = [waiter]
+        self._waiters[(request.principal, request.client_id, request.seq)] = [waiter]
         self._proposed[raw] = request
 
     def proposed(self, raw: bytes) -> Request | None:
@@ -67,7 +69,7 @@ class PendingWrites:
 
     def finish(self, request: Request) -> list[WriteWaiter]:
         """Everyone waiting for ``request`` (no longer waiting once returned)."""
-        return self._waiters.pop((request.client_id, request.seq), [])
+        return self._waiters.pop((request.principal, request.client_id, request.seq), [])
 
     def expire(self, now_ms: int) -> None:
         for key in [k for k, ws in self._waiters.items()

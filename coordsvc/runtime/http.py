@@ -9,14 +9,15 @@ Cluster-wide data for the dashboard (every member's status) comes from the membe
 themselves over the ordinary ``status`` op, asked with this node's own key (members may
 call ``status``), at most once a second whatever the number of viewers.
 
-Values of keys are shown only to a viewer who presents the cluster's admin key: the page
-sends the admin secret key in the ``X-Coord-Admin-Key`` header to this node only, and the
-node checks that the public key it derives from it is the cluster's admin public key.
+Values of keys are shown only to a viewer who presents an admin key: the page sends the
+admin secret key in the ``X-Coord-Admin-Key`` header to this node only, and the node checks
+that the public key it derives from it is an admin's in the replicated identity table as the
+loop last published it (the bootstrap key unless ``auth remove admin``, and keys added with
+``auth add --admin``).
 """
 from __future__ import annotations
 
 import base64
-import hmac
 import json
 import logging
 import socket
@@ -201,8 +202,9 @@ class HttpServer:
     # ------------------------------------------------------------ answers
 
     def is_admin(self, presented: str | None) -> bool:
-        """Whether ``presented`` is the secret half of the cluster's admin key."""
-        if self.admin_public is None or presented is None:
+        """Whether ``presented`` is the secret half of an admin's key (as last published)."""
+        latest = self.shared.latest
+        if self.admin_public is None or presented is None or latest is None:
             return False
         secret = presented.strip()
         try:
@@ -210,7 +212,7 @@ class HttpServer:
             public = zmq.curve_public(secret.encode("ascii")).decode("ascii")
         except (keys.KeyFileError, zmq.ZMQError, ValueError, UnicodeError):
             return False
-        return hmac.compare_digest(public, self.admin_public)
+        return public in latest.admin_keys
 
     def latest(self) -> Published | None:
         return self.shared.latest

@@ -94,7 +94,8 @@ class Node:
                 key = read_node_key(spec.key_file, node_id, spec.public_key)
             # The ZAP handler runs only inside receive(), once the service below exists.
             self.transport = Transport(cluster, node_id, key,
-                                       lambda public: self.service.principal_for_key(public))
+                                       lambda public: self.service.principal_for_key(public),
+                                       lambda principal: self.service.may_subscribe(principal))
         except BaseException:
             self.store.close()
             raise
@@ -155,6 +156,12 @@ class Node:
                 for route, payload in replies:
                     tr.reply(route, payload)
                     obs.reply_out(route, payload, answered)
+            removed = svc.take_removed_subscribers()
+            if removed:
+                event(log, logging.INFO, "subscribers_dropped",
+                      f"{', '.join(removed)} removed; ending every PUB subscription so that "
+                      "only keys still allowed come back", removed=removed)
+                tr.drop_subscribers()
             if events:
                 tr.publish(events)
                 obs.changes(events)
@@ -205,6 +212,7 @@ class Node:
                 "dropped_sends": self.transport.counters.dropped_sends,
                 "oversize_sends": self.transport.counters.oversize_sends,
                 "rejected_keys": self.transport.counters.rejected_keys,
+                "subscriber_drops": self.transport.counters.subscriber_drops,
                 "http": self.cluster.node(self.id).http,
                 "cluster_name": self.cluster.name}
 
@@ -212,7 +220,8 @@ class Node:
         c = self.transport.counters
         return {"bad_frames": c.bad_frames, "dropped_sends": c.dropped_sends,
                 "oversize_sends": c.oversize_sends, "rejected_keys": c.rejected_keys,
-                "peer_handshake_failures": c.peer_handshake_failures}
+                "peer_handshake_failures": c.peer_handshake_failures,
+                "subscriber_drops": c.subscriber_drops}
 
     def close(self) -> None:
         if self.http is not None:

@@ -118,6 +118,7 @@ class Published:
     batch: HistogramValue
     requests: dict[str, HistogramValue]
     view: View | None = None
+    admin_keys: frozenset[str] = frozenset()   # public keys that may see values (the table's)
 
 
 class Shared:
@@ -370,7 +371,8 @@ class Observer:
             known_commit=max(rs.known_commit, rs.commit_index),
             election_timeout_ms=svc.cfg.election_timeout_ms, serving=rs.serving,
             counters=counters, fsync=self.fsync.frozen(), batch=self.batch.frozen(),
-            requests={op: h.frozen() for op, h in self.requests.items()}, view=view))
+            requests={op: h.frozen() for op, h in self.requests.items()}, view=view,
+            admin_keys=svc.admin_keys()))
         self._contact_before = svc.last_leader_contact_ms
 
     def _sweep(self, now: float) -> None:

@@ -12,9 +12,16 @@ key, so they only ever talk to the real member. Clients are admitted by pyzmq's
 its credentials callback asks ``principal_for_key`` (the pure ``Service`` method) and
 the principal becomes the connection's ZAP User-Id, which libzmq attaches to every
 frame. The ROUTER and the XPUB use different ZAP domains so that the XPUB, where values
-flow, admits only members and admin. Each received message is yielded with its
-principal; the core decides what it may do (a peer message whose ``src`` is not the
-connection's member is dropped there).
+flow, admits only members and admins (``may_subscribe``, the core's rule). Each received
+message is yielded with its principal; the core decides what it may do (a peer message
+whose ``src`` is not the connection's member is dropped there, a client request outside
+the principal's rights is refused).
+
+ZAP runs once per connection, so a principal removed from the identity table keeps its
+open connections: on the ROUTER the core refuses everything it sends from then on; the
+XPUB offers no way to close one subscriber, so ``drop_subscribers`` unbinds and rebinds
+it, which ends every subscription at once -- members and remaining admins reconnect by
+themselves within ``RECONNECT_IVL`` and are authenticated again; the removed key is not.
 
 Everything is non-blocking: a send that would block (peer down, queue full) drops
 the message — Paxos retransmits what matters — and a frame that fails to decode is
@@ -78,6 +85,7 @@ class Counters:
     client_in: int = 0
     rejected_keys: int = 0       # CURVE handshakes refused by the ZAP handler
     peer_handshake_failures: int = 0
+    subscriber_drops: int = 0    # times every PUB subscription was ended (a removed admin)
 
 
 def _with_source(own_host: str, endpoint: str) -> str:
@@ -136,8 +144,12 @@ def _user_id(frame: zmq.Frame) -> str | None:
     return uid if isinstance(uid, str) and uid else None
 
 
+def _member_or_bootstrap_admin(principal: str) -> bool:
+    return principal == ADMIN or principal.startswith(NODE_PREFIX)
+
+
 class _Admit:
-    """The ZAP credentials callback of one domain: known keys (PUB: members and admin)."""
+    """The ZAP credentials callback of one domain: known keys (PUB: members and admins)."""
 
     def __init__(self, zap: _Zap, pub: bool) -> None:
         self.zap = zap
@@ -145,8 +157,7 @@ class _Admit:
 
     def callback(self, domain: str, key: bytes) -> bool:
         principal = self.zap.principal_for_key(key.decode("ascii"))
-        ok = principal is not None and (
-            not self.pub or principal == ADMIN or principal.startswith(NODE_PREFIX))
+        ok = principal is not None and (not self.pub or self.zap.may_subscribe(principal))
         if not ok:
             self.zap.counters.rejected_keys += 1
         return ok
@@ -156,9 +167,11 @@ class _Zap(zmq.auth.Authenticator):
     """pyzmq's ZAP handler with our key -> principal mapping as the User-Id."""
 
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]],
-                 principal_for_key: Callable[[str], str | None], counters: Counters) -> None:
+                 principal_for_key: Callable[[str], str | None], counters: Counters,
+                 may_subscribe: Callable[[str], bool] = _member_or_bootstrap_admin) -> None:
         super().__init__(ctx, log=logging.getLogger("coordsvc.zap"))
         self.principal_for_key = principal_for_key
+        self.may_subscribe = may_subscribe
         self.counters = counters
         self.configure_curve_callback(ROUTER_DOMAIN, _Admit(self, pub=False))
         self.configure_curve_callback(PUB_DOMAIN, _Admit(self, pub=True))
@@ -202,7 +215,8 @@ class _Peer:
 
 class Transport:
     def __init__(self, cluster: Cluster, node_id: str, key: KeyPair | None = None,
-                 principal_for_key: Callable[[str], str | None] | None = None) -> None:
+                 principal_for_key: Callable[[str], str | None] | None = None,
+                 may_subscribe: Callable[[str], bool] = _member_or_bootstrap_admin) -> None:
         self.id = node_id
         me = cluster.node(node_id)
         self.host = me.host
@@ -219,7 +233,7 @@ class Transport:
             assert principal_for_key is not None
             # Bound before any CURVE server socket exists: libzmq skips authentication
             # altogether when no ZAP handler listens.
-            self.zap = _Zap(self.ctx, principal_for_key, self.counters)
+            self.zap = _Zap(self.ctx, principal_for_key, self.counters, may_subscribe)
             self.zap.start()
         self.router = self._socket(zmq.ROUTER, sndhwm=CLIENT_HWM, rcvhwm=CLIENT_HWM)
         self.router.setsockopt(zmq.MAXMSGSIZE, MAX_ROUTER_MESSAGE_BYTES)
@@ -231,6 +245,7 @@ class Transport:
         # Topics some subscriber holds (XPUB reports a topic's first subscribe and last
         # unsubscribe); only the event topics matter here.
         self.event_topics: set[bytes] = set()
+        self.publish_address = me.publish
         try:
             self.router.bind(me.listen)     # bind/publish_bind if set, else the advertised ones
             self.pub.bind(me.publish_listen)
@@ -249,6 +264,7 @@ class Transport:
                 self.peers[spec.id] = peer = _Peer(spec)
                 self._connect(peer)
         self._readable: set[zmq.Socket[bytes]] = set()
+        self._pub_unbound = False
         self._next_maintain_ms = 0
         self.local: list[Message] = []
 
@@ -330,6 +346,13 @@ class Transport:
         if now_ms < self._next_maintain_ms:
             return
         self._next_maintain_ms = now_ms + MAINTAIN_EVERY_MS
+        if self._pub_unbound:
+            try:
+                self.pub.bind(self.publish_address)
+                self._pub_unbound = False
+                log.info("listening on %s again", self.publish_address)
+            except zmq.ZMQError:
+                pass
         for pid, peer in self.peers.items():
             for m in peer.monitors:
                 while _readable(m):
@@ -519,6 +542,25 @@ class Transport:
         for e in events:
             body = wire.encode_client(wire.EVENT, e.to_map())
             self._nb(self.pub, EVENT_TOPIC_PREFIX + e.key.encode(), body)
+
+    def drop_subscribers(self) -> None:
+        """End every subscription to the PUB socket (a principal that may no longer read
+        the stream was removed): unbind and bind again. Subscribers reconnect by themselves
+        and pass ZAP again; events published meanwhile are lost to them, as PUB/SUB may
+        always lose them (clients long-poll ``watch``; heartbeats repeat)."""
+        self.counters.subscriber_drops += 1
+        try:
+            self.pub.unbind(self.publish_address)
+        except zmq.ZMQError as e:
+            log.error("cannot unbind %s to drop its subscribers: %s", self.publish_address, e.strerror)
+            return
+        try:
+            self.pub.bind(self.publish_address)
+        except zmq.ZMQError as e:  # the port was taken meanwhile: retried by maintain()
+            log.error("cannot bind %s again: %s; retrying", self.publish_address, e.strerror)
+            self._pub_unbound = True
+        # event_topics follows by itself: the XPUB reports the dropped subscribers'
+        # topics as unsubscribed, and again as subscribed when they come back.
 
     def _nb(self, sock: zmq.Socket[bytes], head: bytes | None, body: bytes) -> None:
         """Send ``[head, body]`` (or just ``body``) without blocking; count a drop."""

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, assume, given, seed, settings
 from hypothesis import strategies as st
 
 from coordsvc import wire
+from coordsvc.clusterfile import Cluster
 from coordsvc.transport.zmq_transport import MAX_ROUTER_MESSAGE_BYTES
 
-from .harness import LocalCluster
+from .harness import LocalCluster, socket_to
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -117,9 +118,10 @@ def _rss_mb(pid: int) -> float:
 class Speaker:
     """One DEALER to the node; requests numbered, replies collected by id."""
 
-    def __init__(self, c: LocalCluster, address: str) -> None:
+    def __init__(self, cluster: Cluster, address: str) -> None:
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self.sock: zmq.Socket[bytes] = c.socket(self.ctx, zmq.DEALER, address)  # the admin key
+        # With the admin key: the fuzzing is of what an authenticated client may send.
+        self.sock = socket_to(self.ctx, zmq.DEALER, cluster, address)
         self.sock.connect(address)
         self.next_id = 0
         self.replies: dict[int, dict[str, Any]] = {}
@@ -147,7 +149,7 @@ class Speaker:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, Speaker]]:
     c = LocalCluster(tmp_path_factory.mktemp("fuzz"), nodes=1)
     c.start()
-    speaker = Speaker(c, c.cluster.node("n1").address)
+    speaker = Speaker(c.cluster, c.cluster.node("n1").address)
     try:
         c.leader()
         yield c, speaker

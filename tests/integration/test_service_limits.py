@@ -22,8 +22,9 @@ import zmq
 from coordsvc import InvalidRequest, QuotaExceeded, wire
 from coordsvc.core.commands import MAX_VALUE_BYTES, OpenAndAcquire, Request, encode_request
 from coordsvc.core.service_parking import MAX_PARKED_PER_ROUTE
+from coordsvc.runtime import launch
 
-from .harness import LocalCluster
+from .harness import LocalCluster, socket_to
 
 pytestmark = pytest.mark.timeout(300)
 COORDCTL = str(Path(sys.executable).parent / "coordctl")
@@ -47,6 +48,8 @@ def _all_up(c: LocalCluster) -> None:
 
 def _coordctl(c: LocalCluster, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COORD")}
+    if c.key is not None:
+        env["COORD_KEY"] = str(c.key)     # CONTRACT §7: the key, when not given
     return subprocess.run([COORDCTL, *args, "--cluster", str(c.file)], capture_output=True,
                           text=True, timeout=timeout, env={**env, "COLUMNS": "250"})
 
@@ -191,7 +194,7 @@ def test_a_bad_limits_table_is_refused_in_one_line(tmp_path: Path) -> None:
 
 def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], c: LocalCluster, node: str) -> zmq.Socket[bytes]:
     address = c.cluster.node(node).address
-    s = c.socket(ctx, zmq.DEALER, address)     # with the admin key: the cluster is secure
+    s = socket_to(ctx, zmq.DEALER, c.cluster, address)   # with the admin key
     s.connect(address)
     return s
 
@@ -282,11 +285,8 @@ sys.exit(main())
 
 def _start_with(c: LocalCluster, node: str, script: str) -> None:
     """Start ``node`` as usual, with ``script`` patching it first (test-only code)."""
-    log = open(c.root / f"{node}.log", "ab")
-    c.procs[node] = subprocess.Popen(
-        [sys.executable, "-c", script, "--cluster", str(c.file), "--node", node],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    log.close()
+    c.procs[node] = launch.start_node(c.file, node, c.root / f"{node}.log",
+                                      command=[sys.executable, "-c", script])
 
 
 def test_a_handler_that_raises_in_a_real_node_is_answered_internal_and_logged_once(

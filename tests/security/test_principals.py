@@ -129,7 +129,8 @@ def test_the_pub_socket_admits_members_and_admin_but_not_other_clients() -> None
 
     from coordsvc.transport.zmq_transport import Counters, _Admit
     principals = {"m": "node:n2", "a": "admin", "c": "alice"}
-    zap = SimpleNamespace(principal_for_key=principals.get, counters=Counters())
+    zap = SimpleNamespace(principal_for_key=principals.get, counters=Counters(),
+                          may_subscribe={"node:n2", "admin"}.__contains__)
     router, pub = _Admit(zap, pub=False), _Admit(zap, pub=True)  # type: ignore[arg-type]
     assert [router.callback("coordsvc", k) for k in (b"m", b"a", b"c", b"x")] == [True, True, True, False]
     assert [pub.callback("coordsvc-pub", k) for k in (b"m", b"a", b"c", b"x")] == [True, True, False, False]

@@ -21,6 +21,7 @@ from typing import Any
 from coordsvc import wire
 from coordsvc.client._transport import Cancelled
 from coordsvc.client.errors import CoordError
+from coordsvc.core.identity import INSECURE, Identities
 from coordsvc.core.machine import Machine
 from coordsvc.core.messages import Message, Outbound
 from coordsvc.core.quotas import Quotas
@@ -52,15 +53,16 @@ class LocalNode:
     cluster never gets a quorum), run by a thread until ``stop()``."""
 
     def __init__(self, node_id: str = "n1", members: Sequence[str] = ("n1",),
-                 config: Config = FAST, seed: int = 1, quotas: Quotas = Quotas()) -> None:
+                 config: Config = FAST, seed: int = 1, identities: Identities = INSECURE,
+                 quotas: Quotas = Quotas()) -> None:
         self.id = node_id
         self.store = MemoryStore()
         self.service = Service(node_id, {m: f"tcp://127.0.0.1:{i + 1}" for i, m in enumerate(members)},
                                self.store.load(), random.Random(seed), now_ms(), config,
-                               quotas=quotas)
+                               identities=identities, quotas=quotas)
         self.received: list[Reply] = []      # every request map the node decoded, in order
         self._cv = threading.Condition()
-        self._inbox: list[tuple[object, bytes]] = []
+        self._inbox: list[tuple[object, bytes, str]] = []
         self._slots: dict[object, _Slot] = {}
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"local-node-{node_id}", daemon=True)
@@ -99,11 +101,12 @@ class LocalNode:
 
     # -- what a transport calls -----------------------------------------------------------
 
-    def submit(self, body: bytes) -> tuple[object, _Slot]:
+    def submit(self, body: bytes, principal: str = "admin") -> tuple[object, _Slot]:
+        """A request from a connection authenticated as ``principal``."""
         route, slot = object(), _Slot()
         with self._cv:
             self._slots[route] = slot
-            self._inbox.append((route, body))
+            self._inbox.append((route, body, principal))
             self._cv.notify_all()
         return route, slot
 
@@ -119,10 +122,10 @@ class LocalNode:
             while not self._stopping:
                 now = now_ms()
                 inbox, self._inbox = self._inbox, []
-                for route, body in inbox:
+                for route, body, principal in inbox:
                     req = wire.decode_client(body, wire.CLIENT_REQUEST)
                     self.received.append(req)
-                    svc.on_client(route, req, now)
+                    svc.on_client(route, req, now, principal)
                 if now >= svc.next_timer_ms():
                     svc.tick(now)
                 self._step(now)
@@ -148,7 +151,7 @@ class LocalNode:
             if not local:
                 return
             for msg in local:
-                self.service.on_peer(msg, now)
+                self.service.on_peer(msg, now, f"node:{self.id}")
             local.clear()
 
 
@@ -166,10 +169,12 @@ def _wait(done: threading.Event, deadline: float, cancel: threading.Event | None
 
 class LocalTransport:
     """A ``ClientTransport`` to ``LocalNode``s by endpoint (several endpoints may reach one
-    node). Like the ZeroMQ one, it adds a fresh id per attempt and keeps only its reply."""
+    node). Like the ZeroMQ one, it adds a fresh id per attempt and keeps only its reply.
+    Its requests arrive as ``principal``'s (what a key would authenticate as)."""
 
-    def __init__(self, nodes: Mapping[str, LocalNode]) -> None:
+    def __init__(self, nodes: Mapping[str, LocalNode], principal: str = "admin") -> None:
         self.nodes = dict(nodes)
+        self.principal = principal
         self._ids = itertools.count(1)
         self._closed = False
 
@@ -182,7 +187,8 @@ class LocalTransport:
             _wait(threading.Event(), min(deadline, connect_deadline), cancel)
             return None
         rid = next(self._ids)
-        route, slot = node.submit(wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid}))
+        route, slot = node.submit(wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid}),
+                                  self.principal)
         try:
             if not _wait(slot.done, deadline, cancel):
                 return None
@@ -200,7 +206,7 @@ class LocalTransport:
             node = self.nodes.get(ep)
             rid = next(self._ids)
             sent = None if node is None else node.submit(
-                wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid}))
+                wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid}), self.principal)
             pending.append((node, rid, sent))
         out: list[Reply | None] = []
         for node, rid, sent in pending:

@@ -339,7 +339,7 @@ def test_acquiring_a_free_lock_grants_the_next_token(c: Client) -> None:
     a = c.session()
     assert c.do(Acquire("x", a, False)) == Result("ok", 0, {"token": 1})
     assert c.do(Acquire("y", a, True)).data == {"token": 2}
-    assert c.m.locks() == [HeldLock("x", a, 1, 2, ()), HeldLock("y", a, 2, 3, ())]
+    assert c.m.locks() == [HeldLock("x", a, 1, 2, (), "admin"), HeldLock("y", a, 2, 3, (), "admin")]
 
 
 def test_acquire_with_an_unknown_session_is_no_session(c: Client) -> None:

@@ -115,7 +115,9 @@ def test_wire_maps_keep_the_field_names_and_shapes_the_first_client_spoke() -> N
     assert WriteReply(Result(ResultCode.COMPARE_FAILED, 2, {})).to_wire() == {
         "ok": True, "result": ["compare_failed", 2, {}]}
     row = LockRow("l", 4, 7, 11, (5,), None, None, None, (None,)).to_wire()
-    assert row == ["l", 4, 7, 11, [5], None, None, None, [None]]
+    assert row == ["l", 4, 7, 11, [5], None, None, None, [None], None, []]   # rows grow at the end
+    row = LockRow("l", 4, 7, 11, (5,), None, None, None, (None,), "alice", ("bob",)).to_wire()
+    assert row[9:] == ["alice", ["bob"]] and LockRow.from_wire(row).holder == "alice"
     assert WatchRequest(3, prefix="p/").to_wire() == {
         "op": "watch", "prefix": "p/", "prefixes": [], "after": 3, "wait_ms": 0,
         "limit": MAX_WATCH_BATCH}

@@ -207,7 +207,7 @@ def test_leadership_ending_hands_every_write_waiter_back_and_forgets_proposals()
     w = PendingWrites()
     r1, r2 = Request("c", 1, 1, Put("a", b"")), Request("c", 2, 1, Put("b", b""))
     w.start(b"1", r1, WriteWaiter("x", 1, 0))
-    assert w.join(("c", 1), WriteWaiter("y", 2, 5))
+    assert w.join(("", "c", 1), WriteWaiter("y", 2, 5))
     w.start(b"2", r2, WriteWaiter("z", 3, 0))
     assert [x.route for x in w.drop_all()] == ["x", "y", "z"]
     assert w.idle() and w.proposed(b"1") is None and w.finish(r2) == []
