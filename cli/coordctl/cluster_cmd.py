@@ -47,6 +47,14 @@ DirOpt = Annotated[Path, typer.Option("--dir", metavar="DIR",
                                       help="Directory for cluster.toml and the node data dirs.")]
 BasePortOpt = Annotated[int, typer.Option(
     "--base-port", metavar="P", help="Node i listens on P+i, publishes on P+100+i and serves HTTP on P+200+i.")]
+BindHostOpt = Annotated[Optional[str], typer.Option(
+    "--bind-host", metavar="HOST",
+    help="Where every node listens (e.g. 0.0.0.0 in a container), at its own ports, while "
+         "peers and clients reach it at its --host (written as bind, publish_bind and "
+         "http_bind in cluster.toml). Default: listen where it is reached.")]
+SamePortsOpt = Annotated[bool, typer.Option(
+    "--same-ports", help="Give every node the ports P+1, P+101, P+201 (nodes on separate hosts, "
+                         "one --host each: containers and pods that share one template).")]
 InsecureOpt = Annotated[bool, typer.Option(
     "--insecure", help="No CURVE keys: plain TCP, no encryption, no authentication. "
                        "`coordctl status` and every node's log say so.")]
@@ -65,7 +73,8 @@ def _move_aside(d: Path, stamp: str) -> Path:
 
 
 def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: int,
-                 force: bool, insecure: bool = False) -> Cluster:
+                 force: bool, insecure: bool = False, bind_host: str | None = None,
+                 same_ports: bool = False) -> Cluster:
     """Write DIR/cluster.toml and prepare every node's data directory.
 
     Secure unless ``insecure``: a CURVE key pair per node (public half in cluster.toml,
@@ -91,7 +100,8 @@ def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: 
     cluster_keys = None if insecure else keys.ClusterKeys.generate(
         f"n{i}" for i in range(1, nodes + 1))
     cluster = clusterfile.write_new(directory, nodes, host=host, base_port=base_port,
-                                    force=force, cluster_keys=cluster_keys)
+                                    force=force, cluster_keys=cluster_keys, bind_host=bind_host,
+                                    same_ports=same_ports)
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     if admin_key.exists():   # --force: the old cluster's key opens nothing now
         warn(f"moved the old {admin_key.name} to {_move_aside(admin_key, stamp)}")
@@ -111,7 +121,8 @@ def _cluster_json(c: Cluster) -> dict[str, Any]:
     return {"path": str(c.path), "name": c.name, "id": c.id, "security": c.security,
             "admin_key": str(c.admin_key_file) if c.secure else None,
             "nodes": [{"id": n.id, "address": n.address, "publish": n.publish,
-                       "http": n.http, "data_dir": str(n.data_dir), "public_key": n.public_key}
+                       "http": n.http, "data_dir": str(n.data_dir), "public_key": n.public_key,
+                       "bind": n.listen, "publish_bind": n.publish_listen}
                       for n in c.nodes]}
 
 
@@ -127,6 +138,8 @@ def cluster_init(
         "--force", help="Replace an existing cluster file; old node data dirs are renamed "
                         "to <dir>.replaced-<time>, never deleted.")] = False,
     insecure: InsecureOpt = False,
+    bind_host: BindHostOpt = None,
+    same_ports: SamePortsOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Write DIR/cluster.toml for nodes n1..nN, prepare their data dirs, print its path.
@@ -137,7 +150,8 @@ def cluster_init(
 
     Example: coordctl cluster init --nodes 3 --dir .coord --base-port 7100
     """
-    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure)
+    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure, bind_host,
+                     same_ports)
     if json:
         emit_json(_cluster_json(c))
     else:

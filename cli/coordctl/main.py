@@ -27,7 +27,7 @@ from coordsvc.clusterfile import ClusterFileError
 from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
-from . import auth_cmd, cluster_cmd, config_cmd, lock_cmd
+from . import auth_cmd, cluster_cmd, config_cmd, lock_cmd, snapshot_cmd
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
@@ -168,6 +168,7 @@ app.add_typer(cluster_cmd.cluster_app)
 app.add_typer(cluster_cmd.node_app)
 app.add_typer(config_cmd.app)
 app.add_typer(lock_cmd.app)
+app.add_typer(snapshot_cmd.app)
 app.add_typer(auth_cmd.app)
 app.command("serve", epilog="Example: coordctl serve --cluster .coord/cluster.toml --node n1")(
     cluster_cmd.serve)

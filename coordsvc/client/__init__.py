@@ -24,11 +24,12 @@ from .errors import (
     LockTimeout,
     PermissionDenied,
     QuotaExceeded,
+    SnapshotGone,
     Unavailable,
 )
 
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
     "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
-    "PermissionDenied", "Principal", "QuotaExceeded", "Unavailable", "Watch",
+    "PermissionDenied", "Principal", "QuotaExceeded", "SnapshotGone", "Unavailable", "Watch",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from coordsvc import clusterfile
+from coordsvc import clusterfile, snapshotfile
 from coordsvc.core.commands import (
     MAX_INT,
     AuthAdd,
@@ -58,7 +58,7 @@ from coordsvc.core.protocol import (
     WriteRequest,
 )
 
-from . import _credentials, _status
+from . import _credentials, _snapshot, _status
 from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
@@ -70,6 +70,7 @@ from .errors import (
     InvalidRequest,
     PermissionDenied,
     QuotaExceeded,
+    SnapshotGone,
     Unavailable,
 )
 
@@ -368,6 +369,17 @@ class Client:
                 raise _refusal(StatusRequest(), ErrorReply.from_wire(r))
         return _status.summarize(members, [_node_status(r) for r in replies], name)
 
+    def snapshot_save(self, path: str | os.PathLike[str]) -> snapshotfile.Header:
+        """Write a consistent point-in-time backup of the cluster's state to ``path``
+        (CONTRACT §9: keys with history, sessions, locks and fencing counters, exactly-once
+        records). The leader pins the state at a linearizable point and streams it; the
+        file is written beside ``path`` as chunks arrive, verified, then renamed over
+        ``path``. Returns its header (index, revision, keys, checksum, ...)."""
+        self._check_open()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequest(f"path must be a str or path, got {type(path).__name__}")
+        return _snapshot.save(self, Path(path))
+
     def close(self) -> None:
         """Give up held locks (best effort), close every socket. Idempotent."""
         if self._closed:
@@ -558,6 +570,7 @@ class Client:
 _REFUSALS: dict[ErrorCode | str, Callable[[ErrorReply], CoordError]] = {
     ErrorCode.COMPACTED: lambda err: Compacted(err.message, err.oldest),
     ErrorCode.BAD_REQUEST: lambda err: InvalidRequest(err.message),
+    ErrorCode.SNAPSHOT_GONE: lambda err: SnapshotGone(err.message),
     ErrorCode.PERMISSION_DENIED: lambda err: PermissionDenied(f"permission denied: {err.message}"),
     ErrorCode.QUOTA_EXCEEDED: lambda err: QuotaExceeded(err.message),
     ErrorCode.CURSOR_EXPIRED: lambda err: _CursorExpired(err.message),

@@ -12,6 +12,7 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 │                       request is outside the key's rights: nothing was done
 ├── QuotaExceeded       a put past the cluster's [limits] max_keys or max_db_bytes: nothing
 │                       was written (deletes, reads and locks still work)
+├── SnapshotGone        the node no longer holds a backup being saved (snapshot_save retries)
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "PermissionDenied", "QuotaExceeded", "Unavailable",
+    "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable",
 ]
 
 
@@ -55,6 +56,11 @@ class PermissionDenied(CoordError):
     one), or the request is outside the key's rights (read/write/lock prefixes, admin), or
     touches another identity's session or client id. A refused key is reported as soon as
     the CURVE handshake fails, not after the timeout."""
+
+
+class SnapshotGone(CoordError):
+    """The node serving a backup no longer holds it (it restarted, or the save sat idle too
+    long). ``Client.snapshot_save`` starts over by itself a few times before raising it."""
 
 
 class Unavailable(CoordError):

@@ -56,6 +56,8 @@ from .protocol import (
     LocksRequest,
     LockWaitRequest,
     RevisionRequest,
+    SnapshotChunkRequest,
+    SnapshotSaveRequest,
     StatusRequest,
     WatchRequest,
     WriteRequest,
@@ -220,6 +222,8 @@ _REQUEST_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
     ListRequest: _read_prefix, HistoryRequest: _read_key, WatchRequest: _watch,
     LockWaitRequest: _lock_wait, LocksRequest: _any_lock, StatusRequest: _anyone,
     RevisionRequest: _clients, AuthListRequest: _admin_only,
+    # A backup is every value and every principal: the whole state, so admin only.
+    SnapshotSaveRequest: _admin_only, SnapshotChunkRequest: _admin_only,
 }
 
 

@@ -44,6 +44,14 @@ Ops (request fields -> reply fields):
                Leader only; parks up to wait_ms while "waiting".
 ``locks``      -> locks: [LockRow, ...], revision. Linearizable.
 ``status``     -> status: NodeStatus. Answered locally by any node, even without a quorum.
+``snapshot_save``  -> export_id, index, revision, keys, snapshot_index, snapshot_bytes,
+               entries, body_bytes, node. Leader only, at a linearizable point: the node
+               pins the state as of ``index`` for this save (``core.export``) and serves it
+               with ``snapshot_chunk``; ``busy`` while ``MAX_EXPORTS`` saves are open.
+``snapshot_chunk`` export_id, offset -> offset, data, done, sha256 (of the whole body, with
+               the last chunk). Only the node that answered ``snapshot_save``; offsets go
+               in order (the last one may be asked again). Error ``snapshot_gone`` when the
+               node no longer holds the save (restarted, idle too long): start over.
 ``revision``   -> revision. Linearizable; any client key may ask (no right to a key needed).
 ``auth_list``  -> principals: [PrincipalRow, ...], revision. Linearizable; admin only.
                (``auth add``/``auth remove`` are writes: commands.AuthAdd/AuthRemove.)
@@ -65,7 +73,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from .commands import MAX_INT, MAX_KEY_BYTES, Request, decode_request, encode_request
-from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, ProtocolError
+from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, SNAPSHOT_CHUNK_BYTES, ProtocolError
 
 __all__ = [
     "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES", "MESSAGE_BUDGET_BYTES",
@@ -74,9 +82,10 @@ __all__ = [
     "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
     "LocksReply", "LocksRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES", "Result",
-    "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError", "StatusReply", "StatusRequest",
-    "WatchReply", "WatchRequest", "WriteReply", "WriteRequest", "decode_client_request",
-    "reply_map", "row_bytes",
+    "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError", "SnapshotChunkReply",
+    "SnapshotChunkRequest", "SnapshotSaveReply", "SnapshotSaveRequest", "StatusReply",
+    "StatusRequest", "WatchReply", "WatchRequest", "WriteReply", "WriteRequest",
+    "decode_client_request", "reply_map", "row_bytes",
 ]
 
 MAX_WAIT_MS = 30_000
@@ -101,6 +110,8 @@ class Op(StrEnum):
     LOCK_WAIT = "lock_wait"
     LOCKS = "locks"
     STATUS = "status"
+    SNAPSHOT_SAVE = "snapshot_save"
+    SNAPSHOT_CHUNK = "snapshot_chunk"
     REVISION = "revision"
     AUTH_LIST = "auth_list"
 
@@ -117,6 +128,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"        # the node failed answering this request (a bug, logged)
     QUOTA_EXCEEDED = "quota_exceeded"    # a put past [limits] max_keys / max_db_bytes
     CURSOR_EXPIRED = "cursor_expired"    # a page's cursor is gone: start the read again
+    SNAPSHOT_GONE = "snapshot_gone"      # the node no longer holds that save: start it again
 
 
 class ResultCode(StrEnum):
@@ -724,6 +736,18 @@ class StatusRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSaveRequest:
+    op: ClassVar[Op] = Op.SNAPSHOT_SAVE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.SNAPSHOT_SAVE}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotSaveRequest:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionRequest:
     op: ClassVar[Op] = Op.REVISION
 
@@ -733,6 +757,23 @@ class RevisionRequest:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> RevisionRequest:
         return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkRequest:
+    op: ClassVar[Op] = Op.SNAPSHOT_CHUNK
+    export_id: int
+    offset: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.SNAPSHOT_CHUNK, "export_id": self.export_id, "offset": self.offset}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotChunkRequest:
+        export_id, offset = _int(m, "export_id"), _int(m, "offset")
+        if export_id < 0 or offset < 0:
+            raise SchemaError("export_id and offset must be >= 0")
+        return cls(export_id, offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,10 +791,11 @@ class AuthListRequest:
 
 ClientRequest = (WriteRequest | KeepaliveRequest | GetRequest | ListRequest | HistoryRequest
                  | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest | RevisionRequest
-                 | AuthListRequest)
+                 | AuthListRequest | SnapshotSaveRequest | SnapshotChunkRequest)
 REQUEST_TYPES: tuple[type[ClientRequest], ...] = (
     WriteRequest, KeepaliveRequest, GetRequest, ListRequest, HistoryRequest, WatchRequest,
-    LockWaitRequest, LocksRequest, StatusRequest, RevisionRequest, AuthListRequest)
+    LockWaitRequest, LocksRequest, StatusRequest, RevisionRequest, AuthListRequest,
+    SnapshotSaveRequest, SnapshotChunkRequest)
 _BY_OP: dict[str, type[ClientRequest]] = {t.op.value: t for t in REQUEST_TYPES}
 if set(_BY_OP) != {o.value for o in Op} or len(_BY_OP) != len(REQUEST_TYPES):
     raise ImportError("protocol: every Op needs exactly one request record in REQUEST_TYPES")
@@ -930,6 +972,62 @@ class StatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSaveReply:
+    """A save opened at log index ``index``: its body is ``snapshot_bytes`` of the
+    snapshot taken at ``snapshot_index``, then ``entries`` records (``core.export``)."""
+
+    export_id: int
+    index: int
+    revision: int
+    keys: int
+    snapshot_index: int
+    snapshot_bytes: int
+    entries: int
+    body_bytes: int
+    node: str
+
+    _INTS: ClassVar[tuple[str, ...]] = ("export_id", "index", "revision", "keys", "snapshot_index",
+                                        "snapshot_bytes", "entries", "body_bytes")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, **{f: getattr(self, f) for f in self._INTS}, "node": self.node}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotSaveReply:
+        ints = {f: _int(m, f) for f in cls._INTS}
+        if min(ints.values()) < 0 or ints["snapshot_index"] > ints["index"] or (
+                ints["snapshot_bytes"] > ints["body_bytes"]
+                or ints["entries"] != ints["index"] - ints["snapshot_index"]):
+            raise SchemaError(f"inconsistent snapshot_save reply {ints}")
+        return cls(node=_str(m, "node"), **ints)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkReply:
+    offset: int
+    data: bytes
+    done: bool
+    sha256: bytes = b""     # the whole body's, with the last chunk
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "offset": self.offset, "data": self.data, "done": self.done,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotChunkReply:
+        data, sha = m.get("data"), m.get("sha256", b"")
+        if type(data) is not bytes or len(data) > SNAPSHOT_CHUNK_BYTES:
+            raise SchemaError(f"field 'data' must be bytes, at most {SNAPSHOT_CHUNK_BYTES}")
+        done = _bool(m, "done")
+        if type(sha) is not bytes or len(sha) != (32 if done else 0):
+            raise SchemaError("field 'sha256' must be 32 bytes with the last chunk, empty before")
+        offset = _int(m, "offset")
+        if offset < 0:
+            raise SchemaError("offset must be >= 0")
+        return cls(offset, data, done, sha)
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionReply:
     revision: int
 
@@ -992,4 +1090,5 @@ class ErrorReply:
 
 
 Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply
-         | LockWaitReply | LocksReply | StatusReply | RevisionReply | AuthListReply | ErrorReply)
+         | LockWaitReply | LocksReply | StatusReply | RevisionReply | AuthListReply
+         | SnapshotSaveReply | SnapshotChunkReply | ErrorReply)

@@ -344,6 +344,16 @@ class Replica:
         self.acceptor.install_snapshot(snapshot, self._ready.persist)
         self.shelf.replace(snapshot, self.now_ms)
 
+    def export_point(self) -> tuple[Snapshot, tuple[tuple[Slot, Value], ...]]:
+        """The latest snapshot and the chosen values after it, through the applied index:
+        together, the state applied here (a backup pins them; ``core.export``). The values
+        are the log's own objects, not copies."""
+        snap, log = self.acceptor.snapshot, self.acceptor.log
+        try:
+            return snap, tuple((s, log[s].value) for s in range(snap.index + 1, self.applied + 1))
+        except KeyError as e:
+            raise SafetyViolation(f"slot {e} is applied but not in the log") from None
+
     def receive(self, msg: Message, now_ms: int) -> None:
         self.now_ms = now_ms
         if msg.src not in self.members:

@@ -39,6 +39,7 @@ from .commands import (
     decode_request,
     encode_request,
 )
+from .export import Exports
 from .identity import ADMIN, INSECURE, Identities
 from .machine import Machine, RevisionCompacted
 from .messages import Message, Outbound
@@ -117,6 +118,7 @@ class Service:
         self._removed_subscribers: list[str] = []
         self._admin_keys: frozenset[str] | None = None    # admin_keys(), until the table changes
         self.cursors = Cursors()
+        self.exports = Exports()      # backups being served (core/export.py)
         self.quota = quotas
         # This node's database size in use, as the runtime last measured it (quotas).
         self.db_bytes = 0
@@ -195,6 +197,7 @@ class Service:
         self.now_ms = now_ms
         self.replica.tick(now_ms)
         self.parking.expire(self.machine, now_ms)
+        self.exports.expire(now_ms)
         if self.serving():
             for sid in self.sessions.due(now_ms):
                 self.replica.propose(encode_request(Request("", 0, 0, ExpireSession(sid))))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .acl import Caller
 from .commands import AuthAdd, AuthRemove, Put, Request, stamp
+from .export import ExportPoint
 from .protocol import (
     AuthListReply,
     AuthListRequest,
@@ -48,6 +49,10 @@ from .protocol import (
     Reply,
     RevisionReply,
     RevisionRequest,
+    SnapshotChunkReply,
+    SnapshotChunkRequest,
+    SnapshotSaveReply,
+    SnapshotSaveRequest,
     StatusReply,
     StatusRequest,
     WatchRequest,
@@ -309,3 +314,46 @@ def _revision_handler(svc: Service, route: Route, rid: object, req: RevisionRequ
         svc.not_leader(route, rid)
         return
     svc.counters.reads += 1
+
+
+# -- backups (core/export.py) -----------------------------------------------------------------
+
+_EXPORTS_FULL = "too many snapshot saves in progress on this node; retry shortly"
+
+
+@_handles(SnapshotSaveRequest)
+def _snapshot_save(svc: Service, route: Route, rid: object, req: SnapshotSaveRequest,
+                   caller: Caller) -> None:
+    if not svc.leading():
+        svc.not_leader(route, rid)
+        return
+    if svc.exports.full():
+        svc.out.error(route, rid, ErrorCode.BUSY, _EXPORTS_FULL)
+        return
+    if not svc.reads.begin(svc.replica, PendingRead(route, rid, partial(_pin_export, svc))):
+        svc.not_leader(route, rid)
+
+
+def _pin_export(svc: Service) -> Reply:
+    """At the read point: pin the snapshot and the values after it (no copy of the state)."""
+    if svc.exports.full():     # other saves reached their read point first
+        return ErrorReply(ErrorCode.BUSY, _EXPORTS_FULL)
+    snap, entries = svc.replica.export_point()
+    m = svc.machine
+    ex = svc.exports.open(ExportPoint(svc.replica.applied, m.revision, m.key_count, snap, entries),
+                          svc.now_ms)
+    return SnapshotSaveReply(ex.id, ex.index, ex.revision, ex.keys, ex.snapshot_index,
+                             ex.snapshot_bytes, ex.entries, ex.body_bytes, svc.id)
+
+
+@_handles(SnapshotChunkRequest)
+def _snapshot_chunk(svc: Service, route: Route, rid: object, req: SnapshotChunkRequest,
+                    caller: Caller) -> None:
+    ex = svc.exports.get(req.export_id)
+    chunk = None if ex is None else ex.chunk(req.offset, svc.now_ms)
+    if chunk is None:
+        svc.out.error(route, rid, ErrorCode.SNAPSHOT_GONE,
+                      f"{svc.id} holds no save {req.export_id} at offset {req.offset} (the node "
+                      "restarted, or the save sat idle too long); start the save again")
+        return
+    svc.out.reply(route, rid, SnapshotChunkReply(chunk.offset, chunk.data, chunk.done, chunk.sha256))

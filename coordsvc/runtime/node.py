@@ -233,7 +233,8 @@ class Node:
 def _layout(c: Cluster) -> tuple[object, ...]:
     """Everything in a cluster file but the members' keys."""
     return (c.name, c.id, c.security, c.admin_public_key,
-            [(n.id, n.address, n.publish, n.http, n.http_bind, n.data_dir) for n in c.nodes])
+            [(n.id, n.address, n.publish, n.http, n.http_bind, n.bind, n.publish_bind, n.data_dir)
+             for n in c.nodes])
 
 
 def _file_signature(cluster: Cluster) -> tuple[int, int, int] | None:
@@ -268,9 +269,11 @@ def serve(cluster: Cluster, node_id: str, config: Config = Config(), log_level: 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     spec = cluster.node(node_id)
+    listening = "" if spec.listen == spec.address else f", listening on {spec.listen}"
     event(log, logging.INFO, "start",
-          f"serving at {spec.address} (cluster {cluster.name}, {len(cluster.nodes)} members)",
-          address=spec.address, publish=spec.publish, cluster=cluster.name,
+          f"serving at {spec.address}{listening} (cluster {cluster.name}, {len(cluster.nodes)} members)",
+          address=spec.address, publish=spec.publish, bind=spec.listen,
+          publish_bind=spec.publish_listen, cluster=cluster.name,
           members=len(cluster.nodes), pid=os.getpid())
     if node.http is not None:
         host, port = node.http.address

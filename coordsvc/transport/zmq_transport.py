@@ -247,11 +247,11 @@ class Transport:
         self.event_topics: set[bytes] = set()
         self.publish_address = me.publish
         try:
-            self.router.bind(me.address)
-            self.pub.bind(me.publish)
+            self.router.bind(me.listen)     # bind/publish_bind if set, else the advertised ones
+            self.pub.bind(me.publish_listen)
         except zmq.ZMQError as e:
             self.close()
-            raise TransportError(f"cannot listen on {me.address} / {me.publish}: {e.strerror}") from None
+            raise TransportError(f"cannot listen on {me.listen} / {me.publish_listen}: {e.strerror}") from None
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)

@@ -79,11 +79,13 @@ class Probe:
 
 class LocalCluster:
     def __init__(self, root: Path, nodes: int = 3, distinct_hosts: bool = False,
-                 secure: bool = True, **tuning: int) -> None:
+                 secure: bool = True, host: str = "127.0.0.1", bind_host: str | None = None,
+                 **tuning: int) -> None:
         self.root = root
         cluster_keys = keys.ClusterKeys.generate(f"n{i}" for i in range(1, nodes + 1)) if secure else None
-        self.cluster = write_new(root, nodes, base_port=free_base_port(nodes), tuning=tuning,
-                                 distinct_hosts=distinct_hosts, cluster_keys=cluster_keys)
+        self.cluster = write_new(root, nodes, host=host, base_port=free_base_port(nodes),
+                                 tuning=tuning, distinct_hosts=distinct_hosts,
+                                 cluster_keys=cluster_keys, bind_host=bind_host)
         for n in self.cluster.nodes:
             init_data_dir(n.data_dir, self.cluster.id, n.id)
         if cluster_keys is not None:

@@ -3,6 +3,7 @@ each op for each kind of right, and the issue's attacks on another identity's lo
 sessions and client id. Every refusal is a PermissionDenied that changed nothing."""
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,6 +102,8 @@ OPS: dict[str, tuple[Callable[[Client], object], set[str], bool]] = {
     "locks": (lambda c: c.locks(), {"locker"}, False),
     "status": (lambda c: c.status(), {"reader", "writer", "locker", "nobody"}, False),
     "auth": (_auth, set(), True),
+    # a backup holds every value and every principal: admin only
+    "snapshot_save": (lambda c: c.snapshot_save(Path(tempfile.mkdtemp()) / "b.snap"), set(), False),
 }
 
 
