@@ -1,7 +1,7 @@
 """Bytes <-> messages: versioned, size-capped msgpack bodies.
 
 A body is one version byte, one type-tag byte, then a msgpack payload. Peer messages
-(tags 1..11, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
+(tags 1..14, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
 replies and watch events are msgpack maps with str keys.
 
 Decoding is the trust boundary: whatever a peer or client sends, ``decode*`` either
@@ -46,10 +46,13 @@ from coordsvc.core.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     SnapshotChunk,
     SnapshotInfo,
     SnapshotRequest,
+    TimeoutNow,
 )
 from coordsvc.core.types import (
     MAX_BATCH_COMMANDS,
@@ -393,6 +396,34 @@ def _dec_snapshot_chunk(p: tuple[object, ...]) -> SnapshotChunk:
                          _size(p[2], "SnapshotChunk.offset"), data)
 
 
+def _enc_prevote(m: PreVote) -> tuple[object, ...]:
+    return (m.src, m.round, m.commit_index)
+
+
+def _dec_prevote(p: tuple[object, ...]) -> PreVote:
+    return PreVote(_node(p[0], "PreVote.src"), _uint(p[1], "PreVote.round"),
+                   _uint(p[2], "PreVote.commit_index"))
+
+
+def _enc_prevote_reply(m: PreVoteReply) -> tuple[object, ...]:
+    return (m.src, m.round, m.granted)
+
+
+def _dec_prevote_reply(p: tuple[object, ...]) -> PreVoteReply:
+    if type(p[2]) is not bool:
+        raise WireError("PreVoteReply.granted: want bool")
+    return PreVoteReply(_node(p[0], "PreVoteReply.src"), _uint(p[1], "PreVoteReply.round"),
+                        p[2])
+
+
+def _enc_timeout_now(m: TimeoutNow) -> tuple[object, ...]:
+    return (m.src, _b(m.ballot))
+
+
+def _dec_timeout_now(p: tuple[object, ...]) -> TimeoutNow:
+    return TimeoutNow(_node(p[0], "TimeoutNow.src"), _ballot(p[1], "TimeoutNow.ballot"))
+
+
 _Encoder = Callable[[Any], tuple[object, ...]]
 _Decoder = Callable[[tuple[object, ...]], Message]
 
@@ -409,6 +440,9 @@ _CODECS: dict[type, tuple[_Encoder, _Decoder, int]] = {
     CatchupReply: (_enc_catchup_reply, _dec_catchup_reply, 5),
     SnapshotRequest: (_enc_snapshot_request, _dec_snapshot_request, 3),
     SnapshotChunk: (_enc_snapshot_chunk, _dec_snapshot_chunk, 4),
+    PreVote: (_enc_prevote, _dec_prevote, 3),
+    PreVoteReply: (_enc_prevote_reply, _dec_prevote_reply, 3),
+    TimeoutNow: (_enc_timeout_now, _dec_timeout_now, 2),
 }
 if set(_CODECS) != set(MESSAGE_TYPES):  # a new message class needs a codec and a tag
     raise ImportError("wire codecs out of sync with core.messages.MESSAGE_TYPES")

@@ -240,15 +240,56 @@ class SnapshotChunk:
             raise ProtocolError("an empty snapshot chunk may only end the snapshot")
 
 
+@dataclass(frozen=True, slots=True)
+class PreVote:
+    """Would you promise a ballot of ``round`` if I prepared one? (Changes nothing.)
+
+    Asked by a follower whose election timer ran out, before it raises its ballot.
+    """
+
+    src: NodeId
+    round: int
+    commit_index: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("round", self.round)
+        _check_slot("commit_index", self.commit_index)
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    """The answer to ``PreVote`` ``round``: yes only if the replier heard no leader within
+    the election timeout and the asker's commit index is not behind its own."""
+
+    src: NodeId
+    round: int
+    granted: bool
+
+    def __post_init__(self) -> None:
+        _check_slot("round", self.round)
+        if not isinstance(self.granted, bool):
+            raise ProtocolError("granted must be a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """The leader of ``ballot`` hands over: campaign at once (no pre-vote, no timer)."""
+
+    src: NodeId
+    ballot: Ballot
+
+
 Message = (
     Prepare | Promise | Nack | Accept | Accepted | Heartbeat | HeartbeatAck
     | CatchupRequest | CatchupReply | SnapshotRequest | SnapshotChunk
+    | PreVote | PreVoteReply | TimeoutNow
 )
 
 # Wire tags follow this order (Prepare = 1): append new types, never reorder.
 MESSAGE_TYPES: tuple[type, ...] = (
     Prepare, Promise, Nack, Accept, Accepted, Heartbeat, HeartbeatAck,
     CatchupRequest, CatchupReply, SnapshotRequest, SnapshotChunk,
+    PreVote, PreVoteReply, TimeoutNow,
 )
 
 

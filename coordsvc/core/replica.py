@@ -55,6 +55,7 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .acceptor import Acceptor
+from .leadership import Functional, Leadership
 from .messages import (
     COMMAND_OVERHEAD_BYTES,
     VALUE_OVERHEAD_BYTES,
@@ -68,10 +69,13 @@ from .messages import (
     Nack,
     Outbound,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     SnapshotChunk,
     SnapshotInfo,
     SnapshotRequest,
+    TimeoutNow,
     chosen_bytes,
     value_bytes,
 )
@@ -182,7 +186,7 @@ _FETCH_RESENDS = 5
 class Replica:
     def __init__(self, node_id: NodeId, members: list[NodeId], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 external_leadership: bool = False) -> None:
+                 leadership: Leadership | None = None) -> None:
         if node_id not in members:
             raise UsageError(f"{node_id} is not one of the members {members}")
         self.id = node_id
@@ -190,7 +194,7 @@ class Replica:
         self.quorum = len(self.members) // 2 + 1
         self.cfg = config
         self.rng = rng
-        self.external = external_leadership
+        self.leadership: Leadership = leadership if leadership is not None else Functional()
         self.acceptor = Acceptor(node_id, durable, config.catchup_batch,
                                  config.message_budget_bytes)
         self.high_water_round = max(durable.high_water_round, durable.promised.round)
@@ -226,9 +230,14 @@ class Replica:
         self.hb_acks: dict[int, set[NodeId]] = {}
         self.confirmed_round = 0
         self.reads: list[_Read] = []
-        self.last_hb_sent_ms = -10**12
+        self.leader_beat_ms = -10**12       # when the leader last did its periodic duties
+        self.leader_heard_ms = -10**12      # when we last heard the leader we follow
+        # pre-vote: the round we asked about (0: not asking) and who said yes
+        self.prevote_round = 0
+        self.prevote_grants: set[NodeId] = set()
         self.hb_wanted = False
         self.last_ack_ms: dict[NodeId, int] = {}
+        self.refused_by: dict[NodeId, int] = {}  # leader: who nacked us last, and when
         self.renewed: list[int] = []
 
         # catch-up: at most one request in flight, and the snapshots we can serve
@@ -293,50 +302,61 @@ class Replica:
         self.now_ms = now_ms
         self.shelf.expire(now_ms)
         if self.role is Role.LEADER:
-            if self._lost_quorum(now_ms):
+            if self.leadership.checks_quorum and self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
                 return
-            due = now_ms - self.last_hb_sent_ms >= self.cfg.heartbeat_ms
-            if not self.external and due:
-                self._send_heartbeat()
-            if due:
+            if self._refused_by_a_live_voter(now_ms):
+                # That voter promised above us (say, as a candidate just before it
+                # crashed) and, with pre-vote, can never campaign while we lead: raise
+                # our ballot above its promise, or it would never follow us again.
+                self._start_phase1()
+                return
+            if now_ms - self.leader_beat_ms >= self.cfg.heartbeat_ms:
+                # The beat is armed whatever the strategy: next_timer_ms() must move on,
+                # or a driver that sleeps until it would spin.
+                self.leader_beat_ms = now_ms
+                if self.leadership.heartbeats:
+                    self._send_heartbeat()
                 self._retransmit_accepts(now_ms)
-        elif self.rebuilding and self.role is Role.FOLLOWER:
-            self._campaign_when_caught_up(now_ms)
-        elif not self.external and now_ms >= self.election_deadline:
-            self._start_phase1()
-        elif self.role is Role.CANDIDATE and now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
-            self._resend_prepares()
+        else:
+            self.leadership.tick(self, now_ms)
         if self.role is Role.CANDIDATE:
             self._renew_promises(now_ms)
         self._maybe_request_catchup()
 
     def next_timer_ms(self) -> int:
         """The earliest time ``tick`` has something to do (the driver may sleep until then)."""
-        hb = self.cfg.heartbeat_ms
         if self.role is Role.LEADER:
-            return self.last_hb_sent_ms + hb
-        due = self.election_deadline if not self.external else self.now_ms + 10 * hb
-        if self.role is Role.CANDIDATE or self.known_commit > self.acceptor.commit_index:
-            due = min(due, self.catchup_sent_ms + 4 * hb + 1)
-        if self.rebuilding:
-            due = min(due, self._campaign_at if self._campaign_at is not None else self.now_ms + hb)
-        return due
+            return self.leader_beat_ms + self.cfg.heartbeat_ms
+        return self.leadership.next_timer_ms(self)
 
     def suspect(self, node: NodeId) -> None:
-        """External failure detector: `node` is believed dead."""
-        if node == self.leader and self.role is Role.FOLLOWER:
-            self.leader = None
+        """External failure detector: `node` is believed dead (``UsageError`` otherwise)."""
+        self.leadership.suspect(self, node)
 
     def leader_is(self, node: NodeId) -> None:
-        """External failure detector: `node` should lead."""
-        if node == self.id and not self.rebuilding:
-            if self.role is Role.FOLLOWER:
-                self._start_phase1()
-        else:
-            if self.role is not Role.FOLLOWER:
-                self._step_down(f"external detector chose {node}")
-            self.leader = node
+        """External failure detector: `node` should lead (``UsageError`` otherwise)."""
+        self.leadership.leader_is(self, node)
+
+    # -- what the leadership strategy reads and drives
+
+    def is_follower(self) -> bool:
+        return self.role is Role.FOLLOWER
+
+    def is_candidate(self) -> bool:
+        return self.role is Role.CANDIDATE
+
+    def ballot_beaten(self) -> bool:
+        """Someone promised a ballot above the one we campaign with."""
+        return self.highest_seen > self.ballot
+
+    def _defer_to(self, node: NodeId, why: str) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._step_down(why)
+        self.leader = node
+
+    def _rebuild_timer_ms(self) -> int:
+        return self._campaign_at if self._campaign_at is not None else self.now_ms + self.cfg.heartbeat_ms
 
     def compact(self, snapshot: Snapshot) -> None:
         """The state machine was snapshotted through ``snapshot.index``; drop the log below."""
@@ -390,6 +410,12 @@ class Replica:
             self._on_snapshot_request(msg)
         elif isinstance(msg, SnapshotChunk):
             self._on_snapshot_chunk(msg)
+        elif isinstance(msg, PreVote):
+            self._on_prevote(msg)
+        elif isinstance(msg, PreVoteReply):
+            self._on_prevote_reply(msg)
+        elif isinstance(msg, TimeoutNow):
+            self._on_timeout_now(msg)
 
     def _receive_rebuilding(self, msg: Message) -> bool:
         """Handle ``msg`` without voting; False lets the normal path take it."""
@@ -419,7 +445,7 @@ class Replica:
     def _campaign_when_caught_up(self, now_ms: int) -> None:
         # A rebuilding follower never campaigns on the election timer, only once it has
         # learned everything the leader committed: its campaign is how it earns its vote.
-        if self.external or self.leader is None or self.known_commit > self.acceptor.commit_index:
+        if self.leader is None or self.known_commit > self.acceptor.commit_index:
             self._campaign_at = None
         elif self._campaign_at is None:
             self._campaign_at = now_ms + self._election_timeout()
@@ -522,16 +548,24 @@ class Replica:
         if ballot >= self.leader_ballot or self.leader is None:
             self.leader, self.leader_ballot = node, ballot
         if node != self.id:
+            self.leader_heard_ms = self.now_ms
+            self.prevote_round = 0
             self._reset_election()
 
     def _lost_quorum(self, now_ms: int) -> bool:
-        if self.external:
-            return False
         limit = self.cfg.election_timeout_ms
         fresh = sum(1 for m in self.members
                     if (m == self.id and not self.rebuilding)
                     or (m != self.id and now_ms - self.last_ack_ms.get(m, -10**12) <= limit))
         return fresh < self.quorum
+
+    def _refused_by_a_live_voter(self, now_ms: int) -> bool:
+        """A voter keeps refusing us (a Nack within the last heartbeats) and has not
+        accepted anything from us for an election timeout."""
+        limit = self.cfg.election_timeout_ms
+        return any(now_ms - at <= 4 * self.cfg.heartbeat_ms
+                   and now_ms - self.last_ack_ms.get(node, -10**12) > limit
+                   for node, at in self.refused_by.items())
 
     def _step_down(self, why: str) -> None:
         if self.role is Role.FOLLOWER:
@@ -566,6 +600,7 @@ class Replica:
             self.rounds_exhausted = True
             self._reset_election()
             return
+        self.prevote_round = 0
         self.high_water_round = top + 1
         self._ready.persist.high_water_round = self.high_water_round  # saved before the Prepare leaves
         if self.role is Role.LEADER:
@@ -575,6 +610,41 @@ class Replica:
         self.leader = None
         self._begin_prepare()
         self._reset_election()
+
+    # ------------------------------------------------------------- pre-vote
+
+    def _start_prevote(self) -> None:
+        """Ask before raising our ballot (nothing is persisted: a pre-vote binds no one)."""
+        top = max(self.high_water_round, self.highest_seen.round, self.acceptor.promised.round)
+        self.prevote_round = min(top + 1, MAX_ROUND)
+        self.prevote_grants = set()
+        self._reset_election()        # no majority by then: ask again
+        ask = PreVote(self.id, self.prevote_round, self.acceptor.commit_index)
+        for m in self.members:
+            self._send(m, ask)
+
+    def _grants_prevote(self, m: PreVote) -> bool:
+        if self.role is Role.LEADER and m.src != self.id:
+            return False
+        heard_leader = (self.leader is not None and self.leader != self.id
+                        and self.now_ms - self.leader_heard_ms < self.cfg.election_timeout_ms)
+        return not heard_leader and m.commit_index >= self.acceptor.commit_index
+
+    def _on_prevote(self, m: PreVote) -> None:
+        self._send(m.src, PreVoteReply(self.id, m.round, self._grants_prevote(m)))
+
+    def _on_prevote_reply(self, m: PreVoteReply) -> None:
+        if (self.role is not Role.FOLLOWER or not self.prevote_round
+                or m.round != self.prevote_round or not m.granted):
+            return
+        self.prevote_grants.add(m.src)
+        if len(self.prevote_grants) >= self.quorum:
+            self._start_phase1()
+
+    def _on_timeout_now(self, m: TimeoutNow) -> None:
+        # Only the leader we follow may hand over to us, at the ballot we follow it at.
+        if self.role is Role.FOLLOWER and m.src == self.leader and m.ballot == self.leader_ballot:
+            self._start_phase1()
 
     def _begin_prepare(self) -> None:
         self.from_slot = self.acceptor.commit_index + 1
@@ -676,7 +746,9 @@ class Replica:
         self.promises.clear()
         self.nacks.clear()
         self.last_ack_ms = {m: self.now_ms for m in self.members}
+        self.refused_by.clear()
         self.hb_acks.clear()
+        self.leader_beat_ms = self.now_ms
         self._send_heartbeat()
         self._maybe_finish_rebuild()
 
@@ -761,6 +833,8 @@ class Replica:
         self.nacks.add(m.src)
         # One NACK alone does not unseat us (the nacking node may be a lone stray);
         # a quorum of them means a higher ballot holds the majority.
+        if self.role is Role.LEADER and m.src != self.id:
+            self.refused_by[m.src] = self.now_ms
         if len(self.nacks) >= self.quorum:
             self._step_down(f"nacked by a quorum; ballot to beat {self.highest_seen}")
 
@@ -774,7 +848,8 @@ class Replica:
         renewed, self.renewed = tuple(self.renewed), []
         self._broadcast(Heartbeat(self.id, self.ballot, self.acceptor.commit_index,
                                   self.hb_round, renewed))
-        self.last_hb_sent_ms = self.now_ms
+        if self.leadership.heartbeats:
+            self.leader_beat_ms = self.now_ms   # a heartbeat for a read counts as the beat
         self.hb_wanted = False
 
     def _on_heartbeat(self, m: Heartbeat) -> None:

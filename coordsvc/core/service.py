@@ -27,6 +27,7 @@ from .commands import (
     decode_request,
     encode_request,
 )
+from .leadership import Leadership
 from .machine import Machine, RevisionCompacted
 from .messages import Message, Outbound
 from .protocol import (
@@ -67,12 +68,12 @@ class ServiceCounters:
 class Service:
     def __init__(self, node_id: NodeId, addresses: dict[NodeId, str], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 external_leadership: bool = False) -> None:
+                 leadership: Leadership | None = None) -> None:
         self.id = node_id
         self.addresses = dict(addresses)
         self.cfg = config
         self.replica = Replica(node_id, sorted(addresses), durable, rng, now_ms, config,
-                               external_leadership)
+                               leadership)
         self.machine = Machine()
         self.started_ms = now_ms
         self.now_ms = now_ms

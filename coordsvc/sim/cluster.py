@@ -37,7 +37,17 @@ from ..core.messages import (
     SnapshotInfo,
 )
 from ..core.replica import Ready, Replica, Role
-from ..core.types import Ballot, Config, Durable, NodeId, Persist, Slot, Snapshot, Value
+from ..core.types import (
+    Ballot,
+    Config,
+    Durable,
+    NodeId,
+    Persist,
+    SafetyViolation,
+    Slot,
+    Snapshot,
+    Value,
+)
 from ..storage.memory import MemoryStore
 
 MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes",
@@ -80,7 +90,9 @@ class Params:
             drift=tuple(round(rng.uniform(0.9, 1.1), 3) for _ in range(n)),
             propose_every_ms=rng.choice((5, 20, 60)),
             safety_ms=2500,
-            heal_ms=12000,
+            # Long enough for a node left ~400 slots behind to catch up at one entry per
+            # round trip (16-byte budgets, 60 ms delays); a run ends once it converges.
+            heal_ms=20000,
             snapshot_every=rng.choice((8, 50, 10**9)),
             disk_loss=rng.choice((0.0, 0.0, 0.2, 0.5)),
             batch_bytes=rng.choice((45, 60, 200)),
@@ -488,7 +500,10 @@ class Sim:
             if t > end:
                 break
             self.now = t
-            handlers[kind](data)
+            try:
+                handlers[kind](data)
+            except SafetyViolation as e:    # a node caught a broken invariant itself
+                self._violate(f"{kind}: a node raised SafetyViolation: {e}")
             if not self.faults and not self.outstanding and self._converged():
                 break
         if not self.violations:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 
+from coordsvc.core.leadership import External, Functional
 from coordsvc.core.messages import Message, Outbound
 from coordsvc.core.replica import Ready, Replica
 from coordsvc.core.types import Config, Durable
@@ -13,9 +14,13 @@ IDS = ["n1", "n2", "n3"]
 
 
 def make(node: str = "n1", durable: Durable | None = None, now: int = 0,
-         external: bool = False, seed: int = 1, cfg: Config = CFG) -> Replica:
+         external: bool = False, seed: int = 1, cfg: Config = CFG,
+         prevote: bool = False) -> Replica:
+    """A replica of IDS. The phase-1 rule tests campaign at the election timeout itself
+    (``prevote=False``); the pre-vote tests and the ``Net`` ask first, as production does."""
+    leadership = External() if external else Functional(prevote=prevote)
     return Replica(node, IDS, durable or Durable(), random.Random(seed), now, cfg,
-                   external_leadership=external)
+                   leadership=leadership)
 
 
 def drain(r: Replica, store: MemoryStore | None = None) -> Ready:
@@ -37,8 +42,10 @@ class Net:
 
     def __init__(self, external: bool = False) -> None:
         self.stores = {i: MemoryStore() for i in IDS}
-        self.reps = {i: make(i, external=external, seed=k) for k, i in enumerate(IDS)}
+        self.reps = {i: make(i, external=external, seed=k, prevote=True)
+                     for k, i in enumerate(IDS)}
         self.down: set[str] = set()
+        self.cut: set[tuple[str, str]] = set()      # (src, dst) links that drop everything
         self.applied: dict[str, list[tuple[int, tuple[bytes, ...]]]] = {i: [] for i in IDS}
         self.reads: dict[str, list[object]] = {i: [] for i in IDS}
         self.now = 0
@@ -55,10 +62,13 @@ class Net:
                 queue.extend((i, o) for o in ready.messages)
             if not queue:
                 return
-            for _src, o in queue:
-                if o.dst not in self.down:
+            for src, o in queue:
+                if o.dst not in self.down and (src, o.dst) not in self.cut:
                     self.reps[o.dst].receive(o.msg, self.now)
         raise AssertionError("did not stabilize")
+
+    def isolate(self, node: str) -> None:
+        self.cut |= {(a, b) for a in IDS for b in IDS if a != b and node in (a, b)}
 
     def tick(self, ms: int) -> None:
         self.now += ms

@@ -20,10 +20,13 @@ from coordsvc.core.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     SnapshotChunk,
     SnapshotInfo,
     SnapshotRequest,
+    TimeoutNow,
     chosen_bytes,
     entry_bytes,
     value_bytes,
@@ -125,6 +128,9 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
               st.none() | INFOS, U62),
     st.builds(SnapshotRequest, NODES, SLOTS, U62),
     snapshot_chunks(),
+    st.builds(PreVote, NODES, U62, U62),
+    st.builds(PreVoteReply, NODES, U62, st.booleans()),
+    st.builds(TimeoutNow, NODES, BALLOTS),
 )
 
 # Arbitrary msgpack-able trees, biased towards the shapes the decoders look for.
@@ -188,6 +194,11 @@ EXAMPLES: list[Message] = [
     SnapshotChunk("n1", INFO, 0, b"s" * SNAPSHOT_CHUNK_BYTES),
     SnapshotChunk("n1", INFO, 3 * MiB - 5, b"tail!"),
     SnapshotChunk("n1", SnapshotInfo(4, 0, SUM), 0, b""),
+    PreVote("n2", 7, 40),
+    PreVote("n2", 2**62, 0),
+    PreVoteReply("n1", 7, True),
+    PreVoteReply("n1", 7, False),
+    TimeoutNow("n1", B),
 ]
 
 
@@ -215,10 +226,11 @@ def test_any_valid_message_round_trips(msg: Message) -> None:
 
 
 def test_peer_tags_follow_message_types_order() -> None:
-    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 12))
+    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 15))
     assert PEER_TAGS[Prepare] == 1 and PEER_TAGS[CatchupReply] == 9
     # New messages are appended, never renumbered.
     assert PEER_TAGS[SnapshotRequest] == 10 and PEER_TAGS[SnapshotChunk] == 11
+    assert (PEER_TAGS[PreVote], PEER_TAGS[PreVoteReply], PEER_TAGS[TimeoutNow]) == (12, 13, 14)
     assert (CLIENT_REQUEST, CLIENT_REPLY, EVENT) == (32, 33, 34)
 
 
@@ -265,7 +277,7 @@ def test_wrong_version_is_rejected() -> None:
             decode(bytes((v,)) + good[1:])
 
 
-@pytest.mark.parametrize("tag", [0, 12, 31, 35, 255])
+@pytest.mark.parametrize("tag", [0, 15, 31, 35, 255])
 def test_unknown_tag_is_rejected(tag: int) -> None:
     with pytest.raises(WireError, match="tag"):
         decode(frame(tag, ["n1", [1, "n1"], 1]))
