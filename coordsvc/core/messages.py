@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .membership import Membership
 from .types import (
     MAX_MESSAGE_ITEMS,
     MAX_RENEWED,
@@ -70,12 +71,14 @@ class Promise:
     commit_index: Slot
     snapshot_index: Slot
     next_slot: Slot = 0
+    incarnation: Slot = 0        # which member of ``src`` promised (see membership)
 
     def __post_init__(self) -> None:
         _check_slot("from_slot", self.from_slot)
         _check_slot("commit_index", self.commit_index)
         _check_slot("snapshot_index", self.snapshot_index)
         _check_slot("next_slot", self.next_slot)
+        _check_slot("incarnation", self.incarnation)
         if len(self.accepted) > MAX_MESSAGE_ITEMS:
             raise ProtocolError(f"a promise lists at most {MAX_MESSAGE_ITEMS} entries")
         if self.next_slot:
@@ -111,14 +114,17 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """Phase 2b: ``src`` accepted ``slot`` at ``ballot`` (and it is on its disk)."""
+    """Phase 2b: ``src`` (its member ``incarnation``) accepted ``slot`` at ``ballot``, and
+    it is on its disk."""
 
     src: NodeId
     ballot: Ballot
     slot: Slot
+    incarnation: Slot = 0
 
     def __post_init__(self) -> None:
         _check_slot("slot", self.slot)
+        _check_slot("incarnation", self.incarnation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +150,19 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck:
+    """``src`` (member ``incarnation``) follows ``ballot``; its commit index is progress
+    the leader reads to promote a learner or hand over leadership."""
+
     src: NodeId
     ballot: Ballot
     round: int
     commit_index: Slot
+    incarnation: Slot = 0
 
     def __post_init__(self) -> None:
         _check_slot("round", self.round)
         _check_slot("commit_index", self.commit_index)
+        _check_slot("incarnation", self.incarnation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +201,9 @@ class CatchupReply:
     ``ballot`` is the sender's ballot at sending time; every value here is chosen,
     so the receiver may record it as accepted at that ballot. ``snapshot`` (instead
     of entries) says the requested slots are compacted into that snapshot here:
-    fetch it with ``SnapshotRequest``.
+    fetch it with ``SnapshotRequest``. ``config`` is config(1), sent with the entries of a
+    request from slot 1: a node added at runtime starts from it (it knows no
+    configuration of its own).
     """
 
     src: NodeId
@@ -198,6 +211,7 @@ class CatchupReply:
     chosen: tuple[tuple[Slot, Value], ...]
     snapshot: SnapshotInfo | None
     commit_index: Slot
+    config: Membership | None = None
 
     def __post_init__(self) -> None:
         _check_slot("commit_index", self.commit_index)

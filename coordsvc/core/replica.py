@@ -56,6 +56,14 @@ from typing import TYPE_CHECKING
 
 from .acceptor import Acceptor
 from .leadership import Functional, Leadership
+from .membership import (
+    ChangeKind,
+    ConfigHistory,
+    Member,
+    Membership,
+    MembershipChange,
+    change_in,
+)
 from .messages import (
     COMMAND_OVERHEAD_BYTES,
     VALUE_OVERHEAD_BYTES,
@@ -79,7 +87,7 @@ from .messages import (
     chosen_bytes,
     value_bytes,
 )
-from .transfer import Fetch, Shelf, checksum
+from .transfer import Fetch, Shelf, checksum, snapshot_from_payload
 from .types import (
     MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
@@ -93,6 +101,7 @@ from .types import (
     LogEntry,
     NodeId,
     Persist,
+    ProtocolError,
     SafetyViolation,
     Slot,
     Snapshot,
@@ -124,11 +133,16 @@ class Ready:
     aborted_commands: list[bytes] = field(default_factory=list)
     # Session ids the leader reported renewed (followers only): restart their clocks.
     renewed: list[int] = field(default_factory=list)
+    # The latest chosen configuration, when it changed (the runtime connects and drops peers).
+    config: Membership | None = None
+    # This node applied a configuration without itself: it must stop serving (why).
+    removed: str | None = None
 
     def empty(self) -> bool:
         return (self.persist.empty() and not self.messages and not self.committed
                 and self.install is None and not self.reads and not self.aborted_reads
-                and not self.aborted_commands and not self.renewed)
+                and not self.aborted_commands and not self.renewed and self.config is None
+                and self.removed is None)
 
 
 @dataclass(slots=True)
@@ -148,6 +162,7 @@ class _Promises:
     complete_through: Slot = 0       # max snapshot_index over the chunks
     commit_index: Slot = 0
     complete: bool = False
+    incarnation: Slot = 0            # which member of that id promised
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,26 +192,50 @@ class ReplicaStatus:
     rejected_replies: int        # replies from a peer we did not ask, or not awaited
     bad_snapshots: int           # assembled snapshots whose checksum did not match
     rounds_exhausted: bool       # someone promised round 2**62: we cannot campaign
+    incarnation: Slot | None     # which member we are (None: joining, not yet known)
+    removed: str                 # why we were removed ("": we were not)
+    config: Membership           # config(commit + 1): the latest chosen configuration
+    change_in_flight: bool       # leader: a membership change is queued or not yet chosen
+    transfer_to: NodeId | None   # leader: handing leadership to this voter
+    progress: tuple[tuple[NodeId, Slot, Slot], ...]  # leader: (id, incarnation, commit) heard
 
 
 # Resends of one catch-up or snapshot request before starting over with a fresh request.
 _FETCH_RESENDS = 5
+# A learner is promoted once its commit index is within this many slots of the leader's.
+PROMOTE_GAP_SLOTS = 16
+_NOBODY = Membership(())
+_NO_MEMBER = Member("-", voting=False)
 
 
 class Replica:
     def __init__(self, node_id: NodeId, members: list[NodeId], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
                  leadership: Leadership | None = None) -> None:
-        if node_id not in members:
-            raise UsageError(f"{node_id} is not one of the members {members}")
         self.id = node_id
-        self.members = sorted(members)
-        self.quorum = len(self.members) // 2 + 1
+        self.incarnation: Slot | None = durable.incarnation
+        self.removed = durable.removed
+        snap = durable.snapshot
+        base: Membership | None = snap.config
+        if base is None and self.incarnation is not None:
+            # No configuration recorded yet: the bootstrap members (cluster.toml) are config(1).
+            if node_id not in members:
+                raise UsageError(f"{node_id} is not one of the members {members}")
+            base = Membership.bootstrap(members)
+        # config(s) for every slot we still care about; None while a node added at runtime
+        # has not yet learned any configuration from the leader.
+        self.history: ConfigHistory | None = (
+            None if base is None else ConfigHistory(snap.index + 1, base))
+        # Configurations after changes not yet chosen: the leader's (proposed or recovered)
+        # or the candidate's (the chain its promises recovered), as (first slot, config).
+        self.tentative: list[tuple[Slot, Membership]] = []
+        self.members: list[NodeId] = []
         self.cfg = config
         self.rng = rng
         self.leadership: Leadership = leadership if leadership is not None else Functional()
         self.acceptor = Acceptor(node_id, durable, config.catchup_batch,
                                  config.message_budget_bytes)
+        self.acceptor.incarnation = self.incarnation or 0
         self.high_water_round = max(durable.high_water_round, durable.promised.round)
         self.applied: Slot = durable.snapshot.index
         self.now_ms = now_ms
@@ -227,7 +266,7 @@ class Replica:
         self._max_pending = config.max_pending_commands      # read on every propose
         self._max_pending_bytes = config.max_pending_bytes
         self.hb_round = 0
-        self.hb_acks: dict[int, set[NodeId]] = {}
+        self.hb_acks: dict[int, set[tuple[NodeId, Slot]]] = {}
         self.confirmed_round = 0
         self.reads: list[_Read] = []
         self.leader_beat_ms = -10**12       # when the leader last did its periodic duties
@@ -265,8 +304,240 @@ class Replica:
         self.rebuilding = durable.rebuilding
         self._campaign_at: int | None = None
 
+        # membership (leader): one change queued, then in flight until chosen; learners'
+        # progress; a leadership hand-over in progress
+        self.change_queue: MembershipChange | None = None
+        self.change_slot: Slot | None = None
+        self.progress: dict[NodeId, tuple[Slot, Slot, int]] = {}   # id -> (inc, commit, when)
+        self.transfer_to: NodeId | None = None
+        self.departing: dict[NodeId, int] = {}    # leader: removed members told until then
+        self.transfer_deadline_ms = 0
+        self.timeout_now_sent_ms = -10**12
+        self.promote_gap = PROMOTE_GAP_SLOTS
+
         self._ready = Ready()
         self._outstanding = False
+        if snap.config is None and base is not None:
+            # Record the bootstrap configuration with the first save: from then on the data
+            # directory, not cluster.toml (which `member add` edits), says what config(1) was.
+            recorded = Snapshot(snap.index, snap.data, base)
+            self.acceptor.snapshot = recorded
+            self._ready.persist.snapshot = recorded
+        self._note_committed(snap.index + 1, self.acceptor.commit_index, at_boot=True)
+        self._refresh_members()
+
+    # ------------------------------------------------------------------ membership
+
+    def config_for(self, slot: Slot) -> Membership:
+        """config(slot): the configuration whose majority decides ``slot``."""
+        for start, c in reversed(self.tentative):
+            if slot >= start:
+                return c
+        return self.history.at(slot) if self.history is not None else _NOBODY
+
+    @property
+    def config(self) -> Membership:
+        """The latest chosen configuration: config(commit + 1)."""
+        return self.history.latest if self.history is not None else _NOBODY
+
+    def _latest_config(self) -> Membership:
+        return self.tentative[-1][1] if self.tentative else self.config
+
+    def _refresh_members(self) -> None:
+        """Whom we talk to and hear from: the members of the latest chosen configuration
+        and of any tentative one. A removed member is in neither: its messages are dropped."""
+        ids = set(self.config.ids)
+        for _, c in self.tentative:
+            ids.update(c.ids)
+        ids.add(self.id)
+        self.members = sorted(ids)
+
+    def may_campaign(self) -> bool:
+        """Only a voter of the latest chosen configuration campaigns (never a learner, a
+        joining node, or a removed one)."""
+        return (self.incarnation is not None and not self.removed
+                and self.config.votes(self.id, self.incarnation))
+
+    def _note_committed(self, first: Slot, last: Slot, at_boot: bool = False) -> None:
+        """Slots ``first..last`` are chosen: take the changes among them into config(s)."""
+        h = self.history
+        if h is None or last < first:
+            return
+        log = self.acceptor.log
+        changed = False
+        before = h.latest
+        for slot in range(max(first, h.latest_start), last + 1):
+            e = log.get(slot)
+            if e is None or len(e.value) != 1:
+                continue
+            try:
+                ch = change_in(e.value)
+                if ch is None:
+                    continue
+                new = h.latest.apply(ch, slot)
+            except (ProtocolError, UsageError) as err:
+                raise SafetyViolation(f"the change chosen at slot {slot} does not apply: {err}") from err
+            h.add(slot, new)
+            changed = True
+        if changed:
+            if self.role is Role.LEADER:
+                # Members that just left hear of it from us (heartbeats, catch-up) for a
+                # while: a removed node must learn its removal is chosen to stop.
+                for gone in set(before.ids) - set(h.latest.ids):
+                    self.departing[gone] = self.now_ms + 4 * self.cfg.election_timeout_ms
+            self._configs_changed(at_boot)
+
+    def _configs_changed(self, at_boot: bool = False) -> None:
+        h = self.history
+        assert h is not None
+        while self.tentative and self.tentative[0][0] <= h.latest_start:
+            start, c = self.tentative.pop(0)
+            if h.at(start) != c:
+                raise SafetyViolation(f"config({start}) chosen differs from the one proposed")
+        if self.change_slot is not None and self.acceptor.commit_index >= self.change_slot:
+            self.change_slot = None
+        self._refresh_members()
+        if not at_boot:
+            self._ready.config = h.latest
+        self._check_removed()
+
+    def _check_removed(self) -> None:
+        h = self.history
+        if h is None or self.incarnation is None or self.removed:
+            return
+        if h.latest_start - 1 < self.incarnation:
+            return
+        me = h.latest.get(self.id)
+        if me is None or me.incarnation != self.incarnation:
+            self._remove_self(f"{self.id} was removed from the cluster by the change chosen "
+                              f"at slot {h.latest_start - 1}")
+
+    def _remove_self(self, why: str) -> None:
+        self._step_down(why)
+        self.removed = why
+        self.leader = None
+        self._ready.persist.removed = why
+        self._ready.removed = why
+
+    def _maybe_adopt_incarnation(self) -> None:
+        """A node added at runtime learns which member it is once it has caught up: the
+        learner under its id in the latest configuration (an id is never a member twice)."""
+        h = self.history
+        if (self.incarnation is not None or h is None or self.leader is None
+                or self.acceptor.commit_index < self.known_commit):
+            return
+        me = h.latest.get(self.id)
+        if me is not None and not me.voting:
+            self.incarnation = self.acceptor.incarnation = me.incarnation
+            self._ready.persist.incarnation = me.incarnation
+            self._refresh_members()
+
+    def request_change(self, change: MembershipChange) -> str | None:
+        """Queue one membership change (the leader proposes it once the pipeline is
+        drained). None if queued; otherwise why not, and nothing changed."""
+        if self.role is not Role.LEADER or not self.serving:
+            return "not the leader"
+        if self.change_queue is not None or self.change_slot is not None or self.tentative:
+            return "a membership change is already in flight; retry when it is chosen"
+        if self.transfer_to is not None:
+            return f"leadership is being handed to {self.transfer_to}"
+        latest = self.config
+        why = latest.refuses(change)
+        if why is not None:
+            return why
+        m = change.member
+        if change.kind is ChangeKind.REMOVE and m.id == self.id:
+            target = self._best_successor()
+            if target is None:
+                return "the leader cannot be removed: no other voter can take over"
+            self.transfer_leadership(target)
+            return f"{self.id} leads: it hands leadership to {target} first; retry there"
+        if change.kind is ChangeKind.REMOVE and latest.votes(m.id, m.incarnation):
+            after = latest.apply(change, self.next_slot)
+            live = {v.key for v in after.voters if self._live(v.id)}
+            if not after.is_quorum(live):
+                return (f"removing {m.id} would leave {len(live)} live voter(s) of "
+                        f"{len(after.voters)}: no quorum")
+        self.change_queue = change
+        return None
+
+    def transfer_leadership(self, target: NodeId) -> str | None:
+        """Hand leadership to voter ``target`` once it holds our last slot (TimeoutNow)."""
+        if self.role is not Role.LEADER:
+            return "not the leader"
+        if target == self.id:
+            return None
+        if self.config.get(target) is None or not self.config.get(target).voting:  # type: ignore[union-attr]
+            return f"{target} is not a voter"
+        if self.change_queue is not None or self.change_slot is not None:
+            return "a membership change is in flight; retry when it is chosen"
+        self.transfer_to = target
+        self.transfer_deadline_ms = self.now_ms + self.cfg.election_timeout_ms
+        self.timeout_now_sent_ms = -10**12
+        self._maybe_hand_over()
+        return None
+
+    def _live(self, node: NodeId) -> bool:
+        return node == self.id or (
+            self.now_ms - self.last_ack_ms.get(node, -10**12) <= self.cfg.election_timeout_ms)
+
+    def _best_successor(self) -> NodeId | None:
+        best: tuple[Slot, NodeId] | None = None
+        for v in self.config.voters:
+            p = self.progress.get(v.id)
+            if v.id == self.id or p is None or p[0] != v.incarnation or not self._live(v.id):
+                continue
+            if best is None or (p[1], v.id) > best:
+                best = (p[1], v.id)
+        return None if best is None else best[1]
+
+    def _maybe_hand_over(self) -> None:
+        t = self.transfer_to
+        if t is None or self.role is not Role.LEADER:
+            return
+        if self.now_ms > self.transfer_deadline_ms:
+            self.transfer_to = None          # it did not catch up in time: keep leading
+            return
+        p = self.progress.get(t)
+        if (p is not None and not self.inflight and p[1] >= self.next_slot - 1
+                and self.now_ms - self.timeout_now_sent_ms >= self.cfg.heartbeat_ms):
+            self.timeout_now_sent_ms = self.now_ms
+            self._send(t, TimeoutNow(self.id, self.ballot))
+
+    def _maybe_promote(self) -> None:
+        """Promote a learner once its commit index is within ``promote_gap`` of ours."""
+        if (self.change_queue is not None or self.change_slot is not None or self.tentative
+                or self.transfer_to is not None or not self.serving):
+            return
+        for m in self.config.learners:
+            p = self.progress.get(m.id)
+            if (p is not None and p[0] == m.incarnation and self._live(m.id)
+                    and p[1] + self.promote_gap >= self.acceptor.commit_index):
+                self.change_queue = MembershipChange(ChangeKind.PROMOTE, m)
+                return
+
+    def _propose_change(self) -> None:
+        """The queued change goes at the next slot, with nothing before it unchosen."""
+        change = self.change_queue
+        assert change is not None
+        slot = self.next_slot
+        try:
+            after = self.config.apply(change, slot)
+        except UsageError:
+            self.change_queue = None     # overtaken (e.g. the learner left): drop it
+            return
+        self.change_queue = None
+        self.change_slot = slot
+        self.next_slot += 1
+        value = change.value()
+        size = value_bytes(value)
+        self.inflight[slot] = (value, set(), self.now_ms, size)
+        self.inflight_bytes += size
+        self.tentative.append((slot + 1, after))
+        self._refresh_members()
+        for m in after.ids:
+            self.last_ack_ms.setdefault(m, self.now_ms)
+        self._broadcast(Accept(self.id, self.ballot, slot, value, self.acceptor.commit_index))
 
     # ------------------------------------------------------------------ inputs
 
@@ -278,7 +549,8 @@ class Replica:
         if n > MAX_COMMAND_BYTES:
             raise UsageError(f"command of {n} bytes exceeds MAX_COMMAND_BYTES ({MAX_COMMAND_BYTES})")
         if (self.role is not Role.LEADER or len(self.pending) >= self._max_pending
-                or self.pending_bytes + n > self._max_pending_bytes):
+                or self.pending_bytes + n > self._max_pending_bytes
+                or self.transfer_to is not None):
             return False
         self.pending.append(command)
         self.pending_bytes += n
@@ -300,6 +572,8 @@ class Replica:
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        if self.removed:
+            return
         self.shelf.expire(now_ms)
         if self.role is Role.LEADER:
             if self.leadership.checks_quorum and self._lost_quorum(now_ms):
@@ -318,6 +592,8 @@ class Replica:
                 if self.leadership.heartbeats:
                     self._send_heartbeat()
                 self._retransmit_accepts(now_ms)
+                self._maybe_promote()
+                self._maybe_hand_over()
         else:
             self.leadership.tick(self, now_ms)
         if self.role is Role.CANDIDATE:
@@ -364,19 +640,28 @@ class Replica:
             raise UsageError(f"snapshot {snapshot.index} beyond applied {self.applied}")
         if snapshot.index <= self.acceptor.snapshot.index:
             return
+        if self.history is not None:
+            snapshot = Snapshot(snapshot.index, snapshot.data, self.history.at(snapshot.index + 1))
+            self.history.compact(snapshot.index)
         self.acceptor.install_snapshot(snapshot, self._ready.persist)
         self.shelf.replace(snapshot, self.now_ms)
 
     def receive(self, msg: Message, now_ms: int) -> None:
         self.now_ms = now_ms
-        if msg.src not in self.members:
-            return  # not one of ours: ignore (counted by the transport)
+        if self.removed:
+            return  # we left the cluster: nothing more to say
+        if msg.src not in self.members and self.history is not None:
+            # Not one of ours, or removed: ignore (counted by the transport) -- except
+            # that a member just removed may still learn from us that it was.
+            if msg.src not in self.departing or not isinstance(
+                    msg, (CatchupRequest, SnapshotRequest, HeartbeatAck)):
+                return
         if self.rebuilding and self._receive_rebuilding(msg):
             return
         if isinstance(msg, Prepare):
             self._observe(msg.ballot)
             answer = self.acceptor.on_prepare(msg, self._ready.persist)
-            self._reply(msg.src, answer)
+            self._vote(msg.src, answer)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"promised higher ballot {msg.ballot}")
             if isinstance(answer, Promise) and msg.src != self.id and self.role is Role.FOLLOWER:
@@ -386,7 +671,7 @@ class Replica:
         elif isinstance(msg, Accept):
             self._observe(msg.ballot)
             reply = self.acceptor.on_accept(msg, self._ready.persist)
-            self._reply(msg.src, reply)
+            self._vote(msg.src, reply)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"accepted for higher ballot {msg.ballot}")
             if isinstance(reply, Accepted) or (reply is None and msg.ballot >= self.acceptor.promised):
@@ -518,7 +803,12 @@ class Replica:
             fetch_snapshot_bytes=len(f.data) if f is not None and assembling else 0,
             retained_snapshot_index=self.shelf.retained_index or 0,
             rejected_replies=self.rejected_replies, bad_snapshots=self.bad_snapshots,
-            rounds_exhausted=self.rounds_exhausted)
+            rounds_exhausted=self.rounds_exhausted, incarnation=self.incarnation,
+            removed=self.removed, config=self.config,
+            change_in_flight=(self.change_queue is not None or self.change_slot is not None
+                              or bool(self.tentative)),
+            transfer_to=self.transfer_to,
+            progress=tuple((n, inc, c) for n, (inc, c, _) in sorted(self.progress.items())))
 
     # ------------------------------------------------------------------ helpers
 
@@ -540,6 +830,11 @@ class Replica:
         if msg is not None:
             self._send(dst, msg)
 
+    def _vote(self, dst: NodeId, msg: Message | None) -> None:
+        # A node that does not yet know which member it is casts no vote (a Nack is fine).
+        if msg is not None and (self.incarnation is not None or isinstance(msg, Nack)):
+            self._send(dst, msg)
+
     def _observe(self, b: Ballot) -> None:
         if b > self.highest_seen:
             self.highest_seen = b
@@ -554,10 +849,11 @@ class Replica:
 
     def _lost_quorum(self, now_ms: int) -> bool:
         limit = self.cfg.election_timeout_ms
-        fresh = sum(1 for m in self.members
-                    if (m == self.id and not self.rebuilding)
-                    or (m != self.id and now_ms - self.last_ack_ms.get(m, -10**12) <= limit))
-        return fresh < self.quorum
+        latest = self._latest_config()
+        fresh = sum(1 for v in latest.voters
+                    if (v.id == self.id and not self.rebuilding)
+                    or (v.id != self.id and now_ms - self.last_ack_ms.get(v.id, -10**12) <= limit))
+        return fresh < latest.quorum
 
     def _refused_by_a_live_voter(self, now_ms: int) -> bool:
         """A voter keeps refusing us (a Nack within the last heartbeats) and has not
@@ -587,11 +883,19 @@ class Replica:
         self.pending_bytes = 0
         self.renewed.clear()
         self.hb_acks.clear()
+        self.tentative.clear()
+        self.change_queue = None
+        self.change_slot = None
+        self.transfer_to = None
+        self._refresh_members()
         self._reset_election()
 
     # ------------------------------------------------------------- phase 1
 
     def _start_phase1(self) -> None:
+        if not self.may_campaign():
+            self._reset_election()       # a learner, a joining or a removed node never leads
+            return
         top = max(self.high_water_round, self.highest_seen.round, self.acceptor.promised.round)
         if top >= MAX_ROUND:
             # Someone holds the last round there is. Honest rounds grow by one per campaign,
@@ -620,8 +924,8 @@ class Replica:
         self.prevote_grants = set()
         self._reset_election()        # no majority by then: ask again
         ask = PreVote(self.id, self.prevote_round, self.acceptor.commit_index)
-        for m in self.members:
-            self._send(m, ask)
+        for v in self.config.voters:
+            self._send(v.id, ask)
 
     def _grants_prevote(self, m: PreVote) -> bool:
         if self.role is Role.LEADER and m.src != self.id:
@@ -637,13 +941,16 @@ class Replica:
         if (self.role is not Role.FOLLOWER or not self.prevote_round
                 or m.round != self.prevote_round or not m.granted):
             return
+        if not (self.config.get(m.src) or _NO_MEMBER).voting:
+            return
         self.prevote_grants.add(m.src)
-        if len(self.prevote_grants) >= self.quorum:
+        if len(self.prevote_grants) >= self.config.quorum and self.may_campaign():
             self._start_phase1()
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:
         # Only the leader we follow may hand over to us, at the ballot we follow it at.
-        if self.role is Role.FOLLOWER and m.src == self.leader and m.ballot == self.leader_ballot:
+        if (self.role is Role.FOLLOWER and m.src == self.leader and m.ballot == self.leader_ballot
+                and self.may_campaign()):
             self._start_phase1()
 
     def _begin_prepare(self) -> None:
@@ -652,6 +959,8 @@ class Replica:
         self.promises.clear()
         self.nacks.clear()
         self.catchup_for_phase1 = False
+        self.tentative.clear()      # the chain is what this round's promises recover
+        self._refresh_members()
         self._broadcast(Prepare(self.id, self.ballot, self.from_slot))
         self.catchup_sent_ms = self.now_ms
 
@@ -691,7 +1000,7 @@ class Replica:
                                                              else p.next_slot):
             return   # a duplicate, or not the chunk we asked for
         if p is None:
-            p = self.promises[m.src] = _Promises(self.from_slot)
+            p = self.promises[m.src] = _Promises(self.from_slot, incarnation=m.incarnation)
         self._reset_election()        # phase 1 is moving: do not start it over
         self.phase1_progress_ms = self.now_ms
         p.entries.extend(m.accepted)
@@ -717,13 +1026,10 @@ class Replica:
         p.complete = True
         if self.catchup_for_phase1:
             return
-        if sum(1 for q in self.promises.values() if q.complete) >= self.quorum:
-            self._become_leader()
+        self._maybe_lead()
 
-    def _become_leader(self) -> None:
-        self.role = Role.LEADER
-        self.leader, self.leader_ballot = self.id, self.ballot
-        self.fetch = None
+    def _recovered(self) -> dict[Slot, tuple[Ballot, Value]]:
+        """Per slot from ``from_slot``, the highest-ballot value the complete promises list."""
         best: dict[Slot, tuple[Ballot, Value]] = {}
         for p in self.promises.values():
             if not p.complete:
@@ -731,7 +1037,56 @@ class Replica:
             for e in p.entries:
                 if e.slot >= self.from_slot and (e.slot not in best or e.ballot > best[e.slot][0]):
                     best[e.slot] = (e.ballot, e.value)
+        return best
+
+    def _chain(self, best: dict[Slot, tuple[Ballot, Value]]) -> list[tuple[Slot, Membership]]:
+        """The configurations the recovered changes create, in slot order."""
+        chain: list[tuple[Slot, Membership]] = []
+        c = self.config
+        for slot in sorted(best):
+            value = best[slot][1]
+            if len(value) != 1:
+                continue
+            try:
+                ch = change_in(value)
+                if ch is None:
+                    continue
+                c = c.apply(ch, slot)
+            except (ProtocolError, UsageError) as err:
+                raise SafetyViolation(f"a change recovered at slot {slot} does not apply: "
+                                      f"{err}") from err
+            chain.append((slot + 1, c))
+        return chain
+
+    def _maybe_lead(self) -> None:
+        """Lead once the complete promises hold a majority of config(from_slot) and of
+        every configuration a recovered change creates (see the module docstring)."""
+        keys = {(n, p.incarnation) for n, p in self.promises.items() if p.complete}
+        if not self.config.is_quorum(keys):
+            return
+        best = self._recovered()
+        chain = self._chain(best)
+        if chain != self.tentative:
+            self.tentative = chain
+            asked = set(self.members)
+            self._refresh_members()
+            for n in self.members:
+                if n not in asked:       # a voter only the recovered chain names: ask it too
+                    self._send(n, Prepare(self.id, self.ballot, self.from_slot))
+        if all(c.is_quorum(keys) for _, c in chain):
+            self._become_leader(best)
+
+    def _become_leader(self, best: dict[Slot, tuple[Ballot, Value]]) -> None:
+        self.role = Role.LEADER
+        self.leader, self.leader_ballot = self.id, self.ballot
+        self.fetch = None
         top = max(best, default=self.from_slot - 1)
+        # A recovered change is in flight: nothing new is proposed until it is chosen.
+        changes = [s for s, (_, v) in best.items() if len(v) == 1 and change_in(v) is not None]
+        self.change_slot = max(changes) if changes else None
+        self.change_queue = None
+        self.transfer_to = None
+        self.progress.clear()
         self.inflight.clear()
         self.inflight_bytes = 0
         self.chosen_ahead.clear()
@@ -756,6 +1111,13 @@ class Replica:
 
     def _flush_proposals(self) -> None:
         if self.role is not Role.LEADER:
+            return
+        if self.change_slot is not None or self.transfer_to is not None:
+            return      # nothing after a change until it is chosen; nothing while handing over
+        if self.change_queue is not None:
+            # A change goes only at a slot with everything before it chosen.
+            if not self.inflight and self.acceptor.commit_index == self.next_slot - 1:
+                self._propose_change()
             return
         cfg, pending = self.cfg, self.pending
         while (pending and len(self.inflight) < cfg.max_inflight_slots
@@ -804,8 +1166,12 @@ class Replica:
         item = self.inflight.get(m.slot)
         if item is None:
             return
+        # Counted only for a voter of config(slot), at its incarnation.
+        c = self.config_for(m.slot) if self.tentative else self.config
+        if (m.src, m.incarnation) not in c.voter_keys:
+            return
         item[1].add(m.src)
-        if len(item[1]) >= self.quorum:
+        if len(item[1]) >= c.quorum:
             del self.inflight[m.slot]
             self.inflight_bytes -= item[3]
             self.chosen_ahead[m.slot] = item[0]
@@ -820,11 +1186,15 @@ class Replica:
         self._maybe_finish_rebuild()
 
     def _set_commit(self, c: Slot) -> None:
-        if c > self.acceptor.commit_index:
+        old = self.acceptor.commit_index
+        if c > old:
             self.acceptor.commit_index = c
             self._ready.persist.commit_index = c
             if c > self.known_commit:
                 self.known_commit = c
+            self._note_committed(old + 1, c)
+        if self.incarnation is None:
+            self._maybe_adopt_incarnation()
 
     def _on_nack(self, m: Nack) -> None:
         self._observe(m.promised)
@@ -835,7 +1205,8 @@ class Replica:
         # a quorum of them means a higher ballot holds the majority.
         if self.role is Role.LEADER and m.src != self.id:
             self.refused_by[m.src] = self.now_ms
-        if len(self.nacks) >= self.quorum:
+        latest = self._latest_config()
+        if sum(1 for n in self.nacks if (latest.get(n) or _NO_MEMBER).voting) >= latest.quorum:
             self._step_down(f"nacked by a quorum; ballot to beat {self.highest_seen}")
 
     # ------------------------------------------------------------- heartbeats and reads
@@ -846,8 +1217,14 @@ class Replica:
         for k in [k for k in self.hb_acks if k < self.hb_round - 8]:
             del self.hb_acks[k]
         renewed, self.renewed = tuple(self.renewed), []
-        self._broadcast(Heartbeat(self.id, self.ballot, self.acceptor.commit_index,
-                                  self.hb_round, renewed))
+        hb = Heartbeat(self.id, self.ballot, self.acceptor.commit_index, self.hb_round, renewed)
+        self._broadcast(hb)
+        if self.departing:
+            for node, until in sorted(self.departing.items()):
+                if self.now_ms > until:
+                    del self.departing[node]
+                elif node not in self.members:
+                    self._send(node, hb)
         if self.leadership.heartbeats:
             self.leader_beat_ms = self.now_ms   # a heartbeat for a read counts as the beat
         self.hb_wanted = False
@@ -865,17 +1242,25 @@ class Replica:
                 self._ready.renewed.extend(m.renewed)
                 self._learn_commit(m.ballot, m.commit_index)
                 self._maybe_request_catchup()
-        self._send(m.src, HeartbeatAck(self.id, m.ballot, m.round, self.acceptor.commit_index))
+        if self.incarnation is not None:
+            self._send(m.src, HeartbeatAck(self.id, m.ballot, m.round, self.acceptor.commit_index,
+                                           self.incarnation))
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
         self.last_ack_ms[m.src] = self.now_ms
+        self.progress[m.src] = (m.incarnation, m.commit_index, self.now_ms)
+        if m.src == self.transfer_to:
+            self._maybe_hand_over()
         acks = self.hb_acks.get(m.round)
         if acks is None:
             return
-        acks.add(m.src)
-        if len(acks) >= self.quorum and m.round > self.confirmed_round:
+        acks.add((m.src, m.incarnation))
+        # A read is confirmed by a majority of the chosen configuration and of any
+        # tentative one: whichever a next leader's phase 1 needs, we hold a majority of it.
+        if (m.round > self.confirmed_round and self.config.is_quorum(acks)
+                and all(c.is_quorum(acks) for _, c in self.tentative)):
             self.confirmed_round = m.round
 
     # ------------------------------------------------------------- learning and catch-up
@@ -883,6 +1268,8 @@ class Replica:
     def _learn_commit(self, ballot: Ballot, commit: Slot) -> None:
         if commit > self.known_commit:
             self.known_commit = commit
+        if self.history is None:
+            return      # learns by catch-up first: config(1) comes with slot 1
         c = self.acceptor.commit_index
         while c < commit:
             e = self.acceptor.log.get(c + 1)
@@ -970,7 +1357,8 @@ class Replica:
                 break
             chosen.append((s, value))
             used += cost
-        self._send(m.src, CatchupReply(self.id, self._label(), tuple(chosen), None, commit))
+        config = self.history.at(1) if m.from_slot == 1 and self.history is not None else None
+        self._send(m.src, CatchupReply(self.id, self._label(), tuple(chosen), None, commit, config))
 
     def _on_catchup_reply(self, m: CatchupReply) -> None:
         if not self._expected_reply(m.src):
@@ -992,6 +1380,13 @@ class Replica:
             return        # a straggler from before the snapshot transfer began
         persist = self._ready.persist
         before = c = self.acceptor.commit_index
+        if self.history is None:
+            # Joining: config(1) comes with slot 1 (or a snapshot brings its own).
+            if m.config is None or c != 0 or not m.chosen or m.chosen[0][0] != 1:
+                self._fetch_done(progressed=False)
+                return
+            self.history = ConfigHistory(1, m.config)
+            self.acceptor.install_snapshot(Snapshot(0, b"", m.config), persist)
         for slot, value in m.chosen:
             if slot == c + 1:
                 self.acceptor.learn_chosen(slot, m.ballot, value, persist)
@@ -1035,9 +1430,22 @@ class Replica:
             return
         installed = m.snapshot.index > self.acceptor.commit_index
         if installed:
-            snap = Snapshot(m.snapshot.index, bytes(f.data))
+            try:
+                snap = snapshot_from_payload(m.snapshot.index, f.data)
+            except ProtocolError:
+                self.bad_snapshots += 1      # the checksum held: a sender's bug; start over
+                f.data = bytearray()
+                self._request_chunk(f)
+                return
             self.fetch = None
             self.acceptor.install_snapshot(snap, self._ready.persist)
+            if snap.config is not None:
+                if self.history is None:
+                    self.history = ConfigHistory(snap.index + 1, snap.config)
+                else:
+                    self.history.reset(snap.index + 1, snap.config)
+                self.tentative.clear()
+                self._configs_changed()
             self.shelf.replace(snap, self.now_ms)
             self.applied = snap.index
             self._ready.install = snap

@@ -34,6 +34,7 @@ def test_functional_leadership_campaigns_when_the_election_timer_runs_out() -> N
 
 def test_functional_leadership_takes_no_failure_detector_input() -> None:
     r = make("n1")
+    drain(r)
     before = r.status()
     with pytest.raises(UsageError):
         r.leader_is("n1")
@@ -167,6 +168,7 @@ def test_a_voter_refuses_a_prevote_from_a_node_behind_its_commit_index() -> None
 
 def test_a_prevote_changes_nothing_at_the_voter() -> None:
     r = make("n2", prevote=True)
+    drain(r)                          # the first save records the bootstrap configuration
     before = r.status()
     r.receive(PreVote("n3", 99, 0), 10 * T)
     ready = drain(r)
