@@ -311,6 +311,7 @@ class Replica:
         self.progress: dict[NodeId, tuple[Slot, Slot, int]] = {}   # id -> (inc, commit, when)
         self.transfer_to: NodeId | None = None
         self.departing: dict[NodeId, int] = {}    # leader: removed members told until then
+        self.gone: set[NodeId] = set()            # ids removed by chosen changes
         self.transfer_deadline_ms = 0
         self.timeout_now_sent_ms = -10**12
         self.promote_gap = PROMOTE_GAP_SLOTS
@@ -378,6 +379,10 @@ class Replica:
             except (ProtocolError, UsageError) as err:
                 raise SafetyViolation(f"the change chosen at slot {slot} does not apply: {err}") from err
             h.add(slot, new)
+            if ch.kind is ChangeKind.REMOVE:
+                self.gone.add(ch.member.id)
+            elif ch.kind is ChangeKind.ADD:
+                self.gone.discard(ch.member.id)
             changed = True
         if changed:
             if self.role is Role.LEADER:
@@ -392,7 +397,10 @@ class Replica:
         assert h is not None
         while self.tentative and self.tentative[0][0] <= h.latest_start:
             start, c = self.tentative.pop(0)
-            if h.at(start) != c:
+            # A leader proposed (or re-proposed at its ballot) the change that is now
+            # chosen: the configurations must agree. A candidate's chain is only what its
+            # promises showed so far (it prepares again after catching up).
+            if self.role is Role.LEADER and h.at(start) != c:
                 raise SafetyViolation(f"config({start}) chosen differs from the one proposed")
         if self.change_slot is not None and self.acceptor.commit_index >= self.change_slot:
             self.change_slot = None
@@ -650,12 +658,12 @@ class Replica:
         self.now_ms = now_ms
         if self.removed:
             return  # we left the cluster: nothing more to say
-        if msg.src not in self.members and self.history is not None:
-            # Not one of ours, or removed: ignore (counted by the transport) -- except
-            # that a member just removed may still learn from us that it was.
-            if msg.src not in self.departing or not isinstance(
-                    msg, (CatchupRequest, SnapshotRequest, HeartbeatAck)):
-                return
+        if msg.src in self.gone and isinstance(msg, (Prepare, PreVote, TimeoutNow)):
+            # Removed by a chosen change: its campaign changes nothing here. Only campaigns
+            # are dropped: a node that lags may know an id as removed that was since added
+            # again (a new incarnation, perhaps the leader), and must hear it to catch up.
+            # Its votes count for no one anyway (they carry the old incarnation).
+            return
         if self.rebuilding and self._receive_rebuilding(msg):
             return
         if isinstance(msg, Prepare):
@@ -1387,6 +1395,7 @@ class Replica:
                 return
             self.history = ConfigHistory(1, m.config)
             self.acceptor.install_snapshot(Snapshot(0, b"", m.config), persist)
+            self._refresh_members()
         for slot, value in m.chosen:
             if slot == c + 1:
                 self.acceptor.learn_chosen(slot, m.ballot, value, persist)
@@ -1443,7 +1452,9 @@ class Replica:
                 if self.history is None:
                     self.history = ConfigHistory(snap.index + 1, snap.config)
                 else:
+                    self.gone |= set(self.history.latest.ids) - set(snap.config.ids)
                     self.history.reset(snap.index + 1, snap.config)
+                self.gone -= set(snap.config.ids)
                 self.tentative.clear()
                 self._configs_changed()
             self.shelf.replace(snap, self.now_ms)

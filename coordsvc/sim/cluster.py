@@ -488,11 +488,7 @@ class Sim:
         self._at(self.p.safety_ms, "heal", None)
         self._at(self.p.forge_every_ms, "forge", None)
         end = self.p.safety_ms + self.p.heal_ms
-        handlers: dict[str, Callable[[Any], None]] = {
-            "tick": self._ev_tick, "deliver": self._ev_deliver, "saved": self._ev_saved,
-            "propose": self._ev_propose, "crash": self._ev_crash,
-            "partition": self._ev_partition, "heal": self._ev_heal, "forge": self._ev_forge,
-        }
+        handlers = self._handlers()
         while self.queue and not self.violations:
             t, _, kind, data = heapq.heappop(self.queue)
             if t > end:
@@ -513,6 +509,13 @@ class Sim:
                               "(or a replaced node never regained its vote)")
         return Result(self.seed, self.p, self.violations, self.trace.hexdigest(),
                       len(self.chosen), len(self.outstanding), dict(self.stats))
+
+    def _handlers(self) -> dict[str, Callable[[Any], None]]:
+        return {
+            "tick": self._ev_tick, "deliver": self._ev_deliver, "saved": self._ev_saved,
+            "propose": self._ev_propose, "crash": self._ev_crash,
+            "partition": self._ev_partition, "heal": self._ev_heal, "forge": self._ev_forge,
+        }
 
     def _converged(self) -> bool:
         top = max(self.chosen, default=0)

@@ -18,112 +18,18 @@ from coordsvc.core.messages import (
     Accept,
     Accepted,
     HeartbeatAck,
-    Outbound,
     Prepare,
     Promise,
     TimeoutNow,
 )
 from coordsvc.core.replica import Replica, Role
 from coordsvc.core.types import Ballot, Config, Durable, LogEntry, Snapshot, UsageError
-from coordsvc.storage.memory import MemoryStore
+
+from .helpers import BOOT, MNet, add, remove
 
 CFG = Config(heartbeat_ms=50, election_timeout_ms=500)
-BOOT = ["n1", "n2", "n3"]
 
 
-def add(node: str) -> MembershipChange:
-    return MembershipChange(ChangeKind.ADD, Member(node, address=f"tcp://127.0.0.1:71{node[1:]}"))
-
-
-def remove(m: Member) -> MembershipChange:
-    return MembershipChange(ChangeKind.REMOVE, m)
-
-
-class MNet:
-    """Replicas joined in memory; nodes can join (blank, learning their membership), be
-    cut off, crash and restart from their stores."""
-
-    def __init__(self, ids: list[str] = BOOT) -> None:
-        self.boot = list(ids)
-        self.stores: dict[str, MemoryStore] = {}
-        self.reps: dict[str, Replica] = {}
-        self.down: set[str] = set()
-        self.now = 0
-        self.applied: dict[str, list[int]] = {}
-        for k, i in enumerate(ids):
-            self.stores[i] = MemoryStore()
-            self.reps[i] = self._make(i, k)
-            self.applied[i] = []
-
-    def _make(self, i: str, seed: int) -> Replica:
-        return Replica(i, self.boot, self.stores[i].load(), random.Random(seed), self.now, CFG,
-                       leadership=Functional())
-
-    def join(self, i: str) -> Replica:
-        """A node added at runtime: a blank store that knows no configuration."""
-        st = MemoryStore()
-        st.incarnation = None
-        self.stores[i] = st
-        self.reps[i] = self._make(i, len(self.reps))
-        self.applied[i] = []
-        return self.reps[i]
-
-    def restart(self, i: str) -> Replica:
-        self.reps[i] = self._make(i, 100 + len(self.applied[i]))
-        self.applied[i] = []
-        return self.reps[i]
-
-    def stabilize(self, max_rounds: int = 400) -> None:
-        for _ in range(max_rounds):
-            queue: list[Outbound] = []
-            for i, r in list(self.reps.items()):
-                if i in self.down or not r.has_ready():
-                    continue
-                ready = r.ready()
-                self.stores[i].save(ready.persist)
-                r.advance()
-                self.applied[i].extend(s for s, _ in ready.committed)
-                queue.extend(ready.messages)
-            if not queue:
-                return
-            for o in queue:
-                if o.dst not in self.down and o.dst in self.reps:
-                    self.reps[o.dst].receive(o.msg, self.now)
-        raise AssertionError("did not stabilize")
-
-    def tick(self, ms: int, times: int = 1) -> None:
-        for _ in range(times):
-            self.now += ms
-            for i, r in list(self.reps.items()):
-                if i not in self.down:
-                    r.tick(self.now)
-            self.stabilize()
-
-    def leader(self) -> Replica:
-        leaders = [r for i, r in self.reps.items() if r.role is Role.LEADER and i not in self.down]
-        assert len(leaders) == 1, [r.id for r in leaders]
-        return leaders[0]
-
-    def write(self, n: int = 1) -> None:
-        for k in range(n):
-            assert self.leader().propose(f"w{self.now}-{k}".encode())
-        self.stabilize()
-
-    def elect(self) -> Replica:
-        for _ in range(60):
-            self.tick(100)
-            leaders = [r for i, r in self.reps.items()
-                       if r.role is Role.LEADER and i not in self.down]
-            if len(leaders) == 1 and leaders[0].serving:
-                return leaders[0]
-        raise AssertionError("no leader")
-
-    def change(self, c: MembershipChange) -> None:
-        lead = self.leader()
-        why = lead.request_change(c)
-        assert why is None, why
-        self.stabilize()
-        self.tick(50)
 
 
 # --- config(s) ---------------------------------------------------------------------
