@@ -607,9 +607,9 @@ class _CoordWatch(WatchStream):
 
 
 class _CoordConn(Conn):
-    def __init__(self, endpoints: list[str]) -> None:
+    def __init__(self, cluster: Any) -> None:
         from coordsvc import Client
-        self.c = Client(endpoints, timeout=10.0)
+        self.c = Client(cluster, timeout=10.0)   # a secure cluster: admin.key beside its file
 
     def put(self, key: str, value: bytes) -> None:
         self.c.put(key, value)
@@ -637,22 +637,27 @@ class _CoordConn(Conn):
 
 class CoordSystem(System):
     """A 3-node coordsvc cluster started here (``python -m coordsvc.runtime`` per node),
-    or an existing one (``--cluster FILE``: node PIDs found by their command line)."""
+    or an existing one (``--cluster FILE``: node PIDs found by their command line).
+
+    Clusters started here are secure (CURVE, like ``cluster init``) unless ``insecure``."""
 
     name = "coordsvc"
 
-    def __init__(self, cluster_file: Path | None = None, nodes: int = 3) -> None:
-        from coordsvc import __version__, clusterfile
+    def __init__(self, cluster_file: Path | None = None, nodes: int = 3,
+                 insecure: bool = False) -> None:
+        from coordsvc import __version__, clusterfile, keys
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.root: Path | None = None
-        self.notes = (f"coordsvc {__version__}: SQLite WAL synchronous=FULL (fsync per "
-                      "acknowledged write batch); client = coordsvc.Client in the bench process")
         if cluster_file is None:
             from coordsvc.storage.datadir import init_data_dir
             self.root = Path(tempfile.mkdtemp(prefix="coordbench-"))
-            self.cluster = clusterfile.write_new(self.root, nodes, base_port=free_ports(nodes, 21000))
+            ck = None if insecure else keys.ClusterKeys.generate(f"n{i}" for i in range(1, nodes + 1))
+            self.cluster = clusterfile.write_new(self.root, nodes, base_port=free_ports(nodes, 21000),
+                                                 cluster_keys=ck)
             for n in self.cluster.nodes:
                 init_data_dir(n.data_dir, self.cluster.id, n.id)
+            if ck is not None:
+                clusterfile.write_keys(self.cluster, ck)
             try:
                 for n in self.cluster.nodes:
                     with open(self.root / f"{n.id}.log", "ab") as log:
@@ -669,15 +674,18 @@ class CoordSystem(System):
             self.cluster = clusterfile.load(cluster_file)
             self._node_pids = _pids_by_cmdline(str(cluster_file), self.cluster.ids)
             self._wait_ready()
+        self.notes = (f"coordsvc {__version__}: SQLite WAL synchronous=FULL (fsync per "
+                      "acknowledged write batch); client = coordsvc.Client in the bench process; "
+                      f"security {self.cluster.security}")
 
     def _wait_ready(self) -> None:
         from coordsvc import Client
-        with Client(self.cluster.endpoints, timeout=30.0) as c:
+        with Client(self.cluster, timeout=30.0) as c:
             c.put("bench/ready", b"1")
 
     def leader_pid(self) -> int | None:
         from coordsvc import Client
-        with Client(self.cluster.endpoints, timeout=10.0) as c:
+        with Client(self.cluster, timeout=10.0) as c:
             c.put("bench/ready", b"1")
             ep = c.leader
         for n in self.cluster.nodes:
@@ -686,7 +694,7 @@ class CoordSystem(System):
         return None
 
     def connect(self) -> Conn:
-        return _CoordConn(self.cluster.endpoints)
+        return _CoordConn(self.cluster)
 
     def pids(self) -> dict[str, int]:
         return {**self._node_pids, "client": os.getpid()}
@@ -720,9 +728,9 @@ def _pids_by_cmdline(cluster_file: str, ids: list[str]) -> dict[str, int]:
 
 # -- main -----------------------------------------------------------------------------------
 
-def make_system(name: str, cluster_file: Path | None) -> System:
+def make_system(name: str, cluster_file: Path | None, insecure: bool = False) -> System:
     if name == "coordsvc":
-        return CoordSystem(cluster_file)
+        return CoordSystem(cluster_file, insecure=insecure)
     sys.path.insert(0, str(BENCH_DIR))
     if name == "etcd":
         from anchors.etcd_bench import EtcdSystem
@@ -779,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="~2 s of every test")
     ap.add_argument("--tests", default=",".join(TESTS))
     ap.add_argument("--cluster", type=Path, help="coordsvc: use this running cluster")
+    ap.add_argument("--insecure", action="store_true",
+                    help="coordsvc: start the cluster without CURVE keys (to measure their cost)")
     ap.add_argument("--json", type=Path, help="write results here (default bench/results/)")
     a = ap.parse_args(argv)
     tests = [t for t in a.tests.split(",") if t]
@@ -793,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = drive(p, tests, a.scale, a.smoke)
     else:
         t0 = time.monotonic()
-        sysm = make_system(a.system, a.cluster)
+        sysm = make_system(a.system, a.cluster, a.insecure)
         try:
             print(f"{sysm.name}: {sysm.notes}")
             results = run_suite(sysm, p, tests)

@@ -5,15 +5,22 @@
 name = "coordsvc"
 id = "5f0c..."                     # random at init; every data dir records it
 
+[security]                         # absent in files from before keys: insecure
+mode = "curve"                     # or "insecure" (`cluster init --insecure`): plain TCP
+admin_public_key = "..."           # Z85; the bootstrap client key DIR/admin.key, principal "admin"
+
 [[nodes]]
 id = "n1"
 address = "tcp://127.0.0.1:7101"   # ROUTER: peer traffic and client requests
 publish = "tcp://127.0.0.1:7201"   # PUB: heartbeats and watch events
 data_dir = "n1"                    # relative to the cluster file's directory
+public_key = "..."                 # Z85; the secret half is in <data_dir>/node.key (0600)
 
 [tuning]                           # optional: any field of coordsvc.core.types.Config
 snapshot_every = 10000
 ```
+
+The file holds public keys only; ``write_keys`` puts the secret halves where they belong.
 """
 from __future__ import annotations
 
@@ -28,10 +35,13 @@ from pathlib import Path
 
 import tomli_w
 
+from . import keys
 from .core.types import Config
 
 DEFAULT_DIR = Path(".coord")
 FILE_NAME = "cluster.toml"
+CURVE = "curve"
+INSECURE = "insecure"
 _ENDPOINT = re.compile(r"^tcp://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
 
@@ -45,6 +55,11 @@ class NodeSpec:
     address: str
     publish: str
     data_dir: Path
+    public_key: str | None = None   # CURVE, Z85; None in an insecure cluster
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / keys.NODE_KEY_FILE
 
     @property
     def host(self) -> str:
@@ -59,6 +74,21 @@ class Cluster:
     nodes: tuple[NodeSpec, ...]
     path: Path | None = None
     config: Config = field(default_factory=Config)
+    security: str = INSECURE
+    admin_public_key: str | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.security == CURVE
+
+    @property
+    def admin_key_file(self) -> Path | None:
+        """Where ``cluster init`` put the bootstrap admin key: beside the cluster file."""
+        return None if self.path is None else self.path.parent / keys.ADMIN_KEY_FILE
+
+    def server_keys(self) -> dict[str, str]:
+        """Address -> public key of every node (empty in an insecure cluster)."""
+        return {n.address: n.public_key for n in self.nodes if n.public_key is not None}
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -93,18 +123,47 @@ def load(path: Path) -> Cluster:
     try:
         c = raw["cluster"]
         name, cid = str(c["name"]), str(c["id"])
+        security, admin = _security(path, raw.get("security"))
         nodes = []
         for n in raw["nodes"]:
             d = Path(str(n["data_dir"]))
+            public = n.get("public_key")
+            if security == CURVE or public is not None:
+                public = _public(path, public, f"public_key of node {n['id']}")
             nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
                                   check_endpoint(str(n["publish"])),
-                                  d if d.is_absolute() else path.parent / d))
-    except (KeyError, TypeError) as e:
+                                  d if d.is_absolute() else path.parent / d,
+                                  public if security == CURVE else None))
+    except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
     ids = [n.id for n in nodes]
     if not nodes or len(set(ids)) != len(ids):
         raise ClusterFileError(f"cluster file {path} must list nodes with distinct ids")
-    return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})))
+    publics = [n.public_key for n in nodes if n.public_key] + ([admin] if admin else [])
+    if len(set(publics)) != len(publics):
+        raise ClusterFileError(f"cluster file {path}: every node and the admin need their own key")
+    return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})),
+                   security, admin)
+
+
+def _public(path: Path, value: object, what: str) -> str:
+    try:
+        return keys.check_public(value, what)
+    except keys.KeyFileError as e:
+        raise ClusterFileError(f"cluster file {path}: {e}") from None
+
+
+def _security(path: Path, raw: object) -> tuple[str, str | None]:
+    """(mode, admin public key) from the [security] table; no table: a file from before
+    keys existed, which is an insecure cluster (status and the node's log say so)."""
+    if raw is None:
+        return INSECURE, None
+    if not isinstance(raw, dict) or raw.get("mode") not in (CURVE, INSECURE):
+        raise ClusterFileError(f"cluster file {path}: [security] mode must be "
+                               f"{CURVE!r} or {INSECURE!r}")
+    if raw["mode"] == INSECURE:
+        return INSECURE, None
+    return CURVE, _public(path, raw.get("admin_public_key"), "[security] admin_public_key")
 
 
 def _tuning(path: Path, raw: object) -> Config:
@@ -119,13 +178,18 @@ def _tuning(path: Path, raw: object) -> Config:
         raise ClusterFileError(f"cluster file {path}: [tuning]: {e}") from None
 
 
-def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: int = 7100,
+def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", base_port: int = 7100,
               force: bool = False, name: str = "coordsvc",
-              tuning: dict[str, int] | None = None, distinct_hosts: bool = False) -> Cluster:
+              tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
+              cluster_keys: keys.ClusterKeys | None = None) -> Cluster:
     """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i.
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
-    firewall rules can cut links between individual nodes (see FAULTS.md).
+    firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
+    one host per node (nodes on separate machines), or one for all.
+
+    With ``cluster_keys`` the cluster is secure (CURVE) and the file records their public
+    halves; ``write_keys`` then writes the secret ones. Without, it is insecure.
     """
     if not 1 <= nodes <= 15:
         raise ClusterFileError(f"--nodes must be between 1 and 15, got {nodes}")
@@ -134,23 +198,70 @@ def write_new(directory: Path, nodes: int, host: str = "127.0.0.1", base_port: i
     path = directory / FILE_NAME
     if path.exists() and not force:
         raise ClusterFileError(f"{path} already exists (use --force to overwrite)")
-    check_endpoint(f"tcp://{host}:{base_port + 1}")
+    hosts = [host] * nodes if isinstance(host, str) else list(host)
+    if len(hosts) == 1:
+        hosts *= nodes
+    if len(hosts) != nodes:
+        raise ClusterFileError(f"give one --host for all nodes or one per node ({nodes}), "
+                               f"not {len(hosts)}")
+    for h in hosts:
+        check_endpoint(f"tcp://{h}:{base_port + 1}")
+    node_docs: list[dict[str, str]] = [
+        {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
+         "publish": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + 100 + i}",
+         "data_dir": f"n{i}"}
+        for i, h in enumerate(hosts, start=1)
+    ]
+    security: dict[str, str] = {"mode": INSECURE}
+    if cluster_keys is not None:
+        security = {"mode": CURVE, "admin_public_key": cluster_keys.admin.public}
+        for n in node_docs:
+            n["public_key"] = cluster_keys.nodes[n["id"]].public
     doc: dict[str, object] = {
         "cluster": {"name": name, "id": uuid.uuid4().hex},
-        "nodes": [
-            {"id": f"n{i}", "address": f"tcp://{_host(host, i, distinct_hosts)}:{base_port + i}",
-             "publish": f"tcp://{_host(host, i, distinct_hosts)}:{base_port + 100 + i}",
-             "data_dir": f"n{i}"}
-            for i in range(1, nodes + 1)
-        ],
+        "security": security,
+        "nodes": node_docs,
     }
     if tuning:
         doc["tuning"] = dict(tuning)
     directory.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, doc)
+    return load(path)
+
+
+def _write_atomically(path: Path, doc: dict[str, object]) -> None:
     tmp = path.with_suffix(".toml.tmp")
     tmp.write_text(tomli_w.dumps(doc))
     os.replace(tmp, path)
-    return load(path)
+
+
+def write_keys(cluster: Cluster, cluster_keys: keys.ClusterKeys) -> None:
+    """The secret halves of a new cluster's keys: ``node.key`` (0600) in every node's data
+    directory and the bootstrap admin key beside the cluster file (0600)."""
+    for n in cluster.nodes:
+        keys.write_node_key(n.key_file, n.id, cluster_keys.nodes[n.id])
+    admin = cluster.admin_key_file
+    assert admin is not None, "write_keys needs a cluster loaded from a file"
+    keys.write_client_key(admin, keys.ClientKey(keys.ADMIN, cluster_keys.admin,
+                                                key_file_nodes(cluster)))
+
+
+def key_file_nodes(cluster: Cluster) -> tuple[keys.ServerKey, ...]:
+    """The ``[[nodes]]`` of a client key file for this cluster."""
+    return tuple(keys.ServerKey(n.id, n.address, n.public_key) for n in cluster.nodes
+                 if n.public_key is not None)
+
+
+def set_node_key(cluster: Cluster, node_id: str, public_key: str) -> Cluster:
+    """Record a new public key for ``node_id`` in the cluster file (a replacement node's);
+    every other setting stays as it was (comments in the file are not kept)."""
+    assert cluster.path is not None and cluster.secure
+    raw = tomllib.loads(cluster.path.read_text())
+    for n in raw["nodes"]:
+        if n.get("id") == node_id:
+            n["public_key"] = keys.check_public(public_key, "public key")
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
 
 
 def node_ports(base_port: int, nodes: int) -> list[int]:

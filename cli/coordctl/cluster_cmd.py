@@ -3,6 +3,7 @@ from __future__ import annotations
 
 __all__ = ["cluster_app", "init_cluster", "node_app", "serve"]
 
+import dataclasses
 import datetime
 import shutil
 import signal
@@ -12,11 +13,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any
+from typing import IO, Annotated, Any, Optional
 
 import typer
 
-from coordsvc import clusterfile
+from coordsvc import clusterfile, keys
 from coordsvc.clusterfile import Cluster, NodeSpec
 from coordsvc.storage.datadir import NODE_DB, init_data_dir
 
@@ -26,7 +27,8 @@ from .output import EXIT_REFUSED, console, emit_json, fail, status_view, warn
 cluster_app = typer.Typer(
     name="cluster",
     help="Create a cluster file, or run a whole local cluster.",
-    epilog="Example: coordctl cluster init --nodes 3 --dir /srv/coord --host 10.0.0.5",
+    epilog="Example: coordctl cluster init --nodes 3 --dir /srv/coord --host 10.0.0.5  "
+           "(separate machines: --host 10.0.0.11 --host 10.0.0.12 --host 10.0.0.13)",
     no_args_is_help=True,
 )
 node_app = typer.Typer(
@@ -43,6 +45,9 @@ DirOpt = Annotated[Path, typer.Option("--dir", metavar="DIR",
                                       help="Directory for cluster.toml and the node data dirs.")]
 BasePortOpt = Annotated[int, typer.Option(
     "--base-port", metavar="P", help="Node i listens on P+i and publishes on P+100+i.")]
+InsecureOpt = Annotated[bool, typer.Option(
+    "--insecure", help="No CURVE keys: plain TCP, no encryption, no authentication. "
+                       "`coordctl status` and every node's log say so.")]
 
 _REPLACE_HINT = ("a node that lost its data must be replaced, not restarted: run "
                  "`coordctl node replace --cluster FILE --node ID`, then start it (README: "
@@ -57,9 +62,12 @@ def _move_aside(d: Path, stamp: str) -> Path:
     return dest
 
 
-def init_cluster(directory: Path, nodes: int, host: str, base_port: int,
-                 force: bool) -> Cluster:
+def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: int,
+                 force: bool, insecure: bool = False) -> Cluster:
     """Write DIR/cluster.toml and prepare every node's data directory.
+
+    Secure unless ``insecure``: a CURVE key pair per node (public half in cluster.toml,
+    secret in DATA_DIR/node.key) and the bootstrap admin key DIR/admin.key.
 
     Never destroys acceptor state: without --force an existing cluster file or node
     database is a refusal; with --force the old node data dirs are renamed aside.
@@ -74,38 +82,60 @@ def init_cluster(directory: Path, nodes: int, host: str, base_port: int,
     if occupied and not force:
         fail(f"{occupied[0]} already holds a node database",
              "use --force to move the old data dirs aside, or pick another --dir", EXIT_REFUSED)
+    admin_key = directory / keys.ADMIN_KEY_FILE
+    if admin_key.exists() and not force:
+        fail(f"{admin_key} already exists", "use --force to replace it, or pick another --dir",
+             EXIT_REFUSED)
+    cluster_keys = None if insecure else keys.ClusterKeys.generate(
+        f"n{i}" for i in range(1, nodes + 1))
     cluster = clusterfile.write_new(directory, nodes, host=host, base_port=base_port,
-                                    force=force)
+                                    force=force, cluster_keys=cluster_keys)
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+    if admin_key.exists():   # --force: the old cluster's key opens nothing now
+        warn(f"moved the old {admin_key.name} to {_move_aside(admin_key, stamp)}")
     for n in cluster.nodes:
         if force and n.data_dir.exists() and any(n.data_dir.iterdir()):
             warn(f"moved the old data dir of {n.id} to {_move_aside(n.data_dir, stamp)}")
         init_data_dir(n.data_dir, cluster.id, n.id)
+    if cluster_keys is not None:
+        clusterfile.write_keys(cluster, cluster_keys)
+    else:
+        warn("--insecure: the cluster has no keys; anyone who can reach its ports can read "
+             "and write everything")
     return cluster
 
 
 def _cluster_json(c: Cluster) -> dict[str, Any]:
-    return {"path": str(c.path), "name": c.name, "id": c.id,
+    return {"path": str(c.path), "name": c.name, "id": c.id, "security": c.security,
+            "admin_key": str(c.admin_key_file) if c.secure else None,
             "nodes": [{"id": n.id, "address": n.address, "publish": n.publish,
-                       "data_dir": str(n.data_dir)} for n in c.nodes]}
+                       "data_dir": str(n.data_dir), "public_key": n.public_key}
+                      for n in c.nodes]}
 
 
 @cluster_app.command("init")
 def cluster_init(
     nodes: Annotated[int, typer.Option("--nodes", metavar="N", help="Number of nodes (n1..nN).")],
     directory: DirOpt,
-    host: Annotated[str, typer.Option("--host", help="Address the nodes listen on.")] = "127.0.0.1",
+    host: Annotated[Optional[list[str]], typer.Option(
+        "--host", help="Address the nodes listen on; repeat it to give node i the i-th host "
+                       "(nodes on separate machines). Default 127.0.0.1.")] = None,
     base_port: BasePortOpt = 7100,
     force: Annotated[bool, typer.Option(
         "--force", help="Replace an existing cluster file; old node data dirs are renamed "
                         "to <dir>.replaced-<time>, never deleted.")] = False,
+    insecure: InsecureOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Write DIR/cluster.toml for nodes n1..nN, prepare their data dirs, print its path.
 
+    Secure by default: every node gets a CURVE key pair (the secret in its data dir as
+    node.key, mode 0600; the public key in cluster.toml) and DIR/admin.key (0600) is the
+    client key of principal "admin", which clients beside the cluster file use.
+
     Example: coordctl cluster init --nodes 3 --dir .coord --base-port 7100
     """
-    c = init_cluster(directory, nodes, host, base_port, force)
+    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure)
     if json:
         emit_json(_cluster_json(c))
     else:
@@ -126,6 +156,17 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
         fail(f"the cluster is running and has history, so node {spec.id} was a member that "
              "lost its data; a blank acceptor must not vote",
              f"use `coordctl node replace --cluster {cluster} --node {spec.id}`", EXIT_REFUSED)
+    if (spec.data_dir / NODE_DB).exists():
+        init_data_dir(spec.data_dir, c.id, spec.id)   # refuses another node's directory first
+    if c.secure and spec.key_file.exists():
+        _check_node_key(spec)
+    elif c.secure:
+        pair = keys.KeyPair.generate()
+        keys.write_node_key(spec.key_file, spec.id, pair)
+        c = _record_new_key(c, spec.id, pair.public)
+        warn(f"{spec.id} had no {keys.NODE_KEY_FILE} (cluster init wrote it into "
+             f"{spec.data_dir.name}/ on the machine where it ran): made a new key pair and "
+             f"recorded its public key in {c.path}; copy that file to the other members")
     init_data_dir(spec.data_dir, c.id, spec.id)
     if json:
         emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir)})
@@ -133,14 +174,26 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
         print(spec.data_dir)
 
 
+def _check_node_key(spec: NodeSpec) -> keys.KeyPair:
+    try:
+        return keys.read_node_key(spec.key_file, spec.id, spec.public_key)
+    except keys.KeyFileError as e:
+        fail(str(e), f"restore {spec.id}'s own {keys.NODE_KEY_FILE}, or remove it to get a new "
+             "key recorded in the cluster file", EXIT_REFUSED)
+
+
 def _cluster_has_history(c: Cluster, node_id: str) -> bool:
-    """True if another member answers and has committed anything."""
-    from coordsvc import Client
-    others = [n for n in c.nodes if n.id != node_id]
+    """True if another member answers and has committed anything. Best effort, like the
+    members being down: without a client key for a secure cluster it cannot tell."""
+    from coordsvc import Client, CoordError
+    others = tuple(n for n in c.nodes if n.id != node_id)
     if not others:
         return False
-    with Client([n.address for n in others], timeout=2.0) as cl:
-        st = cl.status()
+    try:
+        with Client(dataclasses.replace(c, nodes=others), timeout=2.0) as cl:
+            st = cl.status()
+    except CoordError:
+        return False
     return any(n.get("reachable") and (n.get("commit_index") or 0) > 0 for n in st["nodes"])
 
 
@@ -156,25 +209,62 @@ def node_replace(cluster: ClusterFileOpt, node: NodeOpt, force: Annotated[bool, 
     everything that election recovered is chosen. Needs the other members to be up: a
     3-node cluster cannot replace a node while another one is down.
 
+    In a secure cluster the replacement keeps the node's key if its node.key survived
+    (an intact directory moved aside with --force); otherwise the old secret key is gone
+    with the disk, so the node gets a new key pair: node.key in the new data directory, the
+    public key in the cluster file (and in admin.key beside it). Members re-read the
+    cluster file within a second and accept the new key; members on other hosts need the
+    updated file copied to them. Clients learn the new key from the cluster.
+
     Example: coordctl node replace --cluster /srv/coord/cluster.toml --node n2
     """
     c = clusterfile.load(cluster)
     spec = c.node(node)
+    kept: keys.KeyPair | None = None
     if (spec.data_dir / NODE_DB).exists():
         if not force:
             fail(f"data directory {spec.data_dir} of node {spec.id} still holds its acceptor "
                  "state; restart the node instead of replacing it",
                  "pass --force to move the directory aside and replace it anyway", EXIT_REFUSED)
+        if c.secure and spec.key_file.exists():
+            kept = _check_node_key(spec)
         moved = _move_aside(spec.data_dir, datetime.datetime.now().strftime("%Y%m%dT%H%M%S"))
         warn(f"moved {spec.data_dir} to {moved}")
+    elif c.secure and spec.key_file.exists():
+        kept = _check_node_key(spec)
     init_data_dir(spec.data_dir, c.id, spec.id, rebuilding=True)
+    new_key = c.secure and kept is None
+    if c.secure:
+        pair = kept if kept is not None else keys.KeyPair.generate()
+        keys.write_node_key(spec.key_file, spec.id, pair)
+        if new_key:
+            c = _record_new_key(c, spec.id, pair.public)
     if json:
         emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir),
-                   "rebuilding": True})
+                   "rebuilding": True, "new_key": new_key,
+                   "public_key": c.node(spec.id).public_key})
     else:
         print(spec.data_dir)
+        if new_key:
+            print(f"{spec.id} has a new key (the old one was lost with its disk): recorded in "
+                  f"{c.path}; copy that file to members on other hosts")
         print(f"next: coordctl serve --cluster {cluster} --node {spec.id}   "
               "(it votes again once `coordctl status --json` shows \"voting\": true)")
+
+
+def _record_new_key(c: Cluster, node_id: str, public: str) -> Cluster:
+    """The replacement's public key into the cluster file and the admin key beside it."""
+    c = clusterfile.set_node_key(c, node_id, public)
+    admin = c.admin_key_file
+    if admin is not None and admin.exists():
+        try:
+            ck = keys.read_client_key(admin)
+        except keys.KeyFileError as e:
+            warn(f"{admin} not updated with the new key of {node_id}: {e}")
+        else:
+            keys.write_client_key(admin, dataclasses.replace(
+                ck, nodes=clusterfile.key_file_nodes(c)))
+    return c
 
 
 # --- serve ------------------------------------------------------------------------------
@@ -314,6 +404,7 @@ def cluster_up(
     nodes: Annotated[int, typer.Option("--nodes", metavar="N", help="Number of nodes.")] = 3,
     directory: DirOpt = clusterfile.DEFAULT_DIR,
     base_port: BasePortOpt = 7100,
+    insecure: InsecureOpt = False,
     json: Annotated[bool, typer.Option(
         "--json", help="Once up, print {cluster_file, endpoints, status} on stdout.")] = False,
 ) -> None:
@@ -331,7 +422,8 @@ def cluster_up(
         if len(c.nodes) != nodes:
             warn(f"using the existing {path} with {len(c.nodes)} nodes (not {nodes})")
     else:
-        c = init_cluster(directory, nodes, "127.0.0.1", base_port, force=False)
+        c = init_cluster(directory, nodes, "127.0.0.1", base_port, force=False,
+                         insecure=insecure)
     log_dir = directory / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 

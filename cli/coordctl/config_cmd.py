@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import EXIT_REFUSED, console, emit_json, fail, print_value, value_json, value_text
 
 if TYPE_CHECKING:
@@ -42,14 +42,14 @@ def set_(
     key: KeyArg,
     value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],
     if_revision: IfRevisionOpt = None,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Write KEY = VALUE and print the new revision.
 
     Example: coordctl config set app/db_url postgres://db/app --if-revision 0
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         rev = c.put(key, value, if_revision=if_revision)
     if json:
         emit_json({"key": key, "revision": rev})
@@ -60,14 +60,14 @@ def set_(
 @app.command("get")
 def get(
     key: KeyArg,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Print the value of KEY (exit 1 if it does not exist). Linearizable.
 
     Example: coordctl config get app/db_url --json
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         e = c.get(key)
     if e is None:
         fail(f"key {key!r} not found", "list keys with `coordctl config list PREFIX`",
@@ -82,14 +82,14 @@ def get(
 def delete(
     key: KeyArg,
     if_revision: IfRevisionOpt = None,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Delete KEY. Deleting a key that does not exist succeeds and says so.
 
     Example: coordctl config delete app/db_url --if-revision 12
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         deleted = c.delete(key, if_revision=if_revision)
     if json:
         emit_json({"key": key, "deleted": deleted})
@@ -100,14 +100,14 @@ def delete(
 @app.command("list")
 def list_(
     prefix: Annotated[str, typer.Argument(metavar="[PREFIX]", help="Key prefix (default: all).")] = "",
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """List keys under PREFIX, sorted by key, with their revisions and values.
 
     Example: coordctl config list app/ --json
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         entries = c.list(prefix)
     if json:
         emit_json([_entry_json(e) for e in entries])
@@ -132,7 +132,7 @@ def watch(
     from_revision: Annotated[Optional[int], typer.Option(
         "--from-revision", metavar="N", min=1,
         help="Replay events from revision N (inclusive) before following new ones.")] = None,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Print one line per change under PREFIX until Ctrl-C.
@@ -143,7 +143,7 @@ def watch(
     Example: coordctl config watch app/ --from-revision 1 --json
     """
     try:
-        with connect(cluster, endpoints, timeout) as c:
+        with connect(cluster, endpoints, timeout, key_file) as c:
             for ev in c.watch(prefix, start_revision=from_revision):
                 if json:
                     emit_json(_event_json(ev))
@@ -157,14 +157,14 @@ def watch(
 @app.command("history")
 def history(
     key: KeyArg,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Show the retained changes of KEY, oldest first.
 
     Example: coordctl config history app/db_url
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         events = c.history(key)
     if json:
         emit_json([_event_json(ev) for ev in events])
@@ -200,7 +200,7 @@ def diff(
     key: KeyArg,
     rev_a: Annotated[int, typer.Argument(min=1, metavar="REV_A", help="Older revision.")],
     rev_b: Annotated[int, typer.Argument(min=1, metavar="REV_B", help="Newer revision.")],
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Unified diff of KEY's value as of REV_A and as of REV_B (from its history).
@@ -210,7 +210,7 @@ def diff(
 
     Example: coordctl config diff app/db_url 12 17
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         events = c.history(key)
     a, b = value_at(events, rev_a), value_at(events, rev_b)
     a_text = value_text(a.value) if a else ""
@@ -239,7 +239,7 @@ def diff(
 def rollback(
     key: KeyArg,
     rev: Annotated[int, typer.Argument(min=1, metavar="REV", help="Revision whose value to restore.")],
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Write KEY's value as of REV as a new revision and print that revision.
@@ -249,7 +249,7 @@ def rollback(
 
     Example: coordctl config rollback app/db_url 12
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         events = c.history(key)
         old = value_at(events, rev)
         if old is None:

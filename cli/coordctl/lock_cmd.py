@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import EXIT_USAGE, console, emit_json, fail, human_ms, warn
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def run(
     wait: Annotated[float, typer.Option(
         "--wait", metavar="S", min=0.0,
         help="Seconds to wait for the lock (0: try once); exit 1 if not acquired.")] = 30.0,
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S,
     json: Annotated[bool, typer.Option(
         "--json", help="After CMD exits, print {name, token, exit_code, held_s} on stdout.")] = False,
@@ -97,7 +97,7 @@ def run(
             if p.poll() is None:
                 p.terminate()
 
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         lk = c.acquire(name, ttl=ttl, timeout=wait, on_lost=on_lost)
         started = time.monotonic()
         try:
@@ -130,7 +130,7 @@ def _seconds(v: object) -> str:
 
 @app.command("list")
 def list_(
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """List held locks: name, holder session, fencing token, age, ttl left, FIFO waiters.
@@ -139,7 +139,7 @@ def list_(
 
     Example: coordctl lock list --json
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         locks = [lock_json(info) for info in c.locks()]
     if json:
         emit_json(locks)

@@ -24,10 +24,11 @@ from typing import Any
 import typer
 
 from coordsvc.clusterfile import ClusterFileError
+from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
 from . import cluster_cmd, config_cmd, lock_cmd
-from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, TimeoutOpt, connect
+from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
     EXIT_REFUSED,
@@ -75,6 +76,8 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
         (e.InvalidRequest, EXIT_USAGE,
          "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0"),
         (e.Unavailable, EXIT_UNAVAILABLE, _UNAVAILABLE_HINT),
+        (e.PermissionDenied, EXIT_REFUSED,
+         "use a key this cluster knows: --key FILE, $COORD_KEY, or admin.key beside the cluster file"),
         (e.CoordError, EXIT_REFUSED, None),
     )
 
@@ -103,7 +106,7 @@ def exit_code_for(exc: BaseException) -> tuple[int, str, str | None]:
         return EXIT_USAGE, exc.format_message(), f"see `{where} --help`"
     if isinstance(exc, ClickException):
         return exc.exit_code, exc.format_message(), None
-    if isinstance(exc, ClusterFileError):
+    if isinstance(exc, (ClusterFileError, KeyFileError)):
         return EXIT_USAGE, str(exc), None
     if isinstance(exc, DataDirError):
         return EXIT_REFUSED, str(exc), None
@@ -200,7 +203,7 @@ def _watch(fetch: Callable[[], dict[str, Any]], json: bool) -> None:
 @app.command("status")
 def status(
     watch: bool = typer.Option(False, "--watch", help="Refresh every second until Ctrl-C."),
-    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """Show every node: role, leader, ballot, commit/applied index, lag, db size, ...
@@ -214,7 +217,7 @@ def status(
 
     Example: coordctl status --watch --cluster .coord/cluster.toml
     """
-    with connect(cluster, endpoints, timeout) as c:
+    with connect(cluster, endpoints, timeout, key_file) as c:
         if watch:
             try:
                 _watch(c.status, json)

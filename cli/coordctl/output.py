@@ -168,6 +168,10 @@ def status_header(status: Mapping[str, Any]) -> Text:
         t.append(f"  revision {c['revision']}")
     if c.get("commit_index") is not None:
         t.append(f"  commit {c['commit_index']}")
+    if c.get("security") == "insecure":
+        t.append("  INSECURE (no keys, plain TCP)", style="bold red")
+    elif c.get("security"):
+        t.append(f"  security {c['security']}")
     return t
 
 

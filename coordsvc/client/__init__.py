@@ -22,10 +22,12 @@ from .errors import (
     FenceRejected,
     InvalidRequest,
     LockTimeout,
+    PermissionDenied,
     Unavailable,
 )
 
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
-    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "Unavailable", "Watch",
+    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
+    "Unavailable", "Watch",
 ]

@@ -42,7 +42,7 @@ from coordsvc.core.protocol import (
     WriteRequest,
 )
 
-from . import _status
+from . import _credentials, _status
 from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
@@ -80,6 +80,9 @@ class ClientTransport(Protocol):
                     timeout_s: float) -> builtins.list[dict[str, Any] | None]:
         """``payload`` to every endpoint at once; each one's reply, None if it did not answer."""
 
+    def learn_key(self, address: object, public: object) -> None:
+        """A member named ``public`` as the CURVE key of ``address`` (with a redirect)."""
+
     def release_thread(self) -> None:
         """The calling thread is done with the transport (a worker thread about to end)."""
 
@@ -95,15 +98,21 @@ class Client:
     ``$COORD_ENDPOINTS``, ``./.coord/cluster.toml``). ``timeout`` bounds each call's
     retries: past it the call raises ``Unavailable`` (the outcome of a write is unknown).
     Bad arguments raise ``InvalidRequest``. ``transport`` replaces the ZeroMQ transport.
+
+    ``key`` is a client key file (CONTRACT §7); without it the client uses ``$COORD_KEY``,
+    else the ``admin.key`` beside the cluster file. A key the cluster rejects makes calls
+    fail at once with ``PermissionDenied``.
     """
 
     def __init__(self, endpoints: Sequence[str] | clusterfile.Cluster | None = None,
-                 timeout: float = 5.0, *, transport: ClientTransport | None = None) -> None:
+                 timeout: float = 5.0, key: str | os.PathLike[str] | None = None, *,
+                 transport: ClientTransport | None = None) -> None:
         self._cluster, self._endpoints = _locate(endpoints)
         self._timeout_s = _check_timeout(timeout)
         #: Identifies this client's writes for exactly-once retries (random per Client).
         self.client_id = secrets.token_hex(8)
-        self._transport: ClientTransport = Transport() if transport is None else transport
+        self._transport: ClientTransport = (
+            Transport(_credentials.resolve(self._cluster, key)) if transport is None else transport)
         self._seq_mu = threading.Lock()
         self._seq = 0
         self._inflight: set[int] = set()
@@ -117,14 +126,17 @@ class Client:
         self._closed = False
 
     @classmethod
-    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0) -> Client:
+    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0,
+                          key: str | os.PathLike[str] | None = None) -> Client:
+        """A client of the cluster in ``path``, with the admin key beside it unless ``key``
+        or ``$COORD_KEY`` names another."""
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidRequest(f"path must be a str or path, got {type(path).__name__}")
         try:
             cluster = clusterfile.load(Path(path))
         except clusterfile.ClusterFileError as e:
             raise InvalidRequest(str(e)) from None
-        return cls(cluster, timeout=timeout)
+        return cls(cluster, timeout=timeout, key=key)
 
     @property
     def endpoints(self) -> builtins.list[str]:
@@ -347,6 +359,7 @@ class Client:
                 if self._leader == ep:
                     self._leader = None
                 addr = err.leader_address
+                self._transport.learn_key(addr, err.leader_public_key)
                 if addr is not None and addr != ep and redirects < len(self._endpoints):
                     redirects += 1
                     ep = addr

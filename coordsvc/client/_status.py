@@ -13,7 +13,8 @@ __all__ = ["NODE_FIELDS", "summarize"]
 # CONTRACT section 5 fields, then the extras nodes report; all null when unreachable.
 NODE_FIELDS = ("id", "address", "reachable", "role", "leader", "ballot", "commit_index",
                "applied_index", "lag", "db_bytes", "uptime_s", "sessions", "locks_held", "keys",
-               "revision", "bad_frames", "fsync_p99_ms", "last_leader_contact_ms")
+               "revision", "bad_frames", "fsync_p99_ms", "last_leader_contact_ms", "security",
+               "rejected_peer", "rejected_keys")
 
 
 def summarize(members: Sequence[tuple[str | None, str]],
@@ -57,6 +58,9 @@ def summarize(members: Sequence[tuple[str | None, str]],
             "commit_index": _max_int(n.get("commit_index") for n in source),
             "revision": _max_int(n.get("revision") for n in source),
             "can_lose": max(0, healthy - quorum_size),
+            # What the nodes say ("curve" or "insecure"); None when none answered.
+            "security": next((n["security"] for n in up if isinstance(n.get("security"), str)),
+                             None),
         },
         "nodes": nodes,
     }

@@ -8,6 +8,7 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 │                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
+├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "Unavailable",
+    "PermissionDenied", "Unavailable",
 ]
 
 
@@ -43,6 +44,12 @@ class InvalidRequest(CoordError):
 
 class LockTimeout(CoordError):
     """The lock was not acquired within the timeout: nothing is held."""
+
+
+class PermissionDenied(CoordError):
+    """The cluster refused this client's key, or the client has no key for a secure cluster
+    (or a key for an insecure one): nothing was done. Raised as soon as the CURVE handshake
+    fails, not after the timeout."""
 
 
 class Unavailable(CoordError):

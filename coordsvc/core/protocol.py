@@ -334,6 +334,9 @@ class NodeStatus:
     parked_watches: int
     rejected_replies: int = 0     # catch-up replies/chunks from a peer not asked (dropped)
     rounds_exhausted: bool = False   # someone promised round 2**62: this node cannot campaign
+    security: str | None = None   # "curve" | "insecure" (None: a node that does not say)
+    public_key: str | None = None   # this node's CURVE public key (secure clusters)
+    rejected_peer: int = 0        # peer messages whose src was not the connection's member
     extra: Mapping[str, object] = field(default_factory=dict)
 
     _INTS: ClassVar[tuple[str, ...]] = (
@@ -351,7 +354,8 @@ class NodeStatus:
             "last_leader_contact_ms": self.last_leader_contact_ms, "bad_frames": self.bad_frames,
             "snapshot_index": self.snapshot_index, "pending_writes": self.pending_writes,
             "parked_watches": self.parked_watches, "rejected_replies": self.rejected_replies,
-            "rounds_exhausted": self.rounds_exhausted,
+            "rounds_exhausted": self.rounds_exhausted, "security": self.security,
+            "public_key": self.public_key, "rejected_peer": self.rejected_peer,
         }
 
     @classmethod
@@ -371,12 +375,18 @@ class NodeStatus:
             raise SchemaError("field 'uptime_s' must be a number")
         ints = {f: _int(m, f) for f in cls._INTS}
         ints["rejected_replies"] = _int(m, "rejected_replies", 0)
+        ints["rejected_peer"] = _int(m, "rejected_peer", 0)
+        security, public_key = m.get("security"), m.get("public_key")
+        if not (security is None or type(security) is str) or not (
+                public_key is None or type(public_key) is str):
+            raise SchemaError("fields 'security' and 'public_key' must be str or nil")
         named = {f for f in _STATUS_FIELDS}
         return cls(
             id=_str(m, "id"), address=address, role=role, leader=leader, voting=_bool(m, "voting"),
             ballot=(ballot[0], ballot[1]), uptime_s=float(uptime),
             last_leader_contact_ms=_opt_int(m.get("last_leader_contact_ms"), "last_leader_contact_ms"),
             rounds_exhausted=_bool(m, "rounds_exhausted", False),
+            security=security, public_key=public_key,
             extra={k: v for k, v in m.items() if k not in named}, **ints)
 
 
@@ -725,11 +735,14 @@ class ErrorReply:
     leader: str | None = None            # not_leader: who leads, if known
     leader_address: str | None = None    # not_leader: where to send the request instead
     oldest: int | None = None            # compacted: the oldest revision still kept
+    leader_public_key: str | None = None  # not_leader: the leader's CURVE key (secure clusters)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ok": False, "error": self.error, "message": self.message}
         if self.error == ErrorCode.NOT_LEADER:
             out["leader"], out["leader_address"] = self.leader, self.leader_address
+            if self.leader_public_key is not None:    # secure clusters only
+                out["leader_public_key"] = self.leader_public_key
         elif self.error == ErrorCode.COMPACTED:
             out["oldest"] = self.oldest
         return out
@@ -739,12 +752,13 @@ class ErrorReply:
         error = _str(m, "error")
         message = m.get("message")
         leader, address = m.get("leader"), m.get("leader_address")
-        oldest = m.get("oldest")
+        oldest, public = m.get("oldest"), m.get("leader_public_key")
         return cls(_ERROR_CODES.get(error, error),
                    message if type(message) is str and message else error,
                    leader if type(leader) is str else None,
                    address if type(address) is str and address else None,
-                   oldest if type(oldest) is int else None)
+                   oldest if type(oldest) is int else None,
+                   public if type(public) is str and public else None)
 
 
 Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply

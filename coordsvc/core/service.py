@@ -27,6 +27,7 @@ from .commands import (
     decode_request,
     encode_request,
 )
+from .identity import ADMIN, INSECURE, Identities
 from .leadership import Leadership
 from .machine import Machine, RevisionCompacted
 from .messages import Message, Outbound
@@ -63,14 +64,18 @@ class ServiceCounters:
     reads: int = 0
     applied_commands: int = 0
     snapshots: int = 0
+    rejected_peer: int = 0    # peer messages whose src is not the connection's principal
 
 
 class Service:
     def __init__(self, node_id: NodeId, addresses: dict[NodeId, str], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 leadership: Leadership | None = None) -> None:
+                 leadership: Leadership | None = None,
+                 identities: Identities = INSECURE) -> None:
         self.id = node_id
         self.addresses = dict(addresses)
+        # Keys and principals (core/identity.py); the runtime may swap in new member keys.
+        self.identities = identities
         self.cfg = config
         self.replica = Replica(node_id, sorted(addresses), durable, rng, now_ms, config,
                                leadership)
@@ -92,8 +97,19 @@ class Service:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_peer(self, msg: Message, now_ms: int) -> None:
+    def principal_for_key(self, public_z85: str) -> str | None:
+        """The principal a CURVE public key authenticates as (the transport's ZAP handler
+        asks), or None: members' keys, the bootstrap admin key, later the ACL table."""
+        return self.identities.principal_for_key(public_z85)
+
+    def on_peer(self, msg: Message, now_ms: int, principal: str | None = None) -> None:
+        """A peer message that arrived over a connection authenticated as ``principal``
+        (None: insecure cluster). A message whose ``src`` is not that principal is dropped
+        and counted: only node X's own key may speak for X."""
         self.now_ms = now_ms
+        if not self.identities.peer_may_send(principal, msg.src):
+            self.counters.rejected_peer += 1
+            return
         self.replica.receive(msg, now_ms)
         if self.replica.leader is not None and msg.src == self.replica.leader:
             self.last_leader_contact_ms = now_ms
@@ -113,7 +129,10 @@ class Service:
         """When :meth:`tick` is next needed: the replica's timers and parked deadlines."""
         return self.parking.next_deadline_ms(self.replica.next_timer_ms())
 
-    def on_client(self, route: Route, req: Any, now_ms: int) -> None:
+    def on_client(self, route: Route, req: Any, now_ms: int, principal: str = ADMIN) -> None:
+        """A client request from ``principal`` (``"admin"`` in an insecure cluster). Rights
+        per principal arrive with the ACL stream (issue 12b); today every key the cluster
+        knows may call every op."""
         self.now_ms = now_ms
         rid = req.get("id") if isinstance(req, dict) else None
         try:
@@ -152,7 +171,8 @@ class Service:
         leader = self.replica.leader if self.replica.leader != self.id else None
         self.out.reply(route, rid, ErrorReply(
             ErrorCode.NOT_LEADER, f"{self.id} is not the leader", leader=leader,
-            leader_address=self.addresses.get(leader) if leader else None))
+            leader_address=self.addresses.get(leader) if leader else None,
+            leader_public_key=self.identities.public_key(leader)))
 
     # ------------------------------------------------------------------ applying
 
@@ -270,7 +290,10 @@ class Service:
             revision=m.revision, last_leader_contact_ms=contact, bad_frames=bad_frames,
             snapshot_index=r.snapshot_index, pending_writes=len(self.writes),
             parked_watches=len(self.parking.watches), rejected_replies=r.rejected_replies,
-            rounds_exhausted=r.rounds_exhausted, extra=extra)
+            rounds_exhausted=r.rounds_exhausted,
+            security="curve" if self.identities.secure else "insecure",
+            public_key=self.identities.public_key(self.id),
+            rejected_peer=self.counters.rejected_peer, extra=extra)
 
     def status(self) -> dict[str, Any]:
         """This node's entry of ``coordctl status --json``, plus extras."""

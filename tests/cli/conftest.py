@@ -76,15 +76,16 @@ def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> int:
 
 
 class LocalCluster:
-    """`coordctl cluster init` + one `coordctl serve` process per node."""
+    """`coordctl cluster init` + one `coordctl serve` process per node. Secure (CURVE) like
+    `cluster init` itself; commands find the admin key beside the cluster file."""
 
-    def __init__(self, root: Path, nodes: int = 3) -> None:
+    def __init__(self, root: Path, nodes: int = 3, insecure: bool = False) -> None:
         self.root = root
         self.dir = root / "coord"
         self.base_port = free_base_port(nodes)
         self.nodes = [f"n{i}" for i in range(1, nodes + 1)]
         r = run("cluster", "init", "--nodes", str(nodes), "--dir", self.dir,
-                "--base-port", str(self.base_port))
+                "--base-port", str(self.base_port), *(["--insecure"] if insecure else []))
         assert r.returncode == 0, r.stderr
         self.file = Path(r.stdout.strip())
         assert self.file == self.dir / "cluster.toml"

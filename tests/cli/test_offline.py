@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from coordsvc import clusterfile, keys
+
 from .conftest import (
     COORDCTL,
     assert_one_line_error,
@@ -97,10 +99,16 @@ def test_node_init_prepares_one_nodes_data_dir(tmp_path: Path) -> None:
     for f in n2.iterdir():
         f.unlink()
     n2.rmdir()
+    old_key = keys.read_client_key(tmp_path / "c" / "admin.key").server_keys()
     r = run("node", "init", "--cluster", tmp_path / "c" / "cluster.toml", "--node", "n2")
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()) == n2
     assert (n2 / "node.db").is_file()
+    # Its key went with the directory: a new one, recorded where clients and members look.
+    c = clusterfile.load(tmp_path / "c" / "cluster.toml")
+    assert keys.read_node_key(n2 / "node.key", "n2", c.node("n2").public_key)
+    assert c.node("n2").public_key != old_key[c.node("n2").address]
+    assert keys.read_client_key(tmp_path / "c" / "admin.key").server_keys() == c.server_keys()
     again = run("node", "init", "--cluster", tmp_path / "c" / "cluster.toml", "--node", "n2",
                 "--json")
     assert again.returncode == 0, again.stderr
@@ -220,10 +228,11 @@ def test_serve_refuses_a_missing_data_dir(tmp_path: Path) -> None:
 def test_serve_refuses_an_empty_data_dir(tmp_path: Path) -> None:
     assert _init(tmp_path).returncode == 0
     (tmp_path / "c" / "n1" / "node.db").unlink()
+    left = sorted((tmp_path / "c" / "n1").iterdir())   # the node's key stays
     r = run("serve", "--cluster", tmp_path / "c" / "cluster.toml", "--node", "n1", timeout=20)
     assert r.returncode != 0
     assert "node.db" in assert_one_line_error(r.stderr)
-    assert list((tmp_path / "c" / "n1").iterdir()) == []
+    assert sorted((tmp_path / "c" / "n1").iterdir()) == left
 
 
 def test_serve_unknown_node_exits_2(tmp_path: Path) -> None:

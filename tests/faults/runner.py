@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordsvc import Client, CoordError
+from coordsvc import CoordError
 
 from ..integration.harness import LocalCluster, Probe
 from .checks import check_no_lost_writes
@@ -84,11 +84,11 @@ def _leader_finder(probe: Probe, cluster: LocalCluster) -> Callable[[], str | No
     return leader
 
 
-def _wait_serving(endpoints: list[str], within_s: float, tag: str) -> float | None:
+def _wait_serving(cluster: LocalCluster, within_s: float, tag: str) -> float | None:
     """Seconds until a linearizable write then read succeed, or None past ``within_s``."""
     t0 = time.monotonic()
     deadline = t0 + within_s
-    with Client(endpoints, timeout=min(1.0, within_s)) as c:
+    with cluster.client(timeout=min(1.0, within_s)) as c:
         while time.monotonic() < deadline:
             value = f"{tag}-{time.monotonic_ns()}"
             try:
@@ -160,7 +160,8 @@ def run(workload: str, kinds: Iterable[str], duration_s: float, seed: int, nodes
     extra = dict(workload_args or {})
     if workload == "watch":
         extra.setdefault("duration_s", duration_s)
-    wl = WORKLOADS[workload](cluster.endpoints, history, workload_rng, root, log=log, **extra)
+    wl = WORKLOADS[workload](cluster.endpoints, history, workload_rng, root, log=log,
+                             key=cluster.key, **extra)
     nemesis: Nemesis | None = None
     try:
         if "partition" in kinds:
@@ -182,18 +183,18 @@ def run(workload: str, kinds: Iterable[str], duration_s: float, seed: int, nodes
         res.faults = len(nemesis.injected)
         res.problems += nemesis.errors
         t_heal = time.monotonic()
-        res.recovery_s = _wait_serving(cluster.endpoints, RECOVERY_S, "heal")
+        res.recovery_s = _wait_serving(cluster, RECOVERY_S, "heal")
         if res.recovery_s is None:
             res.problems.append(f"the cluster did not serve a linearizable write+read within "
                                 f"{RECOVERY_S:g}s of healing")
             # Keep going: the histories may still show why, and checks are still meaningful.
-            late = _wait_serving(cluster.endpoints, 30.0, "late")
+            late = _wait_serving(cluster, 30.0, "late")
             say(f"   late recovery: {'none within 30s' if late is None else f'{late:.1f}s more'}")
         else:
             say(f"   healed; serving again after {res.recovery_s:.2f}s")
         time.sleep(max(0.0, QUIET_S - (time.monotonic() - t_heal)))
         wl.stop()
-        with Client(cluster.endpoints, timeout=10.0) as final:
+        with cluster.client(timeout=10.0) as final:
             wl.finish(final)
             final_state = {e.key: (e.revision, e.value.decode("utf-8", "replace"))
                            for e in final.list("") if not e.key.startswith("_liveness/")}

@@ -41,8 +41,10 @@ class Workload:
     name = "base"
 
     def __init__(self, endpoints: list[str], history: History, rng: random.Random,
-                 workdir: Path, log: Callable[[str], None] = print) -> None:
+                 workdir: Path, log: Callable[[str], None] = print,
+                 key: Path | None = None) -> None:
         self.endpoints = endpoints
+        self.key = key   # the client key file (None: an insecure cluster)
         self.history = history
         self.rng = rng
         self.workdir = workdir
@@ -56,7 +58,7 @@ class Workload:
 
     def client(self, timeout_s: float = CLIENT_TIMEOUT_S,
                endpoints: list[str] | None = None) -> Client:
-        c = Client(endpoints or self.endpoints, timeout=timeout_s)
+        c = Client(endpoints or self.endpoints, timeout=timeout_s, key=self.key)
         with self._mu:
             self._clients.append(c)
         return c

@@ -1,4 +1,8 @@
-"""Real clusters for tests: node processes on loopback, real SQLite files, cleanup by PID."""
+"""Real clusters for tests: node processes on loopback, real SQLite files, cleanup by PID.
+
+Clusters are secure (CURVE) unless a test asks for ``secure=False``: tests reach them with
+the admin key ``cluster.key`` (``cluster.client()``, ``cluster.socket()``), like a user.
+"""
 from __future__ import annotations
 
 import os
@@ -12,8 +16,8 @@ from typing import Any
 
 import zmq
 
-from coordsvc import wire
-from coordsvc.clusterfile import Cluster, write_new
+from coordsvc import Client, keys, wire
+from coordsvc.clusterfile import Cluster, load, write_keys, write_new
 from coordsvc.clusterfile import free_base_port as clusterfile_free_base_port
 from coordsvc.storage.datadir import init_data_dir
 
@@ -25,6 +29,23 @@ def free_base_port(nodes: int) -> int:
     return clusterfile_free_base_port(nodes, _ports)
 
 
+def socket_to(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, cluster: Cluster, address: str,
+              key_file: Path | None = None) -> zmq.Socket[bytes]:
+    """An unconnected socket of ``kind`` for ``address`` (a node's ROUTER or PUB): in a
+    secure cluster a CURVE client with ``key_file`` (default: the admin key), pinning the
+    node's public key as the cluster file says *now* (a replaced node has a new one)."""
+    s: zmq.Socket[bytes] = ctx.socket(kind)
+    s.setsockopt(zmq.LINGER, 0)
+    if cluster.secure and cluster.path is not None:
+        current = load(cluster.path)
+        servers = {**{n.publish: n.public_key for n in current.nodes}, **current.server_keys()}
+        ck = keys.read_client_key(key_file or current.admin_key_file)  # type: ignore[arg-type]
+        s.setsockopt(zmq.CURVE_PUBLICKEY, ck.pair.public.encode())
+        s.setsockopt(zmq.CURVE_SECRETKEY, ck.pair.secret.encode())
+        s.setsockopt(zmq.CURVE_SERVERKEY, servers[address].encode())  # type: ignore[union-attr]
+    return s
+
+
 class Probe:
     """A minimal protocol speaker (one DEALER per node) for status checks in tests."""
 
@@ -34,10 +55,10 @@ class Probe:
         self.rid = 0
 
     def call(self, node_id: str, op: str, timeout: float = 1.0, **fields: Any) -> dict[str, Any] | None:
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
+        address = self.cluster.node(node_id).address
+        s = socket_to(self.ctx, zmq.DEALER, self.cluster, address)
         try:
-            s.connect(self.cluster.node(node_id).address)
+            s.connect(address)
             self.rid += 1
             s.send(wire.encode_client(wire.CLIENT_REQUEST, {"id": self.rid, "op": op, **fields}))
             deadline = time.monotonic() + timeout
@@ -59,15 +80,30 @@ class Probe:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, nodes: int = 3, distinct_hosts: bool = False, **tuning: int) -> None:
+    def __init__(self, root: Path, nodes: int = 3, distinct_hosts: bool = False,
+                 secure: bool = True, **tuning: int) -> None:
         self.root = root
+        cluster_keys = keys.ClusterKeys.generate(f"n{i}" for i in range(1, nodes + 1)) if secure else None
         self.cluster = write_new(root, nodes, base_port=free_base_port(nodes), tuning=tuning,
-                                 distinct_hosts=distinct_hosts)
+                                 distinct_hosts=distinct_hosts, cluster_keys=cluster_keys)
         for n in self.cluster.nodes:
             init_data_dir(n.data_dir, self.cluster.id, n.id)
+        if cluster_keys is not None:
+            write_keys(self.cluster, cluster_keys)
+        #: The admin client key file (None for an insecure cluster).
+        self.key: Path | None = self.cluster.admin_key_file if secure else None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.probe = Probe(self.cluster)
         self.file = root / "cluster.toml"
+
+    def client(self, timeout: float = 10.0, endpoints: list[str] | None = None) -> Client:
+        """A Client with the admin key (plain TCP when the cluster is insecure)."""
+        return Client(endpoints or self.endpoints, timeout=timeout, key=self.key)
+
+    def socket(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, address: str,
+               key_file: Path | None = None) -> zmq.Socket[bytes]:
+        """A raw socket for ``address`` with the admin key (or ``key_file``); not connected."""
+        return socket_to(ctx, kind, self.cluster, address, key_file)
 
     @property
     def ids(self) -> list[str]:
@@ -150,9 +186,9 @@ class RawWriter:
         self._target = 0
 
     def _socket(self) -> zmq.Socket[bytes]:
-        s: zmq.Socket[bytes] = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.connect(self.cluster.endpoints[self._target % len(self.cluster.endpoints)])
+        address = self.cluster.endpoints[self._target % len(self.cluster.endpoints)]
+        s = socket_to(self.ctx, zmq.DEALER, self.cluster, address)
+        s.connect(address)
         return s
 
     def put_all(self, items: list[tuple[str, bytes]], deadline: float,

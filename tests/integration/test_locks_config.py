@@ -19,13 +19,15 @@ from .harness import LocalCluster
 @pytest.fixture
 def client(cluster: LocalCluster) -> Client:
     cluster.leader()
-    c = Client(cluster.endpoints, timeout=10.0)
+    c = cluster.client(timeout=10.0)
     yield c  # type: ignore[misc]
     c.close()
 
 
-def test_contract_python_example_works_verbatim(cluster: LocalCluster) -> None:
+def test_contract_python_example_works_verbatim(cluster: LocalCluster,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     cluster.leader()
+    monkeypatch.setenv("COORD_KEY", str(cluster.key))   # CONTRACT §7: the key, when not given
     c = Client(cluster.endpoints, timeout=5.0)
     rev = c.put("app/db_url", "postgres://...", if_revision=None)
     e = c.get("app/db_url")
@@ -82,7 +84,7 @@ def test_bad_keys_and_oversized_values_are_refused_and_write_nothing(client: Cli
 def test_ten_clients_cas_the_same_revision_and_exactly_one_wins(cluster: LocalCluster, client: Client) -> None:
     rev = client.put("race", "start")
     results: list[str] = []
-    clients = [Client(cluster.endpoints, timeout=10.0) for _ in range(10)]
+    clients = [cluster.client(timeout=10.0) for _ in range(10)]
     barrier = threading.Barrier(10)
 
     def go(i: int) -> None:
@@ -106,7 +108,7 @@ def test_ten_clients_cas_the_same_revision_and_exactly_one_wins(cluster: LocalCl
 
 def test_eight_contending_clients_are_granted_in_fifo_order(cluster: LocalCluster, client: Client) -> None:
     holder = client.acquire("fifo", ttl=10.0, timeout=0)
-    clients = [Client(cluster.endpoints, timeout=10.0) for _ in range(8)]
+    clients = [cluster.client(timeout=10.0) for _ in range(8)]
     order: list[int] = []
     tokens: list[int] = []
     threads = []
@@ -146,7 +148,7 @@ def test_eight_contending_clients_are_granted_in_fifo_order(cluster: LocalCluste
 HOLDER = textwrap.dedent("""
     import sys, time
     from coordsvc import Client
-    c = Client(sys.argv[1].split(","), timeout=10.0)
+    c = Client(sys.argv[1].split(","), timeout=10.0, key=sys.argv[3])
     lk = c.acquire("job", ttl=float(sys.argv[2]), timeout=10)
     print(lk.token, flush=True)
     time.sleep(600)
@@ -155,7 +157,8 @@ HOLDER = textwrap.dedent("""
 
 def test_a_killed_holders_lock_goes_to_the_next_waiter_within_ttl_plus_one_second(cluster: LocalCluster, client: Client) -> None:
     ttl = 2.0
-    p = subprocess.Popen([sys.executable, "-c", HOLDER, ",".join(cluster.endpoints), str(ttl)],
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, ",".join(cluster.endpoints), str(ttl),
+                          str(cluster.key)],
                          stdout=subprocess.PIPE, text=True)
     try:
         held = int(p.stdout.readline())  # type: ignore[union-attr]
@@ -193,8 +196,7 @@ def test_a_write_retried_after_the_leader_is_killed_is_applied_exactly_once(clus
 
         from coordsvc import wire
         ctx = zmq.Context()
-        s = ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
+        s = cluster.socket(ctx, zmq.DEALER, cluster.cluster.node(leader).address)
         s.connect(cluster.cluster.node(leader).address)
         s.send(wire.encode_client(wire.CLIENT_REQUEST, {"id": 1, "op": "write", "req": req}))
         s.poll(20 if attempt else 2000)     # maybe the first answer arrives, maybe not
@@ -218,7 +220,7 @@ def test_a_watch_across_a_leader_kill_sees_every_event_once_in_order(cluster: Lo
     stop = threading.Event()
 
     def writer() -> None:
-        with Client(cluster.endpoints, timeout=10.0) as wc:
+        with cluster.client(timeout=10.0) as wc:
             for i in range(150):
                 acked.append(wc.put(f"w/k{i % 7}", str(i)))
                 if stop.is_set():
@@ -281,7 +283,7 @@ def test_a_watch_from_a_revision_older_than_the_window_raises_compacted(tmp_path
         while not all((st := c.probe.status(n)) and st["revision"] >= len(items) for n in c.ids):
             assert time.monotonic() < deadline, [c.probe.status(n) for n in c.ids]
             time.sleep(0.05)
-        with Client(c.endpoints) as cl:
+        with c.client(timeout=5.0) as cl:
             w = cl.watch("f/", start_revision=1)
             with pytest.raises(Compacted) as info:
                 w.next(timeout=5)

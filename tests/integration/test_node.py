@@ -212,7 +212,7 @@ def test_garbage_on_the_socket_is_counted_and_the_node_keeps_serving(cluster: Lo
     import zmq
     leader = cluster.leader()
     ctx = zmq.Context()
-    s = ctx.socket(zmq.DEALER)
+    s = cluster.socket(ctx, zmq.DEALER, cluster.cluster.node(leader).address)   # a valid key
     s.setsockopt(zmq.LINGER, 5000)   # close() must deliver the junk, not drop it
     s.connect(cluster.cluster.node(leader).address)
     for junk in (b"", b"\x00", b"\x01\x20garbage", os.urandom(300), b"\x01\x05" + os.urandom(50)):
@@ -248,8 +248,7 @@ def test_changes_are_published_to_subscribers_of_their_key(cluster: LocalCluster
     from coordsvc import wire
     node = cluster.leader()
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
+    sub = cluster.socket(ctx, zmq.SUB, cluster.cluster.node(node).publish)   # the admin key
     sub.connect(cluster.cluster.node(node).publish)
     sub.setsockopt(zmq.SUBSCRIBE, b"kapp/")
     try:
@@ -279,7 +278,9 @@ def test_junk_sent_to_the_publish_socket_is_counted_and_the_node_keeps_serving(
     import zmq
     leader = cluster.leader()
     ctx = zmq.Context()
-    s = ctx.socket(zmq.XSUB)   # an XSUB may send any message upstream, not only topics
+    # An XSUB may send any message upstream, not only topics (with the admin key: a
+    # stranger's handshake fails before it can send anything).
+    s = cluster.socket(ctx, zmq.XSUB, cluster.cluster.node(leader).publish)
     s.setsockopt(zmq.LINGER, 5000)
     s.connect(cluster.cluster.node(leader).publish)
     for junk in ([b"\x07junk"], [b"\x01kapp/", b"extra frame"], [b""]):

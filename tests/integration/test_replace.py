@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-from coordsvc import Client
-
 from .harness import LocalCluster
 
 COORDCTL = str(Path(sys.executable).with_name("coordctl"))
@@ -22,7 +20,7 @@ def _ctl(*args: str) -> subprocess.CompletedProcess[str]:
 def test_a_wiped_node_is_refused_then_replaced_and_votes_again(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     lost = next(n for n in cluster.ids if n != leader)
-    with Client(cluster.endpoints, timeout=10.0) as c:
+    with cluster.client(timeout=10.0) as c:
         revs = [c.put(f"r/{i}", str(i)) for i in range(50)]
         cluster.kill(lost)
         data_dir = cluster.cluster.node(lost).data_dir

@@ -207,6 +207,9 @@ class LocalTransport:
             out.append(reply if reply.get("id") == rid else None)
         return out
 
+    def learn_key(self, address: object, public: object) -> None:
+        pass     # in-process nodes need no keys
+
     def release_thread(self) -> None:
         pass
 
@@ -267,6 +270,9 @@ class Faults:
                 answers[ep] = script(payload, lambda ep=ep: self.inner.request(
                     ep, payload, deadline, deadline))
         return [answers[ep] for ep in endpoints]
+
+    def learn_key(self, address: object, public: object) -> None:
+        self.inner.learn_key(address, public)
 
     def release_thread(self) -> None:
         self.inner.release_thread()
