@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
-    "InvalidRequest", "Lock", "LockTimeout", "PermissionDenied", "Unavailable", "Watch",
+    "InvalidRequest", "Lock", "LockTimeout", "MembershipRefused", "PermissionDenied", "Unavailable", "Watch",
     "__version__",
 ]
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
         InvalidRequest,
         Lock,
         LockTimeout,
-        PermissionDenied,
+        MembershipRefused,
+    PermissionDenied,
         Unavailable,
         Watch,
     )

@@ -22,12 +22,13 @@ from .errors import (
     FenceRejected,
     InvalidRequest,
     LockTimeout,
+    MembershipRefused,
     PermissionDenied,
     Unavailable,
 )
 
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
-    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "PermissionDenied",
+    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "MembershipRefused", "PermissionDenied",
     "Unavailable", "Watch",
 ]

@@ -34,6 +34,11 @@ from coordsvc.core.protocol import (
     LockRow,
     LocksReply,
     LocksRequest,
+    MemberChangeReply,
+    MemberChangeRequest,
+    MemberRow,
+    MembersReply,
+    MembersRequest,
     Result,
     SchemaError,
     StatusReply,
@@ -48,7 +53,7 @@ from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
 from ._types import Entry, Event, entry_of, event_of
 from ._watch import Watch, WatchHub
-from .errors import Compacted, CoordError, InvalidRequest, Unavailable
+from .errors import Compacted, CoordError, InvalidRequest, MembershipRefused, Unavailable
 
 __all__ = ["Client", "ClientTransport"]
 
@@ -239,10 +244,88 @@ class Client:
         else:
             members = [(None, ep) for ep in self._endpoints]
             name = None
-        replies = self._transport.request_all([address for _, address in members],
-                                              StatusRequest().to_wire(),
-                                              min(ATTEMPT_S, self._timeout_s))
-        return _status.summarize(members, [_node_status(r) for r in replies], name)
+        wait_s = min(ATTEMPT_S, self._timeout_s)
+        statuses = [_node_status(r) for r in self._transport.request_all(
+            [address for _, address in members], StatusRequest().to_wire(), wait_s)]
+        # The configuration the log chose (from the leader, else the newest answer) is the
+        # member list: members added since the cluster file was written are asked too, and
+        # members removed since are left out.
+        config = _chosen_config(statuses)
+        learners: builtins.list[str] = []
+        if config is not None:
+            asked = {mid: (mid, addr, st) for (mid, addr), st in zip(members, statuses,
+                                                                       strict=True)}
+            extra = [(mid, addr) for mid, addr, _ in config if mid not in asked and addr]
+            more = [_node_status(r) for r in self._transport.request_all(
+                [addr for _, addr in extra], StatusRequest().to_wire(), wait_s)] if extra else []
+            found = {mid: (mid, addr, st) for (mid, addr), st in zip(extra, more, strict=True)}
+            rows = [asked.get(mid) or found.get(mid) or (mid, addr, None)
+                    for mid, addr, _ in config]
+            members = [(mid, addr) for mid, addr, _ in rows]
+            statuses = [st for _, _, st in rows]
+            learners = [mid for mid, _, voting in config if not voting]
+        return _status.summarize(members, statuses, name, learners)
+
+    def members(self) -> builtins.list[MemberRow]:
+        """The chosen configuration, from the leader: voters and learners (a learner's
+        ``progress`` is the commit index it last reported; -1 not heard yet)."""
+        return builtins.list(self._call(MembersRequest(), MembersReply.from_wire,
+                                        leader=True).members)
+
+    def member_add(self, node_id: str, address: str, *, publish: str = "", http: str = "",
+                   public_key: str = "", timeout_s: float | None = None) -> MemberRow:
+        """Add ``node_id`` as a learner; returns once the change is chosen (it does not
+        wait for the node to start). ``MembershipRefused`` says why when refused."""
+        req = MemberChangeRequest("add", node_id, address, publish, http, public_key)
+        row: MemberRow = self._member_change(req, lambda rows: _row(rows, node_id), timeout_s)
+        return row
+
+    def member_remove(self, node_id: str, *, timeout_s: float | None = None) -> None:
+        """Remove ``node_id`` (the leader hands over first); returns once chosen."""
+        req = MemberChangeRequest("remove", node_id)
+        self._member_change(req, lambda rows: None if _row(rows, node_id) else True, timeout_s)
+
+    def transfer_leader(self, node_id: str, *, timeout_s: float | None = None) -> None:
+        """Move leadership to voter ``node_id``; returns once it leads."""
+        total = self._timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + total
+        self._call(MemberChangeRequest("transfer", node_id), MemberChangeReply.from_wire,
+                   leader=True, timeout_s=total)
+        while time.monotonic() < deadline:
+            try:
+                leader = self._call(MembersRequest(), MembersReply.from_wire, leader=True,
+                                    timeout_s=max(0.1, deadline - time.monotonic())).leader
+            except Unavailable:
+                leader = None
+            if leader == node_id:
+                return
+            time.sleep(0.05)
+        raise Unavailable(f"{node_id} did not take over within {total:.1f}s")
+
+    def _member_change(self, req: MemberChangeRequest, done: Callable[[Sequence[MemberRow]], Any],
+                       timeout_s: float | None) -> Any:
+        total = self._timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + total
+        try:
+            self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        except MembershipRefused:
+            rows = self.members()       # a retry of a change that went through already
+            got = done(rows)
+            if got is not None and req.action == "add":
+                return got
+            raise
+        while time.monotonic() < deadline:
+            try:
+                seen = self._call(MembersRequest(), MembersReply.from_wire, leader=True,
+                                  timeout_s=max(0.1, deadline - time.monotonic())).members
+            except Unavailable:
+                continue
+            got = done(seen)
+            if got is not None:
+                return got
+            time.sleep(0.05)
+        raise Unavailable(f"{req.action} {req.node} was proposed but not seen chosen within "
+                          f"{total:.1f}s (it may still be)")
 
     def close(self) -> None:
         """Give up held locks (best effort), close every socket. Idempotent."""
@@ -412,6 +495,7 @@ class Client:
 _REFUSALS: dict[ErrorCode | str, Callable[[ErrorReply], CoordError]] = {
     ErrorCode.COMPACTED: lambda err: Compacted(err.message, err.oldest),
     ErrorCode.BAD_REQUEST: lambda err: InvalidRequest(err.message),
+    ErrorCode.REFUSED: lambda err: MembershipRefused(err.message),
 }
 
 
@@ -495,6 +579,33 @@ def _lock_info(row: LockRow) -> LockInfo:
     return LockInfo(row.name, row.holder_session, row.token, row.waiters,
                     _seconds(row.holder_ttl_left_ms), _seconds(row.age_ms),
                     tuple(_seconds(w) for w in row.waits_ms))
+
+
+def _row(rows: Sequence[MemberRow], node_id: str) -> MemberRow | None:
+    return next((r for r in rows if r.id == node_id), None)
+
+
+def _chosen_config(statuses: Sequence[dict[str, Any] | None]
+                   ) -> builtins.list[tuple[str, str, bool]] | None:
+    """(id, address, voting) of the configuration the leader (else the node with the
+    highest commit index) reports, or None if no answer carries one."""
+    best: tuple[int, int, Any] | None = None
+    for st in statuses:
+        if st is None or not isinstance(st.get("config"), list):
+            continue
+        commit = st.get("commit_index")
+        rank = (1 if st.get("role") == "leader" else 0, commit if type(commit) is int else -1)
+        if best is None or rank > best[:2]:
+            best = (rank[0], rank[1], st["config"])
+    if best is None:
+        return None
+    rows = []
+    for r in best[2]:
+        if not (isinstance(r, list) and len(r) >= 3 and type(r[0]) is str
+                and type(r[1]) is str and r[1] and type(r[2]) is bool):
+            return None    # a configuration without addresses (recorded before they were)
+        rows.append((r[0], r[1], r[2]))
+    return rows or None
 
 
 def _node_status(reply: dict[str, Any] | None) -> dict[str, Any] | None:

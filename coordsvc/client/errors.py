@@ -8,6 +8,8 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 │                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
+├── MembershipRefused   a membership change was refused (one in flight, no live quorum
+│                       left, not a member, ...): nothing was changed
 ├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
+    "MembershipRefused",
     "PermissionDenied", "Unavailable",
 ]
 
@@ -44,6 +47,10 @@ class InvalidRequest(CoordError):
 
 class LockTimeout(CoordError):
     """The lock was not acquired within the timeout: nothing is held."""
+
+
+class MembershipRefused(CoordError):
+    """The leader refused a membership change; the message says why. Nothing changed."""
 
 
 class PermissionDenied(CoordError):

@@ -209,7 +209,7 @@ _NO_MEMBER = Member("-", voting=False)
 
 
 class Replica:
-    def __init__(self, node_id: NodeId, members: list[NodeId], durable: Durable,
+    def __init__(self, node_id: NodeId, members: list[NodeId] | Membership, durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
                  leadership: Leadership | None = None) -> None:
         self.id = node_id
@@ -219,9 +219,9 @@ class Replica:
         base: Membership | None = snap.config
         if base is None and self.incarnation is not None:
             # No configuration recorded yet: the bootstrap members (cluster.toml) are config(1).
-            if node_id not in members:
-                raise UsageError(f"{node_id} is not one of the members {members}")
-            base = Membership.bootstrap(members)
+            base = members if isinstance(members, Membership) else Membership.bootstrap(members)
+            if base.get(node_id) is None:
+                raise UsageError(f"{node_id} is not one of the members {list(base.ids)}")
         # config(s) for every slot we still care about; None while a node added at runtime
         # has not yet learned any configuration from the leader.
         self.history: ConfigHistory | None = (
@@ -802,7 +802,7 @@ class Replica:
             leader_ballot=self.leader_ballot, promised=self.acceptor.promised,
             commit_index=self.acceptor.commit_index, known_commit=self.known_commit,
             applied=self.applied, snapshot_index=self.acceptor.snapshot.index,
-            voting=not self.rebuilding,
+            voting=not self.rebuilding and self.may_campaign(),
             serving=self.serving,
             pending_commands=len(self.pending), pending_bytes=self.pending_bytes,
             inflight_slots=len(self.inflight), inflight_bytes=self.inflight_bytes,

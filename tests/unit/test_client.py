@@ -596,7 +596,8 @@ def test_status_marks_an_unreachable_member_with_null_fields(node: LocalNode, ne
         st = c.status()
     assert st["cluster"] == {"name": "test", "leader": "n1", "quorum": True, "members": 3,
                              "healthy": 2, "commit_index": leader["commit_index"],
-                             "revision": 5, "can_lose": 0, "security": "insecure"}
+                             "revision": 5, "can_lose": 0, "security": "insecure",
+                             "learners": 0}
     n1, n2, n3 = st["nodes"]
     assert (n1["reachable"], n1["role"], n1["lag"], n1["ballot"]) == (True, "leader", 0, leader["ballot"])
     assert (n2["id"], n2["lag"], n2["applied_index"]) == ("n2", 3, leader["commit_index"] - 3)
