@@ -56,6 +56,9 @@ class NodeSpec:
     publish: str
     data_dir: Path
     public_key: str | None = None   # CURVE, Z85; None in an insecure cluster
+    # Added to a running cluster (`coordctl member add`): not a bootstrap member; its data
+    # directory starts knowing no configuration and learns its membership from the leader.
+    added: bool = False
 
     @property
     def key_file(self) -> Path:
@@ -133,7 +136,8 @@ def load(path: Path) -> Cluster:
             nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
                                   check_endpoint(str(n["publish"])),
                                   d if d.is_absolute() else path.parent / d,
-                                  public if security == CURVE else None))
+                                  public if security == CURVE else None,
+                                  n.get("added") is True))
     except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
     ids = [n.id for n in nodes]
@@ -260,6 +264,27 @@ def set_node_key(cluster: Cluster, node_id: str, public_key: str) -> Cluster:
     for n in raw["nodes"]:
         if n.get("id") == node_id:
             n["public_key"] = keys.check_public(public_key, "public key")
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
+
+
+def add_node(cluster: Cluster, spec: NodeSpec) -> Cluster:
+    """Append a member added at runtime to the cluster file (``added = true``). The file
+    is the bootstrap and a convenience for clients; the log decides who is a member."""
+    assert cluster.path is not None
+    if spec.id in cluster.ids:
+        raise ClusterFileError(f"{spec.id} is already in {cluster.path}")
+    raw = tomllib.loads(cluster.path.read_text())
+    try:
+        data_dir: Path | str = spec.data_dir.relative_to(cluster.path.parent)
+    except ValueError:
+        data_dir = spec.data_dir
+    entry: dict[str, object] = {"id": spec.id, "address": spec.address,
+                                "publish": spec.publish, "data_dir": str(data_dir),
+                                "added": True}
+    if spec.public_key is not None:
+        entry["public_key"] = keys.check_public(spec.public_key, "public key")
+    raw["nodes"].append(entry)
     _write_atomically(cluster.path, raw)
     return load(cluster.path)
 

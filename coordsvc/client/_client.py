@@ -255,22 +255,36 @@ class Client:
         if config is not None:
             asked = {mid: (mid, addr, st) for (mid, addr), st in zip(members, statuses,
                                                                        strict=True)}
-            extra = [(mid, addr) for mid, addr, _ in config if mid not in asked and addr]
-            more = [_node_status(r) for r in self._transport.request_all(
-                [addr for _, addr in extra], StatusRequest().to_wire(), wait_s)] if extra else []
+            extra = [(mid, addr) for mid, addr, _, _ in config if mid not in asked and addr]
+            for _, addr, _, key in config:
+                if key:      # members added later: their keys come from the cluster itself
+                    self._transport.learn_key(addr, key)
+            try:
+                more = [_node_status(r) for r in self._transport.request_all(
+                    [addr for _, addr in extra], StatusRequest().to_wire(), wait_s)]
+            except CoordError:
+                more = [None] * len(extra)      # no key for them (yet): shown unreachable
             found = {mid: (mid, addr, st) for (mid, addr), st in zip(extra, more, strict=True)}
             rows = [asked.get(mid) or found.get(mid) or (mid, addr, None)
-                    for mid, addr, _ in config]
+                    for mid, addr, _, _ in config]
             members = [(mid, addr) for mid, addr, _ in rows]
             statuses = [st for _, _, st in rows]
-            learners = [mid for mid, _, voting in config if not voting]
+            learners = [mid for mid, _, voting, _ in config if not voting]
         return _status.summarize(members, statuses, name, learners)
 
     def members(self) -> builtins.list[MemberRow]:
         """The chosen configuration, from the leader: voters and learners (a learner's
         ``progress`` is the commit index it last reported; -1 not heard yet)."""
-        return builtins.list(self._call(MembersRequest(), MembersReply.from_wire,
-                                        leader=True).members)
+        return builtins.list(self.membership().members)
+
+    def membership(self) -> MembersReply:
+        """The leader's answer to ``members``: the rows, who leads, whether a change is in
+        flight. Members' public keys are learned from it (secure clusters)."""
+        reply = self._call(MembersRequest(), MembersReply.from_wire, leader=True)
+        for r in reply.members:
+            if r.public_key:
+                self._transport.learn_key(r.address, r.public_key)
+        return reply
 
     def member_add(self, node_id: str, address: str, *, publish: str = "", http: str = "",
                    public_key: str = "", timeout_s: float | None = None) -> MemberRow:
@@ -586,9 +600,9 @@ def _row(rows: Sequence[MemberRow], node_id: str) -> MemberRow | None:
 
 
 def _chosen_config(statuses: Sequence[dict[str, Any] | None]
-                   ) -> builtins.list[tuple[str, str, bool]] | None:
-    """(id, address, voting) of the configuration the leader (else the node with the
-    highest commit index) reports, or None if no answer carries one."""
+                   ) -> builtins.list[tuple[str, str, bool, str]] | None:
+    """(id, address, voting, public key) of the configuration the leader (else the node
+    with the highest commit index) reports, or None if no answer carries one."""
     best: tuple[int, int, Any] | None = None
     for st in statuses:
         if st is None or not isinstance(st.get("config"), list):
@@ -604,7 +618,8 @@ def _chosen_config(statuses: Sequence[dict[str, Any] | None]
         if not (isinstance(r, list) and len(r) >= 3 and type(r[0]) is str
                 and type(r[1]) is str and r[1] and type(r[2]) is bool):
             return None    # a configuration without addresses (recorded before they were)
-        rows.append((r[0], r[1], r[2]))
+        key = r[3] if len(r) > 3 and type(r[3]) is str else ""
+        rows.append((r[0], r[1], r[2], key))
     return rows or None
 
 

@@ -785,8 +785,9 @@ class StatusReply:
 
 @dataclass(frozen=True, slots=True)
 class MemberRow:
-    """One member: [id, incarnation, voting, address, publish, http, public_key, progress];
-    ``progress`` is the commit index a learner last reported (-1: not heard yet)."""
+    """One member: [id, incarnation, voting, address, publish, http, public_key, progress,
+    live]; ``progress`` is the commit index it last reported (-1: not heard yet), ``live``
+    whether the leader heard it within an election timeout."""
 
     id: str
     incarnation: int
@@ -796,10 +797,11 @@ class MemberRow:
     http: str
     public_key: str
     progress: int = -1
+    live: bool = False
 
     def to_wire(self) -> list[object]:
         return [self.id, self.incarnation, self.voting, self.address, self.publish, self.http,
-                self.public_key, self.progress]
+                self.public_key, self.progress, self.live]
 
     @classmethod
     def from_wire(cls, w: object) -> MemberRow:
@@ -809,7 +811,8 @@ class MemberRow:
                 or type(r[7]) is not int):
             raise SchemaError("member row must be [id, incarnation, voting, address, publish, "
                               "http, public_key, progress]")
-        return cls(*r[:8])
+        live = r[8] if len(r) > 8 and type(r[8]) is bool else False
+        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], live)
 
 
 @dataclass(frozen=True, slots=True)

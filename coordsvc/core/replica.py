@@ -485,6 +485,10 @@ class Replica:
         self._maybe_hand_over()
         return None
 
+    def is_live(self, node: NodeId) -> bool:
+        """Leader: ``node`` was heard within an election timeout (we always are)."""
+        return self._live(node)
+
     def _live(self, node: NodeId) -> bool:
         return node == self.id or (
             self.now_ms - self.last_ack_ms.get(node, -10**12) <= self.cfg.election_timeout_ms)

@@ -312,7 +312,7 @@ class Service:
         extra = self.extra_status() if self.extra_status is not None else {}
         # The latest chosen configuration as this node knows it: clients find learners and
         # members added after their cluster file was written from here.
-        extra["config"] = [[m.id, m.address, m.voting] for m in r.config.members]
+        extra["config"] = [[m.id, m.address, m.voting, m.public_key] for m in r.config.members]
         extra["incarnation"] = r.incarnation
         if r.removed:
             extra["removed"] = r.removed

@@ -186,7 +186,7 @@ def _members(svc: Service, route: Route, rid: object, req: MembersRequest) -> No
         if m.id == svc.id:
             heard = st.commit_index
         rows.append(MemberRow(m.id, m.incarnation, m.voting, m.address, m.publish, m.http,
-                              m.public_key, heard))
+                              m.public_key, heard, svc.replica.is_live(m.id)))
     svc.out.reply(route, rid, MembersReply(tuple(rows), svc.id, st.change_in_flight))
 
 
@@ -201,6 +201,10 @@ def _member_change(svc: Service, route: Route, rid: object, req: MemberChangeReq
         done = f"handing leadership to {req.node}"
     else:
         if req.action == "add":
+            if svc.identities.secure and not req.public_key:
+                svc.out.error(route, rid, ErrorCode.REFUSED,
+                              f"a secure cluster needs {req.node}'s public key to add it")
+                return
             member = Member(req.node, 0, False, req.address, req.publish, req.http,
                             req.public_key)
             change = MembershipChange(ChangeKind.ADD, member)
