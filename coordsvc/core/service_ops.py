@@ -218,7 +218,7 @@ def _member_change(svc: Service, route: Route, rid: object, req: MemberChangeReq
         done = f"{req.action} {req.node}: proposed"
     if why is None:
         svc.out.reply(route, rid, MemberChangeReply(done))
-    elif "hands leadership" in why:
+    elif "hands leadership" in why or why.startswith("leadership is being handed"):
         # Removing the leader: it hands over first; the client retries and is redirected.
         svc.out.error(route, rid, ErrorCode.UNAVAILABLE, why)
     else:
