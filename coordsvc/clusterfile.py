@@ -289,6 +289,21 @@ def add_node(cluster: Cluster, spec: NodeSpec) -> Cluster:
     return load(cluster.path)
 
 
+def mark_added(cluster: Cluster, node_id: str, public_key: str | None) -> Cluster:
+    """A member removed and added again under its id (the replace path): its entry says
+    ``added = true`` (its new data directory joins, it is not a bootstrap member any more)
+    and names its new public key in a secure cluster."""
+    assert cluster.path is not None
+    raw = tomllib.loads(cluster.path.read_text())
+    for n in raw["nodes"]:
+        if n.get("id") == node_id:
+            n["added"] = True
+            if public_key is not None:
+                n["public_key"] = keys.check_public(public_key, "public key")
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
+
+
 def node_ports(base_port: int, nodes: int) -> list[int]:
     """Every port ``write_new`` assigns: node i listens on base+i and publishes on base+100+i."""
     return [base_port + i for i in range(1, nodes + 1)] + [

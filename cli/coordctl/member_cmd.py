@@ -108,21 +108,31 @@ def _record_in_file(path: Path, node: str, address: str, publish: str,
     """Add the node to the cluster file (a new key pair in a secure cluster: the secret in
     its data directory, the public key in the file and admin.key); its public key."""
     from coordsvc import clusterfile, keys
+    from coordsvc.storage.datadir import NODE_DB
 
     from .cluster_cmd import refresh_admin_key
     c = clusterfile.load(path)
-    if node in c.ids:
-        existing = c.node(node)
-        if existing.address != address:
-            fail(f"{node} is already in {path} at {existing.address}", None, EXIT_REFUSED)
-        return existing.public_key or ""
-    d = data_dir if data_dir is not None else path.parent / node
+    existing = c.node(node) if node in c.ids else None
+    if existing is not None and existing.address != address:
+        fail(f"{node} is already in {path} at {existing.address}", None, EXIT_REFUSED)
+    d = existing.data_dir if existing is not None else (
+        data_dir if data_dir is not None else path.parent / node)
+    if existing is not None and (d / NODE_DB).exists():
+        fail(f"{node}'s data directory {d} still holds an acceptor's state; a node added "
+             "again starts from a new one (move it aside first)", None, EXIT_REFUSED)
     public: str | None = None
     if c.secure:
-        pair = keys.KeyPair.generate()
-        keys.write_node_key(d / keys.NODE_KEY_FILE, node, pair)
-        public = pair.public
-    c = clusterfile.add_node(c, clusterfile.NodeSpec(node, address, publish, d, public, True))
+        key_file = d / keys.NODE_KEY_FILE
+        if existing is not None and existing.added and key_file.exists():
+            public = existing.public_key          # a retry: the same new node
+        else:
+            pair = keys.KeyPair.generate()
+            keys.write_node_key(key_file, node, pair)
+            public = pair.public
+    if existing is None:
+        c = clusterfile.add_node(c, clusterfile.NodeSpec(node, address, publish, d, public, True))
+    else:                                        # removed before, added again: replaced
+        c = clusterfile.mark_added(c, node, public)
     refresh_admin_key(c)
     return public or ""
 
