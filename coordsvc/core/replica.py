@@ -45,6 +45,20 @@ Hence every quorum intersection argument of single-message Paxos carries over, a
 new leader's rule (adopt the highest-ballot value per slot, no-ops in holes) keeps its
 proof. ``tests/unit/test_replica.py`` checks the rules; the simulator runs with budgets
 small enough that nearly every promise, batch, catch-up reply and snapshot splits.
+
+**Membership** (``membership.py``; the full argument is in docs/DESIGN.md, "Membership, as
+built"). config(s) -- the bootstrap with every change chosen below ``s`` -- decides slot
+``s``. R1: a change is proposed only with every slot below it chosen and nothing in flight,
+and nothing is proposed after it until it is chosen (``change_slot``, ``_flush_proposals``).
+R2: an Accepted counts only for a voter of config(slot) at its incarnation
+(``_on_accepted``). R3: phase 1 needs a majority of config(commit + 1) and of every
+configuration the recovered changes create, and adopts the highest ballot over all promises
+(``_maybe_lead``, ``_chain``). Because each change moves one voter and R1 leaves at most one
+change unchosen in anyone's view, the chooser's configuration for a slot is the candidate's
+or one voter from a configuration whose majority the candidate holds -- the majorities meet.
+Learners replicate but never count or campaign; a removed node stops; leadership moves with
+``TimeoutNow`` once the target holds the last slot. Leadership itself (functional with
+pre-vote, or external) is a strategy object (``leadership.py``).
 """
 from __future__ import annotations
 
