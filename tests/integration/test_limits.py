@@ -18,7 +18,6 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 import zmq
 
-from coordsvc import Client
 from coordsvc.core.commands import MAX_VALUE_BYTES
 from coordsvc.core.machine import Machine
 from coordsvc.core.messages import (
@@ -90,6 +89,18 @@ def big_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         c.close()
 
 
+@pytest.fixture
+def insecure_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Forged peer frames from a plain socket reach the decoder only without CURVE (with
+    it, only members get that far: tests/security covers who may send)."""
+    c = LocalCluster(tmp_path, secure=False)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
 def test_eight_clients_writing_1_mib_values_at_once_take_no_node_down(
         big_cluster: LocalCluster) -> None:
     c = big_cluster
@@ -99,7 +110,7 @@ def test_eight_clients_writing_1_mib_values_at_once_take_no_node_down(
     start = threading.Barrier(8)
 
     def writer(i: int) -> None:
-        with Client(c.endpoints, timeout=30.0) as cl:
+        with c.client(timeout=30.0) as cl:
             start.wait()
             for j in range(3):
                 key = f"big/{i}/{j}"
@@ -137,7 +148,7 @@ def _snapshot_catch_up(tmp_path: Path, state_mib: int, snapshot_every: int) -> N
         lock = threading.Lock()
 
         def load(i: int, n: int) -> None:
-            with Client(c.endpoints, timeout=60.0) as cl:
+            with c.client(timeout=60.0) as cl:
                 for j in range(n):
                     key, tag = f"bulk/{i}/{j:05d}", i * 100_000 + j
                     cl.put(key, _value(tag))
@@ -158,7 +169,7 @@ def _snapshot_catch_up(tmp_path: Path, state_mib: int, snapshot_every: int) -> N
         live: dict[str, int] = {}
 
         def keep_writing() -> None:     # writes continue while the follower catches up
-            with Client(c.endpoints, timeout=60.0) as cl:
+            with c.client(timeout=60.0) as cl:
                 j = 0
                 while not stop.is_set():
                     key, tag = f"live/{j:05d}", 10**9 + j
@@ -210,10 +221,10 @@ def _frame(cls: type, payload: list[object]) -> bytes:
 
 
 def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
-        big_cluster: LocalCluster) -> None:
-    c = big_cluster
+        insecure_cluster: LocalCluster) -> None:
+    c = insecure_cluster
     leader = c.leader()
-    with Client(c.endpoints, timeout=10.0) as cl:
+    with c.client(timeout=10.0) as cl:
         cl.put("before", b"1")
     follower = next(n for n in c.ids if n != leader)
     _wait("the follower to apply the write", lambda: _caught_up(c, [follower]), 10)
@@ -264,7 +275,7 @@ def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
     assert after["leader"] == leader
     r = c.probe.call(follower, "get", key="before", stale=True)
     assert r and r["kv"][1] == b"1"
-    with Client(c.endpoints, timeout=10.0) as cl:
+    with c.client(timeout=10.0) as cl:
         cl.put("after", b"2")                 # the cluster still makes progress ...
         assert cl.get("before").value == b"1"  # type: ignore[union-attr]
     _wait("the follower to apply it", lambda: _caught_up(c, [follower]), 10)
@@ -352,7 +363,7 @@ def test_an_oversize_message_is_dropped_and_counted_and_the_client_hears_why(
     from coordsvc.core.types import Ballot
     from coordsvc.transport.zmq_transport import Transport
 
-    c = LocalCluster(tmp_path)          # not started: this test drives n1's transport itself
+    c = LocalCluster(tmp_path, secure=False)   # not started: the test drives n1's transport
     t = Transport(c.cluster, "n1")
     ctx = zmq.Context()
     try:
@@ -369,7 +380,7 @@ def test_an_oversize_message_is_dropped_and_counted_and_the_client_hears_why(
         while route is None:
             assert time.monotonic() < deadline, "the request never arrived"
             t.poll(100)
-            for kind, _body, r in t.receive():
+            for kind, _body, r, _principal in t.receive():
                 if kind == "client":
                     route = r
         t.reply(route, {"id": 7, "ok": True, "blob": b"y" * wire.MAX_FRAME_BYTES})
@@ -377,8 +388,7 @@ def test_an_oversize_message_is_dropped_and_counted_and_the_client_hears_why(
         assert client.poll(5000), "no answer: the client would wait out its timeout"
         reply = wire.decode_client(client.recv(), wire.CLIENT_REPLY)
         assert reply["id"] == 7 and reply["ok"] is False and reply["error"] == "internal"
-        client.close()
     finally:
         t.close()
-        ctx.term()
+        ctx.destroy(linger=0)     # closes the client socket too, also when an assert failed
         c.close()
