@@ -123,8 +123,11 @@ class Accepted:
     incarnation: Slot = 0
 
     def __post_init__(self) -> None:
-        _check_slot("slot", self.slot)
-        _check_slot("incarnation", self.incarnation)
+        # One test for the common case (the hot path: one Accepted per acceptor per slot).
+        s, i = self.slot, self.incarnation
+        if not (type(s) is int and type(i) is int and 0 <= s <= MAX_SLOT and 0 <= i <= MAX_SLOT):
+            _check_slot("slot", s)
+            _check_slot("incarnation", i)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,7 @@ from typing import TYPE_CHECKING
 from .acceptor import Acceptor
 from .leadership import Functional, Leadership
 from .membership import (
+    CHANGE_MARKER,
     ChangeKind,
     ConfigHistory,
     Member,
@@ -219,6 +220,10 @@ _FETCH_RESENDS = 5
 # A learner is promoted once its commit index is within this many slots of the leader's.
 PROMOTE_GAP_SLOTS = 16
 _NOBODY = Membership(())
+
+
+def _is_change(value: Value) -> bool:
+    return len(value) == 1 and value[0].startswith(CHANGE_MARKER)
 _NO_MEMBER = Member("-", voting=False)
 
 
@@ -338,6 +343,10 @@ class Replica:
             recorded = Snapshot(snap.index, snap.data, base)
             self.acceptor.snapshot = recorded
             self._ready.persist.snapshot = recorded
+        # Slots whose value in our log is a change, not yet taken into config(s): commits
+        # look only at these (nearly every slot holds a batch, and commit is the hot path).
+        self._change_slots: set[Slot] = {
+            e.slot for e in durable.entries if e.slot > snap.index and _is_change(e.value)}
         self._note_committed(snap.index + 1, self.acceptor.commit_index, at_boot=True)
         self._refresh_members()
 
@@ -353,7 +362,12 @@ class Replica:
     @property
     def config(self) -> Membership:
         """The latest chosen configuration: config(commit + 1)."""
-        return self.history.latest if self.history is not None else _NOBODY
+        return self._chosen_config
+
+    @property
+    def _chosen_config(self) -> Membership:
+        h = self.history
+        return h._configs[-1] if h is not None else _NOBODY
 
     def _latest_config(self) -> Membership:
         return self.tentative[-1][1] if self.tentative else self.config
@@ -381,10 +395,12 @@ class Replica:
         log = self.acceptor.log
         changed = False
         before = h.latest
-        for slot in range(max(first, h.latest_start), last + 1):
+        todo = sorted(s for s in self._change_slots if s <= last)
+        self._change_slots.difference_update(todo)
+        for slot in todo:
             e = log.get(slot)
-            if e is None or len(e.value) != 1:
-                continue
+            if slot < max(first, h.latest_start) or e is None or not _is_change(e.value):
+                continue         # overwritten by a batch at a higher ballot before it was chosen
             try:
                 ch = change_in(e.value)
                 if ch is None:
@@ -697,6 +713,9 @@ class Replica:
         elif isinstance(msg, Accept):
             self._observe(msg.ballot)
             reply = self.acceptor.on_accept(msg, self._ready.persist)
+            v = msg.value
+            if len(v) == 1 and v[0].startswith(CHANGE_MARKER):
+                self._change_slots.add(msg.slot)
             self._vote(msg.src, reply)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"accepted for higher ballot {msg.ballot}")
@@ -1193,7 +1212,7 @@ class Replica:
         if item is None:
             return
         # Counted only for a voter of config(slot), at its incarnation.
-        c = self.config_for(m.slot) if self.tentative else self.config
+        c = self.config_for(m.slot) if self.tentative else self._chosen_config
         if (m.src, m.incarnation) not in c.voter_keys:
             return
         item[1].add(m.src)
@@ -1207,7 +1226,10 @@ class Replica:
         c = self.acceptor.commit_index
         while c + 1 in self.chosen_ahead:
             c += 1
-            self.acceptor.learn_chosen(c, self.ballot, self.chosen_ahead.pop(c), self._ready.persist)
+            value = self.chosen_ahead.pop(c)
+            self.acceptor.learn_chosen(c, self.ballot, value, self._ready.persist)
+            if len(value) == 1 and value[0].startswith(CHANGE_MARKER):
+                self._change_slots.add(c)
         self._set_commit(c)
         self._maybe_finish_rebuild()
 
@@ -1218,7 +1240,8 @@ class Replica:
             self._ready.persist.commit_index = c
             if c > self.known_commit:
                 self.known_commit = c
-            self._note_committed(old + 1, c)
+            if self._change_slots:
+                self._note_committed(old + 1, c)
         if self.incarnation is None:
             self._maybe_adopt_incarnation()
 
@@ -1417,6 +1440,8 @@ class Replica:
         for slot, value in m.chosen:
             if slot == c + 1:
                 self.acceptor.learn_chosen(slot, m.ballot, value, persist)
+                if _is_change(value):
+                    self._change_slots.add(slot)
                 c = slot
         self._set_commit(c)
         self._fetch_done(progressed=c > before)
@@ -1466,6 +1491,7 @@ class Replica:
                 return
             self.fetch = None
             self.acceptor.install_snapshot(snap, self._ready.persist)
+            self._change_slots = {x for x in self._change_slots if x > snap.index}
             if snap.config is not None:
                 if self.history is None:
                     self.history = ConfigHistory(snap.index + 1, snap.config)
