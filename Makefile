@@ -50,10 +50,15 @@ clean:
 DURATION ?=
 ROUNDS ?= 3
 
-.PHONY: bench bench-compare bench-anchors
+.PHONY: bench bench-compare bench-anchors bench-large
 
 bench: $(BIN)/activate
 	$(BIN)/python bench/load.py --system coordsvc --scale $(or $(DURATION),0.3)
+
+# Issue 11's large-value row: 64 KiB and 1 MiB puts, a full list of a 100 MiB prefix, with
+# throughput and peak RSS per node.
+bench-large: $(BIN)/activate
+	$(BIN)/python bench/load.py --system coordsvc --tests large --scale $(or $(DURATION),0.3)
 
 bench-anchors:
 	bash bench/anchors/install.sh

@@ -6,6 +6,7 @@
     python bench/load.py --system etcd         # anchors run under bench/.venv-anchors/bin/python
     python bench/load.py --smoke               # ~2 s of every test (used by an integration test)
     python bench/load.py --cluster FILE        # attach to a running coordsvc cluster
+    python bench/load.py --tests large         # the large-value row: put_64k, put_1m, list_100m
 
 The workload (issue 7's table) is written once, against ``System``/``Conn``/``WatchStream``
 below; ``CoordSystem`` drives coordsvc through ``coordsvc.Client`` from this (separate)
@@ -50,6 +51,9 @@ RESULTS_DIR = BENCH_DIR / "results"
 VALUE_BYTES = 64
 KEYS = 1000
 TESTS = ("seq_put", "put_tp", "lock_1", "lock_8x1", "lock_8x8", "get_tp", "watch_fanout")
+# Issue 11's large-value row, run on request (``--tests large``): values at and below the
+# 1 MiB limit, and one list answer of 100 MiB, with throughput and peak RSS per node.
+LARGE_TESTS = ("put_64k", "put_1m", "list_100m")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # After the watch writer stops: an event still missing after WATCH_DRAIN_S is "late"; the
 # drain goes on while deliveries progress (stall WATCH_STALL_S), up to WATCH_DRAIN_MAX_S.
@@ -96,6 +100,10 @@ class Conn(ABC):
     def watch(self, prefix: str) -> WatchStream:
         """A stream of every put under ``prefix`` that happens after this call returns."""
 
+    def list_prefix(self, prefix: str) -> tuple[int, int]:
+        """Every key under ``prefix`` in one linearizable read: (keys, value bytes)."""
+        raise NotSupported("no list")
+
     def close(self) -> None:  # noqa: B027 - optional hook, most adapters need none
         pass
 
@@ -136,17 +144,21 @@ class Params:
     watchers: int = 50
     watch_rate: float = 500.0
     watch_s: float = 10.0
+    large_threads: int = 4
+    large_s: float = 10.0
+    list_mib: int = 100
+    list_rounds: int = 3
 
     def scaled(self, f: float) -> Params:
         return replace(self, seq_ops=max(50, int(self.seq_ops * f)), put_s=self.put_s * f,
                        lock_1_s=self.lock_1_s * f, lock_s=self.lock_s * f,
-                       get_s=self.get_s * f, watch_s=self.watch_s * f)
+                       get_s=self.get_s * f, watch_s=self.watch_s * f, large_s=self.large_s * f)
 
 
 FULL = Params()
 # ~2 s of load in all (plus cluster start); every code path, every thread count.
 SMOKE = replace(FULL, seq_ops=40, seq_warmup=5, put_s=0.3, lock_1_s=0.2, lock_s=0.3,
-                get_s=0.3, watch_s=0.5)
+                get_s=0.3, watch_s=0.5, large_s=0.3, list_mib=4, list_rounds=1)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -170,11 +182,12 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-def rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """The process's resident set (``VmHWM``: its peak so far) in MiB."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -482,9 +495,64 @@ def t_watch_fanout(sysm: System, p: Params) -> dict[str, Any]:
         wconn.close()
 
 
+def _put_large(sysm: System, p: Params, value_bytes: int, keys: int) -> dict[str, Any]:
+    """``large_threads`` threads sharing one client, random keys of ``keys``."""
+    c = sysm.connect()
+    rngs = [random.Random(i) for i in range(p.large_threads)]
+    blob = os.urandom(value_bytes)
+    tag = f"{random.getrandbits(32):08x}"
+    w: Workers
+
+    def body(i: int, st: dict[str, Any]) -> None:
+        key = f"large/{tag}/{rngs[i].randrange(keys)}"
+        w.timed(st, lambda: c.put(key, blob))
+
+    w = Workers(p.large_threads, p.large_s, body)
+    try:
+        res = w.run()
+    finally:
+        c.close()
+    res["mib_per_s"] = round(res["ops_per_s"] * value_bytes / 2**20, 1)
+    return res
+
+
+def t_put_64k(sysm: System, p: Params) -> dict[str, Any]:
+    """4 client threads sharing one client, 64 KiB values to 256 random keys."""
+    return _put_large(sysm, p, 64 * 1024, 256)
+
+
+def t_put_1m(sysm: System, p: Params) -> dict[str, Any]:
+    """4 client threads sharing one client, 1 MiB values (the limit) to 16 random keys."""
+    return _put_large(sysm, p, 1024 * 1024, 16)
+
+
+def t_list_100m(sysm: System, p: Params) -> dict[str, Any]:
+    """100 keys of 1 MiB under one prefix, then that prefix listed whole, list_rounds times."""
+    c = sysm.connect()
+    prefix = f"list100/{random.getrandbits(32):08x}/"
+    try:
+        blob = os.urandom(1024 * 1024)
+        for i in range(p.list_mib):
+            c.put(f"{prefix}{i:04d}", blob)
+        lat = []
+        for _ in range(p.list_rounds):
+            t = time.perf_counter()
+            keys, nbytes = c.list_prefix(prefix)
+            lat.append(time.perf_counter() - t)
+            if keys != p.list_mib or nbytes != p.list_mib * len(blob):
+                raise RuntimeError(f"listed {keys} keys / {nbytes} bytes, wrote {p.list_mib} keys")
+    finally:
+        c.close()
+    best = min(lat)
+    return {"ops": len(lat), "ops_per_s": round(len(lat) / sum(lat), 2), "errors": 0,
+            "mib_per_s": round(p.list_mib / best, 1), "list_s_best": round(best, 3),
+            **latency_fields(lat)}
+
+
 WORKLOAD: dict[str, Callable[[System, Params], dict[str, Any]]] = {
     "seq_put": t_seq_put, "put_tp": t_put_tp, "lock_1": t_lock_1, "lock_8x1": t_lock_8x1,
     "lock_8x8": t_lock_8x8, "get_tp": t_get_tp, "watch_fanout": t_watch_fanout,
+    "put_64k": t_put_64k, "put_1m": t_put_1m, "list_100m": t_list_100m,
 }
 
 
@@ -520,6 +588,7 @@ def run_suite(sysm: System, p: Params, tests: list[str],
         res["cpu_pct_of_one_core"] = {k: (None if v is None else round(100 * v / wall, 1))
                                       for k, v in cpu.items()}
         res["test_wall_s"] = round(wall, 3)
+        res["peak_rss_mb"] = {k: rss_mb(pid, "VmHWM") for k, pid in pids.items()}
         out[name] = res
         log("  " + one_line(name, res))
     return out
@@ -540,6 +609,9 @@ def one_line(name: str, r: dict[str, Any]) -> str:
              f"{r['per_client_max']}  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms")
     else:
         s = f"{r['ops_per_s']:>9} ops/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms"
+    if name in LARGE_TESTS:
+        peak = " ".join(f"{k}={v:.0f}" for k, v in r["peak_rss_mb"].items() if v is not None)
+        s += f"  {r['mib_per_s']} MiB/s  peak RSS MiB {peak}"
     if r.get("foreign_cpu_pct", 0) > 10:
         cpu += f" | OTHER PROCESSES {r['foreign_cpu_pct']}%"
     err = r.get("errors", 0) or r.get("write_errors", 0)
@@ -551,7 +623,8 @@ def one_line(name: str, r: dict[str, Any]) -> str:
 # -- coordsvc -------------------------------------------------------------------------------
 
 def free_ports(n: int, start: int) -> int:
-    """A base port b such that b+1..b+n and b+101..b+100+n are free on 127.0.0.1.
+    """A base port b such that b+1..b+n, b+101..b+100+n and b+201..b+200+n (HTTP) are
+    free on 127.0.0.1.
 
     Stdlib only, unlike ``coordsvc.clusterfile.free_base_port`` (same layout): the
     anchors run this file where coordsvc is not installed.
@@ -561,7 +634,7 @@ def free_ports(n: int, start: int) -> int:
     for _ in range(500):
         base = rng.randrange(start, start + 20000)
         try:
-            for port in [base + i for i in range(1, n + 1)] + [base + 100 + i for i in range(1, n + 1)]:
+            for port in [base + off + i for off in (0, 100, 200) for i in range(1, n + 1)]:
                 with socket.socket() as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("127.0.0.1", port))
@@ -630,6 +703,10 @@ class _CoordConn(Conn):
 
     def watch(self, prefix: str) -> WatchStream:
         return _CoordWatch(self.c.watch(prefix))
+
+    def list_prefix(self, prefix: str) -> tuple[int, int]:
+        entries = self.c.list(prefix)
+        return len(entries), sum(len(e.value) for e in entries)
 
     def close(self) -> None:
         self.c.close()
@@ -791,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="coordsvc: start the cluster without CURVE keys (to measure their cost)")
     ap.add_argument("--json", type=Path, help="write results here (default bench/results/)")
     a = ap.parse_args(argv)
-    tests = [t for t in a.tests.split(",") if t]
+    tests = [t for name in a.tests.split(",") if name
+             for t in (LARGE_TESTS if name == "large" else (name,))]
     bad = [t for t in tests if t not in WORKLOAD]
     if bad:
         ap.error(f"unknown tests {bad}; known: {', '.join(TESTS)}")

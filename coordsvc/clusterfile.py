@@ -13,11 +13,17 @@ admin_public_key = "..."           # Z85; the bootstrap client key DIR/admin.key
 id = "n1"
 address = "tcp://127.0.0.1:7101"   # ROUTER: peer traffic and client requests
 publish = "tcp://127.0.0.1:7201"   # PUB: heartbeats and watch events
+http = "http://127.0.0.1:7301"     # /metrics, /healthz, /readyz, dashboard (absent: no HTTP)
+http_bind = "0.0.0.0:7301"         # optional: where to listen; default 127.0.0.1:<http port>
 data_dir = "n1"                    # relative to the cluster file's directory
 public_key = "..."                 # Z85; the secret half is in <data_dir>/node.key (0600)
 
 [tuning]                           # optional: any field of coordsvc.core.types.Config
 snapshot_every = 10000
+
+[limits]                           # optional quotas (coordsvc.core.quotas), these defaults:
+max_db_bytes = 2147483648          # past it, every put is refused (QuotaExceeded)
+max_keys = 1000000                 # past it, puts of new keys are refused
 ```
 
 The file holds public keys only; ``write_keys`` puts the secret halves where they belong.
@@ -36,6 +42,7 @@ from pathlib import Path
 import tomli_w
 
 from . import keys
+from .core.quotas import Quotas
 from .core.types import Config
 
 DEFAULT_DIR = Path(".coord")
@@ -56,6 +63,8 @@ class NodeSpec:
     publish: str
     data_dir: Path
     public_key: str | None = None   # CURVE, Z85; None in an insecure cluster
+    http: str | None = None         # advertised URL of the node's HTTP endpoints
+    http_bind: str | None = None    # HOST:PORT to listen on (None: loopback, http's port)
     # Added to a running cluster (`coordctl member add`): not a bootstrap member; its data
     # directory starts knowing no configuration and learns its membership from the leader.
     added: bool = False
@@ -92,6 +101,7 @@ class Cluster:
     def server_keys(self) -> dict[str, str]:
         """Address -> public key of every node (empty in an insecure cluster)."""
         return {n.address: n.public_key for n in self.nodes if n.public_key is not None}
+    limits: Quotas = field(default_factory=Quotas)
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -116,6 +126,26 @@ def check_endpoint(ep: str) -> str:
     return ep
 
 
+def check_http(url: str) -> str:
+    """``url`` if it is ``http://HOST:PORT``, else ClusterFileError."""
+    try:
+        if not url.startswith("http://"):
+            raise ClusterFileError(url)
+        check_endpoint("tcp://" + url.removeprefix("http://"))
+    except ClusterFileError:
+        raise ClusterFileError(f"bad http address {url!r}: expected http://HOST:PORT") from None
+    return url
+
+
+def check_bind(hostport: str) -> str:
+    """``hostport`` if it is ``HOST:PORT`` (an HTTP listen address), else ClusterFileError."""
+    try:
+        check_endpoint("tcp://" + hostport)
+    except ClusterFileError:
+        raise ClusterFileError(f"bad http bind address {hostport!r}: expected HOST:PORT") from None
+    return hostport
+
+
 def load(path: Path) -> Cluster:
     try:
         raw = tomllib.loads(path.read_text())
@@ -133,10 +163,13 @@ def load(path: Path) -> Cluster:
             public = n.get("public_key")
             if security == CURVE or public is not None:
                 public = _public(path, public, f"public_key of node {n['id']}")
+            http, bind = n.get("http"), n.get("http_bind")
             nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
                                   check_endpoint(str(n["publish"])),
                                   d if d.is_absolute() else path.parent / d,
                                   public if security == CURVE else None,
+                                  None if http is None else check_http(str(http)),
+                                  None if bind is None else check_bind(str(bind)),
                                   n.get("added") is True))
     except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
@@ -147,7 +180,7 @@ def load(path: Path) -> Cluster:
     if len(set(publics)) != len(publics):
         raise ClusterFileError(f"cluster file {path}: every node and the admin need their own key")
     return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})),
-                   security, admin)
+                   security, admin, _limits(path, raw.get("limits", {})))
 
 
 def _public(path: Path, value: object, what: str) -> str:
@@ -170,6 +203,16 @@ def _security(path: Path, raw: object) -> tuple[str, str | None]:
     return CURVE, _public(path, raw.get("admin_public_key"), "[security] admin_public_key")
 
 
+def _limits(path: Path, raw: object) -> Quotas:
+    known = {f.name for f in fields(Quotas)}
+    if not isinstance(raw, dict) or not set(raw) <= known:
+        raise ClusterFileError(f"cluster file {path}: [limits] takes {', '.join(sorted(known))}")
+    try:
+        return Quotas(**raw)
+    except ValueError as e:
+        raise ClusterFileError(f"cluster file {path}: {e}") from None
+
+
 def _tuning(path: Path, raw: object) -> Config:
     known = {f.name for f in fields(Config)}
     if not isinstance(raw, dict) or not set(raw) <= known or not all(
@@ -186,7 +229,8 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
               force: bool = False, name: str = "coordsvc",
               tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
               cluster_keys: keys.ClusterKeys | None = None) -> Cluster:
-    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on base+100+i.
+    """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on
+    base+100+i and serves HTTP (metrics, health, dashboard) on base+200+i.
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
     firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
@@ -197,7 +241,7 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     """
     if not 1 <= nodes <= 15:
         raise ClusterFileError(f"--nodes must be between 1 and 15, got {nodes}")
-    if not 1 <= base_port <= 65535 - 100 - nodes:
+    if not 1 <= base_port <= 65535 - 200 - nodes:
         raise ClusterFileError(f"--base-port {base_port} leaves no room for {nodes} nodes")
     path = directory / FILE_NAME
     if path.exists() and not force:
@@ -213,6 +257,7 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     node_docs: list[dict[str, str]] = [
         {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
          "publish": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + 100 + i}",
+         "http": f"http://{_host(h, i, distinct_hosts)}:{base_port + 200 + i}",
          "data_dir": f"n{i}"}
         for i, h in enumerate(hosts, start=1)
     ]
@@ -282,6 +327,10 @@ def add_node(cluster: Cluster, spec: NodeSpec) -> Cluster:
     entry: dict[str, object] = {"id": spec.id, "address": spec.address,
                                 "publish": spec.publish, "data_dir": str(data_dir),
                                 "added": True}
+    if spec.http is not None:
+        entry["http"] = check_http(spec.http)
+    if spec.http_bind is not None:
+        entry["http_bind"] = check_bind(spec.http_bind)
     if spec.public_key is not None:
         entry["public_key"] = keys.check_public(spec.public_key, "public key")
     raw["nodes"].append(entry)
@@ -305,9 +354,9 @@ def mark_added(cluster: Cluster, node_id: str, public_key: str | None) -> Cluste
 
 
 def node_ports(base_port: int, nodes: int) -> list[int]:
-    """Every port ``write_new`` assigns: node i listens on base+i and publishes on base+100+i."""
-    return [base_port + i for i in range(1, nodes + 1)] + [
-        base_port + 100 + i for i in range(1, nodes + 1)]
+    """Every port ``write_new`` assigns: node i listens on base+i, publishes on base+100+i
+    and serves HTTP on base+200+i."""
+    return [base_port + offset + i for offset in (0, 100, 200) for i in range(1, nodes + 1)]
 
 
 def free_base_port(nodes: int, rng: random.Random, low: int = 20000, high: int = 50000) -> int:

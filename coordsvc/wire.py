@@ -92,6 +92,7 @@ __all__ = [
     "decode_peer",
     "encode_client",
     "encode_peer",
+    "oversize_request_id",
 ]
 
 WIRE_VERSION: Final = 1
@@ -569,3 +570,25 @@ def decode(body: bytes) -> tuple[int, Message | dict[str, Any]]:
     if tag in CLIENT_TAGS:
         return tag, _client_from(tag, payload)
     return tag, _peer_from(tag, payload)
+
+
+def oversize_request_id(body: bytes | memoryview) -> tuple[bool, int | str | None]:
+    """For a frame over ``MAX_FRAME_BYTES``: whether it claims to be a client request, and
+    its ``id`` (None if not found), so the node can answer it ``bad_request`` instead of
+    leaving the client to wait out its timeout. Reads the map's keys and skips the values
+    (the transport admits frames of at most twice the cap, so the work is bounded);
+    never raises."""
+    if len(body) < _HEADER_BYTES + 1 or body[0] != WIRE_VERSION or body[1] != CLIENT_REQUEST:
+        return False, None
+    try:
+        u = msgpack.Unpacker(raw=False, strict_map_key=True, max_ext_len=0,
+                             max_buffer_size=len(body))
+        u.feed(memoryview(body)[_HEADER_BYTES:])
+        for _ in range(min(u.read_map_header(), 64)):
+            if u.unpack() == "id":
+                rid = u.unpack()
+                return True, rid if type(rid) in (int, str) and len(str(rid)) <= 64 else None
+            u.skip()
+    except Exception:   # anything malformed: no id to answer with
+        pass
+    return True, None

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from types import FrameType
 from typing import IO, Annotated, Any, Optional
@@ -44,7 +45,7 @@ NodeOpt = Annotated[str, typer.Option("--node", metavar="ID", help="Node id, e.g
 DirOpt = Annotated[Path, typer.Option("--dir", metavar="DIR",
                                       help="Directory for cluster.toml and the node data dirs.")]
 BasePortOpt = Annotated[int, typer.Option(
-    "--base-port", metavar="P", help="Node i listens on P+i and publishes on P+100+i.")]
+    "--base-port", metavar="P", help="Node i listens on P+i, publishes on P+100+i and serves HTTP on P+200+i.")]
 InsecureOpt = Annotated[bool, typer.Option(
     "--insecure", help="No CURVE keys: plain TCP, no encryption, no authentication. "
                        "`coordctl status` and every node's log say so.")]
@@ -109,7 +110,7 @@ def _cluster_json(c: Cluster) -> dict[str, Any]:
     return {"path": str(c.path), "name": c.name, "id": c.id, "security": c.security,
             "admin_key": str(c.admin_key_file) if c.secure else None,
             "nodes": [{"id": n.id, "address": n.address, "publish": n.publish,
-                       "data_dir": str(n.data_dir), "public_key": n.public_key}
+                       "http": n.http, "data_dir": str(n.data_dir), "public_key": n.public_key}
                       for n in c.nodes]}
 
 
@@ -286,9 +287,31 @@ def check_data_dir(spec: NodeSpec) -> None:
              "start with no acceptor state", _REPLACE_HINT, EXIT_REFUSED)
 
 
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
 def serve(
     cluster: ClusterFileOpt,
     node: NodeOpt,
+    log_level: Annotated[LogLevel, typer.Option(
+        "--log-level", help="Least severe lines to log (stderr).")] = LogLevel.info,
+    log_format: Annotated[LogFormat, typer.Option(
+        "--log-format", help="text: one readable line per event; json: one object per line "
+                             "(time, level, node, event, msg and the event's fields).")] = LogFormat.text,
+    http: Annotated[Optional[str], typer.Option(
+        "--http", metavar="HOST:PORT", help="Where to serve /metrics, /healthz, /readyz and the "
+        "dashboard (default: the node's http_bind in the cluster file, else 127.0.0.1 on the "
+        "port of its http address).")] = None,
     json: Annotated[bool, typer.Option(
         "--json", help="Accepted for uniformity; serve writes nothing on stdout.")] = False,
 ) -> None:
@@ -297,13 +320,15 @@ def serve(
     Refuses (non-zero exit, one line on stderr) a missing or empty data directory, a
     data directory of another cluster or node, a taken port or a corrupt database.
 
-    Example: coordctl serve --cluster .coord/cluster.toml --node n1
+    Example: coordctl serve --cluster .coord/cluster.toml --node n1 --log-format json
     """
     c = clusterfile.load(cluster)
     spec = c.node(node)
     check_data_dir(spec)
+    if http is not None:
+        clusterfile.check_bind(http)
     from coordsvc.runtime.node import serve as run_node  # only the node process loads it
-    raise typer.Exit(run_node(c, spec.id))
+    raise typer.Exit(run_node(c, spec.id, c.config, log_level.value, log_format.value, http))
 
 
 # --- cluster up -------------------------------------------------------------------------
@@ -461,6 +486,9 @@ def cluster_up(
                 console.print(f"[bold]coordsvc[/] cluster [bold]{c.name}[/]: "
                               f"{len(c.nodes)} nodes, file {path}, logs in {log_dir}/")
                 console.print("endpoints: " + ",".join(c.endpoints))
+                dashboards = [n.http + "/" for n in c.nodes if n.http]
+                if dashboards:
+                    console.print("dashboards and /metrics: " + "  ".join(dashboards))
                 if status is not None:
                     console.print(status_view(status))
                 if not leader:

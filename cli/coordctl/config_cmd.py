@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -10,7 +11,7 @@ import typer
 from rich.table import Table
 
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
-from .output import EXIT_REFUSED, console, emit_json, fail, print_value, value_json, value_text
+from .output import EXIT_REFUSED, console, emit_json, fail, print_value, value_json, value_text, warn
 
 if TYPE_CHECKING:
     from coordsvc.client import Entry, Event
@@ -100,15 +101,26 @@ def delete(
 @app.command("list")
 def list_(
     prefix: Annotated[str, typer.Argument(metavar="[PREFIX]", help="Key prefix (default: all).")] = "",
+    limit: Annotated[Optional[int], typer.Option(
+        "--limit", metavar="N", min=1,
+        help="At most N keys (after --start-after); says on stderr how to get the next page.")] = None,
+    start_after: Annotated[Optional[str], typer.Option(
+        "--start-after", metavar="KEY", help="Only keys after KEY (for paging with --limit).")] = None,
     cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
     """List keys under PREFIX, sorted by key, with their revisions and values.
 
-    Example: coordctl config list app/ --json
+    Every key is listed, however many and however large, all as of one revision. With
+    --limit N, one page of at most N keys.
+
+    Example: coordctl config list app/ --json  |  coordctl config list app/ --limit 100
     """
     with connect(cluster, endpoints, timeout, key_file) as c:
-        entries = c.list(prefix)
+        entries = c.list(prefix, limit=limit, start_after=start_after)
+    if entries.more:
+        warn(f"more keys follow; next page: coordctl config list {shlex.quote(prefix or '')} "
+             f"--limit {limit} --start-after {shlex.quote(entries[-1].key)}")
     if json:
         emit_json([_entry_json(e) for e in entries])
         return

@@ -73,6 +73,9 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
          "see who holds it with `coordctl lock list`, or wait longer with --wait"),
         (e.FenceRejected, EXIT_REFUSED, "a newer holder was granted the lock; stop and re-acquire it"),
         (e.Compacted, EXIT_REFUSED, "start from a newer revision, or omit --from-revision"),
+        (e.QuotaExceeded, EXIT_REFUSED,
+         "delete keys to get under the quota (`coordctl status` shows the alarm), or raise "
+         "[limits] in cluster.toml"),
         (e.InvalidRequest, EXIT_USAGE,
          "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0"),
         (e.Unavailable, EXIT_UNAVAILABLE, _UNAVAILABLE_HINT),
@@ -174,9 +177,14 @@ app.command("serve", epilog="Example: coordctl serve --cluster .coord/cluster.to
 # --- status -----------------------------------------------------------------------------
 
 def _status_exit(status: dict[str, Any]) -> int:
+    """CONTRACT §9: 0 with a leader and a quorum, 1 when nodes answered without one of
+    them, 3 when no node answered."""
     nodes = status.get("nodes") or []
     if not any(n.get("reachable") for n in nodes):
         return EXIT_UNAVAILABLE
+    cluster = status.get("cluster") or {}
+    if not (cluster.get("leader") and cluster.get("quorum")):
+        return EXIT_REFUSED
     return EXIT_OK
 
 
@@ -215,8 +223,8 @@ def status(
     how many more can be lost. An unreachable node is a row marked unreachable.
     --json prints the status dict of CONTRACT §5 (with extra per-node fields).
 
-    Exit 0 whenever status could be read — also without a quorum (read cluster.quorum);
-    exit 3 if no node is reachable at all.
+    Exit 0 when the cluster has a leader and a quorum; 1 when nodes answered but there is
+    no leader or no quorum (the status is still printed); 3 when no node answered.
 
     Example: coordctl status --watch --cluster .coord/cluster.toml
     """
@@ -232,6 +240,11 @@ def status(
     else:
         console.print(status_view(st))
     code = _status_exit(st)
-    if code != EXIT_OK:
+    if code == EXIT_UNAVAILABLE:
         print_error("no node is reachable", "start the nodes, or check --cluster/--endpoints")
+    elif code == EXIT_REFUSED:
+        head = st.get("cluster") or {}
+        why = "no leader" if not head.get("leader") else "no quorum"
+        print_error(f"{why}: {head.get('healthy')} of {head.get('members')} members answered",
+                    "a majority of members must be running and reach each other")
     raise typer.Exit(code)

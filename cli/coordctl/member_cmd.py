@@ -25,11 +25,13 @@ app = typer.Typer(name="member", help="List, add and remove members; move leader
                   no_args_is_help=True)
 
 _TCP = re.compile(r"^tcp://([^:/]+):(\d+)$")
+_HTTP = re.compile(r"^http://([^:/]+):(\d+)$")
 
 
 def member_json(r: MemberRow) -> dict[str, Any]:
     out: dict[str, Any] = {"id": r.id, "address": r.address, "voting": r.voting,
                            "incarnation": r.incarnation, "publish": r.publish,
+                           "http": r.http or None,
                            "public_key": r.public_key or None, "live": r.live}
     if not r.voting:
         out["progress"] = r.progress          # the commit index the learner reported
@@ -70,6 +72,8 @@ def add(
     address: Annotated[str, typer.Option("--address", help="its ROUTER endpoint, tcp://HOST:PORT")],
     publish: Annotated[Optional[str], typer.Option(
         "--publish", help="its PUB endpoint (default: the address's port + 100)")] = None,
+    http: Annotated[Optional[str], typer.Option(
+        "--http", help="its HTTP address, http://HOST:PORT (default: the address's port + 200)")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(
         "--data-dir", help="its data directory (default: ID beside the cluster file)")] = None,
     cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
@@ -88,12 +92,16 @@ def add(
         fail(f"--address must be tcp://HOST:PORT, got {address!r}", None, EXIT_USAGE)
     if publish is None:
         publish = f"tcp://{m.group(1)}:{int(m.group(2)) + 100}"
+    if http is None:
+        http = f"http://{m.group(1)}:{int(m.group(2)) + 200}"
+    elif not _HTTP.match(http):
+        fail(f"--http must be http://HOST:PORT, got {http!r}", None, EXIT_USAGE)
     public_key = ""
     local = Path(cluster) if cluster is not None and Path(cluster).is_file() else None
     if local is not None:
-        public_key = _record_in_file(local, node, address, publish, data_dir)
+        public_key = _record_in_file(local, node, address, publish, http, data_dir)
     with connect(cluster, endpoints, timeout, key_file) as c:
-        row = c.member_add(node, address, publish=publish, public_key=public_key)
+        row = c.member_add(node, address, publish=publish, http=http, public_key=public_key)
     if json:
         emit_json(member_json(row))
         return
@@ -103,7 +111,7 @@ def add(
         print(f"      coordctl serve --cluster {local} --node {node}")
 
 
-def _record_in_file(path: Path, node: str, address: str, publish: str,
+def _record_in_file(path: Path, node: str, address: str, publish: str, http: str,
                     data_dir: Path | None) -> str:
     """Add the node to the cluster file (a new key pair in a secure cluster: the secret in
     its data directory, the public key in the file and admin.key); its public key."""
@@ -130,7 +138,8 @@ def _record_in_file(path: Path, node: str, address: str, publish: str,
             keys.write_node_key(key_file, node, pair)
             public = pair.public
     if existing is None:
-        c = clusterfile.add_node(c, clusterfile.NodeSpec(node, address, publish, d, public, True))
+        c = clusterfile.add_node(c, clusterfile.NodeSpec(node, address, publish, d, public,
+                                                         http=http, added=True))
     else:                                        # removed before, added again: replaced
         c = clusterfile.mark_added(c, node, public)
     refresh_admin_key(c)

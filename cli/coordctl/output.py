@@ -172,6 +172,10 @@ def status_header(status: Mapping[str, Any]) -> Text:
         t.append("  INSECURE (no keys, plain TCP)", style="bold red")
     elif c.get("security"):
         t.append(f"  security {c['security']}")
+    alarms = c.get("alarms") or []
+    t.append("  alarms ")
+    t.append(", ".join(map(str, alarms)) if alarms else "none",
+             style="bold red" if alarms else "")
     return t
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ._client import Client, ClientTransport
 from ._lock import Lock, LockInfo
-from ._types import Entry, Event
+from ._types import Entry, EntryList, Event
 from ._watch import Watch
 from .errors import (
     Compacted,
@@ -24,11 +24,13 @@ from .errors import (
     LockTimeout,
     MembershipRefused,
     PermissionDenied,
+    QuotaExceeded,
     Unavailable,
 )
 
 __all__ = [
-    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "Event",
-    "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout", "MembershipRefused", "PermissionDenied",
+    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
+    "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
+    "MembershipRefused", "PermissionDenied", "QuotaExceeded",
     "Unavailable", "Watch",
 ]

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from coordsvc import clusterfile
-from coordsvc.core.commands import Command, Delete, Fence, Put, Request, validate
+from coordsvc.core.commands import MAX_INT, Command, Delete, Fence, Put, Request, validate
 from coordsvc.core.protocol import (
     ClientRequest,
     ErrorCode,
@@ -51,9 +51,16 @@ from . import _credentials, _status
 from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
-from ._types import Entry, Event, entry_of, event_of
+from ._types import Entry, EntryList, Event, entry_of, event_of
 from ._watch import Watch, WatchHub
-from .errors import Compacted, CoordError, InvalidRequest, MembershipRefused, Unavailable
+from .errors import (
+    Compacted,
+    CoordError,
+    InvalidRequest,
+    MembershipRefused,
+    QuotaExceeded,
+    Unavailable,
+)
 
 __all__ = ["Client", "ClientTransport"]
 
@@ -64,8 +71,24 @@ BACKOFF_S = (0.010, 0.050)
 # "unavailable" from the same node this many times in a row: try another node (the one
 # we talk to may have lost its quorum while the others elected a new leader).
 _UNAVAILABLE_BEFORE_ROTATE = 2
+# A paged read whose cursor vanished (its node restarted, or lost us for 30 s) is started
+# again from its first page, at most this many times.
+_PAGED_READ_ATTEMPTS = 3
 
 _R = TypeVar("_R")
+_Row = TypeVar("_Row")
+
+
+class _Paged(Protocol):
+    @property
+    def cursor(self) -> int: ...
+
+
+_P = TypeVar("_P", bound=_Paged)
+
+
+class _CursorExpired(CoordError):
+    """A paged read's cursor is gone from its node (internal: the read starts again)."""
 
 
 class ClientTransport(Protocol):
@@ -180,25 +203,41 @@ class Client:
         kv = self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale).kv
         return None if kv is None else entry_of(kv)
 
-    def list(self, prefix: str = "", stale: bool = False) -> builtins.list[Entry]:
-        """Entries whose key starts with ``prefix``, sorted by key."""
+    def list(self, prefix: str = "", stale: bool = False, *, limit: int | None = None,
+             start_after: str | None = None) -> EntryList:
+        """Entries whose key starts with ``prefix``, sorted by key, all read at one revision
+        (``lst.revision``). However large the answer, the node sends it in pages and this
+        call puts them together. With ``limit``: at most that many entries after
+        ``start_after`` (one page for callers who page themselves; ``lst.more`` says
+        whether keys beyond it exist)."""
         _check_prefix(prefix)
-        reply = self._call(ListRequest(prefix, bool(stale)), ListReply.from_wire, leader=not stale)
-        return sorted((entry_of(kv) for kv in reply.kvs), key=lambda e: e.key)
+        if limit is not None and not (type(limit) is int and 1 <= limit <= MAX_INT):
+            raise InvalidRequest(f"limit must be an int >= 1 or None, got {limit!r}")
+        if start_after is not None and start_after != "":
+            _check_key(start_after, "start_after")
+        rows, last = self._paged(
+            ListRequest(prefix, bool(stale), start_after or "", limit or 0),
+            lambda cursor, offset: ListRequest(cursor=cursor, offset=offset),
+            ListReply.from_wire, lambda r: r.kvs, leader=not stale)
+        return EntryList(sorted((entry_of(kv) for kv in rows), key=lambda e: e.key),
+                         last.revision, last.more)
 
     def history(self, key: str) -> builtins.list[Event]:
-        """The key's recent changes (a bounded history), oldest first."""
+        """The key's recent changes (a bounded history), oldest first, read at one revision
+        and put together from as many pages as the node sent."""
         _check_key(key)
-        reply = self._call(HistoryRequest(key), HistoryReply.from_wire, leader=True)
-        return sorted((event_of(ch) for ch in reply.events), key=lambda e: e.revision)
+        rows, _ = self._paged(
+            HistoryRequest(key), lambda cursor, offset: HistoryRequest(key, cursor=cursor, offset=offset),
+            HistoryReply.from_wire, lambda r: r.events, leader=True)
+        return sorted((event_of(ch) for ch in rows), key=lambda e: e.revision)
 
     def watch(self, prefix: str, start_revision: int | None = None) -> Watch:
         """Events under ``prefix`` with revision >= ``start_revision`` (None: from now on)."""
         _check_prefix(prefix)
         if start_revision is None:
             after = self.revision()
-        elif type(start_revision) is not int or start_revision < 0:
-            raise InvalidRequest(f"start_revision must be an int >= 0, got {start_revision!r}")
+        elif type(start_revision) is not int or not 0 <= start_revision <= MAX_INT:
+            raise InvalidRequest(f"start_revision must be an int in [0, 2**63 - 1], got {start_revision!r}")
         else:
             after = max(0, start_revision - 1)
         return Watch(self._watch_hub(), prefix, after)
@@ -290,21 +329,21 @@ class Client:
                    public_key: str = "", timeout_s: float | None = None) -> MemberRow:
         """Add ``node_id`` as a learner; returns once the change is chosen (it does not
         wait for the node to start). ``MembershipRefused`` says why when refused."""
-        req = MemberChangeRequest("add", node_id, address, publish, http, public_key)
+        req = _member_request("add", node_id, address, publish, http, public_key)
         row: MemberRow = self._member_change(req, lambda rows: _row(rows, node_id), timeout_s)
         return row
 
     def member_remove(self, node_id: str, *, timeout_s: float | None = None) -> None:
         """Remove ``node_id`` (the leader hands over first); returns once chosen."""
-        req = MemberChangeRequest("remove", node_id)
+        req = _member_request("remove", node_id)
         self._member_change(req, lambda rows: None if _row(rows, node_id) else True, timeout_s)
 
     def transfer_leader(self, node_id: str, *, timeout_s: float | None = None) -> None:
         """Move leadership to voter ``node_id``; returns once it leads."""
-        total = self._timeout_s if timeout_s is None else timeout_s
+        req = _member_request("transfer", node_id)
+        total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
         deadline = time.monotonic() + total
-        self._call(MemberChangeRequest("transfer", node_id), MemberChangeReply.from_wire,
-                   leader=True, timeout_s=total)
+        self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
         while time.monotonic() < deadline:
             try:
                 leader = self._call(MembersRequest(), MembersReply.from_wire, leader=True,
@@ -318,7 +357,7 @@ class Client:
 
     def _member_change(self, req: MemberChangeRequest, done: Callable[[Sequence[MemberRow]], Any],
                        timeout_s: float | None) -> Any:
-        total = self._timeout_s if timeout_s is None else timeout_s
+        total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
         deadline = time.monotonic() + total
         try:
             self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
@@ -410,6 +449,28 @@ class Client:
         finally:
             with self._seq_mu:
                 self._inflight.discard(seq)
+
+    def _paged(self, first: ClientRequest, more: Callable[[int, int], ClientRequest],
+               decode: Callable[[Mapping[str, Any]], _P], rows: Callable[[_P], Sequence[_Row]], *,
+               leader: bool) -> tuple[builtins.list[_Row], _P]:
+        """Every row of a paged read and its last reply: the first page from a node that may
+        answer ``first``, the others from the same node's cursor (``more(cursor, offset)``,
+        ``offset`` = rows received after the first page). A vanished cursor restarts the
+        read, so the rows always come from one read at one revision."""
+        for _ in range(_PAGED_READ_ATTEMPTS):
+            pin = Pin()
+            reply = self._call(first, decode, leader=leader, pin=pin)
+            out = builtins.list(rows(reply))
+            n_first = len(out)
+            try:
+                while reply.cursor:
+                    reply = self._call(more(reply.cursor, len(out) - n_first), decode,
+                                       leader=False, pin=pin)
+                    out.extend(rows(reply))
+            except _CursorExpired:
+                continue
+            return out, reply
+        raise Unavailable(f"{first.op}: the node kept losing the read's cursor; retry")
 
     def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
               leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
@@ -510,6 +571,8 @@ _REFUSALS: dict[ErrorCode | str, Callable[[ErrorReply], CoordError]] = {
     ErrorCode.COMPACTED: lambda err: Compacted(err.message, err.oldest),
     ErrorCode.BAD_REQUEST: lambda err: InvalidRequest(err.message),
     ErrorCode.REFUSED: lambda err: MembershipRefused(err.message),
+    ErrorCode.QUOTA_EXCEEDED: lambda err: QuotaExceeded(err.message),
+    ErrorCode.CURSOR_EXPIRED: lambda err: _CursorExpired(err.message),
 }
 
 
@@ -545,9 +608,12 @@ def _locate(endpoints: object) -> tuple[clusterfile.Cluster | None, tuple[str, .
 
 
 def _check_timeout(timeout: object) -> float:
-    if (isinstance(timeout, (int, float)) and not isinstance(timeout, bool)
-            and math.isfinite(timeout) and timeout > 0):
-        return float(timeout)
+    try:
+        seconds = float(timeout) if isinstance(timeout, (int, float)) else math.nan
+    except OverflowError:    # an int too large for a float
+        seconds = math.inf
+    if not isinstance(timeout, bool) and math.isfinite(seconds) and seconds > 0:
+        return seconds
     raise InvalidRequest(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
 
 
@@ -572,10 +638,10 @@ def _fence(lk: Lock | None) -> Fence | None:
     return Fence(lk.name, lk.token)
 
 
-def _check_key(key: str) -> None:
+def _check_key(key: str, what: str = "key") -> None:
     err = validate(Delete(key))  # the key rules, without a value
     if err is not None:
-        raise InvalidRequest(err)
+        raise InvalidRequest(err.replace("key", what, 1))
 
 
 def _check_prefix(prefix: str) -> None:
@@ -593,6 +659,22 @@ def _lock_info(row: LockRow) -> LockInfo:
     return LockInfo(row.name, row.holder_session, row.token, row.waiters,
                     _seconds(row.holder_ttl_left_ms), _seconds(row.age_ms),
                     tuple(_seconds(w) for w in row.waits_ms))
+
+
+def _member_request(action: str, node_id: object, address: object = "", publish: object = "",
+                    http: object = "", public_key: object = "") -> MemberChangeRequest:
+    """The request, checked as the node will check it: ``InvalidRequest`` before sending."""
+    wire = {"action": action, "node": node_id, "address": address, "publish": publish,
+            "http": http, "public_key": public_key}
+    try:
+        req = MemberChangeRequest.from_wire(wire)
+        for v in (req.node, req.address, req.publish, req.http, req.public_key):
+            v.encode("utf-8")
+    except SchemaError as e:
+        raise InvalidRequest(str(e)) from None
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(f"member ids, addresses and keys must be valid UTF-8: {e}") from None
+    return req
 
 
 def _row(rows: Sequence[MemberRow], node_id: str) -> MemberRow | None:

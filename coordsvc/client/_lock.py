@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeGuard
 
-from coordsvc.core.commands import Cancel, CloseSession, OpenAndAcquire, validate
+from coordsvc.core.commands import MAX_TTL_MS, MIN_TTL_MS, Cancel, CloseSession, OpenAndAcquire, validate
 from coordsvc.core.protocol import (
     KeepaliveReply,
     KeepaliveRequest,
@@ -314,10 +314,13 @@ def acquire_lock(client: Client, name: str, ttl_s: object, timeout_s: object,
     If the first write's outcome stays unknown (``Unavailable``), a session opened by it
     is not kept alive and expires after ``ttl_s``, releasing whatever it got.
     """
-    if not _is_number(ttl_s) or not math.isfinite(ttl_s):
-        raise InvalidRequest(f"ttl must be a finite number of seconds, got {ttl_s!r}")
-    if timeout_s is not None and not (_is_number(timeout_s) and timeout_s >= 0):
-        raise InvalidRequest(f"timeout must be a number of seconds >= 0 or None, got {timeout_s!r}")
+    if not _is_number(ttl_s) or not MIN_TTL_MS <= ttl_s * 1000 <= MAX_TTL_MS:
+        raise InvalidRequest(f"ttl must be a number of seconds in [{MIN_TTL_MS / 1000:g}, "
+                             f"{MAX_TTL_MS / 1000:g}], got {ttl_s!r}")
+    if timeout_s is not None and not (_is_number(timeout_s) and math.isfinite(timeout_s)
+                                      and timeout_s >= 0):
+        raise InvalidRequest("timeout (--wait) must be a finite number of seconds >= 0 "
+                             f"(None in Python waits as long as it takes), got {timeout_s!r}")
     cmd = OpenAndAcquire(name, int(round(ttl_s * 1000)), wait=timeout_s != 0)
     err = validate(cmd)
     if err is not None:
@@ -383,4 +386,10 @@ def _give_up(client: Client, lk: Lock) -> None:
 
 
 def _is_number(v: object) -> TypeGuard[float]:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+    """A real number, not NaN, that a float holds (an int of 400 digits is not one)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return not math.isnan(float(v))
+    except OverflowError:
+        return False

@@ -72,6 +72,8 @@ def summarize(members: Sequence[tuple[str | None, str]],
             # What the nodes say ("curve" or "insecure"); None when none answered.
             "security": next((n["security"] for n in up if isinstance(n.get("security"), str)),
                              None),
+            # Quotas exceeded on any node that answered (CONTRACT §6).
+            "alarms": sorted({a for n in up for a in (n.get("alarms") or []) if type(a) is str}),
         },
         "nodes": nodes,
     }

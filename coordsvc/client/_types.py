@@ -6,11 +6,12 @@ They are the public face of the protocol's rows (``coordsvc.core.protocol``): an
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coordsvc.core.protocol import Change, KeyValue
 
-__all__ = ["Entry", "Event", "entry_of", "event_of"]
+__all__ = ["Entry", "EntryList", "Event", "entry_of", "event_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,20 @@ class Entry:
     key: str
     value: bytes
     revision: int
+
+
+class EntryList(list[Entry]):
+    """What ``Client.list`` returns: a ``list`` of ``Entry`` sorted by key, read at one
+    ``revision``. ``more``: keys beyond the ``limit`` asked for exist (page on with
+    ``start_after=lst[-1].key``); always False without a limit."""
+
+    revision: int
+    more: bool
+
+    def __init__(self, entries: Iterable[Entry] = (), revision: int = 0, more: bool = False) -> None:
+        super().__init__(entries)
+        self.revision = revision
+        self.more = more
 
 
 @dataclass(frozen=True, slots=True)

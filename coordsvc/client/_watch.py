@@ -197,7 +197,13 @@ class WatchHub:
                             break
                         self._cv.wait()
                     self._interrupt.clear()
-                if not self._poll(watches):
+                try:
+                    ok = self._poll(watches)
+                except Exception as e:   # a bug here must not stall every other watch
+                    for w in watches:
+                        w._fail(CoordError(f"watch poll failed: {type(e).__name__}: {e}"))
+                    ok = False
+                if not ok:
                     self._interrupt.wait(ERROR_PAUSE_S)
         finally:
             self._client._transport.release_thread()
@@ -229,8 +235,8 @@ class WatchHub:
                 w._fail(e)
             return False
         events = sorted((event_of(ch) for ch in reply.events), key=lambda ev: ev.revision)
-        if len(events) >= WATCH_LIMIT:
-            # A full batch: complete only up to its last event.
+        if reply.more or len(events) >= WATCH_LIMIT:
+            # Cut by count or bytes: complete only up to its last event.
             through = events[-1].revision if events else after
         else:
             # A complete batch computed at the node's revision: nothing else under the

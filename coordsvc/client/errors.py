@@ -11,6 +11,8 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 ├── MembershipRefused   a membership change was refused (one in flight, no live quorum
 │                       left, not a member, ...): nothing was changed
 ├── PermissionDenied    the cluster refused this client's key (or it has none): nothing was done
+├── QuotaExceeded       a put past the cluster's [limits] max_keys or max_db_bytes: nothing
+│                       was written (deletes, reads and locks still work)
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
 """
@@ -18,8 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "MembershipRefused",
-    "PermissionDenied", "Unavailable",
+    "MembershipRefused", "PermissionDenied", "QuotaExceeded", "Unavailable",
 ]
 
 
@@ -70,3 +71,8 @@ class Compacted(CoordError):
         super().__init__(message)
         #: The oldest revision a watch can still start from, if the node said.
         self.oldest = oldest
+
+
+class QuotaExceeded(CoordError):
+    """A put was refused because a quota (``max_keys``, ``max_db_bytes``) is exceeded:
+    nothing was written. The message names the quota."""

@@ -134,8 +134,10 @@ class Accepted:
 class Heartbeat:
     """Leader liveness, commit index, and a read-confirmation round number.
 
-    ``renewed`` lists session ids whose keep-alive the leader saw since its last
-    heartbeat, so a follower that takes over knows when each client was last alive.
+    ``renewed`` is no longer filled (a new leader restarts every session's clock, so it
+    needs no renewal history) and is ignored when received. It stays on the wire, whose
+    arrays have an exact arity, so that nodes before and after that change still decode
+    each other's heartbeats; a later wire version may drop it.
     """
 
     src: NodeId

@@ -17,17 +17,29 @@ Ops (request fields -> reply fields):
 
 ``write``      req: bytes (commands.encode_request) -> result: Result.to_wire()
                Leader only. Applied exactly once per (client_id, seq), across retries.
-``keepalive``  session_id -> known: bool. Leader only; not replicated (the leader forwards
-               renewals to followers on its heartbeats).
+``keepalive``  session_id -> known: bool. Leader only; not replicated (a new leader
+               restarts every session's clock at its takeover).
 ``get``        key, stale -> kv: KeyValue | nil, revision. Linearizable unless stale (then
                any node answers). ``list``/``history``/``locks`` take ``stale`` as well.
-``list``       prefix, stale -> kvs: [KeyValue, ...] sorted by key, revision
-``history``    key -> events: [Change, ...], revision
-``watch``      prefix or prefixes (non-empty wins), after, wait_ms, limit -> events, revision.
-               Events under the prefix (or any of the prefixes: one poll serves all of a
-               client's watches), in revision order. Any node; parks up to wait_ms until an
-               event with revision > after exists. Error ``compacted`` (+ ``oldest``) when
-               ``after`` is older than the window.
+``list``       prefix, stale, start_after, limit, cursor -> kvs: [KeyValue, ...] sorted by
+               key, revision, more, cursor. Keys under ``prefix`` after ``start_after``, at
+               most ``limit`` of them (0: all). A reply carries at most
+               ``MESSAGE_BUDGET_BYTES`` of rows (always one); when the read holds more, the
+               reply's ``cursor`` (non-zero) asks the same node for the next page of the
+               same read, at the same ``revision``: ``cursor`` and ``offset`` (the rows
+               received since the first page: a retried page repeats, never skips), other
+               fields ignored.
+               ``more``: keys beyond ``limit`` exist. Error ``cursor_expired`` when the node
+               no longer holds the cursor: start the listing again.
+``history``    key, stale, cursor -> events: [Change, ...] oldest first, revision, cursor;
+               paged like ``list``.
+``watch``      prefix or prefixes (non-empty wins), after, wait_ms, limit -> events, revision,
+               more. Events under the prefix (or any of the prefixes: one poll serves all
+               of a client's watches), in revision order, at most ``limit`` of them and
+               ``MESSAGE_BUDGET_BYTES`` of rows (always one); ``more``: the reply was cut
+               and is complete only up to its last event. Any node; parks up to wait_ms
+               until an event with revision > after exists. Error ``compacted``
+               (+ ``oldest``) when ``after`` is older than the window.
 ``lock_wait``  name, session_id, wait_ms -> state: LockState, token (0 unless held).
                Leader only; parks up to wait_ms while "waiting".
 ``locks``      -> locks: [LockRow, ...], revision. Linearizable.
@@ -52,18 +64,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
-from .commands import Request, decode_request, encode_request
-from .types import MAX_COMMAND_BYTES, ProtocolError
+from .commands import MAX_INT, MAX_KEY_BYTES, Request, decode_request, encode_request
+from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, ProtocolError
 
 __all__ = [
-    "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES",
+    "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES", "MESSAGE_BUDGET_BYTES",
     "Change", "ChangeType", "ClientRequest", "ErrorCode", "ErrorReply", "GetReply", "GetRequest",
     "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
     "LocksReply", "LocksRequest", "MemberChangeReply", "MemberChangeRequest", "MemberRow",
     "MembersReply", "MembersRequest", "NodeStatus", "Op", "REQUEST_TYPES", "Result", "ResultCode",
     "SchemaError", "StatusReply", "StatusRequest", "WatchReply", "WatchRequest", "WriteReply",
-    "WriteRequest", "decode_client_request", "reply_map",
+    "WriteRequest", "decode_client_request", "reply_map", "row_bytes",
 ]
 
 MAX_WAIT_MS = 30_000
@@ -101,6 +113,9 @@ class ErrorCode(StrEnum):
     COMPACTED = "compacted"      # + oldest: the first revision a watch can still start after
     BUSY = "busy"                # a bounded queue is full: retry later
     REFUSED = "refused"          # a membership change refused; the message says why
+    INTERNAL = "internal"        # the node failed answering this request (a bug, logged)
+    QUOTA_EXCEEDED = "quota_exceeded"    # a put past [limits] max_keys / max_db_bytes
+    CURSOR_EXPIRED = "cursor_expired"    # a page's cursor is gone: start the read again
 
 
 class ResultCode(StrEnum):
@@ -183,6 +198,44 @@ def _bool(m: Mapping[str, Any], name: str, default: Any = _MISSING) -> bool:
     if type(v) is not bool:
         raise SchemaError(f"field {name!r} must be bool")
     return v
+
+
+def _key_error(v: str, what: str, allow_empty: bool) -> str | None:
+    """Why ``v`` is not a key (1..512 UTF-8 bytes, no NUL), or None. Most keys are short
+    ASCII: at most 128 characters cannot exceed 512 bytes, so they skip the encode."""
+    n = len(v)
+    if n > MAX_KEY_BYTES // 4:
+        try:
+            n = len(v.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"{what} is not valid UTF-8"
+    if n > MAX_KEY_BYTES or (n == 0 and not allow_empty):
+        return f"{what} must be {0 if allow_empty else 1}..{MAX_KEY_BYTES} UTF-8 bytes, got {n}"
+    if "\x00" in v:
+        return f"{what} must not contain NUL"
+    return None
+
+
+def _key(v: object, what: str, allow_empty: bool = False) -> str:
+    if type(v) is not str:
+        raise SchemaError(f"{what} must be str")
+    err = _key_error(v, what, allow_empty)
+    if err is not None:
+        raise SchemaError(err)
+    return v
+
+
+def _count(m: Mapping[str, Any], name: str, default: int) -> int:
+    """A non-negative int field that msgpack can carry back (at most 2**63 - 1)."""
+    v = _int(m, name, default)
+    if not 0 <= v <= MAX_INT:
+        raise SchemaError(f"field {name!r} must be in [0, 2**63 - 1]")
+    return v
+
+
+def row_bytes(row: KeyValue | Change) -> int:
+    """An upper bound of one row's encoded size, for packing replies within a budget."""
+    return len(row.value) + 4 * len(row.key) + 48
 
 
 def _opt_int(v: object, what: str) -> int | None:
@@ -347,6 +400,10 @@ class NodeStatus:
     security: str | None = None   # "curve" | "insecure" (None: a node that does not say)
     public_key: str | None = None   # this node's CURVE public key (secure clusters)
     rejected_peer: int = 0        # peer messages whose src was not the connection's member
+    internal_errors: int = 0      # requests answered ``internal`` (a handler raised)
+    alarms: tuple[str, ...] = ()  # quotas this node sees exceeded ("max_keys", "max_db_bytes")
+    cursors: int = 0              # open page cursors (list/history reads in progress)
+    parked_lock_waits: int = 0
     extra: Mapping[str, object] = field(default_factory=dict)
 
     _INTS: ClassVar[tuple[str, ...]] = (
@@ -366,6 +423,9 @@ class NodeStatus:
             "parked_watches": self.parked_watches, "rejected_replies": self.rejected_replies,
             "rounds_exhausted": self.rounds_exhausted, "security": self.security,
             "public_key": self.public_key, "rejected_peer": self.rejected_peer,
+            "internal_errors": self.internal_errors,
+            "alarms": list(self.alarms), "cursors": self.cursors,
+            "parked_lock_waits": self.parked_lock_waits,
         }
 
     @classmethod
@@ -384,8 +444,11 @@ class NodeStatus:
         if type(uptime) not in (int, float) or not math.isfinite(uptime):
             raise SchemaError("field 'uptime_s' must be a number")
         ints = {f: _int(m, f) for f in cls._INTS}
-        ints["rejected_replies"] = _int(m, "rejected_replies", 0)
-        ints["rejected_peer"] = _int(m, "rejected_peer", 0)
+        for f in ("rejected_replies", "rejected_peer", "internal_errors", "cursors", "parked_lock_waits"):
+            ints[f] = _int(m, f, 0)
+        alarms = _list(m.get("alarms", []), "alarms")
+        if not all(type(a) is str for a in alarms):
+            raise SchemaError("field 'alarms' must be a list of str")
         security, public_key = m.get("security"), m.get("public_key")
         if not (security is None or type(security) is str) or not (
                 public_key is None or type(public_key) is str):
@@ -395,7 +458,7 @@ class NodeStatus:
             id=_str(m, "id"), address=address, role=role, leader=leader, voting=_bool(m, "voting"),
             ballot=(ballot[0], ballot[1]), uptime_s=float(uptime),
             last_leader_contact_ms=_opt_int(m.get("last_leader_contact_ms"), "last_leader_contact_ms"),
-            rounds_exhausted=_bool(m, "rounds_exhausted", False),
+            rounds_exhausted=_bool(m, "rounds_exhausted", False), alarms=tuple(alarms),
             security=security, public_key=public_key,
             extra={k: v for k, v in m.items() if k not in named}, **ints)
 
@@ -466,23 +529,42 @@ class GetRequest:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> GetRequest:
         key, stale = m.get("key"), m.get("stale", False)
-        if type(key) is str and type(stale) is bool:   # the hot path: no error to word
+        if (type(key) is str and type(stale) is bool and 0 < len(key) <= MAX_KEY_BYTES // 4
+                and "\x00" not in key):   # the hot path: a short key, no error to word
             return cls(key, stale)
-        return cls(_str(m, "key"), _bool(m, "stale", False))
+        return cls(_key(_str(m, "key"), "key"), _bool(m, "stale", False))
 
 
 @dataclass(frozen=True, slots=True)
 class ListRequest:
+    """Keys under ``prefix`` after ``start_after``, at most ``limit`` (0: all); or, with
+    ``cursor``, the page of an earlier list read that starts ``offset`` rows after its
+    first page (the other fields are then unused)."""
+
     op: ClassVar[Op] = Op.LIST
     prefix: str = ""
     stale: bool = False
+    start_after: str = ""
+    limit: int = 0
+    cursor: int = 0
+    offset: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": Op.LIST, "prefix": self.prefix, "stale": self.stale}
+        out: dict[str, Any] = {"op": Op.LIST, "prefix": self.prefix, "stale": self.stale}
+        if self.start_after:
+            out["start_after"] = self.start_after
+        if self.limit:
+            out["limit"] = self.limit
+        if self.cursor:
+            out["cursor"], out["offset"] = self.cursor, self.offset
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> ListRequest:
-        return cls(_str(m, "prefix", ""), _bool(m, "stale", False))
+        return cls(_key(_str(m, "prefix", ""), "prefix", allow_empty=True),
+                   _bool(m, "stale", False),
+                   _key(_str(m, "start_after", ""), "start_after", allow_empty=True),
+                   _count(m, "limit", 0), _count(m, "cursor", 0), _count(m, "offset", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,13 +572,19 @@ class HistoryRequest:
     op: ClassVar[Op] = Op.HISTORY
     key: str
     stale: bool = False
+    cursor: int = 0
+    offset: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": Op.HISTORY, "key": self.key, "stale": self.stale}
+        out: dict[str, Any] = {"op": Op.HISTORY, "key": self.key, "stale": self.stale}
+        if self.cursor:
+            out["cursor"], out["offset"] = self.cursor, self.offset
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> HistoryRequest:
-        return cls(_str(m, "key"), _bool(m, "stale", False))
+        return cls(_key(_str(m, "key"), "key"), _bool(m, "stale", False),
+                   _count(m, "cursor", 0), _count(m, "offset", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,14 +612,19 @@ class WatchRequest:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> WatchRequest:
-        prefix = _str(m, "prefix", "")
+        prefix = m.get("prefix", "")
+        if not (type(prefix) is str and len(prefix) <= MAX_KEY_BYTES // 4 and "\x00" not in prefix):
+            prefix = _key(_str(m, "prefix", ""), "prefix", allow_empty=True)
         prefixes = m.get("prefixes", [])
         if not (type(prefixes) is list and len(prefixes) <= MAX_WATCH_PREFIXES
                 and all(type(x) is str for x in prefixes)):
             raise SchemaError(f"prefixes must be a list of at most {MAX_WATCH_PREFIXES} strings")
-        after = _int(m, "after")
-        if after < 0:
-            raise SchemaError("after must be >= 0")
+        for x in prefixes:
+            if not (len(x) <= MAX_KEY_BYTES // 4 and "\x00" not in x):   # else say why, if so
+                _key(x, "prefix", allow_empty=True)
+        after = m.get("after")
+        if not (type(after) is int and 0 <= after <= MAX_INT):
+            after = _count(m, "after", _MISSING)
         return cls(after, prefix, tuple(prefixes),
                    _clamp(_int(m, "wait_ms", 0), 0, MAX_WAIT_MS),
                    _clamp(_int(m, "limit", MAX_WATCH_BATCH), 1, MAX_WATCH_BATCH))
@@ -550,7 +643,7 @@ class LockWaitRequest:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> LockWaitRequest:
-        return cls(_str(m, "name"), _int(m, "session_id"),
+        return cls(_key(_str(m, "name"), "name"), _count(m, "session_id", _MISSING),
                    _clamp(_int(m, "wait_ms", 0), 0, MAX_WAIT_MS))
 
 
@@ -700,45 +793,68 @@ class GetReply:
 
 @dataclass(frozen=True, slots=True)
 class ListReply:
+    """One page of a list read taken at ``revision``. ``cursor`` (non-zero): the read holds
+    more rows, fetched with ``ListRequest(cursor=...)``; ``more``: keys beyond the request's
+    ``limit`` exist (continue with ``start_after`` = the last key)."""
+
     kvs: tuple[KeyValue, ...]
     revision: int
+    more: bool = False
+    cursor: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "kvs": [kv.to_wire() for kv in self.kvs], "revision": self.revision}
+        out = {"ok": True, "kvs": [kv.to_wire() for kv in self.kvs], "revision": self.revision}
+        if self.more:
+            out["more"] = True
+        if self.cursor:
+            out["cursor"] = self.cursor
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> ListReply:
         return cls(tuple(KeyValue.from_wire(kv) for kv in _list(m.get("kvs"), "kvs")),
-                   _int(m, "revision"))
+                   _int(m, "revision"), _bool(m, "more", False), _count(m, "cursor", 0))
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryReply:
+    """One page of a key's history (oldest first) read at ``revision``; ``cursor`` as in
+    ``ListReply``."""
+
     events: tuple[Change, ...]
     revision: int
+    cursor: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "events": [e.to_wire() for e in self.events], "revision": self.revision}
+        out = {"ok": True, "events": [e.to_wire() for e in self.events], "revision": self.revision}
+        if self.cursor:
+            out["cursor"] = self.cursor
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> HistoryReply:
-        return cls(_changes(m.get("events")), _int(m, "revision"))
+        return cls(_changes(m.get("events")), _int(m, "revision"), _count(m, "cursor", 0))
 
 
 @dataclass(frozen=True, slots=True)
 class WatchReply:
     """``events`` after the request's ``after``, in revision order; complete up to
-    ``revision`` (the node's) unless there are ``limit`` of them."""
+    ``revision`` (the node's) unless ``more``: then only up to its last event (the reply
+    reached the request's ``limit`` or the byte budget)."""
 
     events: tuple[Change, ...]
     revision: int
+    more: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "events": [e.to_wire() for e in self.events], "revision": self.revision}
+        out = {"ok": True, "events": [e.to_wire() for e in self.events], "revision": self.revision}
+        if self.more:
+            out["more"] = True
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> WatchReply:
-        return cls(_changes(m.get("events")), _int(m, "revision"))
+        return cls(_changes(m.get("events")), _int(m, "revision"), _bool(m, "more", False))
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,6 @@ from .transfer import Fetch, Shelf, checksum, snapshot_from_payload
 from .types import (
     MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
-    MAX_RENEWED,
     MAX_ROUND,
     NOOP,
     ZERO_BALLOT,
@@ -146,8 +145,6 @@ class Ready:
     # Reads and not-yet-slotted commands dropped because we stopped leading.
     aborted_reads: list[Hashable] = field(default_factory=list)
     aborted_commands: list[bytes] = field(default_factory=list)
-    # Session ids the leader reported renewed (followers only): restart their clocks.
-    renewed: list[int] = field(default_factory=list)
     # The latest chosen configuration, when it changed (the runtime connects and drops peers).
     config: Membership | None = None
     # This node applied a configuration without itself: it must stop serving (why).
@@ -156,7 +153,7 @@ class Ready:
     def empty(self) -> bool:
         return (self.persist.empty() and not self.messages and not self.committed
                 and self.install is None and not self.reads and not self.aborted_reads
-                and not self.aborted_commands and not self.renewed and self.config is None
+                and not self.aborted_commands and self.config is None
                 and self.removed is None)
 
 
@@ -296,7 +293,6 @@ class Replica:
         self.hb_wanted = False
         self.last_ack_ms: dict[NodeId, int] = {}
         self.refused_by: dict[NodeId, int] = {}  # leader: who nacked us last, and when
-        self.renewed: list[int] = []
 
         # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
@@ -322,6 +318,10 @@ class Replica:
         # not include it — and only then votes. (Paxos Made Live's rule, made concrete.)
         self.rebuilding = durable.rebuilding
         self._campaign_at: int | None = None
+        # When a rebuilding follower next looks at whether to campaign. Only a tick moves
+        # it: a timer counted from the last input never fires while heartbeats arrive
+        # faster than it runs out (a driver ticks only when next_timer_ms() is due).
+        self._rebuild_check_ms = now_ms
 
         # membership (leader): one change queued, then in flight until chosen; learners'
         # progress; a leadership hand-over in progress
@@ -607,11 +607,6 @@ class Replica:
         self.hb_wanted = True
         return True
 
-    def note_renewal(self, session_id: int) -> None:
-        """A session keep-alive reached us as leader; tell followers on the next heartbeat."""
-        if self.role is Role.LEADER and len(self.renewed) < MAX_RENEWED:
-            self.renewed.append(session_id)
-
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
         if self.removed:
@@ -674,7 +669,7 @@ class Replica:
         self.leader = node
 
     def _rebuild_timer_ms(self) -> int:
-        return self._campaign_at if self._campaign_at is not None else self.now_ms + self.cfg.heartbeat_ms
+        return self._campaign_at if self._campaign_at is not None else self._rebuild_check_ms
 
     def compact(self, snapshot: Snapshot) -> None:
         """The state machine was snapshotted through ``snapshot.index``; drop the log below."""
@@ -775,6 +770,9 @@ class Replica:
     def _campaign_when_caught_up(self, now_ms: int) -> None:
         # A rebuilding follower never campaigns on the election timer, only once it has
         # learned everything the leader committed: its campaign is how it earns its vote.
+        # Called from ticks only, so the next look is counted from this tick, never from
+        # the last input (heartbeats arriving faster than the interval would push it back).
+        self._rebuild_check_ms = now_ms + self.cfg.heartbeat_ms
         if self.leader is None or self.known_commit > self.acceptor.commit_index:
             self._campaign_at = None
         elif self._campaign_at is None:
@@ -926,7 +924,6 @@ class Replica:
         self._ready.aborted_commands.extend(self.pending)
         self.pending.clear()
         self.pending_bytes = 0
-        self.renewed.clear()
         self.hb_acks.clear()
         self.tentative.clear()
         self.change_queue = None
@@ -1265,8 +1262,7 @@ class Replica:
         self.hb_acks[self.hb_round] = set()
         for k in [k for k in self.hb_acks if k < self.hb_round - 8]:
             del self.hb_acks[k]
-        renewed, self.renewed = tuple(self.renewed), []
-        hb = Heartbeat(self.id, self.ballot, self.acceptor.commit_index, self.hb_round, renewed)
+        hb = Heartbeat(self.id, self.ballot, self.acceptor.commit_index, self.hb_round)
         self._broadcast(hb)
         if self.departing:
             for node, until in sorted(self.departing.items()):
@@ -1288,7 +1284,6 @@ class Replica:
                 self._step_down(f"heartbeat from higher ballot {m.ballot}")
             if self.role is Role.FOLLOWER:
                 self._follow(m.src, m.ballot)
-                self._ready.renewed.extend(m.renewed)
                 self._learn_commit(m.ballot, m.commit_index)
                 self._maybe_request_catchup()
         if self.incarnation is not None:

@@ -7,9 +7,17 @@ only way state leaves is :meth:`step`, which hands every ``Ready`` to ``save`` b
 
 The parts, each in its own module: the op table (``service_ops``), writes in flight
 (``service_writes``), the read index (``service_reads``), leader-local session and lock
-clocks (``service_clocks``) and parked long polls (``service_parking``). This module
-wires them to the replica and the machine: applying what the log chose, and what changes
-when this node starts or stops leading.
+clocks (``service_clocks``), parked long polls (``service_parking``), page cursors
+(``service_pages``) and quotas (``quotas``). This module wires them to the replica and
+the machine: applying what the log chose, and what changes when this node starts or
+stops leading.
+
+A node never exits because of what a client sent: an exception while handling one
+request or computing one reply is answered ``internal`` to that request, counted
+(``internal_errors`` in status) and kept for the runtime to log with its traceback
+(``take_incidents``). What is not caught here is what must stop the node: a
+``SafetyViolation``, a failed save, and failures inside the replica or the machine's
+``apply`` (state every replica must agree on; continuing after one could diverge).
 """
 from __future__ import annotations
 
@@ -43,14 +51,16 @@ from .protocol import (
     WriteReply,
     decode_client_request,
 )
+from .quotas import Quotas
 from .replica import Ready, Replica, Role
 from .service_clocks import LockTimes, SessionClocks
 from .service_ops import HANDLERS
-from .service_outbox import Outbox, Route, WireReply
+from .service_outbox import Incident, Outbox, Route, WireReply
+from .service_pages import Cursors
 from .service_parking import Parking
 from .service_reads import ReadIndex
 from .service_writes import PendingWrites
-from .types import Config, Durable, NodeId, Persist, ProtocolError, Snapshot
+from .types import Config, Durable, NodeId, Persist, ProtocolError, SafetyViolation, Snapshot
 
 if TYPE_CHECKING:
     from random import Random
@@ -73,7 +83,8 @@ class Service:
                  rng: Random, now_ms: int, config: Config = Config(),
                  leadership: Leadership | None = None,
                  identities: Identities = INSECURE,
-                 bootstrap: Membership | None = None) -> None:
+                 bootstrap: Membership | None = None,
+                 quotas: Quotas = Quotas()) -> None:
         self.id = node_id
         self.addresses = dict(addresses)
         # Keys and principals (core/identity.py); they follow the configuration the log
@@ -98,6 +109,10 @@ class Service:
         self.parking = Parking(self.out)
         self.sessions = SessionClocks()
         self.lock_times = LockTimes()
+        self.cursors = Cursors()
+        self.quota = quotas
+        # This node's database size in use, as the runtime last measured it (quotas).
+        self.db_bytes = 0
         self._was_serving = False
         # The runtime adds what only it knows (disk size, fsync latency, transport counters).
         self.extra_status: Callable[[], dict[str, Any]] | None = None
@@ -129,12 +144,17 @@ class Service:
             for sid in self.sessions.due(now_ms):
                 self.replica.propose(encode_request(Request("", 0, 0, ExpireSession(sid))))
         self.writes.expire(now_ms)
+        self.cursors.expire(now_ms)
         if self.lock_times.oversized():
             self.lock_times.prune(self.machine.locks())
 
     def next_timer_ms(self) -> int:
         """When :meth:`tick` is next needed: the replica's timers and parked deadlines."""
         return self.parking.next_deadline_ms(self.replica.next_timer_ms())
+
+    def observe_db_bytes(self, n: int) -> None:
+        """The runtime measured this node's database: ``n`` bytes in use (for quotas)."""
+        self.db_bytes = n
 
     def on_client(self, route: Route, req: Any, now_ms: int, principal: str = ADMIN) -> None:
         """A client request from ``principal`` (``"admin"`` in an insecure cluster). Rights
@@ -148,7 +168,21 @@ class Service:
             self.counters.bad_requests += 1
             self.out.error(route, rid, ErrorCode.BAD_REQUEST, str(e))
             return
-        HANDLERS[type(request)](self, route, rid, request)
+        except SafetyViolation:
+            raise
+        except Exception as e:   # a bug in a record's from_wire
+            self.out.internal(route, rid, "decoding a request", e)
+            return
+        try:
+            HANDLERS[type(request)](self, route, rid, request)
+        except SafetyViolation:
+            raise
+        except Exception as e:
+            self.out.internal(route, rid, f"handling {request.op.value!r}", e)
+
+    def take_incidents(self) -> list[Incident]:
+        """Requests answered ``internal`` since the last call, with their exceptions."""
+        return self.out.take_incidents()
 
     # ------------------------------------------------------------------ the Ready loop
 
@@ -212,7 +246,6 @@ class Service:
         if ready.install is not None:
             self.machine = m = Machine.restore(ready.install.data)
             self.last_snapshot_index = ready.install.index
-            self.sessions.heard_of(m.sessions(), self.now_ms)
         rev_before = m.revision
         for slot, batch in ready.committed:
             for raw in batch:
@@ -225,14 +258,20 @@ class Service:
                 result = m.apply(slot, request)
                 self.counters.applied_commands += 1
                 self._after_command(request, result)
-        for sid in ready.renewed:
-            self.sessions.heard(sid, self.now_ms)
+        changed: list[Change] | None = []
         if m.revision != rev_before:
             try:
-                self.out.events.extend(m.events_since("", rev_before, 1 << 30))
+                changed = m.events_since("", rev_before, 1 << 30)
+                self.out.events.extend(changed)
             except RevisionCompacted:
-                pass  # more changed in one step than the window holds; pollers catch up
-            self.parking.wake_watches(m)
+                changed = None  # more changed in one step than the window holds; pollers catch up
+        if ready.install is not None:
+            # An installed snapshot may bring events after a parked watch's revision
+            # (rev_before is read after the install); left parked the watch would time out
+            # answering "no events up to here" past them. Which keys changed is unknown.
+            changed = None
+        if changed is None or changed:
+            self.parking.wake_watches(m, changed)
         grants = m.take_grants()
         if grants:
             self.lock_times.granted(grants, self.now_ms)
@@ -240,7 +279,14 @@ class Service:
         for token in ready.reads:
             read = self.reads.take(token)
             if read is not None:
-                self.out.reply(read.route, read.rid, read.answer())
+                try:
+                    answer = read.answer()
+                except SafetyViolation:
+                    raise
+                except Exception as e:   # a bug in one answer: that read alone fails
+                    self.out.internal(read.route, read.rid, "answering a read", e)
+                    continue
+                self.out.reply(read.route, read.rid, answer)
         for token in ready.aborted_reads:
             read = self.reads.take(token)
             if read is not None:
@@ -327,7 +373,9 @@ class Service:
             revision=m.revision, last_leader_contact_ms=contact, bad_frames=bad_frames,
             snapshot_index=r.snapshot_index, pending_writes=len(self.writes),
             parked_watches=len(self.parking.watches), rejected_replies=r.rejected_replies,
-            rounds_exhausted=r.rounds_exhausted,
+            rounds_exhausted=r.rounds_exhausted, internal_errors=self.out.internal_errors,
+            alarms=self.quota.alarms(m, self.db_bytes), cursors=len(self.cursors),
+            parked_lock_waits=len(self.parking.lock_waits),
             security="curve" if self.identities.secure else "insecure",
             public_key=self.identities.public_key(self.id),
             rejected_peer=self.counters.rejected_peer, extra=extra)

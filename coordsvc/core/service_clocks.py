@@ -1,11 +1,14 @@
-"""Node-local clocks: when each session was last heard of, when each lock changed hands.
+"""Node-local clocks: when each session expires, when each lock changed hands.
 
 Neither enters the replicated machine. Time is not part of the log, so replicas cannot
 disagree about it; instead only the leader decides that a session expired, and proposes
-``ExpireSession`` into the log. Keep-alives renew a leader-local deadline and ride to the
-followers on the next heartbeat (``Ready.renewed``), so whoever takes over knows when
-each client was last alive and restarts its clock from there, plus one election timeout
-of grace: a leader change never expires a live client.
+``ExpireSession`` into the log. Keep-alives renew a leader-local deadline. Whoever takes
+over restarts every session's clock at its takeover, with the full ttl plus one election
+timeout of grace: a leader change never expires a live client. Not "from the last renewal
+that reached it": a follower cut off from the leader hears of no renewal, and the old
+leader answers keep-alives until it notices it lost its quorum -- up to an election
+timeout after the takeover -- so a renewal it granted may never reach the new leader.
+The cost: a dead client's session outlives each leader change by up to a ttl.
 """
 from __future__ import annotations
 
@@ -23,37 +26,24 @@ LOCK_TIMES_PRUNE_AT = 100_000
 
 
 class SessionClocks:
-    """Per session: the last renewal this node saw (every node) and, on the serving
-    leader only, the deadline past which it proposes the session's expiry."""
+    """Per session, on the serving leader only: the deadline past which it proposes the
+    session's expiry."""
 
-    __slots__ = ("_deadline_ms", "_expiring_ms", "_seen_ms")
+    __slots__ = ("_deadline_ms", "_expiring_ms")
 
     def __init__(self) -> None:
-        self._seen_ms: dict[int, int] = {}
         self._deadline_ms: dict[int, int] = {}
         self._expiring_ms: dict[int, int] = {}   # when we last proposed its expiry
-
-    def heard(self, session_id: int, now_ms: int) -> None:
-        """The leader reported a renewal (or the session was opened): alive at ``now_ms``."""
-        self._seen_ms[session_id] = now_ms
-
-    def heard_of(self, session_ids: Iterable[int], now_ms: int) -> None:
-        """Sessions that arrived in a snapshot: alive now unless heard of before."""
-        for sid in session_ids:
-            self._seen_ms.setdefault(sid, now_ms)
 
     def renewed(self, session_id: int, now_ms: int, ttl_ms: int) -> None:
         """A keep-alive reached us as leader."""
         self._deadline_ms[session_id] = now_ms + ttl_ms
-        self._seen_ms[session_id] = now_ms
 
     def opened(self, session_id: int, now_ms: int, ttl_ms: int, leading: bool) -> None:
-        self._seen_ms[session_id] = now_ms
         if leading:
             self._deadline_ms[session_id] = now_ms + ttl_ms
 
     def forget(self, session_id: int) -> None:
-        self._seen_ms.pop(session_id, None)
         self._deadline_ms.pop(session_id, None)
         self._expiring_ms.pop(session_id, None)
 
@@ -61,9 +51,9 @@ class SessionClocks:
         return self._deadline_ms.get(session_id)
 
     def take_over(self, sessions: Mapping[int, SessionInfo], now_ms: int, grace_ms: int) -> None:
-        """We began serving as leader: every live session gets the time it had left,
-        measured from its last renewal that reached us, plus ``grace_ms``."""
-        self._deadline_ms = {sid: self._seen_ms.get(sid, now_ms) + info.ttl_ms + grace_ms
+        """We began serving as leader: every live session gets its full ttl from now,
+        plus ``grace_ms`` (see the module's docstring for why not less)."""
+        self._deadline_ms = {sid: now_ms + info.ttl_ms + grace_ms
                              for sid, info in sessions.items()}
         self._expiring_ms.clear()
 

@@ -7,22 +7,29 @@ answer at once, propose a write, wait for the read index, or park the request.
 Reads are written as *answers* -- a function of the machine -- and ``_read`` makes the
 handler: a stale read is answered on the spot by any node, a linearizable one by the
 leader once its read index is applied. The answer runs then, so it sees that state.
+``list`` and ``history`` answers larger than one reply leave a cursor behind
+(``service_pages``); a request naming a cursor is answered from it at once.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from itertools import islice
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from .commands import Put
 from .membership import ChangeKind, Member, MembershipChange
 from .protocol import (
+    Change,
     ErrorCode,
+    ErrorReply,
     GetReply,
     GetRequest,
     HistoryReply,
     HistoryRequest,
     KeepaliveReply,
     KeepaliveRequest,
+    KeyValue,
     ListReply,
     ListRequest,
     LockRow,
@@ -41,6 +48,7 @@ from .protocol import (
     WriteRequest,
 )
 from .service_outbox import Route
+from .service_pages import Kind, first_page
 from .service_reads import PendingRead
 from .service_writes import WriteWaiter
 
@@ -78,6 +86,14 @@ def _write(svc: Service, route: Route, rid: object, req: WriteRequest) -> None:
     waiter = WriteWaiter(route, rid, svc.now_ms)
     if svc.writes.join((r.client_id, r.seq), waiter):
         return    # a retry while the first attempt is in flight: both hear one Result
+    q, m = svc.quota, svc.machine
+    if (type(r.cmd) is Put and (svc.db_bytes >= q.max_db_bytes or m.key_count >= q.max_keys)
+            and not m.has_result(r.client_id, r.seq)):
+        # A retry of an applied put gets its cached Result whatever the quotas say now.
+        refused = q.refuse_put(m, r.cmd.key, svc.db_bytes)
+        if refused is not None:
+            svc.out.error(route, rid, ErrorCode.QUOTA_EXCEEDED, refused)
+            return
     if svc.writes.full() or not svc.replica.propose(req.raw):
         svc.out.error(route, rid, ErrorCode.BUSY, "the leader's proposal queue is full; retry shortly")
         return
@@ -93,7 +109,6 @@ def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest) -
     ttl_ms = svc.machine.session_ttl_ms(req.session_id)
     if ttl_ms is not None:
         svc.sessions.renewed(req.session_id, svc.now_ms, ttl_ms)
-        svc.replica.note_renewal(req.session_id)
     svc.out.reply(route, rid, KeepaliveReply(ttl_ms is not None))
 
 
@@ -104,33 +119,90 @@ class _Read(Protocol):
     def stale(self) -> bool: ...
 
 
-def _read(cls: type[_ReadReq], answer: Callable[[Service, _ReadReq], Reply]) -> None:
-    """Register the handler of read ``cls``, answered by ``answer``."""
-    @_handles(cls)
+Answer = Callable[["Service", Route, _ReadReq], Reply]
+
+
+def _read_handler(answer: Answer[_ReadReq]) -> Callable[[Service, Route, object, _ReadReq], None]:
+    """The handler of a read answered by ``answer``."""
     def handle(svc: Service, route: Route, rid: object, req: _ReadReq) -> None:
         if req.stale:
-            svc.out.reply(route, rid, answer(svc, req))
+            svc.out.reply(route, rid, answer(svc, route, req))
             return
         if not svc.leading() or not svc.reads.begin(
-                svc.replica, PendingRead(route, rid, partial(answer, svc, req))):
+                svc.replica, PendingRead(route, rid, partial(answer, svc, route, req))):
             svc.not_leader(route, rid)
             return
         svc.counters.reads += 1
+    return handle
 
 
-def _get(svc: Service, req: GetRequest) -> GetReply:
+def _read(cls: type[_ReadReq], answer: Answer[_ReadReq]) -> None:
+    """Register the handler of read ``cls``, answered by ``answer``."""
+    _handles(cls)(_read_handler(answer))
+
+
+def _get(svc: Service, route: Route, req: GetRequest) -> GetReply:
     return GetReply(svc.machine.get(req.key), svc.machine.revision)
 
 
-def _list(svc: Service, req: ListRequest) -> ListReply:
-    return ListReply(tuple(svc.machine.list(req.prefix)), svc.machine.revision)
+def _list(svc: Service, route: Route, req: ListRequest) -> Reply:
+    m = svc.machine
+    rows = m.scan(req.prefix, req.start_after)
+    page = first_page(islice(rows, req.limit) if req.limit else rows)
+    more = req.limit > 0 and next(rows, None) is not None
+    cursor = _cursor(svc, route, "list", page.rest, page.rest_bytes, more)
+    if isinstance(cursor, ErrorReply):
+        return cursor
+    return ListReply(page.rows, m.revision, more, cursor)
 
 
-def _history(svc: Service, req: HistoryRequest) -> HistoryReply:
-    return HistoryReply(tuple(svc.machine.history(req.key)), svc.machine.revision)
+def _history(svc: Service, route: Route, req: HistoryRequest) -> Reply:
+    page = first_page(iter(svc.machine.history(req.key)))
+    cursor = _cursor(svc, route, "history", page.rest, page.rest_bytes, False)
+    if isinstance(cursor, ErrorReply):
+        return cursor
+    return HistoryReply(page.rows, svc.machine.revision, cursor)
 
 
-def _locks(svc: Service, req: LocksRequest) -> LocksReply:
+def _cursor(svc: Service, route: Route, kind: Kind, rest: tuple[KeyValue, ...] | tuple[Change, ...],
+            rest_bytes: int, more: bool) -> int | ErrorReply:
+    """A cursor over the rows that did not fit the first page (0: none did not)."""
+    if not rest:
+        return 0
+    refused = svc.cursors.refusal(route, rest_bytes)
+    if refused is not None:
+        return ErrorReply(ErrorCode.BUSY, refused)
+    return svc.cursors.open(kind, route, svc.machine.revision, rest, rest_bytes, svc.now_ms, more)
+
+
+def _paged(cls: type[ListRequest] | type[HistoryRequest], kind: Kind,
+           answer: Answer[Any]) -> None:
+    """Register ``cls``: its first page is a read, later pages come from its cursor."""
+    first = _read_handler(answer)
+
+    @_handles(cls)
+    def handle(svc: Service, route: Route, rid: object, req: ListRequest | HistoryRequest) -> None:
+        if not req.cursor:
+            first(svc, route, rid, req)
+            return
+        c = svc.cursors.get(kind, req.cursor, svc.now_ms)
+        if c is None or req.offset >= len(c.rows):
+            svc.out.error(route, rid, ErrorCode.CURSOR_EXPIRED,
+                          f"{kind} cursor {req.cursor} is gone (drained, unused for a while, "
+                          "or this node restarted): start the read again")
+            return
+        rows = c.page(req.offset)
+        left = 0 if req.offset + len(rows) >= len(c.rows) else c.id
+        if not left:
+            svc.cursors.close(c.id)
+        if kind == "list":
+            svc.out.reply(route, rid, ListReply(cast(tuple[KeyValue, ...], rows), c.revision,
+                                                c.more, left))
+        else:
+            svc.out.reply(route, rid, HistoryReply(cast(tuple[Change, ...], rows), c.revision, left))
+
+
+def _locks(svc: Service, route: Route, req: LocksRequest) -> LocksReply:
     m, now, times = svc.machine, svc.now_ms, svc.lock_times
     sessions = m.sessions()
     rows = []
@@ -147,8 +219,8 @@ def _locks(svc: Service, req: LocksRequest) -> LocksReply:
 
 
 _read(GetRequest, _get)
-_read(ListRequest, _list)
-_read(HistoryRequest, _history)
+_paged(ListRequest, "list", _list)
+_paged(HistoryRequest, "history", _history)
 _read(LocksRequest, _locks)
 
 

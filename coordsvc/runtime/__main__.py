@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..clusterfile import ClusterFileError, load
+from .logs import FORMATS, LEVELS
 from .node import serve
 
 
@@ -13,6 +14,9 @@ def main() -> int:
     p = argparse.ArgumentParser(prog="coordsvc-node")
     p.add_argument("--cluster", required=True)
     p.add_argument("--node", required=True)
+    p.add_argument("--log-level", choices=LEVELS, default="info")
+    p.add_argument("--log-format", choices=FORMATS, default="text")
+    p.add_argument("--http", metavar="HOST:PORT", default=None)
     a = p.parse_args()
     try:
         cluster = load(Path(a.cluster))
@@ -20,7 +24,7 @@ def main() -> int:
     except ClusterFileError as e:
         print(f"coordctl serve: {e}", file=sys.stderr)
         return 2
-    return serve(cluster, a.node, cluster.config)
+    return serve(cluster, a.node, cluster.config, a.log_level, a.log_format, a.http)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""A seeded, deterministic simulation of N replicas over a faulty network and disk.
+"""A seeded, deterministic simulation of N bare replicas over a faulty network and disk.
 
 Everything random is drawn from one ``random.Random(seed)``: the fault rates
 themselves, message loss/duplication/delay, partitions, crashes, clock drift and
-client proposals. The oracle watches every durable save and never forgets what
-was chosen, so a violation is caught at the step that caused it.
+proposals of opaque commands. The network, the fault timers and the per-slot oracle are
+shared with the whole-node simulation (``world.py``, ``oracle.py``); the oracle watches
+every durable save and never forgets what was chosen, so a violation is caught at the
+step that caused it.
 
 Byte budgets are tiny (tens of bytes, drawn per seed), so nearly every Accept batch,
 Promise, catch-up reply and snapshot is cut into several messages or chunks. The network
@@ -21,11 +23,8 @@ back blank and votes at once, instead of rebuilding as a non-voting learner),
 """
 from __future__ import annotations
 
-import hashlib
-import heapq
 import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.messages import (
@@ -37,18 +36,11 @@ from ..core.messages import (
     SnapshotInfo,
 )
 from ..core.replica import Ready, Replica, Role
-from ..core.types import (
-    Ballot,
-    Config,
-    Durable,
-    NodeId,
-    Persist,
-    SafetyViolation,
-    Slot,
-    Snapshot,
-    Value,
-)
+from ..core.types import Ballot, Config, Durable, NodeId, SafetyViolation, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
+from .mutations import SkipAdoptReplica
+from .oracle import SlotOracle
+from .world import Disk, Faults, Network, World
 
 MUTATIONS = ("forget_promise", "skip_adopt", "reply_before_save", "wiped_node_votes",
              "skip_checksum", "trust_any_reply", "lead_on_partial_promises")
@@ -108,12 +100,6 @@ class Violation(Exception):
     pass
 
 
-class _SkipAdoptReplica(Replica):
-    def _recovered(self) -> dict[Slot, tuple[Ballot, Value]]:
-        # Known-bad: forget what the promises reported (every slot becomes a no-op).
-        return {}
-
-
 class _SkipChecksumReplica(Replica):
     def _verify_snapshot(self, data: bytearray, info: SnapshotInfo) -> bool:
         return len(data) == info.size       # known-bad: trusts whatever arrived
@@ -134,7 +120,7 @@ class _PartialPromiseReplica(Replica):
 
 
 _MUTANTS: dict[str, type[Replica]] = {
-    "skip_adopt": _SkipAdoptReplica, "skip_checksum": _SkipChecksumReplica,
+    "skip_adopt": SkipAdoptReplica, "skip_checksum": _SkipChecksumReplica,
     "trust_any_reply": _TrustAnyReplyReplica,
     "lead_on_partial_promises": _PartialPromiseReplica,
 }
@@ -144,12 +130,10 @@ _MUTANTS: dict[str, type[Replica]] = {
 class _Node:
     id: str
     store: MemoryStore
+    disk: Disk
     replica: Replica | None = None
     saving: bool = False
     epoch: int = 0
-    chain: str = ""           # rolling hash of the applied prefix
-    applied: Slot = 0
-    renewals: int = 0
 
 
 @dataclass
@@ -163,15 +147,6 @@ class Result:
     stats: dict[str, int] = field(default_factory=dict)
 
 
-def _h(prev: str, slot: Slot, value: Value) -> str:
-    d = hashlib.blake2b(prev.encode(), digest_size=8)
-    d.update(str(slot).encode())
-    for c in value:
-        d.update(len(c).to_bytes(4, "big"))
-        d.update(c)
-    return d.hexdigest()
-
-
 class Sim:
     def __init__(self, seed: int, mutation: str | None = None, nodes: int | None = None,
                  params: Params | None = None) -> None:
@@ -179,19 +154,8 @@ class Sim:
             raise ValueError(f"unknown mutation {mutation}")
         self.seed = seed
         self.rng = random.Random(seed)
-        self.p = params or Params.draw(self.rng, nodes)
-        if mutation is not None:
-            # Bad variants need faults to show; keep the run violent.
-            self.p = Params(**{**self.p.__dict__, "crash_every_ms": 120, "disk_ms": 8,
-                               "partition_every_ms": 300, "max_delay_ms": 20,
-                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0,
-                               "corrupt": 0.3 if mutation == "skip_checksum" else 0.0,
-                               "snapshot_every": (8 if mutation in ("skip_checksum",
-                                                                    "trust_any_reply")
-                                                  else self.p.snapshot_every),
-                               "forge_every_ms": 20 if mutation == "trust_any_reply" else 10**9,
-                               "budget_bytes": 16 if mutation == "lead_on_partial_promises"
-                               else self.p.budget_bytes})
+        self.world = World(self.rng)
+        self.p = self._tuned(params or Params.draw(self.rng, nodes), mutation)
         self.mutation = mutation
         self.ids = [f"n{i + 1}" for i in range(self.p.nodes)]
         self.quorum = self.p.nodes // 2 + 1
@@ -202,20 +166,14 @@ class Sim:
                           catchup_batch=16, message_budget_bytes=self.p.budget_bytes,
                           snapshot_chunk_bytes=self.p.chunk_bytes, snapshot_retain_ms=300,
                           snapshot_every=self.p.snapshot_every)
-        self.now = 0
-        self.queue: list[tuple[int, int, str, Any]] = []
-        self.seq = 0
-        self.nodes = {i: _Node(i, MemoryStore()) for i in self.ids}
-        self.blocked: set[tuple[str, str]] = set()
-        self.faults = True
-        self.trace = hashlib.blake2b(digest_size=16)
-        # oracle
-        self.votes: dict[tuple[Slot, Ballot], set[str]] = {}
-        self.vote_value: dict[tuple[Slot, Ballot], Value] = {}
-        self.chosen: dict[Slot, Value] = {}
-        self.chain_at: dict[Slot, str] = {0: ""}
-        self.snapshot_data: dict[Slot, bytes] = {}
-        self.max_promised: dict[str, Ballot] = {}
+        self.nodes = {i: _Node(i, MemoryStore(), Disk(self.world, self.p.disk_ms))
+                      for i in self.ids}
+        self.net = Network(self.world, self.p.loss, self.p.dup, self.p.max_delay_ms)
+        self.faults = Faults(self.world, self.net, self, self.ids, self.p.crash_every_ms,
+                             self.p.partition_every_ms, self.p.disk_loss, self.p.safety_ms)
+        self.oracle = SlotOracle(self.quorum, self._violate, self._chosen,
+                                 promises_may_regress=mutation == "forget_promise")
+        self.snapshot_data: dict[Slot, bytes] = {}   # every snapshot a node made, by index
         self.proposed: set[bytes] = set()
         self.outstanding: set[bytes] = set()
         self.last_try: dict[bytes, int] = {}
@@ -226,17 +184,28 @@ class Sim:
                       "installs": 0}
         self.next_cmd = 0
 
-    # ---------------------------------------------------------------- scheduling
+    def _tuned(self, p: Params, mutation: str | None) -> Params:
+        """The parameters of this run, from those drawn (a subclass may adjust them before
+        the network and fault timers are built from them)."""
+        if mutation is None:
+            return p
+        # Bad variants need faults to show; keep the run violent.
+        return replace(p, crash_every_ms=120, disk_ms=8, partition_every_ms=300,
+                       max_delay_ms=20,
+                       disk_loss=0.5 if mutation == "wiped_node_votes" else 0.0,
+                       corrupt=0.3 if mutation == "skip_checksum" else 0.0,
+                       snapshot_every=(8 if mutation in ("skip_checksum", "trust_any_reply")
+                                       else p.snapshot_every),
+                       forge_every_ms=20 if mutation == "trust_any_reply" else 10**9,
+                       budget_bytes=(16 if mutation == "lead_on_partial_promises"
+                                     else p.budget_bytes))
 
-    def _at(self, t: int, kind: str, data: Any) -> None:
-        self.seq += 1
-        heapq.heappush(self.queue, (t, self.seq, kind, data))
+    @property
+    def now(self) -> int:
+        return self.world.now
 
     def _local_now(self, nid: str) -> int:
         return int(self.now * self.p.drift[self.ids.index(nid)])
-
-    def _note(self, *parts: object) -> None:
-        self.trace.update(repr((self.now,) + parts).encode())
 
     # ---------------------------------------------------------------- node driving
 
@@ -251,8 +220,8 @@ class Sim:
                            self._local_now(nid), self.cfg)
         node.saving = False
         node.epoch += 1
-        node.chain, node.applied = "", 0
-        self._at(self.now + 1, "tick", (nid, node.epoch))
+        self.oracle.booted(nid)
+        self.world.at(self.now + 1, self._ev_tick, (nid, node.epoch))
 
     def _pump(self, nid: str) -> None:
         node = self.nodes[nid]
@@ -264,7 +233,7 @@ class Sim:
         if self.mutation == "reply_before_save":
             self._send_all(nid, ready.messages)
             ready.messages = []
-        self._at(self.now + self.rng.randint(0, self.p.disk_ms), "saved", (nid, node.epoch, ready))
+        node.disk.save(self._ev_saved, (nid, node.epoch, ready))
 
     def _saved(self, nid: str, ready: Ready) -> None:
         node = self.nodes[nid]
@@ -272,20 +241,21 @@ class Sim:
         assert r is not None
         node.store.save(ready.persist)      # the durability point
         self.stats["saves"] += 1
-        self._check_save(nid, ready.persist)
+        self.oracle.saved(nid, ready.persist)
         if ready.install is not None:
             self._install(node, ready.install)
         for slot, value in ready.committed:
-            self._apply(node, slot, value)
+            self.oracle.applied_entry(nid, slot, value)
         self._send_all(nid, ready.messages)
         node.saving = False
         r.advance()
-        if node.applied - r.status().snapshot_index >= self.p.snapshot_every and node.applied > 0:
-            data = f"{node.applied}:{node.chain}:".encode() + b"." * self.p.snapshot_pad
-            known = self.snapshot_data.setdefault(node.applied, data)
+        applied, chain = self.oracle.applied[nid], self.oracle.chain[nid]
+        if applied - r.status().snapshot_index >= self.p.snapshot_every and applied > 0:
+            data = f"{applied}:{chain}:".encode() + b"." * self.p.snapshot_pad
+            known = self.snapshot_data.setdefault(applied, data)
             if known != data:
-                self._violate(f"{nid} snapshotted different bytes at {node.applied}")
-            r.compact(Snapshot(node.applied, data))
+                self._violate(f"{nid} snapshotted different bytes at {applied}")
+            r.compact(Snapshot(applied, data))
         self._pump(nid)
 
     def _send_all(self, src: str, msgs: list[Outbound]) -> None:
@@ -293,70 +263,34 @@ class Sim:
             self._transmit(src, o.dst, o.msg)
 
     def _transmit(self, src: str, dst: str, msg: Message) -> None:
-        if src == dst:
-            self._at(self.now, "deliver", (dst, msg))
-            return
-        if self.faults and ((src, dst) in self.blocked or self.rng.random() < self.p.loss):
-            self.stats["dropped"] += 1
-            return
+        self.net.send(src, dst, self._ev_deliver, (dst, msg), on_the_wire=self._on_the_wire)
+
+    def _on_the_wire(self, data: tuple[str, Message]) -> tuple[str, Message]:
+        """A message the network did not drop: count chunks, and now and then damage a
+        snapshot chunk's bytes (the checksum must catch it)."""
+        dst, msg = data
         if isinstance(msg, SnapshotChunk):
             self.stats["snapshot_chunks"] += 1
-            if self.faults and msg.data and self.rng.random() < self.p.corrupt:
+            if self.net.faults and msg.data and self.rng.random() < self.p.corrupt:
                 i = self.rng.randrange(len(msg.data))
                 bad = msg.data[:i] + bytes([msg.data[i] ^ 0x5A]) + msg.data[i + 1:]
-                msg = SnapshotChunk(msg.src, msg.snapshot, msg.offset, bad)
                 self.stats["corrupted"] += 1
+                return dst, SnapshotChunk(msg.src, msg.snapshot, msg.offset, bad)
         elif isinstance(msg, Promise) and msg.next_slot:
             self.stats["promise_chunks"] += 1
-        copies = 2 if self.faults and self.rng.random() < self.p.dup else 1
-        for _ in range(copies):
-            self._at(self.now + self.rng.randint(0, self.p.max_delay_ms), "deliver", (dst, msg))
+        return data
 
     # ---------------------------------------------------------------- oracle
 
     def _violate(self, what: str) -> None:
         self.violations.append(f"t={self.now} {what}")
 
-    def _check_save(self, nid: str, p: Persist) -> None:
-        if p.promised is not None:
-            prev = self.max_promised.get(nid)
-            if prev is not None and p.promised < prev and self.mutation != "forget_promise":
-                self._violate(f"{nid} promised ballot went down {prev} -> {p.promised}")
-            if prev is None or p.promised > prev:
-                self.max_promised[nid] = p.promised
-        for e in p.entries:
-            key = (e.slot, e.ballot)
-            if key in self.vote_value and self.vote_value[key] != e.value:
-                self._violate(f"two values accepted for slot {e.slot} at {e.ballot}")
-            self.vote_value[key] = e.value
-            voters = self.votes.setdefault(key, set())
-            voters.add(nid)
-            if len(voters) >= self.quorum:
-                self._chosen(e.slot, e.value)
-
     def _chosen(self, slot: Slot, value: Value) -> None:
-        old = self.chosen.get(slot)
-        if old is not None and old != value:
-            self._violate(f"slot {slot} chosen twice: {old!r} then {value!r}")
-            return
-        if old is None:
-            self.chosen[slot] = value
-            for c in value:
-                if c not in self.proposed:
-                    self._violate(f"slot {slot} chose {c!r}, which nobody proposed")
-                self.seen_chosen.add(c)
-                self.outstanding.discard(c)
-
-    def _apply(self, node: _Node, slot: Slot, value: Value) -> None:
-        if slot != node.applied + 1:
-            self._violate(f"{node.id} applied slot {slot} after {node.applied}")
-        if self.chosen.get(slot) != value:
-            self._violate(f"{node.id} applied {value!r} at slot {slot}; chosen is {self.chosen.get(slot)!r}")
-        node.applied = slot
-        node.chain = _h(node.chain, slot, value)
-        known = self.chain_at.setdefault(slot, node.chain)
-        if known != node.chain:
-            self._violate(f"{node.id} applied prefix through {slot} differs from another node's")
+        for c in value:
+            if c not in self.proposed:
+                self._violate(f"slot {slot} chose {c!r}, which nobody proposed")
+            self.seen_chosen.add(c)
+            self.outstanding.discard(c)
 
     def _install(self, node: _Node, snap: Snapshot) -> None:
         self.stats["installs"] += 1
@@ -367,10 +301,7 @@ class Sim:
         index_s, chain, _ = snap.data.decode().split(":", 2)
         if int(index_s) != snap.index:
             self._violate(f"snapshot label {index_s} != index {snap.index}")
-        known = self.chain_at.get(snap.index)
-        if known is not None and known != chain:
-            self._violate(f"{node.id} installed a snapshot whose prefix differs at {snap.index}")
-        node.applied, node.chain = snap.index, chain
+        self.oracle.installed(node.id, snap.index, chain)
 
     # ---------------------------------------------------------------- faults and clients
 
@@ -401,12 +332,12 @@ class Sim:
                               None, slot)
         self.stats["forged"] += 1
         # Delivered at once: by the time a queued copy arrived, nid might have asked src.
-        self._note("forge", nid, src)
+        self.world.note("forge", nid, src)
         r.receive(forged, self._local_now(nid))
         self._pump(nid)
 
     def _propose(self) -> None:
-        if self.faults:
+        if self.faults.active:
             self.next_cmd += 1
             cmd = f"c{self.next_cmd}".encode()
             self.proposed.add(cmd)
@@ -423,82 +354,63 @@ class Sim:
                     self.last_try[c] = self.now
             self._pump(target)
 
-    def _crash_or_restart(self) -> None:
-        nid = self.rng.choice(self.ids)
-        node = self.nodes[nid]
-        if node.replica is not None:
-            down = sum(1 for n in self.nodes.values() if n.replica is None)
-            if down + 1 < self.p.nodes:
-                node.replica = None
-                node.epoch += 1
-                self.stats["crashes"] += 1
-                self._note("crash", nid)
-        else:
-            if self.rng.random() < self.p.disk_loss and self._may_wipe(nid):
-                # The disk is gone: a blank store, marked as a replacement (or not, in
-                # the known-bad variant). Its promises are legitimately forgotten.
-                node.store = MemoryStore()
-                node.store.rebuilding = self.mutation != "wiped_node_votes"
-                self.max_promised.pop(nid, None)
-                self.stats["wipes"] = self.stats.get("wipes", 0) + 1
-                self._note("wipe", nid)
-            self._boot(nid)
-            self._note("restart", nid)
+    # ---------------------------------------------------------------- world.Host
 
-    def _may_wipe(self, nid: str) -> bool:
+    def is_up(self, nid: str) -> bool:
+        return self.nodes[nid].replica is not None
+
+    def crash(self, nid: str) -> None:
+        node = self.nodes[nid]
+        node.replica = None
+        node.epoch += 1
+        node.disk.crash()
+        self.stats["crashes"] += 1
+        self.world.note("crash", nid)
+
+    def restart(self, nid: str, wipe: bool) -> None:
+        node = self.nodes[nid]
+        if wipe:
+            # The disk is gone: a blank store, marked as a replacement (or not, in
+            # the known-bad variant). Its promises are legitimately forgotten.
+            node.store = MemoryStore()
+            node.store.rebuilding = self.mutation != "wiped_node_votes"
+            self.oracle.disk_lost(nid)
+            self.stats["wipes"] = self.stats.get("wipes", 0) + 1
+            self.world.note("wipe", nid)
+        self._boot(nid)
+        self.world.note("restart", nid)
+
+    def may_wipe(self, nid: str) -> bool:
         # Paxos tolerates f lost disks only while a majority keeps its memory: never wipe
         # when another member is still rebuilding (that would be two lost disks at once).
         return not any(n.store.rebuilding for i, n in self.nodes.items() if i != nid)
 
-    def _repartition(self) -> None:
-        self.blocked.clear()
-        kind = self.rng.choice(("none", "isolate", "split", "asym", "bridge"))
-        ids = list(self.ids)
-        self.rng.shuffle(ids)
-        if kind == "isolate":
-            a = ids[0]
-            for b in ids[1:]:
-                self.blocked |= {(a, b), (b, a)}
-        elif kind == "split":
-            k = self.rng.randint(1, len(ids) - 1)
-            for a in ids[:k]:
-                for b in ids[k:]:
-                    self.blocked |= {(a, b), (b, a)}
-        elif kind == "asym":
-            for _ in range(self.rng.randint(1, len(ids))):
-                a, b = self.rng.sample(ids, 2)
-                self.blocked.add((a, b))
-        elif kind == "bridge":
-            mid, rest = ids[0], ids[1:]
-            half = len(rest) // 2
-            for a in rest[:half]:
-                for b in rest[half:]:
-                    self.blocked |= {(a, b), (b, a)}
-            del mid
-        self._note("partition", kind, sorted(self.blocked))
+    def repartitioned(self, kind: str) -> None:
+        self.world.note("partition", kind, sorted(self.net.blocked))
+
+    def healed(self) -> None:
+        self.world.note("heal")
+        for nid in self.ids:
+            if self.nodes[nid].replica is None:
+                self._boot(nid)
 
     # ---------------------------------------------------------------- main loop
 
     def run(self) -> Result:
         for nid in self.ids:
             self._boot(nid)
-        self._at(self.p.propose_every_ms, "propose", None)
-        self._at(self.p.crash_every_ms, "crash", None)
-        self._at(self.p.partition_every_ms, "partition", None)
-        self._at(self.p.safety_ms, "heal", None)
-        self._at(self.p.forge_every_ms, "forge", None)
+        self.world.at(self.p.propose_every_ms, self._ev_propose)
+        self.faults.start()
+        self.world.at(self.p.forge_every_ms, self._ev_forge)
         end = self.p.safety_ms + self.p.heal_ms
-        handlers = self._handlers()
-        while self.queue and not self.violations:
-            t, _, kind, data = heapq.heappop(self.queue)
-            if t > end:
-                break
-            self.now = t
+        while not self.violations:
             try:
-                handlers[kind](data)
+                if not self.world.run_one(end):
+                    break
             except SafetyViolation as e:    # a node caught a broken invariant itself
-                self._violate(f"{kind}: a node raised SafetyViolation: {e}")
-            if not self.faults and not self.outstanding and self._converged():
+                self._violate(f"a node raised SafetyViolation: {e}")
+                break
+            if not self.faults.active and not self.outstanding and self._converged():
                 break
         if not self.violations:
             if self.outstanding:
@@ -507,21 +419,15 @@ class Sim:
             elif not self._converged():
                 self._violate("after healing, replicas did not converge on the chosen log "
                               "(or a replaced node never regained its vote)")
-        return Result(self.seed, self.p, self.violations, self.trace.hexdigest(),
-                      len(self.chosen), len(self.outstanding), dict(self.stats))
-
-    def _handlers(self) -> dict[str, Callable[[Any], None]]:
-        return {
-            "tick": self._ev_tick, "deliver": self._ev_deliver, "saved": self._ev_saved,
-            "propose": self._ev_propose, "crash": self._ev_crash,
-            "partition": self._ev_partition, "heal": self._ev_heal, "forge": self._ev_forge,
-        }
+        self.stats["dropped"] = self.net.dropped
+        return Result(self.seed, self.p, self.violations, self.world.trace_hash(),
+                      len(self.oracle.chosen), len(self.outstanding), dict(self.stats))
 
     def _converged(self) -> bool:
-        top = max(self.chosen, default=0)
+        top = max(self.oracle.chosen, default=0)
         # A replaced node must also have earned its vote back.
-        return all(n.replica is not None and n.applied >= top and n.replica.status().voting
-                   for n in self.nodes.values())
+        return all(n.replica is not None and self.oracle.applied[n.id] >= top
+                   and n.replica.status().voting for n in self.nodes.values())
 
     def _ev_tick(self, data: Any) -> None:
         nid, epoch = data
@@ -533,7 +439,7 @@ class Sim:
         if node.replica.role is Role.CANDIDATE and was is not Role.CANDIDATE:
             self.stats["elections"] += 1
         self._pump(nid)
-        self._at(self.now + 10, "tick", (nid, epoch))
+        self.world.at(self.now + 10, self._ev_tick, (nid, epoch))
 
     def _ev_deliver(self, data: Any) -> None:
         nid, msg = data
@@ -541,7 +447,7 @@ class Sim:
         if node.replica is None:
             return
         self.stats["delivered"] += 1
-        self._note("deliver", nid, type(msg).__name__, getattr(msg, "src", ""))
+        self.world.note("deliver", nid, type(msg).__name__, getattr(msg, "src", ""))
         node.replica.receive(msg, self._local_now(nid))
         self._pump(nid)
 
@@ -554,30 +460,13 @@ class Sim:
 
     def _ev_propose(self, _: Any) -> None:
         self._propose()
-        self._at(self.now + (self.p.propose_every_ms if self.faults else 100), "propose", None)
-
-    def _ev_crash(self, _: Any) -> None:
-        if self.faults:
-            self._crash_or_restart()
-            self._at(self.now + self.rng.randint(1, 2 * self.p.crash_every_ms), "crash", None)
-
-    def _ev_partition(self, _: Any) -> None:
-        if self.faults:
-            self._repartition()
-            self._at(self.now + self.rng.randint(1, 2 * self.p.partition_every_ms), "partition", None)
+        self.world.at(self.now + (self.p.propose_every_ms if self.faults.active else 100),
+                      self._ev_propose)
 
     def _ev_forge(self, _: Any) -> None:
-        if self.faults:
+        if self.faults.active:
             self._forge()
-            self._at(self.now + self.rng.randint(1, 2 * self.p.forge_every_ms), "forge", None)
-
-    def _ev_heal(self, _: Any) -> None:
-        self.faults = False
-        self.blocked.clear()
-        self._note("heal")
-        for nid in self.ids:
-            if self.nodes[nid].replica is None:
-                self._boot(nid)
+            self.world.at(self.now + self.rng.randint(1, 2 * self.p.forge_every_ms), self._ev_forge)
 
 
 def run(seed: int, mutation: str | None = None, nodes: int | None = None) -> Result:

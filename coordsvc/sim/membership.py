@@ -1,13 +1,14 @@
 """Membership changes under faults: the replica simulator with an operator at the console.
 
-Built on ``cluster.Sim`` (same network, disk, clock, crashes and partitions, same seed
-discipline), with an operator who, every so often, asks the leader to add a node (a new
-id, or one removed before: the replace path), remove a member (a voter, a learner, or the
-leader itself, which hands over first) or transfer leadership. A node whose add is chosen
+Built on ``cluster.Sim`` (the shared ``world.py``: same network, disks, clock, crash and
+partition timers, same seed discipline), with an operator who, every so often, asks the
+leader to add a node (a new id, or one removed before: the replace path), remove a member
+(a voter, a learner, or the leader itself, which hands over first) or transfer leadership. A node whose add is chosen
 is started blank (it learns its configuration and membership from the leader); a node
 that applied its own removal stops and is never started again.
 
-The oracle knows no fixed quorum: a slot is chosen when a majority of the voters of
+The oracle (:class:`ConfigOracle`, the shared ``oracle.SlotOracle`` with another
+quorum rule) knows no fixed quorum: a slot is chosen when a majority of the voters of
 config(slot) -- computed from the values the oracle itself saw chosen below it, each vote
 counted at the incarnation the voter had when it saved it -- accepted one value at one
 ballot. Beside per-slot agreement it checks the rule the safety argument rests on: a
@@ -24,6 +25,7 @@ ignoring the configurations the recovered changes create).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,7 +35,9 @@ from ..core.messages import Accepted
 from ..core.replica import Replica, Role
 from ..core.types import Ballot, Persist, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
-from .cluster import Params, Sim, _Node
+from .cluster import Params, Result, Sim, _Node
+from .oracle import SlotOracle
+from .world import Disk, Faults
 
 MUTATIONS = ("two_changes_in_flight", "learner_votes", "ignore_recovered_config")
 
@@ -117,6 +121,114 @@ _MUTANTS: dict[str, type[Replica]] = {
 }
 
 
+class ConfigOracle(SlotOracle):
+    """Per-slot agreement where the quorum of slot ``s`` is a majority of the voters of
+    config(s), and the drain rule: a change is accepted at slot ``j`` only once every slot
+    below ``j`` is chosen."""
+
+    def __init__(self, boot: Membership, incarnation_of: Callable[[str], int | None],
+                 violate: Callable[[str], None],
+                 on_chosen: Callable[[Slot, Value], None] | None = None) -> None:
+        super().__init__(0, self._violation, on_chosen)
+        self.boot = boot
+        self.incarnation_of = incarnation_of       # a node's incarnation now (None: unknown)
+        self._report = violate
+        self.failed = False
+        # votes by (slot, ballot) as (node, incarnation); slots that ever held a change
+        self.mvotes: dict[tuple[Slot, Ballot], set[tuple[str, int]]] = {}
+        self.change_slots: set[Slot] = set()
+        self.pending: set[tuple[Slot, Ballot]] = set()
+
+    def _violation(self, what: str) -> None:
+        self.failed = True
+        self._report(what)
+
+    def saved(self, nid: str, p: Persist) -> None:
+        if p.promised is not None:
+            self._promised(nid, p.promised)
+        inc = self.incarnation_of(nid)
+        if p.incarnation is not None:
+            inc = p.incarnation
+        for e in p.entries:
+            key = (e.slot, e.ballot)
+            self._accepted(key, e.value)
+            if change_in(e.value) is not None:
+                self.change_slots.add(e.slot)
+                # The drain rule: a change is accepted only once every slot below it is chosen.
+                missing = [s for s in range(1, e.slot) if s not in self.chosen]
+                if missing:
+                    self.violate(f"a change was accepted at slot {e.slot} while slot "
+                                 f"{missing[0]} was not chosen (two changes in flight?)")
+            if inc is not None:
+                self.mvotes.setdefault(key, set()).add((nid, inc))
+            self.pending.add(key)
+        self.settle()
+
+    def config_at(self, slot: Slot) -> Membership | None:
+        """config(slot) from what the oracle saw chosen; None while a slot below it that
+        ever held a change is not known chosen."""
+        c = self.boot
+        for s in sorted(x for x in self.change_slots if x < slot):
+            v = self.chosen.get(s)
+            if v is None:
+                return None
+            ch = change_in(v)
+            if ch is not None:
+                try:
+                    c = c.apply(ch, s)
+                except Exception as e:
+                    self.violate(f"the change chosen at slot {s} does not apply: {e}")
+                    return None
+        return c
+
+    def settle(self) -> None:
+        """Choose every pending (slot, ballot) whose votes now make a quorum of its config."""
+        progress = True
+        while progress and not self.failed:
+            progress = False
+            for key in sorted(self.pending):
+                slot, _ = key
+                if slot in self.chosen and self.vote_value.get(key) == self.chosen[slot]:
+                    self.pending.discard(key)
+                    continue
+                c = self.config_at(slot)
+                if c is None:
+                    continue
+                if c.is_quorum(self.mvotes.get(key, set())):
+                    self.pending.discard(key)
+                    before = len(self.chosen)
+                    self._chosen(slot, self.vote_value[key])
+                    progress = progress or len(self.chosen) > before
+
+    def applied_entry(self, nid: str, slot: Slot, value: Value) -> None:
+        if slot not in self.chosen:
+            self.settle()
+        super().applied_entry(nid, slot, value)
+
+
+class _MemberFaults(Faults):
+    """The shared crash timer, over the members still running: a node that applied its
+    own removal is never restarted, and a majority of the rest stays up."""
+
+    def __init__(self, sim: MembershipSim) -> None:
+        p = sim.p
+        super().__init__(sim.world, sim.net, sim, sim.ids, p.crash_every_ms,
+                         p.partition_every_ms, p.disk_loss, p.safety_ms)
+        self.sim = sim
+        self.ids = sim.ids      # the same list: a node added joins the partition draws
+
+    def crash_or_restart(self) -> None:
+        sim = self.sim
+        live = [i for i in sim.ids if i not in sim.removed]
+        nid = self.world.rng.choice(live)
+        if sim.is_up(nid):
+            down = sum(1 for i in live if not sim.is_up(i))
+            if down + 1 < (len(live) + 1) // 2:
+                sim.crash(nid)
+        else:
+            sim.restart(nid, False)
+
+
 @dataclass
 class _Ask:
     """What the operator last asked for (one at a time, like `coordctl member ...`)."""
@@ -131,18 +243,8 @@ class MembershipSim(Sim):
                  params: Params | None = None) -> None:
         if mutation is not None and mutation not in MUTATIONS:
             raise ValueError(f"unknown mutation {mutation}")
-        super().__init__(seed, None, nodes or 3, params)
-        # No lost disks here (the rebuilding rule has its own simulation); snapshots often.
-        # A node added late copies the whole log (no snapshot when snapshot_every is
-        # large) at one entry per round trip under 16-byte budgets: give healing longer.
-        p = replace(self.p, disk_loss=0.0, forge_every_ms=10**9, heal_ms=40_000)
-        if mutation is not None:
-            p = replace(p, crash_every_ms=self.rng.choice((150, 10**9)),
-                        partition_every_ms=self.rng.choice((100, 250)), max_delay_ms=20,
-                        loss=max(p.loss, 0.05))
-        self.p = p
-        self.mutation = None              # the base class's replica mutations: none here
         self.member_mutation = mutation
+        super().__init__(seed, None, nodes or 3, params)
         self.boot = list(self.ids)
         self.drift_of = dict(zip(self.ids, self.p.drift, strict=True))
         # Changes come often when hunting a planted bug: the phase-1 chain only matters
@@ -150,15 +252,29 @@ class MembershipSim(Sim):
         self.change_every_ms = self.rng.choice((30, 60, 120)) if mutation else \
             self.rng.choice((100, 200, 400, 800))
         self.removed: set[str] = set()          # stopped for good
-        self.incarnations: dict[str, int | None] = {i: 0 for i in self.ids}
-        # oracle: votes by (slot, ballot) as (node, incarnation); accepted change slots
-        self.mvotes: dict[tuple[Slot, Ballot], set[tuple[str, int]]] = {}
-        self.change_slots: set[Slot] = set()
-        self.pending: set[tuple[Slot, Ballot]] = set()
         self.boot_config = Membership.bootstrap(self.boot)
+        self.config_oracle = ConfigOracle(self.boot_config, self._incarnation, self._violate,
+                                          self._chosen)
+        self.oracle = self.config_oracle
+        self.faults = _MemberFaults(self)
         self.ask: _Ask | None = None
         self.stats.update({"changes_asked": 0, "changes_chosen": 0, "joined": 0, "removed": 0,
                            "transfers": 0, "refused": 0})
+
+    def _tuned(self, p: Params, mutation: str | None) -> Params:
+        # No lost disks here (the rebuilding rule has its own simulation); snapshots often.
+        # A node added late copies the whole log (no snapshot when snapshot_every is
+        # large) at one entry per round trip under 16-byte budgets: give healing longer.
+        p = replace(p, disk_loss=0.0, forge_every_ms=10**9, heal_ms=40_000)
+        if self.member_mutation is not None:
+            p = replace(p, crash_every_ms=self.rng.choice((150, 10**9)),
+                        partition_every_ms=self.rng.choice((100, 250)), max_delay_ms=20,
+                        loss=max(p.loss, 0.05))
+        return p
+
+    def _incarnation(self, nid: str) -> int | None:
+        r = self.nodes[nid].replica
+        return None if r is None else r.incarnation
 
     # ---------------------------------------------------------------- nodes
 
@@ -173,20 +289,21 @@ class MembershipSim(Sim):
                            self._local_now(nid), self.cfg, leadership=Functional())
         node.saving = False
         node.epoch += 1
-        node.chain, node.applied = "", 0
-        self._at(self.now + 1, "tick", (nid, node.epoch))
+        self.oracle.booted(nid)
+        self.world.at(self.now + 1, self._ev_tick, (nid, node.epoch))
 
     def _start_joining(self, nid: str) -> None:
         store = MemoryStore()
         store.incarnation = None
         old = self.nodes.get(nid)
-        # A fresh epoch range: nothing queued for the old process reaches the new one.
-        self.nodes[nid] = _Node(nid, store, epoch=0 if old is None else old.epoch + 1000)
+        # A fresh disk and epoch range: nothing queued for the old process reaches the new one.
+        self.nodes[nid] = _Node(nid, store, Disk(self.world, self.p.disk_ms),
+                                epoch=0 if old is None else old.epoch + 1000)
         if nid not in self.ids:
             self.ids.append(nid)
         self.drift_of.setdefault(nid, round(self.rng.uniform(0.9, 1.1), 3))
         self.stats["joined"] += 1
-        self._note("join", nid)
+        self.world.note("join", nid)
         self._boot(nid)
 
     def _saved(self, nid: str, ready: Any) -> None:
@@ -197,29 +314,17 @@ class MembershipSim(Sim):
             # It applied its own removal: stopped, and never started again.
             node.replica = None
             node.epoch += 1
+            node.disk.crash()
             self.removed.add(nid)
             self.stats["removed"] += 1
-            self._note("removed", nid)
+            self.world.note("removed", nid)
 
-    def _crash_or_restart(self) -> None:
-        live = [i for i in self.ids if i not in self.removed]
-        nid = self.rng.choice(live)
-        node = self.nodes[nid]
-        if node.replica is not None:
-            down = sum(1 for i in live if self.nodes[i].replica is None)
-            if down + 1 < (len(live) + 1) // 2:
-                node.replica = None
-                node.epoch += 1
-                self.stats["crashes"] += 1
-                self._note("crash", nid)
-        else:
-            self._boot(nid)
-            self._note("restart", nid)
+    def restart(self, nid: str, wipe: bool) -> None:
+        if nid not in self.removed:
+            super().restart(nid, wipe)
 
-    def _ev_heal(self, _: Any) -> None:
-        self.faults = False
-        self.blocked.clear()
-        self._note("heal")
+    def healed(self) -> None:
+        self.world.note("heal")
         for nid in self.ids:
             if self.nodes[nid].replica is None and nid not in self.removed:
                 self._boot(nid)
@@ -237,7 +342,7 @@ class MembershipSim(Sim):
         if self.ask is not None and self.now - self.ask.since_ms < 3000:
             # Like an impatient operator, sometimes ask again before the last change is
             # chosen: the leader must refuse (one change in flight).
-            if not self._ask_done(cfg) and (not self.faults or self.rng.random() < 0.7):
+            if not self._ask_done(cfg) and (not self.faults.active or self.rng.random() < 0.7):
                 return
         if self.ask is not None and self._ask_done(cfg):
             self.ask = None
@@ -267,12 +372,12 @@ class MembershipSim(Sim):
             nid = self.rng.choice(others)
             self.stats["transfers"] += 1
             why = lead.transfer_leadership(nid)
-            self._note("transfer", nid, why)
+            self.world.note("transfer", nid, why)
             self._pump(lead_id)
             return
         self.stats["changes_asked"] += 1
         why = lead.request_change(change)
-        self._note("ask", kind, nid, why)
+        self.world.note("ask", kind, nid, why)
         if why is not None:
             self.stats["refused"] += 1
             return
@@ -299,86 +404,17 @@ class MembershipSim(Sim):
 
     def _ev_operate(self, _: Any) -> None:
         self._operate()
-        if self.faults or self.ask is not None:
-            self._at(self.now + self.rng.randint(1, 2 * self.change_every_ms), "operate", None)
+        if self.faults.active or self.ask is not None:
+            self.world.at(self.now + self.rng.randint(1, 2 * self.change_every_ms),
+                          self._ev_operate)
 
     # ---------------------------------------------------------------- oracle
 
-    def _config_at(self, slot: Slot) -> Membership | None:
-        """config(slot) from what the oracle saw chosen; None while a slot below it that
-        ever held a change is not known chosen."""
-        c = self.boot_config
-        for s in sorted(x for x in self.change_slots if x < slot):
-            v = self.chosen.get(s)
-            if v is None:
-                return None
-            ch = change_in(v)
-            if ch is not None:
-                try:
-                    c = c.apply(ch, s)
-                except Exception as e:
-                    self._violate(f"the change chosen at slot {s} does not apply: {e}")
-                    return None
-        return c
-
-    def _check_save(self, nid: str, p: Persist) -> None:
-        if p.promised is not None:
-            prev = self.max_promised.get(nid)
-            if prev is not None and p.promised < prev:
-                self._violate(f"{nid} promised ballot went down {prev} -> {p.promised}")
-            if prev is None or p.promised > prev:
-                self.max_promised[nid] = p.promised
-        r = self.nodes[nid].replica
-        inc = None if r is None else r.incarnation
-        if p.incarnation is not None:
-            inc = p.incarnation
-        for e in p.entries:
-            key = (e.slot, e.ballot)
-            if key in self.vote_value and self.vote_value[key] != e.value:
-                self._violate(f"two values accepted for slot {e.slot} at {e.ballot}")
-            self.vote_value[key] = e.value
-            if change_in(e.value) is not None:
-                self.change_slots.add(e.slot)
-                # The drain rule: a change is accepted only once every slot below it is chosen.
-                missing = [s for s in range(1, e.slot) if s not in self.chosen]
-                if missing:
-                    self._violate(f"a change was accepted at slot {e.slot} while slot "
-                                  f"{missing[0]} was not chosen (two changes in flight?)")
-            if inc is not None:
-                self.mvotes.setdefault(key, set()).add((nid, inc))
-            self.pending.add(key)
-        self._settle()
-
-    def _settle(self) -> None:
-        progress = True
-        while progress and not self.violations:
-            progress = False
-            for key in sorted(self.pending):
-                slot, _ = key
-                if slot in self.chosen:
-                    if self.vote_value.get(key) == self.chosen[slot]:
-                        self.pending.discard(key)
-                        continue
-                c = self._config_at(slot)
-                if c is None:
-                    continue
-                if c.is_quorum(self.mvotes.get(key, set())):
-                    self.pending.discard(key)
-                    before = len(self.chosen)
-                    self._chosen(slot, self.vote_value[key])
-                    if change_in(self.vote_value[key]) is not None and len(self.chosen) > before:
-                        self.stats["changes_chosen"] += 1
-                    progress = progress or len(self.chosen) > before
-
     def _chosen(self, slot: Slot, value: Value) -> None:
         if change_in(value) is None:
-            super()._chosen(slot, value)
-            return
-        old = self.chosen.get(slot)
-        if old is not None and old != value:
-            self._violate(f"slot {slot} chosen twice: {old!r} then {value!r}")
-        elif old is None:
-            self.chosen[slot] = value        # the leader's or the operator's change
+            super()._chosen(slot, value)     # client commands: proposed by someone
+        else:
+            self.stats["changes_chosen"] += 1    # the leader's or the operator's change
 
     def _ev_deliver(self, data: Any) -> None:
         if data[0] in self.nodes:            # a node not started yet hears nothing
@@ -386,29 +422,19 @@ class MembershipSim(Sim):
 
     def _install(self, node: _Node, snap: Snapshot) -> None:
         super()._install(node, snap)
-        want = self._config_at(snap.index + 1)
+        want = self.config_oracle.config_at(snap.index + 1)
         if snap.config is not None and want is not None and snap.config != want:
             self._violate(f"{node.id} installed a snapshot at {snap.index} whose configuration "
                           f"is not config({snap.index + 1}) of the chosen log")
 
-    def _apply(self, node: _Node, slot: Slot, value: Value) -> None:
-        if slot not in self.chosen:
-            self._settle()
-        super()._apply(node, slot, value)
-
     # ---------------------------------------------------------------- main loop
 
-    def run(self) -> Any:
-        self._at(self.change_every_ms, "operate", None)
+    def run(self) -> Result:
+        self.world.at(self.change_every_ms, self._ev_operate)
         return super().run()
 
-    def _handlers(self) -> dict[str, Any]:
-        h = super()._handlers()
-        h["operate"] = self._ev_operate
-        return h
-
     def _converged(self) -> bool:
-        top = max(self.chosen, default=0)
+        top = max(self.oracle.chosen, default=0)
         lead_id = self._leader()
         if lead_id is None or self.ask is not None:
             return False
@@ -419,10 +445,10 @@ class MembershipSim(Sim):
             return False            # every learner is promoted once caught up
         for m in cfg.members:
             n = self.nodes.get(m.id)
-            if n is None or n.replica is None or n.applied < top:
+            if n is None or n.replica is None or self.oracle.applied.get(m.id, 0) < top:
                 return False
         return True
 
 
-def run(seed: int, mutation: str | None = None, nodes: int | None = None) -> Any:
+def run(seed: int, mutation: str | None = None, nodes: int | None = None) -> Result:
     return MembershipSim(seed, mutation, nodes).run()

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -226,6 +227,8 @@ class SqliteStore:
         self.db_path = path / NODE_DB
         self._failed: str | None = None
         self._save_s: deque[float] = deque(maxlen=SAVE_SAMPLES)
+        # Told the duration of every synchronous save (the runtime's fsync histogram).
+        self.on_sync: Callable[[float], None] | None = None
         self._saves_since_checkpoint = 0
         self._pending_commit: int | None = None
         self._pending_since = 0.0
@@ -427,7 +430,10 @@ class SqliteStore:
         self._snapshot_index = snapshot_index
         self._saves_since_checkpoint += 1
         if sync:
-            self._save_s.append(time.perf_counter() - started)
+            took_s = time.perf_counter() - started
+            self._save_s.append(took_s)
+            if self.on_sync is not None:
+                self.on_sync(took_s)
 
     def save_p99_ms(self) -> float:
         """99th percentile (nearest rank) of the last 1024 save durations, 0.0 if none."""
@@ -444,6 +450,16 @@ class SqliteStore:
             except FileNotFoundError:
                 pass
         return total
+
+    def db_bytes_in_use(self) -> int:
+        """The database's pages in use, as this connection sees it (WAL content included,
+        free pages excluded): what the ``max_db_bytes`` quota measures. Unlike the file
+        size it shrinks once a snapshot has truncated the log."""
+        conn = self._live()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+        return int((pages - free) * size)
 
     def maintain(self) -> None:
         """Fold the WAL back into the database when it has grown; call between batches.

@@ -449,6 +449,8 @@ class Transport:
             tag, decoded = wire.decode(body)  # type: ignore[arg-type]
         except wire.WireError:
             self.counters.bad_frames += 1
+            if len(body) > wire.MAX_FRAME_BYTES:
+                self._refuse_oversize(route, body)
             return None
         if tag == wire.CLIENT_REQUEST:
             self.counters.client_in += 1
@@ -514,6 +516,15 @@ class Transport:
                 "ok": False, "error": "internal",
                 "message": "the reply did not fit in one frame and was dropped"})
         self._nb(self.router, route, body)
+
+    def _refuse_oversize(self, route: bytes, body: bytes | memoryview) -> None:
+        """A request above the frame cap (but within MAX_ROUTER_MESSAGE_BYTES, which ZeroMQ
+        enforces by dropping the connection) is answered, not left to time out."""
+        is_request, rid = wire.oversize_request_id(body)
+        if is_request:
+            self.reply(route, {"id": rid, "ok": False, "error": "bad_request",
+                               "message": f"request of {len(body)} bytes exceeds the "
+                                          f"{wire.MAX_FRAME_BYTES}-byte frame cap"})
 
     def _oversize(self, what: str) -> None:
         self.counters.oversize_sends += 1

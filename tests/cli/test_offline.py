@@ -34,6 +34,8 @@ def test_cluster_init_prints_the_path_and_prepares_every_data_dir(tmp_path: Path
     doc = tomllib.loads(path.read_text())
     assert [n["id"] for n in doc["nodes"]] == ["n1", "n2", "n3"]
     assert [n["address"] for n in doc["nodes"]] == [f"tcp://127.0.0.1:{7300 + i}" for i in (1, 2, 3)]
+    assert [n["publish"] for n in doc["nodes"]] == [f"tcp://127.0.0.1:{7400 + i}" for i in (1, 2, 3)]
+    assert [n["http"] for n in doc["nodes"]] == [f"http://127.0.0.1:{7500 + i}" for i in (1, 2, 3)]
     for n in ("n1", "n2", "n3"):
         assert (tmp_path / "c" / n / "node.db").is_file()
     assert r.stderr == ""

@@ -183,3 +183,44 @@ def test_cluster_up_reports_a_node_that_dies(tmp_path: Path) -> None:
                 pipe.close()
     assert proc.returncode == 0
     assert _serving(d / "cluster.toml") == []
+
+
+# --- exit codes (CONTRACT §9) ------------------------------------------------------------
+
+def test_status_exits_0_with_a_leader_and_a_quorum(cluster: LocalCluster) -> None:
+    r = run("status", *cluster.args())
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
+def test_status_exits_1_when_nodes_answer_but_no_leader_can_be_elected(tmp_path: Path) -> None:
+    c = LocalCluster(tmp_path)
+    try:
+        c.start("n1")            # one of three: it answers, but can never win an election
+        deadline = time.monotonic() + 10
+        while True:
+            r = run("status", "--json", "--timeout", "1", *c.args())
+            st = json.loads(r.stdout)
+            if st["cluster"]["healthy"] == 1 or time.monotonic() > deadline:
+                break
+        assert st["cluster"]["healthy"] == 1 and st["cluster"]["leader"] is None, st
+        assert st["cluster"]["quorum"] is False
+        assert r.returncode == 1, r.stderr
+        assert "no leader" in r.stderr and "1 of 3" in r.stderr
+        table = run("status", "--timeout", "1", *c.args())
+        assert table.returncode == 1 and "quorum no" in table.stdout
+    finally:
+        c.stop()
+
+
+def test_status_exits_1_when_a_majority_is_lost_even_if_a_leader_still_answers(
+        fresh_cluster: LocalCluster) -> None:
+    st = fresh_cluster.wait_for_leader()
+    followers = [n["id"] for n in st["nodes"] if n["role"] != "leader"]
+    for victim in followers:
+        fresh_cluster.kill(victim)   # SIGKILL, by PID
+    r = run("status", "--json", "--timeout", "1", *fresh_cluster.args())
+    st = json.loads(r.stdout)
+    assert st["cluster"]["healthy"] == 1 and st["cluster"]["quorum"] is False, st
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,15 +1,10 @@
 """The history of one fault-injection run: what each client asked for and what it was told.
 
 A client calls `invoke` just before it sends a request and `ok` / `fail` / `unknown` once it
-knows the outcome. The three outcomes are what a checker needs to reason soundly:
-
-- ``ok``      the operation took effect exactly once, somewhere between invoke and complete;
-- ``fail``    it definitely did not take effect (CompareFailed, FenceRejected, ...);
-- ``unknown`` timeout, Unavailable, connection lost: it may have taken effect at any time
-              after invoke -- including long after the client gave up -- or never.
-
-An operation still pending when `ops()` is called is reported as ``unknown``: the run ended
-before the client learned its fate, which is exactly the unknown case.
+knows the outcome (the outcomes are explained in ``coordsvc.sim.history``, where ``Op`` lives
+because the simulator records the same histories). An operation still pending when `ops()`
+is called is reported as ``unknown``: the run ended before the client learned its fate,
+which is exactly the unknown case.
 """
 from __future__ import annotations
 
@@ -17,54 +12,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+from coordsvc.sim.history import STATUSES, Op, Summary, summarize
+
 __all__ = ["Op", "History", "Summary", "summarize", "STATUSES"]
-
-STATUSES = ("ok", "fail", "unknown")
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    """One client operation. Times are `time.monotonic_ns()` readings from one process."""
-
-    process: int
-    kind: str
-    key: str
-    input: object
-    output: object
-    invoke_ns: int
-    complete_ns: int | None
-    status: str
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
-        if self.status != "unknown":
-            if self.complete_ns is None:
-                raise ValueError(f"a {self.status!r} op needs complete_ns")
-            if self.complete_ns < self.invoke_ns:
-                raise ValueError(f"op completes ({self.complete_ns}) before it is invoked "
-                                 f"({self.invoke_ns})")
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    ok: int
-    fail: int
-    unknown: int
-
-    @property
-    def total(self) -> int:
-        return self.ok + self.fail + self.unknown
-
-    def __str__(self) -> str:
-        return f"{self.total} ops: {self.ok} ok, {self.fail} fail, {self.unknown} unknown"
-
-
-def summarize(ops: list[Op]) -> Summary:
-    counts = {s: 0 for s in STATUSES}
-    for op in ops:
-        counts[op.status] += 1
-    return Summary(counts["ok"], counts["fail"], counts["unknown"])
 
 
 @dataclass(slots=True)

@@ -416,7 +416,8 @@ class Nemesis:
                 keys.write_node_key(spec.key_file, victim, pair)
                 public = pair.public
             c.cluster = clusterfile.mark_added(c.cluster, victim, public)
-            cl.member_add(victim, spec.address, publish=spec.publish, public_key=public or "")
+            cl.member_add(victim, spec.address, publish=spec.publish, http=spec.http or "",
+                          public_key=public or "")
         init_data_dir(spec.data_dir, c.cluster.id, victim, joining=True)
         c.start(victim)
         return f"replaced {victim} (leader was {leader})"

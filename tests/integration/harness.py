@@ -25,7 +25,7 @@ _ports = random.Random(os.getpid())
 
 
 def free_base_port(nodes: int) -> int:
-    """A base port whose node ports (base+i, base+100+i) are all free right now."""
+    """A base port whose node ports (base+i, base+100+i, base+200+i) are all free right now."""
     return clusterfile_free_base_port(nodes, _ports)
 
 
@@ -113,13 +113,21 @@ class LocalCluster:
     def endpoints(self) -> list[str]:
         return self.cluster.endpoints
 
-    def start(self, node_id: str | None = None) -> None:
+    def start(self, node_id: str | None = None, *args: str) -> None:
+        """Start one node (or all), with extra ``serve`` flags (``--log-format json``)."""
         for nid in [node_id] if node_id else self.ids:
             log = open(self.root / f"{nid}.log", "ab")
             self.procs[nid] = subprocess.Popen(
-                [sys.executable, "-m", "coordsvc.runtime", "--cluster", str(self.file), "--node", nid],
+                [sys.executable, "-m", "coordsvc.runtime", "--cluster", str(self.file), "--node", nid,
+                 *args],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             log.close()
+
+    def http(self, node_id: str) -> str:
+        """The base URL of a node's HTTP endpoints (metrics, health, dashboard)."""
+        url = self.cluster.node(node_id).http
+        assert url is not None
+        return url
 
     def signal(self, node_id: str, sig: int) -> None:
         self.procs[node_id].send_signal(sig)

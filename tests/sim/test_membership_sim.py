@@ -12,21 +12,14 @@ from coordsvc.core.replica import Replica, Role
 from coordsvc.sim.membership import MUTATIONS, MembershipSim, _IgnoreChainReplica
 from tests.unit.helpers import BOOT, MNet, add, remove
 
+from .seeds import seeds as _seeds
+
 # Whole runs of changes under loss, partitions and crashes; `make sim` runs many more.
 CI_SEEDS = 60
 
 
-def _seeds(config: pytest.Config, n: int) -> list[int]:
-    one = config.getoption("--seed")
-    if one is not None:
-        return [one]
-    first = config.getoption("--first-seed")
-    return list(range(first, first + min(n, config.getoption("--seeds"))))
-
-
 def test_membership_changes_stay_safe_and_converge(pytestconfig: pytest.Config) -> None:
-    seeds = _seeds(pytestconfig, CI_SEEDS if pytestconfig.getoption("--seeds") <= 300
-                   else pytestconfig.getoption("--seeds"))
+    seeds = _seeds(pytestconfig, CI_SEEDS)
     failures, totals = [], {"changes_chosen": 0, "joined": 0, "removed": 0, "refused": 0}
     for seed in seeds:
         r = MembershipSim(seed).run()

@@ -8,13 +8,13 @@ import pytest
 
 from coordsvc.sim.cluster import MUTATIONS, Result, run
 
+from .seeds import seeds
+
+CI_SEEDS = 300
+
 
 def _seeds(config: pytest.Config) -> list[int]:
-    one = config.getoption("--seed")
-    if one is not None:
-        return [one]
-    first = config.getoption("--first-seed")
-    return list(range(first, first + config.getoption("--seeds")))
+    return seeds(config, CI_SEEDS)
 
 
 def _describe(r: Result) -> str:

@@ -23,6 +23,7 @@ from coordsvc.client._transport import Cancelled
 from coordsvc.client.errors import CoordError
 from coordsvc.core.machine import Machine
 from coordsvc.core.messages import Message, Outbound
+from coordsvc.core.quotas import Quotas
 from coordsvc.core.service import Service
 from coordsvc.core.types import Config
 from coordsvc.storage.memory import MemoryStore
@@ -51,11 +52,12 @@ class LocalNode:
     cluster never gets a quorum), run by a thread until ``stop()``."""
 
     def __init__(self, node_id: str = "n1", members: Sequence[str] = ("n1",),
-                 config: Config = FAST, seed: int = 1) -> None:
+                 config: Config = FAST, seed: int = 1, quotas: Quotas = Quotas()) -> None:
         self.id = node_id
         self.store = MemoryStore()
         self.service = Service(node_id, {m: f"tcp://127.0.0.1:{i + 1}" for i, m in enumerate(members)},
-                               self.store.load(), random.Random(seed), now_ms(), config)
+                               self.store.load(), random.Random(seed), now_ms(), config,
+                               quotas=quotas)
         self.received: list[Reply] = []      # every request map the node decoded, in order
         self._cv = threading.Condition()
         self._inbox: list[tuple[object, bytes]] = []
@@ -74,6 +76,11 @@ class LocalNode:
     def status(self) -> dict[str, Any]:
         with self._cv:
             return self.service.status()
+
+    def run(self, fn: Callable[[Service], Any]) -> Any:
+        """``fn(service)`` under the node's lock, between two turns of its loop."""
+        with self._cv:
+            return fn(self.service)
 
     def ops(self, op: str) -> list[Reply]:
         with self._cv:

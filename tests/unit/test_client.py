@@ -201,7 +201,7 @@ def test_a_refused_request_is_answered_bad_request_by_the_node(node: LocalNode) 
     now = time.monotonic()
     for payload, why in [({"op": "get"}, "missing field 'key'"),
                          ({"op": "get", "key": 5}, "must be str"),
-                         ({"op": "watch", "after": -1}, "after must be >= 0"),
+                         ({"op": "watch", "after": -1}, "field 'after' must be in [0, 2**63 - 1]"),
                          ({"op": "nope"}, "unknown op")]:
         reply = transport.request(A, payload, now + 2.0, now + 2.0)
         assert reply is not None and reply["ok"] is False and reply["error"] == "bad_request"
@@ -237,6 +237,22 @@ def test_limits_are_checked_before_sending(net: Faults) -> None:
     lambda c: c.acquire("l", ttl="5"), lambda c: c.acquire("l", ttl=math.nan),
     lambda c: c.acquire("l", ttl=math.inf), lambda c: c.acquire("l", timeout="5"),
     lambda c: c.acquire("l", timeout=-1), lambda c: c.acquire("l", timeout=math.nan),
+    lambda c: c.acquire("l", timeout=math.inf), lambda c: c.acquire("l", ttl=-1),
+    lambda c: c.acquire("l", ttl=1e300), lambda c: c.acquire("l", timeout=True),
+    lambda c: c.acquire("l", ttl=2**1100), lambda c: c.acquire("l", timeout=2**1100),
+    lambda c: c.watch("p", start_revision=2**70), lambda c: c.watch("p" * 513),
+    lambda c: c.put("k", "v", if_revision=2**70), lambda c: c.delete("k", if_revision=2**64),
+    lambda c: c.list("p", limit=0), lambda c: c.list("p", limit=True),
+    lambda c: c.list("p", limit="2"), lambda c: c.list("p", limit=2**70),
+    lambda c: c.list("p", start_after="a\x00"), lambda c: c.history(""), lambda c: c.history("k" * 513),
+    lambda c: c.member_add("", "tcp://127.0.0.1:7104"), lambda c: c.member_add("n4", ""),
+    lambda c: c.member_add(4, "tcp://127.0.0.1:7104"), lambda c: c.member_add("n4", 7104),
+    lambda c: c.member_add("n" * 65, "tcp://127.0.0.1:7104"),
+    lambda c: c.member_add("n4", "tcp://127.0.0.1:7104", public_key="k" * 513),
+    lambda c: c.member_add("\udc80", "tcp://127.0.0.1:7104"),
+    lambda c: c.member_add("n4", "tcp://127.0.0.1:7104", timeout_s=-1),
+    lambda c: c.member_remove(None), lambda c: c.member_remove("n2", timeout_s="5"),
+    lambda c: c.transfer_leader(""), lambda c: c.transfer_leader("n2", timeout_s=math.nan),
 ])
 def test_bad_arguments_raise_invalid_request_and_send_nothing(net: Faults, call: Any) -> None:
     with client(net) as c:
@@ -249,7 +265,7 @@ def test_bad_arguments_raise_invalid_request_and_send_nothing(net: Faults, call:
     {"endpoints": "tcp://127.0.0.1:1"}, {"endpoints": []}, {"endpoints": [5]},
     {"endpoints": ["udp://127.0.0.1:1"]}, {"endpoints": ["tcp://127.0.0.1:99999"]},
     {"endpoints": 7}, {"timeout": "5"}, {"timeout": math.nan}, {"timeout": math.inf},
-    {"timeout": -1.0}, {"timeout": 0}, {"timeout": True},
+    {"timeout": -1.0}, {"timeout": 0}, {"timeout": True}, {"timeout": 2**1100},
 ])
 def test_client_construction_refuses_bad_arguments_with_invalid_request(
         kwargs: dict[str, Any], net: Faults) -> None:
@@ -597,7 +613,7 @@ def test_status_marks_an_unreachable_member_with_null_fields(node: LocalNode, ne
     assert st["cluster"] == {"name": "test", "leader": "n1", "quorum": True, "members": 3,
                              "healthy": 2, "commit_index": leader["commit_index"],
                              "revision": 5, "can_lose": 0, "security": "insecure",
-                             "learners": 0}
+                             "learners": 0, "alarms": []}
     n1, n2, n3 = st["nodes"]
     assert (n1["reachable"], n1["role"], n1["lag"], n1["ballot"]) == (True, "leader", 0, leader["ballot"])
     assert (n2["id"], n2["lag"], n2["applied_index"]) == ("n2", 3, leader["commit_index"] - 3)

@@ -152,7 +152,7 @@ def test_watch_and_lock_wait_clamp_wait_and_limit_into_range() -> None:
     ({"op": "keepalive", "session_id": True}, "must be int"),
     ({"op": "write", "req": "text"}, "must be bytes"),
     ({"op": "write", "req": b"\xc1"}, "undecodable write"),
-    ({"op": "watch", "after": -1}, "after must be >= 0"),
+    ({"op": "watch", "after": -1}, "field 'after' must be in"),
     ({"op": "watch", "after": 0, "prefixes": "a/"}, "prefixes must be a list"),
     ({"op": "watch", "after": 0, "prefixes": ["a"] * 1001}, "prefixes must be a list"),
 ])

@@ -391,6 +391,28 @@ def test_a_rebuilding_replacement_catches_up_campaigns_and_regains_its_vote() ->
     assert logs[0][-1] == logs[1][-1] == logs[2][-1] == (b"after",)
 
 
+def test_a_rebuilding_replacement_campaigns_though_heartbeats_come_faster_than_its_timer() -> None:
+    """Found by the whole-node simulator (which ticks a node only when next_timer_ms() is
+    due, as runtime/node.py does): a timer counted from the last input never fired while
+    the leader's heartbeats arrived a little faster than the heartbeat interval."""
+    net, leader, lost = _rebuilding_net()
+    lead, r = net.reps[leader], net.reps[lost]
+    net.tick(50)                       # one heartbeat round: the replacement catches up
+    assert r.rebuilding and r.commit_index == lead.commit_index and r.leader == leader
+    now, hb_round = net.now, 100
+    for _ in range(200):               # 200 heartbeats 45 ms apart: 18 election timeouts
+        now += 45
+        hb_round += 1
+        r.receive(Heartbeat(leader, lead.ballot, lead.commit_index, hb_round), now)
+        drain(r, net.stores[lost])
+        if now >= r.next_timer_ms():
+            r.tick(now)
+            drain(r, net.stores[lost])
+        if r.role is Role.CANDIDATE:
+            return
+    pytest.fail("the replacement never campaigned, so it never regains its vote")
+
+
 # ------------------------------------------------------------------ phase 1 in chunks
 
 def _candidate(cfg: Config = CFG) -> tuple[Replica, Ballot]:

@@ -21,6 +21,7 @@ from coordsvc.core.commands import (
 )
 from coordsvc.core.machine import SessionInfo
 from coordsvc.core.messages import Message, Outbound
+from coordsvc.core.quotas import Quotas
 from coordsvc.core.service import Service
 from coordsvc.core.service_clocks import EXPIRE_RETRY_MS, SessionClocks
 from coordsvc.core.service_writes import PendingWrites, WriteWaiter
@@ -33,11 +34,11 @@ CFG = Config(heartbeat_ms=10, election_timeout_ms=50)
 class Solo:
     """One Service, its store and its clock; ``ask`` sends a request map and steps."""
 
-    def __init__(self, members: tuple[str, ...] = ("n1",)) -> None:
+    def __init__(self, members: tuple[str, ...] = ("n1",), quotas: Quotas = Quotas()) -> None:
         self.store = MemoryStore()
         self.now = 0
         self.svc = Service("n1", {m: f"tcp://127.0.0.1:{i + 1}" for i, m in enumerate(members)},
-                           self.store.load(), random.Random(1), self.now, CFG)
+                           self.store.load(), random.Random(1), self.now, CFG, quotas=quotas)
         self.replies: list[tuple[object, dict[str, Any]]] = []
         self.seq = 0
         if len(members) == 1:
@@ -76,9 +77,10 @@ class Solo:
         (reply,) = [r for rt, r in self.replies[before:] if rt == route]
         return reply
 
-    def write(self, cmd: Command) -> dict[str, Any]:
+    def write(self, cmd: Command, client_id: str = "c") -> dict[str, Any]:
         self.seq += 1
-        return self.ask({"op": "write", "req": encode_request(Request("c", self.seq, self.seq, cmd))})
+        return self.ask({"op": "write",
+                         "req": encode_request(Request(client_id, self.seq, self.seq, cmd))})
 
 
 def test_a_malformed_request_is_answered_bad_request_counted_and_changes_nothing() -> None:
@@ -131,7 +133,7 @@ def test_a_parked_watch_is_answered_by_the_first_matching_change() -> None:
     s.write(Put("app/a", b"1"))
     (reply,) = [r for rt, r in s.replies if rt == "w"]
     assert reply == {"id": 1, "ok": True, "events": [["put", "app/a", b"1", 2]], "revision": 2}
-    assert s.svc.parking.watches == []
+    assert not s.svc.parking.watches
 
 
 def test_a_parked_watch_is_answered_empty_at_its_deadline() -> None:
@@ -179,12 +181,14 @@ def test_a_session_whose_keepalives_stop_is_expired_by_the_leader_after_its_ttl(
     assert s.ask({"op": "keepalive", "session_id": sid})["known"] is False
 
 
-def test_a_new_leader_gives_each_session_its_time_left_from_the_last_renewal_plus_grace() -> None:
+def test_a_new_leader_gives_every_session_its_full_ttl_from_the_takeover_plus_grace() -> None:
     clocks = SessionClocks()
-    clocks.heard(1, 1_000)                       # renewed at 1000 ms, as a follower heard
-    clocks.take_over({1: SessionInfo(5_000, (), 1), 2: SessionInfo(5_000, (), 2)}, 3_000, 600)
-    assert clocks.deadline_ms(1) == 1_000 + 5_000 + 600
-    assert clocks.deadline_ms(2) == 3_000 + 5_000 + 600      # never heard of: from now
+    clocks.renewed(1, 1_000, 5_000)              # renewed at 1000 ms while this node led
+    clocks.stop_leading()
+    clocks.take_over({1: SessionInfo(5_000, (), 1), 2: SessionInfo(2_000, (), 2)}, 3_000, 600)
+    # Not from the last renewal this node knew of: a later one may never have reached it.
+    assert clocks.deadline_ms(1) == 3_000 + 5_000 + 600
+    assert clocks.deadline_ms(2) == 3_000 + 2_000 + 600
 
 
 def test_an_expiry_is_proposed_again_only_after_the_retry_interval() -> None:

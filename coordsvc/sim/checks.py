@@ -1,0 +1,217 @@
+"""Checks over the client-visible history of a run (the watch check is shared with tests/faults).
+
+Each check returns a list of human-readable violations; an empty list means the run passed.
+Malformed input raises ValueError instead: that is a bug in the harness, not in the service.
+
+Besides linearizability per key (``linearizability.py``) a run is checked for:
+
+- lock exclusivity (``check_tenures``): no two clients believe they hold one lock at the
+  same simulated instant, tokens increase in the order the beliefs begin, and every
+  believed grant is one the chosen log made, to that session with that token;
+- no lock held by a dead session (``check_locks_reads``): a ``locks`` listing never names
+  a session whose close a client had already seen acknowledged;
+- exactly once (``check_answers``, ``check_unique_values``): every answer a write got is
+  the answer the chosen log gives its (client id, seq), and no put's value appears at two
+  revisions (values are unique, so that would be one put applied twice);
+- watch completeness (``check_watch``): each watcher saw every committed event under its
+  prefix after its start exactly once, in revision order.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ..core.protocol import Result
+
+__all__ = [
+    "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
+    "check_locks_reads", "check_tenures", "check_unique_values", "check_watch",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenure:
+    """A lock as one client believed it held: from the grant's arrival to the end of its
+    belief (its release began, or ``valid_until`` minus its safety margin passed)."""
+
+    client: str
+    lock: str
+    session_id: int
+    token: int
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockRow:
+    name: str
+    holder_session: int
+    token: int
+    waiters: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LocksRead:
+    """A linearizable ``locks`` listing and when it was asked for."""
+
+    client: str
+    invoke_ms: int
+    rows: tuple[LockRow, ...]
+
+
+def check_tenures(tenures: Sequence[Tenure], granted: Mapping[tuple[str, int], int]) -> list[str]:
+    """Exclusivity and token order per lock; ``granted[(lock, token)]`` is the session the
+    chosen log granted that token to."""
+    problems: list[str] = []
+    by_lock: dict[str, list[Tenure]] = {}
+    for t in tenures:
+        owner = granted.get((t.lock, t.token))
+        if owner != t.session_id:
+            problems.append(f"{t.client} believed it held {t.lock!r} with token {t.token} "
+                            f"(session {t.session_id}), but the log granted that token to "
+                            f"{'nobody' if owner is None else f'session {owner}'}")
+        if t.end_ms > t.start_ms:
+            by_lock.setdefault(t.lock, []).append(t)
+    for name in sorted(by_lock):
+        ts = sorted(by_lock[name], key=lambda t: (t.start_ms, t.end_ms, t.token))
+        latest = ts[0]   # of the tenures begun so far, the one believed longest
+        for t in ts[1:]:
+            if t.start_ms < latest.end_ms:
+                problems.append(
+                    f"two clients believed they held {name!r} at t={t.start_ms}: "
+                    f"{latest.client} (token {latest.token}, [{latest.start_ms}, "
+                    f"{latest.end_ms})) and {t.client} (token {t.token}, [{t.start_ms}, "
+                    f"{t.end_ms}))")
+            if t.token <= latest.token:
+                problems.append(f"token of {name!r} did not increase: {latest.client} held "
+                                f"{latest.token} from t={latest.start_ms}, then {t.client} "
+                                f"held {t.token} from t={t.start_ms}")
+            if t.end_ms >= latest.end_ms:
+                latest = t
+    return problems
+
+
+def check_locks_reads(reads: Sequence[LocksRead], gone: Mapping[int, int]) -> list[str]:
+    """``gone[session]``: when a client learned the session was closed (it never returns)."""
+    problems: list[str] = []
+    for r in reads:
+        for row in r.rows:
+            for sid, role in [(row.holder_session, "holding")] + [(w, "waiting for")
+                                                                   for w in row.waiters]:
+                closed = gone.get(sid)
+                if closed is not None and closed <= r.invoke_ms:
+                    problems.append(f"{r.client}'s locks listing at t={r.invoke_ms} shows "
+                                    f"session {sid} {role} {row.name!r} (token {row.token}), "
+                                    f"but it was closed by t={closed}")
+    return problems
+
+
+def check_answers(answers: Mapping[str, Sequence[tuple[int, Result]]],
+                  applied: Mapping[tuple[str, int], Result]) -> list[str]:
+    """Each answer ``(seq, result)`` of client ``c`` equals the log's first result of (c, seq)."""
+    problems: list[str] = []
+    for client in sorted(answers):
+        for seq, result in answers[client]:
+            truth = applied.get((client, seq))
+            if truth is None:
+                problems.append(f"{client} seq {seq} was answered {result} but is not in "
+                                "the chosen log")
+            elif truth != result:
+                problems.append(f"{client} seq {seq} was answered {result}; the chosen log "
+                                f"says {truth}")
+    return problems
+
+
+def check_unique_values(events: Iterable[WatchEvent], where: str) -> list[str]:
+    """Every put value is written once, so it must sit at one revision only."""
+    at: dict[object, int] = {}
+    problems: list[str] = []
+    for e in events:
+        if e.type != "put":
+            continue
+        first = at.setdefault(e.value, e.revision)
+        if first != e.revision:
+            problems.append(f"{where}: value {e.value!r} of {e.key!r} was written at "
+                            f"revisions {first} and {e.revision}: one put applied twice")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    revision: int
+    key: str
+    type: str  # "put" | "delete"
+    value: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watcher:
+    """What a watcher asked for.
+
+    ``start_revision``: the first revision it may be sent; ``None`` means the revision of the
+    first event it saw (a watcher that saw nothing then owes nothing). ``end_revision``: the
+    last revision it must have seen (``None``: the last committed one) -- set it for a watcher
+    that was closed, or crashed with its client, before the run ended.
+    """
+
+    prefix: str = ""
+    start_revision: int | None = None
+    end_revision: int | None = None
+
+
+EventLike = WatchEvent | tuple[int, str, str] | tuple[int, str, str, object]
+
+
+def _event(e: EventLike) -> WatchEvent:
+    return e if isinstance(e, WatchEvent) else WatchEvent(*e)
+
+
+def check_watch(expected: Sequence[EventLike], seen: Sequence[Sequence[EventLike]],
+                watchers: Sequence[Watcher] | None = None) -> list[str]:
+    """Each watcher saw each committed event for its prefix in its range exactly once, in order.
+
+    ``expected``: every committed event of the run (from the final machine's history), as
+    ``(revision, key, type, value)``. ``seen[w]``: what watcher ``w`` delivered, in delivery
+    order. ``watchers[w]`` (default: ``Watcher()`` for all) says what it watched.
+    """
+    committed = sorted((_event(e) for e in expected), key=lambda e: e.revision)
+    by_revision: dict[int, list[WatchEvent]] = {}
+    for e in committed:
+        by_revision.setdefault(e.revision, []).append(e)
+    last_committed = committed[-1].revision if committed else 0
+    specs = list(watchers) if watchers is not None else [Watcher() for _ in seen]
+    if len(specs) != len(seen):
+        raise ValueError(f"{len(seen)} watchers' events but {len(specs)} watcher specs")
+    problems: list[str] = []
+    for w, (spec, got_raw) in enumerate(zip(specs, seen, strict=True)):
+        got = [_event(e) for e in got_raw]
+        start = spec.start_revision
+        if start is None:
+            start = got[0].revision if got else last_committed + 1
+        end = last_committed if spec.end_revision is None else spec.end_revision
+        name = f"watcher {w} (prefix {spec.prefix!r}, revisions {start}..{end})"
+        delivered: set[WatchEvent] = set()
+        previous = None
+        for e in got:
+            if previous is not None and e.revision < previous.revision:
+                problems.append(f"{name}: revision {e.revision} delivered after "
+                                f"{previous.revision}")
+            previous = e
+            if e in delivered:
+                problems.append(f"{name}: delivered twice: {e}")
+                continue
+            delivered.add(e)
+            if not e.key.startswith(spec.prefix):
+                problems.append(f"{name}: delivered an event outside its prefix: {e}")
+            elif e.revision < start:
+                problems.append(f"{name}: delivered an event before its start revision: {e}")
+            elif e not in by_revision.get(e.revision, ()):
+                problems.append(f"{name}: delivered an event that was never committed: {e}")
+        missing = [e for e in committed
+                   if start <= e.revision <= end and e.key.startswith(spec.prefix)
+                   and e not in delivered]
+        if missing:
+            shown = ", ".join(str(e) for e in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            problems.append(f"{name}: missed {len(missing)} committed events: {shown}{more}")
+    return problems

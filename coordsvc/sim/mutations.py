@@ -1,0 +1,144 @@
+"""Known-bad nodes, to prove the whole-node simulation catches what it claims to.
+
+Each mutation is a subclass of the production ``Service`` (or of one of its parts --
+``Machine``, ``Parking``, ``Replica`` -- planted in one) that breaks one rule; production
+code has no hooks for them. A test asserts that
+each one is caught within the CI seeds, and by which check.
+
+- ``grant_to_closed_session`` (Machine): closing or expiring a session leaves it in the
+  wait queues, and a release hands the lock to it anyway. The lock then belongs to a
+  session nobody can close or expire.
+- ``skip_watch_event`` (the Service's ``Parking``): a watch answer that carries several
+  events loses one.
+- ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
+  next ``step``, after its messages and client replies have left.
+
+- ``skip_adopt`` (Replica, in a whole node): a new leader ignores the values reported in
+  promises. ``cluster.py``'s other replica mutations (a forgotten promise, a wiped node
+  that votes) need its constant stream of competing proposals to show within a few
+  dozen seeds; whole nodes with clients that back off catch them too rarely to assert.
+
+``ObservedService`` is what the simulator runs for a correct node: ``Service`` itself,
+plus one observation before each Ready is applied (the per-slot oracle checks every slot
+a node applies against what was chosen). It changes nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from ..core.machine import Grant, Machine, RevisionCompacted
+from ..core.protocol import Result, ResultCode, WatchReply
+from ..core.replica import Ready, Replica
+from ..core.service import Service
+from ..core.service_parking import ParkedWatch, Parking
+from ..core.types import Ballot, Persist, Slot, Value
+
+__all__ = ["MUTATIONS", "ObservedService"]
+
+
+class ObservedService(Service):
+    observe: Callable[[str, Ready], None] | None = None
+    # Production part -> the known-bad subclass a mutation runs instead (none here).
+    swaps: ClassVar[dict[type, type]] = {}
+
+    def _apply(self, ready: Ready) -> None:
+        if self.observe is not None:
+            self.observe(self.id, ready)
+        super()._apply(ready)
+
+
+class _GrantsToClosedSessions(Machine):
+    def _close(self, index: int, sid: int) -> Result:
+        s = self._sessions.pop(sid, None)
+        if s is None:
+            return Result(ResultCode.NO_SESSION, self.revision, {"message": f"no session {sid}"})
+        # Known-bad: the session keeps its places in the wait queues.
+        for name in sorted(s.held):
+            self._hand_over(index, name)
+        return Result(ResultCode.OK, self.revision, {})
+
+    def _hand_over(self, index: int, name: str) -> None:
+        lk = self._locks[name]
+        if lk.holder in self._sessions:
+            self._sessions[lk.holder].held.discard(name)
+        if lk.waiters and lk.waiters[0] not in self._sessions:
+            # Known-bad: granted to a session that no longer exists.
+            lk.holder, lk.token, lk.granted_index = lk.waiters.popleft(), self.next_token, index
+            self.next_token += 1
+            self.grants.append(Grant(name, lk.holder, lk.token))
+            return
+        super()._hand_over(index, name)
+
+
+class _Swapped(ObservedService):
+    """Runs a known-bad subclass wherever the Service makes one of its parts: each value
+    of exactly a class in ``swaps`` assigned to an attribute (``machine`` when it is made
+    or restored, ``replica``, ``parking``) becomes an instance of its known-bad class."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        bad = self.swaps.get(type(value))
+        if bad is not None:
+            value.__class__ = bad
+        super().__setattr__(name, value)
+
+
+class GrantToClosedSession(_Swapped):
+    swaps = {Machine: _GrantsToClosedSessions}
+
+
+class _SkippingParking(Parking):
+    __slots__ = ()
+
+    def _try_watch(self, m: Machine, w: ParkedWatch) -> bool:
+        req = w.request
+        try:
+            evs = m.events_since(req.selector, req.after, req.limit)
+        except RevisionCompacted:
+            return super()._try_watch(m, w)
+        if len(evs) < 2:
+            return super()._try_watch(m, w)
+        # Known-bad: the second event of the batch is lost on its way into the answer.
+        del evs[1]
+        self._out.reply(w.route, w.rid, WatchReply(tuple(evs), m.revision))
+        return True
+
+
+class SkipWatchEvent(_Swapped):
+    swaps = {Parking: _SkippingParking}
+
+
+class ReplyBeforeSave(ObservedService):
+    _unsaved: list[Persist]
+
+    def step(self, save: Callable[[Persist], None], send: Callable[[list[Any]], None]) -> None:
+        # Known-bad: what the previous step made durable-to-be is saved only now, after
+        # its messages went out and its clients were answered.
+        for p in getattr(self, "_unsaved", []):
+            save(p)
+        self._unsaved = []
+        while self.replica.has_ready():
+            ready = self.replica.ready()
+            send(ready.messages)
+            self._apply(ready)
+            self._unsaved.append(ready.persist)
+            self.replica.advance()
+        self._after_step()
+
+
+class SkipAdoptReplica(Replica):
+    def _recovered(self) -> dict[Slot, tuple[Ballot, Value]]:
+        # Known-bad: forget what the promises reported (every slot becomes a no-op).
+        return {}
+
+
+class SkipAdopt(_Swapped):
+    swaps = {Replica: SkipAdoptReplica}
+
+
+MUTATIONS: dict[str, type[ObservedService]] = {
+    "grant_to_closed_session": GrantToClosedSession,
+    "skip_watch_event": SkipWatchEvent,
+    "reply_before_save": ReplyBeforeSave,
+    "skip_adopt": SkipAdopt,
+}

@@ -1,0 +1,63 @@
+"""The ground truth of a run: the chosen log, applied in slot order by a fresh ``Machine``.
+
+The per-slot oracle says what was chosen; this replays it, independently of any node, so
+the checker can ask what a write's answer should have been, which events the watchers
+owe, and who was granted which lock with which token. It runs the nodes' ``Machine``
+class: a bug planted in the machine is then in the reference too, as a real one would
+be, and only what clients saw can give it away.
+"""
+from __future__ import annotations
+
+from ..core.commands import decode_request
+from ..core.machine import Machine
+from ..core.protocol import Change, Result, ResultCode
+from ..core.types import ProtocolError, Slot, Value
+
+__all__ = ["Reference"]
+
+
+class Reference:
+    def __init__(self, machine_class: type[Machine] = Machine) -> None:
+        self.machine = machine_class()
+        self.applied: Slot = 0
+        self._chosen: dict[Slot, Value] = {}
+        # (client id, seq) -> the Result of its first application.
+        self.results: dict[tuple[str, int], Result] = {}
+        self.events: dict[int, Change] = {}
+        # (lock, token) -> the session it was granted to.
+        self.grants: dict[tuple[str, int], int] = {}
+        self.violations: list[str] = []
+
+    def chosen(self, slot: Slot, value: Value) -> None:
+        """``value`` was chosen for ``slot``; apply every slot now known in order."""
+        self._chosen[slot] = value
+        while self.applied + 1 in self._chosen:
+            self.applied += 1
+            self._apply(self.applied, self._chosen.pop(self.applied))
+
+    def _apply(self, slot: Slot, value: Value) -> None:
+        m = self.machine
+        for raw in value:
+            try:
+                request = decode_request(raw)
+            except ProtocolError:
+                continue  # every replica skips the same bytes
+            before = m.revision
+            result = m.apply(slot, request)
+            if request.client_id:
+                key = (request.client_id, request.seq)
+                first = self.results.setdefault(key, result)
+                # A retry is answered from the machine's cache (the very same Result) or,
+                # once the client promised never to retry it, refused as stale.
+                if first is not result and first != result and result.code != ResultCode.STALE_REQUEST:
+                    self.violations.append(
+                        f"slot {slot}: {key} applied again: first {first}, then {result}")
+            if m.revision != before:
+                for ev in m.events_since("", before, 1 << 30):
+                    self.events[ev.revision] = ev
+            for g in m.take_grants():
+                self.grants[(g.name, g.token)] = g.session_id
+
+    @property
+    def revision(self) -> int:
+        return self.machine.revision

@@ -1,0 +1,297 @@
+"""What the simulated clients do, and the record of what they were told.
+
+Workers mix linearizable reads, puts (every value unique, so a value names the write that
+made it), compare-and-set, deletes, lock cycles (with keepalives, fenced writes, timeouts
+that give up by ``Cancel``, and interrupted waits that just close the session) and
+``locks`` listings, until the safety phase ends. Then each takes every lock once, waiting
+as long as it takes, and reads every key once more, retrying until answered: after
+healing every lock must come free (abandoned sessions expire) and every request must be
+answered. Watchers long-poll ``watch`` for one prefix from revision 0 or from "now" (a
+linearizable read of the current revision), resume from the last revision fetched, and
+now and then switch nodes.
+
+What a checker needs lands in the history ``Recorder``, the ``Record`` (locks listings,
+closed sessions, watch streams) and the clients themselves (answers, locks held).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..core.commands import Delete, Fence, Put
+from ..core.protocol import ErrorCode, Result, ResultCode
+from . import requests
+from .checks import LocksRead, WatchEvent
+from .client import LOCK_WAIT_MAX_MS, Co, SimClient, SimLock, Sleep
+from .history import Recorder
+from .requests import BadReply
+
+__all__ = ["Record", "WatchLog", "Workload", "watcher", "worker"]
+
+ERROR_PAUSE_MS = 100      # client/_watch.py: after a failed poll
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The drawn shape of the clients' work (part of a run's parameters)."""
+
+    keys: tuple[str, ...]
+    locks: tuple[str, ...]
+    weights: tuple[int, int, int, int, int, int]   # get, put, cas, delete, lock, locks
+    think_ms: int
+    give_up_ms: int | None        # a write or read is abandoned (unknown) after this
+    ttl_ms: tuple[int, ...]
+    hold_ms: tuple[int, int]
+    lock_timeout_ms: tuple[int, ...]
+    interrupt: float              # share of lock waits the application abandons early
+    fenced: float                 # share of held locks used for a fenced write
+    watch_wait_ms: int
+    watch_limit: int
+    watch_switch: float           # chance per poll that a watcher moves to a random node
+
+
+@dataclass(slots=True)
+class WatchLog:
+    client: str
+    prefix: str
+    after: int                    # it owes every event after this revision
+    fetched: int
+    delivered: list[WatchEvent] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Record:
+    # Session id -> when a client learned it is closed (CloseSession said ok/no_session).
+    gone_sessions: dict[int, int] = field(default_factory=dict)
+    locks_reads: list[LocksRead] = field(default_factory=list)
+    watches: list[WatchLog] = field(default_factory=list)
+
+
+_OPS = ("get", "put", "cas", "delete", "lock", "locks")
+
+
+def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
+           faults_active: Callable[[], bool]) -> Co[None]:
+    rng = c.rng
+    while faults_active():
+        yield Sleep(rng.randint(0, wl.think_ms))
+        op = rng.choices(_OPS, wl.weights)[0]
+        key = rng.choice(wl.keys)
+        c.doing = f"{op} {key}" if op in ("get", "put", "cas", "delete") else op
+        if op == "get":
+            yield from _get(c, history, key, wl.give_up_ms)
+        elif op == "put":
+            yield from _put(c, history, key, wl.give_up_ms)
+        elif op == "cas":
+            yield from _cas(c, history, key, wl.give_up_ms)
+        elif op == "delete":
+            yield from _delete(c, history, key, wl.give_up_ms)
+        elif op == "lock":
+            yield from _lock_cycle(c, wl, record, history)
+        else:
+            yield from _locks(c, record, wl.give_up_ms)
+    # After healing: every lock comes free and every request is answered.
+    for name in wl.locks:
+        c.doing = f"final lock cycle on {name}"
+        yield from _lock_cycle(c, wl, record, history, name, final=True)
+    for key in wl.keys:
+        c.doing = f"final read of {key}"
+        yield from _get(c, history, key, None)
+    c.doing = "done"
+
+
+def _unexpected(c: SimClient, what: str, res: Result) -> None:
+    c.env.protocol_violation(f"{c.name}: {what} answered {res.code}: {res.data}")
+
+
+def _value(c: SimClient) -> bytes:
+    c.values += 1
+    return f"{c.name}.{c.values}".encode()
+
+
+def _get(c: SimClient, history: Recorder, key: str,
+         give_up_ms: int | None) -> Co[tuple[bytes | None, int] | None]:
+    w = c.world
+    h = history.invoke(c.process, "get", key, None, w.now)
+    reply = yield from c.call(requests.get(key), leader=True, timeout_ms=give_up_ms)
+    if reply is not None:
+        try:
+            value, revision = requests.kv_of(reply)
+        except BadReply as e:
+            c.env.protocol_violation(f"{c.name}: get {key}: {e}")
+        else:
+            history.ok(h, value, w.now)
+            return value, revision
+    history.unknown(h)
+    return None
+
+
+def _put(c: SimClient, history: Recorder, key: str, give_up_ms: int | None,
+         fence: Fence | None = None) -> Co[None]:
+    value = _value(c)
+    h = history.invoke(c.process, "put", key, value, c.world.now)
+    _, res = yield from c.write(Put(key, value, fence=fence), give_up_ms)
+    if res is None:
+        history.unknown(h)
+    elif res.code == ResultCode.OK:
+        history.ok(h, res.data.get("revision"), c.world.now)
+    elif res.code == ResultCode.FENCE_REJECTED and fence is not None:
+        history.fail(h, c.world.now)
+    else:
+        history.unknown(h)
+        _unexpected(c, f"put {key}", res)
+
+
+def _cas(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -> Co[None]:
+    # The service compares revisions, the model compares values; with unique values the
+    # two are the same question ("is the key still as I read it?").
+    got = yield from _get(c, history, key, give_up_ms)
+    if got is None:
+        return
+    expected, revision = got
+    new = _value(c)
+    h = history.invoke(c.process, "cas", key, (expected, new), c.world.now)
+    _, res = yield from c.write(Put(key, new, if_revision=revision), give_up_ms)
+    if res is None:
+        history.unknown(h)
+    elif res.code == ResultCode.OK:
+        history.ok(h, None, c.world.now)
+    elif res.code == ResultCode.COMPARE_FAILED:
+        history.fail(h, c.world.now)
+    else:
+        history.unknown(h)
+        _unexpected(c, f"cas {key}", res)
+
+
+def _delete(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -> Co[None]:
+    h = history.invoke(c.process, "delete", key, None, c.world.now)
+    _, res = yield from c.write(Delete(key), give_up_ms)
+    if res is None:
+        history.unknown(h)
+    elif res.code == ResultCode.OK:
+        history.ok(h, res.data.get("deleted") is True, c.world.now)
+    else:
+        history.unknown(h)
+        _unexpected(c, f"delete {key}", res)
+
+
+def _locks(c: SimClient, record: Record, give_up_ms: int | None) -> Co[None]:
+    invoked = c.world.now
+    reply = yield from c.call(requests.locks(), leader=True, timeout_ms=give_up_ms)
+    if reply is None:
+        return
+    try:
+        record.locks_reads.append(LocksRead(c.name, invoked, tuple(requests.locks_of(reply))))
+    except BadReply as e:
+        c.env.protocol_violation(f"{c.name}: locks: {e}")
+
+
+def _lock_cycle(c: SimClient, wl: Workload, record: Record, history: Recorder,
+                name: str | None = None, final: bool = False) -> Co[None]:
+    """One acquire-hold-release; ``final``: retry until granted, never give up."""
+    rng, w = c.rng, c.world
+    name = name or rng.choice(wl.locks)
+    give_up_ms = None if final else wl.give_up_ms
+    lk, res = yield from c.open_and_acquire(name, rng.choice(wl.ttl_ms), give_up_ms)
+    if lk is None:
+        if res is not None:
+            _unexpected(c, f"OpenAndAcquire {name}", res)
+        return  # unknown outcome: a session it may have opened expires by itself
+    if final:
+        while lk.granted_at is None and not lk.lost:
+            yield from c.wait_for_grant(lk, w.now + LOCK_WAIT_MAX_MS, None)
+        if lk.granted_at is None:   # the session expired while waiting: a new one
+            yield from c.close_session(lk, None)
+            yield from _lock_cycle(c, wl, record, history, name, final)
+            return
+    if lk.granted_at is None and not lk.lost:
+        timeout_ms = rng.choice(wl.lock_timeout_ms)
+        # An interrupted wait (the application gives up, as on KeyboardInterrupt) closes
+        # the session without Cancel, as the real client's abandon() does.
+        interrupted = rng.random() < wl.interrupt
+        wait_ms = rng.randint(0, timeout_ms) if interrupted else timeout_ms
+        outcome = yield from c.wait_for_grant(lk, w.now + wait_ms, wl.give_up_ms)
+        if outcome == "timeout" and not interrupted:
+            res = yield from c.cancel(lk, wl.give_up_ms)
+            if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
+                _unexpected(c, f"Cancel {name}", res)
+    if lk.granted_at is not None and not final:
+        yield from _hold(c, wl, lk, history)
+    res = yield from c.close_session(lk, give_up_ms)
+    if res is None:
+        return
+    if res.code in (ResultCode.OK, ResultCode.NO_SESSION):
+        record.gone_sessions[lk.session_id] = w.now
+    else:
+        _unexpected(c, f"CloseSession {lk.session_id}", res)
+
+
+def _hold(c: SimClient, wl: Workload, lk: SimLock, history: Recorder) -> Co[None]:
+    rng = c.rng
+    hold_ms = rng.randint(*wl.hold_ms)
+    if rng.random() < wl.fenced:
+        first = rng.randint(0, hold_ms)
+        yield Sleep(first)
+        hold_ms -= first
+        yield from _put(c, history, rng.choice(wl.keys), wl.give_up_ms, Fence(lk.name, lk.token))
+    yield Sleep(hold_ms)
+
+
+def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: int,
+            from_now: bool) -> Co[None]:
+    """Follow ``prefix`` as the real client's WatchHub does, for ever (the run ends it)."""
+    yield Sleep(start_ms)
+    after = 0
+    if from_now:
+        reply = None
+        while reply is None:
+            reply = yield from c.call(requests.get("/"), leader=True)
+        try:
+            after = requests.get_revision(reply)
+        except BadReply as e:
+            c.env.protocol_violation(f"{c.name}: revision: {e}")
+            return
+    wlog = WatchLog(c.name, prefix, after, after)
+    record.watches.append(wlog)
+    pin: list[str | None] = [None]
+    while True:
+        if c.rng.random() < wl.watch_switch:
+            pin[0] = c.rng.choice(c.env.endpoints)
+        asked = wlog.fetched
+        reply = yield from c.call(
+            requests.watch([prefix], asked, wl.watch_wait_ms, wl.watch_limit), leader=False,
+            timeout_ms=None if wl.give_up_ms is None else wl.watch_wait_ms + wl.give_up_ms,
+            long_poll_ms=wl.watch_wait_ms, pin=pin)
+        if reply is None:
+            yield Sleep(ERROR_PAUSE_MS)
+            continue
+        try:
+            refusal = requests.error_of(reply)
+            if refusal is not None:
+                if refusal.error == ErrorCode.COMPACTED:
+                    c.env.protocol_violation(
+                        f"{c.name}: watch {prefix!r} after {asked}: compacted (the window is "
+                        "far larger than a simulated run)")
+                    return
+                raise BadReply(f"refused with {refusal.error}")
+            events, revision = requests.watch_events(reply)
+        except BadReply as e:
+            c.env.protocol_violation(f"{c.name}: watch: {e}")
+            continue
+        last = asked
+        for ev in events:
+            if ev.revision <= last or not ev.key.startswith(prefix):
+                c.env.protocol_violation(
+                    f"{c.name}: watch {prefix!r} after {asked} answered out of order or "
+                    f"outside the prefix: {[e.revision for e in events]}")
+                break
+            last = ev.revision
+        # client/_watch.py: a full batch is complete only up to its last event; a shorter
+        # one up to the node's revision.
+        through = (events[-1].revision if len(events) >= wl.watch_limit
+                   else max(revision, events[-1].revision if events else asked))
+        for ev in events:
+            if ev.revision > wlog.fetched and ev.key.startswith(prefix):
+                wlog.delivered.append(ev)
+                wlog.fetched = ev.revision
+        wlog.fetched = max(wlog.fetched, through)
