@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import zmq
 
-from coordsvc import Client, InvalidRequest, QuotaExceeded, wire
+from coordsvc import InvalidRequest, QuotaExceeded, wire
 from coordsvc.core.commands import MAX_VALUE_BYTES, OpenAndAcquire, Request, encode_request
 from coordsvc.core.service_parking import MAX_PARKED_PER_ROUTE
 
@@ -80,7 +80,7 @@ def _big_values(c: LocalCluster, n: int) -> None:
     """``n`` values of 1 MiB under big/ and six versions of one key: every answer whole."""
     c.leader()
     keys = [f"big/{i:03d}" for i in range(n)]
-    with Client(c.endpoints, timeout=30.0) as cl:
+    with c.client(timeout=30.0) as cl:
         acked = {k: cl.put(k, _value(i % 50)) for i, k in enumerate(keys)}
         hist_revs = [cl.put("hist/k", _value(i)) for i in range(6)]
         lst = cl.list("big/")
@@ -95,7 +95,7 @@ def _big_values(c: LocalCluster, n: int) -> None:
             got = [w.next(30.0) for _ in watched]
         assert [(ev.key, ev.revision) for ev in got if ev is not None] == watched
         for node in c.ids:     # the stale list each node answers itself is whole too
-            with Client([c.cluster.node(node).address], timeout=30.0) as one:
+            with c.client(30.0, [c.cluster.node(node).address]) as one:
                 assert [e.key for e in one.list("big/", stale=True)] == keys
     r = _coordctl(c, "config", "list", "big/", "--json", timeout=300)
     assert r.returncode == 0, r.stderr
@@ -133,7 +133,7 @@ def test_past_max_keys_puts_of_new_keys_fail_and_reads_deletes_releases_and_expi
     c.start()
     try:
         c.leader()
-        with Client(c.endpoints, timeout=10.0) as cl:
+        with c.client(timeout=10.0) as cl:
             for i in range(5):
                 cl.put(f"q/{i}", "v")
             with cl.lock("q-lock", ttl=5.0, timeout=5.0):
@@ -166,7 +166,7 @@ def test_past_max_db_bytes_every_put_fails_and_status_shows_the_alarm(tmp_path: 
     c.start()
     try:
         c.leader()
-        with Client(c.endpoints, timeout=10.0) as cl:
+        with c.client(timeout=10.0) as cl:
             _wait("the alarm", lambda: cl.status()["cluster"]["alarms"] == ["max_db_bytes"], 10)
             with pytest.raises(QuotaExceeded, match="max_db_bytes"):
                 cl.put("k", "v")
@@ -190,9 +190,10 @@ def test_a_bad_limits_table_is_refused_in_one_line(tmp_path: Path) -> None:
 # -- one connection, one node ------------------------------------------------------------
 
 def _dealer(ctx: zmq.Context[zmq.Socket[bytes]], c: LocalCluster, node: str) -> zmq.Socket[bytes]:
-    s: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.connect(c.cluster.node(node).address)
+    """A connection of its own to ``node``, with the admin key (the cluster is secure)."""
+    address = c.cluster.node(node).address
+    s = c.socket(ctx, zmq.DEALER, address)
+    s.connect(address)
     return s
 
 
@@ -295,7 +296,7 @@ def test_a_handler_that_raises_in_a_real_node_is_answered_internal_and_logged_on
     _start_with(c, "n1", _INJECT_HANDLER)
     try:
         c.leader()
-        with Client(c.endpoints, timeout=5.0) as cl:
+        with c.client(timeout=5.0) as cl:
             cl.put("k", "v")
             for _ in range(2):
                 with pytest.raises(Exception, match="internal"):
@@ -316,7 +317,7 @@ def test_a_failed_disk_write_stops_the_node_with_one_line_and_a_nonzero_exit(tmp
     _start_with(c, "n1", _INJECT_DISK)
     try:
         c.leader()
-        with Client(c.endpoints, timeout=5.0) as cl:
+        with c.client(timeout=5.0) as cl:
             cl.put("k", "v")
             (c.cluster.nodes[0].data_dir / "FAIL").touch()
             with pytest.raises(Exception):       # noqa: B017 - Unavailable: the node is gone
@@ -352,7 +353,7 @@ def test_cli_inputs_out_of_range_exit_with_one_line_and_the_contract_codes(tmp_p
             r = subprocess.run([COORDCTL, *argv], capture_output=True, text=True, timeout=30)
             assert r.returncode == code, (args, r.returncode, r.stderr)
             assert _one_line(r.stderr).startswith("coordctl: error: "), args
-        with pytest.raises(InvalidRequest), Client(c.endpoints) as cl:
+        with pytest.raises(InvalidRequest), c.client() as cl:
             cl.watch("p", start_revision=2**70)
         _all_up(c)
     finally:
