@@ -292,6 +292,10 @@ class Replica:
         self.prevote_grants: set[NodeId] = set()
         self.hb_wanted = False
         self.last_ack_ms: dict[NodeId, int] = {}
+        # When each member last answered our ballot (a promise, an ack): liveness for
+        # membership decisions. last_ack_ms starts every member at the takeover (the quorum
+        # check's grace); a node we never heard from must not count as live for a removal.
+        self.heard_ms: dict[NodeId, int] = {}
         self.refused_by: dict[NodeId, int] = {}  # leader: who nacked us last, and when
 
         # catch-up: at most one request in flight, and the snapshots we can serve
@@ -521,7 +525,11 @@ class Replica:
 
     def _live(self, node: NodeId) -> bool:
         return node == self.id or (
-            self.now_ms - self.last_ack_ms.get(node, -10**12) <= self.cfg.election_timeout_ms)
+            self.now_ms - self.heard_ms.get(node, -10**12) <= self.cfg.election_timeout_ms)
+
+    def _heard(self, node: NodeId) -> None:
+        if node in self.members:      # bounded by the members; others are never live
+            self.heard_ms[node] = self.now_ms
 
     def _best_successor(self) -> NodeId | None:
         best: tuple[Slot, NodeId] | None = None
@@ -1043,6 +1051,7 @@ class Replica:
             return   # a duplicate, or not the chunk we asked for
         if p is None:
             p = self.promises[m.src] = _Promises(self.from_slot, incarnation=m.incarnation)
+        self._heard(m.src)
         self._reset_election()        # phase 1 is moving: do not start it over
         self.phase1_progress_ms = self.now_ms
         p.entries.extend(m.accepted)
@@ -1143,6 +1152,7 @@ class Replica:
         self.promises.clear()
         self.nacks.clear()
         self.last_ack_ms = {m: self.now_ms for m in self.members}
+        self.heard_ms = {m: t for m, t in self.heard_ms.items() if m in self.members}
         self.refused_by.clear()
         self.hb_acks.clear()
         self.leader_beat_ms = self.now_ms
@@ -1205,6 +1215,7 @@ class Replica:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
         self.last_ack_ms[m.src] = self.now_ms
+        self._heard(m.src)
         item = self.inflight.get(m.slot)
         if item is None:
             return
@@ -1294,6 +1305,7 @@ class Replica:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
         self.last_ack_ms[m.src] = self.now_ms
+        self._heard(m.src)
         self.progress[m.src] = (m.incarnation, m.commit_index, self.now_ms)
         if m.src == self.transfer_to:
             self._maybe_hand_over()

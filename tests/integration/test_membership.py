@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from coordsvc import Client, CoordError, Unavailable, clusterfile, keys
@@ -24,14 +25,15 @@ def _ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 
 def _free_pair(avoid: int = 0) -> int:
-    """A port p with p and p + 100 free (a node's ROUTER and PUB), other than ``avoid``."""
+    """A port p with p, p + 100 and p + 200 free (a node's ROUTER, PUB and HTTP, as
+    `member add` assigns them by default), none of them one of ``avoid``'s."""
     import random
     rng = random.Random()
     for _ in range(200):
         p = rng.randrange(20000, 50000)
-        if p != avoid and abs(p - avoid) != 100 and _free(p) and _free(p + 100):
+        if abs(p - avoid) not in (0, 100, 200) and all(_free(p + d) for d in (0, 100, 200)):
             return p
-    raise AssertionError("no free port pair")
+    raise AssertionError("no free port triple")
 
 
 def _free(port: int) -> bool:
@@ -114,6 +116,11 @@ def test_grow_to_five_remove_the_leader_shrink_to_three_under_a_writer(tmp_path:
             cluster.start(nid)
             extra.append(nid)
             _wait(f"{nid} voting", lambda nid=nid: _members(f)[nid]["voting"] is True)
+            # It serves HTTP where `member add` put it (the address's port + 200).
+            http = f"http://127.0.0.1:{port + 200}"
+            assert _members(f)[nid]["http"] == http
+            with urllib.request.urlopen(f"{http}/healthz", timeout=10) as resp:
+                assert resp.status == 200
         assert sorted(_members(f)) == ["n1", "n2", "n3", "n4", "n5", "n9"] or \
             sorted(_members(f)) == ["n1", "n2", "n3", "n4", "n5"]
         st = json.loads(_ctl("status", "--json", "--cluster", f).stdout)

@@ -271,6 +271,30 @@ def test_a_removal_that_would_leave_no_live_quorum_is_refused() -> None:
     assert lead.request_change(remove(Member(a))) is None   # removing the dead one is fine
 
 
+def test_a_new_leader_counts_as_live_only_the_members_it_has_heard() -> None:
+    """Found by tests/integration/test_membership: removing the leader hands over, and the
+    new leader took every member as live for its first election timeout (the grace its
+    quorum check gives them), so the retried removal left a dead voter as half of a
+    two-voter quorum. Live means heard: a promise or an ack in this term."""
+    net = MNet()
+    lead = net.elect()
+    a, b = (i for i in BOOT if i != lead.id)
+    net.down.add(a)
+    net.tick(100, 12)                                   # a is silent for > election timeout
+    why = lead.request_change(remove(Member(lead.id)))
+    assert why is not None and "hands leadership to " + b in why
+    for _ in range(20):
+        net.tick(10)
+        if net.reps[b].role is Role.LEADER and net.reps[b].serving:
+            break
+    new = net.reps[b]
+    assert new.role is Role.LEADER and new.serving
+    assert not new.is_live(a) and new.is_live(lead.id)
+    why = new.request_change(remove(Member(lead.id)))
+    assert why is not None and "no quorum" in why
+    assert lead.id in new.config.ids
+
+
 def test_removing_the_leader_hands_over_first() -> None:
     net = MNet()
     lead = net.elect()
