@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
-    "InvalidRequest", "Lock", "LockTimeout", "PermissionDenied", "QuotaExceeded", "Unavailable",
-    "Watch", "__version__",
+    "InvalidRequest", "Lock", "LockTimeout", "MembershipRefused", "PermissionDenied",
+    "QuotaExceeded", "Unavailable", "Watch", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         InvalidRequest,
         Lock,
         LockTimeout,
+        MembershipRefused,
         PermissionDenied,
         QuotaExceeded,
         Unavailable,

@@ -74,6 +74,9 @@ class NodeSpec:
     http_bind: str | None = None    # HOST:PORT to listen on (None: loopback, http's port)
     bind: str | None = None         # tcp://HOST:PORT the ROUTER listens on (None: address)
     publish_bind: str | None = None  # tcp://HOST:PORT the PUB listens on (None: publish)
+    # Added to a running cluster (`coordctl member add`): not a bootstrap member; its data
+    # directory starts knowing no configuration and learns its membership from the leader.
+    added: bool = False
 
     @property
     def listen(self) -> str:
@@ -188,7 +191,8 @@ def load(path: Path) -> Cluster:
                                   None if http is None else check_http(str(http)),
                                   None if bind is None else check_bind(str(bind)),
                                   None if listen is None else check_endpoint(str(listen)),
-                                  None if publish_listen is None else check_endpoint(str(publish_listen))))
+                                  None if publish_listen is None else check_endpoint(str(publish_listen)),
+                                  n.get("added") is True))
     except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
     ids = [n.id for n in nodes]
@@ -386,6 +390,46 @@ def set_node_key(cluster: Cluster, node_id: str, public_key: str) -> Cluster:
     for n in raw["nodes"]:
         if n.get("id") == node_id:
             n["public_key"] = keys.check_public(public_key, "public key")
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
+
+
+def add_node(cluster: Cluster, spec: NodeSpec) -> Cluster:
+    """Append a member added at runtime to the cluster file (``added = true``). The file
+    is the bootstrap and a convenience for clients; the log decides who is a member."""
+    assert cluster.path is not None
+    if spec.id in cluster.ids:
+        raise ClusterFileError(f"{spec.id} is already in {cluster.path}")
+    raw = tomllib.loads(cluster.path.read_text())
+    try:
+        data_dir: Path | str = spec.data_dir.relative_to(cluster.path.parent)
+    except ValueError:
+        data_dir = spec.data_dir
+    entry: dict[str, object] = {"id": spec.id, "address": spec.address,
+                                "publish": spec.publish, "data_dir": str(data_dir),
+                                "added": True}
+    if spec.http is not None:
+        entry["http"] = check_http(spec.http)
+    if spec.http_bind is not None:
+        entry["http_bind"] = check_bind(spec.http_bind)
+    if spec.public_key is not None:
+        entry["public_key"] = keys.check_public(spec.public_key, "public key")
+    raw["nodes"].append(entry)
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
+
+
+def mark_added(cluster: Cluster, node_id: str, public_key: str | None) -> Cluster:
+    """A member removed and added again under its id (the replace path): its entry says
+    ``added = true`` (its new data directory joins, it is not a bootstrap member any more)
+    and names its new public key in a secure cluster."""
+    assert cluster.path is not None
+    raw = tomllib.loads(cluster.path.read_text())
+    for n in raw["nodes"]:
+        if n.get("id") == node_id:
+            n["added"] = True
+            if public_key is not None:
+                n["public_key"] = keys.check_public(public_key, "public key")
     _write_atomically(cluster.path, raw)
     return load(cluster.path)
 

@@ -168,7 +168,9 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
     """
     c = clusterfile.load(cluster)
     spec = c.node(node)
-    if not (spec.data_dir / NODE_DB).exists() and _cluster_has_history(c, spec.id):
+    # A member added at runtime (`member add`) has no history of its own yet: it starts
+    # knowing no configuration and learns everything, its membership too, from the leader.
+    if not (spec.data_dir / NODE_DB).exists() and not spec.added and _cluster_has_history(c, spec.id):
         fail(f"the cluster is running and has history, so node {spec.id} was a member that "
              "lost its data; a blank acceptor must not vote",
              f"use `coordctl node replace --cluster {cluster} --node {spec.id}`", EXIT_REFUSED)
@@ -183,7 +185,7 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
         warn(f"{spec.id} had no {keys.NODE_KEY_FILE} (cluster init wrote it into "
              f"{spec.data_dir.name}/ on the machine where it ran): made a new key pair and "
              f"recorded its public key in {c.path}; copy that file to the other members")
-    init_data_dir(spec.data_dir, c.id, spec.id)
+    init_data_dir(spec.data_dir, c.id, spec.id, joining=spec.added)
     if json:
         emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir)})
     else:
@@ -271,16 +273,21 @@ def node_replace(cluster: ClusterFileOpt, node: NodeOpt, force: Annotated[bool, 
 def _record_new_key(c: Cluster, node_id: str, public: str) -> Cluster:
     """The replacement's public key into the cluster file and the admin key beside it."""
     c = clusterfile.set_node_key(c, node_id, public)
+    refresh_admin_key(c)
+    return c
+
+
+def refresh_admin_key(c: Cluster) -> None:
+    """admin.key beside the cluster file lists every node's public key (clients use it)."""
     admin = c.admin_key_file
     if admin is not None and admin.exists():
         try:
             ck = keys.read_client_key(admin)
         except keys.KeyFileError as e:
-            warn(f"{admin} not updated with the new key of {node_id}: {e}")
+            warn(f"{admin} not updated with the nodes' keys: {e}")
         else:
             keys.write_client_key(admin, dataclasses.replace(
                 ck, nodes=clusterfile.key_file_nodes(c)))
-    return c
 
 
 # --- serve ------------------------------------------------------------------------------

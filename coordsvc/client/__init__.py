@@ -22,6 +22,7 @@ from .errors import (
     FenceRejected,
     InvalidRequest,
     LockTimeout,
+    MembershipRefused,
     PermissionDenied,
     QuotaExceeded,
     SnapshotGone,
@@ -31,5 +32,6 @@ from .errors import (
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
     "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
-    "PermissionDenied", "Principal", "QuotaExceeded", "SnapshotGone", "Unavailable", "Watch",
+    "MembershipRefused", "PermissionDenied", "Principal", "QuotaExceeded", "SnapshotGone",
+    "Unavailable", "Watch",
 ]

@@ -8,6 +8,8 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 │                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
+├── MembershipRefused   a membership change was refused (one in flight, no live quorum
+│                       left, not a member, ...): nothing was changed
 ├── PermissionDenied    the cluster refused this client's key (or it has none), or the
 │                       request is outside the key's rights: nothing was done
 ├── QuotaExceeded       a put past the cluster's [limits] max_keys or max_db_bytes: nothing
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable",
+    "MembershipRefused", "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable",
 ]
 
 
@@ -48,6 +50,10 @@ class InvalidRequest(CoordError):
 
 class LockTimeout(CoordError):
     """The lock was not acquired within the timeout: nothing is held."""
+
+
+class MembershipRefused(CoordError):
+    """The leader refused a membership change; the message says why. Nothing changed."""
 
 
 class PermissionDenied(CoordError):

@@ -55,6 +55,8 @@ from .protocol import (
     ListRequest,
     LocksRequest,
     LockWaitRequest,
+    MemberChangeRequest,
+    MembersRequest,
     RevisionRequest,
     SnapshotChunkRequest,
     SnapshotSaveRequest,
@@ -224,6 +226,8 @@ _REQUEST_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
     RevisionRequest: _clients, AuthListRequest: _admin_only,
     # A backup is every value and every principal: the whole state, so admin only.
     SnapshotSaveRequest: _admin_only, SnapshotChunkRequest: _admin_only,
+    # The member list is what status shows (addresses, public keys); changing it is admin's.
+    MembersRequest: _anyone, MemberChangeRequest: _admin_only,
 }
 
 

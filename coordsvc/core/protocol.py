@@ -58,6 +58,12 @@ Ops (request fields -> reply fields):
 
 Every request is checked against the rights of the principal that sent it (``core.acl``)
 before anything else; a refusal is ``permission_denied`` and changes nothing.
+``members``    -> members: [MemberRow, ...], leader, change_in_flight. Leader only: the
+               latest chosen configuration, learners with the commit index they reported.
+``member_change`` action ("add" | "remove" | "transfer"), node, address, publish, http,
+               public_key -> message. Leader only. Accepted for proposal, not yet chosen
+               (the client polls ``members`` until it is); ``refused`` with the reason
+               otherwise (a change in flight, no live quorum left, not a member, ...).
 
 Adding an op, all in this module: a member of :class:`Op`; a request record with
 ``op: ClassVar[Op]`` and ``from_wire``/``to_wire``, listed in ``REQUEST_TYPES``; a reply
@@ -81,10 +87,11 @@ __all__ = [
     "AuthListReply", "AuthListRequest",
     "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
-    "LocksReply", "LocksRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES", "Result",
-    "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError", "SnapshotChunkReply",
-    "SnapshotChunkRequest", "SnapshotSaveReply", "SnapshotSaveRequest", "StatusReply",
-    "StatusRequest", "WatchReply", "WatchRequest", "WriteReply", "WriteRequest",
+    "LocksReply", "LocksRequest", "MemberChangeReply", "MemberChangeRequest", "MemberRow",
+    "MembersReply", "MembersRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES",
+    "Result", "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError",
+    "SnapshotChunkReply", "SnapshotChunkRequest", "SnapshotSaveReply", "SnapshotSaveRequest",
+    "StatusReply", "StatusRequest", "WatchReply", "WatchRequest", "WriteReply", "WriteRequest",
     "decode_client_request", "reply_map", "row_bytes",
 ]
 
@@ -114,6 +121,8 @@ class Op(StrEnum):
     SNAPSHOT_CHUNK = "snapshot_chunk"
     REVISION = "revision"
     AUTH_LIST = "auth_list"
+    MEMBERS = "members"
+    MEMBER_CHANGE = "member_change"
 
 
 class ErrorCode(StrEnum):
@@ -125,6 +134,7 @@ class ErrorCode(StrEnum):
     COMPACTED = "compacted"      # + oldest: the first revision a watch can still start after
     BUSY = "busy"                # a bounded queue is full: retry later
     PERMISSION_DENIED = "permission_denied"   # outside the caller's rights: nothing was done
+    REFUSED = "refused"          # a membership change refused; the message says why
     INTERNAL = "internal"        # the node failed answering this request (a bug, logged)
     QUOTA_EXCEEDED = "quota_exceeded"    # a put past [limits] max_keys / max_db_bytes
     CURSOR_EXPIRED = "cursor_expired"    # a page's cursor is gone: start the read again
@@ -789,13 +799,60 @@ class AuthListRequest:
         return cls(_bool(m, "stale", False))
 
 
+@dataclass(frozen=True, slots=True)
+class MembersRequest:
+    op: ClassVar[Op] = Op.MEMBERS
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.MEMBERS}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MembersRequest:
+        return cls()
+
+
+MEMBER_ACTIONS = ("add", "remove", "transfer")
+_MAX_MEMBER_FIELD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChangeRequest:
+    op: ClassVar[Op] = Op.MEMBER_CHANGE
+    action: str
+    node: str
+    address: str = ""
+    publish: str = ""
+    http: str = ""
+    public_key: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.MEMBER_CHANGE, "action": self.action, "node": self.node,
+                "address": self.address, "publish": self.publish, "http": self.http,
+                "public_key": self.public_key}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MemberChangeRequest:
+        action, node = _str(m, "action"), _str(m, "node")
+        if action not in MEMBER_ACTIONS:
+            raise SchemaError(f"action must be one of {', '.join(MEMBER_ACTIONS)}")
+        if not 0 < len(node) <= 64:
+            raise SchemaError("node must be an id of 1..64 characters")
+        rest = [_str(m, f, "") for f in ("address", "publish", "http", "public_key")]
+        if any(len(v) > _MAX_MEMBER_FIELD for v in rest):
+            raise SchemaError(f"addresses and keys are at most {_MAX_MEMBER_FIELD} characters")
+        if action == "add" and not rest[0]:
+            raise SchemaError("add needs the new member's address")
+        return cls(action, node, *rest)
+
+
 ClientRequest = (WriteRequest | KeepaliveRequest | GetRequest | ListRequest | HistoryRequest
                  | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest | RevisionRequest
-                 | AuthListRequest | SnapshotSaveRequest | SnapshotChunkRequest)
+                 | AuthListRequest | SnapshotSaveRequest | SnapshotChunkRequest
+                 | MembersRequest | MemberChangeRequest)
 REQUEST_TYPES: tuple[type[ClientRequest], ...] = (
     WriteRequest, KeepaliveRequest, GetRequest, ListRequest, HistoryRequest, WatchRequest,
     LockWaitRequest, LocksRequest, StatusRequest, RevisionRequest, AuthListRequest,
-    SnapshotSaveRequest, SnapshotChunkRequest)
+    SnapshotSaveRequest, SnapshotChunkRequest, MembersRequest, MemberChangeRequest)
 _BY_OP: dict[str, type[ClientRequest]] = {t.op.value: t for t in REQUEST_TYPES}
 if set(_BY_OP) != {o.value for o in Op} or len(_BY_OP) != len(REQUEST_TYPES):
     raise ImportError("protocol: every Op needs exactly one request record in REQUEST_TYPES")
@@ -1055,6 +1112,68 @@ class AuthListReply:
 
 
 @dataclass(frozen=True, slots=True)
+class MemberRow:
+    """One member: [id, incarnation, voting, address, publish, http, public_key, progress,
+    live]; ``progress`` is the commit index it last reported (-1: not heard yet), ``live``
+    whether the leader heard it within an election timeout."""
+
+    id: str
+    incarnation: int
+    voting: bool
+    address: str
+    publish: str
+    http: str
+    public_key: str
+    progress: int = -1
+    live: bool = False
+
+    def to_wire(self) -> list[object]:
+        return [self.id, self.incarnation, self.voting, self.address, self.publish, self.http,
+                self.public_key, self.progress, self.live]
+
+    @classmethod
+    def from_wire(cls, w: object) -> MemberRow:
+        r = _list(w, "member row")
+        if (len(r) < 8 or type(r[0]) is not str or type(r[1]) is not int
+                or type(r[2]) is not bool or not all(type(x) is str for x in r[3:7])
+                or type(r[7]) is not int):
+            raise SchemaError("member row must be [id, incarnation, voting, address, publish, "
+                              "http, public_key, progress]")
+        live = r[8] if len(r) > 8 and type(r[8]) is bool else False
+        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], live)
+
+
+@dataclass(frozen=True, slots=True)
+class MembersReply:
+    members: tuple[MemberRow, ...]
+    leader: str | None
+    change_in_flight: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "members": [r.to_wire() for r in self.members],
+                "leader": self.leader, "change_in_flight": self.change_in_flight}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MembersReply:
+        leader = m.get("leader")
+        return cls(tuple(MemberRow.from_wire(r) for r in _list(m.get("members"), "members")),
+                   leader if type(leader) is str else None,
+                   _bool(m, "change_in_flight", False))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChangeReply:
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MemberChangeReply:
+        return cls(_str(m, "message", ""))
+
+
+@dataclass(frozen=True, slots=True)
 class ErrorReply:
     """A refusal. ``error`` is a plain str when a newer node sends a code this one lacks."""
 
@@ -1091,4 +1210,5 @@ class ErrorReply:
 
 Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply
          | LockWaitReply | LocksReply | StatusReply | RevisionReply | AuthListReply
-         | SnapshotSaveReply | SnapshotChunkReply | ErrorReply)
+         | SnapshotSaveReply | SnapshotChunkReply | MembersReply | MemberChangeReply
+         | ErrorReply)

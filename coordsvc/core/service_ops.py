@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from .acl import Caller
 from .commands import AuthAdd, AuthRemove, Put, Request, stamp
 from .export import ExportPoint
+from .membership import ChangeKind, Member, MembershipChange
 from .protocol import (
     AuthListReply,
     AuthListRequest,
@@ -45,6 +46,11 @@ from .protocol import (
     LocksReply,
     LocksRequest,
     LockWaitRequest,
+    MemberChangeReply,
+    MemberChangeRequest,
+    MemberRow,
+    MembersReply,
+    MembersRequest,
     PrincipalRow,
     Reply,
     RevisionReply,
@@ -357,3 +363,60 @@ def _snapshot_chunk(svc: Service, route: Route, rid: object, req: SnapshotChunkR
                       "restarted, or the save sat idle too long); start the save again")
         return
     svc.out.reply(route, rid, SnapshotChunkReply(chunk.offset, chunk.data, chunk.done, chunk.sha256))
+
+
+# -- membership (core/membership.py) ---------------------------------------------------------
+
+@_handles(MembersRequest)
+def _members(svc: Service, route: Route, rid: object, req: MembersRequest,
+             caller: Caller) -> None:
+    if not svc.serving():
+        svc.not_leader(route, rid)
+        return
+    st = svc.replica.status()
+    progress = {n: (inc, c) for n, inc, c in st.progress}
+    rows = []
+    for m in st.config.members:
+        p = progress.get(m.id)
+        heard = p[1] if p is not None and p[0] == m.incarnation else -1
+        if m.id == svc.id:
+            heard = st.commit_index
+        rows.append(MemberRow(m.id, m.incarnation, m.voting, m.address, m.publish, m.http,
+                              m.public_key, heard, svc.replica.is_live(m.id)))
+    svc.out.reply(route, rid, MembersReply(tuple(rows), svc.id, st.change_in_flight))
+
+
+@_handles(MemberChangeRequest)
+def _member_change(svc: Service, route: Route, rid: object, req: MemberChangeRequest,
+                   caller: Caller) -> None:
+    if not svc.serving():
+        svc.not_leader(route, rid)
+        return
+    r = svc.replica
+    if req.action == "transfer":
+        why = r.transfer_leadership(req.node)
+        done = f"handing leadership to {req.node}"
+    else:
+        if req.action == "add":
+            if svc.identities.secure and not req.public_key:
+                svc.out.error(route, rid, ErrorCode.REFUSED,
+                              f"a secure cluster needs {req.node}'s public key to add it")
+                return
+            member = Member(req.node, 0, False, req.address, req.publish, req.http,
+                            req.public_key)
+            change = MembershipChange(ChangeKind.ADD, member)
+        else:
+            found = r.config.get(req.node)
+            if found is None:
+                svc.out.error(route, rid, ErrorCode.REFUSED, f"{req.node} is not a member")
+                return
+            change = MembershipChange(ChangeKind.REMOVE, found)
+        why = r.request_change(change)
+        done = f"{req.action} {req.node}: proposed"
+    if why is None:
+        svc.out.reply(route, rid, MemberChangeReply(done))
+    elif "hands leadership" in why or why.startswith("leadership is being handed"):
+        # Removing the leader: it hands over first; the client retries and is redirected.
+        svc.out.error(route, rid, ErrorCode.UNAVAILABLE, why)
+    else:
+        svc.out.error(route, rid, ErrorCode.REFUSED, why)

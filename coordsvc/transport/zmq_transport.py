@@ -339,6 +339,23 @@ class Transport:
         peer.failed_ms = None
         self._connect(peer)
 
+    def set_peers(self, specs: list[NodeSpec]) -> None:
+        """Follow the chosen configuration: connect to members added, drop members
+        removed, reconnect to a member whose address or key changed."""
+        want = {sp.id: sp for sp in specs if sp.id != self.id}
+        for pid in sorted(set(self.peers) - set(want)):
+            log.info("peer %s left the configuration; disconnecting", pid)
+            self._disconnect(self.peers.pop(pid))
+        for pid, spec in sorted(want.items()):
+            peer = self.peers.get(pid)
+            if peer is None:
+                log.info("peer %s joined the configuration at %s; connecting", pid, spec.address)
+                self.peers[pid] = peer = _Peer(spec)
+                self._connect(peer)
+            elif (peer.spec.address, peer.spec.publish, peer.spec.public_key) != (
+                    spec.address, spec.publish, spec.public_key):
+                self.rekey(spec)
+
     def maintain(self, now_ms: int) -> None:
         """Rebuild peer connections whose CURVE handshake failed for good (libzmq stops
         reconnecting after an authentication or protocol error): a member restarted with
