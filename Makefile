@@ -44,25 +44,33 @@ check: test typecheck lint
 clean:
 	rm -rf $(VENV) .coord .pytest_cache
 
-# Benchmarks (issue 7). DURATION scales every test's duration (1 = the issue's table).
+# Benchmarks (issues 7 and 17; bench/README.md). `bench` is a package run with `python -m`
+# from here. DURATION scales every test's duration (1 = the issue's table).
 # `make bench`: coordsvc alone, quick by default; `make bench-compare`: coordsvc, etcd and
-# PySyncObj, 3 interleaved rounds, one markdown table (see bench/README.md).
+# PySyncObj, 3 interleaved rounds, markdown tables with CPU per operation;
+# `make bench-scale`: how cost grows, with plots (QUICK=1: small ranges, about a minute).
 DURATION ?=
 ROUNDS ?= 3
+QUICK ?=
 
-.PHONY: bench bench-compare bench-anchors bench-large
+.PHONY: bench bench-compare bench-anchors bench-large bench-scale
 
 bench: $(BIN)/activate
-	$(BIN)/python bench/load.py --system coordsvc --scale $(or $(DURATION),0.3)
+	$(BIN)/python -m bench.load --system coordsvc --scale $(or $(DURATION),0.3)
 
 # Issue 11's large-value row: 64 KiB and 1 MiB puts, a full list of a 100 MiB prefix, with
 # throughput and peak RSS per node.
 bench-large: $(BIN)/activate
-	$(BIN)/python bench/load.py --system coordsvc --tests large --scale $(or $(DURATION),0.3)
+	$(BIN)/python -m bench.load --system coordsvc --tests large --scale $(or $(DURATION),0.3)
 
 bench-anchors:
 	bash bench/anchors/install.sh
 
 bench-compare: $(BIN)/activate
 	-bash bench/anchors/install.sh
-	$(BIN)/python bench/compare.py --rounds $(ROUNDS) --scale $(or $(DURATION),1)
+	$(BIN)/python -m bench.compare --rounds $(ROUNDS) --scale $(or $(DURATION),1)
+
+# Issue 17's scale sweeps; matplotlib (the `bench` extra) draws bench/results/scale-*.png.
+bench-scale: $(BIN)/activate
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench.scale $(if $(QUICK),--quick)

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """RSS of each coordsvc node holding 100,000 keys with 64-byte values (issue 7: < 150 MB).
 
-    .venv/bin/python bench/memory.py [--keys 100000] [--threads 64]
+    .venv/bin/python -m bench.memory [--keys 100000] [--threads 64]
 
-Starts a fresh 3-node cluster (as ``bench/load.py`` does), writes the keys through
+Starts a fresh 3-node cluster (``bench.coord.CoordSystem``), writes the keys through
 ``coordsvc.Client`` (many threads on one client, so the leader batches), waits for the
 followers to apply, then prints VmRSS and VmHWM of every node from /proc/PID/status and
 writes ``bench/results/memory-<ts>.json``. Nodes are stopped by PID.
@@ -15,21 +14,10 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from load import RESULTS_DIR, CoordSystem, machine_info, rss_mb
-
-
-def vm(pid: int, field: str) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+from .coord import CoordSystem
+from .measure import rss_mb
+from .report import RESULTS_DIR, machine_info, stamp
 
 
 def main() -> int:
@@ -40,7 +28,7 @@ def main() -> int:
     a = ap.parse_args()
     sysm = CoordSystem()
     try:
-        nodes = {k: v for k, v in sysm.pids().items() if k != "client"}
+        nodes = sysm.node_pids()
         before = {k: rss_mb(p) for k, p in nodes.items()}
         conn = sysm.connect()
         value = b"v" * a.value_bytes
@@ -72,8 +60,8 @@ def main() -> int:
         check = conn.get("m/000000"), conn.get(f"m/{a.keys - 1:06d}")
         conn.close()
         time.sleep(3.0)   # followers apply the tail; let any snapshot finish
-        after = {k: {"rss_mb": round(vm(p, "VmRSS") or 0, 1),
-                     "hwm_mb": round(vm(p, "VmHWM") or 0, 1)} for k, p in nodes.items()}
+        after = {k: {"rss_mb": round(rss_mb(p) or 0, 1),
+                     "hwm_mb": round(rss_mb(p, "VmHWM") or 0, 1)} for k, p in nodes.items()}
         db = {}
         if sysm.root is not None:
             for d in sorted(sysm.root.iterdir()):
@@ -89,7 +77,7 @@ def main() -> int:
     finally:
         sysm.close()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    out = RESULTS_DIR / f"memory-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = RESULTS_DIR / f"memory-{stamp()}.json"
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))
     print(f"results: {out}")

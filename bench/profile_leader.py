@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Profile the coordsvc leader process while the put_tp workload runs.
 
-    .venv/bin/python bench/profile_leader.py [--seconds 10]
+    .venv/bin/python -m bench.profile_leader [--seconds 10]
 
 Starts a fresh 3-node cluster, finds the leader's PID, and samples it with py-spy (from
 ``bench/.venv-anchors``; ``bench/anchors/install.sh`` installs it) while put_tp (16 threads
@@ -20,14 +19,13 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from .coord import CoordSystem
+from .measure import CpuMeter, cpu_seconds
+from .report import BENCH_DIR, REPO_DIR, RESULTS_DIR
+from .workload import FULL, t_put_tp
 
-from load import FULL, RESULTS_DIR, CoordSystem, cpu_seconds, t_put_tp  # noqa: E402
-
-PYSPY = BENCH / ".venv-anchors" / "bin" / "py-spy"
+PYSPY = BENCH_DIR / ".venv-anchors" / "bin" / "py-spy"
 _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 
 
@@ -36,7 +34,7 @@ def short(frame: str) -> str:
     if not m:
         return frame
     fn, path = m.groups()
-    for cut in ("/site-packages/", "/work/main/", "/lib/python3.11/"):
+    for cut in ("/site-packages/", f"{REPO_DIR}/", "/lib/python3.11/"):
         if cut in path:
             path = path.split(cut, 1)[1]
     return f"{fn} ({path})"
@@ -89,7 +87,7 @@ def main() -> int:
         c0 = cpu_seconds(pid)
         res: dict[str, object] = {}
         t = threading.Thread(target=lambda: res.update(
-            t_put_tp(sysm, replace(FULL, put_s=a.seconds - 1.0))))
+            t_put_tp(sysm, replace(FULL, put_s=a.seconds - 1.0), CpuMeter({}))))
         t.start()
         t.join()
         c1 = cpu_seconds(pid)

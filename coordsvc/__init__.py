@@ -6,9 +6,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 __all__ = [
     "Client", "Compacted", "CompareFailed", "CoordError", "Election", "Entry", "Event",
-    "FenceRejected", "Leader", "RWLock", "Term",
-    "InvalidRequest", "Lease", "LeaseExpired", "Lock", "LockTimeout", "PermissionDenied",
-    "QuotaExceeded", "Unavailable",
+    "FenceRejected", "InvalidRequest", "Leader", "Lease", "LeaseExpired", "Lock", "LockTimeout",
+    "MembershipRefused", "PermissionDenied", "QuotaExceeded", "RWLock", "Term", "Unavailable",
     "Watch", "__version__",
 ]
 
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
         LeaseExpired,
         Lock,
         LockTimeout,
+        MembershipRefused,
         PermissionDenied,
         QuotaExceeded,
         RWLock,

@@ -15,6 +15,8 @@ address = "tcp://127.0.0.1:7101"   # ROUTER: peer traffic and client requests
 publish = "tcp://127.0.0.1:7201"   # PUB: heartbeats and watch events
 http = "http://127.0.0.1:7301"     # /metrics, /healthz, /readyz, dashboard (absent: no HTTP)
 http_bind = "0.0.0.0:7301"         # optional: where to listen; default 127.0.0.1:<http port>
+bind = "tcp://0.0.0.0:7101"        # optional: where the ROUTER listens; default: address
+publish_bind = "tcp://0.0.0.0:7201"  # optional: where the PUB listens; default: publish
 data_dir = "n1"                    # relative to the cluster file's directory
 public_key = "..."                 # Z85; the secret half is in <data_dir>/node.key (0600)
 
@@ -27,13 +29,16 @@ max_keys = 1000000                 # past it, puts of new keys are refused
 ```
 
 The file holds public keys only; ``write_keys`` puts the secret halves where they belong.
+
+``address``, ``publish`` and ``http`` are what a node *advertises*: peers and clients
+connect there, redirects name them. A node listens there too, unless ``bind``,
+``publish_bind`` or ``http_bind`` say otherwise -- a container binds ``0.0.0.0`` (or its
+pod IP) but advertises a stable DNS name (``cluster init --bind-host 0.0.0.0``).
 """
 from __future__ import annotations
 
 import os
-import random
 import re
-import socket
 import tomllib
 import uuid
 from dataclasses import dataclass, field, fields
@@ -44,6 +49,8 @@ import tomli_w
 from . import keys
 from .core.quotas import Quotas
 from .core.types import Config
+from .runtime.launch import free_base_port as free_base_port  # re-exported: the port layout
+from .runtime.launch import node_ports as node_ports  # write_new assigns, and its finder
 
 DEFAULT_DIR = Path(".coord")
 FILE_NAME = "cluster.toml"
@@ -65,6 +72,21 @@ class NodeSpec:
     public_key: str | None = None   # CURVE, Z85; None in an insecure cluster
     http: str | None = None         # advertised URL of the node's HTTP endpoints
     http_bind: str | None = None    # HOST:PORT to listen on (None: loopback, http's port)
+    bind: str | None = None         # tcp://HOST:PORT the ROUTER listens on (None: address)
+    publish_bind: str | None = None  # tcp://HOST:PORT the PUB listens on (None: publish)
+    # Added to a running cluster (`coordctl member add`): not a bootstrap member; its data
+    # directory starts knowing no configuration and learns its membership from the leader.
+    added: bool = False
+
+    @property
+    def listen(self) -> str:
+        """Where this node's ROUTER binds."""
+        return self.bind or self.address
+
+    @property
+    def publish_listen(self) -> str:
+        """Where this node's PUB binds."""
+        return self.publish_bind or self.publish
 
     @property
     def key_file(self) -> Path:
@@ -85,6 +107,7 @@ class Cluster:
     config: Config = field(default_factory=Config)
     security: str = INSECURE
     admin_public_key: str | None = None
+    limits: Quotas = field(default_factory=Quotas)
 
     @property
     def secure(self) -> bool:
@@ -98,7 +121,6 @@ class Cluster:
     def server_keys(self) -> dict[str, str]:
         """Address -> public key of every node (empty in an insecure cluster)."""
         return {n.address: n.public_key for n in self.nodes if n.public_key is not None}
-    limits: Quotas = field(default_factory=Quotas)
 
     def node(self, node_id: str) -> NodeSpec:
         for n in self.nodes:
@@ -161,12 +183,16 @@ def load(path: Path) -> Cluster:
             if security == CURVE or public is not None:
                 public = _public(path, public, f"public_key of node {n['id']}")
             http, bind = n.get("http"), n.get("http_bind")
+            listen, publish_listen = n.get("bind"), n.get("publish_bind")
             nodes.append(NodeSpec(str(n["id"]), check_endpoint(str(n["address"])),
                                   check_endpoint(str(n["publish"])),
                                   d if d.is_absolute() else path.parent / d,
                                   public if security == CURVE else None,
                                   None if http is None else check_http(str(http)),
-                                  None if bind is None else check_bind(str(bind))))
+                                  None if bind is None else check_bind(str(bind)),
+                                  None if listen is None else check_endpoint(str(listen)),
+                                  None if publish_listen is None else check_endpoint(str(publish_listen)),
+                                  n.get("added") is True))
     except (KeyError, TypeError, AttributeError) as e:
         raise ClusterFileError(f"cluster file {path} is malformed: missing or bad {e}") from None
     ids = [n.id for n in nodes]
@@ -175,8 +201,50 @@ def load(path: Path) -> Cluster:
     publics = [n.public_key for n in nodes if n.public_key] + ([admin] if admin else [])
     if len(set(publics)) != len(publics):
         raise ClusterFileError(f"cluster file {path}: every node and the admin need their own key")
+    _check_ports(path, nodes)
     return Cluster(name, cid, tuple(nodes), path, _tuning(path, raw.get("tuning", {})),
                    security, admin, _limits(path, raw.get("limits", {})))
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "[::]", "*"})
+
+
+def _host_port(endpoint: str) -> tuple[str, int]:
+    """(host, port) of ``tcp://HOST:PORT``, ``http://HOST:PORT`` or ``HOST:PORT`` (checked)."""
+    m = _ENDPOINT.match("tcp://" + endpoint.split("://", 1)[-1])
+    assert m is not None, endpoint      # every caller passes a checked endpoint
+    return m.group(1), int(m.group(2))
+
+
+def _check_ports(path: Path, nodes: list[NodeSpec]) -> None:
+    """No two endpoints may be one socket: every advertised ``address``, ``publish`` and
+    ``http`` differs from every other node's and its own, and a node's three listening
+    sockets (``bind``, ``publish_bind``, HTTP) do not share a port on one address. Both
+    layouts of ``write_new`` pass (ports base+i, +100+i, +200+i; or, with --same-ports,
+    base+1, +101, +201 on a host per node); a hand-edited file that reuses a port is
+    refused here, in one line, instead of failing to bind later on one node."""
+    seen: dict[tuple[str, int], str] = {}
+    for n in nodes:
+        for what, ep in (("address", n.address), ("publish", n.publish), ("http", n.http)):
+            if ep is None:
+                continue
+            hp = _host_port(ep)
+            if hp in seen:
+                raise ClusterFileError(f"cluster file {path}: {n.id}'s {what} {ep} is also "
+                                       f"{seen[hp]}: every endpoint needs its own host:port")
+            seen[hp] = f"{n.id}'s {what}"
+        http_port = None if n.http is None else _host_port(n.http)[1]
+        listening = [("bind", n.listen), ("publish_bind", n.publish_listen)]
+        if n.http_bind is not None:
+            listening.append(("http_bind", n.http_bind))
+        elif http_port is not None:
+            listening.append(("http_bind", f"127.0.0.1:{http_port}"))
+        socks = [(what, *_host_port(ep)) for what, ep in listening]
+        for i, (what, host, port) in enumerate(socks):
+            for other, ohost, oport in socks[:i]:
+                if port == oport and (host == ohost or host in _WILDCARDS or ohost in _WILDCARDS):
+                    raise ClusterFileError(f"cluster file {path}: {n.id} would listen on port "
+                                           f"{port} twice ({other} and {what})")
 
 
 def _public(path: Path, value: object, what: str) -> str:
@@ -224,9 +292,16 @@ def _tuning(path: Path, raw: object) -> Config:
 def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", base_port: int = 7100,
               force: bool = False, name: str = "coordsvc",
               tuning: dict[str, int] | None = None, distinct_hosts: bool = False,
-              cluster_keys: keys.ClusterKeys | None = None) -> Cluster:
+              cluster_keys: keys.ClusterKeys | None = None, bind_host: str | None = None,
+              same_ports: bool = False) -> Cluster:
     """Write DIR/cluster.toml for nodes n1..nN. Node i listens on base+i, publishes on
     base+100+i and serves HTTP (metrics, health, dashboard) on base+200+i.
+
+    ``bind_host`` (e.g. ``0.0.0.0``): every node listens on that host at its ports
+    (``bind``, ``publish_bind``, ``http_bind``) while advertising its ``host``.
+    ``same_ports``: every node gets node 1's ports (base+1, base+101, base+201), which
+    needs a distinct host per node (a pod template or container image gives every node
+    the same ports and probes).
 
     ``distinct_hosts`` puts node i on 127.0.0.(i+1) (loopback needs no set-up), so that
     firewall rules can cut links between individual nodes (see FAULTS.md). ``host`` may list
@@ -248,15 +323,25 @@ def write_new(directory: Path, nodes: int, host: str | list[str] = "127.0.0.1", 
     if len(hosts) != nodes:
         raise ClusterFileError(f"give one --host for all nodes or one per node ({nodes}), "
                                f"not {len(hosts)}")
-    for h in hosts:
+    if same_ports and len(set(hosts)) != nodes:
+        raise ClusterFileError("--same-ports needs a distinct --host for every node")
+    for h in hosts + ([bind_host] if bind_host is not None else []):
         check_endpoint(f"tcp://{h}:{base_port + 1}")
+    def port(i: int) -> int:
+        return base_port + (1 if same_ports else i)
+
     node_docs: list[dict[str, str]] = [
-        {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + i}",
-         "publish": f"tcp://{_host(h, i, distinct_hosts)}:{base_port + 100 + i}",
-         "http": f"http://{_host(h, i, distinct_hosts)}:{base_port + 200 + i}",
+        {"id": f"n{i}", "address": f"tcp://{_host(h, i, distinct_hosts)}:{port(i)}",
+         "publish": f"tcp://{_host(h, i, distinct_hosts)}:{port(i) + 100}",
+         "http": f"http://{_host(h, i, distinct_hosts)}:{port(i) + 200}",
          "data_dir": f"n{i}"}
         for i, h in enumerate(hosts, start=1)
     ]
+    if bind_host is not None:
+        for i, n in enumerate(node_docs, start=1):
+            n["bind"] = f"tcp://{bind_host}:{port(i)}"
+            n["publish_bind"] = f"tcp://{bind_host}:{port(i) + 100}"
+            n["http_bind"] = f"{bind_host}:{port(i) + 200}"
     security: dict[str, str] = {"mode": INSECURE}
     if cluster_keys is not None:
         security = {"mode": CURVE, "admin_public_key": cluster_keys.admin.public}
@@ -309,29 +394,44 @@ def set_node_key(cluster: Cluster, node_id: str, public_key: str) -> Cluster:
     return load(cluster.path)
 
 
-def node_ports(base_port: int, nodes: int) -> list[int]:
-    """Every port ``write_new`` assigns: node i listens on base+i, publishes on base+100+i
-    and serves HTTP on base+200+i."""
-    return [base_port + offset + i for offset in (0, 100, 200) for i in range(1, nodes + 1)]
+def add_node(cluster: Cluster, spec: NodeSpec) -> Cluster:
+    """Append a member added at runtime to the cluster file (``added = true``). The file
+    is the bootstrap and a convenience for clients; the log decides who is a member."""
+    assert cluster.path is not None
+    if spec.id in cluster.ids:
+        raise ClusterFileError(f"{spec.id} is already in {cluster.path}")
+    raw = tomllib.loads(cluster.path.read_text())
+    try:
+        data_dir: Path | str = spec.data_dir.relative_to(cluster.path.parent)
+    except ValueError:
+        data_dir = spec.data_dir
+    entry: dict[str, object] = {"id": spec.id, "address": spec.address,
+                                "publish": spec.publish, "data_dir": str(data_dir),
+                                "added": True}
+    if spec.http is not None:
+        entry["http"] = check_http(spec.http)
+    if spec.http_bind is not None:
+        entry["http_bind"] = check_bind(spec.http_bind)
+    if spec.public_key is not None:
+        entry["public_key"] = keys.check_public(spec.public_key, "public key")
+    raw["nodes"].append(entry)
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
 
 
-def free_base_port(nodes: int, rng: random.Random, low: int = 20000, high: int = 50000) -> int:
-    """A base port whose every node port is free on 127.0.0.1 right now (tests, benchmarks)."""
-    for _ in range(500):
-        base = rng.randrange(low, high)
-        if all(_port_free(p) for p in node_ports(base, nodes)):
-            return base
-    raise ClusterFileError(f"no free block of ports for {nodes} nodes in {low}..{high}")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def mark_added(cluster: Cluster, node_id: str, public_key: str | None) -> Cluster:
+    """A member removed and added again under its id (the replace path): its entry says
+    ``added = true`` (its new data directory joins, it is not a bootstrap member any more)
+    and names its new public key in a secure cluster."""
+    assert cluster.path is not None
+    raw = tomllib.loads(cluster.path.read_text())
+    for n in raw["nodes"]:
+        if n.get("id") == node_id:
+            n["added"] = True
+            if public_key is not None:
+                n["public_key"] = keys.check_public(public_key, "public key")
+    _write_atomically(cluster.path, raw)
+    return load(cluster.path)
 
 
 def _host(host: str, i: int, distinct: bool) -> str:

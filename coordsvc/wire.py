@@ -1,7 +1,7 @@
 """Bytes <-> messages: versioned, size-capped msgpack bodies.
 
 A body is one version byte, one type-tag byte, then a msgpack payload. Peer messages
-(tags 1..11, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
+(tags 1..14, in ``MESSAGE_TYPES`` order) are positional arrays; client requests, client
 replies and watch events are msgpack maps with str keys.
 
 Decoding is the trust boundary: whatever a peer or client sends, ``decode*`` either
@@ -22,6 +22,9 @@ Bounds checked on every decoded peer field (the limits live in ``core.types``):
   (65,536); a heartbeat's renewed session ids: at most ``MAX_RENEWED`` (4,096) ints in
   ``[1, 2**63 - 1]``;
 - a catch-up request: ``1 <= from_slot <= to_slot <= 2**62``;
+- a vote's (Promise, Accepted, HeartbeatAck) incarnation: an int in ``[0, 2**62]``;
+- a configuration (CatchupReply.config): at most 64 members, ids as above, sorted and
+  unique, incarnations in ``[0, 2**62]``, addresses and keys str of at most 512 chars;
 - a snapshot descriptor: index in ``[1, 2**62]``, size in ``[0, 2**62]``, a 32-byte
   sha256; a snapshot chunk: at most ``SNAPSHOT_CHUNK_BYTES`` of data lying inside the
   snapshot; a snapshot request: offset in ``[0, 2**62]``.
@@ -33,6 +36,7 @@ from typing import Any, Final
 
 import msgpack  # type: ignore[import-untyped]
 
+from coordsvc.core.membership import MAX_FIELD_CHARS, MAX_MEMBERS, Member, Membership
 from coordsvc.core.messages import (
     CHECKSUM_BYTES,
     ENVELOPE_BYTES,
@@ -46,10 +50,13 @@ from coordsvc.core.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     SnapshotChunk,
     SnapshotInfo,
     SnapshotRequest,
+    TimeoutNow,
 )
 from coordsvc.core.types import (
     MAX_BATCH_COMMANDS,
@@ -287,14 +294,14 @@ def _dec_prepare(p: tuple[object, ...]) -> Prepare:
 def _enc_promise(m: Promise) -> tuple[object, ...]:
     acc = tuple([(e.slot, (e.ballot.round, e.ballot.node), e.value) for e in m.accepted])
     return (m.src, _b(m.ballot), m.from_slot, acc, m.commit_index, m.snapshot_index,
-            m.next_slot)
+            m.next_slot, m.incarnation)
 
 
 def _dec_promise(p: tuple[object, ...]) -> Promise:
     return Promise(_node(p[0], "Promise.src"), _ballot(p[1], "Promise.ballot"),
                    _uint(p[2], "Promise.from_slot"), _entries(p[3], "Promise.accepted"),
                    _uint(p[4], "Promise.commit_index"), _uint(p[5], "Promise.snapshot_index"),
-                   _uint(p[6], "Promise.next_slot"))
+                   _uint(p[6], "Promise.next_slot"), _uint(p[7], "Promise.incarnation"))
 
 
 def _enc_nack(m: Nack) -> tuple[object, ...]:
@@ -317,12 +324,12 @@ def _dec_accept(p: tuple[object, ...]) -> Accept:
 
 
 def _enc_accepted(m: Accepted) -> tuple[object, ...]:
-    return (m.src, (m.ballot.round, m.ballot.node), m.slot)
+    return (m.src, (m.ballot.round, m.ballot.node), m.slot, m.incarnation)
 
 
 def _dec_accepted(p: tuple[object, ...]) -> Accepted:
     return Accepted(_node(p[0], "Accepted.src"), _ballot(p[1], "Accepted.ballot"),
-                    _log_slot(p[2], "Accepted.slot"))
+                    _log_slot(p[2], "Accepted.slot"), _uint(p[3], "Accepted.incarnation"))
 
 
 def _enc_heartbeat(m: Heartbeat) -> tuple[object, ...]:
@@ -336,13 +343,14 @@ def _dec_heartbeat(p: tuple[object, ...]) -> Heartbeat:
 
 
 def _enc_heartbeat_ack(m: HeartbeatAck) -> tuple[object, ...]:
-    return (m.src, (m.ballot.round, m.ballot.node), m.round, m.commit_index)
+    return (m.src, (m.ballot.round, m.ballot.node), m.round, m.commit_index, m.incarnation)
 
 
 def _dec_heartbeat_ack(p: tuple[object, ...]) -> HeartbeatAck:
     return HeartbeatAck(_node(p[0], "HeartbeatAck.src"), _ballot(p[1], "HeartbeatAck.ballot"),
                         _uint(p[2], "HeartbeatAck.round"),
-                        _uint(p[3], "HeartbeatAck.commit_index"))
+                        _uint(p[3], "HeartbeatAck.commit_index"),
+                        _uint(p[4], "HeartbeatAck.incarnation"))
 
 
 def _enc_catchup_request(m: CatchupRequest) -> tuple[object, ...]:
@@ -361,14 +369,37 @@ def _info(s: SnapshotInfo) -> tuple[int, int, bytes]:
 
 def _enc_catchup_reply(m: CatchupReply) -> tuple[object, ...]:
     snap = None if m.snapshot is None else _info(m.snapshot)
-    return (m.src, _b(m.ballot), m.chosen, snap, m.commit_index)
+    cfg = None if m.config is None else _enc_membership(m.config)
+    return (m.src, _b(m.ballot), m.chosen, snap, m.commit_index, cfg)
 
 
 def _dec_catchup_reply(p: tuple[object, ...]) -> CatchupReply:
     return CatchupReply(_node(p[0], "CatchupReply.src"), _ballot(p[1], "CatchupReply.ballot"),
                         _chosen(p[2], "CatchupReply.chosen"),
                         _opt_snapshot_info(p[3], "CatchupReply.snapshot"),
-                        _uint(p[4], "CatchupReply.commit_index"))
+                        _uint(p[4], "CatchupReply.commit_index"),
+                        None if p[5] is None else _membership(p[5], "CatchupReply.config"))
+
+
+def _enc_membership(c: Membership) -> tuple[object, ...]:
+    return tuple([(m.id, m.incarnation, m.voting, m.address, m.publish, m.http, m.public_key)
+                  for m in c.members])
+
+
+def _membership(v: object, what: str) -> Membership:
+    """A configuration: at most MAX_MEMBERS rows of (id, incarnation, voting, address,
+    publish, http, public_key); ids 1..64 characters, sorted and unique; incarnations in
+    [0, 2**62]; addresses and keys str of at most 512 characters."""
+    if type(v) is not tuple or len(v) > MAX_MEMBERS:
+        raise WireError(f"{what}: want array of at most {MAX_MEMBERS} members")
+    rows = []
+    for r in v:
+        if (type(r) is not tuple or len(r) != 7 or type(r[2]) is not bool
+                or not all(type(x) is str and len(x) <= MAX_FIELD_CHARS for x in r[3:])):
+            raise WireError(f"{what}: want [id, incarnation, voting, address, publish, http, "
+                            "public_key]")
+        rows.append(Member(_node(r[0], what), _uint(r[1], what), r[2], *r[3:]))
+    return Membership(tuple(rows))
 
 
 def _enc_snapshot_request(m: SnapshotRequest) -> tuple[object, ...]:
@@ -394,22 +425,53 @@ def _dec_snapshot_chunk(p: tuple[object, ...]) -> SnapshotChunk:
                          _size(p[2], "SnapshotChunk.offset"), data)
 
 
+def _enc_prevote(m: PreVote) -> tuple[object, ...]:
+    return (m.src, m.round, m.commit_index)
+
+
+def _dec_prevote(p: tuple[object, ...]) -> PreVote:
+    return PreVote(_node(p[0], "PreVote.src"), _uint(p[1], "PreVote.round"),
+                   _uint(p[2], "PreVote.commit_index"))
+
+
+def _enc_prevote_reply(m: PreVoteReply) -> tuple[object, ...]:
+    return (m.src, m.round, m.granted)
+
+
+def _dec_prevote_reply(p: tuple[object, ...]) -> PreVoteReply:
+    if type(p[2]) is not bool:
+        raise WireError("PreVoteReply.granted: want bool")
+    return PreVoteReply(_node(p[0], "PreVoteReply.src"), _uint(p[1], "PreVoteReply.round"),
+                        p[2])
+
+
+def _enc_timeout_now(m: TimeoutNow) -> tuple[object, ...]:
+    return (m.src, _b(m.ballot))
+
+
+def _dec_timeout_now(p: tuple[object, ...]) -> TimeoutNow:
+    return TimeoutNow(_node(p[0], "TimeoutNow.src"), _ballot(p[1], "TimeoutNow.ballot"))
+
+
 _Encoder = Callable[[Any], tuple[object, ...]]
 _Decoder = Callable[[tuple[object, ...]], Message]
 
 # cls -> (encoder, decoder, arity); tags follow MESSAGE_TYPES order (Prepare = 1).
 _CODECS: dict[type, tuple[_Encoder, _Decoder, int]] = {
     Prepare: (_enc_prepare, _dec_prepare, 3),
-    Promise: (_enc_promise, _dec_promise, 7),
+    Promise: (_enc_promise, _dec_promise, 8),
     Nack: (_enc_nack, _dec_nack, 3),
     Accept: (_enc_accept, _dec_accept, 5),
-    Accepted: (_enc_accepted, _dec_accepted, 3),
+    Accepted: (_enc_accepted, _dec_accepted, 4),
     Heartbeat: (_enc_heartbeat, _dec_heartbeat, 5),
-    HeartbeatAck: (_enc_heartbeat_ack, _dec_heartbeat_ack, 4),
+    HeartbeatAck: (_enc_heartbeat_ack, _dec_heartbeat_ack, 5),
     CatchupRequest: (_enc_catchup_request, _dec_catchup_request, 3),
-    CatchupReply: (_enc_catchup_reply, _dec_catchup_reply, 5),
+    CatchupReply: (_enc_catchup_reply, _dec_catchup_reply, 6),
     SnapshotRequest: (_enc_snapshot_request, _dec_snapshot_request, 3),
     SnapshotChunk: (_enc_snapshot_chunk, _dec_snapshot_chunk, 4),
+    PreVote: (_enc_prevote, _dec_prevote, 3),
+    PreVoteReply: (_enc_prevote_reply, _dec_prevote_reply, 3),
+    TimeoutNow: (_enc_timeout_now, _dec_timeout_now, 2),
 }
 if set(_CODECS) != set(MESSAGE_TYPES):  # a new message class needs a codec and a tag
     raise ImportError("wire codecs out of sync with core.messages.MESSAGE_TYPES")

@@ -8,14 +8,17 @@ the leader's CPU. No journal file is configured, so nothing is fsynced (PySyncOb
 default), and ``appendEntriesUseBatch=False`` (else every command waits for a 50 ms tick). Linearizable reads and watches do not exist in PySyncObj: get_tp and
 watch_fanout are n/a.
 
-    drive(...)                 the driver (bench/load.py --system pysyncobj): starts the
-                               nodes, asks the leader to run the suite, stops nodes by PID
-    python pysyncobj_bench.py node --self ADDR --partners A,B    one node (stdin commands)
+    drive(...)        the driver (python -m bench.load --system pysyncobj): starts the nodes
+                      with coordsvc's launcher, asks the leader to run the suite, stops
+                      the nodes by PID
+    python -m bench.anchors.pysyncobj_bench node --self ADDR --partners A,B --id ID
+                      one node, taking commands on stdin (run from the repository root)
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import select
 import shutil
 import subprocess
@@ -25,19 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))   # bench/ (for `load`)
+from coordsvc.runtime import launch
 
-from load import (  # noqa: E402
-    Conn,
-    NotSupported,
-    Params,
-    System,
-    WatchStream,
-    free_ports,
-    run_suite,
-    stop_pids,
-)
+from ..systems import Conn, NotSupported, System, WatchStream
+from ..workload import Params, run_suite
+
+REPO_DIR = Path(__file__).resolve().parents[2]
 
 LOCK_MANAGERS = 9          # one per concurrent "client" (8) + spare; same on every node
 AUTO_UNLOCK_S = 10.0
@@ -133,10 +129,10 @@ def _ask(p: subprocess.Popen[str], cmd: str, timeout_s: float) -> dict[str, Any]
     return json.loads(line) if line else None
 
 
-def drive(p: Params, tests: list[str], scale: float, smoke: bool) -> dict[str, Any]:
+def drive(p: Params, tests: list[str]) -> dict[str, Any]:
     import pysyncobj
     t0 = time.monotonic()
-    base = free_ports(3, 46000)
+    base = launch.free_base_port(3, random.Random(), 46000, 61000)
     addrs = {f"p{i}": f"127.0.0.1:{base + i}" for i in range(1, 4)}
     root = Path(tempfile.mkdtemp(prefix="psobench-"))
     procs: dict[str, subprocess.Popen[str]] = {}
@@ -146,11 +142,13 @@ def drive(p: Params, tests: list[str], scale: float, smoke: bool) -> dict[str, A
     try:
         for nid, addr in addrs.items():
             partners = ",".join(a for n, a in addrs.items() if n != nid)
-            procs[nid] = subprocess.Popen(
-                [sys.executable, str(HERE / "pysyncobj_bench.py"), "node", "--self", addr,
-                 "--partners", partners, "--id", nid],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=open(root / f"{nid}.log", "a"), text=True, bufsize=1)
+            # Not launch.start: the driver talks to each node over its stdin and stdout.
+            with open(root / f"{nid}.log", "a") as log:
+                procs[nid] = subprocess.Popen(
+                    [sys.executable, "-m", "bench.anchors.pysyncobj_bench", "node", "--self",
+                     addr, "--partners", partners, "--id", nid],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+                    bufsize=1, cwd=REPO_DIR)
         leader = None
         deadline = time.monotonic() + 30
         while leader is None and time.monotonic() < deadline:
@@ -164,7 +162,7 @@ def drive(p: Params, tests: list[str], scale: float, smoke: bool) -> dict[str, A
             raise RuntimeError(f"pysyncobj: no leader within 30 s; logs in {root}")
         pids = {(f"{n}+load" if n == leader else n): pr.pid for n, pr in procs.items()}
         print(f"pysyncobj: {notes}; leader {leader}")
-        budget = (p.put_s + p.lock_1_s + 2 * p.lock_s + p.get_s + p.watch_s
+        budget = (p.put_s + 2 * p.lock_1_s + 2 * p.lock_s + p.get_s + p.watch_s
                   + p.seq_ops / 100 + 120)
         proc = procs[leader]
         res = _ask(proc, "run " + json.dumps({"params": p.__dict__, "tests": tests,
@@ -186,7 +184,7 @@ def drive(p: Params, tests: list[str], scale: float, smoke: bool) -> dict[str, A
                     proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass
-        stop_pids(procs, grace_s=3.0)   # type: ignore[arg-type]
+        launch.stop(procs.values(), grace_s=3.0)   # type: ignore[arg-type]
         if ok:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import FrameType
-from typing import IO, Annotated, Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from coordsvc import clusterfile, keys
 from coordsvc.clusterfile import Cluster, NodeSpec
+from coordsvc.runtime import launch
 from coordsvc.storage.datadir import NODE_DB, init_data_dir
 
 from .options import JsonOpt
@@ -46,6 +47,14 @@ DirOpt = Annotated[Path, typer.Option("--dir", metavar="DIR",
                                       help="Directory for cluster.toml and the node data dirs.")]
 BasePortOpt = Annotated[int, typer.Option(
     "--base-port", metavar="P", help="Node i listens on P+i, publishes on P+100+i and serves HTTP on P+200+i.")]
+BindHostOpt = Annotated[Optional[str], typer.Option(
+    "--bind-host", metavar="HOST",
+    help="Where every node listens (e.g. 0.0.0.0 in a container), at its own ports, while "
+         "peers and clients reach it at its --host (written as bind, publish_bind and "
+         "http_bind in cluster.toml). Default: listen where it is reached.")]
+SamePortsOpt = Annotated[bool, typer.Option(
+    "--same-ports", help="Give every node the ports P+1, P+101, P+201 (nodes on separate hosts, "
+                         "one --host each: containers and pods that share one template).")]
 InsecureOpt = Annotated[bool, typer.Option(
     "--insecure", help="No CURVE keys: plain TCP, no encryption, no authentication. "
                        "`coordctl status` and every node's log say so.")]
@@ -64,7 +73,8 @@ def _move_aside(d: Path, stamp: str) -> Path:
 
 
 def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: int,
-                 force: bool, insecure: bool = False) -> Cluster:
+                 force: bool, insecure: bool = False, bind_host: str | None = None,
+                 same_ports: bool = False) -> Cluster:
     """Write DIR/cluster.toml and prepare every node's data directory.
 
     Secure unless ``insecure``: a CURVE key pair per node (public half in cluster.toml,
@@ -90,7 +100,8 @@ def init_cluster(directory: Path, nodes: int, host: str | list[str], base_port: 
     cluster_keys = None if insecure else keys.ClusterKeys.generate(
         f"n{i}" for i in range(1, nodes + 1))
     cluster = clusterfile.write_new(directory, nodes, host=host, base_port=base_port,
-                                    force=force, cluster_keys=cluster_keys)
+                                    force=force, cluster_keys=cluster_keys, bind_host=bind_host,
+                                    same_ports=same_ports)
     stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     if admin_key.exists():   # --force: the old cluster's key opens nothing now
         warn(f"moved the old {admin_key.name} to {_move_aside(admin_key, stamp)}")
@@ -110,7 +121,8 @@ def _cluster_json(c: Cluster) -> dict[str, Any]:
     return {"path": str(c.path), "name": c.name, "id": c.id, "security": c.security,
             "admin_key": str(c.admin_key_file) if c.secure else None,
             "nodes": [{"id": n.id, "address": n.address, "publish": n.publish,
-                       "http": n.http, "data_dir": str(n.data_dir), "public_key": n.public_key}
+                       "http": n.http, "data_dir": str(n.data_dir), "public_key": n.public_key,
+                       "bind": n.listen, "publish_bind": n.publish_listen}
                       for n in c.nodes]}
 
 
@@ -126,6 +138,8 @@ def cluster_init(
         "--force", help="Replace an existing cluster file; old node data dirs are renamed "
                         "to <dir>.replaced-<time>, never deleted.")] = False,
     insecure: InsecureOpt = False,
+    bind_host: BindHostOpt = None,
+    same_ports: SamePortsOpt = False,
     json: JsonOpt = False,
 ) -> None:
     """Write DIR/cluster.toml for nodes n1..nN, prepare their data dirs, print its path.
@@ -136,7 +150,8 @@ def cluster_init(
 
     Example: coordctl cluster init --nodes 3 --dir .coord --base-port 7100
     """
-    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure)
+    c = init_cluster(directory, nodes, host or "127.0.0.1", base_port, force, insecure, bind_host,
+                     same_ports)
     if json:
         emit_json(_cluster_json(c))
     else:
@@ -153,7 +168,9 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
     """
     c = clusterfile.load(cluster)
     spec = c.node(node)
-    if not (spec.data_dir / NODE_DB).exists() and _cluster_has_history(c, spec.id):
+    # A member added at runtime (`member add`) has no history of its own yet: it starts
+    # knowing no configuration and learns everything, its membership too, from the leader.
+    if not (spec.data_dir / NODE_DB).exists() and not spec.added and _cluster_has_history(c, spec.id):
         fail(f"the cluster is running and has history, so node {spec.id} was a member that "
              "lost its data; a blank acceptor must not vote",
              f"use `coordctl node replace --cluster {cluster} --node {spec.id}`", EXIT_REFUSED)
@@ -168,7 +185,7 @@ def node_init(cluster: ClusterFileOpt, node: NodeOpt, json: JsonOpt = False) -> 
         warn(f"{spec.id} had no {keys.NODE_KEY_FILE} (cluster init wrote it into "
              f"{spec.data_dir.name}/ on the machine where it ran): made a new key pair and "
              f"recorded its public key in {c.path}; copy that file to the other members")
-    init_data_dir(spec.data_dir, c.id, spec.id)
+    init_data_dir(spec.data_dir, c.id, spec.id, joining=spec.added)
     if json:
         emit_json({"node": spec.id, "cluster_id": c.id, "data_dir": str(spec.data_dir)})
     else:
@@ -256,16 +273,21 @@ def node_replace(cluster: ClusterFileOpt, node: NodeOpt, force: Annotated[bool, 
 def _record_new_key(c: Cluster, node_id: str, public: str) -> Cluster:
     """The replacement's public key into the cluster file and the admin key beside it."""
     c = clusterfile.set_node_key(c, node_id, public)
+    refresh_admin_key(c)
+    return c
+
+
+def refresh_admin_key(c: Cluster) -> None:
+    """admin.key beside the cluster file lists every node's public key (clients use it)."""
     admin = c.admin_key_file
     if admin is not None and admin.exists():
         try:
             ck = keys.read_client_key(admin)
         except keys.KeyFileError as e:
-            warn(f"{admin} not updated with the new key of {node_id}: {e}")
+            warn(f"{admin} not updated with the nodes' keys: {e}")
         else:
             keys.write_client_key(admin, dataclasses.replace(
                 ck, nodes=clusterfile.key_file_nodes(c)))
-    return c
 
 
 # --- serve ------------------------------------------------------------------------------
@@ -335,7 +357,6 @@ class _Child:
     node: str
     proc: subprocess.Popen[bytes]
     log: Path
-    log_file: IO[bytes]
     reported: bool = field(default=False)
 
 
@@ -363,22 +384,12 @@ def _report_dead(children: list[_Child]) -> int:
 
 
 def _stop_all(children: list[_Child], grace_s: float = 5.0) -> None:
-    for ch in children:
-        if ch.proc.poll() is None:
-            try:
-                ch.proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace_s
-    for ch in children:
-        try:
-            ch.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            warn(f"node {ch.node} (pid {ch.proc.pid}) did not stop in {grace_s:g} s; killing it")
-            ch.proc.kill()
-            ch.proc.wait()
-    for ch in children:
-        ch.log_file.close()
+    nodes = {ch.proc.pid: ch.node for ch in children}
+
+    def killing(p: subprocess.Popen[bytes]) -> None:
+        warn(f"node {nodes[p.pid]} (pid {p.pid}) did not stop in {grace_s:g} s; killing it")
+
+    launch.stop([ch.proc for ch in children], grace_s, on_kill=killing)
 
 
 def _wait_for_leader(cluster: Cluster, children: list[_Child],
@@ -461,12 +472,9 @@ def cluster_up(
         try:
             for n in c.nodes:
                 log = log_dir / f"{n.id}.log"
-                f = log.open("ab")
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "coordctl", "serve", "--cluster", str(path),
-                     "--node", n.id],
-                    stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
-                children.append(_Child(n.id, proc, log, f))
+                proc = launch.start_node(path, n.id, log,
+                                         command=[sys.executable, "-m", "coordctl", "serve"])
+                children.append(_Child(n.id, proc, log))
             status = _wait_for_leader(c, children, 10.0)
             alive = _report_dead(children)
             if alive == 0:

@@ -27,7 +27,7 @@ from coordsvc.clusterfile import ClusterFileError
 from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
-from . import auth_cmd, cluster_cmd, config_cmd, election_cmd, lock_cmd
+from . import auth_cmd, cluster_cmd, config_cmd, election_cmd, lock_cmd, member_cmd, snapshot_cmd
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
@@ -79,6 +79,8 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
         (e.InvalidRequest, EXIT_USAGE,
          "keys are 1..512 UTF-8 bytes without NUL, values at most 1 MiB, ttl > 0"),
         (e.Unavailable, EXIT_UNAVAILABLE, _UNAVAILABLE_HINT),
+        (e.MembershipRefused, EXIT_REFUSED,
+         "see `coordctl member list`; one change at a time, and a quorum of voters must stay live"),
         (e.PermissionDenied, EXIT_REFUSED,
          "use a key with the rights this needs (--key FILE, $COORD_KEY, or admin.key beside "
          "the cluster file); an admin sees every key's rights with `coordctl auth list`"),
@@ -171,7 +173,9 @@ app.add_typer(cluster_cmd.node_app)
 app.add_typer(config_cmd.app)
 app.add_typer(lock_cmd.app)
 app.add_typer(election_cmd.app)
+app.add_typer(snapshot_cmd.app)
 app.add_typer(auth_cmd.app)
+app.add_typer(member_cmd.app)
 app.command("serve", epilog="Example: coordctl serve --cluster .coord/cluster.toml --node n1")(
     cluster_cmd.serve)
 

@@ -24,15 +24,16 @@ from .errors import (
     InvalidRequest,
     LeaseExpired,
     LockTimeout,
+    MembershipRefused,
     PermissionDenied,
     QuotaExceeded,
+    SnapshotGone,
     Unavailable,
 )
 
 __all__ = [
     "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Election", "Entry",
-    "EntryList", "Leader", "RWLock", "SharedHold", "Term",
-    "Event", "FenceRejected", "InvalidRequest", "Lease", "LeaseExpired", "Lock", "LockInfo",
-    "LockTimeout",
-    "PermissionDenied", "Principal", "QuotaExceeded", "Unavailable", "Watch",
+    "EntryList", "Event", "FenceRejected", "InvalidRequest", "Leader", "Lease", "LeaseExpired",
+    "Lock", "LockInfo", "LockTimeout", "MembershipRefused", "PermissionDenied", "Principal",
+    "QuotaExceeded", "RWLock", "SharedHold", "SnapshotGone", "Term", "Unavailable", "Watch",
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
-from coordsvc import clusterfile
+from coordsvc import clusterfile, snapshotfile
 from coordsvc.core.commands import (
     MAX_INT,
     SCHEMA_PREFIX,
@@ -51,6 +51,11 @@ from coordsvc.core.protocol import (
     LockRow,
     LocksReply,
     LocksRequest,
+    MemberChangeReply,
+    MemberChangeRequest,
+    MemberRow,
+    MembersReply,
+    MembersRequest,
     Result,
     RevisionReply,
     RevisionRequest,
@@ -63,7 +68,7 @@ from coordsvc.core.protocol import (
     WriteRequest,
 )
 
-from . import _credentials, _status
+from . import _credentials, _snapshot, _status
 from ._election import Election
 from ._lock import (
     KeepaliveStarter,
@@ -84,8 +89,10 @@ from .errors import (
     Compacted,
     CoordError,
     InvalidRequest,
+    MembershipRefused,
     PermissionDenied,
     QuotaExceeded,
+    SnapshotGone,
     Unavailable,
 )
 
@@ -479,13 +486,117 @@ class Client:
         else:
             members = [(None, ep) for ep in self._endpoints]
             name = None
+        wait_s = min(ATTEMPT_S, self._timeout_s)
         replies = self._transport.request_all([address for _, address in members],
-                                              StatusRequest().to_wire(),
-                                              min(ATTEMPT_S, self._timeout_s))
+                                              StatusRequest().to_wire(), wait_s)
         for r in replies:    # a removed key, its connections still open: not "unreachable"
             if r is not None and r.get("error") == ErrorCode.PERMISSION_DENIED:
                 raise _refusal(StatusRequest(), ErrorReply.from_wire(r))
-        return _status.summarize(members, [_node_status(r) for r in replies], name)
+        statuses = [_node_status(r) for r in replies]
+        # The configuration the log chose (from the leader, else the newest answer) is the
+        # member list: members added since the cluster file was written are asked too, and
+        # members removed since are left out.
+        config = _chosen_config(statuses)
+        learners: builtins.list[str] = []
+        if config is not None:
+            asked = {mid: (mid, addr, st) for (mid, addr), st in zip(members, statuses,
+                                                                       strict=True)}
+            extra = [(mid, addr) for mid, addr, _, _ in config if mid not in asked and addr]
+            for _, addr, _, key in config:
+                if key:      # members added later: their keys come from the cluster itself
+                    self._transport.learn_key(addr, key)
+            try:
+                more = [_node_status(r) for r in self._transport.request_all(
+                    [addr for _, addr in extra], StatusRequest().to_wire(), wait_s)]
+            except CoordError:
+                more = [None] * len(extra)      # no key for them (yet): shown unreachable
+            found = {mid: (mid, addr, st) for (mid, addr), st in zip(extra, more, strict=True)}
+            rows = [asked.get(mid) or found.get(mid) or (mid, addr, None)
+                    for mid, addr, _, _ in config]
+            members = [(mid, addr) for mid, addr, _ in rows]
+            statuses = [st for _, _, st in rows]
+            learners = [mid for mid, _, voting, _ in config if not voting]
+        return _status.summarize(members, statuses, name, learners)
+
+    def members(self) -> builtins.list[MemberRow]:
+        """The chosen configuration, from the leader: voters and learners (a learner's
+        ``progress`` is the commit index it last reported; -1 not heard yet)."""
+        return builtins.list(self.membership().members)
+
+    def membership(self) -> MembersReply:
+        """The leader's answer to ``members``: the rows, who leads, whether a change is in
+        flight. Members' public keys are learned from it (secure clusters)."""
+        reply = self._call(MembersRequest(), MembersReply.from_wire, leader=True)
+        for r in reply.members:
+            if r.public_key:
+                self._transport.learn_key(r.address, r.public_key)
+        return reply
+
+    def member_add(self, node_id: str, address: str, *, publish: str = "", http: str = "",
+                   public_key: str = "", timeout_s: float | None = None) -> MemberRow:
+        """Add ``node_id`` as a learner; returns once the change is chosen (it does not
+        wait for the node to start). ``MembershipRefused`` says why when refused."""
+        req = _member_request("add", node_id, address, publish, http, public_key)
+        row: MemberRow = self._member_change(req, lambda rows: _row(rows, node_id), timeout_s)
+        return row
+
+    def member_remove(self, node_id: str, *, timeout_s: float | None = None) -> None:
+        """Remove ``node_id`` (the leader hands over first); returns once chosen."""
+        req = _member_request("remove", node_id)
+        self._member_change(req, lambda rows: None if _row(rows, node_id) else True, timeout_s)
+
+    def transfer_leader(self, node_id: str, *, timeout_s: float | None = None) -> None:
+        """Move leadership to voter ``node_id``; returns once it leads."""
+        req = _member_request("transfer", node_id)
+        total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
+        deadline = time.monotonic() + total
+        self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        while time.monotonic() < deadline:
+            try:
+                leader = self._call(MembersRequest(), MembersReply.from_wire, leader=True,
+                                    timeout_s=max(0.1, deadline - time.monotonic())).leader
+            except Unavailable:
+                leader = None
+            if leader == node_id:
+                return
+            time.sleep(0.05)
+        raise Unavailable(f"{node_id} did not take over within {total:.1f}s")
+
+    def _member_change(self, req: MemberChangeRequest, done: Callable[[Sequence[MemberRow]], Any],
+                       timeout_s: float | None) -> Any:
+        total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
+        deadline = time.monotonic() + total
+        try:
+            self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        except MembershipRefused:
+            rows = self.members()       # a retry of a change that went through already
+            got = done(rows)
+            if got is not None and req.action == "add":
+                return got
+            raise
+        while time.monotonic() < deadline:
+            try:
+                seen = self._call(MembersRequest(), MembersReply.from_wire, leader=True,
+                                  timeout_s=max(0.1, deadline - time.monotonic())).members
+            except Unavailable:
+                continue
+            got = done(seen)
+            if got is not None:
+                return got
+            time.sleep(0.05)
+        raise Unavailable(f"{req.action} {req.node} was proposed but not seen chosen within "
+                          f"{total:.1f}s (it may still be)")
+
+    def snapshot_save(self, path: str | os.PathLike[str]) -> snapshotfile.Header:
+        """Write a consistent point-in-time backup of the cluster's state to ``path``
+        (CONTRACT §9: keys with history, sessions, locks and fencing counters, exactly-once
+        records). The leader pins the state at a linearizable point and streams it; the
+        file is written beside ``path`` as chunks arrive, verified, then renamed over
+        ``path``. Returns its header (index, revision, keys, checksum, ...)."""
+        self._check_open()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequest(f"path must be a str or path, got {type(path).__name__}")
+        return _snapshot.save(self, Path(path))
 
     def close(self) -> None:
         """Give up held locks and revoke leases (best effort), close every socket.
@@ -679,7 +790,9 @@ class Client:
 _REFUSALS: dict[ErrorCode | str, Callable[[ErrorReply], CoordError]] = {
     ErrorCode.COMPACTED: lambda err: Compacted(err.message, err.oldest),
     ErrorCode.BAD_REQUEST: lambda err: InvalidRequest(err.message),
+    ErrorCode.SNAPSHOT_GONE: lambda err: SnapshotGone(err.message),
     ErrorCode.PERMISSION_DENIED: lambda err: PermissionDenied(f"permission denied: {err.message}"),
+    ErrorCode.REFUSED: lambda err: MembershipRefused(err.message),
     ErrorCode.QUOTA_EXCEEDED: lambda err: QuotaExceeded(err.message),
     ErrorCode.CURSOR_EXPIRED: lambda err: _CursorExpired(err.message),
 }
@@ -799,6 +912,50 @@ def _applied(reply: dict[str, Any] | None, index: int) -> bool:
         return True
     status = _node_status(reply)
     return status is None or status["applied_index"] >= index
+
+
+def _member_request(action: str, node_id: object, address: object = "", publish: object = "",
+                    http: object = "", public_key: object = "") -> MemberChangeRequest:
+    """The request, checked as the node will check it: ``InvalidRequest`` before sending."""
+    wire = {"action": action, "node": node_id, "address": address, "publish": publish,
+            "http": http, "public_key": public_key}
+    try:
+        req = MemberChangeRequest.from_wire(wire)
+        for v in (req.node, req.address, req.publish, req.http, req.public_key):
+            v.encode("utf-8")
+    except SchemaError as e:
+        raise InvalidRequest(str(e)) from None
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(f"member ids, addresses and keys must be valid UTF-8: {e}") from None
+    return req
+
+
+def _row(rows: Sequence[MemberRow], node_id: str) -> MemberRow | None:
+    return next((r for r in rows if r.id == node_id), None)
+
+
+def _chosen_config(statuses: Sequence[dict[str, Any] | None]
+                   ) -> builtins.list[tuple[str, str, bool, str]] | None:
+    """(id, address, voting, public key) of the configuration the leader (else the node
+    with the highest commit index) reports, or None if no answer carries one."""
+    best: tuple[int, int, Any] | None = None
+    for st in statuses:
+        if st is None or not isinstance(st.get("config"), list):
+            continue
+        commit = st.get("commit_index")
+        rank = (1 if st.get("role") == "leader" else 0, commit if type(commit) is int else -1)
+        if best is None or rank > best[:2]:
+            best = (rank[0], rank[1], st["config"])
+    if best is None:
+        return None
+    rows = []
+    for r in best[2]:
+        if not (isinstance(r, list) and len(r) >= 3 and type(r[0]) is str
+                and type(r[1]) is str and r[1] and type(r[2]) is bool):
+            return None    # a configuration without addresses (recorded before they were)
+        key = r[3] if len(r) > 3 and type(r[3]) is str else ""
+        rows.append((r[0], r[1], r[2], key))
+    return rows or None
 
 
 def _node_status(reply: dict[str, Any] | None) -> dict[str, Any] | None:

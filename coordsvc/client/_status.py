@@ -19,8 +19,13 @@ NODE_FIELDS = ("id", "address", "reachable", "role", "leader", "ballot", "commit
 
 def summarize(members: Sequence[tuple[str | None, str]],
               replies: Sequence[dict[str, Any] | None],
-              cluster_name: str | None) -> dict[str, Any]:
-    """The status dict from each member's own status map (None: unreachable)."""
+              cluster_name: str | None,
+              learners: Sequence[str] = ()) -> dict[str, Any]:
+    """The status dict from each member's own status map (None: unreachable).
+
+    ``learners`` (ids) are listed among the nodes with ``"voting": false`` but count for
+    neither ``members`` nor ``healthy`` nor the quorum: those count voters only.
+    """
     nodes: list[dict[str, Any]] = []
     for (member_id, address), st in zip(members, replies, strict=True):
         if st is None:
@@ -32,7 +37,11 @@ def summarize(members: Sequence[tuple[str | None, str]],
             node.update(id=member_id if member_id is not None else st.get("id"),
                         address=address, reachable=True)
         nodes.append(node)
+    for n in nodes:
+        if n["id"] in learners:
+            n["voting"] = False
     up = [n for n in nodes if n["reachable"]]
+    voters_up = [n for n in up if n["id"] not in learners]
     leaders = [n for n in up if n["role"] == "leader"]
     leader = max(leaders, key=lambda n: _ballot_key(n["ballot"]), default=None)
     for n in up:
@@ -42,8 +51,9 @@ def summarize(members: Sequence[tuple[str | None, str]],
             n["lag"] = 0
         else:
             n["lag"] = _lag(leader.get("commit_index"), n.get("applied_index"))
-    quorum_size = len(members) // 2 + 1
-    healthy = len(up)
+    voters = len(members) - sum(1 for mid, _ in members if mid in learners)
+    quorum_size = voters // 2 + 1
+    healthy = len(voters_up)
     if cluster_name is None:
         names = [n.get("cluster_name") for n in up if isinstance(n.get("cluster_name"), str)]
         cluster_name = names[0] if names else None
@@ -53,8 +63,9 @@ def summarize(members: Sequence[tuple[str | None, str]],
             "name": cluster_name,
             "leader": None if leader is None else leader["id"],
             "quorum": leader is not None and healthy >= quorum_size,
-            "members": len(members),
+            "members": voters,
             "healthy": healthy,
+            "learners": len(learners),
             "commit_index": _max_int(n.get("commit_index") for n in source),
             "revision": _max_int(n.get("revision") for n in source),
             "can_lose": max(0, healthy - quorum_size),

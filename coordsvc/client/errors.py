@@ -9,10 +9,13 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 ├── LockTimeout         the lock was not acquired in time: nothing is held
 ├── LeaseExpired        the lease a put named has ended: nothing was written
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
+├── MembershipRefused   a membership change was refused (one in flight, no live quorum
+│                       left, not a member, ...): nothing was changed
 ├── PermissionDenied    the cluster refused this client's key (or it has none), or the
 │                       request is outside the key's rights: nothing was done
 ├── QuotaExceeded       a put past the cluster's [limits] max_keys or max_db_bytes: nothing
 │                       was written (deletes, reads and locks still work)
+├── SnapshotGone        the node no longer holds a backup being saved (snapshot_save retries)
 └── Unavailable         no quorum answered within the timeout: the outcome is unknown
 ```
 """
@@ -20,8 +23,8 @@ from __future__ import annotations
 
 __all__ = [
     "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LeaseExpired",
-    "LockTimeout",
-    "PermissionDenied", "QuotaExceeded", "Unavailable",
+    "LockTimeout", "MembershipRefused", "PermissionDenied", "QuotaExceeded", "SnapshotGone",
+    "Unavailable",
 ]
 
 
@@ -55,12 +58,21 @@ class LeaseExpired(CoordError):
     """The lease named by a put has ended (revoked, or expired): nothing was written."""
 
 
+class MembershipRefused(CoordError):
+    """The leader refused a membership change; the message says why. Nothing changed."""
+
+
 class PermissionDenied(CoordError):
     """Nothing was done: the cluster refused this client's key (unknown, or removed with
     ``auth remove``), the client has no key for a secure cluster (or a key for an insecure
     one), or the request is outside the key's rights (read/write/lock prefixes, admin), or
     touches another identity's session or client id. A refused key is reported as soon as
     the CURVE handshake fails, not after the timeout."""
+
+
+class SnapshotGone(CoordError):
+    """The node serving a backup no longer holds it (it restarted, or the save sat idle too
+    long). ``Client.snapshot_save`` starts over by itself a few times before raising it."""
 
 
 class Unavailable(CoordError):

@@ -37,6 +37,8 @@ class Acceptor:
         # many slots behind our commit index; otherwise it must catch up first.
         self.promise_window = promise_window
         self.budget_bytes = budget_bytes
+        # Stamped on every vote: which member of this id promised or accepted.
+        self.incarnation = 0
 
     @property
     def last_slot(self) -> Slot:
@@ -57,7 +59,7 @@ class Acceptor:
             # The candidate must learn slots through complete_through and prepare again
             # before it may lead: entries listed now would never be used.
             return Promise(self.node_id, m.ballot, m.from_slot, (), self.commit_index,
-                           complete_through)
+                           complete_through, 0, self.incarnation)
         accepted: list[LogEntry] = []
         used = 0
         next_slot = 0
@@ -70,7 +72,7 @@ class Acceptor:
             accepted.append(e)
             used += cost
         return Promise(self.node_id, m.ballot, m.from_slot, tuple(accepted),
-                       self.commit_index, complete_through, next_slot)
+                       self.commit_index, complete_through, next_slot, self.incarnation)
 
     def on_accept(self, m: Accept, persist: Persist) -> Accepted | Nack | None:
         if m.ballot < self.promised:
@@ -84,12 +86,12 @@ class Acceptor:
             # chosen value for it (a leader below the choosing ballot cannot gather a
             # quorum: every member of the choosing majority promised higher). Vouch, or a
             # new leader that re-proposes this slot would wait for us forever.
-            return Accepted(self.node_id, m.ballot, m.slot)
+            return Accepted(self.node_id, m.ballot, m.slot, self.incarnation)
         old = self.log.get(m.slot)
         if m.slot <= self.commit_index:
             # Known chosen: never overwrite. Vouch only for the chosen value.
             if old is not None and old.value == m.value:
-                return Accepted(self.node_id, m.ballot, m.slot)
+                return Accepted(self.node_id, m.ballot, m.slot, self.incarnation)
             return None
         if old is not None and old.ballot == m.ballot and old.value != m.value:
             raise SafetyViolation(
@@ -98,7 +100,7 @@ class Acceptor:
             e = LogEntry(m.slot, m.ballot, m.value)
             self.log[m.slot] = e
             persist.entries.append(e)
-        return Accepted(self.node_id, m.ballot, m.slot)
+        return Accepted(self.node_id, m.ballot, m.slot, self.incarnation)
 
     def learn_chosen(self, slot: Slot, ballot: Ballot, value: Value, persist: Persist) -> None:
         """Record a value known to be chosen (from a quorum or from catch-up)."""

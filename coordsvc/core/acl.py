@@ -64,7 +64,11 @@ from .protocol import (
     ListRequest,
     LocksRequest,
     LockWaitRequest,
+    MemberChangeRequest,
+    MembersRequest,
     RevisionRequest,
+    SnapshotChunkRequest,
+    SnapshotSaveRequest,
     StatusRequest,
     WatchRequest,
     WriteRequest,
@@ -266,6 +270,10 @@ _REQUEST_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
     ListRequest: _read_prefix, HistoryRequest: _read_key, WatchRequest: _watch,
     LockWaitRequest: _lock_wait, LocksRequest: _any_lock, StatusRequest: _anyone,
     RevisionRequest: _clients, AuthListRequest: _admin_only,
+    # A backup is every value and every principal: the whole state, so admin only.
+    SnapshotSaveRequest: _admin_only, SnapshotChunkRequest: _admin_only,
+    # The member list is what status shows (addresses, public keys); changing it is admin's.
+    MembersRequest: _anyone, MemberChangeRequest: _admin_only,
 }
 
 

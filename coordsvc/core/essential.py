@@ -1,8 +1,16 @@
-"""The essential layer: single-decree Paxos as three small, network-free classes.
+"""A teaching module: single-decree Paxos as three small, network-free classes.
 
-This is the bare algorithm the multi-Paxos replica (``replica.py``) generalises to
-a log. It is kept because it is the clearest statement of the rules, and the unit
-tests check each rule here before checking its multi-slot form.
+The replica does not use this module. It is the bare algorithm that ``replica.py``
+generalises to a log, kept because it is the clearest statement of the rules; the unit
+tests check each rule here before checking its multi-slot form. It speaks the replica's
+vocabulary -- ``Prepare``/``Promise``/``Accept``/``Accepted``/``Nack`` -- with one slot
+instead of a log, so these are *not* the peer messages of ``messages.py`` (those carry a
+slot, a commit index and byte-bounded batches) and never travel on the wire.
+
+What the replica adds on top: a log of slots with one promise for all of them (phase 1
+once per leadership), a leadership strategy (``leadership.py``), durability before every
+reply, catch-up and snapshots, and membership (the quorum of a slot is a majority of the
+configuration in force for it).
 """
 from __future__ import annotations
 
@@ -12,13 +20,13 @@ from .types import ZERO_BALLOT, Ballot, NodeId, SafetyViolation
 
 
 @dataclass(frozen=True, slots=True)
-class P1a:
+class Prepare:
     src: NodeId
     ballot: Ballot
 
 
 @dataclass(frozen=True, slots=True)
-class P1b:
+class Promise:
     src: NodeId
     ballot: Ballot
     accepted_ballot: Ballot
@@ -26,21 +34,21 @@ class P1b:
 
 
 @dataclass(frozen=True, slots=True)
-class P2a:
+class Accept:
     src: NodeId
     ballot: Ballot
     value: object
 
 
 @dataclass(frozen=True, slots=True)
-class P2b:
+class Accepted:
     src: NodeId
     ballot: Ballot
     value: object
 
 
 @dataclass(frozen=True, slots=True)
-class Refused:
+class Nack:
     """A NACK: the acceptor promised ``promised``, which is higher than ``ballot``."""
 
     src: NodeId
@@ -55,20 +63,20 @@ class SingleAcceptor:
         self.accepted_ballot = ZERO_BALLOT
         self.accepted_value: object | None = None
 
-    def receive_prepare(self, m: P1a) -> P1b | Refused:
+    def receive_prepare(self, m: Prepare) -> Promise | Nack:
         if m.ballot < self.promised:
-            return Refused(self.id, m.ballot, self.promised)
+            return Nack(self.id, m.ballot, self.promised)
         self.promised = m.ballot
-        return P1b(self.id, m.ballot, self.accepted_ballot, self.accepted_value)
+        return Promise(self.id, m.ballot, self.accepted_ballot, self.accepted_value)
 
-    def receive_accept(self, m: P2a) -> P2b | Refused:
+    def receive_accept(self, m: Accept) -> Accepted | Nack:
         if m.ballot < self.promised:
-            return Refused(self.id, m.ballot, self.promised)
+            return Nack(self.id, m.ballot, self.promised)
         if m.ballot == self.accepted_ballot and m.value != self.accepted_value:
             raise SafetyViolation(f"two values proposed at ballot {m.ballot}")
         self.promised = m.ballot
         self.accepted_ballot, self.accepted_value = m.ballot, m.value
-        return P2b(self.id, m.ballot, m.value)
+        return Accepted(self.id, m.ballot, m.value)
 
 
 class SingleProposer:
@@ -87,16 +95,16 @@ class SingleProposer:
         if self.value is None:
             self.value = value
 
-    def prepare(self) -> P1a:
+    def prepare(self) -> Prepare:
         top = max(self.ballot, self.highest_refusal)
         self.ballot = top.next_for(self.id)
         self.promised_by.clear()
         self.refused_by.clear()
         self.highest_accepted = ZERO_BALLOT
         self.leader = False
-        return P1a(self.id, self.ballot)
+        return Prepare(self.id, self.ballot)
 
-    def receive_promise(self, m: P1b) -> P2a | None:
+    def receive_promise(self, m: Promise) -> Accept | None:
         if m.ballot != self.ballot or m.src in self.promised_by:
             return None
         self.promised_by.add(m.src)
@@ -106,10 +114,10 @@ class SingleProposer:
         if len(self.promised_by) == self.quorum and not self.leader:
             self.leader = True
             if self.value is not None:
-                return P2a(self.id, self.ballot, self.value)
+                return Accept(self.id, self.ballot, self.value)
         return None
 
-    def receive_refusal(self, m: Refused) -> bool:
+    def receive_nack(self, m: Nack) -> bool:
         """Record a NACK; True when a quorum refused and we should prepare again later."""
         if m.promised > self.highest_refusal:
             self.highest_refusal = m.promised
@@ -130,7 +138,7 @@ class SingleLearner:
         self.value_at: dict[Ballot, object] = {}
         self.chosen: object | None = None
 
-    def receive_accepted(self, m: P2b) -> object | None:
+    def receive_accepted(self, m: Accepted) -> object | None:
         if self.chosen is not None:
             return self.chosen
         last = self.latest.get(m.src, ZERO_BALLOT)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .membership import Membership
 from .types import (
     MAX_MESSAGE_ITEMS,
     MAX_RENEWED,
@@ -70,12 +71,14 @@ class Promise:
     commit_index: Slot
     snapshot_index: Slot
     next_slot: Slot = 0
+    incarnation: Slot = 0        # which member of ``src`` promised (see membership)
 
     def __post_init__(self) -> None:
         _check_slot("from_slot", self.from_slot)
         _check_slot("commit_index", self.commit_index)
         _check_slot("snapshot_index", self.snapshot_index)
         _check_slot("next_slot", self.next_slot)
+        _check_slot("incarnation", self.incarnation)
         if len(self.accepted) > MAX_MESSAGE_ITEMS:
             raise ProtocolError(f"a promise lists at most {MAX_MESSAGE_ITEMS} entries")
         if self.next_slot:
@@ -111,14 +114,20 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """Phase 2b: ``src`` accepted ``slot`` at ``ballot`` (and it is on its disk)."""
+    """Phase 2b: ``src`` (its member ``incarnation``) accepted ``slot`` at ``ballot``, and
+    it is on its disk."""
 
     src: NodeId
     ballot: Ballot
     slot: Slot
+    incarnation: Slot = 0
 
     def __post_init__(self) -> None:
-        _check_slot("slot", self.slot)
+        # One test for the common case (the hot path: one Accepted per acceptor per slot).
+        s, i = self.slot, self.incarnation
+        if not (type(s) is int and type(i) is int and 0 <= s <= MAX_SLOT and 0 <= i <= MAX_SLOT):
+            _check_slot("slot", s)
+            _check_slot("incarnation", i)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,14 +155,19 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatAck:
+    """``src`` (member ``incarnation``) follows ``ballot``; its commit index is progress
+    the leader reads to promote a learner or hand over leadership."""
+
     src: NodeId
     ballot: Ballot
     round: int
     commit_index: Slot
+    incarnation: Slot = 0
 
     def __post_init__(self) -> None:
         _check_slot("round", self.round)
         _check_slot("commit_index", self.commit_index)
+        _check_slot("incarnation", self.incarnation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +206,9 @@ class CatchupReply:
     ``ballot`` is the sender's ballot at sending time; every value here is chosen,
     so the receiver may record it as accepted at that ballot. ``snapshot`` (instead
     of entries) says the requested slots are compacted into that snapshot here:
-    fetch it with ``SnapshotRequest``.
+    fetch it with ``SnapshotRequest``. ``config`` is config(1), sent with the entries of a
+    request from slot 1: a node added at runtime starts from it (it knows no
+    configuration of its own).
     """
 
     src: NodeId
@@ -200,6 +216,7 @@ class CatchupReply:
     chosen: tuple[tuple[Slot, Value], ...]
     snapshot: SnapshotInfo | None
     commit_index: Slot
+    config: Membership | None = None
 
     def __post_init__(self) -> None:
         _check_slot("commit_index", self.commit_index)
@@ -242,15 +259,56 @@ class SnapshotChunk:
             raise ProtocolError("an empty snapshot chunk may only end the snapshot")
 
 
+@dataclass(frozen=True, slots=True)
+class PreVote:
+    """Would you promise a ballot of ``round`` if I prepared one? (Changes nothing.)
+
+    Asked by a follower whose election timer ran out, before it raises its ballot.
+    """
+
+    src: NodeId
+    round: int
+    commit_index: Slot
+
+    def __post_init__(self) -> None:
+        _check_slot("round", self.round)
+        _check_slot("commit_index", self.commit_index)
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    """The answer to ``PreVote`` ``round``: yes only if the replier heard no leader within
+    the election timeout and the asker's commit index is not behind its own."""
+
+    src: NodeId
+    round: int
+    granted: bool
+
+    def __post_init__(self) -> None:
+        _check_slot("round", self.round)
+        if not isinstance(self.granted, bool):
+            raise ProtocolError("granted must be a bool")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """The leader of ``ballot`` hands over: campaign at once (no pre-vote, no timer)."""
+
+    src: NodeId
+    ballot: Ballot
+
+
 Message = (
     Prepare | Promise | Nack | Accept | Accepted | Heartbeat | HeartbeatAck
     | CatchupRequest | CatchupReply | SnapshotRequest | SnapshotChunk
+    | PreVote | PreVoteReply | TimeoutNow
 )
 
 # Wire tags follow this order (Prepare = 1): append new types, never reorder.
 MESSAGE_TYPES: tuple[type, ...] = (
     Prepare, Promise, Nack, Accept, Accepted, Heartbeat, HeartbeatAck,
     CatchupRequest, CatchupReply, SnapshotRequest, SnapshotChunk,
+    PreVote, PreVoteReply, TimeoutNow,
 )
 
 

@@ -44,12 +44,26 @@ Ops (request fields -> reply fields):
                Leader only; parks up to wait_ms while "waiting".
 ``locks``      -> locks: [LockRow, ...], revision. Linearizable.
 ``status``     -> status: NodeStatus. Answered locally by any node, even without a quorum.
+``snapshot_save``  -> export_id, index, revision, keys, snapshot_index, snapshot_bytes,
+               entries, body_bytes, node. Leader only, at a linearizable point: the node
+               pins the state as of ``index`` for this save (``core.export``) and serves it
+               with ``snapshot_chunk``; ``busy`` while ``MAX_EXPORTS`` saves are open.
+``snapshot_chunk`` export_id, offset -> offset, data, done, sha256 (of the whole body, with
+               the last chunk). Only the node that answered ``snapshot_save``; offsets go
+               in order (the last one may be asked again). Error ``snapshot_gone`` when the
+               node no longer holds the save (restarted, idle too long): start over.
 ``revision``   -> revision. Linearizable; any client key may ask (no right to a key needed).
 ``auth_list``  -> principals: [PrincipalRow, ...], revision. Linearizable; admin only.
                (``auth add``/``auth remove`` are writes: commands.AuthAdd/AuthRemove.)
 
 Every request is checked against the rights of the principal that sent it (``core.acl``)
 before anything else; a refusal is ``permission_denied`` and changes nothing.
+``members``    -> members: [MemberRow, ...], leader, change_in_flight. Leader only: the
+               latest chosen configuration, learners with the commit index they reported.
+``member_change`` action ("add" | "remove" | "transfer"), node, address, publish, http,
+               public_key -> message. Leader only. Accepted for proposal, not yet chosen
+               (the client polls ``members`` until it is); ``refused`` with the reason
+               otherwise (a change in flight, no live quorum left, not a member, ...).
 
 Adding an op, all in this module: a member of :class:`Op`; a request record with
 ``op: ClassVar[Op]`` and ``from_wire``/``to_wire``, listed in ``REQUEST_TYPES``; a reply
@@ -65,7 +79,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
 from .commands import MAX_INT, MAX_KEY_BYTES, Request, decode_request, encode_request
-from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, ProtocolError
+from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, SNAPSHOT_CHUNK_BYTES, ProtocolError
 
 __all__ = [
     "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES", "MESSAGE_BUDGET_BYTES",
@@ -73,10 +87,12 @@ __all__ = [
     "AuthListReply", "AuthListRequest",
     "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
-    "LocksReply", "LocksRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES", "Result",
-    "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError", "StatusReply", "StatusRequest",
-    "WatchReply", "WatchRequest", "WriteReply", "WriteRequest", "decode_client_request",
-    "reply_map", "row_bytes",
+    "LocksReply", "LocksRequest", "MemberChangeReply", "MemberChangeRequest", "MemberRow",
+    "MembersReply", "MembersRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES",
+    "Result", "ResultCode", "RevisionReply", "RevisionRequest", "SchemaError",
+    "SnapshotChunkReply", "SnapshotChunkRequest", "SnapshotSaveReply", "SnapshotSaveRequest",
+    "StatusReply", "StatusRequest", "WatchReply", "WatchRequest", "WriteReply", "WriteRequest",
+    "decode_client_request", "reply_map", "row_bytes",
 ]
 
 MAX_WAIT_MS = 30_000
@@ -101,8 +117,12 @@ class Op(StrEnum):
     LOCK_WAIT = "lock_wait"
     LOCKS = "locks"
     STATUS = "status"
+    SNAPSHOT_SAVE = "snapshot_save"
+    SNAPSHOT_CHUNK = "snapshot_chunk"
     REVISION = "revision"
     AUTH_LIST = "auth_list"
+    MEMBERS = "members"
+    MEMBER_CHANGE = "member_change"
 
 
 class ErrorCode(StrEnum):
@@ -114,9 +134,11 @@ class ErrorCode(StrEnum):
     COMPACTED = "compacted"      # + oldest: the first revision a watch can still start after
     BUSY = "busy"                # a bounded queue is full: retry later
     PERMISSION_DENIED = "permission_denied"   # outside the caller's rights: nothing was done
+    REFUSED = "refused"          # a membership change refused; the message says why
     INTERNAL = "internal"        # the node failed answering this request (a bug, logged)
     QUOTA_EXCEEDED = "quota_exceeded"    # a put past [limits] max_keys / max_db_bytes
     CURSOR_EXPIRED = "cursor_expired"    # a page's cursor is gone: start the read again
+    SNAPSHOT_GONE = "snapshot_gone"      # the node no longer holds that save: start it again
 
 
 class ResultCode(StrEnum):
@@ -743,6 +765,18 @@ class StatusRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSaveRequest:
+    op: ClassVar[Op] = Op.SNAPSHOT_SAVE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.SNAPSHOT_SAVE}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotSaveRequest:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionRequest:
     op: ClassVar[Op] = Op.REVISION
 
@@ -752,6 +786,23 @@ class RevisionRequest:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> RevisionRequest:
         return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkRequest:
+    op: ClassVar[Op] = Op.SNAPSHOT_CHUNK
+    export_id: int
+    offset: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.SNAPSHOT_CHUNK, "export_id": self.export_id, "offset": self.offset}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotChunkRequest:
+        export_id, offset = _int(m, "export_id"), _int(m, "offset")
+        if export_id < 0 or offset < 0:
+            raise SchemaError("export_id and offset must be >= 0")
+        return cls(export_id, offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,12 +818,60 @@ class AuthListRequest:
         return cls(_bool(m, "stale", False))
 
 
+@dataclass(frozen=True, slots=True)
+class MembersRequest:
+    op: ClassVar[Op] = Op.MEMBERS
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.MEMBERS}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MembersRequest:
+        return cls()
+
+
+MEMBER_ACTIONS = ("add", "remove", "transfer")
+_MAX_MEMBER_FIELD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChangeRequest:
+    op: ClassVar[Op] = Op.MEMBER_CHANGE
+    action: str
+    node: str
+    address: str = ""
+    publish: str = ""
+    http: str = ""
+    public_key: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"op": Op.MEMBER_CHANGE, "action": self.action, "node": self.node,
+                "address": self.address, "publish": self.publish, "http": self.http,
+                "public_key": self.public_key}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MemberChangeRequest:
+        action, node = _str(m, "action"), _str(m, "node")
+        if action not in MEMBER_ACTIONS:
+            raise SchemaError(f"action must be one of {', '.join(MEMBER_ACTIONS)}")
+        if not 0 < len(node) <= 64:
+            raise SchemaError("node must be an id of 1..64 characters")
+        rest = [_str(m, f, "") for f in ("address", "publish", "http", "public_key")]
+        if any(len(v) > _MAX_MEMBER_FIELD for v in rest):
+            raise SchemaError(f"addresses and keys are at most {_MAX_MEMBER_FIELD} characters")
+        if action == "add" and not rest[0]:
+            raise SchemaError("add needs the new member's address")
+        return cls(action, node, *rest)
+
+
 ClientRequest = (WriteRequest | KeepaliveRequest | GetRequest | ListRequest | HistoryRequest
                  | WatchRequest | LockWaitRequest | LocksRequest | StatusRequest | RevisionRequest
-                 | AuthListRequest)
+                 | AuthListRequest | SnapshotSaveRequest | SnapshotChunkRequest
+                 | MembersRequest | MemberChangeRequest)
 REQUEST_TYPES: tuple[type[ClientRequest], ...] = (
     WriteRequest, KeepaliveRequest, GetRequest, ListRequest, HistoryRequest, WatchRequest,
-    LockWaitRequest, LocksRequest, StatusRequest, RevisionRequest, AuthListRequest)
+    LockWaitRequest, LocksRequest, StatusRequest, RevisionRequest, AuthListRequest,
+    SnapshotSaveRequest, SnapshotChunkRequest, MembersRequest, MemberChangeRequest)
 _BY_OP: dict[str, type[ClientRequest]] = {t.op.value: t for t in REQUEST_TYPES}
 if set(_BY_OP) != {o.value for o in Op} or len(_BY_OP) != len(REQUEST_TYPES):
     raise ImportError("protocol: every Op needs exactly one request record in REQUEST_TYPES")
@@ -949,6 +1048,62 @@ class StatusReply:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSaveReply:
+    """A save opened at log index ``index``: its body is ``snapshot_bytes`` of the
+    snapshot taken at ``snapshot_index``, then ``entries`` records (``core.export``)."""
+
+    export_id: int
+    index: int
+    revision: int
+    keys: int
+    snapshot_index: int
+    snapshot_bytes: int
+    entries: int
+    body_bytes: int
+    node: str
+
+    _INTS: ClassVar[tuple[str, ...]] = ("export_id", "index", "revision", "keys", "snapshot_index",
+                                        "snapshot_bytes", "entries", "body_bytes")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, **{f: getattr(self, f) for f in self._INTS}, "node": self.node}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotSaveReply:
+        ints = {f: _int(m, f) for f in cls._INTS}
+        if min(ints.values()) < 0 or ints["snapshot_index"] > ints["index"] or (
+                ints["snapshot_bytes"] > ints["body_bytes"]
+                or ints["entries"] != ints["index"] - ints["snapshot_index"]):
+            raise SchemaError(f"inconsistent snapshot_save reply {ints}")
+        return cls(node=_str(m, "node"), **ints)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunkReply:
+    offset: int
+    data: bytes
+    done: bool
+    sha256: bytes = b""     # the whole body's, with the last chunk
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "offset": self.offset, "data": self.data, "done": self.done,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> SnapshotChunkReply:
+        data, sha = m.get("data"), m.get("sha256", b"")
+        if type(data) is not bytes or len(data) > SNAPSHOT_CHUNK_BYTES:
+            raise SchemaError(f"field 'data' must be bytes, at most {SNAPSHOT_CHUNK_BYTES}")
+        done = _bool(m, "done")
+        if type(sha) is not bytes or len(sha) != (32 if done else 0):
+            raise SchemaError("field 'sha256' must be 32 bytes with the last chunk, empty before")
+        offset = _int(m, "offset")
+        if offset < 0:
+            raise SchemaError("offset must be >= 0")
+        return cls(offset, data, done, sha)
+
+
+@dataclass(frozen=True, slots=True)
 class RevisionReply:
     revision: int
 
@@ -973,6 +1128,68 @@ class AuthListReply:
     def from_wire(cls, m: Mapping[str, Any]) -> AuthListReply:
         return cls(tuple(PrincipalRow.from_wire(r) for r in _list(m.get("principals"), "principals")),
                    _int(m, "revision"))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    """One member: [id, incarnation, voting, address, publish, http, public_key, progress,
+    live]; ``progress`` is the commit index it last reported (-1: not heard yet), ``live``
+    whether the leader heard it within an election timeout."""
+
+    id: str
+    incarnation: int
+    voting: bool
+    address: str
+    publish: str
+    http: str
+    public_key: str
+    progress: int = -1
+    live: bool = False
+
+    def to_wire(self) -> list[object]:
+        return [self.id, self.incarnation, self.voting, self.address, self.publish, self.http,
+                self.public_key, self.progress, self.live]
+
+    @classmethod
+    def from_wire(cls, w: object) -> MemberRow:
+        r = _list(w, "member row")
+        if (len(r) < 8 or type(r[0]) is not str or type(r[1]) is not int
+                or type(r[2]) is not bool or not all(type(x) is str for x in r[3:7])
+                or type(r[7]) is not int):
+            raise SchemaError("member row must be [id, incarnation, voting, address, publish, "
+                              "http, public_key, progress]")
+        live = r[8] if len(r) > 8 and type(r[8]) is bool else False
+        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], live)
+
+
+@dataclass(frozen=True, slots=True)
+class MembersReply:
+    members: tuple[MemberRow, ...]
+    leader: str | None
+    change_in_flight: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "members": [r.to_wire() for r in self.members],
+                "leader": self.leader, "change_in_flight": self.change_in_flight}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MembersReply:
+        leader = m.get("leader")
+        return cls(tuple(MemberRow.from_wire(r) for r in _list(m.get("members"), "members")),
+                   leader if type(leader) is str else None,
+                   _bool(m, "change_in_flight", False))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChangeReply:
+    message: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, m: Mapping[str, Any]) -> MemberChangeReply:
+        return cls(_str(m, "message", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1011,4 +1228,6 @@ class ErrorReply:
 
 
 Reply = (WriteReply | KeepaliveReply | GetReply | ListReply | HistoryReply | WatchReply
-         | LockWaitReply | LocksReply | StatusReply | RevisionReply | AuthListReply | ErrorReply)
+         | LockWaitReply | LocksReply | StatusReply | RevisionReply | AuthListReply
+         | SnapshotSaveReply | SnapshotChunkReply | MembersReply | MemberChangeReply
+         | ErrorReply)

@@ -45,6 +45,20 @@ Hence every quorum intersection argument of single-message Paxos carries over, a
 new leader's rule (adopt the highest-ballot value per slot, no-ops in holes) keeps its
 proof. ``tests/unit/test_replica.py`` checks the rules; the simulator runs with budgets
 small enough that nearly every promise, batch, catch-up reply and snapshot splits.
+
+**Membership** (``membership.py``; the full argument is in docs/DESIGN.md, "Membership, as
+built"). config(s) -- the bootstrap with every change chosen below ``s`` -- decides slot
+``s``. R1: a change is proposed only with every slot below it chosen and nothing in flight,
+and nothing is proposed after it until it is chosen (``change_slot``, ``_flush_proposals``).
+R2: an Accepted counts only for a voter of config(slot) at its incarnation
+(``_on_accepted``). R3: phase 1 needs a majority of config(commit + 1) and of every
+configuration the recovered changes create, and adopts the highest ballot over all promises
+(``_maybe_lead``, ``_chain``). Because each change moves one voter and R1 leaves at most one
+change unchosen in anyone's view, the chooser's configuration for a slot is the candidate's
+or one voter from a configuration whose majority the candidate holds -- the majorities meet.
+Learners replicate but never count or campaign; a removed node stops; leadership moves with
+``TimeoutNow`` once the target holds the last slot. Leadership itself (functional with
+pre-vote, or external) is a strategy object (``leadership.py``).
 """
 from __future__ import annotations
 
@@ -55,6 +69,16 @@ from enum import Enum
 from typing import TYPE_CHECKING
 
 from .acceptor import Acceptor
+from .leadership import Functional, Leadership
+from .membership import (
+    CHANGE_MARKER,
+    ChangeKind,
+    ConfigHistory,
+    Member,
+    Membership,
+    MembershipChange,
+    change_in,
+)
 from .messages import (
     COMMAND_OVERHEAD_BYTES,
     VALUE_OVERHEAD_BYTES,
@@ -68,14 +92,17 @@ from .messages import (
     Nack,
     Outbound,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     SnapshotChunk,
     SnapshotInfo,
     SnapshotRequest,
+    TimeoutNow,
     chosen_bytes,
     value_bytes,
 )
-from .transfer import Fetch, Shelf, checksum
+from .transfer import Fetch, Shelf, checksum, snapshot_from_payload
 from .types import (
     MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
@@ -88,6 +115,7 @@ from .types import (
     LogEntry,
     NodeId,
     Persist,
+    ProtocolError,
     SafetyViolation,
     Slot,
     Snapshot,
@@ -117,11 +145,16 @@ class Ready:
     # Reads and not-yet-slotted commands dropped because we stopped leading.
     aborted_reads: list[Hashable] = field(default_factory=list)
     aborted_commands: list[bytes] = field(default_factory=list)
+    # The latest chosen configuration, when it changed (the runtime connects and drops peers).
+    config: Membership | None = None
+    # This node applied a configuration without itself: it must stop serving (why).
+    removed: str | None = None
 
     def empty(self) -> bool:
         return (self.persist.empty() and not self.messages and not self.committed
                 and self.install is None and not self.reads and not self.aborted_reads
-                and not self.aborted_commands)
+                and not self.aborted_commands and self.config is None
+                and self.removed is None)
 
 
 @dataclass(slots=True)
@@ -141,6 +174,7 @@ class _Promises:
     complete_through: Slot = 0       # max snapshot_index over the chunks
     commit_index: Slot = 0
     complete: bool = False
+    incarnation: Slot = 0            # which member of that id promised
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,26 +204,54 @@ class ReplicaStatus:
     rejected_replies: int        # replies from a peer we did not ask, or not awaited
     bad_snapshots: int           # assembled snapshots whose checksum did not match
     rounds_exhausted: bool       # someone promised round 2**62: we cannot campaign
+    incarnation: Slot | None     # which member we are (None: joining, not yet known)
+    removed: str                 # why we were removed ("": we were not)
+    config: Membership           # config(commit + 1): the latest chosen configuration
+    change_in_flight: bool       # leader: a membership change is queued or not yet chosen
+    transfer_to: NodeId | None   # leader: handing leadership to this voter
+    progress: tuple[tuple[NodeId, Slot, Slot], ...]  # leader: (id, incarnation, commit) heard
 
 
 # Resends of one catch-up or snapshot request before starting over with a fresh request.
 _FETCH_RESENDS = 5
+# A learner is promoted once its commit index is within this many slots of the leader's.
+PROMOTE_GAP_SLOTS = 16
+_NOBODY = Membership(())
+
+
+def _is_change(value: Value) -> bool:
+    return len(value) == 1 and value[0].startswith(CHANGE_MARKER)
+_NO_MEMBER = Member("-", voting=False)
 
 
 class Replica:
-    def __init__(self, node_id: NodeId, members: list[NodeId], durable: Durable,
+    def __init__(self, node_id: NodeId, members: list[NodeId] | Membership, durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 external_leadership: bool = False) -> None:
-        if node_id not in members:
-            raise UsageError(f"{node_id} is not one of the members {members}")
+                 leadership: Leadership | None = None) -> None:
         self.id = node_id
-        self.members = sorted(members)
-        self.quorum = len(self.members) // 2 + 1
+        self.incarnation: Slot | None = durable.incarnation
+        self.removed = durable.removed
+        snap = durable.snapshot
+        base: Membership | None = snap.config
+        if base is None and self.incarnation is not None:
+            # No configuration recorded yet: the bootstrap members (cluster.toml) are config(1).
+            base = members if isinstance(members, Membership) else Membership.bootstrap(members)
+            if base.get(node_id) is None:
+                raise UsageError(f"{node_id} is not one of the members {list(base.ids)}")
+        # config(s) for every slot we still care about; None while a node added at runtime
+        # has not yet learned any configuration from the leader.
+        self.history: ConfigHistory | None = (
+            None if base is None else ConfigHistory(snap.index + 1, base))
+        # Configurations after changes not yet chosen: the leader's (proposed or recovered)
+        # or the candidate's (the chain its promises recovered), as (first slot, config).
+        self.tentative: list[tuple[Slot, Membership]] = []
+        self.members: list[NodeId] = []
         self.cfg = config
         self.rng = rng
-        self.external = external_leadership
+        self.leadership: Leadership = leadership if leadership is not None else Functional()
         self.acceptor = Acceptor(node_id, durable, config.catchup_batch,
                                  config.message_budget_bytes)
+        self.acceptor.incarnation = self.incarnation or 0
         self.high_water_round = max(durable.high_water_round, durable.promised.round)
         self.applied: Slot = durable.snapshot.index
         self.now_ms = now_ms
@@ -220,12 +282,21 @@ class Replica:
         self._max_pending = config.max_pending_commands      # read on every propose
         self._max_pending_bytes = config.max_pending_bytes
         self.hb_round = 0
-        self.hb_acks: dict[int, set[NodeId]] = {}
+        self.hb_acks: dict[int, set[tuple[NodeId, Slot]]] = {}
         self.confirmed_round = 0
         self.reads: list[_Read] = []
-        self.last_hb_sent_ms = -10**12
+        self.leader_beat_ms = -10**12       # when the leader last did its periodic duties
+        self.leader_heard_ms = -10**12      # when we last heard the leader we follow
+        # pre-vote: the round we asked about (0: not asking) and who said yes
+        self.prevote_round = 0
+        self.prevote_grants: set[NodeId] = set()
         self.hb_wanted = False
         self.last_ack_ms: dict[NodeId, int] = {}
+        # When each member last answered our ballot (a promise, an ack): liveness for
+        # membership decisions. last_ack_ms starts every member at the takeover (the quorum
+        # check's grace); a node we never heard from must not count as live for a removal.
+        self.heard_ms: dict[NodeId, int] = {}
+        self.refused_by: dict[NodeId, int] = {}  # leader: who nacked us last, and when
 
         # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
@@ -256,8 +327,267 @@ class Replica:
         # faster than it runs out (a driver ticks only when next_timer_ms() is due).
         self._rebuild_check_ms = now_ms
 
+        # membership (leader): one change queued, then in flight until chosen; learners'
+        # progress; a leadership hand-over in progress
+        self.change_queue: MembershipChange | None = None
+        self.change_slot: Slot | None = None
+        self.progress: dict[NodeId, tuple[Slot, Slot, int]] = {}   # id -> (inc, commit, when)
+        self.transfer_to: NodeId | None = None
+        self.departing: dict[NodeId, int] = {}    # leader: removed members told until then
+        self.gone: set[NodeId] = set()            # ids removed by chosen changes
+        self.transfer_deadline_ms = 0
+        self.timeout_now_sent_ms = -10**12
+        self.promote_gap = PROMOTE_GAP_SLOTS
+
         self._ready = Ready()
         self._outstanding = False
+        if snap.config is None and base is not None:
+            # Record the bootstrap configuration with the first save: from then on the data
+            # directory, not cluster.toml (which `member add` edits), says what config(1) was.
+            recorded = Snapshot(snap.index, snap.data, base)
+            self.acceptor.snapshot = recorded
+            self._ready.persist.snapshot = recorded
+        # Slots whose value in our log is a change, not yet taken into config(s): commits
+        # look only at these (nearly every slot holds a batch, and commit is the hot path).
+        self._change_slots: set[Slot] = {
+            e.slot for e in durable.entries if e.slot > snap.index and _is_change(e.value)}
+        self._note_committed(snap.index + 1, self.acceptor.commit_index, at_boot=True)
+        self._refresh_members()
+
+    # ------------------------------------------------------------------ membership
+
+    def config_for(self, slot: Slot) -> Membership:
+        """config(slot): the configuration whose majority decides ``slot``."""
+        for start, c in reversed(self.tentative):
+            if slot >= start:
+                return c
+        return self.history.at(slot) if self.history is not None else _NOBODY
+
+    @property
+    def config(self) -> Membership:
+        """The latest chosen configuration: config(commit + 1)."""
+        return self._chosen_config
+
+    @property
+    def _chosen_config(self) -> Membership:
+        h = self.history
+        return h._configs[-1] if h is not None else _NOBODY
+
+    def _latest_config(self) -> Membership:
+        return self.tentative[-1][1] if self.tentative else self.config
+
+    def _refresh_members(self) -> None:
+        """Whom we talk to and hear from: the members of the latest chosen configuration
+        and of any tentative one. A removed member is in neither: its messages are dropped."""
+        ids = set(self.config.ids)
+        for _, c in self.tentative:
+            ids.update(c.ids)
+        ids.add(self.id)
+        self.members = sorted(ids)
+
+    def may_campaign(self) -> bool:
+        """Only a voter of the latest chosen configuration campaigns (never a learner, a
+        joining node, or a removed one)."""
+        return (self.incarnation is not None and not self.removed
+                and self.config.votes(self.id, self.incarnation))
+
+    def _note_committed(self, first: Slot, last: Slot, at_boot: bool = False) -> None:
+        """Slots ``first..last`` are chosen: take the changes among them into config(s)."""
+        h = self.history
+        if h is None or last < first:
+            return
+        log = self.acceptor.log
+        changed = False
+        before = h.latest
+        todo = sorted(s for s in self._change_slots if s <= last)
+        self._change_slots.difference_update(todo)
+        for slot in todo:
+            e = log.get(slot)
+            if slot < max(first, h.latest_start) or e is None or not _is_change(e.value):
+                continue         # overwritten by a batch at a higher ballot before it was chosen
+            try:
+                ch = change_in(e.value)
+                if ch is None:
+                    continue
+                new = h.latest.apply(ch, slot)
+            except (ProtocolError, UsageError) as err:
+                raise SafetyViolation(f"the change chosen at slot {slot} does not apply: {err}") from err
+            h.add(slot, new)
+            if ch.kind is ChangeKind.REMOVE:
+                self.gone.add(ch.member.id)
+            elif ch.kind is ChangeKind.ADD:
+                self.gone.discard(ch.member.id)
+            changed = True
+        if changed:
+            if self.role is Role.LEADER:
+                # Members that just left hear of it from us (heartbeats, catch-up) for a
+                # while: a removed node must learn its removal is chosen to stop.
+                for gone in set(before.ids) - set(h.latest.ids):
+                    self.departing[gone] = self.now_ms + 4 * self.cfg.election_timeout_ms
+            self._configs_changed(at_boot)
+
+    def _configs_changed(self, at_boot: bool = False) -> None:
+        h = self.history
+        assert h is not None
+        while self.tentative and self.tentative[0][0] <= h.latest_start:
+            start, c = self.tentative.pop(0)
+            # A leader proposed (or re-proposed at its ballot) the change that is now
+            # chosen: the configurations must agree. A candidate's chain is only what its
+            # promises showed so far (it prepares again after catching up).
+            if self.role is Role.LEADER and h.at(start) != c:
+                raise SafetyViolation(f"config({start}) chosen differs from the one proposed")
+        if self.change_slot is not None and self.acceptor.commit_index >= self.change_slot:
+            self.change_slot = None
+        self._refresh_members()
+        if not at_boot:
+            self._ready.config = h.latest
+        self._check_removed()
+
+    def _check_removed(self) -> None:
+        h = self.history
+        if h is None or self.incarnation is None or self.removed:
+            return
+        if h.latest_start - 1 < self.incarnation:
+            return
+        me = h.latest.get(self.id)
+        if me is None or me.incarnation != self.incarnation:
+            self._remove_self(f"{self.id} was removed from the cluster by the change chosen "
+                              f"at slot {h.latest_start - 1}")
+
+    def _remove_self(self, why: str) -> None:
+        self._step_down(why)
+        self.removed = why
+        self.leader = None
+        self._ready.persist.removed = why
+        self._ready.removed = why
+
+    def _maybe_adopt_incarnation(self) -> None:
+        """A node added at runtime learns which member it is once it has caught up: the
+        learner under its id in the latest configuration (an id is never a member twice)."""
+        h = self.history
+        if (self.incarnation is not None or h is None or self.leader is None
+                or self.acceptor.commit_index < self.known_commit):
+            return
+        me = h.latest.get(self.id)
+        if me is not None and not me.voting:
+            self.incarnation = self.acceptor.incarnation = me.incarnation
+            self._ready.persist.incarnation = me.incarnation
+            self._refresh_members()
+
+    def request_change(self, change: MembershipChange) -> str | None:
+        """Queue one membership change (the leader proposes it once the pipeline is
+        drained). None if queued; otherwise why not, and nothing changed."""
+        if self.role is not Role.LEADER or not self.serving:
+            return "not the leader"
+        if self.change_queue is not None or self.change_slot is not None or self.tentative:
+            return "a membership change is already in flight; retry when it is chosen"
+        if self.transfer_to is not None:
+            return f"leadership is being handed to {self.transfer_to}"
+        latest = self.config
+        why = latest.refuses(change)
+        if why is not None:
+            return why
+        m = change.member
+        if change.kind is ChangeKind.REMOVE and m.id == self.id:
+            target = self._best_successor()
+            if target is None:
+                return "the leader cannot be removed: no other voter can take over"
+            self.transfer_leadership(target)
+            return f"{self.id} leads: it hands leadership to {target} first; retry there"
+        if change.kind is ChangeKind.REMOVE and latest.votes(m.id, m.incarnation):
+            after = latest.apply(change, self.next_slot)
+            live = {v.key for v in after.voters if self._live(v.id)}
+            if not after.is_quorum(live):
+                return (f"removing {m.id} would leave {len(live)} live voter(s) of "
+                        f"{len(after.voters)}: no quorum")
+        self.change_queue = change
+        return None
+
+    def transfer_leadership(self, target: NodeId) -> str | None:
+        """Hand leadership to voter ``target`` once it holds our last slot (TimeoutNow)."""
+        if self.role is not Role.LEADER:
+            return "not the leader"
+        if target == self.id:
+            return None
+        if self.config.get(target) is None or not self.config.get(target).voting:  # type: ignore[union-attr]
+            return f"{target} is not a voter"
+        if self.change_queue is not None or self.change_slot is not None:
+            return "a membership change is in flight; retry when it is chosen"
+        self.transfer_to = target
+        self.transfer_deadline_ms = self.now_ms + self.cfg.election_timeout_ms
+        self.timeout_now_sent_ms = -10**12
+        self._maybe_hand_over()
+        return None
+
+    def is_live(self, node: NodeId) -> bool:
+        """Leader: ``node`` was heard within an election timeout (we always are)."""
+        return self._live(node)
+
+    def _live(self, node: NodeId) -> bool:
+        return node == self.id or (
+            self.now_ms - self.heard_ms.get(node, -10**12) <= self.cfg.election_timeout_ms)
+
+    def _heard(self, node: NodeId) -> None:
+        if node in self.members:      # bounded by the members; others are never live
+            self.heard_ms[node] = self.now_ms
+
+    def _best_successor(self) -> NodeId | None:
+        best: tuple[Slot, NodeId] | None = None
+        for v in self.config.voters:
+            p = self.progress.get(v.id)
+            if v.id == self.id or p is None or p[0] != v.incarnation or not self._live(v.id):
+                continue
+            if best is None or (p[1], v.id) > best:
+                best = (p[1], v.id)
+        return None if best is None else best[1]
+
+    def _maybe_hand_over(self) -> None:
+        t = self.transfer_to
+        if t is None or self.role is not Role.LEADER:
+            return
+        if self.now_ms > self.transfer_deadline_ms:
+            self.transfer_to = None          # it did not catch up in time: keep leading
+            return
+        p = self.progress.get(t)
+        if (p is not None and not self.inflight and p[1] >= self.next_slot - 1
+                and self.now_ms - self.timeout_now_sent_ms >= self.cfg.heartbeat_ms):
+            self.timeout_now_sent_ms = self.now_ms
+            self._send(t, TimeoutNow(self.id, self.ballot))
+
+    def _maybe_promote(self) -> None:
+        """Promote a learner once its commit index is within ``promote_gap`` of ours."""
+        if (self.change_queue is not None or self.change_slot is not None or self.tentative
+                or self.transfer_to is not None or not self.serving):
+            return
+        for m in self.config.learners:
+            p = self.progress.get(m.id)
+            if (p is not None and p[0] == m.incarnation and self._live(m.id)
+                    and p[1] + self.promote_gap >= self.acceptor.commit_index):
+                self.change_queue = MembershipChange(ChangeKind.PROMOTE, m)
+                return
+
+    def _propose_change(self) -> None:
+        """The queued change goes at the next slot, with nothing before it unchosen."""
+        change = self.change_queue
+        assert change is not None
+        slot = self.next_slot
+        try:
+            after = self.config.apply(change, slot)
+        except UsageError:
+            self.change_queue = None     # overtaken (e.g. the learner left): drop it
+            return
+        self.change_queue = None
+        self.change_slot = slot
+        self.next_slot += 1
+        value = change.value()
+        size = value_bytes(value)
+        self.inflight[slot] = (value, set(), self.now_ms, size)
+        self.inflight_bytes += size
+        self.tentative.append((slot + 1, after))
+        self._refresh_members()
+        for m in after.ids:
+            self.last_ack_ms.setdefault(m, self.now_ms)
+        self._broadcast(Accept(self.id, self.ballot, slot, value, self.acceptor.commit_index))
 
     # ------------------------------------------------------------------ inputs
 
@@ -269,7 +599,8 @@ class Replica:
         if n > MAX_COMMAND_BYTES:
             raise UsageError(f"command of {n} bytes exceeds MAX_COMMAND_BYTES ({MAX_COMMAND_BYTES})")
         if (self.role is not Role.LEADER or len(self.pending) >= self._max_pending
-                or self.pending_bytes + n > self._max_pending_bytes):
+                or self.pending_bytes + n > self._max_pending_bytes
+                or self.transfer_to is not None):
             return False
         self.pending.append(command)
         self.pending_bytes += n
@@ -286,54 +617,67 @@ class Replica:
 
     def tick(self, now_ms: int) -> None:
         self.now_ms = now_ms
+        if self.removed:
+            return
         self.shelf.expire(now_ms)
         if self.role is Role.LEADER:
-            if self._lost_quorum(now_ms):
+            if self.leadership.checks_quorum and self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
                 return
-            due = now_ms - self.last_hb_sent_ms >= self.cfg.heartbeat_ms
-            if not self.external and due:
-                self._send_heartbeat()
-            if due:
+            if self._refused_by_a_live_voter(now_ms):
+                # That voter promised above us (say, as a candidate just before it
+                # crashed) and, with pre-vote, can never campaign while we lead: raise
+                # our ballot above its promise, or it would never follow us again.
+                self._start_phase1()
+                return
+            if now_ms - self.leader_beat_ms >= self.cfg.heartbeat_ms:
+                # The beat is armed whatever the strategy: next_timer_ms() must move on,
+                # or a driver that sleeps until it would spin.
+                self.leader_beat_ms = now_ms
+                if self.leadership.heartbeats:
+                    self._send_heartbeat()
                 self._retransmit_accepts(now_ms)
-        elif self.rebuilding and self.role is Role.FOLLOWER:
-            self._rebuild_check_ms = now_ms + self.cfg.heartbeat_ms
-            self._campaign_when_caught_up(now_ms)
-        elif not self.external and now_ms >= self.election_deadline:
-            self._start_phase1()
-        elif self.role is Role.CANDIDATE and now_ms - self.catchup_sent_ms > 4 * self.cfg.heartbeat_ms:
-            self._resend_prepares()
+                self._maybe_promote()
+                self._maybe_hand_over()
+        else:
+            self.leadership.tick(self, now_ms)
         if self.role is Role.CANDIDATE:
             self._renew_promises(now_ms)
         self._maybe_request_catchup()
 
     def next_timer_ms(self) -> int:
         """The earliest time ``tick`` has something to do (the driver may sleep until then)."""
-        hb = self.cfg.heartbeat_ms
         if self.role is Role.LEADER:
-            return self.last_hb_sent_ms + hb
-        due = self.election_deadline if not self.external else self.now_ms + 10 * hb
-        if self.role is Role.CANDIDATE or self.known_commit > self.acceptor.commit_index:
-            due = min(due, self.catchup_sent_ms + 4 * hb + 1)
-        if self.rebuilding and self.role is Role.FOLLOWER:
-            due = min(due, self._campaign_at if self._campaign_at is not None
-                      else self._rebuild_check_ms)
-        return due
+            return self.leader_beat_ms + self.cfg.heartbeat_ms
+        return self.leadership.next_timer_ms(self)
 
     def suspect(self, node: NodeId) -> None:
-        """External failure detector: `node` is believed dead."""
-        if node == self.leader and self.role is Role.FOLLOWER:
-            self.leader = None
+        """External failure detector: `node` is believed dead (``UsageError`` otherwise)."""
+        self.leadership.suspect(self, node)
 
     def leader_is(self, node: NodeId) -> None:
-        """External failure detector: `node` should lead."""
-        if node == self.id and not self.rebuilding:
-            if self.role is Role.FOLLOWER:
-                self._start_phase1()
-        else:
-            if self.role is not Role.FOLLOWER:
-                self._step_down(f"external detector chose {node}")
-            self.leader = node
+        """External failure detector: `node` should lead (``UsageError`` otherwise)."""
+        self.leadership.leader_is(self, node)
+
+    # -- what the leadership strategy reads and drives
+
+    def is_follower(self) -> bool:
+        return self.role is Role.FOLLOWER
+
+    def is_candidate(self) -> bool:
+        return self.role is Role.CANDIDATE
+
+    def ballot_beaten(self) -> bool:
+        """Someone promised a ballot above the one we campaign with."""
+        return self.highest_seen > self.ballot
+
+    def _defer_to(self, node: NodeId, why: str) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._step_down(why)
+        self.leader = node
+
+    def _rebuild_timer_ms(self) -> int:
+        return self._campaign_at if self._campaign_at is not None else self._rebuild_check_ms
 
     def compact(self, snapshot: Snapshot) -> None:
         """The state machine was snapshotted through ``snapshot.index``; drop the log below."""
@@ -341,19 +685,38 @@ class Replica:
             raise UsageError(f"snapshot {snapshot.index} beyond applied {self.applied}")
         if snapshot.index <= self.acceptor.snapshot.index:
             return
+        if self.history is not None:
+            snapshot = Snapshot(snapshot.index, snapshot.data, self.history.at(snapshot.index + 1))
+            self.history.compact(snapshot.index)
         self.acceptor.install_snapshot(snapshot, self._ready.persist)
         self.shelf.replace(snapshot, self.now_ms)
 
+    def export_point(self) -> tuple[Snapshot, tuple[tuple[Slot, Value], ...]]:
+        """The latest snapshot and the chosen values after it, through the applied index:
+        together, the state applied here (a backup pins them; ``core.export``). The values
+        are the log's own objects, not copies."""
+        snap, log = self.acceptor.snapshot, self.acceptor.log
+        try:
+            return snap, tuple((s, log[s].value) for s in range(snap.index + 1, self.applied + 1))
+        except KeyError as e:
+            raise SafetyViolation(f"slot {e} is applied but not in the log") from None
+
     def receive(self, msg: Message, now_ms: int) -> None:
         self.now_ms = now_ms
-        if msg.src not in self.members:
-            return  # not one of ours: ignore (counted by the transport)
+        if self.removed:
+            return  # we left the cluster: nothing more to say
+        if msg.src in self.gone and isinstance(msg, (Prepare, PreVote, TimeoutNow)):
+            # Removed by a chosen change: its campaign changes nothing here. Only campaigns
+            # are dropped: a node that lags may know an id as removed that was since added
+            # again (a new incarnation, perhaps the leader), and must hear it to catch up.
+            # Its votes count for no one anyway (they carry the old incarnation).
+            return
         if self.rebuilding and self._receive_rebuilding(msg):
             return
         if isinstance(msg, Prepare):
             self._observe(msg.ballot)
             answer = self.acceptor.on_prepare(msg, self._ready.persist)
-            self._reply(msg.src, answer)
+            self._vote(msg.src, answer)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"promised higher ballot {msg.ballot}")
             if isinstance(answer, Promise) and msg.src != self.id and self.role is Role.FOLLOWER:
@@ -363,7 +726,10 @@ class Replica:
         elif isinstance(msg, Accept):
             self._observe(msg.ballot)
             reply = self.acceptor.on_accept(msg, self._ready.persist)
-            self._reply(msg.src, reply)
+            v = msg.value
+            if len(v) == 1 and v[0].startswith(CHANGE_MARKER):
+                self._change_slots.add(msg.slot)
+            self._vote(msg.src, reply)
             if msg.ballot > self.ballot and self.role is not Role.FOLLOWER and msg.src != self.id:
                 self._step_down(f"accepted for higher ballot {msg.ballot}")
             if isinstance(reply, Accepted) or (reply is None and msg.ballot >= self.acceptor.promised):
@@ -387,6 +753,12 @@ class Replica:
             self._on_snapshot_request(msg)
         elif isinstance(msg, SnapshotChunk):
             self._on_snapshot_chunk(msg)
+        elif isinstance(msg, PreVote):
+            self._on_prevote(msg)
+        elif isinstance(msg, PreVoteReply):
+            self._on_prevote_reply(msg)
+        elif isinstance(msg, TimeoutNow):
+            self._on_timeout_now(msg)
 
     def _receive_rebuilding(self, msg: Message) -> bool:
         """Handle ``msg`` without voting; False lets the normal path take it."""
@@ -416,7 +788,10 @@ class Replica:
     def _campaign_when_caught_up(self, now_ms: int) -> None:
         # A rebuilding follower never campaigns on the election timer, only once it has
         # learned everything the leader committed: its campaign is how it earns its vote.
-        if self.external or self.leader is None or self.known_commit > self.acceptor.commit_index:
+        # Called from ticks only, so the next look is counted from this tick, never from
+        # the last input (heartbeats arriving faster than the interval would push it back).
+        self._rebuild_check_ms = now_ms + self.cfg.heartbeat_ms
+        if self.leader is None or self.known_commit > self.acceptor.commit_index:
             self._campaign_at = None
         elif self._campaign_at is None:
             self._campaign_at = now_ms + self._election_timeout()
@@ -480,7 +855,7 @@ class Replica:
             leader_ballot=self.leader_ballot, promised=self.acceptor.promised,
             commit_index=self.acceptor.commit_index, known_commit=self.known_commit,
             applied=self.applied, snapshot_index=self.acceptor.snapshot.index,
-            voting=not self.rebuilding,
+            voting=not self.rebuilding and self.may_campaign(),
             serving=self.serving,
             pending_commands=len(self.pending), pending_bytes=self.pending_bytes,
             inflight_slots=len(self.inflight), inflight_bytes=self.inflight_bytes,
@@ -489,7 +864,12 @@ class Replica:
             fetch_snapshot_bytes=len(f.data) if f is not None and assembling else 0,
             retained_snapshot_index=self.shelf.retained_index or 0,
             rejected_replies=self.rejected_replies, bad_snapshots=self.bad_snapshots,
-            rounds_exhausted=self.rounds_exhausted)
+            rounds_exhausted=self.rounds_exhausted, incarnation=self.incarnation,
+            removed=self.removed, config=self.config,
+            change_in_flight=(self.change_queue is not None or self.change_slot is not None
+                              or bool(self.tentative)),
+            transfer_to=self.transfer_to,
+            progress=tuple((n, inc, c) for n, (inc, c, _) in sorted(self.progress.items())))
 
     # ------------------------------------------------------------------ helpers
 
@@ -511,6 +891,11 @@ class Replica:
         if msg is not None:
             self._send(dst, msg)
 
+    def _vote(self, dst: NodeId, msg: Message | None) -> None:
+        # A node that does not yet know which member it is casts no vote (a Nack is fine).
+        if msg is not None and (self.incarnation is not None or isinstance(msg, Nack)):
+            self._send(dst, msg)
+
     def _observe(self, b: Ballot) -> None:
         if b > self.highest_seen:
             self.highest_seen = b
@@ -519,16 +904,25 @@ class Replica:
         if ballot >= self.leader_ballot or self.leader is None:
             self.leader, self.leader_ballot = node, ballot
         if node != self.id:
+            self.leader_heard_ms = self.now_ms
+            self.prevote_round = 0
             self._reset_election()
 
     def _lost_quorum(self, now_ms: int) -> bool:
-        if self.external:
-            return False
         limit = self.cfg.election_timeout_ms
-        fresh = sum(1 for m in self.members
-                    if (m == self.id and not self.rebuilding)
-                    or (m != self.id and now_ms - self.last_ack_ms.get(m, -10**12) <= limit))
-        return fresh < self.quorum
+        latest = self._latest_config()
+        fresh = sum(1 for v in latest.voters
+                    if (v.id == self.id and not self.rebuilding)
+                    or (v.id != self.id and now_ms - self.last_ack_ms.get(v.id, -10**12) <= limit))
+        return fresh < latest.quorum
+
+    def _refused_by_a_live_voter(self, now_ms: int) -> bool:
+        """A voter keeps refusing us (a Nack within the last heartbeats) and has not
+        accepted anything from us for an election timeout."""
+        limit = self.cfg.election_timeout_ms
+        return any(now_ms - at <= 4 * self.cfg.heartbeat_ms
+                   and now_ms - self.last_ack_ms.get(node, -10**12) > limit
+                   for node, at in self.refused_by.items())
 
     def _step_down(self, why: str) -> None:
         if self.role is Role.FOLLOWER:
@@ -549,11 +943,19 @@ class Replica:
         self.pending.clear()
         self.pending_bytes = 0
         self.hb_acks.clear()
+        self.tentative.clear()
+        self.change_queue = None
+        self.change_slot = None
+        self.transfer_to = None
+        self._refresh_members()
         self._reset_election()
 
     # ------------------------------------------------------------- phase 1
 
     def _start_phase1(self) -> None:
+        if not self.may_campaign():
+            self._reset_election()       # a learner, a joining or a removed node never leads
+            return
         top = max(self.high_water_round, self.highest_seen.round, self.acceptor.promised.round)
         if top >= MAX_ROUND:
             # Someone holds the last round there is. Honest rounds grow by one per campaign,
@@ -562,6 +964,7 @@ class Replica:
             self.rounds_exhausted = True
             self._reset_election()
             return
+        self.prevote_round = 0
         self.high_water_round = top + 1
         self._ready.persist.high_water_round = self.high_water_round  # saved before the Prepare leaves
         if self.role is Role.LEADER:
@@ -572,12 +975,52 @@ class Replica:
         self._begin_prepare()
         self._reset_election()
 
+    # ------------------------------------------------------------- pre-vote
+
+    def _start_prevote(self) -> None:
+        """Ask before raising our ballot (nothing is persisted: a pre-vote binds no one)."""
+        top = max(self.high_water_round, self.highest_seen.round, self.acceptor.promised.round)
+        self.prevote_round = min(top + 1, MAX_ROUND)
+        self.prevote_grants = set()
+        self._reset_election()        # no majority by then: ask again
+        ask = PreVote(self.id, self.prevote_round, self.acceptor.commit_index)
+        for v in self.config.voters:
+            self._send(v.id, ask)
+
+    def _grants_prevote(self, m: PreVote) -> bool:
+        if self.role is Role.LEADER and m.src != self.id:
+            return False
+        heard_leader = (self.leader is not None and self.leader != self.id
+                        and self.now_ms - self.leader_heard_ms < self.cfg.election_timeout_ms)
+        return not heard_leader and m.commit_index >= self.acceptor.commit_index
+
+    def _on_prevote(self, m: PreVote) -> None:
+        self._send(m.src, PreVoteReply(self.id, m.round, self._grants_prevote(m)))
+
+    def _on_prevote_reply(self, m: PreVoteReply) -> None:
+        if (self.role is not Role.FOLLOWER or not self.prevote_round
+                or m.round != self.prevote_round or not m.granted):
+            return
+        if not (self.config.get(m.src) or _NO_MEMBER).voting:
+            return
+        self.prevote_grants.add(m.src)
+        if len(self.prevote_grants) >= self.config.quorum and self.may_campaign():
+            self._start_phase1()
+
+    def _on_timeout_now(self, m: TimeoutNow) -> None:
+        # Only the leader we follow may hand over to us, at the ballot we follow it at.
+        if (self.role is Role.FOLLOWER and m.src == self.leader and m.ballot == self.leader_ballot
+                and self.may_campaign()):
+            self._start_phase1()
+
     def _begin_prepare(self) -> None:
         self.from_slot = self.acceptor.commit_index + 1
         self.phase1_progress_ms = self.phase1_renewed_ms = self.now_ms
         self.promises.clear()
         self.nacks.clear()
         self.catchup_for_phase1 = False
+        self.tentative.clear()      # the chain is what this round's promises recover
+        self._refresh_members()
         self._broadcast(Prepare(self.id, self.ballot, self.from_slot))
         self.catchup_sent_ms = self.now_ms
 
@@ -617,7 +1060,8 @@ class Replica:
                                                              else p.next_slot):
             return   # a duplicate, or not the chunk we asked for
         if p is None:
-            p = self.promises[m.src] = _Promises(self.from_slot)
+            p = self.promises[m.src] = _Promises(self.from_slot, incarnation=m.incarnation)
+        self._heard(m.src)
         self._reset_election()        # phase 1 is moving: do not start it over
         self.phase1_progress_ms = self.now_ms
         p.entries.extend(m.accepted)
@@ -643,13 +1087,10 @@ class Replica:
         p.complete = True
         if self.catchup_for_phase1:
             return
-        if sum(1 for q in self.promises.values() if q.complete) >= self.quorum:
-            self._become_leader()
+        self._maybe_lead()
 
-    def _become_leader(self) -> None:
-        self.role = Role.LEADER
-        self.leader, self.leader_ballot = self.id, self.ballot
-        self.fetch = None
+    def _recovered(self) -> dict[Slot, tuple[Ballot, Value]]:
+        """Per slot from ``from_slot``, the highest-ballot value the complete promises list."""
         best: dict[Slot, tuple[Ballot, Value]] = {}
         for p in self.promises.values():
             if not p.complete:
@@ -657,7 +1098,56 @@ class Replica:
             for e in p.entries:
                 if e.slot >= self.from_slot and (e.slot not in best or e.ballot > best[e.slot][0]):
                     best[e.slot] = (e.ballot, e.value)
+        return best
+
+    def _chain(self, best: dict[Slot, tuple[Ballot, Value]]) -> list[tuple[Slot, Membership]]:
+        """The configurations the recovered changes create, in slot order."""
+        chain: list[tuple[Slot, Membership]] = []
+        c = self.config
+        for slot in sorted(best):
+            value = best[slot][1]
+            if len(value) != 1:
+                continue
+            try:
+                ch = change_in(value)
+                if ch is None:
+                    continue
+                c = c.apply(ch, slot)
+            except (ProtocolError, UsageError) as err:
+                raise SafetyViolation(f"a change recovered at slot {slot} does not apply: "
+                                      f"{err}") from err
+            chain.append((slot + 1, c))
+        return chain
+
+    def _maybe_lead(self) -> None:
+        """Lead once the complete promises hold a majority of config(from_slot) and of
+        every configuration a recovered change creates (see the module docstring)."""
+        keys = {(n, p.incarnation) for n, p in self.promises.items() if p.complete}
+        if not self.config.is_quorum(keys):
+            return
+        best = self._recovered()
+        chain = self._chain(best)
+        if chain != self.tentative:
+            self.tentative = chain
+            asked = set(self.members)
+            self._refresh_members()
+            for n in self.members:
+                if n not in asked:       # a voter only the recovered chain names: ask it too
+                    self._send(n, Prepare(self.id, self.ballot, self.from_slot))
+        if all(c.is_quorum(keys) for _, c in chain):
+            self._become_leader(best)
+
+    def _become_leader(self, best: dict[Slot, tuple[Ballot, Value]]) -> None:
+        self.role = Role.LEADER
+        self.leader, self.leader_ballot = self.id, self.ballot
+        self.fetch = None
         top = max(best, default=self.from_slot - 1)
+        # A recovered change is in flight: nothing new is proposed until it is chosen.
+        changes = [s for s, (_, v) in best.items() if len(v) == 1 and change_in(v) is not None]
+        self.change_slot = max(changes) if changes else None
+        self.change_queue = None
+        self.transfer_to = None
+        self.progress.clear()
         self.inflight.clear()
         self.inflight_bytes = 0
         self.chosen_ahead.clear()
@@ -672,7 +1162,10 @@ class Replica:
         self.promises.clear()
         self.nacks.clear()
         self.last_ack_ms = {m: self.now_ms for m in self.members}
+        self.heard_ms = {m: t for m, t in self.heard_ms.items() if m in self.members}
+        self.refused_by.clear()
         self.hb_acks.clear()
+        self.leader_beat_ms = self.now_ms
         self._send_heartbeat()
         self._maybe_finish_rebuild()
 
@@ -680,6 +1173,13 @@ class Replica:
 
     def _flush_proposals(self) -> None:
         if self.role is not Role.LEADER:
+            return
+        if self.change_slot is not None or self.transfer_to is not None:
+            return      # nothing after a change until it is chosen; nothing while handing over
+        if self.change_queue is not None:
+            # A change goes only at a slot with everything before it chosen.
+            if not self.inflight and self.acceptor.commit_index == self.next_slot - 1:
+                self._propose_change()
             return
         cfg, pending = self.cfg, self.pending
         while (pending and len(self.inflight) < cfg.max_inflight_slots
@@ -725,11 +1225,16 @@ class Replica:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
         self.last_ack_ms[m.src] = self.now_ms
+        self._heard(m.src)
         item = self.inflight.get(m.slot)
         if item is None:
             return
+        # Counted only for a voter of config(slot), at its incarnation.
+        c = self.config_for(m.slot) if self.tentative else self._chosen_config
+        if (m.src, m.incarnation) not in c.voter_keys:
+            return
         item[1].add(m.src)
-        if len(item[1]) >= self.quorum:
+        if len(item[1]) >= c.quorum:
             del self.inflight[m.slot]
             self.inflight_bytes -= item[3]
             self.chosen_ahead[m.slot] = item[0]
@@ -739,16 +1244,24 @@ class Replica:
         c = self.acceptor.commit_index
         while c + 1 in self.chosen_ahead:
             c += 1
-            self.acceptor.learn_chosen(c, self.ballot, self.chosen_ahead.pop(c), self._ready.persist)
+            value = self.chosen_ahead.pop(c)
+            self.acceptor.learn_chosen(c, self.ballot, value, self._ready.persist)
+            if len(value) == 1 and value[0].startswith(CHANGE_MARKER):
+                self._change_slots.add(c)
         self._set_commit(c)
         self._maybe_finish_rebuild()
 
     def _set_commit(self, c: Slot) -> None:
-        if c > self.acceptor.commit_index:
+        old = self.acceptor.commit_index
+        if c > old:
             self.acceptor.commit_index = c
             self._ready.persist.commit_index = c
             if c > self.known_commit:
                 self.known_commit = c
+            if self._change_slots:
+                self._note_committed(old + 1, c)
+        if self.incarnation is None:
+            self._maybe_adopt_incarnation()
 
     def _on_nack(self, m: Nack) -> None:
         self._observe(m.promised)
@@ -757,7 +1270,10 @@ class Replica:
         self.nacks.add(m.src)
         # One NACK alone does not unseat us (the nacking node may be a lone stray);
         # a quorum of them means a higher ballot holds the majority.
-        if len(self.nacks) >= self.quorum:
+        if self.role is Role.LEADER and m.src != self.id:
+            self.refused_by[m.src] = self.now_ms
+        latest = self._latest_config()
+        if sum(1 for n in self.nacks if (latest.get(n) or _NO_MEMBER).voting) >= latest.quorum:
             self._step_down(f"nacked by a quorum; ballot to beat {self.highest_seen}")
 
     # ------------------------------------------------------------- heartbeats and reads
@@ -767,9 +1283,16 @@ class Replica:
         self.hb_acks[self.hb_round] = set()
         for k in [k for k in self.hb_acks if k < self.hb_round - 8]:
             del self.hb_acks[k]
-        self._broadcast(Heartbeat(self.id, self.ballot, self.acceptor.commit_index,
-                                  self.hb_round))
-        self.last_hb_sent_ms = self.now_ms
+        hb = Heartbeat(self.id, self.ballot, self.acceptor.commit_index, self.hb_round)
+        self._broadcast(hb)
+        if self.departing:
+            for node, until in sorted(self.departing.items()):
+                if self.now_ms > until:
+                    del self.departing[node]
+                elif node not in self.members:
+                    self._send(node, hb)
+        if self.leadership.heartbeats:
+            self.leader_beat_ms = self.now_ms   # a heartbeat for a read counts as the beat
         self.hb_wanted = False
 
     def _on_heartbeat(self, m: Heartbeat) -> None:
@@ -784,17 +1307,26 @@ class Replica:
                 self._follow(m.src, m.ballot)
                 self._learn_commit(m.ballot, m.commit_index)
                 self._maybe_request_catchup()
-        self._send(m.src, HeartbeatAck(self.id, m.ballot, m.round, self.acceptor.commit_index))
+        if self.incarnation is not None:
+            self._send(m.src, HeartbeatAck(self.id, m.ballot, m.round, self.acceptor.commit_index,
+                                           self.incarnation))
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if self.role is not Role.LEADER or m.ballot != self.ballot:
             return
         self.last_ack_ms[m.src] = self.now_ms
+        self._heard(m.src)
+        self.progress[m.src] = (m.incarnation, m.commit_index, self.now_ms)
+        if m.src == self.transfer_to:
+            self._maybe_hand_over()
         acks = self.hb_acks.get(m.round)
         if acks is None:
             return
-        acks.add(m.src)
-        if len(acks) >= self.quorum and m.round > self.confirmed_round:
+        acks.add((m.src, m.incarnation))
+        # A read is confirmed by a majority of the chosen configuration and of any
+        # tentative one: whichever a next leader's phase 1 needs, we hold a majority of it.
+        if (m.round > self.confirmed_round and self.config.is_quorum(acks)
+                and all(c.is_quorum(acks) for _, c in self.tentative)):
             self.confirmed_round = m.round
 
     # ------------------------------------------------------------- learning and catch-up
@@ -802,6 +1334,8 @@ class Replica:
     def _learn_commit(self, ballot: Ballot, commit: Slot) -> None:
         if commit > self.known_commit:
             self.known_commit = commit
+        if self.history is None:
+            return      # learns by catch-up first: config(1) comes with slot 1
         c = self.acceptor.commit_index
         while c < commit:
             e = self.acceptor.log.get(c + 1)
@@ -889,7 +1423,8 @@ class Replica:
                 break
             chosen.append((s, value))
             used += cost
-        self._send(m.src, CatchupReply(self.id, self._label(), tuple(chosen), None, commit))
+        config = self.history.at(1) if m.from_slot == 1 and self.history is not None else None
+        self._send(m.src, CatchupReply(self.id, self._label(), tuple(chosen), None, commit, config))
 
     def _on_catchup_reply(self, m: CatchupReply) -> None:
         if not self._expected_reply(m.src):
@@ -911,9 +1446,19 @@ class Replica:
             return        # a straggler from before the snapshot transfer began
         persist = self._ready.persist
         before = c = self.acceptor.commit_index
+        if self.history is None:
+            # Joining: config(1) comes with slot 1 (or a snapshot brings its own).
+            if m.config is None or c != 0 or not m.chosen or m.chosen[0][0] != 1:
+                self._fetch_done(progressed=False)
+                return
+            self.history = ConfigHistory(1, m.config)
+            self.acceptor.install_snapshot(Snapshot(0, b"", m.config), persist)
+            self._refresh_members()
         for slot, value in m.chosen:
             if slot == c + 1:
                 self.acceptor.learn_chosen(slot, m.ballot, value, persist)
+                if _is_change(value):
+                    self._change_slots.add(slot)
                 c = slot
         self._set_commit(c)
         self._fetch_done(progressed=c > before)
@@ -954,9 +1499,25 @@ class Replica:
             return
         installed = m.snapshot.index > self.acceptor.commit_index
         if installed:
-            snap = Snapshot(m.snapshot.index, bytes(f.data))
+            try:
+                snap = snapshot_from_payload(m.snapshot.index, f.data)
+            except ProtocolError:
+                self.bad_snapshots += 1      # the checksum held: a sender's bug; start over
+                f.data = bytearray()
+                self._request_chunk(f)
+                return
             self.fetch = None
             self.acceptor.install_snapshot(snap, self._ready.persist)
+            self._change_slots = {x for x in self._change_slots if x > snap.index}
+            if snap.config is not None:
+                if self.history is None:
+                    self.history = ConfigHistory(snap.index + 1, snap.config)
+                else:
+                    self.gone |= set(self.history.latest.ids) - set(snap.config.ids)
+                    self.history.reset(snap.index + 1, snap.config)
+                self.gone -= set(snap.config.ids)
+                self.tentative.clear()
+                self._configs_changed()
             self.shelf.replace(snap, self.now_ms)
             self.applied = snap.index
             self._ready.install = snap

@@ -40,8 +40,11 @@ from .commands import (
     decode_request,
     encode_request,
 )
+from .export import Exports
 from .identity import ADMIN, INSECURE, Identities
+from .leadership import Leadership
 from .machine import Machine, RevisionCompacted
+from .membership import Membership
 from .messages import Message, Outbound
 from .protocol import (
     Change,
@@ -90,15 +93,22 @@ class ServiceCounters:
 class Service:
     def __init__(self, node_id: NodeId, addresses: dict[NodeId, str], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 external_leadership: bool = False, identities: Identities = INSECURE,
+                 leadership: Leadership | None = None,
+                 identities: Identities = INSECURE,
+                 bootstrap: Membership | None = None,
                  quotas: Quotas = Quotas()) -> None:
         self.id = node_id
         self.addresses = dict(addresses)
-        # Keys and principals (core/identity.py); the runtime may swap in new member keys.
+        # Keys and principals (core/identity.py); they follow the configuration the log
+        # chooses (a member added brings its key, a removed one takes its key away).
         self.identities = identities
         self.cfg = config
-        self.replica = Replica(node_id, sorted(addresses), durable, rng, now_ms, config,
-                               external_leadership)
+        self.replica = Replica(node_id, bootstrap or sorted(addresses), durable, rng, now_ms,
+                               config, leadership)
+        # The latest chosen configuration, once it changed and until the runtime took it.
+        self.new_config: Membership | None = None
+        self.removed = self.replica.removed    # why this node left the cluster ("": it did not)
+        self._follow_config(self.replica.config)
         self.machine = Machine()
         self.started_ms = now_ms
         self.now_ms = now_ms
@@ -119,6 +129,7 @@ class Service:
         self._removed_subscribers: list[str] = []
         self._admin_keys: frozenset[str] | None = None    # admin_keys(), until the table changes
         self.cursors = Cursors()
+        self.exports = Exports()      # backups being served (core/export.py)
         self.quota = quotas
         # This node's database size in use, as the runtime last measured it (quotas).
         self.db_bytes = 0
@@ -197,6 +208,7 @@ class Service:
         self.now_ms = now_ms
         self.replica.tick(now_ms)
         self.parking.expire(self.machine, now_ms)
+        self.exports.expire(now_ms)
         if self.serving():
             for sid in self.sessions.due(now_ms):
                 self.replica.propose(encode_request(Request("", 0, 0, ExpireSession(sid))))
@@ -295,7 +307,31 @@ class Service:
 
     # ------------------------------------------------------------------ applying
 
+    def _follow_config(self, c: Membership) -> None:
+        """Addresses and member keys from the chosen configuration (the log is the truth;
+        cluster.toml only bootstraps): a member's own entry wins over the file's."""
+        if not c.members:
+            return
+        for mem in c.members:
+            if mem.address:
+                self.addresses[mem.id] = mem.address
+        if self.identities.secure:
+            keys = {mem.id: mem.public_key or self.identities.members.get(mem.id, "")
+                    for mem in c.members}
+            self.identities = Identities(secure=True, members={k: v for k, v in keys.items() if v},
+                                         admin_key=self.identities.admin_key)
+
+    def take_config(self) -> Membership | None:
+        """The configuration chosen since the last call, if it changed (runtime: peers)."""
+        c, self.new_config = self.new_config, None
+        return c
+
     def _apply(self, ready: Ready) -> None:
+        if ready.config is not None:
+            self._follow_config(ready.config)
+            self.new_config = ready.config
+        if ready.removed is not None:
+            self.removed = ready.removed
         m = self.machine
         if ready.install is not None:
             admins = {p.name for p in m.principals() if p.rights.admin}
@@ -440,6 +476,12 @@ class Service:
         elif self.last_leader_contact_ms is not None:
             contact = self.now_ms - self.last_leader_contact_ms
         extra = self.extra_status() if self.extra_status is not None else {}
+        # The latest chosen configuration as this node knows it: clients find learners and
+        # members added after their cluster file was written from here.
+        extra["config"] = [[m.id, m.address, m.voting, m.public_key] for m in r.config.members]
+        extra["incarnation"] = r.incarnation
+        if r.removed:
+            extra["removed"] = r.removed
         bad_frames = self.counters.bad_requests + int(extra.pop("bad_frames", 0))
         ballot = max(r.promised, r.leader_ballot)
         return NodeStatus(

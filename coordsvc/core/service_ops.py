@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .acl import Caller
 from .commands import AuthAdd, AuthRemove, Put, Request, Txn, stamp
+from .export import ExportPoint
+from .membership import ChangeKind, Member, MembershipChange
 from .protocol import (
     AuthListReply,
     AuthListRequest,
@@ -44,10 +46,19 @@ from .protocol import (
     LocksReply,
     LocksRequest,
     LockWaitRequest,
+    MemberChangeReply,
+    MemberChangeRequest,
+    MemberRow,
+    MembersReply,
+    MembersRequest,
     PrincipalRow,
     Reply,
     RevisionReply,
     RevisionRequest,
+    SnapshotChunkReply,
+    SnapshotChunkRequest,
+    SnapshotSaveReply,
+    SnapshotSaveRequest,
     StatusReply,
     StatusRequest,
     WatchRequest,
@@ -314,3 +325,103 @@ def _revision_handler(svc: Service, route: Route, rid: object, req: RevisionRequ
         svc.not_leader(route, rid)
         return
     svc.counters.reads += 1
+
+
+# -- backups (core/export.py) -----------------------------------------------------------------
+
+_EXPORTS_FULL = "too many snapshot saves in progress on this node; retry shortly"
+
+
+@_handles(SnapshotSaveRequest)
+def _snapshot_save(svc: Service, route: Route, rid: object, req: SnapshotSaveRequest,
+                   caller: Caller) -> None:
+    if not svc.leading():
+        svc.not_leader(route, rid)
+        return
+    if svc.exports.full():
+        svc.out.error(route, rid, ErrorCode.BUSY, _EXPORTS_FULL)
+        return
+    if not svc.reads.begin(svc.replica, PendingRead(route, rid, partial(_pin_export, svc))):
+        svc.not_leader(route, rid)
+
+
+def _pin_export(svc: Service) -> Reply:
+    """At the read point: pin the snapshot and the values after it (no copy of the state)."""
+    if svc.exports.full():     # other saves reached their read point first
+        return ErrorReply(ErrorCode.BUSY, _EXPORTS_FULL)
+    snap, entries = svc.replica.export_point()
+    m = svc.machine
+    ex = svc.exports.open(ExportPoint(svc.replica.applied, m.revision, m.key_count, snap, entries),
+                          svc.now_ms)
+    return SnapshotSaveReply(ex.id, ex.index, ex.revision, ex.keys, ex.snapshot_index,
+                             ex.snapshot_bytes, ex.entries, ex.body_bytes, svc.id)
+
+
+@_handles(SnapshotChunkRequest)
+def _snapshot_chunk(svc: Service, route: Route, rid: object, req: SnapshotChunkRequest,
+                    caller: Caller) -> None:
+    ex = svc.exports.get(req.export_id)
+    chunk = None if ex is None else ex.chunk(req.offset, svc.now_ms)
+    if chunk is None:
+        svc.out.error(route, rid, ErrorCode.SNAPSHOT_GONE,
+                      f"{svc.id} holds no save {req.export_id} at offset {req.offset} (the node "
+                      "restarted, or the save sat idle too long); start the save again")
+        return
+    svc.out.reply(route, rid, SnapshotChunkReply(chunk.offset, chunk.data, chunk.done, chunk.sha256))
+
+
+# -- membership (core/membership.py) ---------------------------------------------------------
+
+@_handles(MembersRequest)
+def _members(svc: Service, route: Route, rid: object, req: MembersRequest,
+             caller: Caller) -> None:
+    if not svc.serving():
+        svc.not_leader(route, rid)
+        return
+    st = svc.replica.status()
+    progress = {n: (inc, c) for n, inc, c in st.progress}
+    rows = []
+    for m in st.config.members:
+        p = progress.get(m.id)
+        heard = p[1] if p is not None and p[0] == m.incarnation else -1
+        if m.id == svc.id:
+            heard = st.commit_index
+        rows.append(MemberRow(m.id, m.incarnation, m.voting, m.address, m.publish, m.http,
+                              m.public_key, heard, svc.replica.is_live(m.id)))
+    svc.out.reply(route, rid, MembersReply(tuple(rows), svc.id, st.change_in_flight))
+
+
+@_handles(MemberChangeRequest)
+def _member_change(svc: Service, route: Route, rid: object, req: MemberChangeRequest,
+                   caller: Caller) -> None:
+    if not svc.serving():
+        svc.not_leader(route, rid)
+        return
+    r = svc.replica
+    if req.action == "transfer":
+        why = r.transfer_leadership(req.node)
+        done = f"handing leadership to {req.node}"
+    else:
+        if req.action == "add":
+            if svc.identities.secure and not req.public_key:
+                svc.out.error(route, rid, ErrorCode.REFUSED,
+                              f"a secure cluster needs {req.node}'s public key to add it")
+                return
+            member = Member(req.node, 0, False, req.address, req.publish, req.http,
+                            req.public_key)
+            change = MembershipChange(ChangeKind.ADD, member)
+        else:
+            found = r.config.get(req.node)
+            if found is None:
+                svc.out.error(route, rid, ErrorCode.REFUSED, f"{req.node} is not a member")
+                return
+            change = MembershipChange(ChangeKind.REMOVE, found)
+        why = r.request_change(change)
+        done = f"{req.action} {req.node}: proposed"
+    if why is None:
+        svc.out.reply(route, rid, MemberChangeReply(done))
+    elif "hands leadership" in why or why.startswith("leadership is being handed"):
+        # Removing the leader: it hands over first; the client retries and is redirected.
+        svc.out.error(route, rid, ErrorCode.UNAVAILABLE, why)
+    else:
+        svc.out.error(route, rid, ErrorCode.REFUSED, why)

@@ -13,18 +13,46 @@ ends keep their state here, as plain values the replica drives:
   once, when first asked), and at most one superseded snapshot kept while a follower
   is still fetching it, dropped after a quiet period, so a compaction mid-transfer does
   not restart a long transfer.
+
+What travels is a snapshot's *payload*: a header holding its configuration
+(config(index + 1), so a node that installs it knows the quorums that follow) and then
+the state machine's bytes. The checksum covers both.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 
+from .membership import decode_membership, encode_membership
 from .messages import CatchupRequest, SnapshotInfo, SnapshotRequest
-from .types import NodeId, Snapshot, UsageError
+from .types import NodeId, ProtocolError, Snapshot, UsageError
+
+_HEAD_LEN = 4      # the payload starts with the configuration's length (0: none recorded)
 
 
 def checksum(data: bytes | bytearray) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+def payload_head(s: Snapshot) -> bytes:
+    cfg = b"" if s.config is None else encode_membership(s.config)
+    return len(cfg).to_bytes(_HEAD_LEN, "big") + cfg
+
+
+def payload(s: Snapshot) -> bytes:
+    """What travels for ``s``: its configuration header, then its data."""
+    return payload_head(s) + s.data
+
+
+def snapshot_from_payload(index: int, data: bytes | bytearray) -> Snapshot:
+    """The snapshot a checked payload describes; ``ProtocolError`` if it is malformed."""
+    if len(data) < _HEAD_LEN:
+        raise ProtocolError("snapshot payload shorter than its header")
+    n = int.from_bytes(data[:_HEAD_LEN], "big")
+    if _HEAD_LEN + n > len(data):
+        raise ProtocolError("snapshot payload header runs past its end")
+    cfg = decode_membership(bytes(data[_HEAD_LEN:_HEAD_LEN + n])) if n else None
+    return Snapshot(index, bytes(data[_HEAD_LEN + n:]), cfg)
 
 
 @dataclass(slots=True)
@@ -49,6 +77,21 @@ class _Kept:
     snapshot: Snapshot
     info: SnapshotInfo | None = None
     served_ms: int | None = None      # when a chunk of it was last sent
+    head: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.head = payload_head(self.snapshot)
+
+    @property
+    def size(self) -> int:
+        return len(self.head) + len(self.snapshot.data)
+
+    def read(self, offset: int, size: int) -> bytes:
+        head, data = self.head, self.snapshot.data
+        if offset >= len(head):
+            return data[offset - len(head):offset - len(head) + size]
+        part = head[offset:offset + size]
+        return part + data[:size - len(part)]
 
 
 class Shelf:
@@ -87,15 +130,16 @@ class Shelf:
 
     def _info(self, k: _Kept) -> SnapshotInfo:
         if k.info is None:
-            s = k.snapshot
-            k.info = SnapshotInfo(s.index, len(s.data), checksum(s.data))
+            h = hashlib.sha256(k.head)
+            h.update(k.snapshot.data)
+            k.info = SnapshotInfo(k.snapshot.index, k.size, h.digest())
         return k.info
 
     def chunk(self, index: int, offset: int, size: int,
               now_ms: int) -> tuple[SnapshotInfo, int, bytes] | None:
         """Up to ``size`` bytes of snapshot ``index`` from ``offset``; None if not here."""
         for k in (self._current, self._older):
-            if k is not None and k.snapshot.index == index and offset <= len(k.snapshot.data):
+            if k is not None and k.snapshot.index == index and offset <= k.size:
                 k.served_ms = now_ms
-                return self._info(k), offset, k.snapshot.data[offset:offset + size]
+                return self._info(k), offset, k.read(offset, size)
         return None

@@ -9,6 +9,10 @@ by construction, and ``wire`` refuses any decoded field outside them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:   # membership imports this module; the annotation only names the type
+    from .membership import Membership
 
 NodeId = str
 Slot = int
@@ -97,10 +101,17 @@ class LogEntry:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """State-machine state covering every slot up to and including ``index``."""
+    """State-machine state covering every slot up to and including ``index``, and the
+    configuration in force after it (config(index + 1)).
+
+    ``config`` is None only where no configuration was ever recorded (a data directory
+    from before membership was replicated, a fresh ``MemoryStore``): the replica then
+    starts from the bootstrap members it is given.
+    """
 
     index: Slot
     data: bytes
+    config: Membership | None = None
 
 
 EMPTY_SNAPSHOT = Snapshot(0, b"")
@@ -159,10 +170,16 @@ class Persist:
     snapshot: Snapshot | None = None
     # A rebuilding replacement earned its vote: clear its marker with this save.
     rebuilt: bool = False
+    # A joining node learned which member it is (the slot that added it).
+    incarnation: int | None = None
+    # This node applied a configuration without itself: it must never serve again.
+    removed: str | None = None
 
     def empty(self) -> bool:
         return (
             not self.rebuilt
+            and self.incarnation is None
+            and self.removed is None
             and self.promised is None
             and self.high_water_round is None
             and not self.entries
@@ -181,3 +198,7 @@ class Durable:
     commit_index: Slot = 0
     snapshot: Snapshot = EMPTY_SNAPSHOT
     rebuilding: bool = False   # a replacement for a lost disk that may not vote yet
+    # Which member this node is: the slot of the change that added it (0: a bootstrap
+    # member); None while a node added at runtime has not yet learned it (joining).
+    incarnation: int | None = 0
+    removed: str = ""          # why this node was removed ("": it was not)

@@ -8,15 +8,19 @@ loop (the transport's ZAP handler). The one other thread family is the HTTP list
 (``http.py``: metrics, health, dashboard), which reads only the frozen picture the loop
 publishes twice a second (``observe.py``) and never touches the core.
 
-Member keys come from the cluster file, which the loop re-reads when it changes (checked
-once a second): a replaced node's new public key takes effect on every member without a
-restart. Any other change to the file (members, addresses) needs a restart.
+Members come from the log: the cluster file bootstraps the first configuration (recorded
+in the data directory at the first start) and every chosen change after it connects the
+transport to members added and drops members removed, their keys with them (the ZAP
+handler asks the service, whose key table follows the configuration). A node that applies
+a configuration without itself stops, says why, and its data directory refuses to start.
+Member keys in the cluster file are still re-read when it changes (checked once a second):
+a replaced node's new public key takes effect on every member without a restart.
 
 What stops a node once it serves: a signal (exit 0), a detected ``SafetyViolation``
-(exit 70), or a failed disk write (exit 74, one line naming the database and the error:
-the store refuses every later save, see ``storage.sqlite``). A request whose handling
-raised was answered ``internal`` by the service; it is logged here once, with its
-traceback.
+(exit 70), a failed disk write (exit 74, one line naming the database and the error:
+the store refuses every later save, see ``storage.sqlite``), or a chosen configuration
+without this node (exit 0, after saying so). A request whose handling raised was
+answered ``internal`` by the service; it is logged here once, with its traceback.
 """
 from __future__ import annotations
 
@@ -28,12 +32,14 @@ import signal
 import sqlite3
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from .. import clusterfile
 from ..clusterfile import Cluster, ClusterFileError
 from ..core.identity import INSECURE, Identities
+from ..core.membership import Member, Membership
 from ..core.service import Service
 from ..core.types import Config, Persist, SafetyViolation
 from ..keys import KeyFileError, KeyPair, read_node_key
@@ -56,6 +62,29 @@ EXIT_DISK = 74   # EX_IOERR
 
 def _now_ms() -> int:
     return time.monotonic_ns() // 1_000_000
+
+
+def bootstrap(cluster: Cluster) -> Membership:
+    """config(1) from the cluster file: its members but those added at runtime."""
+    return Membership(tuple(Member(n.id, 0, True, n.address, n.publish, n.http or "",
+                                   n.public_key or "")
+                            for n in sorted(cluster.nodes, key=lambda n: n.id) if not n.added))
+
+
+def peer_specs(cluster: Cluster, config: Membership) -> list[clusterfile.NodeSpec]:
+    """Whom to connect to: the configuration's members, addressed as it says."""
+    specs = []
+    for m in config.members:
+        known = next((n for n in cluster.nodes if n.id == m.id), None)
+        if m.address and m.publish:
+            key = (m.public_key or (known.public_key if known else None)) or None
+            specs.append(clusterfile.NodeSpec(
+                m.id, m.address, m.publish,
+                known.data_dir if known is not None else Path(m.id),   # not used for peers
+                key if cluster.secure else None))
+        elif known is not None:
+            specs.append(known)
+    return specs
 
 
 def identities(cluster: Cluster) -> Identities:
@@ -102,7 +131,10 @@ class Node:
         addresses = {n.id: n.address for n in cluster.nodes}
         self.service = Service(node_id, addresses, self.store.load(), random.Random(),
                                _now_ms(), config, identities=identities(cluster),
-                               quotas=cluster.limits)
+                               bootstrap=bootstrap(cluster), quotas=cluster.limits)
+        self.transport.set_peers(peer_specs(cluster, self.service.replica.config)
+                                 if self.service.replica.config.members
+                                 else list(cluster.nodes))
         self.id = node_id
         self.cluster = cluster
         self._file_seen = _file_signature(cluster)
@@ -150,6 +182,15 @@ class Node:
                     next_measure = now + DB_MEASURE_MS
                 svc.tick(now)
             svc.step(save, tr.send)
+            changed = svc.take_config()
+            if changed is not None:
+                log.info("configuration: %s", ", ".join(
+                    f"{m.id}{'' if m.voting else ' (learner)'}" for m in changed.members))
+                tr.set_peers(peer_specs(self.cluster, changed))
+            if svc.removed:
+                log.error("stopping: %s; this node will not start again", svc.removed)
+                self.stop_reason = f"removed: {svc.removed}"
+                self.stopping = True
             replies, events = svc.take_outbox()
             if replies:
                 answered = perf()
@@ -233,7 +274,8 @@ class Node:
 def _layout(c: Cluster) -> tuple[object, ...]:
     """Everything in a cluster file but the members' keys."""
     return (c.name, c.id, c.security, c.admin_public_key,
-            [(n.id, n.address, n.publish, n.http, n.http_bind, n.data_dir) for n in c.nodes])
+            [(n.id, n.address, n.publish, n.http, n.http_bind, n.bind, n.publish_bind, n.data_dir)
+             for n in c.nodes])
 
 
 def _file_signature(cluster: Cluster) -> tuple[int, int, int] | None:
@@ -268,9 +310,11 @@ def serve(cluster: Cluster, node_id: str, config: Config = Config(), log_level: 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     spec = cluster.node(node_id)
+    listening = "" if spec.listen == spec.address else f", listening on {spec.listen}"
     event(log, logging.INFO, "start",
-          f"serving at {spec.address} (cluster {cluster.name}, {len(cluster.nodes)} members)",
-          address=spec.address, publish=spec.publish, cluster=cluster.name,
+          f"serving at {spec.address}{listening} (cluster {cluster.name}, {len(cluster.nodes)} members)",
+          address=spec.address, publish=spec.publish, bind=spec.listen,
+          publish_bind=spec.publish_listen, cluster=cluster.name,
           members=len(cluster.nodes), pid=os.getpid())
     if node.http is not None:
         host, port = node.http.address

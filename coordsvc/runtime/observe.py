@@ -161,6 +161,8 @@ def readiness(p: Published | None, now_mono: float) -> tuple[bool, str]:
         return False, f"the node loop has not turned for {age:.1f} s"
     st = p.status
     if not st.get("voting", True):
+        if _learner(p.node, st.get("config")):
+            return False, "learner: copying the state; ready once the leader promotes it to voter"
         return False, "rebuilding: a replacement node that has not earned its vote yet"
     role = st.get("role")
     if role == "leader":
@@ -439,6 +441,16 @@ class Observer:
                 event(log, logging.INFO, "quota_alarm_cleared", "quota alarms cleared",
                       previous=list(seen.alarms))
             seen.alarms = alarms
+
+
+def _learner(node: str, config: object) -> bool:
+    """Whether the chosen configuration a node reports (status ``config``: rows of [id,
+    address, voting, key]) has it as a learner, or not yet at all (a node added at runtime
+    that has not learned its membership). False when the node reports none."""
+    if not isinstance(config, list):
+        return False
+    mine = next((r for r in config if isinstance(r, list) and r and r[0] == node), None)
+    return mine is None or (len(mine) > 2 and mine[2] is False)
 
 
 def _waiters(svc: Service) -> int:

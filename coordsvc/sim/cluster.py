@@ -24,7 +24,7 @@ back blank and votes at once, instead of rebuilding as a non-voting learner),
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.messages import (
@@ -36,7 +36,7 @@ from ..core.messages import (
     SnapshotInfo,
 )
 from ..core.replica import Ready, Replica, Role
-from ..core.types import Ballot, Config, Durable, NodeId, Slot, Snapshot, Value
+from ..core.types import Ballot, Config, Durable, NodeId, SafetyViolation, Slot, Snapshot, Value
 from ..storage.memory import MemoryStore
 from .mutations import SkipAdoptReplica
 from .oracle import SlotOracle
@@ -82,7 +82,9 @@ class Params:
             drift=tuple(round(rng.uniform(0.9, 1.1), 3) for _ in range(n)),
             propose_every_ms=rng.choice((5, 20, 60)),
             safety_ms=2500,
-            heal_ms=12000,
+            # Long enough for a node left ~400 slots behind to catch up at one entry per
+            # round trip (16-byte budgets, 60 ms delays); a run ends once it converges.
+            heal_ms=20000,
             snapshot_every=rng.choice((8, 50, 10**9)),
             disk_loss=rng.choice((0.0, 0.0, 0.2, 0.5)),
             batch_bytes=rng.choice((45, 60, 200)),
@@ -153,19 +155,7 @@ class Sim:
         self.seed = seed
         self.rng = random.Random(seed)
         self.world = World(self.rng)
-        self.p = params or Params.draw(self.rng, nodes)
-        if mutation is not None:
-            # Bad variants need faults to show; keep the run violent.
-            self.p = Params(**{**self.p.__dict__, "crash_every_ms": 120, "disk_ms": 8,
-                               "partition_every_ms": 300, "max_delay_ms": 20,
-                               "disk_loss": 0.5 if mutation == "wiped_node_votes" else 0.0,
-                               "corrupt": 0.3 if mutation == "skip_checksum" else 0.0,
-                               "snapshot_every": (8 if mutation in ("skip_checksum",
-                                                                    "trust_any_reply")
-                                                  else self.p.snapshot_every),
-                               "forge_every_ms": 20 if mutation == "trust_any_reply" else 10**9,
-                               "budget_bytes": 16 if mutation == "lead_on_partial_promises"
-                               else self.p.budget_bytes})
+        self.p = self._tuned(params or Params.draw(self.rng, nodes), mutation)
         self.mutation = mutation
         self.ids = [f"n{i + 1}" for i in range(self.p.nodes)]
         self.quorum = self.p.nodes // 2 + 1
@@ -193,6 +183,22 @@ class Sim:
                       "snapshot_chunks": 0, "corrupted": 0, "forged": 0, "promise_chunks": 0,
                       "installs": 0}
         self.next_cmd = 0
+
+    def _tuned(self, p: Params, mutation: str | None) -> Params:
+        """The parameters of this run, from those drawn (a subclass may adjust them before
+        the network and fault timers are built from them)."""
+        if mutation is None:
+            return p
+        # Bad variants need faults to show; keep the run violent.
+        return replace(p, crash_every_ms=120, disk_ms=8, partition_every_ms=300,
+                       max_delay_ms=20,
+                       disk_loss=0.5 if mutation == "wiped_node_votes" else 0.0,
+                       corrupt=0.3 if mutation == "skip_checksum" else 0.0,
+                       snapshot_every=(8 if mutation in ("skip_checksum", "trust_any_reply")
+                                       else p.snapshot_every),
+                       forge_every_ms=20 if mutation == "trust_any_reply" else 10**9,
+                       budget_bytes=(16 if mutation == "lead_on_partial_promises"
+                                     else p.budget_bytes))
 
     @property
     def now(self) -> int:
@@ -397,7 +403,13 @@ class Sim:
         self.faults.start()
         self.world.at(self.p.forge_every_ms, self._ev_forge)
         end = self.p.safety_ms + self.p.heal_ms
-        while not self.violations and self.world.run_one(end):
+        while not self.violations:
+            try:
+                if not self.world.run_one(end):
+                    break
+            except SafetyViolation as e:    # a node caught a broken invariant itself
+                self._violate(f"a node raised SafetyViolation: {e}")
+                break
             if not self.faults.active and not self.outstanding and self._converged():
                 break
         if not self.violations:

@@ -60,20 +60,26 @@ class SlotOracle:
     def saved(self, nid: str, p: Persist) -> None:
         """``p`` is now durable on ``nid``."""
         if p.promised is not None:
-            prev = self.max_promised.get(nid)
-            if prev is not None and p.promised < prev and not self.promises_may_regress:
-                self.violate(f"{nid} promised ballot went down {prev} -> {p.promised}")
-            if prev is None or p.promised > prev:
-                self.max_promised[nid] = p.promised
+            self._promised(nid, p.promised)
         for e in p.entries:
             key = (e.slot, e.ballot)
-            if key in self.vote_value and self.vote_value[key] != e.value:
-                self.violate(f"two values accepted for slot {e.slot} at {e.ballot}")
-            self.vote_value[key] = e.value
+            self._accepted(key, e.value)
             voters = self.votes.setdefault(key, set())
             voters.add(nid)
             if len(voters) >= self.quorum:
                 self._chosen(e.slot, e.value)
+
+    def _promised(self, nid: str, promised: Ballot) -> None:
+        prev = self.max_promised.get(nid)
+        if prev is not None and promised < prev and not self.promises_may_regress:
+            self.violate(f"{nid} promised ballot went down {prev} -> {promised}")
+        if prev is None or promised > prev:
+            self.max_promised[nid] = promised
+
+    def _accepted(self, key: tuple[Slot, Ballot], value: Value) -> None:
+        if key in self.vote_value and self.vote_value[key] != value:
+            self.violate(f"two values accepted for slot {key[0]} at {key[1]}")
+        self.vote_value[key] = value
 
     def _chosen(self, slot: Slot, value: Value) -> None:
         old = self.chosen.get(slot)

@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     import sqlite_utils
 
 
-__all__ = ["DataDirError", "Identity", "NODE_DB", "SCHEMA_VERSION", "init_data_dir"]
+__all__ = ["DataDirError", "INCARNATION", "Identity", "JOINING", "NODE_DB", "REMOVED",
+           "SCHEMA_VERSION", "init_data_dir"]
 
 NODE_DB = "node.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5_000
 
 
@@ -64,8 +65,18 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db.table("snapshot").insert({"id": 0, "idx": 0, "data": b""})
 
 
+def _membership_v2(db: sqlite_utils.Database) -> None:
+    # config(index + 1) beside the snapshot (NULL: none recorded yet -- the node starts
+    # from cluster.toml's members and records them at its first start). Which member
+    # this node is and whether it was removed live in meta (INCARNATION, REMOVED).
+    db.execute("ALTER TABLE snapshot ADD COLUMN config BLOB")
+
+
 # MIGRATIONS[v] takes a database at schema v-1 to schema v. Append, never edit.
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _create_v1}
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    1: _create_v1,
+    2: _membership_v2,
+}
 
 
 def _set_version(db: sqlite_utils.Database, version: int) -> None:
@@ -165,13 +176,21 @@ def _fsync_path(path: Path) -> None:
 
 
 REBUILDING = "rebuilding_since"
+# meta keys of membership: which member this node is (absent: a bootstrap member,
+# incarnation 0; JOINING: added at runtime, not yet known) and why it was removed.
+INCARNATION = "incarnation"
+JOINING = "joining"
+REMOVED = "removed"
 
 
-def init_data_dir(path: Path, cluster_id: str, node_id: str, rebuilding: bool = False) -> None:
+def init_data_dir(path: Path, cluster_id: str, node_id: str, rebuilding: bool = False,
+                  joining: bool = False) -> None:
     """Create ``path`` with a fresh ``node.db`` for (cluster_id, node_id).
 
     ``rebuilding`` marks a replacement for a node whose disk was lost: it will learn
     the log without voting until it is safe to vote again (see ``Replica``).
+    ``joining`` marks a node added to a running cluster (``member add``): it knows no
+    configuration and learns everything, its membership included, from the leader.
 
     Idempotent for the same identity; ``DataDirError`` if ``path`` already holds a
     node.db of another identity or one that cannot be read. The database is built
@@ -210,7 +229,8 @@ def init_data_dir(path: Path, cluster_id: str, node_id: str, rebuilding: bool = 
                 [{"key": "cluster_id", "value": cluster_id},
                  {"key": "node_id", "value": node_id},
                  {"key": "created_at", "value": created_at}]
-                + ([{"key": REBUILDING, "value": created_at}] if rebuilding else []),
+                + ([{"key": REBUILDING, "value": created_at}] if rebuilding else [])
+                + ([{"key": INCARNATION, "value": JOINING}] if joining else []),
                 pk="key",
             )
     finally:

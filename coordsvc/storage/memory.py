@@ -13,6 +13,8 @@ class MemoryStore:
         self.snapshot: Snapshot = EMPTY_SNAPSHOT
         self.saves = 0
         self.rebuilding = False
+        self.incarnation: int | None = 0
+        self.removed = ""
 
     def load(self) -> Durable:
         return Durable(
@@ -22,6 +24,8 @@ class MemoryStore:
             commit_index=self.commit_index,
             snapshot=self.snapshot,
             rebuilding=self.rebuilding,
+            incarnation=self.incarnation,
+            removed=self.removed,
         )
 
     def save(self, p: Persist) -> None:
@@ -41,6 +45,10 @@ class MemoryStore:
             self.commit_index = p.commit_index
         if p.rebuilt:
             self.rebuilding = False
+        if p.incarnation is not None:
+            self.incarnation = p.incarnation
+        if p.removed is not None:
+            self.removed = p.removed
 
     def close(self) -> None:
         pass

@@ -31,6 +31,7 @@ from types import TracebackType
 import msgpack  # type: ignore[import-untyped]
 
 from ..core.machine import Machine
+from ..core.membership import Membership, decode_membership, encode_membership
 from ..core.types import (
     MAX_NODE_ID_CHARS,
     MAX_ROUND,
@@ -46,8 +47,11 @@ from ..core.types import (
     Value,
 )
 from .datadir import (
+    INCARNATION,
+    JOINING,
     NODE_DB,
     REBUILDING,
+    REMOVED,
     SCHEMA_VERSION,
     DataDirError,
     Identity,
@@ -110,13 +114,44 @@ def _ballot(rnd: object, node: object, what: str, db_path: Path) -> Ballot:
     return Ballot(r, node)
 
 
+def _config(blob: object, db_path: Path) -> Membership | None:
+    if blob is None:
+        return None
+    if type(blob) is not bytes:
+        raise DataDirError(f"database {db_path} is corrupt: the snapshot's configuration is "
+                           "not a blob")
+    try:
+        return decode_membership(blob)
+    except ProtocolError as e:
+        raise DataDirError(f"database {db_path} is corrupt: the snapshot's configuration "
+                           f"does not decode ({e})") from None
+
+
+def _meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _incarnation(conn: sqlite3.Connection, db_path: Path) -> int | None:
+    v = _meta(conn, INCARNATION)
+    if v is None:
+        return 0
+    if v == JOINING:
+        return None
+    if not v.isdigit() or int(v) > MAX_SLOT:
+        raise DataDirError(f"database {db_path} is corrupt: incarnation {v!r:.40}")
+    return int(v)
+
+
 def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
     """Read every row the node will use and refuse the database if one is unusable."""
     row = conn.execute("SELECT promised_round, promised_node, high_water_round, commit_index "
                        "FROM acceptor WHERE id = 0").fetchone()
-    snap = conn.execute("SELECT idx, data FROM snapshot WHERE id = 0").fetchone()
+    snap = conn.execute("SELECT idx, data, config FROM snapshot WHERE id = 0").fetchone()
     if row is None or snap is None:
         raise DataDirError(f"database {db_path} is corrupt: acceptor state rows missing")
+    _config(snap[2], db_path)
+    _incarnation(conn, db_path)
     _ballot(row[0], row[1], "the promised ballot", db_path)
     _int_in(row[2], 0, MAX_ROUND, "the ballot high-water round", db_path)
     _int_in(row[3], 0, MAX_SLOT, "the commit index", db_path)
@@ -241,6 +276,12 @@ class SqliteStore:
                 )
             if version < SCHEMA_VERSION:
                 migrate(conn, version)
+            removed = _meta(conn, REMOVED)
+            if removed is not None:
+                raise DataDirError(
+                    f"node {node_id} was removed from the cluster and will not start again "
+                    f"({removed}); to bring it back, `coordctl member add` it and give it a "
+                    "new data directory")
             _check_contents(conn, db_path)
             _check_writable(conn, db_path)
             return cls(conn, path, lock_fd)
@@ -266,7 +307,7 @@ class SqliteStore:
             "SELECT promised_round, promised_node, high_water_round, commit_index "
             "FROM acceptor WHERE id = 0"
         ).fetchone()
-        snap = conn.execute("SELECT idx, data FROM snapshot WHERE id = 0").fetchone()
+        snap = conn.execute("SELECT idx, data, config FROM snapshot WHERE id = 0").fetchone()
         if scalars is None or snap is None:
             raise DataDirError(f"database {self.db_path} is corrupt: acceptor state rows missing")
         entries = tuple(
@@ -281,9 +322,11 @@ class SqliteStore:
             high_water_round=scalars[2],
             entries=entries,
             commit_index=scalars[3],
-            snapshot=Snapshot(snap[0], snap[1]),
+            snapshot=Snapshot(snap[0], snap[1], _config(snap[2], self.db_path)),
             rebuilding=conn.execute("SELECT 1 FROM meta WHERE key = ?",
                                     (REBUILDING,)).fetchone() is not None,
+            incarnation=_incarnation(conn, self.db_path),
+            removed=_meta(conn, REMOVED) or "",
         )
 
     def save(self, p: Persist) -> None:
@@ -300,7 +343,8 @@ class SqliteStore:
         if p.commit_index is not None:
             pending = max(p.commit_index, pending or 0)
         if (p.entries or p.promised is not None or p.snapshot is not None
-                or p.high_water_round is not None or p.rebuilt):
+                or p.high_water_round is not None or p.rebuilt or p.incarnation is not None
+                or p.removed is not None):
             # The index goes along only when the acceptor row is written anyway.
             scalars = p.promised is not None or p.high_water_round is not None
             self._commit(p, pending if scalars else None, sync=True)   # may raise: then
@@ -339,14 +383,16 @@ class SqliteStore:
             if e.slot > snapshot_index
         ]
         promised = p.promised
+        config = (None if p.snapshot is None or p.snapshot.config is None
+                  else encode_membership(p.snapshot.config))
         try:
             if not sync:
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             if p.snapshot is not None:
                 conn.execute(
-                    "UPDATE snapshot SET idx = ?, data = ? WHERE id = 0",
-                    (p.snapshot.index, p.snapshot.data),
+                    "UPDATE snapshot SET idx = ?, data = ?, config = ? WHERE id = 0",
+                    (p.snapshot.index, p.snapshot.data, config),
                 )
                 conn.execute("DELETE FROM log WHERE slot <= ?", (p.snapshot.index,))
             if rows:
@@ -363,6 +409,12 @@ class SqliteStore:
                 )
             if p.rebuilt:
                 conn.execute("DELETE FROM meta WHERE key = ?", (REBUILDING,))
+            if p.incarnation is not None:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (INCARNATION, str(p.incarnation)))
+            if p.removed is not None:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             (REMOVED, p.removed))
             conn.execute("COMMIT")
         except BaseException as e:
             self._failed = f"{type(e).__name__}: {e}"

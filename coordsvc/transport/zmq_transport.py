@@ -247,11 +247,11 @@ class Transport:
         self.event_topics: set[bytes] = set()
         self.publish_address = me.publish
         try:
-            self.router.bind(me.address)
-            self.pub.bind(me.publish)
+            self.router.bind(me.listen)     # bind/publish_bind if set, else the advertised ones
+            self.pub.bind(me.publish_listen)
         except zmq.ZMQError as e:
             self.close()
-            raise TransportError(f"cannot listen on {me.address} / {me.publish}: {e.strerror}") from None
+            raise TransportError(f"cannot listen on {me.listen} / {me.publish_listen}: {e.strerror}") from None
         self.poller = zmq.Poller()
         self.poller.register(self.router, zmq.POLLIN)
         self.poller.register(self.pub, zmq.POLLIN)
@@ -338,6 +338,23 @@ class Transport:
         peer.spec = spec
         peer.failed_ms = None
         self._connect(peer)
+
+    def set_peers(self, specs: list[NodeSpec]) -> None:
+        """Follow the chosen configuration: connect to members added, drop members
+        removed, reconnect to a member whose address or key changed."""
+        want = {sp.id: sp for sp in specs if sp.id != self.id}
+        for pid in sorted(set(self.peers) - set(want)):
+            log.info("peer %s left the configuration; disconnecting", pid)
+            self._disconnect(self.peers.pop(pid))
+        for pid, spec in sorted(want.items()):
+            peer = self.peers.get(pid)
+            if peer is None:
+                log.info("peer %s joined the configuration at %s; connecting", pid, spec.address)
+                self.peers[pid] = peer = _Peer(spec)
+                self._connect(peer)
+            elif (peer.spec.address, peer.spec.publish, peer.spec.public_key) != (
+                    spec.address, spec.publish, spec.public_key):
+                self.rekey(spec)
 
     def maintain(self, now_ms: int) -> None:
         """Rebuild peer connections whose CURVE handshake failed for good (libzmq stops

@@ -11,11 +11,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
-from coordsvc import clusterfile
+from coordsvc.runtime import launch
 
 
 def coordctl_path() -> str:
@@ -60,7 +60,7 @@ _ports = random.Random()
 
 def free_base_port(nodes: int = 3) -> int:
     """A base port whose node ports are all free on 127.0.0.1 right now."""
-    return clusterfile.free_base_port(nodes, _ports)
+    return launch.free_base_port(nodes, _ports)
 
 
 def stop_process(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> int:
@@ -90,26 +90,20 @@ class LocalCluster:
         self.file = Path(r.stdout.strip())
         assert self.file == self.dir / "cluster.toml"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs: dict[str, IO[bytes]] = {}
 
     def args(self) -> list[str]:
         return ["--cluster", str(self.file)]
 
     def start(self, node: str) -> None:
-        log = (self.root / f"{node}.log").open("ab")
-        self.logs[node] = log
-        self.procs[node] = subprocess.Popen(
-            [COORDCTL, "serve", "--cluster", str(self.file), "--node", node],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=clean_env())
+        self.procs[node] = launch.start_node(self.file, node, self.root / f"{node}.log",
+                                             command=[COORDCTL, "serve"], env=clean_env())
 
     def start_all(self) -> None:
         for n in self.nodes:
             self.start(n)
 
     def kill(self, node: str) -> None:
-        p = self.procs[node]
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        launch.kill(self.procs[node])
 
     def status(self, timeout: float = 1.0) -> dict[str, Any] | None:
         r = run("status", "--json", "--timeout", str(timeout), *self.args(), timeout=30)
@@ -141,18 +135,7 @@ class LocalCluster:
         return "\n".join(out)
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5.0
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for f in self.logs.values():
-            f.close()
+        launch.stop(self.procs.values(), grace_s=5.0)
 
 
 def _up(root: Path) -> Iterator[LocalCluster]:

@@ -57,12 +57,15 @@ __all__ = [
 ]
 
 NFT_TABLE = "coordsvc_faults"
-KINDS = ("kill", "pause", "partition")
+KINDS = ("kill", "member", "pause", "partition")
 LOCK_PATH = "/run/lock/coordsvc_faults.lock"
 
 _VARIANTS = {
     "kill": (("random", 4), ("leader", 4), ("majority", 2), ("all", 1)),
     "pause": (("leader", 6), ("follower", 4)),
+    # Membership: remove a follower and add it back on a fresh disk under its id (the
+    # replace path), the same for the leader (it hands over first), or move leadership.
+    "member": (("replace", 3), ("replace-leader", 2), ("transfer", 2)),
     "partition": (("isolate-leader", 3), ("split", 3), ("bridge", 2),
                   ("leader-cannot-send", 1), ("leader-cannot-hear", 1)),
 }
@@ -347,6 +350,8 @@ class Nemesis:
             for nid in victims:
                 self._kill(nid)
             return "killed " + ",".join(victims)
+        if step.kind == "member":
+            return self._member(step)
         if step.kind == "pause":
             order = self._order(step, True)
             victim = order[0] if step.variant == "leader" else order[1]
@@ -374,6 +379,48 @@ class Nemesis:
             cuts, what = cut_between(rest, [leader], both=False), f"one-way {','.join(rest)} -/-> {leader}"
         self.net.apply(cuts)
         return what
+
+    def _member(self, step: Step) -> str:
+        from coordsvc import Client, clusterfile, keys
+        from coordsvc.storage.datadir import init_data_dir
+        c = self.cluster
+        order = self._order(step, True)
+        leader = order[0]
+        if step.variant == "transfer":
+            target = order[1]
+            with Client(c.endpoints, timeout=15.0, key=c.key) as cl:
+                cl.transfer_leader(target)
+            return f"transferred leadership {leader} -> {target}"
+        victim = leader if step.variant == "replace-leader" else order[1]
+        with Client(c.endpoints, timeout=20.0, key=c.key) as cl:
+            for nid in sorted(self.paused | self.dead):      # a live quorum for the change
+                if nid in self.paused:
+                    self._cont(nid)
+                elif nid != victim:
+                    c.start(nid)
+                    self.dead.discard(nid)
+            cl.member_remove(victim)
+            proc = c.procs.pop(victim, None)
+            if proc is not None:
+                try:
+                    proc.wait(10)          # it stops by itself once it learns the removal
+                except Exception:
+                    proc.kill()
+                    proc.wait()
+            self.dead.discard(victim)
+            spec = c.cluster.node(victim)
+            shutil.rmtree(spec.data_dir)     # a fresh disk, as for a replaced machine
+            public = None
+            if c.cluster.secure:
+                pair = keys.KeyPair.generate()
+                keys.write_node_key(spec.key_file, victim, pair)
+                public = pair.public
+            c.cluster = clusterfile.mark_added(c.cluster, victim, public)
+            cl.member_add(victim, spec.address, publish=spec.publish, http=spec.http or "",
+                          public_key=public or "")
+        init_data_dir(spec.data_dir, c.cluster.id, victim, joining=True)
+        c.start(victim)
+        return f"replaced {victim} (leader was {leader})"
 
     def _kill(self, nid: str) -> None:
         if nid not in self.cluster.procs:

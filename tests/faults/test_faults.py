@@ -97,6 +97,15 @@ def test_watchers_see_every_revision_once_in_order_under_faults(tmp_path: Path) 
     _assert_passed(res, min_faults=4)
 
 
+def test_register_stays_linearizable_while_members_are_replaced_and_leadership_moves(
+        tmp_path: Path) -> None:
+    """The membership nemesis: followers and leaders removed and added back on fresh disks
+    under their ids (the replace path), leadership transferred, with kills and pauses."""
+    res = run("register", ("kill", "member", "pause"), 50, _seed(4071), nodes=3, root=tmp_path)
+    _assert_passed(res, min_faults=4)
+    assert "] member/" in res.text(), res.text()
+
+
 # -- long runs (make faults) -------------------------------------------------------------
 
 @pytest.mark.long
@@ -104,4 +113,11 @@ def test_watchers_see_every_revision_once_in_order_under_faults(tmp_path: Path) 
 @pytest.mark.parametrize("workload,default_seed", [("register", 11), ("lock", 22), ("watch", 33)])
 def test_long_run(workload: str, default_seed: int, tmp_path: Path) -> None:
     res = run(workload, ALL, LONG_S, _seed(default_seed), nodes=5, root=tmp_path)
+    _assert_passed(res, min_faults=10)
+
+
+@pytest.mark.long
+@pytest.mark.timeout(int(LONG_S * 1.5) + 600)
+def test_long_run_with_membership_changes(tmp_path: Path) -> None:
+    res = run("register", KINDS, LONG_S, _seed(44), nodes=5, root=tmp_path)
     _assert_passed(res, min_faults=10)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ import zmq
 
 from coordsvc import Client, keys, wire
 from coordsvc.clusterfile import Cluster, load, write_keys, write_new
-from coordsvc.clusterfile import free_base_port as clusterfile_free_base_port
+from coordsvc.runtime import launch
 from coordsvc.storage.datadir import init_data_dir
 
 _ports = random.Random(os.getpid())
@@ -26,7 +24,7 @@ _ports = random.Random(os.getpid())
 
 def free_base_port(nodes: int) -> int:
     """A base port whose node ports (base+i, base+100+i, base+200+i) are all free right now."""
-    return clusterfile_free_base_port(nodes, _ports)
+    return launch.free_base_port(nodes, _ports)
 
 
 def socket_to(ctx: zmq.Context[zmq.Socket[bytes]], kind: int, cluster: Cluster, address: str,
@@ -81,11 +79,13 @@ class Probe:
 
 class LocalCluster:
     def __init__(self, root: Path, nodes: int = 3, distinct_hosts: bool = False,
-                 secure: bool = True, **tuning: int) -> None:
+                 secure: bool = True, host: str = "127.0.0.1", bind_host: str | None = None,
+                 **tuning: int) -> None:
         self.root = root
         cluster_keys = keys.ClusterKeys.generate(f"n{i}" for i in range(1, nodes + 1)) if secure else None
-        self.cluster = write_new(root, nodes, base_port=free_base_port(nodes), tuning=tuning,
-                                 distinct_hosts=distinct_hosts, cluster_keys=cluster_keys)
+        self.cluster = write_new(root, nodes, host=host, base_port=free_base_port(nodes),
+                                 tuning=tuning, distinct_hosts=distinct_hosts,
+                                 cluster_keys=cluster_keys, bind_host=bind_host)
         for n in self.cluster.nodes:
             init_data_dir(n.data_dir, self.cluster.id, n.id)
         if cluster_keys is not None:
@@ -116,12 +116,7 @@ class LocalCluster:
     def start(self, node_id: str | None = None, *args: str) -> None:
         """Start one node (or all), with extra ``serve`` flags (``--log-format json``)."""
         for nid in [node_id] if node_id else self.ids:
-            log = open(self.root / f"{nid}.log", "ab")
-            self.procs[nid] = subprocess.Popen(
-                [sys.executable, "-m", "coordsvc.runtime", "--cluster", str(self.file), "--node", nid,
-                 *args],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-            log.close()
+            self.procs[nid] = launch.start_node(self.file, nid, self.root / f"{nid}.log", *args)
 
     def http(self, node_id: str) -> str:
         """The base URL of a node's HTTP endpoints (metrics, health, dashboard)."""
@@ -133,20 +128,12 @@ class LocalCluster:
         self.procs[node_id].send_signal(sig)
 
     def kill(self, node_id: str) -> None:
-        p = self.procs.pop(node_id)
-        p.kill()
-        p.wait()
+        launch.kill(self.procs.pop(node_id))
 
     def stop(self, node_id: str) -> int:
         p = self.procs.pop(node_id)
-        p.send_signal(signal.SIGCONT)
-        p.terminate()
-        try:
-            return p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-            return -9
+        launch.stop([p], grace_s=10.0)
+        return p.returncode
 
     def leader(self, timeout: float = 10.0, exclude: set[str] = frozenset()) -> str:  # type: ignore[assignment]
         deadline = time.monotonic() + timeout
@@ -165,13 +152,7 @@ class LocalCluster:
 
     def close(self) -> None:
         for nid in list(self.procs):
-            p = self.procs.pop(nid)
-            try:
-                p.send_signal(signal.SIGCONT)
-                p.kill()
-            except ProcessLookupError:
-                pass
-            p.wait()
+            launch.kill(self.procs.pop(nid))
         self.probe.close()
 
 

@@ -33,9 +33,10 @@ pytestmark = pytest.mark.timeout(900)
 
 SEED = int(os.environ.get("FUZZ_SEED", random.randrange(2**32)))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
-OPS = ["write", "keepalive", "get", "list", "history", "watch", "lock_wait", "locks", "status"]
+OPS = ["write", "keepalive", "get", "list", "history", "watch", "lock_wait", "locks", "status",
+       "snapshot_save", "snapshot_chunk"]
 FIELDS = ["key", "prefix", "prefixes", "stale", "after", "wait_ms", "limit", "cursor", "offset",
-          "start_after", "name", "session_id", "req"]
+          "start_after", "name", "session_id", "req", "export_id"]
 PARKING = {"watch", "lock_wait"}
 RSS_GROWTH_MAX_MB = 300
 REPLY_S = 3.0        # for a request that cannot park
@@ -98,6 +99,11 @@ _good = st.one_of(
     st.builds(lambda sid: {"op": "keepalive", "session_id": sid}, st.integers(0, 30)),
     st.builds(lambda r: {"op": "write", "req": r}, _good_writes),
     st.just({"op": "locks"}), st.just({"op": "status"}),
+    # Backups: a save pins the state (at most MAX_EXPORTS at once, then busy); chunks at
+    # any offset of any export, open or not.
+    st.just({"op": "snapshot_save"}),
+    st.builds(lambda e, o: {"op": "snapshot_chunk", "export_id": e, "offset": o},
+              st.integers(0, 6), st.one_of(_small, st.sampled_from([1 << 20, 2**63 - 1]))),
 )
 _requests = st.one_of(_good, _junk)
 

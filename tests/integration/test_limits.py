@@ -239,9 +239,9 @@ def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
             _frame(Accept, [leader, [1, leader], 1, [b"x"], n]),
             _frame(Heartbeat, [leader, [n, leader], 0, 1, []]),
             _frame(Heartbeat, [leader, [1, leader], n, 1, []]),
-            _frame(Promise, [leader, [n, follower], 1, [], 0, 0, 0]),
+            _frame(Promise, [leader, [n, follower], 1, [], 0, 0, 0, 0]),
             _frame(CatchupRequest, [leader, 1, n]),
-            _frame(CatchupReply, [leader, [1, leader], [[n, [b"x"]]], None, n]),
+            _frame(CatchupReply, [leader, [1, leader], [[n, [b"x"]]], None, n, None]),
         ]
     commit = before[follower]["commit_index"]           # type: ignore[index]
     forged_value = b"forged"
@@ -250,7 +250,7 @@ def test_forged_peer_messages_with_huge_ballots_and_slots_change_nothing(
         _frame(Accept, [leader, [0, leader], 2**62, [forged_value], 0]),
         # Chosen values and a snapshot nobody asked this follower for.
         _frame(CatchupReply, [leader, [1, leader], [[commit + 1, [forged_value]]], None,
-                              commit + 1]),
+                              commit + 1, None]),
         _frame(SnapshotChunk, [leader, [commit + 5, 7, hashlib.sha256(b"garbage").digest()],
                                0, b"garbage"]),
     ]

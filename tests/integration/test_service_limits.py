@@ -22,6 +22,7 @@ import zmq
 from coordsvc import InvalidRequest, QuotaExceeded, wire
 from coordsvc.core.commands import MAX_VALUE_BYTES, OpenAndAcquire, Request, encode_request
 from coordsvc.core.service_parking import MAX_PARKED_PER_ROUTE
+from coordsvc.runtime import launch
 
 from .harness import LocalCluster, socket_to
 
@@ -284,11 +285,8 @@ sys.exit(main())
 
 def _start_with(c: LocalCluster, node: str, script: str) -> None:
     """Start ``node`` as usual, with ``script`` patching it first (test-only code)."""
-    log = open(c.root / f"{node}.log", "ab")
-    c.procs[node] = subprocess.Popen(
-        [sys.executable, "-c", script, "--cluster", str(c.file), "--node", node],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    log.close()
+    c.procs[node] = launch.start_node(c.file, node, c.root / f"{node}.log",
+                                      command=[sys.executable, "-c", script])
 
 
 def test_a_handler_that_raises_in_a_real_node_is_answered_internal_and_logged_once(

@@ -3,6 +3,7 @@ each op for each kind of right, and the issue's attacks on another identity's lo
 sessions and client id. Every refusal is a PermissionDenied that changed nothing."""
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from coordsvc import Client, LockTimeout, PermissionDenied, keys
+from coordsvc import Client, LockTimeout, MembershipRefused, PermissionDenied, keys
 from coordsvc.core.commands import Cancel, CloseSession, Release
 from coordsvc.core.protocol import KeepaliveReply, KeepaliveRequest
 
@@ -88,6 +89,13 @@ def _auth(c: Client) -> None:
     c.auth_remove("matrix-extra")
 
 
+def _member_change(c: Client) -> None:
+    try:
+        c.member_remove("not-a-member", timeout_s=5.0)
+    except MembershipRefused:
+        pass      # past the rights check: refused as not a member, and nothing changed
+
+
 OPS: dict[str, tuple[Callable[[Client], object], set[str], bool]] = {
     # op: (call, principals allowed besides admin, whether it writes)
     "get": (lambda c: c.get("app/seed"), {"reader", "writer"}, False),
@@ -101,6 +109,10 @@ OPS: dict[str, tuple[Callable[[Client], object], set[str], bool]] = {
     "locks": (lambda c: c.locks(), {"locker"}, False),
     "status": (lambda c: c.status(), {"reader", "writer", "locker", "nobody"}, False),
     "auth": (_auth, set(), True),
+    "members": (lambda c: c.members(), {"reader", "writer", "locker", "nobody"}, False),
+    "member_change": (_member_change, set(), False),
+    # a backup holds every value and every principal: admin only
+    "snapshot_save": (lambda c: c.snapshot_save(Path(tempfile.mkdtemp()) / "b.snap"), set(), False),
 }
 
 

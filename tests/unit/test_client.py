@@ -246,6 +246,14 @@ def test_limits_are_checked_before_sending(net: Faults) -> None:
     lambda c: c.list("p", limit=0), lambda c: c.list("p", limit=True),
     lambda c: c.list("p", limit="2"), lambda c: c.list("p", limit=2**70),
     lambda c: c.list("p", start_after="a\x00"), lambda c: c.history(""), lambda c: c.history("k" * 513),
+    lambda c: c.member_add("", "tcp://127.0.0.1:7104"), lambda c: c.member_add("n4", ""),
+    lambda c: c.member_add(4, "tcp://127.0.0.1:7104"), lambda c: c.member_add("n4", 7104),
+    lambda c: c.member_add("n" * 65, "tcp://127.0.0.1:7104"),
+    lambda c: c.member_add("n4", "tcp://127.0.0.1:7104", public_key="k" * 513),
+    lambda c: c.member_add("\udc80", "tcp://127.0.0.1:7104"),
+    lambda c: c.member_add("n4", "tcp://127.0.0.1:7104", timeout_s=-1),
+    lambda c: c.member_remove(None), lambda c: c.member_remove("n2", timeout_s="5"),
+    lambda c: c.transfer_leader(""), lambda c: c.transfer_leader("n2", timeout_s=math.nan),
 ])
 def test_bad_arguments_raise_invalid_request_and_send_nothing(net: Faults, call: Any) -> None:
     with client(net) as c:
@@ -609,7 +617,7 @@ def test_status_marks_an_unreachable_member_with_null_fields(node: LocalNode, ne
     assert st["cluster"] == {"name": "test", "leader": "n1", "quorum": True, "members": 3,
                              "healthy": 2, "commit_index": leader["commit_index"],
                              "revision": 5, "can_lose": 0, "security": "insecure",
-                             "alarms": []}
+                             "learners": 0, "alarms": []}
     n1, n2, n3 = st["nodes"]
     assert (n1["reachable"], n1["role"], n1["lag"], n1["ballot"]) == (True, "leader", 0, leader["ballot"])
     assert (n2["id"], n2["lag"], n2["applied_index"]) == ("n2", 3, leader["commit_index"] - 3)

@@ -43,6 +43,9 @@ def _pub(at: float = 100.0, known_commit: int = 10, serving: bool = True, **stat
     (_pub(known_commit=10 + observe.READY_MAX_LAG + 1), 100.1, False, "behind"),
     (_pub(known_commit=10 + observe.READY_MAX_LAG), 100.1, True, "entries behind"),
     (_pub(voting=False), 100.1, False, "rebuilding"),
+    (_pub(voting=False, config=[["n1", "tcp://a", True, ""]]), 100.1, False, "rebuilding"),
+    (_pub(voting=False, config=[["n1", "tcp://a", False, ""]]), 100.1, False, "learner"),
+    (_pub(voting=False, config=[]), 100.1, False, "learner"),
     (_pub(), 100.0 + observe.STALL_READY_S + 1, False, "loop has not turned"),
 ])
 def test_ready_means_following_a_leader_with_a_quorum_and_a_small_lag(

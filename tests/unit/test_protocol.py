@@ -37,6 +37,10 @@ from coordsvc.core.protocol import (
     Result,
     ResultCode,
     SchemaError,
+    SnapshotChunkReply,
+    SnapshotChunkRequest,
+    SnapshotSaveReply,
+    SnapshotSaveRequest,
     StatusReply,
     StatusRequest,
     WatchReply,
@@ -67,6 +71,7 @@ REQUESTS = [
     LockWaitRequest("deploy", 4, wait_ms=500),
     LocksRequest(),
     StatusRequest(),
+    SnapshotSaveRequest(), SnapshotChunkRequest(3, 1_048_576),
 ]
 REPLIES: list[Any] = [
     WriteReply(Result(ResultCode.OK, 3, {"revision": 3})),
@@ -78,6 +83,8 @@ REPLIES: list[Any] = [
     LockWaitReply(LockState.HELD, 7),
     LocksReply((LockRow("deploy", 4, 7, 11, (5, 6), 900, 10_000, 120, (30, None)),), 9),
     StatusReply(STATUS),
+    SnapshotSaveReply(3, 120, 99, 40, 100, 5000, 20, 9000, "n1"),
+    SnapshotChunkReply(0, b"abc", False), SnapshotChunkReply(3, b"", True, bytes(32)),
 ]
 
 
@@ -186,7 +193,7 @@ wire_values = st.recursive(
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
     max_leaves=20)
 field_names = st.sampled_from(["op", "key", "prefix", "prefixes", "after", "wait_ms", "limit",
-                               "stale", "req", "session_id", "name", "id"])
+                               "stale", "req", "session_id", "name", "id", "export_id", "offset"])
 request_maps = st.dictionaries(field_names, wire_values | st.sampled_from([o.value for o in Op]),
                                max_size=8)
 
@@ -201,7 +208,8 @@ def test_decoding_any_request_map_gives_a_record_or_schema_error_and_nothing_els
 
 @given(st.sampled_from(REPLIES), st.dictionaries(
     st.sampled_from(["kv", "kvs", "events", "revision", "known", "state", "token", "locks",
-                     "status", "result"]), wire_values, max_size=4))
+                     "status", "result", "export_id", "index", "data", "done", "sha256",
+                     "offset"]), wire_values, max_size=4))
 def test_decoding_any_reply_map_gives_a_record_or_schema_error_and_nothing_else(
         like: Any, m: dict[str, Any]) -> None:
     try:

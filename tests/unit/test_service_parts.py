@@ -34,11 +34,12 @@ CFG = Config(heartbeat_ms=10, election_timeout_ms=50)
 class Solo:
     """One Service, its store and its clock; ``ask`` sends a request map and steps."""
 
-    def __init__(self, members: tuple[str, ...] = ("n1",), quotas: Quotas = Quotas()) -> None:
+    def __init__(self, members: tuple[str, ...] = ("n1",), config: Config = CFG,
+                 quotas: Quotas = Quotas()) -> None:
         self.store = MemoryStore()
         self.now = 0
         self.svc = Service("n1", {m: f"tcp://127.0.0.1:{i + 1}" for i, m in enumerate(members)},
-                           self.store.load(), random.Random(1), self.now, CFG, quotas=quotas)
+                           self.store.load(), random.Random(1), self.now, config, quotas=quotas)
         self.replies: list[tuple[object, dict[str, Any]]] = []
         self.seq = 0
         if len(members) == 1:

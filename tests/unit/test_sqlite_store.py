@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from coordsvc.core.commands import Put, Request
 from coordsvc.core.machine import Machine
+from coordsvc.core.membership import Member, Membership
 from coordsvc.core.types import (
     ZERO_BALLOT,
     Ballot,
@@ -153,7 +154,7 @@ def test_meta_records_identity_and_schema_version(tmp_path: Path) -> None:
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     conn.close()
     assert meta["cluster_id"] == CLUSTER and meta["node_id"] == "n2"
-    assert meta["schema_version"] == "1" and meta["created_at"]
+    assert meta["schema_version"] == "2" and meta["created_at"]
 
 
 def test_timing_and_size_figures(tmp_path: Path) -> None:
@@ -252,6 +253,8 @@ def test_closed_store_refuses_use(tmp_path: Path) -> None:
 
 # What a replica can produce: rounds and slots up to 2**62, a node id in every ballot
 # but the zero one, log slots from 1, snapshots of the state machine.
+CONFIGS = [Membership.bootstrap(["n1", "n2", "n3"]),
+           Membership((Member("n1"), Member("n4", 17, False, "tcp://127.0.0.1:7104")))]
 _nodes = st.sampled_from(["n1", "n2", "n3"])
 _ballots = st.builds(Ballot, st.integers(1, 2**62) | st.integers(1, 5), _nodes) | st.just(ZERO_BALLOT)
 _slots = st.integers(1, 20)
@@ -263,7 +266,9 @@ _persists = st.builds(
     high_water_round=st.none() | st.integers(0, 2**62),
     entries=st.lists(_entries, max_size=6),
     commit_index=st.none() | _slots,
-    snapshot=st.none() | st.builds(Snapshot, _slots, st.sampled_from(SNAPS)),
+    snapshot=st.none() | st.builds(Snapshot, _slots, st.sampled_from(SNAPS),
+                                   st.none() | st.sampled_from(CONFIGS)),
+    incarnation=st.none() | st.integers(0, 2**62),
 )
 
 
@@ -611,3 +616,69 @@ def test_the_wal_is_checkpointed_by_maintain_not_inside_commits(tmp_path: Path) 
     store.maintain()
     assert db.stat().st_size > before + 100 * CHECKPOINT_EVERY_SAVES // 2
     store.close()
+
+
+# ---------------------------------------------------------------- membership
+
+
+def test_a_schema_1_database_is_migrated_and_keeps_its_state(tmp_path: Path) -> None:
+    from coordsvc.storage import datadir
+    d = tmp_path / "d"
+    d.mkdir()
+    conn = datadir.connect(d / "node.db", create=True)
+    import sqlite_utils
+    db = sqlite_utils.Database(conn, execute_plugins=False)
+    with db.atomic():
+        datadir.MIGRATIONS[1](db)
+        db.table("meta").upsert_all([{"key": "schema_version", "value": "1"},
+                                     {"key": "cluster_id", "value": CLUSTER},
+                                     {"key": "node_id", "value": "n1"}], pk="key")
+        conn.execute("UPDATE acceptor SET promised_round = 4, promised_node = 'n2'")
+    conn.close()
+    with SqliteStore.open(d, CLUSTER, "n1") as s:
+        got = s.load()
+        assert got.promised == Ballot(4, "n2")
+        assert got.snapshot.config is None and got.incarnation == 0 and got.removed == ""
+    conn = sqlite3.connect(d / "node.db")
+    assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+    conn.close()
+
+
+def test_configuration_incarnation_and_removal_survive_a_restart(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    cfg = CONFIGS[1]
+    with fresh(d) as s:
+        s.save(Persist(snapshot=Snapshot(0, b"", cfg), incarnation=17))
+    with SqliteStore.open(d, CLUSTER, "n1") as s:
+        got = s.load()
+        assert got.snapshot.config == cfg and got.incarnation == 17
+        s.save(Persist(removed="removed at slot 40"))
+
+
+def test_a_removed_node_refuses_to_start_again(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    with fresh(d) as s:
+        s.save(Persist(removed="n1 was removed by the change chosen at slot 40"))
+    with pytest.raises(DataDirError, match="removed from the cluster and will not start again"):
+        SqliteStore.open(d, CLUSTER, "n1")
+
+
+def test_a_node_added_at_runtime_starts_without_knowing_which_member_it_is(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    init_data_dir(d, CLUSTER, "n4", joining=True)
+    with SqliteStore.open(d, CLUSTER, "n4") as s:
+        got = s.load()
+        assert got.incarnation is None and got.snapshot.config is None
+        s.save(Persist(incarnation=12))
+        assert s.load().incarnation == 12
+
+
+def test_open_refuses_a_configuration_that_does_not_decode(tmp_path: Path) -> None:
+    d = tmp_path / "d"
+    fresh(d).close()
+    conn = sqlite3.connect(d / "node.db")
+    conn.execute("UPDATE snapshot SET config = ?", (b"\xc1garbage",))
+    conn.commit()
+    conn.close()
+    with pytest.raises(DataDirError, match="configuration does not decode"):
+        SqliteStore.open(d, CLUSTER, "n1")

@@ -1,20 +1,24 @@
 """The sender's snapshot shelf: what it can serve while followers fetch in chunks."""
 from __future__ import annotations
 
-from coordsvc.core.transfer import Shelf, checksum
+from coordsvc.core.membership import Membership
+from coordsvc.core.transfer import Shelf, checksum, payload, snapshot_from_payload
 from coordsvc.core.types import Snapshot
 
-A, B, C = Snapshot(10, b"a" * 100), Snapshot(20, b"b" * 100), Snapshot(30, b"c" * 100)
+CFG = Membership.bootstrap(["n1", "n2", "n3"])
+A, B, C = (Snapshot(10, b"a" * 100, CFG), Snapshot(20, b"b" * 100, CFG),
+           Snapshot(30, b"c" * 100, CFG))
+PA = payload(A)      # what travels: the configuration, then the data
 RETAIN_MS = 1_000
 
 
 def test_a_snapshot_being_fetched_stays_available_after_the_sender_compacts_again() -> None:
     shelf = Shelf(A, RETAIN_MS)
     got = shelf.chunk(10, 0, 40, now_ms=0)
-    assert got is not None and got[2] == b"a" * 40
+    assert got is not None and got[2] == PA[:40]
     shelf.replace(B, now_ms=100)                  # compacted mid-transfer
     got = shelf.chunk(10, 40, 40, now_ms=200)     # the transfer goes on
-    assert got is not None and got[0].index == 10 and got[1:] == (40, b"a" * 40)
+    assert got is not None and got[0].index == 10 and got[1:] == (40, PA[40:80])
     assert shelf.info().index == 20               # new requests are told of the new one
 
 
@@ -47,12 +51,29 @@ def test_at_most_one_older_snapshot_is_kept() -> None:
 def test_the_descriptor_names_size_and_sha256_and_is_computed_once() -> None:
     shelf = Shelf(A, RETAIN_MS)
     info = shelf.info()
-    assert (info.index, info.size, info.checksum) == (10, 100, checksum(A.data))
+    assert (info.index, info.size, info.checksum) == (10, len(PA), checksum(PA))
     assert shelf.info() is info
 
 
 def test_a_chunk_past_the_end_of_the_snapshot_is_not_served() -> None:
     shelf = Shelf(A, RETAIN_MS)
-    assert shelf.chunk(10, 101, 40, now_ms=0) is None
-    got = shelf.chunk(10, 90, 40, now_ms=0)
+    assert shelf.chunk(10, len(PA) + 1, 40, now_ms=0) is None
+    got = shelf.chunk(10, len(PA) - 10, 40, now_ms=0)
     assert got is not None and got[2] == b"a" * 10
+
+
+def test_a_snapshot_travels_with_its_configuration() -> None:
+    shelf = Shelf(A, RETAIN_MS)
+    got, offset = b"", 0
+    while offset < shelf.info().size:
+        chunk = shelf.chunk(10, offset, 7, now_ms=0)
+        assert chunk is not None
+        got += chunk[2]
+        offset += len(chunk[2])
+    assert checksum(got) == shelf.info().checksum
+    assert snapshot_from_payload(10, got) == A and snapshot_from_payload(10, got).config == CFG
+
+
+def test_a_snapshot_without_a_recorded_configuration_travels_as_before() -> None:
+    legacy = Snapshot(5, b"xyz")
+    assert snapshot_from_payload(5, payload(legacy)) == legacy

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordsvc import wire
+from coordsvc.core.membership import Member, Membership
 from coordsvc.core.messages import (
     MESSAGE_TYPES,
     Accept,
@@ -20,10 +21,13 @@ from coordsvc.core.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     SnapshotChunk,
     SnapshotInfo,
     SnapshotRequest,
+    TimeoutNow,
     chosen_bytes,
     entry_bytes,
     value_bytes,
@@ -125,6 +129,9 @@ MESSAGES: st.SearchStrategy[Message] = st.one_of(
               st.none() | INFOS, U62),
     st.builds(SnapshotRequest, NODES, SLOTS, U62),
     snapshot_chunks(),
+    st.builds(PreVote, NODES, U62, U62),
+    st.builds(PreVoteReply, NODES, U62, st.booleans()),
+    st.builds(TimeoutNow, NODES, BALLOTS),
 )
 
 # Arbitrary msgpack-able trees, biased towards the shapes the decoders look for.
@@ -174,6 +181,12 @@ EXAMPLES: list[Message] = [
     Accept("n1", B, 42, (b"v" * MiB,), 41),
     Accept("n1", B, 43, tuple(b"c%d" % i for i in range(512)), 0),
     Accepted("n2", B, 42),
+    Accepted("n2", B, 42, 2**62),
+    Promise("n2", B, 1, (), 0, 0, 0, 17),
+    HeartbeatAck("n2", B, 3, 10, 99),
+    CatchupReply("n1", B, ((1, (b"a",)),), None, 1,
+                 Membership((Member("n1"), Member("n4", 12, False, "tcp://127.0.0.1:7104",
+                                                  "tcp://127.0.0.1:7204", "", "k" * 40)))),
     Heartbeat("n1", B, 10, 3),
     Heartbeat("n1", B, 10, 3, (1, 2, 2**40, 2**63 - 1)),
     HeartbeatAck("n2", B, 3, 10),
@@ -188,6 +201,11 @@ EXAMPLES: list[Message] = [
     SnapshotChunk("n1", INFO, 0, b"s" * SNAPSHOT_CHUNK_BYTES),
     SnapshotChunk("n1", INFO, 3 * MiB - 5, b"tail!"),
     SnapshotChunk("n1", SnapshotInfo(4, 0, SUM), 0, b""),
+    PreVote("n2", 7, 40),
+    PreVote("n2", 2**62, 0),
+    PreVoteReply("n1", 7, True),
+    PreVoteReply("n1", 7, False),
+    TimeoutNow("n1", B),
 ]
 
 
@@ -215,10 +233,11 @@ def test_any_valid_message_round_trips(msg: Message) -> None:
 
 
 def test_peer_tags_follow_message_types_order() -> None:
-    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 12))
+    assert [PEER_TAGS[c] for c in MESSAGE_TYPES] == list(range(1, 15))
     assert PEER_TAGS[Prepare] == 1 and PEER_TAGS[CatchupReply] == 9
     # New messages are appended, never renumbered.
     assert PEER_TAGS[SnapshotRequest] == 10 and PEER_TAGS[SnapshotChunk] == 11
+    assert (PEER_TAGS[PreVote], PEER_TAGS[PreVoteReply], PEER_TAGS[TimeoutNow]) == (12, 13, 14)
     assert (CLIENT_REQUEST, CLIENT_REPLY, EVENT) == (32, 33, 34)
 
 
@@ -226,11 +245,11 @@ def test_peer_payload_is_a_compact_positional_array() -> None:
     body = encode_peer(Accept("n1", B, 42, (b"x",), 41))
     assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], 42, [b"x"], 41]
     body = encode_peer(Promise("n2", B, 5, (LogEntry(5, B, (b"a",)),), 4, 2, 6))
-    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2, 6]
+    assert msgpack.unpackb(body[2:]) == ["n2", [7, "n1"], 5, [[5, [7, "n1"], [b"a"]]], 4, 2, 6, 0]
     body = encode_peer(CatchupReply("n1", B, ((1, (b"a",)),), None, 1))
-    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1]
+    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [[1, [b"a"]]], None, 1, None]
     body = encode_peer(CatchupReply("n1", B, (), INFO, 9))
-    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [], [8, 3 * MiB, SUM], 9]
+    assert msgpack.unpackb(body[2:]) == ["n1", [7, "n1"], [], [8, 3 * MiB, SUM], 9, None]
     body = encode_peer(SnapshotRequest("n2", 8, 1024))
     assert msgpack.unpackb(body[2:]) == ["n2", 8, 1024]
     body = encode_peer(SnapshotChunk("n1", INFO, 1024, b"abc"))
@@ -265,7 +284,7 @@ def test_wrong_version_is_rejected() -> None:
             decode(bytes((v,)) + good[1:])
 
 
-@pytest.mark.parametrize("tag", [0, 12, 31, 35, 255])
+@pytest.mark.parametrize("tag", [0, 15, 31, 35, 255])
 def test_unknown_tag_is_rejected(tag: int) -> None:
     with pytest.raises(WireError, match="tag"):
         decode(frame(tag, ["n1", [1, "n1"], 1]))
@@ -549,7 +568,7 @@ def test_ballot_cache_is_bounded_and_never_confuses_bool_with_int() -> None:
         assert len(wire._BALLOT_CACHE) <= wire._BALLOT_CACHE_MAX
     decode_peer(encode_peer(Accepted("n2", Ballot(1, "n1"), 1)))  # (1, "n1") now cached
     with pytest.raises(WireError, match="ballot"):
-        decode_peer(frame(tag_of(Accepted), ["n2", [True, "n1"], 1]))
+        decode_peer(frame(tag_of(Accepted), ["n2", [True, "n1"], 1, 0]))
 
 
 def test_bytes_like_bodies_decode_and_non_bytes_is_a_usage_error() -> None:
@@ -619,11 +638,11 @@ def test_the_largest_round_and_slot_are_accepted_and_still_fit_an_increment_in_i
 def test_node_ids_are_short_non_empty_strings() -> None:
     for bad in ("", "n" * 65):
         with pytest.raises(WireError, match="Accepted.src"):
-            decode(frame(tag_of(Accepted), [bad, [1, "n1"], 1]))
+            decode(frame(tag_of(Accepted), [bad, [1, "n1"], 1, 0]))
     with pytest.raises(WireError, match="Accepted.ballot"):
-        decode(frame(tag_of(Accepted), ["n1", [1, "n" * 65], 1]))
+        decode(frame(tag_of(Accepted), ["n1", [1, "n" * 65], 1, 0]))
     with pytest.raises(WireError, match="Accepted.ballot"):    # only the zero ballot is nobody's
-        decode(frame(tag_of(Accepted), ["n1", [3, ""], 1]))
+        decode(frame(tag_of(Accepted), ["n1", [3, ""], 1, 0]))
     assert decode_peer(frame(tag_of(Nack), ["n" * 64, [1, "n1"], [0, ""]])) == Nack(
         "n" * 64, Ballot(1, "n1"), ZERO_BALLOT)
 
@@ -634,10 +653,10 @@ def test_lists_in_peer_messages_are_bounded() -> None:
         decode(frame(tag_of(Accept), ["n1", [1, "n1"], 1, too_many_cmds, 0]))
     with pytest.raises(WireError, match="Promise.accepted"):
         decode(frame(tag_of(Promise), ["n1", [1, "n1"], 1,
-                                       [[1, [1, "n1"], []]] * (MAX_MESSAGE_ITEMS + 1), 0, 0, 0]))
+                                       [[1, [1, "n1"], []]] * (MAX_MESSAGE_ITEMS + 1), 0, 0, 0, 0]))
     with pytest.raises(WireError, match="CatchupReply.chosen"):
         decode(frame(tag_of(CatchupReply), ["n1", [1, "n1"], [[1, []]] * (MAX_MESSAGE_ITEMS + 1),
-                                            None, 0]))
+                                            None, 0, None]))
     with pytest.raises(WireError, match="Heartbeat.renewed"):
         decode(frame(tag_of(Heartbeat), ["n1", [1, "n1"], 0, 1, [1] * (MAX_RENEWED + 1)]))
     for sid in (0, -5, 2**63):
@@ -703,3 +722,32 @@ def test_a_full_budget_plus_the_largest_item_fits_in_one_frame() -> None:
         assert len(encode_peer(msg)) <= MESSAGE_BUDGET_BYTES + ENVELOPE_BYTES < MAX_FRAME_BYTES
     chunk = SnapshotChunk(n, SnapshotInfo(2**62, 2**62, SUM), 0, b"s" * SNAPSHOT_CHUNK_BYTES)
     assert len(encode_peer(chunk)) <= SNAPSHOT_CHUNK_BYTES + ENVELOPE_BYTES
+
+
+def test_a_vote_carries_an_incarnation_within_range() -> None:
+    for bad in (-1, 2**62 + 1, True, "1"):
+        with pytest.raises(WireError, match="Accepted.incarnation"):
+            decode_peer(frame(tag_of(Accepted), ["n2", [1, "n1"], 1, bad]))
+        with pytest.raises(WireError, match="HeartbeatAck.incarnation"):
+            decode_peer(frame(tag_of(HeartbeatAck), ["n2", [1, "n1"], 1, 0, bad]))
+
+
+def test_a_configuration_on_the_wire_is_checked_row_by_row() -> None:
+    ok = ["n1", 0, True, "", "", "", ""]
+    def reply(rows: object) -> bytes:
+        return frame(tag_of(CatchupReply), ["n1", [1, "n1"], [], None, 0, rows])
+    assert decode_peer(reply([ok])).config == Membership((Member("n1"),))  # type: ignore[union-attr]
+    for rows in ([["n1", 0, 1, "", "", "", ""]],              # voting not a bool
+                 [["", 0, True, "", "", "", ""]],              # empty id
+                 [["n1", -1, True, "", "", "", ""]],           # incarnation below 0
+                 [["n1", 0, True, "x" * 513, "", "", ""]],     # address too long
+                 [ok, ok],                                      # an id twice
+                 [["n2", 0, True, "", "", "", ""], ok],        # not sorted
+                 [ok] * 65, "n1", [ok[:6]]):
+        with pytest.raises(WireError):
+            decode_peer(reply(rows))
+
+
+def test_prevote_reply_granted_is_a_bool_not_an_int() -> None:
+    with pytest.raises(WireError, match="granted"):
+        decode_peer(frame(tag_of(PreVoteReply), ["n1", 3, 1]))
