@@ -5,9 +5,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = [
-    "Client", "Compacted", "CompareFailed", "CoordError", "Entry", "Event", "FenceRejected",
-    "InvalidRequest", "Lock", "LockTimeout", "MembershipRefused", "PermissionDenied",
-    "QuotaExceeded", "Unavailable", "Watch", "__version__",
+    "Client", "Compacted", "CompareFailed", "CoordError", "Election", "Entry", "Event",
+    "FenceRejected", "InvalidRequest", "Leader", "Lease", "LeaseExpired", "Lock", "LockTimeout",
+    "MembershipRefused", "PermissionDenied", "QuotaExceeded", "RWLock", "Term", "Unavailable",
+    "Watch", "__version__",
 ]
 
 if TYPE_CHECKING:
@@ -16,15 +17,21 @@ if TYPE_CHECKING:
         Compacted,
         CompareFailed,
         CoordError,
+        Election,
         Entry,
         Event,
         FenceRejected,
         InvalidRequest,
+        Leader,
+        Lease,
+        LeaseExpired,
         Lock,
         LockTimeout,
         MembershipRefused,
         PermissionDenied,
         QuotaExceeded,
+        RWLock,
+        Term,
         Unavailable,
         Watch,
     )

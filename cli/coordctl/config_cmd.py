@@ -3,15 +3,29 @@ from __future__ import annotations
 
 import difflib
 import shlex
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
-from .output import EXIT_REFUSED, console, emit_json, fail, print_value, value_json, value_text, warn
+from .output import (
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    console,
+    emit_json,
+    fail,
+    print_value,
+    value_json,
+    value_text,
+    warn,
+)
 
 if TYPE_CHECKING:
     from coordsvc.client import Entry, Event
@@ -38,24 +52,80 @@ def _event_json(ev: Event) -> dict[str, Any]:
     return {"type": ev.type, "key": ev.key, **value_json(ev.value), "revision": ev.revision}
 
 
+def _read_file(path: str) -> bytes:
+    """The exact bytes of PATH, or of stdin for "-"."""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        fail(f"cannot read {path}: {e.strerror or e}", "check the path given to --file", EXIT_USAGE)
+
+
 @app.command("set")
 def set_(
     key: KeyArg,
-    value: Annotated[str, typer.Argument(metavar="VALUE", help="The new value.")],
+    value: Annotated[Optional[str], typer.Argument(
+        metavar="[VALUE]", help="The new value (or --file).")] = None,
     if_revision: IfRevisionOpt = None,
+    file: Annotated[Optional[str], typer.Option(
+        "--file", metavar="PATH|-", help="Take the value from PATH (- for stdin), byte for byte.")] = None,
+    lease_ttl: Annotated[Optional[float], typer.Option(
+        "--lease-ttl", metavar="S", min=1.0, max=300.0,
+        help="Make KEY ephemeral: it lives while this command, kept in the foreground, keeps "
+             "its lease alive; Ctrl-C (or SIGTERM) deletes it.")] = None,
     cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
 ) -> None:
-    """Write KEY = VALUE and print the new revision.
+    """Write KEY = VALUE (or the bytes of --file) and print the new revision.
+
+    With --lease-ttl the key is ephemeral: the command stays in the foreground keeping its
+    lease alive, and the key is deleted when it ends (Ctrl-C, SIGTERM, or the process dies
+    and the lease expires after S seconds).
 
     Example: coordctl config set app/db_url postgres://db/app --if-revision 0
+    Example: coordctl config set app/tls.pem --file ./tls.pem
+    Example: coordctl config set svc/web/n1 10.0.0.5:80 --lease-ttl 10
     """
+    if (value is None) == (file is None):
+        fail("give either VALUE or --file PATH (- for stdin)", "see `coordctl config set --help`",
+             EXIT_USAGE)
+    data: str | bytes = value if value is not None else _read_file(file or "-")
     with connect(cluster, endpoints, timeout, key_file) as c:
-        rev = c.put(key, value, if_revision=if_revision)
-    if json:
-        emit_json({"key": key, "revision": rev})
-    else:
-        print(rev)
+        if lease_ttl is None:
+            rev = c.put(key, data, if_revision=if_revision)
+        else:
+            ls = c.lease(ttl=lease_ttl)
+            rev = c.put(key, data, if_revision=if_revision, lease=ls)
+        if json:
+            emit_json({"key": key, "revision": rev})
+        else:
+            print(rev, flush=True)
+        if lease_ttl is not None:
+            _hold_lease(ls)
+
+
+def _hold_lease(ls: Any) -> None:
+    """Keep ``ls`` alive until SIGINT/SIGTERM (then revoke it: its keys go) or until it is
+    lost (exit 1)."""
+    done = threading.Event()
+    ls_lost = threading.Event()
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        done.set()
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not done.wait(0.2):
+            if ls.lost:
+                ls_lost.set()
+                break
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if ls_lost.is_set():
+        fail("the lease was lost (no keepalive reached the cluster in time); the key is gone",
+             "check the cluster's health with `coordctl status`", EXIT_REFUSED)
+    ls.revoke()
 
 
 @app.command("get")
@@ -273,3 +343,75 @@ def rollback(
         emit_json({"key": key, "revision": new_rev, "restored_from": old.revision})
     else:
         print(new_rev)
+
+
+schema_app = typer.Typer(
+    name="schema",
+    help="JSON Schemas that puts under a prefix must validate against.",
+    epilog="Example: coordctl config schema set app/flags/ ./flags.schema.json",
+    no_args_is_help=True,
+)
+app.add_typer(schema_app)
+PrefixArg = Annotated[str, typer.Argument(metavar="PREFIX", help="Key prefix the schema covers.")]
+
+
+@schema_app.command("set")
+def schema_set(
+    prefix: PrefixArg,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The JSON Schema (- for stdin).")],
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Attach the JSON Schema in FILE to PREFIX: from then on every put and transaction
+    under PREFIX must write JSON that validates (refused, exit 1, naming the failing path).
+    Values already stored are not checked. Prints the revision.
+
+    Example: coordctl config schema set app/flags/ ./flags.schema.json
+    """
+    raw = _read_file(file)
+    with connect(cluster, endpoints, timeout, key_file) as c:
+        rev = c.schema_set(prefix, raw)
+    if json:
+        emit_json({"prefix": prefix, "revision": rev})
+    else:
+        print(rev)
+
+
+@schema_app.command("get")
+def schema_get(
+    prefix: PrefixArg,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Print the JSON Schema attached to PREFIX (exit 1 if none).
+
+    Example: coordctl config schema get app/flags/ --json
+    """
+    import json as jsonlib
+    with connect(cluster, endpoints, timeout, key_file) as c:
+        raw = c.schema_get(prefix)
+    if raw is None:
+        fail(f"prefix {prefix!r} has no schema", "attach one with `coordctl config schema set`",
+             EXIT_REFUSED)
+    if json:
+        emit_json({"prefix": prefix, "schema": jsonlib.loads(raw)})
+    else:
+        print_value(raw)
+
+
+@schema_app.command("delete")
+def schema_delete(
+    prefix: PrefixArg,
+    cluster: ClusterOpt = None, endpoints: EndpointsOpt = None, key_file: KeyOpt = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT_S, json: JsonOpt = False,
+) -> None:
+    """Detach the schema of PREFIX (puts under it are no longer checked).
+
+    Example: coordctl config schema delete app/flags/
+    """
+    with connect(cluster, endpoints, timeout, key_file) as c:
+        deleted = c.schema_delete(prefix)
+    if json:
+        emit_json({"prefix": prefix, "deleted": deleted})
+    else:
+        print(f"deleted the schema of {prefix}" if deleted else f"{prefix} had no schema")

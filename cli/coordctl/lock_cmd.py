@@ -120,8 +120,16 @@ def lock_json(info: LockInfo) -> dict[str, Any]:
     """One held lock as JSON: name, holder (the identity holding it), token, ttl_left_s,
     waiters (identities, first in line first), age_s, waits_s; and the sessions behind
     them (session, waiter_sessions). A session id is no capability: only its owner (or an
-    admin) may act on it."""
+    admin) may act on it. ``delayed``: nobody holds it -- its holder's session expired and
+    its lock-delay has not passed (session and token are then 0). ``kind``: lock,
+    semaphore or rwlock; the last two list every holder in ``holders`` (identity, session,
+    token, mode) and each waiter's mode in ``waiter_modes``; a semaphore has its ``limit``."""
     return {"name": info.name, "holder": info.holder, "token": info.token,
+            "kind": info.kind, "limit": info.limit,
+            "holders": [{"holder": h[2], "session": h[0], "token": h[1], "mode": h[3]}
+                        for h in info.holders],
+            "waiter_modes": list(info.waiter_modes),
+            "delayed": info.kind == "lock" and info.holder_session == 0,
             "ttl_left_s": info.ttl_left_s, "waiters": list(info.waiter_names), "age_s": info.age_s,
             "waits_s": list(info.waits_s), "session": info.holder_session,
             "waiter_sessions": list(info.waiters)}
@@ -156,7 +164,13 @@ def list_(
         waiters = lk["waiters"]
         waits = lk["waits_s"] + [None] * (len(waiters) - len(lk["waits_s"]))
         queue = ", ".join(f"{w} ({_seconds(t)})" for w, t in zip(waiters, waits, strict=False))
-        table.add_row(str(lk["name"]), str(lk["holder"]), str(lk["token"]),
+        holder = "(lock-delay)" if lk["delayed"] else str(lk["holder"])
+        if lk["kind"] != "lock":
+            shown = ", ".join(f"{h['holder']} ({h['mode']})" if lk["kind"] == "rwlock" else str(h["holder"])
+                              for h in lk["holders"])
+            room = f" {len(lk['holders'])}/{lk['limit']}" if lk["kind"] == "semaphore" else ""
+            holder = f"{lk['kind']}{room}: {shown}"
+        table.add_row(str(lk["name"]), holder, str(lk["token"]),
                       _seconds(lk["age_s"]), _seconds(lk["ttl_left_s"]),
                       f"{len(waiters)}: {queue}" if waiters else "0")
     console.print(table)

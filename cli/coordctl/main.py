@@ -27,7 +27,7 @@ from coordsvc.clusterfile import ClusterFileError
 from coordsvc.keys import KeyFileError
 from coordsvc.storage.datadir import DataDirError
 
-from . import auth_cmd, cluster_cmd, config_cmd, lock_cmd, member_cmd, snapshot_cmd
+from . import auth_cmd, cluster_cmd, config_cmd, election_cmd, lock_cmd, member_cmd, snapshot_cmd
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import (
     EXIT_OK,
@@ -90,7 +90,7 @@ def _coord_errors() -> tuple[tuple[type[Exception], int, str | None], ...]:
 
 def _coord_error(exc: Exception) -> tuple[int, str, str | None] | None:
     """(exit code, message, hint) for an exception of the client's tree, else None."""
-    from coordsvc.client.errors import Compacted, Unavailable
+    from coordsvc.client.errors import Compacted, InvalidRequest, Unavailable
     for cls, code, hint in _coord_errors():
         if isinstance(exc, cls):
             msg = str(exc) or cls.__name__
@@ -98,6 +98,8 @@ def _coord_error(exc: Exception) -> tuple[int, str, str | None] | None:
                 hint = f"the oldest revision still kept is {exc.oldest}; {hint}"
             if isinstance(exc, Unavailable):
                 msg = f"cluster unavailable, outcome unknown: {msg}"
+            if cls is InvalidRequest and "schema of prefix" in msg:
+                hint = "see what it expects with `coordctl config schema get PREFIX`"
             return code, msg, hint
     return None
 
@@ -170,6 +172,7 @@ app.add_typer(cluster_cmd.cluster_app)
 app.add_typer(cluster_cmd.node_app)
 app.add_typer(config_cmd.app)
 app.add_typer(lock_cmd.app)
+app.add_typer(election_cmd.app)
 app.add_typer(snapshot_cmd.app)
 app.add_typer(auth_cmd.app)
 app.add_typer(member_cmd.app)

@@ -12,7 +12,8 @@ with Client(["tcp://127.0.0.1:7101", "tcp://127.0.0.1:7102"]) as c:
 from __future__ import annotations
 
 from ._client import Client, ClientTransport
-from ._lock import Lock, LockInfo
+from ._election import Election, Leader, Term
+from ._lock import Lease, Lock, LockInfo, RWLock, SharedHold
 from ._types import Entry, EntryList, Event, Principal
 from ._watch import Watch
 from .errors import (
@@ -21,6 +22,7 @@ from .errors import (
     CoordError,
     FenceRejected,
     InvalidRequest,
+    LeaseExpired,
     LockTimeout,
     MembershipRefused,
     PermissionDenied,
@@ -30,8 +32,8 @@ from .errors import (
 )
 
 __all__ = [
-    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Entry", "EntryList",
-    "Event", "FenceRejected", "InvalidRequest", "Lock", "LockInfo", "LockTimeout",
-    "MembershipRefused", "PermissionDenied", "Principal", "QuotaExceeded", "SnapshotGone",
-    "Unavailable", "Watch",
+    "Client", "ClientTransport", "Compacted", "CompareFailed", "CoordError", "Election", "Entry",
+    "EntryList", "Event", "FenceRejected", "InvalidRequest", "Leader", "Lease", "LeaseExpired",
+    "Lock", "LockInfo", "LockTimeout", "MembershipRefused", "PermissionDenied", "Principal",
+    "QuotaExceeded", "RWLock", "SharedHold", "SnapshotGone", "Term", "Unavailable", "Watch",
 ]

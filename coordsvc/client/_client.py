@@ -7,6 +7,7 @@ tests pass one that reaches an in-process node).
 from __future__ import annotations
 
 import builtins
+import json
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 from coordsvc import clusterfile, snapshotfile
 from coordsvc.core.commands import (
     MAX_INT,
+    SCHEMA_PREFIX,
     AuthAdd,
     AuthRemove,
     Command,
@@ -29,6 +31,9 @@ from coordsvc.core.commands import (
     Fence,
     Put,
     Request,
+    SchemaDelete,
+    SchemaSet,
+    Txn,
     validate,
 )
 from coordsvc.core.protocol import (
@@ -64,7 +69,18 @@ from coordsvc.core.protocol import (
 )
 
 from . import _credentials, _snapshot, _status
-from ._lock import KeepaliveStarter, Lock, LockInfo, acquire_lock
+from ._election import Election
+from ._lock import (
+    KeepaliveStarter,
+    Lease,
+    Lock,
+    LockInfo,
+    RWLock,
+    SharedHold,
+    _Kept,
+    acquire_lock,
+    open_lease,
+)
 from ._results import raise_for
 from ._transport import Cancelled, Pin, Transport
 from ._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
@@ -171,7 +187,7 @@ class Client:
         self._locks_mu = threading.Lock()
         self._starter: KeepaliveStarter | None = None
         self._hub: WatchHub | None = None
-        self._locks: set[Lock] = set()
+        self._locks: set[_Kept] = set()    # locks of their own session, and leases
         self._closed = False
 
     @classmethod
@@ -203,9 +219,12 @@ class Client:
     # -- config keys ---------------------------------------------------------------------
 
     def put(self, key: str, value: str | bytes, if_revision: int | None = None,
-            fence: Lock | None = None) -> int:
-        """Set ``key``; return the new revision. ``if_revision=0``: only if absent."""
-        res = self._write(Put(key, _to_bytes(value), if_revision, _fence(fence)))
+            fence: Lock | None = None, lease: Lease | None = None) -> int:
+        """Set ``key``; return the new revision. ``if_revision=0``: only if absent.
+        ``lease``: the key is ephemeral, deleted when the lease ends (``LeaseExpired`` if
+        it has); a later put without a lease makes it persistent again."""
+        res = self._write(Put(key, _to_bytes(value), if_revision, _fence(fence),
+                              self._lease_id(lease)))
         raise_for(res)
         rev = res.data.get("revision", res.revision)
         if type(rev) is not int:
@@ -215,6 +234,63 @@ class Client:
     def delete(self, key: str, if_revision: int | None = None, fence: Lock | None = None) -> bool:
         """Delete ``key``; False if it did not exist."""
         res = self._write(Delete(key, if_revision, _fence(fence)))
+        raise_for(res)
+        return res.data.get("deleted") is True
+
+    def txn(self, compare: Sequence[tuple[str, int]] = (), success: Sequence[TxnOp] = (),
+            failure: Sequence[TxnOp] = (), fence: Lock | None = None) -> tuple[bool, int]:
+        """Atomically: if every ``(key, revision)`` of ``compare`` holds (0: the key is
+        absent), apply ``success``, else ``failure``; ``(succeeded, revision)``. Ops are
+        ``("put", key, value)``, ``("put", key, value, lease)`` or ``("delete", key)``; all
+        writes of the applied branch share one revision (the one returned; the current one
+        if the branch changed nothing). A failed compare is not an exception. ``fence``
+        guards it like a single put (``FenceRejected``: nothing was applied). At most
+        ``MAX_TXN_OPS`` (64) compares and ops per branch, and 1 MiB of keys and values."""
+        cmd = Txn(_compares(compare), self._txn_ops(success, "success"),
+                  self._txn_ops(failure, "failure"), _fence(fence))
+        res = self._write(cmd)
+        raise_for(res)
+        ok, rev = res.data.get("succeeded"), res.data.get("revision")
+        if type(ok) is not bool or type(rev) is not int:
+            raise CoordError("malformed reply: succeeded, revision")
+        return ok, rev
+
+    def _txn_ops(self, ops: Sequence[TxnOp], what: str) -> tuple[Put | Delete, ...]:
+        if isinstance(ops, (str, bytes)) or not isinstance(ops, (builtins.list, tuple)):
+            raise InvalidRequest(f"{what} must be a list of ops")
+        out: builtins.list[Put | Delete] = []
+        for op in ops:
+            if isinstance(op, tuple) and len(op) in (3, 4) and op[0] == "put":
+                out.append(Put(op[1], _to_bytes(op[2]), lease=self._lease_id(
+                    op[3] if len(op) == 4 else None)))
+            elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
+                out.append(Delete(op[1]))
+            else:
+                raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
+                                     f"('delete', key), got {op!r:.100}")
+        return tuple(out)
+
+    def schema_set(self, prefix: str, schema: str | bytes | Mapping[str, Any]) -> int:
+        """Attach JSON Schema ``schema`` (JSON text, or a dict) to ``prefix``: from then on a
+        put or txn under it whose value is not JSON validating against it is refused with
+        ``InvalidRequest`` naming the failing path (values already there are not checked).
+        ``InvalidRequest`` if the schema is not a valid JSON Schema. The revision."""
+        raw = (json.dumps(schema).encode() if isinstance(schema, Mapping) else _to_bytes(schema))
+        res = self._write(SchemaSet(prefix, raw))
+        raise_for(res)
+        rev = res.data.get("revision")
+        if type(rev) is not int:
+            raise CoordError("malformed reply: revision")
+        return rev
+
+    def schema_get(self, prefix: str) -> bytes | None:
+        """The JSON Schema attached to exactly ``prefix``, or None."""
+        e = self.get(SCHEMA_PREFIX + prefix)
+        return None if e is None else e.value
+
+    def schema_delete(self, prefix: str) -> bool:
+        """Detach ``prefix``'s schema; False if it had none."""
+        res = self._write(SchemaDelete(prefix))
         raise_for(res)
         return res.data.get("deleted") is True
 
@@ -278,22 +354,65 @@ class Client:
     # -- locks ---------------------------------------------------------------------------
 
     def acquire(self, name: str, ttl: float = 10.0, timeout: float | None = None,
-                on_lost: Callable[[Lock], None] | None = None) -> Lock:
+                on_lost: Callable[[Lock], None] | None = None, lease: Lease | None = None,
+                lock_delay: float = 0.0) -> Lock:
         """Acquire lock ``name`` (FIFO among waiters). ``timeout=0``: try once; None: wait
-        forever. Raises ``LockTimeout`` when not acquired (then nothing is held)."""
-        return acquire_lock(self, name, ttl, timeout, on_lost)
+        forever. Raises ``LockTimeout`` when not acquired (then nothing is held).
+        ``lease``: hold it on that lease (``ttl`` is then the lease's): it is released when
+        the lease ends, and the lease's keepalive keeps it. ``lock_delay`` (seconds, at most
+        60): should this holder's session expire (not a release), nobody gets the lock for
+        that long, so a holder that lost its session but not its work has time to notice."""
+        return acquire_lock(self, name, ttl, timeout, on_lost, lease, lock_delay)
 
     @contextmanager
     def lock(self, name: str, ttl: float = 10.0, timeout: float | None = 30.0,
-             on_lost: Callable[[Lock], None] | None = None) -> Iterator[Lock]:
+             on_lost: Callable[[Lock], None] | None = None,
+             lease: Lease | None = None, lock_delay: float = 0.0) -> Iterator[Lock]:
         """``with c.lock(name) as lk:`` holds the lock (kept alive) for the block."""
-        lk = self.acquire(name, ttl=ttl, timeout=timeout, on_lost=on_lost)
+        lk = self.acquire(name, ttl=ttl, timeout=timeout, on_lost=on_lost, lease=lease,
+                          lock_delay=lock_delay)
         try:
             yield lk
         except BaseException:
             lk.release_quietly()
             raise
         lk.release()
+
+    def lease(self, ttl: float = 10.0, on_lost: Callable[[Lease], None] | None = None) -> Lease:
+        """A new lease of ``ttl`` seconds, kept alive in the background until ``revoke()``
+        (or the end of its ``with`` block, or ``close()``). Keys put on it and locks taken
+        on it end with it: ``with c.lease(10.0) as ls: c.put(k, v, lease=ls)``."""
+        return open_lease(self, ttl, on_lost)
+
+    def semaphore(self, name: str, limit: int, ttl: float = 10.0, timeout: float | None = 30.0,
+                  on_lost: Callable[[Lock], None] | None = None,
+                  lease: Lease | None = None) -> SharedHold:
+        """``with c.semaphore(name, limit=4) as slot:`` holds one of ``limit`` slots
+        (FIFO among waiters; ``slot.token`` a fencing token). Every holder must name the
+        same ``limit`` (``InvalidRequest`` otherwise). ``LockTimeout`` if no slot came within
+        ``timeout``. Its session is its own unless ``lease``."""
+        if type(limit) is not int:
+            raise InvalidRequest(f"limit must be an int, got {limit!r}")
+        return SharedHold(self, name, "semaphore", limit, ttl, timeout, on_lost, lease)
+
+    def election(self, name: str) -> Election:
+        """Election ``name``: ``campaign(value, ttl, timeout)`` -> a ``Term`` once leading,
+        ``leader()`` -> ``Leader(value, token)`` or None, ``observe()`` every change."""
+        return Election(self, name)
+
+    def rwlock(self, name: str) -> RWLock:
+        """Read/write lock ``name``: ``with c.rwlock(name).read(): ...`` (shared) or
+        ``.write()`` (exclusive), FIFO between them."""
+        return RWLock(self, name)
+
+    def _lease_id(self, lease: Lease | None) -> int:
+        if lease is None:
+            return 0
+        if not isinstance(lease, Lease):
+            raise InvalidRequest(f"lease must be a Lease, got {type(lease).__name__}")
+        if lease._client is not self:
+            raise InvalidRequest("that lease belongs to another Client")
+        return lease.session_id
 
     def locks(self) -> builtins.list[LockInfo]:
         """Every held lock with its holder, token, waiters and ttl left (linearizable); only
@@ -480,13 +599,15 @@ class Client:
         return _snapshot.save(self, Path(path))
 
     def close(self) -> None:
-        """Give up held locks (best effort), close every socket. Idempotent."""
+        """Give up held locks and revoke leases (best effort), close every socket.
+        Idempotent."""
         if self._closed:
             return
         with self._locks_mu:
             held = builtins.list(self._locks)
-        for lk in held:
-            lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
+        for lk in held:   # locks and leases (a lease's end deletes its keys)
+            if isinstance(lk, (Lock, Lease)):
+                lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
         with self._locks_mu:
             starter, self._starter = self._starter, None
             hub, self._hub = self._hub, None
@@ -524,7 +645,7 @@ class Client:
                 self._starter = KeepaliveStarter()
             return self._starter
 
-    def _track(self, lk: Lock, alive: bool) -> None:
+    def _track(self, lk: _Kept, alive: bool) -> None:
         with self._locks_mu:
             if alive:
                 self._locks.add(lk)
@@ -731,6 +852,20 @@ def _to_bytes(value: str | bytes) -> bytes:
     raise InvalidRequest(f"value must be str or bytes, got {type(value).__name__}")
 
 
+TxnOp = tuple[Any, ...]   # ("put", key, value[, lease]) | ("delete", key)
+
+
+def _compares(compare: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    if isinstance(compare, (str, bytes)) or not isinstance(compare, (builtins.list, tuple)):
+        raise InvalidRequest("compare must be a list of (key, revision)")
+    out = []
+    for c in compare:
+        if not (isinstance(c, tuple) and len(c) == 2 and type(c[1]) is int):
+            raise InvalidRequest(f"a compare is (key, revision), got {c!r:.100}")
+        out.append((c[0], c[1]))
+    return tuple(out)
+
+
 def _fence(lk: Lock | None) -> Fence | None:
     if lk is None:
         return None
@@ -759,7 +894,8 @@ def _seconds(ms: int | None) -> float | None:
 def _lock_info(row: LockRow) -> LockInfo:
     return LockInfo(row.name, row.holder_session, row.token, row.waiters,
                     _seconds(row.holder_ttl_left_ms), _seconds(row.age_ms),
-                    tuple(_seconds(w) for w in row.waits_ms), row.holder, row.waiter_names)
+                    tuple(_seconds(w) for w in row.waits_ms), row.holder, row.waiter_names,
+                    row.kind, row.limit, row.holders, row.waiter_modes)
 
 
 def _prefixes(v: Sequence[str], what: str) -> tuple[str, ...]:

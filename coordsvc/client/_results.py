@@ -10,6 +10,7 @@ from .errors import (
     CoordError,
     FenceRejected,
     InvalidRequest,
+    LeaseExpired,
     PermissionDenied,
     Unavailable,
 )
@@ -37,6 +38,7 @@ _ERRORS: dict[ResultCode, Callable[[Result, str], CoordError]] = {
     ResultCode.STALE_REQUEST: _unknown_outcome,
     ResultCode.PERMISSION_DENIED: lambda res, message: PermissionDenied(message),
     ResultCode.REFUSED: lambda res, message: CoordError(message),
+    ResultCode.NO_SESSION: lambda res, message: LeaseExpired(message),   # a put on an ended lease
 }
 
 

@@ -120,9 +120,15 @@ class Watch:
     def _deliver(self, events: list[Event], through: int) -> None:
         """``events`` (revision order) hold every event up to ``through`` for us."""
         with self._cv:
+            # Dedupe by revision: a transaction's events share one, and a node never splits
+            # a revision across replies, so everything after ``fetched`` is new. The prefix
+            # check also guards against oversharing.
+            # (revision, key) names an event: a transaction writes each key once.
+            before, seen = self.fetched, set()
             for ev in events:
-                # Dedupe by revision; the prefix check also guards against oversharing.
-                if ev.revision > self.fetched and ev.key.startswith(self.prefix):
+                if (ev.revision > before and ev.key.startswith(self.prefix)
+                        and (ev.revision, ev.key) not in seen):
+                    seen.add((ev.revision, ev.key))
                     self._buf.append(ev)
                     self.fetched = ev.revision
             self.fetched = max(self.fetched, through)

@@ -7,6 +7,7 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 ├── InvalidRequest      bad key, value too large, bad ttl, bad endpoints or timeout for
 │                       Client(...): nothing was written (never TypeError/ValueError)
 ├── LockTimeout         the lock was not acquired in time: nothing is held
+├── LeaseExpired        the lease a put named has ended: nothing was written
 ├── Compacted           a watch started before the oldest revision the cluster still keeps
 ├── MembershipRefused   a membership change was refused (one in flight, no live quorum
 │                       left, not a member, ...): nothing was changed
@@ -21,8 +22,9 @@ CoordError              the base; also "you misused the client" (e.g. it is clos
 from __future__ import annotations
 
 __all__ = [
-    "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LockTimeout",
-    "MembershipRefused", "PermissionDenied", "QuotaExceeded", "SnapshotGone", "Unavailable",
+    "Compacted", "CompareFailed", "CoordError", "FenceRejected", "InvalidRequest", "LeaseExpired",
+    "LockTimeout", "MembershipRefused", "PermissionDenied", "QuotaExceeded", "SnapshotGone",
+    "Unavailable",
 ]
 
 
@@ -50,6 +52,10 @@ class InvalidRequest(CoordError):
 
 class LockTimeout(CoordError):
     """The lock was not acquired within the timeout: nothing is held."""
+
+
+class LeaseExpired(CoordError):
+    """The lease named by a put has ended (revoked, or expired): nothing was written."""
 
 
 class MembershipRefused(CoordError):

@@ -4,6 +4,7 @@ A client principal holds prefix lists and a flag (CONTRACT §7):
 
 - ``read``: ``get``, ``list``, ``history`` and ``watch`` of keys under the prefix;
 - ``write``: ``put`` and ``delete`` of keys under the prefix -- and read them;
+  (any write or lock right may open a lease, a session, for ephemeral keys or locks);
 - ``lock``: lock names under the prefix (locks today; lease-locks, elections, semaphores
   and rwlocks name theirs the same way), and nothing else;
 - ``admin``: everything, including the identity table and other principals' sessions.
@@ -32,19 +33,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from .commands import (
+    ELECTION_PREFIX,
+    SCHEMA_PREFIX,
     Acquire,
+    AcquireShared,
     AuthAdd,
     AuthRemove,
+    Campaign,
     Cancel,
     CloseSession,
     Command,
     Delete,
+    EndLockDelay,
     ExpireSession,
     Noop,
     OpenAndAcquire,
     OpenSession,
     Put,
     Release,
+    SchemaDelete,
+    SchemaSet,
+    Txn,
 )
 from .protocol import (
     AuthListRequest,
@@ -85,16 +94,27 @@ class Rights:
         return self.read + self.write
 
     def may_read(self, key: str) -> bool:
+        if key.startswith(ELECTION_PREFIX):   # an election's record: its lock right reads it
+            return self.may_lock(key)
+        if key.startswith(SCHEMA_PREFIX):     # a prefix's schema: whoever may read under it
+            key = key[len(SCHEMA_PREFIX):]
         return self.admin or key.startswith(self.read) or key.startswith(self.write)
 
     def may_write(self, key: str) -> bool:
         return self.admin or key.startswith(self.write)
 
     def may_lock(self, name: str) -> bool:
+        """Lock ``name`` -- or, for ``ELECTION_PREFIX + name``, stand for election ``name``."""
+        if name.startswith(ELECTION_PREFIX):
+            name = name[len(ELECTION_PREFIX):]
         return self.admin or name.startswith(self.lock)
 
     def reads_all_under(self, prefix: str) -> bool:
         """Every key starting with ``prefix`` is readable: answers need no filtering."""
+        if prefix.startswith(ELECTION_PREFIX):
+            return self.may_lock(prefix)
+        if prefix.startswith(SCHEMA_PREFIX):
+            prefix = prefix[len(SCHEMA_PREFIX):]
         return self.admin or prefix.startswith(self.read) or prefix.startswith(self.write)
 
     def reads_some_under(self, prefix: str) -> bool:
@@ -138,16 +158,35 @@ def _key_right(cmd: Put | Delete, r: Rights) -> str | None:
     return f"no right to write {cmd.key!r}"
 
 
-def _lock_right(cmd: Acquire | OpenAndAcquire | Release | Cancel, r: Rights) -> str | None:
+def _schema_right(cmd: SchemaSet | SchemaDelete, r: Rights) -> str | None:
+    # Only who may write every key under the prefix may constrain them.
+    return None if r.may_write(cmd.prefix) else f"no right to write everything under {cmd.prefix!r}"
+
+
+def _txn_right(cmd: Txn, r: Rights) -> str | None:
+    # Every key it may touch, in either branch, and every key it compares (a compare
+    # reveals a key's revision, so it needs the right to read it).
+    for key, _ in cmd.compare:
+        if not r.may_read(key):
+            return f"no right to read {key!r} (compared)"
+    for op in cmd.success + cmd.failure:
+        if not r.may_write(op.key):
+            return f"no right to write {op.key!r}"
+    return None
+
+
+def _lock_right(cmd: Acquire | OpenAndAcquire | Release | Cancel | AcquireShared | Campaign,
+                r: Rights) -> str | None:
     if r.may_lock(cmd.name):
         return None
     return f"no right to lock {cmd.name!r}"
 
 
 def _session_right(cmd: OpenSession | CloseSession, r: Rights) -> str | None:
-    # Sessions exist to hold locks (and later leases): any lock right opens one. Whose
-    # session it is, the machine checks (ownership).
-    return None if r.lock else "no lock right, so no sessions"
+    # Sessions hold locks, and as leases they hold ephemeral keys: any lock or write right
+    # opens one. Whose session it is, the machine checks (ownership), and what a lease
+    # holds is checked key by key and lock by lock like any other write.
+    return None if r.lock or r.write else "no lock or write right, so no sessions or leases"
 
 
 def _admin_only(cmd: Command, r: Rights) -> str | None:
@@ -159,10 +198,13 @@ def _any_write(cmd: Noop, r: Rights) -> str | None:
 
 
 _COMMAND_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
-    Put: _key_right, Delete: _key_right,
-    Acquire: _lock_right, OpenAndAcquire: _lock_right, Release: _lock_right, Cancel: _lock_right,
+    Put: _key_right, Delete: _key_right, Txn: _txn_right,
+    SchemaSet: _schema_right, SchemaDelete: _schema_right,
+    Acquire: _lock_right, OpenAndAcquire: _lock_right, AcquireShared: _lock_right,
+    Campaign: _lock_right, Release: _lock_right, Cancel: _lock_right,
     OpenSession: _session_right, CloseSession: _session_right,
     AuthAdd: _admin_only, AuthRemove: _admin_only, ExpireSession: _admin_only,
+    EndLockDelay: _admin_only,
     Noop: _any_write,
 }
 
@@ -207,8 +249,12 @@ def _lock_wait(req: LockWaitRequest, r: Rights) -> str | None:
     return None if r.may_lock(req.name) else f"no right to lock {req.name!r}"
 
 
-def _any_lock(req: KeepaliveRequest | LocksRequest, r: Rights) -> str | None:
+def _any_lock(req: LocksRequest, r: Rights) -> str | None:
     return None if r.lock else "no lock right"
+
+
+def _any_session(req: KeepaliveRequest, r: Rights) -> str | None:
+    return None if r.lock or r.write else "no lock or write right, so no sessions or leases"
 
 
 def _anyone(req: object, r: Rights) -> str | None:
@@ -220,7 +266,7 @@ def _clients(req: object, r: Rights) -> str | None:
 
 
 _REQUEST_CHECKS: dict[type, Callable[[Any, Rights], str | None]] = {
-    WriteRequest: _write, KeepaliveRequest: _any_lock, GetRequest: _read_key,
+    WriteRequest: _write, KeepaliveRequest: _any_session, GetRequest: _read_key,
     ListRequest: _read_prefix, HistoryRequest: _read_key, WatchRequest: _watch,
     LockWaitRequest: _lock_wait, LocksRequest: _any_lock, StatusRequest: _anyone,
     RevisionRequest: _clients, AuthListRequest: _admin_only,

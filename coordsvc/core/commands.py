@@ -21,6 +21,9 @@ from .types import ProtocolError
 __all__ = [
     "Acquire", "AuthAdd", "AuthRemove", "Cancel", "CloseSession", "Command", "Delete",
     "ExpireSession", "Fence", "Noop", "OpenAndAcquire", "OpenSession", "Put", "Release", "Request",
+    "Txn", "MAX_TXN_BYTES", "MAX_TXN_OPS", "EndLockDelay", "MAX_LOCK_DELAY_MS",
+    "AcquireShared", "MAX_SEMAPHORE_LIMIT", "SHARED_MODES", "Campaign", "ELECTION_PREFIX",
+    "MAX_CAMPAIGN_VALUE_BYTES", "RESERVED_PREFIX", "SCHEMA_PREFIX", "SchemaDelete", "SchemaSet",
     "BOOTSTRAP_ADMIN", "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_PRINCIPAL_CHARS",
     "MAX_RIGHT_PREFIXES", "MAX_TTL_MS", "MAX_VALUE_BYTES", "MIN_TTL_MS", "NAME_RE",
     "decode_request", "encode_request", "is_public_key", "stamp", "validate", "validate_request",
@@ -47,6 +50,25 @@ _Z85_ALPHABET = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ
                           ".-:+=^!/*?&<>()[]{}@%$#")
 # Counters and client-chosen numbers must survive a msgpack round trip (snapshots).
 MAX_INT = 2**63 - 1
+# A transaction: compares, and ops per branch (etcd's default max-txn-ops is 128); keys and
+# values in all at most one value's limit, so the encoded command stays under
+# types.MAX_COMMAND_BYTES (1 MiB + 8 KiB: 192 entries of framing fit in the 8 KiB).
+MAX_TXN_OPS = 64
+MAX_TXN_BYTES = 1_048_576
+# Consul caps its lock-delay at 60 s too: longer, and a crashed holder blocks everyone.
+MAX_LOCK_DELAY_MS = 60_000
+# A semaphore's slots (its holders are listed in ``locks`` answers, so bounded).
+MAX_SEMAPHORE_LIMIT = 1_000
+SHARED_MODES = ("semaphore", "read", "write")
+# Election NAME is the lock ELECTION_PREFIX + NAME, and its leader's record is the key of
+# that same name (the machine writes it; clients may not). \x01 keeps it apart from any
+# name a person would type.
+ELECTION_PREFIX = "\x01election/"
+# The schema of config prefix P is the key SCHEMA_PREFIX + P (core.schemas).
+SCHEMA_PREFIX = "\x01schema/"
+# Keys and lock names under it are the machine's to write (elections, schemas).
+RESERVED_PREFIX = "\x01"
+MAX_CAMPAIGN_VALUE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +81,15 @@ class Fence:
 
 @dataclass(frozen=True, slots=True)
 class Put:
+    """Set ``key``. ``lease`` (a session id, 0: none) makes the key ephemeral: it is
+    deleted when that session ends (closed, expired or revoked). A put without a lease
+    makes the key persistent again."""
+
     key: str
     value: bytes
     if_revision: int | None = None
     fence: Fence | None = None
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +99,8 @@ class Delete:
     fence: Fence | None = None
 
 
-# OpenSession, Acquire and Release have had no producer since locks use OpenAndAcquire
-# (2b3dcb6); they stay because logs written before it hold tags 3, 6 and 7, and every
-# replica must still apply those entries the same way.
+# A lease is a session opened with OpenSession; locks taken on a lease use Acquire and
+# Release on its session (a lock of its own session uses OpenAndAcquire/CloseSession).
 @dataclass(frozen=True, slots=True)
 class OpenSession:
     ttl_ms: int
@@ -94,9 +120,13 @@ class ExpireSession:
 
 @dataclass(frozen=True, slots=True)
 class Acquire:
+    """Acquire (or queue for) ``name`` on session ``session_id``. ``lock_delay_ms``: should
+    the session expire while it holds the lock, nobody gets it for that long."""
+
     name: str
     session_id: int
     wait: bool
+    lock_delay_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +141,54 @@ class OpenAndAcquire:
     name: str
     ttl_ms: int
     wait: bool
+    lock_delay_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireShared:
+    """Take (or queue for) a slot of semaphore ``name`` (``mode`` "semaphore", at most
+    ``limit`` holders) or read/write lock ``name`` (``mode`` "read": shared with readers,
+    "write": alone; ``limit`` unused, 0) on session ``session_id``. Waiters are granted in
+    FIFO order, each with a fencing token; ``Release`` and ``Cancel`` work as for locks."""
+
+    name: str
+    session_id: int
+    mode: str
+    limit: int
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """Stand for election ``name`` with ``value`` on session ``session_id``: queue (FIFO)
+    for its lock; whoever holds it leads, and its record key says so."""
+
+    name: str
+    session_id: int
+    value: bytes
+    wait: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaSet:
+    """Attach JSON Schema ``schema`` (JSON text) to config prefix ``prefix``: from then on
+    every put under it must be JSON that validates (core.schemas)."""
+
+    prefix: str
+    schema: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaDelete:
+    prefix: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndLockDelay:
+    """Proposed by the leader only, as an internal request, once a lock's delay passed on
+    its clock: the lock goes to its first waiter (or away)."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +236,27 @@ class AuthRemove:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """Compare revisions, then apply ``success`` if every compare holds, else ``failure``:
+    all or nothing, every write of the applied branch at one revision.
+
+    ``compare`` is ``(key, revision)`` pairs (0: the key is absent); the branches hold
+    ``Put``s and ``Delete``s without their own ``if_revision`` or ``fence`` (a put may name a
+    ``lease``), each key at most once per branch. ``fence`` guards the whole transaction
+    as it guards a single put. Bounded: at most ``MAX_TXN_OPS`` compares and as many ops per
+    branch, and ``MAX_TXN_BYTES`` of keys and values in all, so one fits one command.
+    """
+
+    compare: tuple[tuple[str, int], ...] = ()
+    success: tuple[Put | Delete, ...] = ()
+    failure: tuple[Put | Delete, ...] = ()
+    fence: Fence | None = None
+
+
 Command = (Put | Delete | OpenSession | CloseSession | ExpireSession | Acquire | Release | Cancel
-           | OpenAndAcquire | Noop | AuthAdd | AuthRemove)
+           | OpenAndAcquire | Noop | AuthAdd | AuthRemove | Txn | EndLockDelay | AcquireShared
+           | Campaign | SchemaSet | SchemaDelete)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +326,8 @@ def validate(cmd: object) -> str | None:
             return "value must be bytes"
         if len(cmd.value) > MAX_VALUE_BYTES:
             return f"value must be at most {MAX_VALUE_BYTES} bytes, got {len(cmd.value)}"
-        return _check_write(cmd.key, cmd.if_revision, cmd.fence)
+        return (_check_write(cmd.key, cmd.if_revision, cmd.fence)
+                or _check_int("lease", cmd.lease, 0))
     if isinstance(cmd, Delete):
         return _check_write(cmd.key, cmd.if_revision, cmd.fence)
     if isinstance(cmd, OpenSession):
@@ -239,11 +337,40 @@ def validate(cmd: object) -> str | None:
     if isinstance(cmd, Acquire):
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
-        return _check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+                or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
     if isinstance(cmd, OpenAndAcquire):
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
-        return _check_name("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+        return (_check_name("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+                or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
+    if isinstance(cmd, EndLockDelay):
+        return _check_name("lock name", cmd.name)
+    if isinstance(cmd, (SchemaSet, SchemaDelete)):
+        if not isinstance(cmd.prefix, str):
+            return "prefix must be a string"
+        err = _check_name("schema key", SCHEMA_PREFIX + cmd.prefix)
+        if err is None and isinstance(cmd, SchemaSet):
+            if not isinstance(cmd.schema, bytes) or len(cmd.schema) > 64 * 1024:
+                return "a schema is JSON text of at most 65536 bytes"
+        return err
+    if isinstance(cmd, Campaign):
+        if not isinstance(cmd.wait, bool) or not isinstance(cmd.value, bytes):
+            return "wait must be a bool and value bytes"
+        if len(cmd.value) > MAX_CAMPAIGN_VALUE_BYTES:
+            return f"a campaign's value is at most {MAX_CAMPAIGN_VALUE_BYTES} bytes, got {len(cmd.value)}"
+        err = _check_name("election name", cmd.name)
+        if err is None and isinstance(cmd.name, str):
+            err = _check_name("election name", ELECTION_PREFIX + cmd.name)
+        return err or _check_int("session_id", cmd.session_id, 1)
+    if isinstance(cmd, AcquireShared):
+        if not isinstance(cmd.wait, bool):
+            return "wait must be a bool"
+        if cmd.mode not in SHARED_MODES:
+            return f"mode must be one of {SHARED_MODES}, got {cmd.mode!r:.40}"
+        low, high = (1, MAX_SEMAPHORE_LIMIT) if cmd.mode == "semaphore" else (0, 0)
+        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+                or _check_int("limit", cmd.limit, low, high))
     if isinstance(cmd, Release):
         return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
                 or _check_int("token", cmd.token, 1))
@@ -255,7 +382,48 @@ def validate(cmd: object) -> str | None:
         return _check_auth_add(cmd)
     if isinstance(cmd, AuthRemove):
         return _check_principal_name(cmd.name)
+    if isinstance(cmd, Txn):
+        return _check_txn(cmd)
     return f"unknown command {type(cmd).__name__}"
+
+
+def _check_txn(cmd: Txn) -> str | None:
+    if not (isinstance(cmd.compare, tuple) and isinstance(cmd.success, tuple)
+            and isinstance(cmd.failure, tuple)):
+        return "a transaction's compare, success and failure must be tuples"
+    total = 0
+    if len(cmd.compare) > MAX_TXN_OPS:
+        return f"a transaction takes at most {MAX_TXN_OPS} compares, got {len(cmd.compare)}"
+    for c in cmd.compare:
+        if not (isinstance(c, tuple) and len(c) == 2):
+            return "a compare is (key, revision)"
+        err = _check_name("compare key", c[0]) or _check_int("compare revision", c[1], 0)
+        if err is not None:
+            return err
+        total += len(c[0].encode("utf-8"))
+    for branch, ops in (("success", cmd.success), ("failure", cmd.failure)):
+        if len(ops) > MAX_TXN_OPS:
+            return f"a transaction's {branch} takes at most {MAX_TXN_OPS} ops, got {len(ops)}"
+        keys: set[str] = set()
+        for op in ops:
+            if not isinstance(op, (Put, Delete)):
+                return f"a transaction's {branch} holds puts and deletes only"
+            if op.if_revision is not None or op.fence is not None:
+                return "ops inside a transaction take no if_revision or fence (use compare and fence=)"
+            err = validate(op)
+            if err is not None:
+                return f"{branch}: {err}"
+            if op.key in keys:
+                return f"{branch}: key {op.key!r} appears twice"
+            keys.add(op.key)
+            total += len(op.key.encode("utf-8")) + (len(op.value) if isinstance(op, Put) else 0)
+    if total > MAX_TXN_BYTES:
+        return f"a transaction holds at most {MAX_TXN_BYTES} bytes of keys and values, got {total}"
+    if cmd.fence is not None:
+        if not isinstance(cmd.fence, Fence):
+            return "fence must be a Fence"
+        return _check_name("fence lock name", cmd.fence.lock) or _check_int("fence token", cmd.fence.token, 1)
+    return None
 
 
 def is_public_key(v: object) -> TypeGuard[str]:
@@ -320,6 +488,14 @@ def validate_request(r: object) -> str | None:
 
 _NOOP, _PUT, _DELETE, _OPEN, _CLOSE, _EXPIRE, _ACQUIRE, _RELEASE, _CANCEL, _OPEN_ACQUIRE = range(10)
 _AUTH_ADD, _AUTH_REMOVE = 10, 11
+# A put on a lease: a tag of its own, so a plain put keeps its old encoding.
+_PUT_LEASE = 12
+_TXN = 13
+# Acquires with a lock-delay: tags of their own, so those without keep their encoding.
+_ACQUIRE_DELAY, _OPEN_ACQUIRE_DELAY, _END_LOCK_DELAY = 14, 15, 16
+_ACQUIRE_SHARED = 17
+_CAMPAIGN = 18
+_SCHEMA_SET, _SCHEMA_DELETE = 19, 20
 # msgpack's one-byte headers of a 4- and a 5-element array.
 _FIXARRAY_4, _STAMPED_HEAD = 0x94, b"\x95"
 
@@ -330,6 +506,8 @@ def _fence_out(f: Fence | None) -> list[object] | None:
 
 def _cmd_out(c: Command) -> list[object]:
     if isinstance(c, Put):
+        if c.lease:
+            return [_PUT_LEASE, c.key, c.value, c.if_revision, _fence_out(c.fence), c.lease]
         return [_PUT, c.key, c.value, c.if_revision, _fence_out(c.fence)]
     if isinstance(c, Delete):
         return [_DELETE, c.key, c.if_revision, _fence_out(c.fence)]
@@ -340,17 +518,34 @@ def _cmd_out(c: Command) -> list[object]:
     if isinstance(c, ExpireSession):
         return [_EXPIRE, c.session_id]
     if isinstance(c, Acquire):
+        if c.lock_delay_ms:
+            return [_ACQUIRE_DELAY, c.name, c.session_id, c.wait, c.lock_delay_ms]
         return [_ACQUIRE, c.name, c.session_id, c.wait]
+    if isinstance(c, EndLockDelay):
+        return [_END_LOCK_DELAY, c.name]
+    if isinstance(c, SchemaSet):
+        return [_SCHEMA_SET, c.prefix, c.schema]
+    if isinstance(c, SchemaDelete):
+        return [_SCHEMA_DELETE, c.prefix]
+    if isinstance(c, Campaign):
+        return [_CAMPAIGN, c.name, c.session_id, c.value, c.wait]
+    if isinstance(c, AcquireShared):
+        return [_ACQUIRE_SHARED, c.name, c.session_id, c.mode, c.limit, c.wait]
     if isinstance(c, Release):
         return [_RELEASE, c.name, c.session_id, c.token]
     if isinstance(c, Cancel):
         return [_CANCEL, c.name, c.session_id]
     if isinstance(c, OpenAndAcquire):
+        if c.lock_delay_ms:
+            return [_OPEN_ACQUIRE_DELAY, c.name, c.ttl_ms, c.wait, c.lock_delay_ms]
         return [_OPEN_ACQUIRE, c.name, c.ttl_ms, c.wait]
     if isinstance(c, AuthAdd):
         return [_AUTH_ADD, c.name, c.public_key, list(c.read), list(c.write), list(c.lock), c.admin]
     if isinstance(c, AuthRemove):
         return [_AUTH_REMOVE, c.name]
+    if isinstance(c, Txn):
+        return [_TXN, [[k, r] for k, r in c.compare], [_cmd_out(op) for op in c.success],
+                [_cmd_out(op) for op in c.failure], _fence_out(c.fence)]
     return [_NOOP]
 
 
@@ -424,6 +619,8 @@ def _fence_in(v: object) -> Fence | None:
 _DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
     _NOOP: (1, lambda f: Noop()),
     _PUT: (5, lambda f: Put(_str(f[1]), _bytes(f[2]), _opt_int(f[3]), _fence_in(f[4]))),
+    _PUT_LEASE: (6, lambda f: Put(_str(f[1]), _bytes(f[2]), _opt_int(f[3]), _fence_in(f[4]),
+                                  _int(f[5]))),
     _DELETE: (4, lambda f: Delete(_str(f[1]), _opt_int(f[2]), _fence_in(f[3]))),
     _OPEN: (2, lambda f: OpenSession(_int(f[1]))),
     _CLOSE: (2, lambda f: CloseSession(_int(f[1]))),
@@ -435,7 +632,43 @@ _DECODERS: dict[int, tuple[int, Callable[[list[object]], Command]]] = {
     _AUTH_ADD: (7, lambda f: AuthAdd(_str(f[1]), _str(f[2]), _strs(f[3]), _strs(f[4]), _strs(f[5]),
                                      _bool(f[6]))),
     _AUTH_REMOVE: (2, lambda f: AuthRemove(_str(f[1]))),
+    _ACQUIRE_DELAY: (5, lambda f: Acquire(_str(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))),
+    _OPEN_ACQUIRE_DELAY: (5, lambda f: OpenAndAcquire(_str(f[1]), _int(f[2]), _bool(f[3]), _int(f[4]))),
+    _END_LOCK_DELAY: (2, lambda f: EndLockDelay(_str(f[1]))),
+    _SCHEMA_SET: (3, lambda f: SchemaSet(_str(f[1]), _bytes(f[2]))),
+    _SCHEMA_DELETE: (2, lambda f: SchemaDelete(_str(f[1]))),
+    _CAMPAIGN: (5, lambda f: Campaign(_str(f[1]), _int(f[2]), _bytes(f[3]), _bool(f[4]))),
+    _ACQUIRE_SHARED: (6, lambda f: AcquireShared(_str(f[1]), _int(f[2]), _str(f[3]), _int(f[4]),
+                                                 _bool(f[5]))),
+    _TXN: (5, lambda f: Txn(_compares(f[1]), _txn_ops(f[2]), _txn_ops(f[3]), _fence_in(f[4]))),
 }
+
+
+def _compares(v: object) -> tuple[tuple[str, int], ...]:
+    if not isinstance(v, list) or len(v) > MAX_TXN_OPS:
+        raise ProtocolError(f"compare must be a list of at most {MAX_TXN_OPS} [key, revision]")
+    out = []
+    for c in v:
+        if not isinstance(c, list) or len(c) != 2:
+            raise ProtocolError("a compare is [key, revision]")
+        out.append((_str(c[0]), _int(c[1])))
+    return tuple(out)
+
+
+def _txn_ops(v: object) -> tuple[Put | Delete, ...]:
+    if not isinstance(v, list) or len(v) > MAX_TXN_OPS:
+        raise ProtocolError(f"a branch must be a list of at most {MAX_TXN_OPS} ops")
+    out: list[Put | Delete] = []
+    for c in v:
+        if not isinstance(c, list) or not c or c[0] not in (_PUT, _PUT_LEASE, _DELETE):
+            raise ProtocolError("a transaction's op is a put or a delete")
+        arity, build = _DECODERS[c[0]]
+        if len(c) != arity:
+            raise ProtocolError(f"command tag {c[0]} takes {arity - 1} fields, got {len(c) - 1}")
+        op = build(c)
+        assert isinstance(op, (Put, Delete))
+        out.append(op)
+    return tuple(out)
 
 
 def decode_request(b: bytes) -> Request:

@@ -28,6 +28,17 @@ client id, so trusted clients are still kept from crowding each other out
 (``quota_owner``). The same value on every replica, so the bounds are replicated
 decisions like any other.
 
+Leases are sessions. A put on a lease (``Put.lease``, a session id) makes its key
+ephemeral: the session's end -- close, expiry, its owner's removal -- deletes the key in
+the same apply step, one revision (and one watch event) each, before its locks pass on.
+A put without a lease makes the key persistent again; the lease must be the writer's
+(or the writer an admin), as for every other use of a session.
+
+A transaction (``Txn``) compares revisions and applies one branch at one revision: the
+event window holds one item per revision -- a change, or a transaction's changes sorted
+by key -- so revision arithmetic still finds a revision's place, and pages of events are
+never cut inside a revision.
+
 Keys are also held in a sorted index, so a page of ``scan`` costs O(log n + page), not a
 sort of every key. A key's history keeps its newest ``KEY_HISTORY`` versions, fewer when
 their values exceed ``KEY_HISTORY_BYTES`` (never fewer than one).
@@ -46,13 +57,19 @@ from sortedcontainers import SortedList  # type: ignore[import-untyped, unused-i
 from .acl import ADMIN_RIGHTS, MEMBER_RIGHTS, Rights, command_refusal
 from .commands import (
     BOOTSTRAP_ADMIN,
+    ELECTION_PREFIX,
+    RESERVED_PREFIX,
+    SCHEMA_PREFIX,
     Acquire,
+    AcquireShared,
     AuthAdd,
     AuthRemove,
+    Campaign,
     Cancel,
     CloseSession,
     Command,
     Delete,
+    EndLockDelay,
     ExpireSession,
     Fence,
     OpenAndAcquire,
@@ -60,10 +77,14 @@ from .commands import (
     Put,
     Release,
     Request,
+    SchemaDelete,
+    SchemaSet,
+    Txn,
     validate,
     validate_request,
 )
 from .protocol import Change, ChangeType, KeyValue, Result, ResultCode
+from .schemas import MAX_SCHEMAS, Schema, compile_schema
 from .types import MiB, ProtocolError, UsageError
 
 __all__ = ["Grant", "HeldLock", "Machine", "Principal", "RevisionCompacted", "SessionInfo",
@@ -85,6 +106,13 @@ MAX_RETIRED = 100_000
 # owners to fill it.
 MAX_SESSIONS_PER_OWNER = 10_000
 MAX_WAITERS_PER_OWNER = 100
+# Semaphores and read/write locks: a writer weighs every slot of an rwlock; holders of one
+# are listed in ``locks`` answers, so at most this many at once (readers queue beyond it).
+RW_ALL = 1 << 30
+MAX_SHARED_HOLDERS = 1_000
+# Ephemeral keys on one lease: its end deletes them all in one apply step, one revision
+# each, so this bounds the work (and the events) of one expiry.
+MAX_KEYS_PER_LEASE = 10_000
 KEY_HISTORY = 64
 KEY_HISTORY_BYTES = 8 * MiB   # of values: 64 versions of 1 MiB would be 64 MiB per key
 WINDOW_EVENTS = 20_000
@@ -128,6 +156,12 @@ class HeldLock:
     waiters: tuple[int, ...]
     holder: str = ""                      # the principal owning the holding session
     waiter_names: tuple[str, ...] = ()    # the principals owning the waiting sessions
+    kind: str = "lock"                    # "lock" | "semaphore" | "rwlock"
+    limit: int = 0                        # a semaphore's slots
+    # Semaphores and rwlocks: every holder (session, token, principal, mode), grant order,
+    # and each waiter's mode ("semaphore", "read", "write").
+    holders: tuple[tuple[int, int, str, str], ...] = ()
+    waiter_modes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,15 +207,37 @@ class _Session:
     quota: str = ""     # whom it counts against (quota_owner)
     held: set[str] = field(default_factory=set)
     waiting: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)    # ephemeral keys: deleted when it ends
+    delays: dict[str, int] = field(default_factory=dict)   # lock -> its lock_delay_ms (if not 0)
 
 
 @dataclass(slots=True)
 class _Lock:
-    # A lock exists only while held: a release hands it straight to the next waiter.
+    # A lock exists only while held -- a release hands it straight to the next waiter --
+    # or while delayed: its holder's session expired and it had a lock-delay, so nobody
+    # (holder 0, token 0) holds it until the leader's EndLockDelay.
     holder: int
     token: int
     granted_index: int
     waiters: deque[int] = field(default_factory=deque)
+    delay_ms: int = 0     # the holder's lock-delay, applied if its session expires
+
+
+@dataclass(slots=True)
+class _Shared:
+    """A semaphore (``limit`` slots, each holder weighs 1) or a read/write lock (``limit``
+    RW_ALL: a reader weighs 1, a writer RW_ALL). Exists while held or waited for. Waiters
+    are admitted strictly in order: one that does not fit blocks those behind it."""
+
+    kind: str
+    limit: int
+    holders: dict[int, tuple[int, int]] = field(default_factory=dict)   # sid -> (token, weight)
+    used: int = 0
+    waiters: deque[tuple[int, int]] = field(default_factory=deque)      # (sid, weight)
+
+
+def _mode(kind: str, weight: int) -> str:
+    return "semaphore" if kind == "semaphore" else "write" if weight == RW_ALL else "read"
 
 
 @dataclass(slots=True)
@@ -206,16 +262,25 @@ class Machine:
         self.next_token = 1
         self.first_revision_in_window = 1
         self.grants: builtins.list[Grant] = []
+        self.delays: builtins.list[tuple[str, int]] = []   # lock-delays begun: (lock, ms)
         self._kv: dict[str, KeyValue] = {}
         self._keys = SortedList()    # the keys of _kv, sorted: pages without a full sort
         # Plain lists trimmed on append: a deque costs ~760 bytes even for one event, which
         # was 76 MB of a 100,000-key node.
         self._history: dict[str, _Versions] = {}
-        self._window: deque[Change] = deque()
+        # One item per revision: its change, or a transaction's changes (sorted by key).
+        self._window: deque[Change | tuple[Change, ...]] = deque()
         self._window_bytes = 0
+        self._window_events = 0
         self._sessions: dict[int, _Session] = {}
         self._owner_sessions: dict[str, int] = {}
         self._locks: dict[str, _Lock] = {}
+        self._shared: dict[str, _Shared] = {}   # semaphores and rwlocks (names apart from locks)
+        # prefix -> its compiled schema: a cache of the keys under SCHEMA_PREFIX
+        self._schemas: dict[str, Schema] = {}
+        # (election lock, session) -> the value it campaigns with, while it waits
+        self._candidates: dict[tuple[str, int], bytes] = {}
+        self._leased: dict[str, int] = {}     # ephemeral key -> the session (lease) it lives on
         # Least recently active first; apply order is replicated, so eviction is too.
         self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._principals: dict[str, Principal] = {BOOTSTRAP_ADMIN: _BOOTSTRAP}
@@ -275,24 +340,43 @@ class Machine:
                 return _err(ResultCode.PERMISSION_DENIED, self.revision, f"{who}: {refused}")
             assert r is not None   # command_refusal refuses None
             rights = r
+        refused_name = _reserved(cmd)
+        if refused_name is not None:
+            return _err(ResultCode.INVALID, self.revision, refused_name)
+        if isinstance(cmd, Put) and self._schemas:
+            problem = self._schema_problem(cmd.key, cmd.value)
+            if problem is not None:
+                return _err(ResultCode.INVALID, self.revision, problem)
+        if isinstance(cmd, (SchemaSet, SchemaDelete)):
+            return self._schema_change(cmd)
         if isinstance(cmd, Put):
+            if cmd.lease:
+                refused_lease = self._lease_refusal(cmd.lease, cmd.key, who, rights)
+                if refused_lease is not None:
+                    return refused_lease
             return self._put(cmd)
         if isinstance(cmd, Delete):
             return self._delete(cmd)
+        if isinstance(cmd, Txn):
+            return self._txn(cmd, who, rights)
         quota = quota_owner(who, rights, client_id)
         if isinstance(cmd, OpenSession):
             return self._open(index, cmd.ttl_ms, who, quota)
         if isinstance(cmd, ExpireSession):
             if who:
                 return _err(ResultCode.INVALID, self.revision, "ExpireSession is internal to the leader")
-            return self._close(index, cmd.session_id)
+            return self._close(index, cmd.session_id, expired=True)
+        if isinstance(cmd, EndLockDelay):
+            if who:
+                return _err(ResultCode.INVALID, self.revision, "EndLockDelay is internal to the leader")
+            return self._end_delay(index, cmd.name)
         if isinstance(cmd, OpenAndAcquire):
             return self._open_and_acquire(index, cmd, who, quota)
         if isinstance(cmd, AuthAdd):
             return self._auth_add(index, cmd)
         if isinstance(cmd, AuthRemove):
             return self._auth_remove(index, cmd)
-        if isinstance(cmd, (CloseSession, Acquire, Release, Cancel)):
+        if isinstance(cmd, (CloseSession, Acquire, Release, Cancel, AcquireShared, Campaign)):
             refused_session = self._not_owner(cmd.session_id, who, rights)
             if refused_session is not None:
                 return refused_session
@@ -300,6 +384,10 @@ class Machine:
                 return self._close(index, cmd.session_id)
             if isinstance(cmd, Acquire):
                 return self._acquire(index, cmd)
+            if isinstance(cmd, AcquireShared):
+                return self._acquire_shared(index, cmd)
+            if isinstance(cmd, Campaign):
+                return self._campaign(index, cmd)
             if isinstance(cmd, Release):
                 return self._release(index, cmd)
             return self._cancel(index, cmd)
@@ -312,6 +400,20 @@ class Machine:
             return None
         return _err(ResultCode.PERMISSION_DENIED, self.revision,
                     f"{who}: session {sid} belongs to another principal")
+
+    def _lease_refusal(self, sid: int, key: str, who: str, rights: Rights) -> Result | None:
+        """A put on lease ``sid``: the session must exist and be ``who``'s (or ``who`` an
+        admin), and have room for another key."""
+        s = self._sessions.get(sid)
+        if s is None:
+            return _err(ResultCode.NO_SESSION, self.revision, f"no lease (session) {sid}")
+        refused = self._not_owner(sid, who, rights)
+        if refused is not None:
+            return refused
+        if key not in s.keys and len(s.keys) >= MAX_KEYS_PER_LEASE:
+            return _err(ResultCode.LIMIT, self.revision,
+                        f"too many keys on lease {sid} (max {MAX_KEYS_PER_LEASE})")
+        return None
 
     # -- keys ----------------------------------------------------------------------
 
@@ -341,6 +443,7 @@ class Machine:
         self._kv[cmd.key] = KeyValue(cmd.key, cmd.value, self.revision,
                                self.revision if cur is None else cur.create_revision,
                                1 if cur is None else cur.version + 1)
+        self._attach(cmd.key, cmd.lease)
         self._record(Change(_PUT, cmd.key, cmd.value, self.revision))
         return Result(ResultCode.OK, self.revision, {"revision": self.revision})
 
@@ -350,29 +453,111 @@ class Machine:
             return rejected
         if cmd.key not in self._kv:
             return Result(ResultCode.OK, self.revision, {"deleted": False})
-        self.revision += 1
-        del self._kv[cmd.key]
-        self._keys.remove(cmd.key)
-        self._record(Change(_DELETE, cmd.key, b"", self.revision))
+        self._remove_key(cmd.key)
         return Result(ResultCode.OK, self.revision, {"deleted": True, "revision": self.revision})
 
+    def _txn(self, cmd: Txn, who: str, rights: Rights) -> Result:
+        """Compare, then apply one branch at one revision (the ``Txn`` docstring)."""
+        rejected = self._precheck("", None, cmd.fence)
+        if rejected is not None:
+            return rejected
+        kv = self._kv
+        ok = all((0 if (cur := kv.get(key)) is None else cur.revision) == rev
+                 for key, rev in cmd.compare)
+        branch = cmd.success if ok else cmd.failure
+        for op in branch:
+            if isinstance(op, Put) and self._schemas:
+                problem = self._schema_problem(op.key, op.value)
+                if problem is not None:
+                    return _err(ResultCode.INVALID, self.revision, problem)
+            if isinstance(op, Put) and op.lease:
+                refused = self._lease_refusal(op.lease, op.key, who, rights)
+                if refused is not None:
+                    return refused
+        ops = sorted((op for op in branch if isinstance(op, Put) or op.key in kv),
+                     key=lambda op: op.key)
+        if not ops:    # nothing to change (no ops, or deletes of absent keys): no revision
+            return Result(ResultCode.OK, self.revision, {"succeeded": ok, "revision": self.revision})
+        self.revision += 1
+        rev = self.revision
+        changes = []
+        for op in ops:
+            if isinstance(op, Put):
+                cur = kv.get(op.key)
+                if cur is None:
+                    self._keys.add(op.key)
+                kv[op.key] = KeyValue(op.key, op.value, rev, rev if cur is None else cur.create_revision,
+                                      1 if cur is None else cur.version + 1)
+                self._attach(op.key, op.lease)
+                changes.append(Change(_PUT, op.key, op.value, rev))
+            else:
+                del kv[op.key]
+                self._keys.remove(op.key)
+                self._attach(op.key, 0)
+                changes.append(Change(_DELETE, op.key, b"", rev))
+        self._record_group(tuple(changes))
+        return Result(ResultCode.OK, rev, {"succeeded": ok, "revision": rev})
+
+    def _remove_key(self, key: str) -> None:
+        """Delete the existing ``key`` at the next revision."""
+        self.revision += 1
+        del self._kv[key]
+        self._keys.remove(key)
+        self._attach(key, 0)
+        self._record(Change(_DELETE, key, b"", self.revision))
+
+    def _attach(self, key: str, sid: int) -> None:
+        """``key`` now lives on lease ``sid`` (0: on none, persistent)."""
+        old = self._leased.get(key, 0)
+        if old == sid:
+            return
+        if old:
+            self._sessions[old].keys.discard(key)
+            del self._leased[key]
+        if sid:
+            self._sessions[sid].keys.add(key)
+            self._leased[key] = sid
+
     def _record(self, ev: Change) -> None:
+        self._add_history(ev)
+        self._window.append(ev)
+        self._window_bytes += len(ev.value)
+        self._window_events += 1
+        self._trim_window()
+
+    def _record_group(self, evs: tuple[Change, ...]) -> None:
+        """The changes of one transaction, all at one revision, sorted by key."""
+        if len(evs) == 1:
+            self._record(evs[0])
+            return
+        for ev in evs:
+            self._add_history(ev)
+            self._window_bytes += len(ev.value)
+        self._window.append(evs)
+        self._window_events += len(evs)
+        self._trim_window()
+
+    def _add_history(self, ev: Change) -> None:
         hist = self._history.get(ev.key)
         if hist is None:
             self._history[ev.key] = _Versions([ev])
         else:
             hist.add(ev)
-        self._window.append(ev)
-        self._window_bytes += len(ev.value)
-        while len(self._window) > WINDOW_EVENTS or self._window_bytes > WINDOW_BYTES:
-            old = self._window.popleft()
-            self._window_bytes -= len(old.value)
-            self.first_revision_in_window = old.revision + 1
-            # A deleted key's history lives until its delete leaves the window, so the
-            # number of histories stays bounded by live keys plus the window.
-            last = self._history.get(old.key)
-            if old.key not in self._kv and last is not None and last[-1] is old:
-                del self._history[old.key]
+
+    def _trim_window(self) -> None:
+        while self._window_events > WINDOW_EVENTS or self._window_bytes > WINDOW_BYTES:
+            item = self._window.popleft()
+            group = (item,) if type(item) is Change else item
+            assert isinstance(group, tuple)
+            for old in group:
+                self._window_bytes -= len(old.value)
+                self._window_events -= 1
+                # A deleted key's history lives until its delete leaves the window, so the
+                # number of histories stays bounded by live keys plus the window.
+                last = self._history.get(old.key)
+                if old.key not in self._kv and last is not None and last[-1] is old:
+                    del self._history[old.key]
+            self.first_revision_in_window = group[0].revision + 1
 
     # -- sessions and locks --------------------------------------------------------
 
@@ -394,7 +579,7 @@ class Machine:
         self._owner_sessions[quota] = self._owner_sessions.get(quota, 0) + 1
         return Result(ResultCode.OK, self.revision, {"session_id": sid})
 
-    def _close(self, index: int, sid: int) -> Result:
+    def _close(self, index: int, sid: int, expired: bool = False) -> Result:
         s = self._sessions.pop(sid, None)
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {sid}")
@@ -403,23 +588,203 @@ class Machine:
             self._owner_sessions[s.quota] = left
         else:
             del self._owner_sessions[s.quota]
+        # Its ephemeral keys go first, in this same step, one revision each: whoever gets
+        # one of its locks below never sees them.
+        for key in sorted(s.keys):
+            self._leased.pop(key, None)
+            self._remove_key(key)
         # Leave queues first so no lock released below is handed back to this session.
+        shared = sorted(n for n in s.waiting | s.held if n in self._shared)
         for name in sorted(s.waiting):
-            self._locks[name].waiters.remove(sid)
+            if name in self._shared:
+                self._leave_shared(name, sid)
+            else:
+                self._locks[name].waiters.remove(sid)
+                self._candidates.pop((name, sid), None)
         for name in sorted(s.held):
-            self._hand_over(index, name)
+            if name in self._shared:
+                self._release_shared(name, sid, s)
+                continue
+            lk = self._locks[name]
+            if expired and lk.delay_ms:
+                # An involuntary release: the holder may still be working, unaware.
+                lk.holder, lk.token, lk.granted_index = 0, 0, index
+                self.delays.append((name, lk.delay_ms))
+            else:
+                self._hand_over(index, name)
+        for name in shared:
+            self._admit(index, name)
         return Result(ResultCode.OK, self.revision, {})
+
+    # -- config schemas ---------------------------------------------------------------------
+
+    def _schema_problem(self, key: str, value: bytes) -> str | None:
+        """Why ``value`` may not be put at ``key`` under the schemas in force (the shortest
+        failing prefix first, so every replica says the same)."""
+        if len(self._schemas) <= len(key):
+            prefixes = sorted((p for p in self._schemas if key.startswith(p)), key=len)
+        else:
+            prefixes = [key[:i] for i in range(len(key) + 1) if key[:i] in self._schemas]
+        for p in prefixes:
+            problem = self._schemas[p].problem(key, value)
+            if problem is not None:
+                return problem
+        return None
+
+    def _schema_change(self, cmd: SchemaSet | SchemaDelete) -> Result:
+        key = SCHEMA_PREFIX + cmd.prefix
+        if isinstance(cmd, SchemaDelete):
+            if key not in self._kv:
+                return Result(ResultCode.OK, self.revision, {"deleted": False})
+            del self._schemas[cmd.prefix]
+            self._remove_key(key)
+            return Result(ResultCode.OK, self.revision, {"deleted": True, "revision": self.revision})
+        compiled = compile_schema(cmd.prefix, cmd.schema)
+        if isinstance(compiled, str):
+            return _err(ResultCode.INVALID, self.revision, compiled)
+        if cmd.prefix not in self._schemas and len(self._schemas) >= MAX_SCHEMAS:
+            return _err(ResultCode.LIMIT, self.revision, f"too many schemas (max {MAX_SCHEMAS})")
+        self._schemas[cmd.prefix] = compiled
+        self._set_key(key, cmd.schema)
+        return Result(ResultCode.OK, self.revision, {"revision": self.revision})
+
+    def _set_key(self, key: str, value: bytes) -> None:
+        """Put ``value`` at ``key`` at the next revision (the machine's own keys)."""
+        self.revision += 1
+        cur = self._kv.get(key)
+        if cur is None:
+            self._keys.add(key)
+        self._kv[key] = KeyValue(key, value, self.revision,
+                                 self.revision if cur is None else cur.create_revision,
+                                 1 if cur is None else cur.version + 1)
+        self._record(Change(_PUT, key, value, self.revision))
+
+    # -- elections -------------------------------------------------------------------------
+
+    def _campaign(self, index: int, cmd: Campaign) -> Result:
+        if cmd.session_id not in self._sessions:
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
+        name, sid = ELECTION_PREFIX + cmd.name, cmd.session_id
+        self._candidates[(name, sid)] = cmd.value
+        res = self._acquire(index, Acquire(name, sid, cmd.wait))
+        if res.code != ResultCode.QUEUED:     # granted (the record is written) or refused
+            self._candidates.pop((name, sid), None)
+        return res
+
+    def _set_record(self, name: str, token: int, value: bytes) -> None:
+        """Election ``name``'s record: its leader's token and value (``b"<token>\n<value>"``)."""
+        self._set_key(name, b"%d\n%s" % (token, value))
+
+    # -- semaphores and read/write locks -------------------------------------------------
+
+    def _acquire_shared(self, index: int, cmd: AcquireShared) -> Result:
+        s = self._sessions.get(cmd.session_id)
+        if s is None:
+            return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
+        name, sid = cmd.name, cmd.session_id
+        if name in self._locks:
+            return _err(ResultCode.INVALID, self.revision, f"{name!r} is a lock, not a {cmd.mode} lock")
+        kind = "semaphore" if cmd.mode == "semaphore" else "rwlock"
+        limit = cmd.limit if kind == "semaphore" else RW_ALL
+        weight = RW_ALL if cmd.mode == "write" else 1
+        sh = self._shared.get(name)
+        if sh is None:
+            if len(self._locks) + len(self._shared) >= MAX_LOCKS:
+                return _err(ResultCode.LIMIT, self.revision, f"too many locks held (max {MAX_LOCKS})")
+            sh = _Shared(kind, limit)
+        elif sh.kind != kind:
+            return _err(ResultCode.INVALID, self.revision, f"{name!r} is a {sh.kind}, not a {kind}")
+        elif sh.limit != limit:
+            return _err(ResultCode.INVALID, self.revision,
+                        f"semaphore {name!r} has limit {sh.limit}, not {cmd.limit}")
+        held = sh.holders.get(sid)
+        if held is not None:
+            return Result(ResultCode.OK, self.revision, {"token": held[0]})
+        if name in s.waiting:
+            return Result(ResultCode.QUEUED, self.revision, {})
+        self._shared[name] = sh
+        if not sh.waiters and self._fits(sh, weight):
+            return Result(ResultCode.OK, self.revision,
+                          {"token": self._grant_shared(index, name, sh, sid, weight)})
+        refused = None
+        if not cmd.wait:
+            refused = _err(ResultCode.LOCK_BUSY, self.revision, f"{kind} {name!r} has no room")
+        elif len(sh.waiters) >= MAX_WAITERS:
+            refused = _err(ResultCode.LIMIT, self.revision, f"too many waiters on {name!r} (max {MAX_WAITERS})")
+        elif sum(1 for w, _ in sh.waiters if (ws := self._sessions.get(w)) is not None
+                 and ws.quota == s.quota) >= MAX_WAITERS_PER_OWNER:
+            refused = _err(ResultCode.LIMIT, self.revision, f"too many waiters of this client on "
+                           f"{name!r} (max_waiters_per_owner {MAX_WAITERS_PER_OWNER})")
+        if refused is not None:
+            if not sh.holders and not sh.waiters:
+                del self._shared[name]
+            return refused
+        sh.waiters.append((sid, weight))
+        s.waiting.add(name)
+        return Result(ResultCode.QUEUED, self.revision, {})
+
+    @staticmethod
+    def _fits(sh: _Shared, weight: int) -> bool:
+        return sh.used + weight <= sh.limit and len(sh.holders) < MAX_SHARED_HOLDERS
+
+    def _grant_shared(self, index: int, name: str, sh: _Shared, sid: int, weight: int) -> int:
+        token = self.next_token
+        self.next_token += 1
+        sh.holders[sid] = (token, weight)
+        sh.used += weight
+        self._sessions[sid].held.add(name)
+        self.grants.append(Grant(name, sid, token))
+        return token
+
+    def _admit(self, index: int, name: str) -> None:
+        """Grant waiters of ``name`` in order while the first fits; drop it if unused."""
+        sh = self._shared.get(name)
+        if sh is None:
+            return
+        while sh.waiters and self._fits(sh, sh.waiters[0][1]):
+            sid, weight = sh.waiters.popleft()
+            self._sessions[sid].waiting.discard(name)
+            self._grant_shared(index, name, sh, sid, weight)
+        if not sh.holders and not sh.waiters:
+            del self._shared[name]
+
+    def _leave_shared(self, name: str, sid: int) -> None:
+        sh = self._shared[name]
+        sh.waiters = deque(w for w in sh.waiters if w[0] != sid)
+
+    def _release_shared(self, name: str, sid: int, s: _Session | None) -> None:
+        sh = self._shared[name]
+        _, weight = sh.holders.pop(sid)
+        sh.used -= weight
+        if s is not None:
+            s.held.discard(name)
+
+    def _end_delay(self, index: int, name: str) -> Result:
+        lk = self._locks.get(name)
+        if lk is None or lk.holder != 0:
+            return Result(ResultCode.OK, self.revision, {"ended": False})
+        if not lk.waiters:
+            del self._locks[name]
+        else:
+            nxt = lk.waiters.popleft()
+            self._sessions[nxt].waiting.discard(name)
+            self._grant(index, name, nxt)
+        return Result(ResultCode.OK, self.revision, {"ended": True})
 
     def _grant(self, index: int, name: str, sid: int) -> int:
         token = self.next_token
         self.next_token += 1
         lk = self._locks.get(name)
+        s = self._sessions[sid]
+        delay_ms = s.delays.get(name, 0)
         if lk is None:
-            self._locks[name] = _Lock(sid, token, index)
+            self._locks[name] = _Lock(sid, token, index, delay_ms=delay_ms)
         else:
-            lk.holder, lk.token, lk.granted_index = sid, token, index
-        self._sessions[sid].held.add(name)
+            lk.holder, lk.token, lk.granted_index, lk.delay_ms = sid, token, index, delay_ms
+        s.held.add(name)
         self.grants.append(Grant(name, sid, token))
+        if name.startswith(ELECTION_PREFIX):
+            self._set_record(name, token, self._candidates.pop((name, sid), b""))
         return token
 
     def _hand_over(self, index: int, name: str) -> None:
@@ -428,8 +793,11 @@ class Machine:
         holder = self._sessions.get(lk.holder)
         if holder is not None:
             holder.held.discard(name)
+            holder.delays.pop(name, None)
         if not lk.waiters:
             del self._locks[name]
+            if name in self._kv and name.startswith(ELECTION_PREFIX):
+                self._remove_key(name)    # nobody leads
             return
         nxt = lk.waiters.popleft()
         self._sessions[nxt].waiting.discard(name)
@@ -440,6 +808,8 @@ class Machine:
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
         lk = self._locks.get(cmd.name)
+        if cmd.lock_delay_ms and (lk is None or lk.holder != cmd.session_id):
+            s.delays[cmd.name] = cmd.lock_delay_ms    # applies from its grant on
         if lk is None:
             if len(self._locks) >= MAX_LOCKS:
                 return _err(ResultCode.LIMIT, self.revision, f"too many locks held (max {MAX_LOCKS})")
@@ -447,7 +817,9 @@ class Machine:
         if lk.holder == cmd.session_id:
             return Result(ResultCode.OK, self.revision, {"token": lk.token})
         if not cmd.wait:
-            return _err(ResultCode.LOCK_BUSY, self.revision, f"lock {cmd.name!r} is held by another session")
+            s.delays.pop(cmd.name, None)
+            return _err(ResultCode.LOCK_BUSY, self.revision, f"lock {cmd.name!r} is held by another session"
+                        if lk.holder else f"lock {cmd.name!r} is in its lock-delay")
         if cmd.name not in s.waiting:
             if len(lk.waiters) >= MAX_WAITERS:
                 return _err(ResultCode.LIMIT, self.revision, f"too many waiters on {cmd.name!r} (max {MAX_WAITERS})")
@@ -467,13 +839,22 @@ class Machine:
             return refused
         sid = self.next_session_id
         self._open(index, cmd.ttl_ms, owner, quota)
-        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait))
+        res = self._acquire(index, Acquire(cmd.name, sid, cmd.wait, cmd.lock_delay_ms))
         if res.code in (ResultCode.OK, ResultCode.QUEUED):
             return Result(res.code, res.revision, {**res.data, "session_id": sid})
         self._close(index, sid)  # busy or a limit: nothing held, so no session either
         return res
 
     def _release(self, index: int, cmd: Release) -> Result:
+        sh = self._shared.get(cmd.name)
+        if sh is not None:
+            held = sh.holders.get(cmd.session_id)
+            if held is None or held[0] != cmd.token:
+                return _err(ResultCode.NOT_HELD, self.revision, f"{sh.kind} {cmd.name!r} is not held "
+                            f"by session {cmd.session_id} with token {cmd.token}")
+            self._release_shared(cmd.name, cmd.session_id, self._sessions.get(cmd.session_id))
+            self._admit(index, cmd.name)
+            return Result(ResultCode.OK, self.revision, {})
         lk = self._locks.get(cmd.name)
         if lk is None or lk.holder != cmd.session_id or lk.token != cmd.token:
             return _err(ResultCode.NOT_HELD, self.revision,
@@ -486,8 +867,19 @@ class Machine:
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
         dequeued = released = False
-        if cmd.name in s.waiting:
+        if cmd.name in self._shared:
+            if cmd.name in s.waiting:
+                s.waiting.discard(cmd.name)
+                self._leave_shared(cmd.name, cmd.session_id)
+                dequeued = True
+            elif cmd.name in s.held:
+                self._release_shared(cmd.name, cmd.session_id, s)
+                released = True
+            self._admit(index, cmd.name)    # the head may have left: those behind may fit
+        elif cmd.name in s.waiting:
             s.waiting.discard(cmd.name)
+            s.delays.pop(cmd.name, None)
+            self._candidates.pop((cmd.name, cmd.session_id), None)
             self._locks[cmd.name].waiters.remove(cmd.session_id)
             dequeued = True
         elif cmd.name in s.held:
@@ -554,6 +946,15 @@ class Machine:
         s = self._sessions.get(session_id)
         return None if s is None else s.owner
 
+    def take_delays(self) -> builtins.list[tuple[str, int]]:
+        """Lock-delays begun since the last call: (lock, delay_ms), for the leader's clock."""
+        out, self.delays = self.delays, []
+        return out
+
+    def delayed_locks(self) -> dict[str, int]:
+        """Every lock in its lock-delay, with the delay (a new leader restarts them all)."""
+        return {n: lk.delay_ms for n, lk in sorted(self._locks.items()) if lk.holder == 0}
+
     def take_grants(self) -> builtins.list[Grant]:
         """Grants made since the last call, so the runtime can wake their waiters."""
         out, self.grants = self.grants, []
@@ -591,46 +992,49 @@ class Machine:
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
                      limit: int, readable: tuple[str, ...] | None = None) -> builtins.list[Change]:
         """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)
-        and, unless ``readable`` is None, with one of the prefixes in ``readable``."""
-        if after_revision < 0 or limit < 1:
-            raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
-        if after_revision + 1 < self.first_revision_in_window:
-            raise RevisionCompacted(self.first_revision_in_window)
-        out: builtins.list[Change] = []
-        # The window holds every revision from first_revision_in_window on, one event each.
-        start = after_revision + 1 - self.first_revision_in_window
-        for i in range(start, len(self._window)):
-            ev = self._window[i]
-            if ev.key.startswith(prefix) and (readable is None or ev.key.startswith(readable)):
-                out.append(ev)
-                if len(out) >= limit:
-                    break
-        return out
+        and, unless ``readable`` is None, with one of the prefixes in ``readable``. The
+        events of one revision (a transaction) are never split: ``limit`` may be passed to
+        finish one."""
+        return self.events_page(prefix, after_revision, limit, 1 << 62, readable)[0]
 
     def events_page(self, prefix: str | tuple[str, ...], after_revision: int, limit: int,
                     max_bytes: int, readable: tuple[str, ...] | None = None,
                     ) -> tuple[builtins.list[Change], bool]:
-        """``events_since``, also cut once the values passed ``max_bytes`` (always one event);
-        and whether it was cut (by ``limit`` or bytes): then it is complete only up to its
-        last event."""
+        """``events_since``, also cut once the values passed ``max_bytes`` (always one
+        revision); and whether it was cut (by ``limit`` or bytes): then it is complete only
+        up to its last event. A cut never falls inside a revision, so a reader resuming
+        after the last revision it got misses nothing."""
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:
             raise RevisionCompacted(self.first_revision_in_window)
         out: builtins.list[Change] = []
         size = 0
-        # The window holds every revision from first_revision_in_window on, one event each.
+        # The window holds every revision from first_revision_in_window on, one item each.
         start = after_revision + 1 - self.first_revision_in_window
         window = self._window
         for i in range(start, len(window)):
-            ev = window[i]
-            if ev.key.startswith(prefix) and (readable is None or ev.key.startswith(readable)):
-                size += len(ev.value) + 4 * len(ev.key) + 48
+            item = window[i]
+            if type(item) is Change:
+                if not (item.key.startswith(prefix)
+                        and (readable is None or item.key.startswith(readable))):
+                    continue
+                size += len(item.value) + 4 * len(item.key) + 48
                 if out and size > max_bytes:
                     return out, True
-                out.append(ev)
-                if len(out) >= limit:
-                    return out, i + 1 < len(window)
+                out.append(item)
+            else:
+                assert isinstance(item, tuple)
+                picked = [ev for ev in item if ev.key.startswith(prefix)
+                          and (readable is None or ev.key.startswith(readable))]
+                if not picked:
+                    continue
+                size += sum(len(ev.value) + 4 * len(ev.key) + 48 for ev in picked)
+                if out and size > max_bytes:
+                    return out, True
+                out.extend(picked)
+            if len(out) >= limit:
+                return out, i + 1 < len(window)
         return out, False
 
     def session_ttl_ms(self, session_id: int) -> int | None:
@@ -642,6 +1046,23 @@ class Machine:
         return {sid: SessionInfo(s.ttl_ms, tuple(sorted(s.held)), s.opened_index)
                 for sid, s in sorted(self._sessions.items())}
 
+    def lease_of(self, key: str) -> int | None:
+        """The lease (session id) ``key`` lives on, or None if it is persistent or absent."""
+        return self._leased.get(key)
+
+    def lease_keys(self, session_id: int) -> builtins.list[str]:
+        s = self._sessions.get(session_id)
+        return [] if s is None else sorted(s.keys)
+
+    def held_token(self, name: str, session_id: int) -> int | None:
+        """The token session ``session_id`` holds lock, semaphore or rwlock ``name`` with."""
+        lk = self._locks.get(name)
+        if lk is not None:
+            return lk.token if lk.holder == session_id else None
+        sh = self._shared.get(name)
+        held = None if sh is None else sh.holders.get(session_id)
+        return None if held is None else held[0]
+
     def lock_owner(self, name: str) -> tuple[int, int] | None:
         lk = self._locks.get(name)
         return None if lk is None else (lk.holder, lk.token)
@@ -652,9 +1073,19 @@ class Machine:
 
     def locks(self) -> builtins.list[HeldLock]:
         ses = self._sessions
-        return [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters),
-                         ses[lk.holder].owner, tuple(ses[w].owner for w in lk.waiters))
-                for n, lk in sorted(self._locks.items())]
+        out = [HeldLock(n, lk.holder, lk.token, lk.granted_index, tuple(lk.waiters),
+                        ses[lk.holder].owner if lk.holder else "",
+                        tuple(ses[w].owner for w in lk.waiters))
+               for n, lk in self._locks.items()]
+        for n, sh in self._shared.items():
+            holders = tuple((sid, tok, ses[sid].owner, _mode(sh.kind, w))
+                            for sid, (tok, w) in sh.holders.items())
+            first = holders[0] if holders else (0, 0, "", "")
+            out.append(HeldLock(n, first[0], first[1], 0, tuple(w for w, _ in sh.waiters), first[2],
+                                tuple(ses[w].owner for w, _ in sh.waiters), sh.kind,
+                                sh.limit if sh.kind == "semaphore" else 0, holders,
+                                tuple(_mode(sh.kind, wt) for _, wt in sh.waiters)))
+        return sorted(out, key=lambda h: h.name)
 
     @property
     def key_count(self) -> int:
@@ -666,7 +1097,7 @@ class Machine:
 
     @property
     def locks_held(self) -> int:
-        return len(self._locks)
+        return len(self._locks) + len(self._shared)
 
     # -- snapshots -----------------------------------------------------------------
     # Every event is stored once, keyed by its unique revision; the window, the
@@ -675,25 +1106,37 @@ class Machine:
     # machines give equal bytes.
 
     def snapshot(self) -> bytes:
-        events: dict[int, Change] = {ev.revision: ev for ev in self._window}
+        # A transaction writes several keys at one revision, each key once: (revision, key)
+        # names an event.
+        events: dict[tuple[int, str], Change] = {}
+        for item in self._window:
+            for ev in ((item,) if type(item) is Change else item):   # type: ignore[union-attr]
+                events[(ev.revision, ev.key)] = ev
         for hist in self._history.values():
-            events.update((ev.revision, ev) for ev in hist)
+            events.update(((ev.revision, ev.key), ev) for ev in hist)
         state = {
             "v": _SNAPSHOT_VERSION,
             "rev": self.revision, "sid": self.next_session_id, "tok": self.next_token,
             "w0": self.first_revision_in_window,
-            "ev": [[r, ev.type, ev.key, ev.value] for r, ev in sorted(events.items())],
+            "ev": [[r, ev.type, ev.key, ev.value] for (r, _), ev in sorted(events.items())],
             "kv": [[k, kv.revision, kv.create_revision, kv.version] for k, kv in sorted(self._kv.items())],
             "hist": [[k, [ev.revision for ev in h]] for k, h in sorted(self._history.items())],
             "ses": [[sid, s.ttl_ms, s.opened_index, s.owner, s.quota]
                     for sid, s in sorted(self._sessions.items())],
             "lk": [[n, lk.holder, lk.token, lk.granted_index, builtins.list(lk.waiters)]
+                   + ([lk.delay_ms] if lk.delay_ms else [])
                    for n, lk in sorted(self._locks.items())],
+            "sh": [[n, sh.kind, sh.limit, [[sid, tok, w] for sid, (tok, w) in sh.holders.items()],
+                    [[sid, w] for sid, w in sh.waiters]] for n, sh in sorted(self._shared.items())],
+            "cand": [[n, sid, v] for (n, sid), v in sorted(self._candidates.items())],
+            "ldel": [[sid, n, ms] for sid, s in sorted(self._sessions.items())
+                     for n, ms in sorted(s.delays.items())],
             "cl": [[cid, c.floor, [[s, r.to_wire()] for s, r in sorted(c.results.items())], c.owner]
                    for cid, c in self._clients.items()],
             "acl": [[p.name, p.public_key, builtins.list(p.rights.read), builtins.list(p.rights.write),
                      builtins.list(p.rights.lock), p.rights.admin] for p in self.principals()],
             "retired": builtins.list(self._retired),
+            "eph": [[k, sid] for k, sid in sorted(self._leased.items())],
         }
         out: bytes = msgpack.packb(state, use_bin_type=True)
         return out
@@ -718,21 +1161,33 @@ class Machine:
         g = _Getter(st)
         self.revision, self.next_session_id = g.int("rev"), g.int("sid")
         self.next_token, self.first_revision_in_window = g.int("tok"), g.int("w0")
-        events: dict[int, Change] = {}
+        events: dict[tuple[int, str], Change] = {}
+        at: dict[int, builtins.list[Change]] = {}    # revision -> its events, by key
         for r, typ, key, value in g.rows("ev", int, str, str, bytes):
             if typ not in ("put", "delete"):
                 raise ProtocolError(f"malformed event type at revision {r}")
-            events[r] = Change(ChangeType(typ), key, value, r)
-        self._window = deque(events[r] for r in range(self.first_revision_in_window, self.revision + 1))
-        self._window_bytes = sum(len(ev.value) for ev in self._window)
+            ev = events[(r, key)] = Change(ChangeType(typ), key, value, r)
+            at.setdefault(r, []).append(ev)
+        for r in range(self.first_revision_in_window, self.revision + 1):
+            group = sorted(at[r], key=lambda e: e.key)
+            self._window.append(group[0] if len(group) == 1 else tuple(group))
+            self._window_bytes += sum(len(ev.value) for ev in group)
+            self._window_events += len(group)
         for key, revs in g.rows("hist", str, list):
             hist = _Versions([])
             for r in _ints(revs):
-                hist.add(events[r])
+                hist.add(events[(r, key)])
             self._history[key] = hist
         for key, rev, create, version in g.rows("kv", str, int, int, int):
-            self._kv[key] = KeyValue(key, events[rev].value, rev, create, version)
+            self._kv[key] = KeyValue(key, events[(rev, key)].value, rev, create, version)
         self._keys = SortedList(self._kv)
+        for key in self._keys.irange(minimum=SCHEMA_PREFIX):
+            if not key.startswith(SCHEMA_PREFIX):
+                break
+            compiled = compile_schema(key[len(SCHEMA_PREFIX):], self._kv[key].value)
+            if isinstance(compiled, str):
+                raise ProtocolError(f"snapshot: the schema at {key!r} does not compile: {compiled}")
+            self._schemas[compiled.prefix] = compiled
         # Rows of snapshots from before principals have no owners: those sessions and
         # client ids were the bootstrap admin's (every client was, then). Rows from before
         # per-owner bounds have no quota owner: counted as "".
@@ -740,9 +1195,11 @@ class Machine:
             sid, ttl_ms, opened, owner, quota = (*row, BOOTSTRAP_ADMIN, "")[:5]
             self._sessions[sid] = _Session(ttl_ms, opened, owner, quota)
             self._owner_sessions[quota] = self._owner_sessions.get(quota, 0) + 1
-        for name, holder, token, granted, waiters in g.rows("lk", str, int, int, int, list):
-            self._locks[name] = _Lock(holder, token, granted, deque(_ints(waiters)))
-            self._sessions[holder].held.add(name)
+        for row in g.rows("lk", str, int, int, int, list, int, optional=1):
+            name, holder, token, granted, waiters, delay_ms = (*row, 0)[:6]
+            self._locks[name] = _Lock(holder, token, granted, deque(_ints(waiters)), delay_ms)
+            if holder:     # 0: in its lock-delay
+                self._sessions[holder].held.add(name)
             for w in waiters:
                 self._sessions[w].waiting.add(name)
         for row in g.rows("cl", str, int, list, str, optional=1):
@@ -763,6 +1220,45 @@ class Machine:
         if not isinstance(retired, builtins.list) or not all(isinstance(n, str) for n in retired):
             raise ProtocolError("snapshot field retired must be a list of names")
         self._retired = dict.fromkeys(retired)
+        if "sh" in st:   # snapshots from before semaphores and rwlocks have none
+            for name, kind, limit, holders, waiters in g.rows("sh", str, str, int, list, list):
+                sh = self._shared[name] = _Shared(kind, limit)
+                for sid, tok, w in holders:
+                    sh.holders[sid] = (tok, w)
+                    sh.used += w
+                    self._sessions[sid].held.add(name)
+                for sid, w in waiters:
+                    sh.waiters.append((sid, w))
+                    self._sessions[sid].waiting.add(name)
+        if "cand" in st:   # snapshots from before elections have no candidates
+            for name, sid, value in g.rows("cand", str, int, bytes):
+                self._candidates[(name, sid)] = value
+        if "ldel" in st:   # snapshots from before lock-delays have none
+            for sid, name, ms in g.rows("ldel", int, str, int):
+                self._sessions[sid].delays[name] = ms
+        if "eph" in st:   # snapshots from before leases have no ephemeral keys
+            for key, sid in g.rows("eph", str, int):
+                if key not in self._kv or sid not in self._sessions:
+                    raise ProtocolError(f"snapshot: ephemeral key {key!r} on a missing key or lease")
+                self._attach(key, sid)
+
+
+def _reserved(cmd: Command) -> str | None:
+    """Keys and lock names under RESERVED_PREFIX (elections, schemas) are written by the
+    machine: no client puts, deletes or locks them directly (release and cancel stay open,
+    so a candidate can resign)."""
+    if isinstance(cmd, (Put, Delete)):
+        names: tuple[str, ...] = (cmd.key,)
+    elif isinstance(cmd, Txn):
+        names = tuple(op.key for op in cmd.success + cmd.failure)
+    elif isinstance(cmd, (Acquire, OpenAndAcquire, AcquireShared)):
+        names = (cmd.name,)
+    else:
+        return None
+    for n in names:
+        if n.startswith(RESERVED_PREFIX):
+            return f"{n!r}: names starting with {RESERVED_PREFIX!r} belong to the cluster"
+    return None
 
 
 class _Getter:

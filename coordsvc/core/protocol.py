@@ -383,11 +383,22 @@ class LockRow:
     waits_ms: tuple[int | None, ...] = ()    # per waiter, in queue order
     holder: str | None = None                # the principal that owns the holding session
     waiter_names: tuple[str, ...] = ()       # per waiter, in queue order
+    # Wire fields 12-15 (w2/recipes): "lock" | "semaphore" | "rwlock"; a semaphore's slots;
+    # every holder of a semaphore or rwlock as (session, token, principal, mode); each
+    # waiter's mode ("semaphore", "read", "write"). A plain lock's row has none of them.
+    kind: str = "lock"
+    limit: int = 0
+    holders: tuple[tuple[int, int, str, str], ...] = ()
+    waiter_modes: tuple[str, ...] = ()
 
     def to_wire(self) -> list[object]:
-        return [self.name, self.holder_session, self.token, self.granted_index,
-                list(self.waiters), self.holder_ttl_left_ms, self.holder_ttl_ms, self.age_ms,
-                list(self.waits_ms), self.holder, list(self.waiter_names)]
+        out: list[object] = [
+            self.name, self.holder_session, self.token, self.granted_index,
+            list(self.waiters), self.holder_ttl_left_ms, self.holder_ttl_ms, self.age_ms,
+            list(self.waits_ms), self.holder, list(self.waiter_names)]
+        if self.kind != "lock":
+            out += [self.kind, self.limit, [list(h) for h in self.holders], list(self.waiter_modes)]
+        return out
 
     @classmethod
     def from_wire(cls, w: object) -> LockRow:
@@ -400,11 +411,19 @@ class LockRow:
         names = _list(w[10], "lock row waiter names") if len(w) > 10 else []
         if not (holder is None or type(holder) is str) or not all(type(x) is str for x in names):
             raise SchemaError("malformed lock row owners")
+        kind, limit = (w[11], w[12]) if len(w) > 12 else ("lock", 0)
+        holders = _list(w[13], "lock row holders") if len(w) > 13 else []
+        modes = _strs(w[14], "lock row waiter modes") if len(w) > 14 else ()
+        if type(kind) is not str or type(limit) is not int or not all(
+                type(h) is list and len(h) >= 4 and type(h[0]) is int and type(h[1]) is int
+                and type(h[2]) is str and type(h[3]) is str for h in holders):
+            raise SchemaError("malformed lock row holders")
         return cls(w[0], w[1], w[2], w[3], tuple(w[4]),
                    _opt_int(w[5], "lock row ttl left"),
                    _opt_int(w[6], "lock row ttl") if len(w) > 6 else None,
                    _opt_int(w[7], "lock row age") if len(w) > 7 else None,
-                   tuple(_opt_int(x, "lock row wait") for x in waits), holder, tuple(names))
+                   tuple(_opt_int(x, "lock row wait") for x in waits), holder, tuple(names),
+                   kind, limit, tuple((h[0], h[1], h[2], h[3]) for h in holders), modes)
 
 
 def _strs(w: object, what: str) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from .commands import (
     AuthRemove,
     CloseSession,
     Command,
+    EndLockDelay,
     ExpireSession,
     OpenAndAcquire,
     OpenSession,
@@ -58,7 +59,7 @@ from .protocol import (
 )
 from .quotas import Quotas
 from .replica import Ready, Replica, Role
-from .service_clocks import LockTimes, SessionClocks
+from .service_clocks import LockDelayClocks, LockTimes, SessionClocks
 from .service_ops import HANDLERS
 from .service_outbox import Incident, Outbox, Route, WireReply
 from .service_pages import Cursors
@@ -119,6 +120,7 @@ class Service:
         self.reads = ReadIndex()
         self.parking = Parking(self.out)
         self.sessions = SessionClocks()
+        self.lock_delays = LockDelayClocks()
         self.lock_times = LockTimes()
         # principal -> Caller (None: not known): one dict lookup per request.
         self._callers: dict[str, Caller | None] = {}
@@ -210,6 +212,8 @@ class Service:
         if self.serving():
             for sid in self.sessions.due(now_ms):
                 self.replica.propose(encode_request(Request("", 0, 0, ExpireSession(sid))))
+            for name in self.lock_delays.due(now_ms):
+                self.replica.propose(encode_request(Request("", 0, 0, EndLockDelay(name))))
         self.writes.expire(now_ms)
         self.cursors.expire(now_ms)
         if self.lock_times.oversized():
@@ -370,6 +374,8 @@ class Service:
             changed = None
         if changed is None or changed:
             self.parking.wake_watches(m, changed)
+        for name, delay_ms in m.take_delays():
+            self.lock_delays.started(name, self.now_ms, delay_ms, self.leading())
         grants = m.take_grants()
         if grants:
             self.lock_times.granted(grants, self.now_ms)
@@ -431,6 +437,8 @@ class Service:
                 self.sessions.forget(cmd.session_id)
         elif code == ResultCode.QUEUED and isinstance(cmd, Acquire):
             self.lock_times.queued(cmd.name, cmd.session_id, now)
+        elif isinstance(cmd, EndLockDelay):
+            self.lock_delays.forget(cmd.name)
         if request.client_id:
             waiters = self.writes.finish(request)
             if waiters:
@@ -445,9 +453,11 @@ class Service:
         if serving and not self._was_serving:
             self.sessions.take_over(self.machine.sessions(), self.now_ms,
                                     self.cfg.election_timeout_ms)
+            self.lock_delays.take_over(self.machine.delayed_locks(), self.now_ms)
         elif not self.leading() and (self._was_serving or not self.writes.idle()
                                      or self.parking.lock_waits):
             self.sessions.stop_leading()
+            self.lock_delays.stop_leading()
             for w in self.writes.drop_all():
                 self.out.error(w.route, w.rid, ErrorCode.UNAVAILABLE,
                                "leadership lost; the write may or may not be applied — retry "

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from .machine import Grant, HeldLock, SessionInfo
 
-__all__ = ["EXPIRE_RETRY_MS", "LOCK_TIMES_PRUNE_AT", "LockTimes", "SessionClocks"]
+__all__ = ["EXPIRE_RETRY_MS", "LOCK_TIMES_PRUNE_AT", "LockDelayClocks", "LockTimes", "SessionClocks"]
 
 # An ExpireSession proposed but not applied yet (the slot may have been lost with a
 # leader change) is proposed again after this long.
@@ -69,6 +69,44 @@ class SessionClocks:
             if now_ms > deadline and now_ms - self._expiring_ms.get(sid, -10**12) > EXPIRE_RETRY_MS:
                 self._expiring_ms[sid] = now_ms
                 out.append(sid)
+        return out
+
+
+class LockDelayClocks:
+    """Per lock in its lock-delay, on the serving leader only: when to propose
+    ``EndLockDelay``. Like sessions, a new leader restarts every delay at its takeover
+    (never shorter than the holder asked for; longer by the time the old leader had run)."""
+
+    __slots__ = ("_deadline_ms", "_proposed_ms")
+
+    def __init__(self) -> None:
+        self._deadline_ms: dict[str, int] = {}
+        self._proposed_ms: dict[str, int] = {}
+
+    def started(self, name: str, now_ms: int, delay_ms: int, leading: bool) -> None:
+        if leading:
+            self._deadline_ms[name] = now_ms + delay_ms
+
+    def forget(self, name: str) -> None:
+        self._deadline_ms.pop(name, None)
+        self._proposed_ms.pop(name, None)
+
+    def take_over(self, delayed: Mapping[str, int], now_ms: int) -> None:
+        self._deadline_ms = {n: now_ms + ms for n, ms in delayed.items()}
+        self._proposed_ms.clear()
+
+    def stop_leading(self) -> None:
+        self._deadline_ms.clear()
+        self._proposed_ms.clear()
+
+    def due(self, now_ms: int) -> list[str]:
+        """Locks whose delay ended, in name order (each proposed at most once per
+        ``EXPIRE_RETRY_MS``)."""
+        out = []
+        for name, deadline in sorted(self._deadline_ms.items()):
+            if now_ms >= deadline and now_ms - self._proposed_ms.get(name, -10**12) > EXPIRE_RETRY_MS:
+                self._proposed_ms[name] = now_ms
+                out.append(name)
         return out
 
 

@@ -24,7 +24,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .acl import Caller
-from .commands import AuthAdd, AuthRemove, Put, Request, stamp
+from .commands import AuthAdd, AuthRemove, Put, Request, Txn, stamp
 from .export import ExportPoint
 from .membership import ChangeKind, Member, MembershipChange
 from .protocol import (
@@ -109,13 +109,17 @@ def _write(svc: Service, route: Route, rid: object, req: WriteRequest, caller: C
             svc.out.error(route, rid, ErrorCode.BAD_REQUEST, refused)
             return
     q, m = svc.quota, svc.machine
-    if (type(r.cmd) is Put and (svc.db_bytes >= q.max_db_bytes or m.key_count >= q.max_keys)
+    puts = ((r.cmd.key,) if type(r.cmd) is Put else
+            tuple(op.key for op in r.cmd.success + r.cmd.failure if type(op) is Put)
+            if type(r.cmd) is Txn else ())
+    if (puts and (svc.db_bytes >= q.max_db_bytes or m.key_count >= q.max_keys)
             and not m.has_result(r.client_id, r.seq)):
         # A retry of an applied put gets its cached Result whatever the quotas say now.
-        refused = q.refuse_put(m, r.cmd.key, svc.db_bytes)
-        if refused is not None:
-            svc.out.error(route, rid, ErrorCode.QUOTA_EXCEEDED, refused)
-            return
+        for key in puts:
+            refused = q.refuse_put(m, key, svc.db_bytes)
+            if refused is not None:
+                svc.out.error(route, rid, ErrorCode.QUOTA_EXCEEDED, refused)
+                return
     # The sender, as the connection authenticated it, goes into the log with the request.
     raw = stamp(req.raw, who)
     if svc.writes.full() or not svc.replica.propose(raw):
@@ -260,7 +264,8 @@ def _locks(svc: Service, route: Route, req: LocksRequest, caller: Caller) -> Loc
             holder_ttl_ms=None if holder is None else holder.ttl_ms,
             age_ms=times.age_ms(lk.name, lk.token, now),
             waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters),
-            holder=lk.holder, waiter_names=lk.waiter_names))
+            holder=lk.holder, waiter_names=lk.waiter_names, kind=lk.kind, limit=lk.limit,
+            holders=lk.holders, waiter_modes=lk.waiter_modes))
     return LocksReply(tuple(rows), m.revision)
 
 

@@ -280,9 +280,9 @@ class Parking:
     def _try_lock_wait(self, m: Machine, p: ParkedLockWait, final: bool) -> bool:
         """Answer ``p`` unless it is still waiting and may wait on (not ``final``)."""
         try:
-            owner = m.lock_owner(p.name)
-            if owner is not None and owner[0] == p.session_id:
-                self._out.reply(p.route, p.rid, LockWaitReply(LockState.HELD, owner[1]))
+            token = m.held_token(p.name, p.session_id)    # a lock, semaphore or rwlock
+            if token is not None:
+                self._out.reply(p.route, p.rid, LockWaitReply(LockState.HELD, token))
             elif not m.waiting(p.name, p.session_id):
                 self._out.reply(p.route, p.rid, LockWaitReply(LockState.NONE))
             elif final:

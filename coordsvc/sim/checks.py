@@ -14,7 +14,9 @@ Besides linearizability per key (``linearizability.py``) a run is checked for:
   the answer the chosen log gives its (client id, seq), and no put's value appears at two
   revisions (values are unique, so that would be one put applied twice);
 - watch completeness (``check_watch``): each watcher saw every committed event under its
-  prefix after its start exactly once, in revision order.
+  prefix after its start exactly once, in revision order;
+- ephemeral keys die with their lease (``check_ephemeral_reads``): a linearizable read
+  invoked after some node applied the end of a lease never returns a value put on it.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from ..core.protocol import Result
 
 __all__ = [
-    "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
+    "EphemeralRead", "check_ephemeral_reads", "check_semaphore", "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
     "check_locks_reads", "check_tenures", "check_unique_values", "check_watch",
 ]
 
@@ -91,6 +93,32 @@ def check_tenures(tenures: Sequence[Tenure], granted: Mapping[tuple[str, int], i
     return problems
 
 
+def check_semaphore(tenures: Sequence[Tenure], limit: int,
+                    granted: Mapping[tuple[str, int], int]) -> list[str]:
+    """At no instant more than ``limit`` clients believe they hold a slot, and every believed
+    slot is one the chosen log granted, to that session with that token."""
+    problems: list[str] = []
+    edges: list[tuple[int, int, Tenure]] = []
+    for t in tenures:
+        if granted.get((t.lock, t.token)) != t.session_id:
+            problems.append(f"{t.client} believed it held a slot of {t.lock!r} with token "
+                            f"{t.token} (session {t.session_id}) that the log never granted it")
+        if t.end_ms > t.start_ms:
+            edges += [(t.start_ms, 1, t), (t.end_ms, -1, t)]
+    holding: list[Tenure] = []
+    for at, step, t in sorted(edges, key=lambda e: (e[0], e[1])):   # ends before starts
+        if step < 0:
+            holding.remove(t)
+            continue
+        holding.append(t)
+        if len(holding) > limit:
+            problems.append(f"{len(holding)} clients believed they held a slot of {t.lock!r} "
+                            f"(limit {limit}) at t={at}: "
+                            + ", ".join(f"{h.client} token {h.token}" for h in holding))
+            break
+    return problems
+
+
 def check_locks_reads(reads: Sequence[LocksRead], gone: Mapping[int, int]) -> list[str]:
     """``gone[session]``: when a client learned the session was closed (it never returns)."""
     problems: list[str] = []
@@ -103,6 +131,34 @@ def check_locks_reads(reads: Sequence[LocksRead], gone: Mapping[int, int]) -> li
                     problems.append(f"{r.client}'s locks listing at t={r.invoke_ms} shows "
                                     f"session {sid} {role} {row.name!r} (token {row.token}), "
                                     f"but it was closed by t={closed}")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class EphemeralRead:
+    """A linearizable get of an ephemeral key, when it was asked for, and what it returned."""
+
+    client: str
+    key: str
+    invoke_ms: int
+    value: bytes | None
+
+
+def check_ephemeral_reads(reads: Sequence[EphemeralRead], lease_of_value: Mapping[bytes, int],
+                          ended: Mapping[int, int]) -> list[str]:
+    """``lease_of_value[v]``: the lease value ``v`` was put on (values are unique);
+    ``ended[lease]``: when a node first applied its end. Once a node applied the end, the
+    deletes of its keys are committed, so a read invoked after that must not see them."""
+    problems: list[str] = []
+    for r in reads:
+        if r.value is None:
+            continue
+        sid = lease_of_value.get(r.value)
+        end = None if sid is None else ended.get(sid)
+        if end is not None and end < r.invoke_ms:
+            problems.append(f"{r.client} read {r.key!r} = {r.value!r} at t={r.invoke_ms}, "
+                            f"but that value lived on lease {sid}, whose end was applied at "
+                            f"t={end}: an ephemeral key outlived its lease")
     return problems
 
 

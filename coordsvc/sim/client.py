@@ -136,6 +136,7 @@ class SimClient:
         # Every Result a write of ours was answered with: (seq, result).
         self.answers: list[tuple[int, Result]] = []
         self.locks: list[SimLock] = []   # every lock cycle it began, for the checker
+        self.sems: list[SimLock] = []    # every semaphore cycle it began
         self.doing = "starting"            # what its main task is at (for failure reports)
 
     # -- tasks -------------------------------------------------------------------------

@@ -10,6 +10,9 @@ each one is caught within the CI seeds, and by which check.
   session nobody can close or expire.
 - ``skip_watch_event`` (the Service's ``Parking``): a watch answer that carries several
   events loses one.
+- ``keep_ephemeral_keys`` (Machine): a lease's expiry forgets its ephemeral keys instead
+  of deleting them, so they outlive their owner.
+- ``over_admit`` (Machine): a semaphore admits one holder more than its limit.
 - ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
   next ``step``, after its messages and client replies have left.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from ..core.commands import Command, ExpireSession
 from ..core.machine import Grant, Machine, RevisionCompacted
 from ..core.protocol import Result, ResultCode, WatchReply
 from ..core.replica import Ready, Replica
@@ -49,7 +53,11 @@ class ObservedService(Service):
 
 
 class _GrantsToClosedSessions(Machine):
-    def _close(self, index: int, sid: int) -> Result:
+    def _close(self, index: int, sid: int, expired: bool = False) -> Result:
+        s = self._sessions.get(sid)
+        if s is not None and (s.keys or any(n in self._shared for n in s.waiting | s.held)):
+            # Leases and semaphore slots close correctly: the planted bug is in plain locks.
+            return super()._close(index, sid, expired)
         s = self._sessions.pop(sid, None)
         if s is None:
             return Result(ResultCode.NO_SESSION, self.revision, {"message": f"no session {sid}"})
@@ -85,6 +93,33 @@ class _Swapped(ObservedService):
 
 class GrantToClosedSession(_Swapped):
     swaps = {Machine: _GrantsToClosedSessions}
+
+
+class _KeepsEphemeralKeys(Machine):
+    def _run(self, index: int, cmd: Command, who: str, client_id: str) -> Result:
+        if isinstance(cmd, ExpireSession) and not who:
+            s = self._sessions.get(cmd.session_id)
+            if s is not None:
+                # Known-bad: the expiring lease lets go of its keys instead of deleting them.
+                for key in sorted(s.keys):
+                    del self._leased[key]
+                s.keys.clear()
+        return super()._run(index, cmd, who, client_id)
+
+
+class _OverAdmits(Machine):
+    @staticmethod
+    def _fits(sh: Any, weight: int) -> bool:
+        # Known-bad: off by one.
+        return bool(sh.used + weight <= sh.limit + 1)
+
+
+class OverAdmit(_Swapped):
+    swaps = {Machine: _OverAdmits}
+
+
+class KeepEphemeralKeys(_Swapped):
+    swaps = {Machine: _KeepsEphemeralKeys}
 
 
 class _SkippingParking(Parking):
@@ -139,6 +174,8 @@ class SkipAdopt(_Swapped):
 MUTATIONS: dict[str, type[ObservedService]] = {
     "grant_to_closed_session": GrantToClosedSession,
     "skip_watch_event": SkipWatchEvent,
+    "keep_ephemeral_keys": KeepEphemeralKeys,
+    "over_admit": OverAdmit,
     "reply_before_save": ReplyBeforeSave,
     "skip_adopt": SkipAdopt,
 }

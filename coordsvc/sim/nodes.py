@@ -90,8 +90,10 @@ class Params:
         wl = Workload(
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
-            weights=rng.choice(((40, 25, 20, 5, 8, 2), (30, 20, 15, 5, 25, 5),
-                                (20, 10, 10, 5, 50, 5), (10, 5, 5, 0, 70, 10))),
+            # get, put, cas, delete, lock, locks, lease, eph_get
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6), (30, 20, 15, 5, 25, 5, 8, 12, 10, 8),
+                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10),
+                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),
@@ -208,6 +210,7 @@ class NodeSim:
         self.oracle = SlotOracle(p.nodes // 2 + 1, self._violate, self.reference.chosen)
         self.history = Recorder()
         self.record = Record()
+        self.lease_ended: dict[int, int] = {}   # session -> when a node first applied its end
         self.stats = {"crashes": 0, "wipes": 0, "peer_messages": 0, "client_requests": 0,
                       "saves": 0, "steps": 0, "snapshot_chunks": 0, "promise_chunks": 0,
                       "installs": 0}
@@ -435,6 +438,8 @@ class NodeSim:
             self.nodes[nid].last_published = None
         for slot, value in ready.committed:
             self.oracle.applied_entry(nid, slot, value)
+            for sid in self.reference.ended.get(slot, ()):
+                self.lease_ended.setdefault(sid, self.now)
 
     def _published(self, node: _Node, events: list[Change]) -> None:
         ref = self.reference.events
@@ -521,8 +526,12 @@ class NodeSim:
             found.append(("linearizability checker out of budget: " if lin.timed_out else "")
                          + lin.explanation)
         found += checks.check_tenures(self._tenures(), ref.grants)
+        found += checks.check_semaphore(self._tenures(sems=True), self.p.workload.sem_limit,
+                                        ref.grants)
         found += checks.check_locks_reads(self.record.locks_reads, self.record.gone_sessions)
         found += checks.check_answers({c.name: c.answers for c in self.workers}, ref.results)
+        found += checks.check_ephemeral_reads(self.record.eph_reads, self.record.eph_values,
+                                              self.lease_ended)
         expected = [WatchEvent(e.revision, e.key, e.type.value, e.value)
                     for _, e in sorted(ref.events.items())]
         found += checks.check_unique_values(expected, "the chosen log")
@@ -536,10 +545,10 @@ class NodeSim:
         for f in found:
             self._violate(f"history: {f}")
 
-    def _tenures(self) -> list[Tenure]:
+    def _tenures(self, sems: bool = False) -> list[Tenure]:
         out = []
         for c in self.workers:
-            for lk in c.locks:
+            for lk in (c.sems if sems else c.locks):
                 b = lk.belief(self.now)
                 if b is not None:
                     out.append(Tenure(c.name, lk.name, lk.session_id, lk.token, b[0], b[1]))
@@ -564,6 +573,7 @@ class NodeSim:
                 "ops_ok": ops.ok, "ops_fail": ops.fail, "ops_unknown": ops.unknown,
                 "lock_cycles": sum(len(c.locks) for c in self.workers),
                 "grants_believed": len(self._tenures()),
+                "slots_believed": len(self._tenures(sems=True)),
                 "watch_events": sum(len(w.delivered) for w in self.record.watches),
                 "locks_reads": len(self.record.locks_reads), "leaders": leaders}
 

@@ -8,7 +8,7 @@ be, and only what clients saw can give it away.
 """
 from __future__ import annotations
 
-from ..core.commands import decode_request
+from ..core.commands import CloseSession, ExpireSession, decode_request
 from ..core.machine import Machine
 from ..core.protocol import Change, Result, ResultCode
 from ..core.types import ProtocolError, Slot, Value
@@ -26,6 +26,8 @@ class Reference:
         self.events: dict[int, Change] = {}
         # (lock, token) -> the session it was granted to.
         self.grants: dict[tuple[str, int], int] = {}
+        # slot -> the sessions (leases) its commands ended.
+        self.ended: dict[Slot, list[int]] = {}
         self.violations: list[str] = []
 
     def chosen(self, slot: Slot, value: Value) -> None:
@@ -55,6 +57,8 @@ class Reference:
             if m.revision != before:
                 for ev in m.events_since("", before, 1 << 30):
                     self.events[ev.revision] = ev
+            if isinstance(request.cmd, (CloseSession, ExpireSession)) and result.code == ResultCode.OK:
+                self.ended.setdefault(slot, []).append(request.cmd.session_id)
             for g in m.take_grants():
                 self.grants[(g.name, g.token)] = g.session_id
 

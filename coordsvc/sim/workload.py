@@ -3,7 +3,9 @@
 Workers mix linearizable reads, puts (every value unique, so a value names the write that
 made it), compare-and-set, deletes, lock cycles (with keepalives, fenced writes, timeouts
 that give up by ``Cancel``, and interrupted waits that just close the session) and
-``locks`` listings, until the safety phase ends. Then each takes every lock once, waiting
+``locks`` listings, and lease cycles (a session kept alive, ephemeral puts on it, then
+revoked or abandoned to expire) with reads of the ephemeral keys, until the safety phase
+ends. Then each takes every lock once, waiting
 as long as it takes, and reads every key once more, retrying until answered: after
 healing every lock must come free (abandoned sessions expire) and every request must be
 answered. Watchers long-poll ``watch`` for one prefix from revision 0 or from "now" (a
@@ -11,17 +13,29 @@ linearizable read of the current revision), resume from the last revision fetche
 now and then switch nodes.
 
 What a checker needs lands in the history ``Recorder``, the ``Record`` (locks listings,
-closed sessions, watch streams) and the clients themselves (answers, locks held).
+closed sessions, watch streams, ephemeral values and their reads) and the clients
+themselves (answers, locks held). Ephemeral keys are kept out of the linearizability
+history: the deletes their lease's end makes are no client's operation; their own check
+(``checks.check_ephemeral_reads``) covers them.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.commands import Delete, Fence, Put
+from ..core.commands import (
+    ELECTION_PREFIX,
+    AcquireShared,
+    Campaign,
+    CloseSession,
+    Delete,
+    Fence,
+    OpenSession,
+    Put,
+)
 from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
-from .checks import LocksRead, WatchEvent
+from .checks import EphemeralRead, LocksRead, WatchEvent
 from .client import LOCK_WAIT_MAX_MS, Co, SimClient, SimLock, Sleep
 from .history import Recorder
 from .requests import BadReply
@@ -37,7 +51,7 @@ class Workload:
 
     keys: tuple[str, ...]
     locks: tuple[str, ...]
-    weights: tuple[int, int, int, int, int, int]   # get, put, cas, delete, lock, locks
+    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect
     think_ms: int
     give_up_ms: int | None        # a write or read is abandoned (unknown) after this
     ttl_ms: tuple[int, ...]
@@ -48,6 +62,9 @@ class Workload:
     watch_wait_ms: int
     watch_limit: int
     watch_switch: float           # chance per poll that a watcher moves to a random node
+    eph_keys: tuple[str, ...] = ("e/0", "e/1")   # put only on leases
+    sem_limit: int = 2            # of the one semaphore, "sem/a"
+    abandon: float = 0.5          # share of lease cycles left to expire rather than revoked
 
 
 @dataclass(slots=True)
@@ -65,9 +82,14 @@ class Record:
     gone_sessions: dict[int, int] = field(default_factory=dict)
     locks_reads: list[LocksRead] = field(default_factory=list)
     watches: list[WatchLog] = field(default_factory=list)
+    # Each value put on a lease -> that lease (session id); and every read of an ephemeral key.
+    eph_values: dict[bytes, int] = field(default_factory=dict)
+    eph_reads: list[EphemeralRead] = field(default_factory=list)
 
 
-_OPS = ("get", "put", "cas", "delete", "lock", "locks")
+_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem", "elect")
+SEMAPHORE = "sem/a"
+ELECTION = "el/a"
 
 
 def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
@@ -88,6 +110,14 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
             yield from _delete(c, history, key, wl.give_up_ms)
         elif op == "lock":
             yield from _lock_cycle(c, wl, record, history)
+        elif op == "lease":
+            yield from _lease_cycle(c, wl, record)
+        elif op == "eph_get":
+            yield from _eph_get(c, record, rng.choice(wl.eph_keys), wl.give_up_ms)
+        elif op == "sem":
+            yield from _sem_cycle(c, wl, record)
+        elif op == "elect":
+            yield from _sem_cycle(c, wl, record, election=True)
         else:
             yield from _locks(c, record, wl.give_up_ms)
     # After healing: every lock comes free and every request is answered.
@@ -97,6 +127,9 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
     for key in wl.keys:
         c.doing = f"final read of {key}"
         yield from _get(c, history, key, None)
+    for key in wl.eph_keys:
+        c.doing = f"final read of {key}"
+        yield from _eph_get(c, record, key, None)
     c.doing = "done"
 
 
@@ -173,6 +206,88 @@ def _delete(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -
     else:
         history.unknown(h)
         _unexpected(c, f"delete {key}", res)
+
+
+def _lease_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
+    """Open a lease, put ephemeral keys on it, hold it, then revoke it or let it expire."""
+    rng, w = c.rng, c.world
+    ttl_ms = rng.choice(wl.ttl_ms)
+    start = w.now
+    _, res = yield from c.write(OpenSession(ttl_ms), wl.give_up_ms)
+    if res is None:
+        return   # unknown: a session it may have opened expires by itself
+    sid = res.data.get("session_id")
+    if res.code != ResultCode.OK or type(sid) is not int:
+        _unexpected(c, "OpenSession", res)
+        return
+    ls = SimLock("", sid, ttl_ms, valid_until=start + ttl_ms)
+    c.spawn(c.keepalive(ls), f"keepalive {sid}")
+    for key in rng.sample(wl.eph_keys, rng.randint(1, len(wl.eph_keys))):
+        value = _value(c)
+        record.eph_values[value] = sid
+        _, res = yield from c.write(Put(key, value, lease=sid), wl.give_up_ms)
+        if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
+            _unexpected(c, f"put {key} on lease {sid}", res)
+    yield Sleep(rng.randint(*wl.hold_ms))
+    c.finish(ls)    # keepalives stop either way
+    if rng.random() < wl.abandon:
+        return      # the leader expires it
+    _, res = yield from c.write(CloseSession(sid), wl.give_up_ms)
+    if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
+        _unexpected(c, f"CloseSession {sid}", res)
+
+
+def _sem_cycle(c: SimClient, wl: Workload, record: Record, election: bool = False) -> Co[None]:
+    """A slot of the semaphore: a session, AcquireShared, wait, hold, close. Or, with
+    ``election``, a term of the election: Campaign instead of AcquireShared, and the term
+    is checked like a lock (one leader at a time, tokens in order)."""
+    rng, w = c.rng, c.world
+    ttl_ms = rng.choice(wl.ttl_ms)
+    start = w.now
+    _, res = yield from c.write(OpenSession(ttl_ms), wl.give_up_ms)
+    if res is None:
+        return
+    sid = res.data.get("session_id")
+    if res.code != ResultCode.OK or type(sid) is not int:
+        _unexpected(c, "OpenSession", res)
+        return
+    name = ELECTION_PREFIX + ELECTION if election else SEMAPHORE
+    lk = SimLock(name, sid, ttl_ms, valid_until=start + ttl_ms)
+    (c.locks if election else c.sems).append(lk)
+    c.spawn(c.keepalive(lk), f"keepalive {sid}")
+    cmd: Campaign | AcquireShared = (
+        Campaign(ELECTION, sid, c.name.encode()) if election
+        else AcquireShared(SEMAPHORE, sid, "semaphore", wl.sem_limit, True))
+    _, res = yield from c.write(cmd, wl.give_up_ms)
+    if res is not None and res.code == ResultCode.OK:
+        token = res.data.get("token")
+        if type(token) is int:
+            c.take_grant(lk, token)
+    elif res is not None and res.code == ResultCode.QUEUED:
+        outcome = yield from c.wait_for_grant(lk, w.now + rng.choice(wl.lock_timeout_ms),
+                                              wl.give_up_ms)
+        if outcome == "timeout":
+            yield from c.cancel(lk, wl.give_up_ms)
+    elif res is not None and res.code != ResultCode.NO_SESSION:
+        _unexpected(c, f"{type(cmd).__name__} {name}", res)
+    if lk.granted_at is not None:
+        yield Sleep(rng.randint(*wl.hold_ms))
+    res = yield from c.close_session(lk, wl.give_up_ms)
+    if res is not None and res.code in (ResultCode.OK, ResultCode.NO_SESSION):
+        record.gone_sessions[lk.session_id] = w.now
+
+
+def _eph_get(c: SimClient, record: Record, key: str, give_up_ms: int | None) -> Co[None]:
+    invoked = c.world.now
+    reply = yield from c.call(requests.get(key), leader=True, timeout_ms=give_up_ms)
+    if reply is None:
+        return
+    try:
+        value, _ = requests.kv_of(reply)
+    except BadReply as e:
+        c.env.protocol_violation(f"{c.name}: get {key}: {e}")
+        return
+    record.eph_reads.append(EphemeralRead(c.name, key, invoked, value))
 
 
 def _locks(c: SimClient, record: Record, give_up_ms: int | None) -> Co[None]:
@@ -280,7 +395,7 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
             continue
         last = asked
         for ev in events:
-            if ev.revision <= last or not ev.key.startswith(prefix):
+            if ev.revision < last or ev.revision <= asked or not ev.key.startswith(prefix):
                 c.env.protocol_violation(
                     f"{c.name}: watch {prefix!r} after {asked} answered out of order or "
                     f"outside the prefix: {[e.revision for e in events]}")
@@ -290,8 +405,9 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
         # one up to the node's revision.
         through = (events[-1].revision if len(events) >= wl.watch_limit
                    else max(revision, events[-1].revision if events else asked))
+        before = wlog.fetched    # a transaction's events share a revision
         for ev in events:
-            if ev.revision > wlog.fetched and ev.key.startswith(prefix):
+            if ev.revision > before and ev.key.startswith(prefix):
                 wlog.delivered.append(ev)
                 wlog.fetched = ev.revision
         wlog.fetched = max(wlog.fetched, through)

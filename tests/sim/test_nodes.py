@@ -69,6 +69,10 @@ CAUGHT_BY = {
     # or the final acquires after healing never get it.
     "grant_to_closed_session": ("locks listing", "no progress"),
     "skip_watch_event": ("watcher",),
+    # A read after the expiry was applied still returns the ephemeral value.
+    "keep_ephemeral_keys": ("outlived its lease",),
+    # More clients than the limit believe they hold a slot at once.
+    "over_admit": ("(limit 2)",),
     # A node applies (and answers for) a slot no quorum has on disk yet.
     "reply_before_save": ("chosen is None",),
     "skip_adopt": ("chosen twice", "linearizable", "chosen log", "no progress"),

@@ -533,6 +533,8 @@ _ids = st.integers(1, 3)
 _cmds: st.SearchStrategy[Command] = st.one_of(
     st.builds(Put, _names, st.binary(max_size=3), st.none() | st.integers(0, 6),
               st.none() | st.builds(Fence, _names, st.integers(1, 6))),
+    st.builds(Put, _names, st.binary(max_size=3), st.none() | st.integers(0, 6), st.none(),
+              st.integers(0, 3)),
     st.builds(Delete, _names, st.none() | st.integers(0, 6)),
     st.builds(OpenSession, st.sampled_from([999, 5_000, 5_000])),
     st.builds(OpenSession, st.just(5_000)),

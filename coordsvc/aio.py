@@ -1,0 +1,588 @@
+"""``AsyncClient``: the Client's API as coroutines, on the event loop.
+
+```python
+from coordsvc.aio import AsyncClient
+async with AsyncClient.from_cluster_file(path) as ac:
+    await ac.put("k", "v")
+    async for ev in ac.watch("k"): ...
+    async with ac.lock("deploy", ttl=10.0) as lk: ...
+    async with ac.lease(ttl=10.0) as ls:
+        await ac.put("svc/n1", "addr", lease=ls)
+    async with ac.election("sched").campaign("host-a") as term: ...
+```
+
+No thread per call, and none at all: one pyzmq asyncio DEALER per node, shared by every
+coroutine of the client. Each request carries a fresh id; one reader task per socket
+hands each reply to the future waiting for that id (a late reply to an abandoned attempt
+finds none and is dropped). Keepalives of locks and leases are tasks. Everything else --
+records, leader discovery and redirects, exactly-once writes with (client id, seq),
+result codes -> exceptions -- is the synchronous client's, shared or mirrored from
+``coordsvc.client``.
+
+Not (yet) here: paged ``list`` beyond one reply (``list`` raises ``Unavailable`` if the node
+answered with a cursor), semaphores and rwlocks, and the handshake monitor (a key the
+cluster rejects shows as ``Unavailable`` after the timeout rather than at once).
+"""
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import itertools
+import math
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import zmq
+import zmq.asyncio
+
+from coordsvc import clusterfile, wire
+from coordsvc.client import _credentials
+from coordsvc.client._client import _compares, _locate, _refusal, _to_bytes
+from coordsvc.client._election import Leader, parse_record
+from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S
+from coordsvc.client._results import expect, raise_for
+from coordsvc.client._types import Entry, EntryList, Event, entry_of, event_of
+from coordsvc.client.errors import CoordError, InvalidRequest, LockTimeout, Unavailable
+from coordsvc.core.commands import (
+    ELECTION_PREFIX,
+    MAX_TTL_MS,
+    MIN_TTL_MS,
+    Acquire,
+    Campaign,
+    Cancel,
+    CloseSession,
+    Command,
+    Delete,
+    OpenSession,
+    Put,
+    Release,
+    Request,
+    Txn,
+    validate,
+)
+from coordsvc.core.protocol import (
+    ClientRequest,
+    ErrorCode,
+    ErrorReply,
+    GetReply,
+    GetRequest,
+    KeepaliveReply,
+    KeepaliveRequest,
+    ListReply,
+    ListRequest,
+    LockState,
+    LockWaitReply,
+    LockWaitRequest,
+    ResultCode,
+    RevisionReply,
+    RevisionRequest,
+    SchemaError,
+    WatchReply,
+    WatchRequest,
+    WriteReply,
+    WriteRequest,
+)
+
+__all__ = ["AsyncClient", "AsyncElection", "AsyncLease", "AsyncLock", "AsyncTerm"]
+
+ATTEMPT_S = 1.0
+BACKOFF_S = 0.02
+LOCK_WAIT_MAX_S = 5.0
+WATCH_WAIT_S = 5.0
+_R = TypeVar("_R")
+
+
+class _Node:
+    """One DEALER to one node and the task that routes its replies by id."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str,
+                 creds: _credentials.Credentials | None) -> None:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        if creds is not None:
+            server = creds.server_key(endpoint)
+            if server is None:
+                s.close(linger=0)
+                raise CoordError(f"no public key for {endpoint} in {creds.source}")
+            s.setsockopt(zmq.CURVE_PUBLICKEY, creds.pair.public.encode("ascii"))
+            s.setsockopt(zmq.CURVE_SECRETKEY, creds.pair.secret.encode("ascii"))
+            s.setsockopt(zmq.CURVE_SERVERKEY, server.encode("ascii"))
+        s.connect(endpoint)
+        self.sock = s
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                reply = wire.decode_client(frames[-1], wire.CLIENT_REPLY)
+            except (wire.WireError, IndexError):
+                continue
+            rid = reply.get("id")
+            fut = self.waiting.pop(rid, None) if type(rid) is int else None
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.reader
+        self.sock.close(linger=0)
+
+
+class AsyncClient:
+    """The asyncio client of a coordsvc cluster; arguments as ``coordsvc.Client``'s. Create
+    it inside a running event loop; ``await ac.close()`` (or ``async with``) at the end."""
+
+    def __init__(self, endpoints: Sequence[str] | clusterfile.Cluster | None = None,
+                 timeout: float = 5.0, key: str | os.PathLike[str] | None = None) -> None:
+        self._cluster, self._endpoints = _locate(endpoints)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not (
+                math.isfinite(timeout) and timeout > 0):
+            raise InvalidRequest(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        self._timeout_s = float(timeout)
+        self._creds = _credentials.resolve(self._cluster, key)
+        self._ctx = zmq.asyncio.Context()
+        self._nodes: dict[str, _Node] = {}
+        self._ids = itertools.count(1)
+        self.client_id = secrets.token_hex(8)
+        self._seq = 0
+        self._inflight: set[int] = set()
+        self._leader: str | None = None
+        self._rr = 0
+        self._kept: set[AsyncLease] = set()
+        self._closed = False
+
+    @classmethod
+    def from_cluster_file(cls, path: str | os.PathLike[str], timeout: float = 5.0,
+                          key: str | os.PathLike[str] | None = None) -> AsyncClient:
+        """A client of the cluster in ``path`` (a plain function, not a coroutine)."""
+        try:
+            cluster = clusterfile.load(Path(path))
+        except clusterfile.ClusterFileError as e:
+            raise InvalidRequest(str(e)) from None
+        return cls(cluster, timeout=timeout, key=key)
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout_s
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Revoke leases and release locks (best effort), close every socket. Idempotent."""
+        if self._closed:
+            return
+        for kept in builtins.list(self._kept):
+            with contextlib.suppress(CoordError):
+                await kept._end(min(ATTEMPT_S, self._timeout_s))
+        self._closed = True
+        for node in self._nodes.values():
+            await node.close()
+        self._nodes.clear()
+        self._ctx.term()
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def put(self, key: str, value: str | bytes, if_revision: int | None = None,
+                  lease: AsyncLease | None = None) -> int:
+        res = await self._write(Put(key, _to_bytes(value), if_revision, None, self._lease_id(lease)))
+        raise_for(res)
+        rev = res.data.get("revision", res.revision)
+        if type(rev) is not int:
+            raise CoordError("malformed reply: revision")
+        return rev
+
+    async def get(self, key: str, stale: bool = False) -> Entry | None:
+        _check(Delete(key))
+        kv = (await self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale)).kv
+        return None if kv is None else entry_of(kv)
+
+    async def delete(self, key: str, if_revision: int | None = None) -> bool:
+        res = await self._write(Delete(key, if_revision))
+        raise_for(res)
+        return res.data.get("deleted") is True
+
+    async def list(self, prefix: str = "") -> EntryList:
+        reply = await self._call(ListRequest(prefix), ListReply.from_wire, leader=True)
+        if reply.cursor:
+            raise Unavailable("the answer spans several pages; use coordsvc.Client.list for it")
+        return EntryList(sorted((entry_of(kv) for kv in reply.kvs), key=lambda e: e.key),
+                         reply.revision, reply.more)
+
+    async def revision(self) -> int:
+        return (await self._call(RevisionRequest(), RevisionReply.from_wire, leader=True)).revision
+
+    async def txn(self, compare: Sequence[tuple[str, int]] = (), success: Sequence[tuple[Any, ...]] = (),
+                  failure: Sequence[tuple[Any, ...]] = ()) -> tuple[bool, int]:
+        """As ``Client.txn`` (ops ``("put", key, value)`` and ``("delete", key)``)."""
+        cmd = Txn(_compares(compare), _ops(success), _ops(failure))
+        res = await self._write(cmd)
+        raise_for(res)
+        ok, rev = res.data.get("succeeded"), res.data.get("revision")
+        if type(ok) is not bool or type(rev) is not int:
+            raise CoordError("malformed reply: succeeded, revision")
+        return ok, rev
+
+    async def watch(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
+        """Events under ``prefix`` from ``start_revision`` (None: from now), in order, none
+        skipped or repeated (an async iterator; break out of it to stop)."""
+        fetched = (await self.revision()) if start_revision is None else max(0, start_revision - 1)
+        while True:
+            reply = await self._call(
+                WatchRequest(fetched, prefix, wait_ms=int(WATCH_WAIT_S * 1000)), WatchReply.from_wire,
+                leader=False, long_poll_s=WATCH_WAIT_S)
+            before, seen = fetched, set()
+            for ch in reply.events:
+                if ch.revision > before and ch.key.startswith(prefix) and (ch.revision, ch.key) not in seen:
+                    seen.add((ch.revision, ch.key))
+                    fetched = ch.revision
+                    yield event_of(ch)
+            if not reply.more:
+                fetched = max(fetched, reply.revision)
+
+    # -- leases, locks, elections -------------------------------------------------------------
+
+    def lease(self, ttl: float = 10.0) -> AsyncLease:
+        """``async with ac.lease(ttl) as ls:`` (or ``ls = await ac.lease(ttl).open()``)."""
+        return AsyncLease(self, _ttl(ttl))
+
+    def lock(self, name: str, ttl: float = 10.0, timeout: float | None = 30.0,
+             lease: AsyncLease | None = None) -> AsyncLock:
+        """``async with ac.lock(name) as lk:`` holds the lock (FIFO; ``lk.token``)."""
+        return AsyncLock(self, name, _ttl(ttl), timeout, lease)
+
+    async def acquire(self, name: str, ttl: float = 10.0, timeout: float | None = None,
+                      lease: AsyncLease | None = None) -> AsyncLock:
+        lk = AsyncLock(self, name, _ttl(ttl), timeout, lease)
+        await lk.acquire()
+        return lk
+
+    def election(self, name: str) -> AsyncElection:
+        return AsyncElection(self, name)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _lease_id(self, lease: AsyncLease | None) -> int:
+        if lease is None:
+            return 0
+        if not isinstance(lease, AsyncLease) or lease._client is not self:
+            raise InvalidRequest("lease must be an AsyncLease of this client")
+        if lease.session_id == 0:
+            raise InvalidRequest("the lease is not open yet")
+        return lease.session_id
+
+    async def _write(self, cmd: Command, timeout_s: float | None = None) -> Any:
+        _check(cmd)
+        self._seq += 1
+        seq = self._seq
+        self._inflight.add(seq)
+        try:
+            req = WriteRequest.of(Request(self.client_id, seq, min(self._inflight), cmd))
+            return (await self._call(req, WriteReply.from_wire, leader=True, timeout_s=timeout_s)).result
+        finally:
+            self._inflight.discard(seq)
+
+    def _node(self, endpoint: str) -> _Node:
+        if self._closed:
+            raise CoordError("client is closed")
+        node = self._nodes.get(endpoint)
+        if node is None:
+            node = self._nodes[endpoint] = _Node(self._ctx, endpoint, self._creds)
+        return node
+
+    async def _attempt(self, endpoint: str, payload: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
+        node = self._node(endpoint)
+        rid = next(self._ids)
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        node.waiting[rid] = fut
+        try:
+            body = wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid})
+            await asyncio.wait_for(node.sock.send(body), wait_s)
+            return await asyncio.wait_for(fut, wait_s)
+        except TimeoutError:
+            # The socket may hold the request for a dead node: start afresh next time.
+            self._nodes.pop(endpoint, None)
+            await node.close()
+            return None
+        finally:
+            node.waiting.pop(rid, None)
+
+    async def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
+                    leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0) -> _R:
+        """As ``Client._call``: until a node answers (redirects, rotation, backoff)."""
+        payload = request.to_wire()
+        total = self._timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + total
+        ep = self._leader or self._endpoints[self._rr % len(self._endpoints)]
+        redirects = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"no node answered {request.op.value!r} within {total:.1f}s "
+                                  "(the outcome is unknown)")
+            reply = await self._attempt(ep, payload, min(left, ATTEMPT_S + long_poll_s))
+            if reply is None:
+                ep = self._rotate(ep)
+                await asyncio.sleep(BACKOFF_S)
+                continue
+            if reply.get("ok") is True:
+                if leader:
+                    self._leader = ep
+                try:
+                    return decode(reply)
+                except SchemaError as e:
+                    raise CoordError(f"malformed reply to {request.op}: {e}") from None
+            try:
+                err = ErrorReply.from_wire(reply)
+            except SchemaError as e:
+                raise CoordError(f"malformed reply to {request.op}: {e}") from None
+            if err.error == ErrorCode.NOT_LEADER:
+                if self._creds is not None:
+                    self._creds.learn(err.leader_address, err.leader_public_key)
+                if err.leader_address and err.leader_address != ep and redirects < len(self._endpoints):
+                    redirects += 1
+                    ep = err.leader_address
+                    continue
+                redirects = 0
+                ep = self._rotate(ep)
+                await asyncio.sleep(BACKOFF_S)
+            elif err.error in (ErrorCode.UNAVAILABLE, ErrorCode.BUSY):
+                if err.error == ErrorCode.UNAVAILABLE:
+                    ep = self._rotate(ep)
+                await asyncio.sleep(BACKOFF_S)
+            else:
+                raise _refusal(request, err)
+
+    def _rotate(self, failed: str) -> str:
+        if self._leader == failed:
+            self._leader = None
+        try:
+            i = self._endpoints.index(failed) + 1
+        except ValueError:
+            i = self._rr + 1
+        self._rr = i % len(self._endpoints)
+        return self._endpoints[self._rr]
+
+
+class AsyncLease:
+    """A lease kept alive by a task (see ``coordsvc.Lease``); ``async with`` revokes it."""
+
+    def __init__(self, client: AsyncClient, ttl_s: float) -> None:
+        self._client = client
+        self.ttl_s = ttl_s
+        self.session_id = 0
+        self._valid_until = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self.lost = False
+        self.revoked = False
+
+    @property
+    def id(self) -> int:
+        return self.session_id
+
+    @property
+    def valid_until(self) -> float:
+        return self._valid_until
+
+    async def open(self) -> AsyncLease:
+        start = time.monotonic()
+        res = await self._client._write(OpenSession(int(round(self.ttl_s * 1000))))
+        expect(res, ResultCode.OK)
+        sid = res.data.get("session_id")
+        if type(sid) is not int:
+            raise CoordError("malformed reply: session_id")
+        self.session_id, self._valid_until = sid, start + self.ttl_s
+        self._client._kept.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._keepalive())
+        return self
+
+    async def _keepalive(self) -> None:
+        period = self.ttl_s / 3
+        margin = max(LOST_MARGIN_FRACTION * self.ttl_s, LOST_MARGIN_MIN_S)
+        while True:
+            await asyncio.sleep(period)
+            sent = time.monotonic()
+            if sent >= self._valid_until - margin:
+                self.lost = True
+                return
+            try:
+                known = (await self._client._call(
+                    KeepaliveRequest(self.session_id), KeepaliveReply.from_wire, leader=True,
+                    timeout_s=max(0.1, self._valid_until - margin - sent))).known
+            except Unavailable:
+                continue
+            if not known:
+                self.lost = True
+                return
+            self._valid_until = max(self._valid_until, sent + self.ttl_s)
+
+    async def _end(self, timeout_s: float | None = None) -> None:
+        if self.revoked:
+            return
+        self.revoked = True
+        self._client._kept.discard(self)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        res = await self._client._write(CloseSession(self.session_id), timeout_s=timeout_s)
+        expect(res, ResultCode.OK, ResultCode.NO_SESSION)
+
+    async def revoke(self) -> None:
+        """End the lease: its keys are deleted and its locks released when this returns."""
+        await self._end()
+
+    async def __aenter__(self) -> AsyncLease:
+        return await self.open() if self.session_id == 0 else self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.revoke()
+
+
+class AsyncLock:
+    """A lock (own session, or ``lease``); ``token`` once held. ``async with`` acquires
+    and releases; ``LockTimeout`` if not acquired within ``timeout``."""
+
+    def __init__(self, client: AsyncClient, name: str, ttl_s: float, timeout: float | None,
+                 lease: AsyncLease | None, campaign: bytes | None = None) -> None:
+        self._client, self.name, self.ttl_s, self._timeout = client, name, ttl_s, timeout
+        self._lease = lease
+        self._own: AsyncLease | None = None
+        self._campaign = campaign
+        self.token = 0
+
+    @property
+    def session_id(self) -> int:
+        ls = self._lease or self._own
+        return 0 if ls is None else ls.session_id
+
+    @property
+    def lost(self) -> bool:
+        ls = self._lease or self._own
+        return ls is not None and ls.lost
+
+    async def acquire(self) -> AsyncLock:
+        c = self._client
+        if self._timeout is not None and not (isinstance(self._timeout, (int, float))
+                                              and self._timeout >= 0):
+            raise InvalidRequest(f"timeout must be None or seconds >= 0, got {self._timeout!r}")
+        if self._lease is None:
+            self._own = await AsyncLease(c, self.ttl_s).open()
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        wait = self._timeout != 0
+        sid = self.session_id
+        cmd: Command = (Acquire(self.name, sid, wait) if self._campaign is None else
+                        Campaign(self.name[len(ELECTION_PREFIX):], sid, self._campaign, wait))
+        try:
+            res = await c._write(cmd)
+            if res.code == ResultCode.LOCK_BUSY:
+                raise LockTimeout(f"{self.name!r} is held by another session")
+            expect(res, ResultCode.OK, ResultCode.QUEUED)
+            if res.code == ResultCode.OK:
+                self.token = int(res.data["token"])
+                return self
+            while True:
+                wait_s = LOCK_WAIT_MAX_S if deadline is None else min(LOCK_WAIT_MAX_S, deadline - time.monotonic())
+                if wait_s <= 0:
+                    res = await c._write(Cancel(self.name, sid))
+                    expect(res, ResultCode.OK, ResultCode.NO_SESSION)
+                    raise LockTimeout(f"{self.name!r} not acquired in time")
+                reply = await c._call(LockWaitRequest(self.name, sid, int(wait_s * 1000)),
+                                      LockWaitReply.from_wire, leader=True,
+                                      timeout_s=wait_s + c.timeout, long_poll_s=wait_s)
+                if reply.state is LockState.HELD:
+                    self.token = reply.token
+                    return self
+                if reply.state is LockState.NONE:
+                    raise LockTimeout(f"{self.name!r}: the session ended while waiting")
+        except BaseException:
+            if self._own is not None:
+                with contextlib.suppress(CoordError):
+                    await self._own._end(c.timeout)
+            raise
+
+    async def release(self) -> None:
+        if self._own is not None:
+            await self._own.revoke()
+        elif self.token:
+            res = await self._client._write(Release(self.name, self.session_id, self.token))
+            expect(res, ResultCode.OK, ResultCode.NOT_HELD, ResultCode.NO_SESSION)
+
+    async def resign(self) -> None:
+        await self.release()
+
+    async def __aenter__(self) -> AsyncLock:
+        return await self.acquire()
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.release()
+
+
+AsyncTerm = AsyncLock
+
+
+class AsyncElection:
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        _check(Campaign(name, 1, b""))
+        self._client, self.name, self.key = client, name, ELECTION_PREFIX + name
+
+    def campaign(self, value: str | bytes, ttl: float = 10.0, timeout: float | None = None,
+                 lease: AsyncLease | None = None) -> AsyncTerm:
+        """``async with el.campaign(value) as term:`` leads for the block (``term.token``)."""
+        return AsyncLock(self._client, self.key, _ttl(ttl), timeout, lease, _to_bytes(value))
+
+    async def leader(self) -> Leader | None:
+        e = await self._client.get(self.key)
+        return None if e is None else parse_record(e.value)
+
+    async def observe(self) -> AsyncIterator[Leader | None]:
+        """The current leader (or None), then every change of leader, in order."""
+        lst = await self._client.list(self.key)
+        current = next((e for e in lst if e.key == self.key), None)
+        yield None if current is None else parse_record(current.value)
+        async for ev in self._client.watch(self.key, start_revision=lst.revision + 1):
+            if ev.key == self.key:
+                yield parse_record(ev.value) if ev.type == "put" else None
+
+
+def _check(cmd: Command) -> None:
+    err = validate(cmd)
+    if err is not None:
+        raise InvalidRequest(err)
+
+
+def _ttl(ttl: object) -> float:
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (
+            MIN_TTL_MS <= ttl * 1000 <= MAX_TTL_MS):
+        raise InvalidRequest(f"ttl must be seconds in [{MIN_TTL_MS / 1000:g}, {MAX_TTL_MS / 1000:g}], "
+                             f"got {ttl!r}")
+    return float(ttl)
+
+
+def _ops(ops: Sequence[tuple[Any, ...]]) -> tuple[Put | Delete, ...]:
+    out: builtins.list[Put | Delete] = []
+    for op in ops:
+        if isinstance(op, tuple) and len(op) == 3 and op[0] == "put":
+            out.append(Put(op[1], _to_bytes(op[2])))
+        elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
+            out.append(Delete(op[1]))
+        else:
+            raise InvalidRequest(f"an op is ('put', key, value) or ('delete', key), got {op!r:.100}")
+    return tuple(out)
+

@@ -1,0 +1,71 @@
+"""``coordsvc.aio.AsyncClient`` against a real cluster: the same API on the event loop."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from coordsvc import LockTimeout
+from coordsvc.aio import AsyncClient
+
+from .harness import LocalCluster
+
+
+def test_the_contract_snippet_and_every_recipe_run_on_the_event_loop(cluster: LocalCluster) -> None:
+    cluster.leader()
+    threads_before = threading.active_count()
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as ac:
+            rev = await ac.put("k", "v")
+            e = await ac.get("k")
+            assert e is not None and e.value == b"v" and e.revision == rev
+            seen = []
+            async for ev in ac.watch("k", start_revision=rev):
+                seen.append(ev)
+                if len(seen) == 2:
+                    break
+                await ac.put("k", "w")
+            assert [(ev.value, ev.revision) for ev in seen] == [(b"v", rev), (b"w", rev + 1)]
+            ok, trev = await ac.txn(compare=[("k", rev + 1), ("j", 0)],
+                                    success=[("put", "k", "x"), ("put", "j", "y")])
+            assert ok and (await ac.get("j")).revision == trev  # type: ignore[union-attr]
+            # many coroutines share the client's sockets at once
+            revs = await asyncio.gather(*(ac.put(f"many/{i}", str(i)) for i in range(20)))
+            assert len(set(revs)) == 20 and len(await ac.list("many/")) == 20
+            async with ac.lock("deploy", ttl=5.0, timeout=5.0) as lk:
+                assert lk.token > 0
+                with pytest.raises(LockTimeout):
+                    await ac.acquire("deploy", ttl=5.0, timeout=0)
+            async with ac.lease(ttl=5.0) as ls:
+                await ac.put("svc/n1", "addr", lease=ls)
+                async with ac.lock("on-lease", lease=ls, timeout=1.0) as lk2:
+                    assert lk2.token > lk.token
+            assert await ac.get("svc/n1") is None
+            el = ac.election("sched")
+            async with el.campaign("host-a", ttl=5.0) as term:
+                ld = await el.leader()
+                assert ld is not None and (ld.value, ld.token) == (b"host-a", term.token)
+            assert await el.leader() is None
+        assert threading.active_count() == threads_before   # no thread per call, nor any other
+
+    asyncio.run(main())
+
+
+def test_an_async_waiter_gets_the_lock_after_a_leader_kill(cluster: LocalCluster) -> None:
+    cluster.leader()
+
+    async def main() -> None:
+        async with AsyncClient(cluster.endpoints, timeout=10.0, key=cluster.key) as a, \
+                AsyncClient(cluster.endpoints, timeout=10.0, key=cluster.key) as b:
+            first = await a.acquire("job", ttl=3.0, timeout=0)
+            waiter = asyncio.create_task(b.acquire("job", ttl=3.0, timeout=30.0))
+            await asyncio.sleep(0)    # let it send; queued before or after the kill, it must get the lock
+            cluster.kill(cluster.leader())
+            await first.release()
+            second = await waiter
+            assert second.token > first.token
+            await second.release()
+
+    asyncio.run(main())
