@@ -43,14 +43,27 @@ import zmq.asyncio
 
 from coordsvc import clusterfile, wire
 from coordsvc.client import _credentials
-from coordsvc.client._client import _compares, _locate, _refusal, _to_bytes
+from coordsvc.client._client import (
+    _PAGED_READ_ATTEMPTS,
+    _check_key,
+    _check_prefix,
+    _compares,
+    _CursorExpired,
+    _locate,
+    _P,
+    _refusal,
+    _Row,
+    _to_bytes,
+)
 from coordsvc.client._election import Leader, parse_record
 from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S
 from coordsvc.client._results import expect, raise_for
+from coordsvc.client._transport import Pin
 from coordsvc.client._types import Entry, EntryList, Event, entry_of, event_of
 from coordsvc.client.errors import CoordError, InvalidRequest, LockTimeout, Unavailable
 from coordsvc.core.commands import (
     ELECTION_PREFIX,
+    MAX_INT,
     MAX_TTL_MS,
     MIN_TTL_MS,
     Acquire,
@@ -72,6 +85,8 @@ from coordsvc.core.protocol import (
     ErrorReply,
     GetReply,
     GetRequest,
+    HistoryReply,
+    HistoryRequest,
     KeepaliveReply,
     KeepaliveRequest,
     ListReply,
@@ -216,12 +231,29 @@ class AsyncClient:
         raise_for(res)
         return res.data.get("deleted") is True
 
-    async def list(self, prefix: str = "") -> EntryList:
-        reply = await self._call(ListRequest(prefix), ListReply.from_wire, leader=True)
-        if reply.cursor:
-            raise Unavailable("the answer spans several pages; use coordsvc.Client.list for it")
-        return EntryList(sorted((entry_of(kv) for kv in reply.kvs), key=lambda e: e.key),
-                         reply.revision, reply.more)
+    async def list(self, prefix: str = "", stale: bool = False, *, limit: int | None = None,
+                   start_after: str | None = None) -> EntryList:
+        """As ``Client.list``: every entry under ``prefix`` at one revision, put together from
+        as many pages as the node sent; with ``limit``, one page after ``start_after``."""
+        _check_prefix(prefix)
+        if limit is not None and not (type(limit) is int and 1 <= limit <= MAX_INT):
+            raise InvalidRequest(f"limit must be an int >= 1 or None, got {limit!r}")
+        if start_after is not None and start_after != "":
+            _check_key(start_after, "start_after")
+        rows, last = await self._paged(
+            ListRequest(prefix, bool(stale), start_after or "", limit or 0),
+            lambda cursor, offset: ListRequest(cursor=cursor, offset=offset),
+            ListReply.from_wire, lambda r: r.kvs, leader=not stale)
+        return EntryList(sorted((entry_of(kv) for kv in rows), key=lambda e: e.key),
+                         last.revision, last.more)
+
+    async def history(self, key: str) -> builtins.list[Event]:
+        """As ``Client.history``: the key's recent changes, oldest first, from every page."""
+        _check_key(key)
+        rows, _ = await self._paged(
+            HistoryRequest(key), lambda cursor, offset: HistoryRequest(key, cursor=cursor, offset=offset),
+            HistoryReply.from_wire, lambda r: r.events, leader=True)
+        return sorted((event_of(ch) for ch in rows), key=lambda e: e.revision)
 
     async def revision(self) -> int:
         return (await self._call(RevisionRequest(), RevisionReply.from_wire, leader=True)).revision
@@ -296,6 +328,26 @@ class AsyncClient:
         finally:
             self._inflight.discard(seq)
 
+    async def _paged(self, first: ClientRequest, more: Callable[[int, int], ClientRequest],
+                     decode: Callable[[Mapping[str, Any]], _P], rows: Callable[[_P], Sequence[_Row]],
+                     *, leader: bool) -> tuple[builtins.list[_Row], _P]:
+        """As ``Client._paged``: the first page from a node that may answer ``first``, the
+        rest from that node's cursor; a vanished cursor restarts the read."""
+        for _ in range(_PAGED_READ_ATTEMPTS):
+            pin = Pin()
+            reply = await self._call(first, decode, leader=leader, pin=pin)
+            out = builtins.list(rows(reply))
+            n_first = len(out)
+            try:
+                while reply.cursor:
+                    reply = await self._call(more(reply.cursor, len(out) - n_first), decode,
+                                             leader=False, pin=pin)
+                    out.extend(rows(reply))
+            except _CursorExpired:
+                continue
+            return out, reply
+        raise Unavailable(f"{first.op}: the node kept losing the read's cursor; retry")
+
     def _node(self, endpoint: str) -> _Node:
         if self._closed:
             raise CoordError("client is closed")
@@ -322,12 +374,14 @@ class AsyncClient:
             node.waiting.pop(rid, None)
 
     async def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
-                    leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0) -> _R:
+                    leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
+                    pin: Pin | None = None) -> _R:
         """As ``Client._call``: until a node answers (redirects, rotation, backoff)."""
         payload = request.to_wire()
         total = self._timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + total
-        ep = self._leader or self._endpoints[self._rr % len(self._endpoints)]
+        ep = ((pin.endpoint if pin is not None else None) or self._leader
+              or self._endpoints[self._rr % len(self._endpoints)])
         redirects = 0
         while True:
             left = deadline - time.monotonic()
@@ -336,12 +390,14 @@ class AsyncClient:
                                   "(the outcome is unknown)")
             reply = await self._attempt(ep, payload, min(left, ATTEMPT_S + long_poll_s))
             if reply is None:
-                ep = self._rotate(ep)
+                ep = self._rotate(ep, pin)
                 await asyncio.sleep(BACKOFF_S)
                 continue
             if reply.get("ok") is True:
                 if leader:
                     self._leader = ep
+                if pin is not None:
+                    pin.endpoint = ep
                 try:
                     return decode(reply)
                 except SchemaError as e:
@@ -358,16 +414,16 @@ class AsyncClient:
                     ep = err.leader_address
                     continue
                 redirects = 0
-                ep = self._rotate(ep)
+                ep = self._rotate(ep, pin)
                 await asyncio.sleep(BACKOFF_S)
             elif err.error in (ErrorCode.UNAVAILABLE, ErrorCode.BUSY):
                 if err.error == ErrorCode.UNAVAILABLE:
-                    ep = self._rotate(ep)
+                    ep = self._rotate(ep, pin)
                 await asyncio.sleep(BACKOFF_S)
             else:
                 raise _refusal(request, err)
 
-    def _rotate(self, failed: str) -> str:
+    def _rotate(self, failed: str, pin: Pin | None = None) -> str:
         if self._leader == failed:
             self._leader = None
         try:
@@ -375,7 +431,10 @@ class AsyncClient:
         except ValueError:
             i = self._rr + 1
         self._rr = i % len(self._endpoints)
-        return self._endpoints[self._rr]
+        nxt = self._endpoints[self._rr]
+        if pin is not None:
+            pin.endpoint = nxt
+        return nxt
 
 
 class AsyncLease:

@@ -69,3 +69,27 @@ def test_an_async_waiter_gets_the_lock_after_a_leader_kill(cluster: LocalCluster
             await second.release()
 
     asyncio.run(main())
+
+
+def test_list_and_history_put_together_answers_of_several_pages(cluster: LocalCluster) -> None:
+    cluster.leader()
+    big = [bytes([65 + i]) * (1_000_000 + i) for i in range(6)]   # ~6 MiB: several pages
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as ac:
+            for i, v in enumerate(big):
+                await ac.put(f"big/{i}", v)
+            await ac.put("other", "x")
+            lst = await ac.list("big/")
+            assert [e.key for e in lst] == [f"big/{i}" for i in range(6)]
+            assert [e.value for e in lst] == big and not lst.more
+            assert lst.revision == await ac.revision()
+            one = await ac.list("big/", limit=2, start_after="big/1")
+            assert [e.key for e in one] == ["big/2", "big/3"] and one.more
+            for v in big:
+                await ac.put("hist", v)
+            hist = await ac.history("hist")
+            assert [ev.value for ev in hist] == big
+            assert [ev.revision for ev in hist] == sorted(ev.revision for ev in hist)
+
+    asyncio.run(main())
