@@ -44,13 +44,13 @@ import zmq.asyncio
 from coordsvc import clusterfile, wire
 from coordsvc.client import _credentials
 from coordsvc.client._client import (
+    _P,
     _PAGED_READ_ATTEMPTS,
     _check_key,
     _check_prefix,
     _compares,
     _CursorExpired,
     _locate,
-    _P,
     _refusal,
     _Row,
     _to_bytes,
