@@ -29,6 +29,7 @@ import asyncio
 import builtins
 import contextlib
 import itertools
+import json
 import math
 import os
 import secrets
@@ -42,31 +43,51 @@ import zmq
 import zmq.asyncio
 
 from coordsvc import clusterfile, wire
-from coordsvc.client import _credentials
+from coordsvc.client import _credentials, _status
 from coordsvc.client._client import (
+    _APPLIED_POLL_S,
     _P,
     _PAGED_READ_ATTEMPTS,
+    _applied,
     _check_key,
     _check_prefix,
+    _check_timeout,
+    _chosen_config,
     _compares,
     _CursorExpired,
     _locate,
+    _lock_info,
+    _member_request,
+    _node_status,
+    _prefixes,
     _refusal,
     _Row,
+    _row,
     _to_bytes,
 )
 from coordsvc.client._election import Leader, parse_record
-from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S
+from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S, LockInfo
 from coordsvc.client._results import expect, raise_for
-from coordsvc.client._transport import Pin
-from coordsvc.client._types import Entry, EntryList, Event, entry_of, event_of
-from coordsvc.client.errors import CoordError, InvalidRequest, LockTimeout, Unavailable
+from coordsvc.client._transport import Pin, handshake_error
+from coordsvc.client._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
+from coordsvc.client.errors import (
+    CoordError,
+    InvalidRequest,
+    LockTimeout,
+    MembershipRefused,
+    PermissionDenied,
+    Unavailable,
+)
 from coordsvc.core.commands import (
     ELECTION_PREFIX,
     MAX_INT,
     MAX_TTL_MS,
     MIN_TTL_MS,
+    SCHEMA_PREFIX,
     Acquire,
+    AcquireShared,
+    AuthAdd,
+    AuthRemove,
     Campaign,
     Cancel,
     CloseSession,
@@ -76,10 +97,14 @@ from coordsvc.core.commands import (
     Put,
     Release,
     Request,
+    SchemaDelete,
+    SchemaSet,
     Txn,
     validate,
 )
 from coordsvc.core.protocol import (
+    AuthListReply,
+    AuthListRequest,
     ClientRequest,
     ErrorCode,
     ErrorReply,
@@ -91,30 +116,41 @@ from coordsvc.core.protocol import (
     KeepaliveRequest,
     ListReply,
     ListRequest,
+    LocksReply,
+    LocksRequest,
     LockState,
     LockWaitReply,
     LockWaitRequest,
+    MemberChangeReply,
+    MemberChangeRequest,
+    MemberRow,
+    MembersReply,
+    MembersRequest,
     ResultCode,
     RevisionReply,
     RevisionRequest,
     SchemaError,
+    StatusRequest,
     WatchReply,
     WatchRequest,
     WriteReply,
     WriteRequest,
 )
 
-__all__ = ["AsyncClient", "AsyncElection", "AsyncLease", "AsyncLock", "AsyncTerm"]
+__all__ = ["AsyncClient", "AsyncElection", "AsyncLease", "AsyncLock", "AsyncRWLock", "AsyncTerm"]
 
 ATTEMPT_S = 1.0
 BACKOFF_S = 0.02
 LOCK_WAIT_MAX_S = 5.0
 WATCH_WAIT_S = 5.0
 _R = TypeVar("_R")
+_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
 class _Node:
-    """One DEALER to one node and the task that routes its replies by id."""
+    """One DEALER to one node, the task that routes its replies by id, and the task that
+    watches its handshakes: a node that refuses the client's key (or speaks another
+    mechanism) sets ``error`` and ``refused`` at once, as the sync client's monitor does."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str,
                  creds: _credentials.Credentials | None) -> None:
@@ -129,10 +165,19 @@ class _Node:
             s.setsockopt(zmq.CURVE_PUBLICKEY, creds.pair.public.encode("ascii"))
             s.setsockopt(zmq.CURVE_SECRETKEY, creds.pair.secret.encode("ascii"))
             s.setsockopt(zmq.CURVE_SERVERKEY, server.encode("ascii"))
-        s.connect(endpoint)
+        try:
+            self.monitor: zmq.asyncio.Socket = s.get_monitor_socket(_HANDSHAKE_FAILED)
+            s.connect(endpoint)
+        except BaseException:
+            s.close(linger=0)
+            raise
         self.sock = s
         self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self.reader = asyncio.get_running_loop().create_task(self._read())
+        self.error: PermissionDenied | None = None
+        loop = asyncio.get_running_loop()
+        self.refused: asyncio.Future[None] = loop.create_future()
+        self.reader = loop.create_task(self._read())
+        self.watcher = loop.create_task(self._watch(endpoint, creds))
 
     async def _read(self) -> None:
         while True:
@@ -146,10 +191,33 @@ class _Node:
             if fut is not None and not fut.done():
                 fut.set_result(reply)
 
+    async def _watch(self, endpoint: str, creds: _credentials.Credentials | None) -> None:
+        while True:
+            err = handshake_error(await self.monitor.recv_multipart(), endpoint, creds)
+            if err is not None:
+                self.error = err
+                self.refused.set_result(None)
+                return
+
+    async def until(self, aw: asyncio.Future[Any], wait_s: float) -> bool:
+        """Whether ``aw`` completed within ``wait_s`` (if not, it is cancelled);
+        ``PermissionDenied`` as soon as the node refuses the handshake."""
+        both: builtins.set[asyncio.Future[Any]] = {aw, self.refused}
+        done, _ = await asyncio.wait(both, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        if aw in done:
+            return True
+        aw.cancel()
+        if self.error is not None:
+            raise self.error
+        return False
+
     async def close(self) -> None:
-        self.reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.reader
+        for task in (self.reader, self.watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
 
@@ -306,6 +374,184 @@ class AsyncClient:
     def election(self, name: str) -> AsyncElection:
         return AsyncElection(self, name)
 
+    def semaphore(self, name: str, limit: int, ttl: float = 10.0, timeout: float | None = 30.0,
+                  lease: AsyncLease | None = None) -> AsyncLock:
+        """``async with ac.semaphore(name, limit=4) as slot:`` holds one of ``limit`` slots
+        (as ``Client.semaphore``: FIFO, ``slot.token``, the same ``limit`` for every holder)."""
+        if type(limit) is not int:
+            raise InvalidRequest(f"limit must be an int, got {limit!r}")
+        return AsyncLock(self, name, _ttl(ttl), timeout, lease, shared=("semaphore", limit))
+
+    def rwlock(self, name: str) -> AsyncRWLock:
+        """``async with ac.rwlock(name).read():`` (shared) or ``.write()`` (exclusive)."""
+        return AsyncRWLock(self, name)
+
+    async def locks(self) -> builtins.list[LockInfo]:
+        """As ``Client.locks``: every held lock, semaphore, rwlock and election."""
+        reply = await self._call(LocksRequest(), LocksReply.from_wire, leader=True)
+        return [_lock_info(row) for row in reply.locks]
+
+    # -- schemas -------------------------------------------------------------------------------
+
+    async def schema_set(self, prefix: str, schema: str | bytes | Mapping[str, Any]) -> int:
+        """As ``Client.schema_set``: attach a JSON Schema to ``prefix``; the revision."""
+        raw = json.dumps(schema).encode() if isinstance(schema, Mapping) else _to_bytes(schema)
+        res = await self._write(SchemaSet(prefix, raw))
+        raise_for(res)
+        rev = res.data.get("revision")
+        if type(rev) is not int:
+            raise CoordError("malformed reply: revision")
+        return rev
+
+    async def schema_get(self, prefix: str) -> bytes | None:
+        e = await self.get(SCHEMA_PREFIX + prefix)
+        return None if e is None else e.value
+
+    async def schema_delete(self, prefix: str) -> bool:
+        res = await self._write(SchemaDelete(prefix))
+        raise_for(res)
+        return res.data.get("deleted") is True
+
+    # -- identities (admin) --------------------------------------------------------------------
+
+    async def auth_add(self, name: str, public_key: str, *, read: Sequence[str] = (),
+                       write: Sequence[str] = (), lock: Sequence[str] = (), admin: bool = False) -> None:
+        """As ``Client.auth_add``: returns once every node that answers admits the key."""
+        await self._auth_write(AuthAdd(name, public_key, _prefixes(read, "read"),
+                                       _prefixes(write, "write"), _prefixes(lock, "lock"), admin))
+
+    async def auth_remove(self, name: str) -> None:
+        """As ``Client.auth_remove``: returns once every node that answers applied it."""
+        await self._auth_write(AuthRemove(name))
+
+    async def auth_list(self) -> builtins.list[Principal]:
+        reply = await self._call(AuthListRequest(), AuthListReply.from_wire, leader=True)
+        return [principal_of(row) for row in reply.principals]
+
+    async def _auth_write(self, cmd: AuthAdd | AuthRemove) -> None:
+        res = await self._write(cmd)
+        raise_for(res)
+        index = res.data.get("index")
+        if type(index) is not int:
+            return
+        members = self._members_asked()
+        deadline = time.monotonic() + self._timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                replies = await self._ask_all(members, StatusRequest(), min(ATTEMPT_S, left))
+            except PermissionDenied:
+                return    # we removed ourselves: the nodes refuse our key now
+            if all(_applied(r, index) for r in replies):
+                return
+            await asyncio.sleep(_APPLIED_POLL_S)
+
+    def _members_asked(self) -> builtins.list[str]:
+        return ([n.address for n in self._cluster.nodes] if self._cluster is not None
+                else builtins.list(self._endpoints))
+
+    # -- cluster -------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """The dict of ``coordctl status --json``, as ``Client.status`` builds it."""
+        members: builtins.list[tuple[str | None, str]]
+        if self._cluster is not None:
+            members = [(n.id, n.address) for n in self._cluster.nodes]
+            name: str | None = self._cluster.name
+        else:
+            members = [(None, ep) for ep in self._endpoints]
+            name = None
+        wait_s = min(ATTEMPT_S, self._timeout_s)
+        replies = await self._ask_all([a for _, a in members], StatusRequest(), wait_s)
+        for r in replies:
+            if r is not None and r.get("error") == ErrorCode.PERMISSION_DENIED:
+                raise _refusal(StatusRequest(), ErrorReply.from_wire(r))
+        statuses = [_node_status(r) for r in replies]
+        config = _chosen_config(statuses)
+        learners: builtins.list[str] = []
+        if config is not None:
+            asked = {mid: (mid, addr, st) for (mid, addr), st in zip(members, statuses, strict=True)}
+            extra = [(mid, addr) for mid, addr, _, _ in config if mid not in asked and addr]
+            if self._creds is not None:
+                for _, addr, _, key in config:
+                    if key:
+                        self._creds.learn(addr, key)
+            try:
+                more = [_node_status(r) for r in await self._ask_all(
+                    [addr for _, addr in extra], StatusRequest(), wait_s)]
+            except CoordError:
+                more = [None] * len(extra)
+            found = {mid: (mid, addr, st) for (mid, addr), st in zip(extra, more, strict=True)}
+            rows = [asked.get(mid) or found.get(mid) or (mid, addr, None)
+                    for mid, addr, _, _ in config]
+            members = [(mid, addr) for mid, addr, _ in rows]
+            statuses = [st for _, _, st in rows]
+            learners = [mid for mid, _, voting, _ in config if not voting]
+        return _status.summarize(members, statuses, name, learners)
+
+    async def members(self) -> builtins.list[MemberRow]:
+        """The chosen configuration, from the leader (as ``Client.members``)."""
+        return builtins.list((await self.membership()).members)
+
+    async def membership(self) -> MembersReply:
+        reply = await self._call(MembersRequest(), MembersReply.from_wire, leader=True)
+        if self._creds is not None:
+            for r in reply.members:
+                if r.public_key:
+                    self._creds.learn(r.address, r.public_key)
+        return reply
+
+    async def member_add(self, node_id: str, address: str, *, publish: str = "", http: str = "",
+                         public_key: str = "", timeout_s: float | None = None) -> MemberRow:
+        """As ``Client.member_add``: returns once the change is chosen."""
+        req = _member_request("add", node_id, address, publish, http, public_key)
+        row: MemberRow = await self._member_change(req, lambda rows: _row(rows, node_id), timeout_s)
+        return row
+
+    async def member_remove(self, node_id: str, *, timeout_s: float | None = None) -> None:
+        req = _member_request("remove", node_id)
+        await self._member_change(req, lambda rows: None if _row(rows, node_id) else True, timeout_s)
+
+    async def transfer_leader(self, node_id: str, *, timeout_s: float | None = None) -> None:
+        """As ``Client.transfer_leader``: returns once ``node_id`` leads."""
+        req = _member_request("transfer", node_id)
+        total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
+        deadline = time.monotonic() + total
+        await self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        while time.monotonic() < deadline:
+            try:
+                leader = (await self._call(MembersRequest(), MembersReply.from_wire, leader=True,
+                                           timeout_s=max(0.1, deadline - time.monotonic()))).leader
+            except Unavailable:
+                leader = None
+            if leader == node_id:
+                return
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"{node_id} did not take over within {total:.1f}s")
+
+    async def _member_change(self, req: MemberChangeRequest,
+                             done: Callable[[Sequence[MemberRow]], Any], timeout_s: float | None) -> Any:
+        total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
+        deadline = time.monotonic() + total
+        try:
+            await self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        except MembershipRefused:
+            got = done(await self.members())    # a retry of a change that went through already
+            if got is not None and req.action == "add":
+                return got
+            raise
+        while time.monotonic() < deadline:
+            try:
+                seen = (await self._call(MembersRequest(), MembersReply.from_wire, leader=True,
+                                         timeout_s=max(0.1, deadline - time.monotonic()))).members
+            except Unavailable:
+                continue
+            got = done(seen)
+            if got is not None:
+                return got
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"{req.action} {req.node} was proposed but not seen chosen within "
+                          f"{total:.1f}s (it may still be)")
+
     # -- internals ----------------------------------------------------------------------------
 
     def _lease_id(self, lease: AsyncLease | None) -> int:
@@ -358,20 +604,41 @@ class AsyncClient:
 
     async def _attempt(self, endpoint: str, payload: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
         node = self._node(endpoint)
+        if node.error is not None:     # refused before: a fresh socket tries the key again
+            await self._drop(endpoint, node)
+            node = self._node(endpoint)
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         node.waiting[rid] = fut
         try:
             body = wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid})
-            await asyncio.wait_for(node.sock.send(body), wait_s)
-            return await asyncio.wait_for(fut, wait_s)
-        except TimeoutError:
+            deadline = time.monotonic() + wait_s
+            send = asyncio.ensure_future(node.sock.send(body))
+            if await node.until(send, wait_s) and await node.until(
+                    fut, max(0.0, deadline - time.monotonic())):
+                send.result()
+                return fut.result()
             # The socket may hold the request for a dead node: start afresh next time.
-            self._nodes.pop(endpoint, None)
-            await node.close()
+            await self._drop(endpoint, node)
             return None
+        except PermissionDenied:
+            await self._drop(endpoint, node)
+            raise
         finally:
             node.waiting.pop(rid, None)
+
+    async def _drop(self, endpoint: str, node: _Node) -> None:
+        if self._nodes.get(endpoint) is node:
+            del self._nodes[endpoint]
+        await node.close()
+
+    async def _ask_all(self, endpoints: Sequence[str], request: ClientRequest,
+                       wait_s: float) -> builtins.list[dict[str, Any] | None]:
+        """``request`` to every endpoint at once (one attempt each): each one's reply, None
+        where none came within ``wait_s``; ``PermissionDenied`` if a node refuses our key."""
+        payload = request.to_wire()
+        return builtins.list(await asyncio.gather(
+            *(self._attempt(ep, payload, wait_s) for ep in endpoints)))
 
     async def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
                     leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
@@ -518,8 +785,12 @@ class AsyncLock:
     and releases; ``LockTimeout`` if not acquired within ``timeout``."""
 
     def __init__(self, client: AsyncClient, name: str, ttl_s: float, timeout: float | None,
-                 lease: AsyncLease | None, campaign: bytes | None = None) -> None:
+                 lease: AsyncLease | None, campaign: bytes | None = None,
+                 shared: tuple[str, int] | None = None) -> None:
+        if shared is not None:   # checked before a lease is opened for it
+            _check(AcquireShared(name, 1, shared[0], shared[1], True))
         self._client, self.name, self.ttl_s, self._timeout = client, name, ttl_s, timeout
+        self._shared = shared
         self._lease = lease
         self._own: AsyncLease | None = None
         self._campaign = campaign
@@ -545,8 +816,13 @@ class AsyncLock:
         deadline = None if self._timeout is None else time.monotonic() + self._timeout
         wait = self._timeout != 0
         sid = self.session_id
-        cmd: Command = (Acquire(self.name, sid, wait) if self._campaign is None else
-                        Campaign(self.name[len(ELECTION_PREFIX):], sid, self._campaign, wait))
+        cmd: Command
+        if self._shared is not None:
+            cmd = AcquireShared(self.name, sid, self._shared[0], self._shared[1], wait)
+        elif self._campaign is not None:
+            cmd = Campaign(self.name[len(ELECTION_PREFIX):], sid, self._campaign, wait)
+        else:
+            cmd = Acquire(self.name, sid, wait)
         try:
             res = await c._write(cmd)
             if res.code == ResultCode.LOCK_BUSY:
@@ -594,6 +870,21 @@ class AsyncLock:
 
 
 AsyncTerm = AsyncLock
+
+
+class AsyncRWLock:
+    """Read/write lock ``name`` (see ``coordsvc.RWLock``): many readers or one writer, FIFO."""
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self._client, self.name = client, name
+
+    def read(self, ttl: float = 10.0, timeout: float | None = 30.0,
+             lease: AsyncLease | None = None) -> AsyncLock:
+        return AsyncLock(self._client, self.name, _ttl(ttl), timeout, lease, shared=("read", 0))
+
+    def write(self, ttl: float = 10.0, timeout: float | None = 30.0,
+              lease: AsyncLease | None = None) -> AsyncLock:
+        return AsyncLock(self._client, self.name, _ttl(ttl), timeout, lease, shared=("write", 0))
 
 
 class AsyncElection:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from coordsvc import LockTimeout
+from coordsvc import InvalidRequest, LockTimeout
 from coordsvc.aio import AsyncClient
 
 from .harness import LocalCluster
@@ -91,5 +91,68 @@ def test_list_and_history_put_together_answers_of_several_pages(cluster: LocalCl
             hist = await ac.history("hist")
             assert [ev.value for ev in hist] == big
             assert [ev.revision for ev in hist] == sorted(ev.revision for ev in hist)
+
+    asyncio.run(main())
+
+
+def test_a_semaphore_admits_at_most_its_limit_and_an_rwlock_one_writer_or_many_readers(
+        cluster: LocalCluster) -> None:
+    cluster.leader()
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as a, \
+                AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as b:
+            inside, peak, tokens = 0, 0, []
+
+            async def slot(ac: AsyncClient) -> None:
+                nonlocal inside, peak
+                async with ac.semaphore("pool", limit=2, ttl=5.0, timeout=30.0) as s:
+                    inside += 1
+                    peak = max(peak, inside)
+                    tokens.append(s.token)
+                    await asyncio.sleep(0.2)
+                    inside -= 1
+
+            await asyncio.gather(*(slot(a if i % 2 else b) for i in range(6)))
+            assert peak == 2 and len(set(tokens)) == 6
+            with pytest.raises(InvalidRequest):
+                a.semaphore("pool", limit=0)
+            async with a.semaphore("pool", limit=1, ttl=5.0, timeout=0):
+                with pytest.raises(LockTimeout):
+                    async with b.semaphore("pool", limit=1, ttl=5.0, timeout=0):
+                        pass
+
+            readers = writers = 0
+            log: list[tuple[int, int]] = []
+
+            async def hold(ac: AsyncClient, mode: str) -> None:
+                nonlocal readers, writers
+                rw = ac.rwlock("cfg")
+                async with (rw.read(ttl=5.0) if mode == "r" else rw.write(ttl=5.0)):
+                    if mode == "r":
+                        readers += 1
+                    else:
+                        writers += 1
+                    log.append((readers, writers))
+                    await asyncio.sleep(0.2)
+                    log.append((readers, writers))
+                    if mode == "r":
+                        readers -= 1
+                    else:
+                        writers -= 1
+
+            await asyncio.gather(hold(a, "r"), hold(b, "r"), hold(a, "w"), hold(b, "r"), hold(b, "w"))
+            assert all(w == 0 or (w == 1 and r == 0) for r, w in log)
+            assert max(r for r, _ in log) >= 2 and max(w for _, w in log) == 1
+            async with a.rwlock("cfg").write(ttl=5.0, timeout=0):
+                with pytest.raises(LockTimeout):
+                    async with b.rwlock("cfg").read(ttl=5.0, timeout=0.5):
+                        pass
+            async with a.rwlock("cfg").read(ttl=5.0, timeout=0), \
+                    b.rwlock("cfg").read(ttl=5.0, timeout=0):
+                with pytest.raises(LockTimeout):
+                    async with b.rwlock("cfg").write(ttl=5.0, timeout=0):
+                        pass
+            assert not [lk for lk in await a.locks() if lk.name in ("pool", "cfg")]
 
     asyncio.run(main())
