@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
-from coordsvc import InvalidRequest, LockTimeout
+from coordsvc import InvalidRequest, LockTimeout, PermissionDenied, keys
 from coordsvc.aio import AsyncClient
 
 from .harness import LocalCluster
@@ -154,5 +157,66 @@ def test_a_semaphore_admits_at_most_its_limit_and_an_rwlock_one_writer_or_many_r
                     async with b.rwlock("cfg").write(ttl=5.0, timeout=0):
                         pass
             assert not [lk for lk in await a.locks() if lk.name in ("pool", "cfg")]
+
+    asyncio.run(main())
+
+
+def test_schemas_locks_status_members_and_auth_through_the_async_client(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster.leader()
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as ac:
+            await ac.schema_set("svc/", {"type": "object", "required": ["port"]})
+            assert json.loads(await ac.schema_get("svc/") or b"") == {
+                "type": "object", "required": ["port"]}
+            with pytest.raises(InvalidRequest):
+                await ac.put("svc/a", '{"host": "x"}')
+            await ac.put("svc/a", '{"port": 80}')
+            assert await ac.schema_delete("svc/") and not await ac.schema_delete("svc/")
+            assert await ac.schema_get("svc/") is None
+            await ac.put("svc/b", "not json")
+
+            async with ac.lock("held", ttl=5.0):
+                assert [lk.name for lk in await ac.locks() if lk.name == "held"] == ["held"]
+
+            st = await ac.status()
+            with cluster.client() as c:
+                expected = c.status()
+            assert st["cluster"]["leader"] == expected["cluster"]["leader"] is not None
+            assert st["cluster"]["members"] == 3 and st["cluster"]["quorum"] is True
+            assert sorted(m.id for m in await ac.members()) == sorted(cluster.ids)
+
+            pair = keys.KeyPair.generate()
+            await ac.auth_add("reader", pair.public, read=["svc/"])
+            assert any(p.name == "reader" and p.read == ("svc/",) for p in await ac.auth_list())
+            key_file = tmp_path / "reader.key"
+            keys.write_client_key(key_file, keys.ClientKey("reader", pair, ()))
+            async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0, key=key_file) as rd:
+                assert (await rd.get("svc/a")) is not None
+                with pytest.raises(PermissionDenied):
+                    await rd.put("svc/a", '{"port": 81}')
+                await ac.auth_remove("reader")
+                assert not any(p.name == "reader" for p in await ac.auth_list())
+                with pytest.raises(PermissionDenied):
+                    await rd.get("svc/a")
+
+    asyncio.run(main())
+
+
+def test_a_key_the_cluster_rejects_raises_permission_denied_at_once(
+        cluster: LocalCluster, tmp_path: Path) -> None:
+    cluster.leader()
+    stranger = tmp_path / "stranger.key"
+    keys.write_client_key(stranger, keys.ClientKey("admin", keys.KeyPair.generate(), ()))
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=30.0, key=stranger) as ac:
+            start = time.monotonic()
+            with pytest.raises(PermissionDenied):
+                await ac.put("k", "v")
+            with pytest.raises(PermissionDenied):
+                await ac.list("")
+            assert time.monotonic() - start < 10.0    # far from the 30 s timeout
 
     asyncio.run(main())
