@@ -42,8 +42,8 @@ from typing import Any, TypeVar
 import zmq
 import zmq.asyncio
 
-from coordsvc import clusterfile, wire
-from coordsvc.client import _credentials, _status
+from coordsvc import clusterfile, snapshotfile, wire
+from coordsvc.client import _credentials, _snapshot, _status
 from coordsvc.client._client import (
     _APPLIED_POLL_S,
     _P,
@@ -76,6 +76,7 @@ from coordsvc.client.errors import (
     LockTimeout,
     MembershipRefused,
     PermissionDenied,
+    SnapshotGone,
     Unavailable,
 )
 from coordsvc.core.commands import (
@@ -130,6 +131,10 @@ from coordsvc.core.protocol import (
     RevisionReply,
     RevisionRequest,
     SchemaError,
+    SnapshotChunkReply,
+    SnapshotChunkRequest,
+    SnapshotSaveReply,
+    SnapshotSaveRequest,
     StatusRequest,
     WatchReply,
     WatchRequest,
@@ -551,6 +556,32 @@ class AsyncClient:
             await asyncio.sleep(0.05)
         raise Unavailable(f"{req.action} {req.node} was proposed but not seen chosen within "
                           f"{total:.1f}s (it may still be)")
+
+    async def snapshot_save(self, path: str | os.PathLike[str]) -> snapshotfile.Header:
+        """As ``Client.snapshot_save``: a consistent backup streamed from the leader into
+        ``path`` (written beside it chunk by chunk, verified, renamed); its header."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequest(f"path must be a str or path, got {type(path).__name__}")
+        for attempt in range(1, _snapshot.ATTEMPTS + 1):
+            try:
+                return await self._save_once(Path(path))
+            except SnapshotGone:
+                if attempt == _snapshot.ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")   # pragma: no cover
+
+    async def _save_once(self, path: Path) -> snapshotfile.Header:
+        pin = Pin()
+        begin = await self._call(SnapshotSaveRequest(), SnapshotSaveReply.from_wire, leader=True,
+                                 pin=pin)
+        with _snapshot.open_writer(path, begin, self._cluster) as writer:
+            offset = 0
+            while True:
+                chunk = await self._call(SnapshotChunkRequest(begin.export_id, offset),
+                                         SnapshotChunkReply.from_wire, leader=False, pin=pin)
+                offset, header = _snapshot.write_chunk(writer, offset, chunk)
+                if header is not None:
+                    return header
 
     # -- internals ----------------------------------------------------------------------------
 

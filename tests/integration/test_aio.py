@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordsvc import InvalidRequest, LockTimeout, PermissionDenied, keys
+from coordsvc import InvalidRequest, LockTimeout, PermissionDenied, keys, snapshotfile
 from coordsvc.aio import AsyncClient
 
 from .harness import LocalCluster
@@ -74,7 +74,8 @@ def test_an_async_waiter_gets_the_lock_after_a_leader_kill(cluster: LocalCluster
     asyncio.run(main())
 
 
-def test_list_and_history_put_together_answers_of_several_pages(cluster: LocalCluster) -> None:
+def test_list_history_and_a_snapshot_put_together_answers_of_several_pages(
+        cluster: LocalCluster, tmp_path: Path) -> None:
     cluster.leader()
     big = [bytes([65 + i]) * (1_000_000 + i) for i in range(6)]   # ~6 MiB: several pages
 
@@ -94,6 +95,10 @@ def test_list_and_history_put_together_answers_of_several_pages(cluster: LocalCl
             hist = await ac.history("hist")
             assert [ev.value for ev in hist] == big
             assert [ev.revision for ev in hist] == sorted(ev.revision for ev in hist)
+            h = await ac.snapshot_save(tmp_path / "state.snap")
+            assert h.revision == await ac.revision() and h.keys == 8
+            _, state = snapshotfile.load(tmp_path / "state.snap")
+            assert [state.get(f"big/{i}").value for i in range(6)] == big  # type: ignore[union-attr]
 
     asyncio.run(main())
 
