@@ -66,7 +66,7 @@ from coordsvc.client._client import (
     _to_bytes,
 )
 from coordsvc.client._election import Leader, parse_record
-from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S, LockInfo
+from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S, LockInfo, _check_delay
 from coordsvc.client._results import expect, raise_for
 from coordsvc.client._transport import Pin, handshake_error
 from coordsvc.client._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
@@ -94,6 +94,7 @@ from coordsvc.core.commands import (
     CloseSession,
     Command,
     Delete,
+    Fence,
     OpenSession,
     Put,
     Release,
@@ -286,8 +287,10 @@ class AsyncClient:
     # -- keys ------------------------------------------------------------------------------
 
     async def put(self, key: str, value: str | bytes, if_revision: int | None = None,
-                  lease: AsyncLease | None = None) -> int:
-        res = await self._write(Put(key, _to_bytes(value), if_revision, None, self._lease_id(lease)))
+                  fence: AsyncLock | None = None, lease: AsyncLease | None = None) -> int:
+        """As ``Client.put``; ``fence`` a held ``AsyncLock`` (or semaphore/rwlock hold)."""
+        res = await self._write(Put(key, _to_bytes(value), if_revision, _fence(fence),
+                                    self._lease_id(lease)))
         raise_for(res)
         rev = res.data.get("revision", res.revision)
         if type(rev) is not int:
@@ -299,8 +302,9 @@ class AsyncClient:
         kv = (await self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale)).kv
         return None if kv is None else entry_of(kv)
 
-    async def delete(self, key: str, if_revision: int | None = None) -> bool:
-        res = await self._write(Delete(key, if_revision))
+    async def delete(self, key: str, if_revision: int | None = None,
+                     fence: AsyncLock | None = None) -> bool:
+        res = await self._write(Delete(key, if_revision, _fence(fence)))
         raise_for(res)
         return res.data.get("deleted") is True
 
@@ -332,9 +336,11 @@ class AsyncClient:
         return (await self._call(RevisionRequest(), RevisionReply.from_wire, leader=True)).revision
 
     async def txn(self, compare: Sequence[tuple[str, int]] = (), success: Sequence[tuple[Any, ...]] = (),
-                  failure: Sequence[tuple[Any, ...]] = ()) -> tuple[bool, int]:
-        """As ``Client.txn`` (ops ``("put", key, value)`` and ``("delete", key)``)."""
-        cmd = Txn(_compares(compare), _ops(success), _ops(failure))
+                  failure: Sequence[tuple[Any, ...]] = (), fence: AsyncLock | None = None
+                  ) -> tuple[bool, int]:
+        """As ``Client.txn`` (ops ``("put", key, value[, lease])`` and ``("delete", key)``)."""
+        cmd = Txn(_compares(compare), self._txn_ops(success, "success"),
+                  self._txn_ops(failure, "failure"), _fence(fence))
         res = await self._write(cmd)
         raise_for(res)
         ok, rev = res.data.get("succeeded"), res.data.get("revision")
@@ -366,13 +372,14 @@ class AsyncClient:
         return AsyncLease(self, _ttl(ttl))
 
     def lock(self, name: str, ttl: float = 10.0, timeout: float | None = 30.0,
-             lease: AsyncLease | None = None) -> AsyncLock:
-        """``async with ac.lock(name) as lk:`` holds the lock (FIFO; ``lk.token``)."""
-        return AsyncLock(self, name, _ttl(ttl), timeout, lease)
+             lease: AsyncLease | None = None, lock_delay: float = 0.0) -> AsyncLock:
+        """``async with ac.lock(name) as lk:`` holds the lock (FIFO; ``lk.token``);
+        ``lock_delay`` as ``Client.acquire``'s."""
+        return AsyncLock(self, name, _ttl(ttl), timeout, lease, lock_delay_ms=_check_delay(lock_delay))
 
     async def acquire(self, name: str, ttl: float = 10.0, timeout: float | None = None,
-                      lease: AsyncLease | None = None) -> AsyncLock:
-        lk = AsyncLock(self, name, _ttl(ttl), timeout, lease)
+                      lease: AsyncLease | None = None, lock_delay: float = 0.0) -> AsyncLock:
+        lk = AsyncLock(self, name, _ttl(ttl), timeout, lease, lock_delay_ms=_check_delay(lock_delay))
         await lk.acquire()
         return lk
 
@@ -584,6 +591,21 @@ class AsyncClient:
                     return header
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _txn_ops(self, ops: Sequence[tuple[Any, ...]], what: str) -> tuple[Put | Delete, ...]:
+        if isinstance(ops, (str, bytes)) or not isinstance(ops, (builtins.list, tuple)):
+            raise InvalidRequest(f"{what} must be a list of ops")
+        out: builtins.list[Put | Delete] = []
+        for op in ops:
+            if isinstance(op, tuple) and len(op) in (3, 4) and op[0] == "put":
+                out.append(Put(op[1], _to_bytes(op[2]), lease=self._lease_id(
+                    op[3] if len(op) == 4 else None)))
+            elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
+                out.append(Delete(op[1]))
+            else:
+                raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
+                                     f"('delete', key), got {op!r:.100}")
+        return tuple(out)
 
     def _lease_id(self, lease: AsyncLease | None) -> int:
         if lease is None:
@@ -817,11 +839,12 @@ class AsyncLock:
 
     def __init__(self, client: AsyncClient, name: str, ttl_s: float, timeout: float | None,
                  lease: AsyncLease | None, campaign: bytes | None = None,
-                 shared: tuple[str, int] | None = None) -> None:
+                 shared: tuple[str, int] | None = None, lock_delay_ms: int = 0) -> None:
         if shared is not None:   # checked before a lease is opened for it
             _check(AcquireShared(name, 1, shared[0], shared[1], True))
         self._client, self.name, self.ttl_s, self._timeout = client, name, ttl_s, timeout
         self._shared = shared
+        self._delay_ms = lock_delay_ms
         self._lease = lease
         self._own: AsyncLease | None = None
         self._campaign = campaign
@@ -853,7 +876,7 @@ class AsyncLock:
         elif self._campaign is not None:
             cmd = Campaign(self.name[len(ELECTION_PREFIX):], sid, self._campaign, wait)
         else:
-            cmd = Acquire(self.name, sid, wait)
+            cmd = Acquire(self.name, sid, wait, self._delay_ms)
         try:
             res = await c._write(cmd)
             if res.code == ResultCode.LOCK_BUSY:
@@ -956,14 +979,9 @@ def _ttl(ttl: object) -> float:
     return float(ttl)
 
 
-def _ops(ops: Sequence[tuple[Any, ...]]) -> tuple[Put | Delete, ...]:
-    out: builtins.list[Put | Delete] = []
-    for op in ops:
-        if isinstance(op, tuple) and len(op) == 3 and op[0] == "put":
-            out.append(Put(op[1], _to_bytes(op[2])))
-        elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
-            out.append(Delete(op[1]))
-        else:
-            raise InvalidRequest(f"an op is ('put', key, value) or ('delete', key), got {op!r:.100}")
-    return tuple(out)
-
+def _fence(lk: AsyncLock | None) -> Fence | None:
+    if lk is None:
+        return None
+    if not isinstance(lk, AsyncLock):
+        raise InvalidRequest(f"fence must be an AsyncLock, got {type(lk).__name__}")
+    return Fence(lk.name, lk.token)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordsvc import InvalidRequest, LockTimeout, PermissionDenied, keys, snapshotfile
+from coordsvc import FenceRejected, InvalidRequest, LockTimeout, PermissionDenied, keys, snapshotfile
 from coordsvc.aio import AsyncClient
 
 from .harness import LocalCluster
@@ -223,5 +223,28 @@ def test_a_key_the_cluster_rejects_raises_permission_denied_at_once(
             with pytest.raises(PermissionDenied):
                 await ac.list("")
             assert time.monotonic() - start < 10.0    # far from the 30 s timeout
+
+    asyncio.run(main())
+
+
+def test_fenced_writes_and_transactions_with_lease_ops(cluster: LocalCluster) -> None:
+    cluster.leader()
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as ac:
+            async with ac.lock("leader-lock", ttl=5.0, lock_delay=0.5) as old:
+                await ac.put("guarded", "1", fence=old)
+            async with ac.lock("leader-lock", ttl=5.0) as new:
+                assert new.token > old.token
+                with pytest.raises(FenceRejected):
+                    await ac.put("guarded", "stale", fence=old)
+                with pytest.raises(FenceRejected):
+                    await ac.delete("guarded", fence=old)
+                ok, _ = await ac.txn(success=[("put", "guarded", "2")], fence=new)
+                assert ok and (await ac.get("guarded")).value == b"2"  # type: ignore[union-attr]
+            async with ac.lease(ttl=5.0) as ls:
+                ok, _ = await ac.txn(compare=[("eph", 0)], success=[("put", "eph", "x", ls)])
+                assert ok and await ac.get("eph") is not None
+            assert await ac.get("eph") is None
 
     asyncio.run(main())
