@@ -264,6 +264,15 @@ class AsyncClient:
     def timeout(self) -> float:
         return self._timeout_s
 
+    @property
+    def endpoints(self) -> builtins.list[str]:
+        return builtins.list(self._endpoints)
+
+    @property
+    def leader(self) -> str | None:
+        """The endpoint that last answered as leader, if any."""
+        return self._leader
+
     async def __aenter__(self) -> AsyncClient:
         return self
 
@@ -350,7 +359,13 @@ class AsyncClient:
 
     async def watch(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
         """Events under ``prefix`` from ``start_revision`` (None: from now), in order, none
-        skipped or repeated (an async iterator; break out of it to stop)."""
+        skipped or repeated (an async iterator; break out of it to stop). ``PermissionDenied``
+        at the first step when the key may read nothing under ``prefix`` (each watch polls
+        on its own, so its first poll is refused: no probe needed, unlike the sync client's)."""
+        _check_prefix(prefix)
+        if start_revision is not None and (type(start_revision) is not int
+                                           or not 0 <= start_revision <= MAX_INT):
+            raise InvalidRequest(f"start_revision must be an int in [0, 2**63 - 1], got {start_revision!r}")
         fetched = (await self.revision()) if start_revision is None else max(0, start_revision - 1)
         while True:
             reply = await self._call(

@@ -201,6 +201,9 @@ def test_schemas_locks_status_members_and_auth_through_the_async_client(
                 assert (await rd.get("svc/a")) is not None
                 with pytest.raises(PermissionDenied):
                     await rd.put("svc/a", '{"port": 81}')
+                with pytest.raises(PermissionDenied):
+                    async for _ in rd.watch("other/"):
+                        pass
                 await ac.auth_remove("reader")
                 assert not any(p.name == "reader" for p in await ac.auth_list())
                 with pytest.raises(PermissionDenied):
