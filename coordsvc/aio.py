@@ -9,6 +9,8 @@ async with AsyncClient.from_cluster_file(path) as ac:
     async with ac.lease(ttl=10.0) as ls:
         await ac.put("svc/n1", "addr", lease=ls)
     async with ac.election("sched").campaign("host-a") as term: ...
+    async with ac.semaphore("pool", limit=4) as slot: ...
+    async with ac.rwlock("cfg").write(): ...
 ```
 
 No thread per call, and none at all: one pyzmq asyncio DEALER per node, shared by every
@@ -19,9 +21,10 @@ records, leader discovery and redirects, exactly-once writes with (client id, se
 result codes -> exceptions -- is the synchronous client's, shared or mirrored from
 ``coordsvc.client``.
 
-Not (yet) here: paged ``list`` beyond one reply (``list`` raises ``Unavailable`` if the node
-answered with a cursor), semaphores and rwlocks, and the handshake monitor (a key the
-cluster rejects shows as ``Unavailable`` after the timeout rather than at once).
+Paged ``list``/``history`` and ``snapshot_save`` stick to one node for their pages as the
+sync client's do. Each socket has a handshake monitor (a task): a key the cluster rejects
+raises ``PermissionDenied`` at once, not ``Unavailable`` after the timeout. Not here:
+``on_lost=`` callbacks (``lost`` on locks and leases says it instead).
 """
 from __future__ import annotations
 

@@ -191,6 +191,9 @@ def test_schemas_locks_status_members_and_auth_through_the_async_client(
             assert st["cluster"]["leader"] == expected["cluster"]["leader"] is not None
             assert st["cluster"]["members"] == 3 and st["cluster"]["quorum"] is True
             assert sorted(m.id for m in await ac.members()) == sorted(cluster.ids)
+            target = next(i for i in cluster.ids if i != st["cluster"]["leader"])
+            await ac.transfer_leader(target)
+            assert (await ac.membership()).leader == target
 
             pair = keys.KeyPair.generate()
             await ac.auth_add("reader", pair.public, read=["svc/"])
