@@ -708,8 +708,12 @@ class AsyncClient:
         """``request`` to every endpoint at once (one attempt each): each one's reply, None
         where none came within ``wait_s``; ``PermissionDenied`` if a node refuses our key."""
         payload = request.to_wire()
-        return builtins.list(await asyncio.gather(
-            *(self._attempt(ep, payload, wait_s) for ep in endpoints)))
+        try:
+            async with asyncio.TaskGroup() as tg:    # a refusal cancels the other attempts
+                tasks = [tg.create_task(self._attempt(ep, payload, wait_s)) for ep in endpoints]
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None     # the first failure, as a plain exception
+        return [t.result() for t in tasks]
 
     async def _call(self, request: ClientRequest, decode: Callable[[Mapping[str, Any]], _R], *,
                     leader: bool, timeout_s: float | None = None, long_poll_s: float = 0.0,
