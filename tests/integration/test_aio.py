@@ -194,6 +194,11 @@ def test_schemas_locks_status_members_and_auth_through_the_async_client(
             target = next(i for i in cluster.ids if i != st["cluster"]["leader"])
             await ac.transfer_leader(target)
             assert (await ac.membership()).leader == target
+            row = await ac.member_add("n9", "tcp://127.0.0.1:1",
+                                      public_key=keys.KeyPair.generate().public)
+            assert row.id == "n9" and not row.voting       # a learner, never started
+            await ac.member_remove("n9")
+            assert "n9" not in [m.id for m in await ac.members()]
 
             pair = keys.KeyPair.generate()
             await ac.auth_add("reader", pair.public, read=["svc/"])
