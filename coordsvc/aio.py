@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import inspect
 import itertools
 import json
+import logging
 import math
 import os
 import secrets
@@ -153,6 +155,8 @@ BACKOFF_S = 0.02
 LOCK_WAIT_MAX_S = 5.0
 WATCH_WAIT_S = 5.0
 _R = TypeVar("_R")
+_A = TypeVar("_A")
+log = logging.getLogger("coordsvc.client")
 _HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
@@ -183,6 +187,7 @@ class _Node:
         self.sock = s
         self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.error: PermissionDenied | None = None
+        self.closed = False
         loop = asyncio.get_running_loop()
         self.refused: asyncio.Future[None] = loop.create_future()
         self.reader = loop.create_task(self._read())
@@ -221,6 +226,10 @@ class _Node:
         return False
 
     async def close(self) -> None:
+        """Idempotent: coroutines that timed out on the same node may each drop it."""
+        if self.closed:
+            return
+        self.closed = True
         for task in (self.reader, self.watcher):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -251,6 +260,7 @@ class AsyncClient:
         self._leader: str | None = None
         self._rr = 0
         self._kept: set[AsyncLease] = set()
+        self._callbacks: set[asyncio.Future[Any]] = set()   # running async on_lost callbacks
         self._closed = False
 
     @classmethod
@@ -385,19 +395,26 @@ class AsyncClient:
 
     # -- leases, locks, elections -------------------------------------------------------------
 
-    def lease(self, ttl: float = 10.0) -> AsyncLease:
-        """``async with ac.lease(ttl) as ls:`` (or ``ls = await ac.lease(ttl).open()``)."""
-        return AsyncLease(self, _ttl(ttl))
+    def lease(self, ttl: float = 10.0, on_lost: Callable[[AsyncLease], object] | None = None
+              ) -> AsyncLease:
+        """``async with ac.lease(ttl) as ls:`` (or ``ls = await ac.lease(ttl).open()``).
+        ``on_lost(ls)`` runs once on the loop if the lease may have expired (a coroutine
+        function's coroutine runs as a task)."""
+        return AsyncLease(self, _ttl(ttl), on_lost)
 
     def lock(self, name: str, ttl: float = 10.0, timeout: float | None = 30.0,
+             on_lost: Callable[[AsyncLock], object] | None = None,
              lease: AsyncLease | None = None, lock_delay: float = 0.0) -> AsyncLock:
         """``async with ac.lock(name) as lk:`` holds the lock (FIFO; ``lk.token``);
-        ``lock_delay`` as ``Client.acquire``'s."""
-        return AsyncLock(self, name, _ttl(ttl), timeout, lease, lock_delay_ms=_check_delay(lock_delay))
+        ``on_lost`` and ``lock_delay`` as ``Client.acquire``'s (``on_lost`` runs on the loop)."""
+        return AsyncLock(self, name, _ttl(ttl), timeout, lease,
+                         lock_delay_ms=_check_delay(lock_delay), on_lost=on_lost)
 
     async def acquire(self, name: str, ttl: float = 10.0, timeout: float | None = None,
+                      on_lost: Callable[[AsyncLock], object] | None = None,
                       lease: AsyncLease | None = None, lock_delay: float = 0.0) -> AsyncLock:
-        lk = AsyncLock(self, name, _ttl(ttl), timeout, lease, lock_delay_ms=_check_delay(lock_delay))
+        lk = AsyncLock(self, name, _ttl(ttl), timeout, lease,
+                       lock_delay_ms=_check_delay(lock_delay), on_lost=on_lost)
         await lk.acquire()
         return lk
 
@@ -405,12 +422,14 @@ class AsyncClient:
         return AsyncElection(self, name)
 
     def semaphore(self, name: str, limit: int, ttl: float = 10.0, timeout: float | None = 30.0,
+                  on_lost: Callable[[AsyncLock], object] | None = None,
                   lease: AsyncLease | None = None) -> AsyncLock:
         """``async with ac.semaphore(name, limit=4) as slot:`` holds one of ``limit`` slots
         (as ``Client.semaphore``: FIFO, ``slot.token``, the same ``limit`` for every holder)."""
         if type(limit) is not int:
             raise InvalidRequest(f"limit must be an int, got {limit!r}")
-        return AsyncLock(self, name, _ttl(ttl), timeout, lease, shared=("semaphore", limit))
+        return AsyncLock(self, name, _ttl(ttl), timeout, lease, shared=("semaphore", limit),
+                         on_lost=on_lost)
 
     def rwlock(self, name: str) -> AsyncRWLock:
         """``async with ac.rwlock(name).read():`` (shared) or ``.write()`` (exclusive)."""
@@ -782,9 +801,12 @@ class AsyncClient:
 class AsyncLease:
     """A lease kept alive by a task (see ``coordsvc.Lease``); ``async with`` revokes it."""
 
-    def __init__(self, client: AsyncClient, ttl_s: float) -> None:
+    def __init__(self, client: AsyncClient, ttl_s: float,
+                 on_lost: Callable[[AsyncLease], object] | None = None) -> None:
         self._client = client
         self.ttl_s = ttl_s
+        self._on_lost = on_lost
+        self._holds: builtins.set[AsyncLock] = builtins.set()   # held locks with on_lost
         self.session_id = 0
         self._valid_until = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -818,7 +840,7 @@ class AsyncLease:
             await asyncio.sleep(period)
             sent = time.monotonic()
             if sent >= self._valid_until - margin:
-                self.lost = True
+                self._lose()
                 return
             try:
                 known = (await self._client._call(
@@ -827,9 +849,17 @@ class AsyncLease:
             except Unavailable:
                 continue
             if not known:
-                self.lost = True
+                self._lose()
                 return
             self._valid_until = max(self._valid_until, sent + self.ttl_s)
+
+    def _lose(self) -> None:
+        """The session may be gone: ``lost``, and every ``on_lost`` runs once."""
+        self.lost = True
+        _fire(self._client, self._on_lost, self, "lease")
+        for lk in builtins.list(self._holds):
+            lk._fire_lost()
+        self._holds.clear()
 
     async def _end(self, timeout_s: float | None = None) -> None:
         if self.revoked:
@@ -861,12 +891,14 @@ class AsyncLock:
 
     def __init__(self, client: AsyncClient, name: str, ttl_s: float, timeout: float | None,
                  lease: AsyncLease | None, campaign: bytes | None = None,
-                 shared: tuple[str, int] | None = None, lock_delay_ms: int = 0) -> None:
+                 shared: tuple[str, int] | None = None, lock_delay_ms: int = 0,
+                 on_lost: Callable[[AsyncLock], object] | None = None) -> None:
         if shared is not None:   # checked before a lease is opened for it
             _check(AcquireShared(name, 1, shared[0], shared[1], True))
         self._client, self.name, self.ttl_s, self._timeout = client, name, ttl_s, timeout
         self._shared = shared
         self._delay_ms = lock_delay_ms
+        self._on_lost = on_lost
         self._lease = lease
         self._own: AsyncLease | None = None
         self._campaign = campaign
@@ -906,7 +938,7 @@ class AsyncLock:
             expect(res, ResultCode.OK, ResultCode.QUEUED)
             if res.code == ResultCode.OK:
                 self.token = int(res.data["token"])
-                return self
+                return self._held()
             while True:
                 wait_s = LOCK_WAIT_MAX_S if deadline is None else min(LOCK_WAIT_MAX_S, deadline - time.monotonic())
                 if wait_s <= 0:
@@ -918,7 +950,7 @@ class AsyncLock:
                                       timeout_s=wait_s + c.timeout, long_poll_s=wait_s)
                 if reply.state is LockState.HELD:
                     self.token = reply.token
-                    return self
+                    return self._held()
                 if reply.state is LockState.NONE:
                     raise LockTimeout(f"{self.name!r}: the session ended while waiting")
         except BaseException:
@@ -927,7 +959,19 @@ class AsyncLock:
                     await self._own._end(c.timeout)
             raise
 
+    def _held(self) -> AsyncLock:
+        ls = self._lease or self._own
+        if self._on_lost is not None and ls is not None:
+            ls._holds.add(self)
+        return self
+
+    def _fire_lost(self) -> None:
+        _fire(self._client, self._on_lost, self, f"lock {self.name!r}")
+
     async def release(self) -> None:
+        ls = self._lease or self._own
+        if ls is not None:
+            ls._holds.discard(self)
         if self._own is not None:
             await self._own.revoke()
         elif self.token:
@@ -955,12 +999,16 @@ class AsyncRWLock:
         self._client, self.name = client, name
 
     def read(self, ttl: float = 10.0, timeout: float | None = 30.0,
+             on_lost: Callable[[AsyncLock], object] | None = None,
              lease: AsyncLease | None = None) -> AsyncLock:
-        return AsyncLock(self._client, self.name, _ttl(ttl), timeout, lease, shared=("read", 0))
+        return AsyncLock(self._client, self.name, _ttl(ttl), timeout, lease, shared=("read", 0),
+                         on_lost=on_lost)
 
     def write(self, ttl: float = 10.0, timeout: float | None = 30.0,
+              on_lost: Callable[[AsyncLock], object] | None = None,
               lease: AsyncLease | None = None) -> AsyncLock:
-        return AsyncLock(self._client, self.name, _ttl(ttl), timeout, lease, shared=("write", 0))
+        return AsyncLock(self._client, self.name, _ttl(ttl), timeout, lease, shared=("write", 0),
+                         on_lost=on_lost)
 
 
 class AsyncElection:
@@ -969,9 +1017,11 @@ class AsyncElection:
         self._client, self.name, self.key = client, name, ELECTION_PREFIX + name
 
     def campaign(self, value: str | bytes, ttl: float = 10.0, timeout: float | None = None,
+                 on_lost: Callable[[AsyncLock], object] | None = None,
                  lease: AsyncLease | None = None) -> AsyncTerm:
         """``async with el.campaign(value) as term:`` leads for the block (``term.token``)."""
-        return AsyncLock(self._client, self.key, _ttl(ttl), timeout, lease, _to_bytes(value))
+        return AsyncLock(self._client, self.key, _ttl(ttl), timeout, lease, _to_bytes(value),
+                         on_lost=on_lost)
 
     async def leader(self) -> Leader | None:
         e = await self._client.get(self.key)
@@ -999,6 +1049,28 @@ def _ttl(ttl: object) -> float:
         raise InvalidRequest(f"ttl must be seconds in [{MIN_TTL_MS / 1000:g}, {MAX_TTL_MS / 1000:g}], "
                              f"got {ttl!r}")
     return float(ttl)
+
+
+def _fire(client: AsyncClient, cb: Callable[[_A], object] | None, arg: _A, what: str) -> None:
+    """Run an ``on_lost`` callback; an awaitable it returns runs as a task of the client."""
+    if cb is None:
+        return
+    try:
+        out = cb(arg)
+        if inspect.isawaitable(out):
+            task = asyncio.ensure_future(out)
+            client._callbacks.add(task)
+            task.add_done_callback(_logged(client, what))
+    except Exception:
+        log.exception("on_lost callback of %s raised", what)
+
+
+def _logged(client: AsyncClient, what: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        client._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("on_lost callback of %s raised", what, exc_info=task.exception())
+    return done
 
 
 def _fence(lk: AsyncLock | None) -> Fence | None:

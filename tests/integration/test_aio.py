@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -257,5 +258,32 @@ def test_fenced_writes_and_transactions_with_lease_ops(cluster: LocalCluster) ->
                 ok, _ = await ac.txn(compare=[("eph", 0)], success=[("put", "eph", "x", ls)])
                 assert ok and await ac.get("eph") is not None
             assert await ac.get("eph") is None
+
+    asyncio.run(main())
+
+
+def test_on_lost_runs_on_the_loop_when_the_cluster_is_away_past_the_ttl(cluster: LocalCluster) -> None:
+    cluster.leader()
+
+    async def main() -> None:
+        async with AsyncClient.from_cluster_file(cluster.file, timeout=10.0) as ac:
+            lost: list[str] = []
+            lease_lost = asyncio.Event()
+
+            async def on_lease_lost(ls: object) -> None:     # a coroutine: run as a task
+                lost.append("lease")
+                lease_lost.set()
+
+            lk = await ac.acquire("guard", ttl=1.5, timeout=0, on_lost=lambda lk: lost.append(lk.name))
+            ls = await ac.lease(ttl=1.5, on_lost=on_lease_lost).open()
+            for n in cluster.ids:
+                cluster.signal(n, signal.SIGSTOP)
+            try:
+                await asyncio.wait_for(lease_lost.wait(), 10.0)
+                await asyncio.sleep(0.1)
+            finally:
+                for n in cluster.ids:
+                    cluster.signal(n, signal.SIGCONT)
+            assert sorted(lost) == ["guard", "lease"] and lk.lost and ls.lost
 
     asyncio.run(main())
