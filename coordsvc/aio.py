@@ -23,8 +23,8 @@ result codes -> exceptions -- is the synchronous client's, shared or mirrored fr
 
 Paged ``list``/``history`` and ``snapshot_save`` stick to one node for their pages as the
 sync client's do. Each socket has a handshake monitor (a task): a key the cluster rejects
-raises ``PermissionDenied`` at once, not ``Unavailable`` after the timeout. Not here:
-``on_lost=`` callbacks (``lost`` on locks and leases says it instead).
+raises ``PermissionDenied`` at once, not ``Unavailable`` after the timeout. ``on_lost``
+callbacks run on the loop (one returning an awaitable has it run as a task).
 """
 from __future__ import annotations
 
