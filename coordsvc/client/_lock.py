@@ -74,7 +74,7 @@ LOST_MARGIN_MIN_S = 0.5
 # The keepalive loop wakes at most this often, so a stream of short-lived locks does not
 # wake it once per lock; and sends a keepalive up to BATCH_AHEAD_S early, so sessions due
 # close together go in one batch.
-STARTER_TICK_S = 0.1
+LOOP_TICK_S = 0.1
 BATCH_AHEAD_S = 0.1
 # A keepalive call cut short for the sessions waiting behind it still gets this long.
 MIN_CALL_S = 0.25
@@ -499,7 +499,7 @@ class KeepaliveLoop:
                 rescue_by = min((e[3] for e in self._due), default=math.inf)
                 return batch, lost, rescue_by
             # Never sooner than a tick: released entries pile up due one after another.
-            self._cv.wait(max(self._due[0][0] - BATCH_AHEAD_S - now, STARTER_TICK_S)
+            self._cv.wait(max(self._due[0][0] - BATCH_AHEAD_S - now, LOOP_TICK_S)
                           if self._due else None)
 
     def _send(self, batch: list[_Kept], rescue_by: float) -> None:
