@@ -452,7 +452,9 @@ class KeepaliveLoop:
             self._due = [e for e in self._due if not e[2].released]
             heapq.heapify(self._due)
             self._purge_at = max(PURGE_MIN, 2 * len(self._due))
-        rescue = at + max(0.0, k._lost_at() - at) / 2
+        lost_at = k._lost_at()
+        at = min(at, lost_at)   # a retry's back-off never delays declaring it lost
+        rescue = at + (lost_at - at) / 2
         heapq.heappush(self._due, (at, next(self._order), k, rescue))
 
     def close(self) -> None:
