@@ -71,7 +71,7 @@ from coordsvc.core.protocol import (
 from . import _credentials, _snapshot, _status
 from ._election import Election
 from ._lock import (
-    KeepaliveStarter,
+    KeepaliveLoop,
     Lease,
     Lock,
     LockInfo,
@@ -185,7 +185,7 @@ class Client:
         self._rr = 0
         self._rng = random.Random()  # backoff jitter only
         self._locks_mu = threading.Lock()
-        self._starter: KeepaliveStarter | None = None
+        self._keepalive: KeepaliveLoop | None = None   # the one keepalive thread, once needed
         self._hub: WatchHub | None = None
         self._locks: set[_Kept] = set()    # locks of their own session, and leases
         self._closed = False
@@ -609,13 +609,13 @@ class Client:
             if isinstance(lk, (Lock, Lease)):
                 lk.abandon(timeout_s=min(ATTEMPT_S, self._timeout_s))
         with self._locks_mu:
-            starter, self._starter = self._starter, None
+            keepalive, self._keepalive = self._keepalive, None
             hub, self._hub = self._hub, None
         if hub is not None:
             hub.close()       # before _closed: its poll then ends by cancel, not by error
         self._closed = True
-        if starter is not None:
-            starter.close()
+        if keepalive is not None:
+            keepalive.close()
         self._transport.close()
 
     def __enter__(self) -> Client:
@@ -638,12 +638,12 @@ class Client:
                 self._hub = WatchHub(self)
             return self._hub
 
-    def _keepalive_starter(self) -> KeepaliveStarter:
+    def _keepalive_loop(self) -> KeepaliveLoop:
         with self._locks_mu:
-            if self._starter is None:
+            if self._keepalive is None:
                 self._check_open()
-                self._starter = KeepaliveStarter()
-            return self._starter
+                self._keepalive = KeepaliveLoop(self)
+            return self._keepalive
 
     def _track(self, lk: _Kept, alive: bool) -> None:
         with self._locks_mu:

@@ -1,4 +1,5 @@
-"""Locks and leases: sessions kept alive by a daemon thread, locks with a fencing token.
+"""Locks and leases: sessions kept alive by the client's one keepalive thread, locks with a
+fencing token.
 
 A lock of its own is one session: a lock cycle is two replicated writes,
 ``OpenAndAcquire`` (session and queue entry in one command) and ``CloseSession`` (which
@@ -43,8 +44,10 @@ from coordsvc.core.commands import (
     validate,
 )
 from coordsvc.core.protocol import (
+    MAX_KEEPALIVE_BATCH,
     KeepaliveReply,
     KeepaliveRequest,
+    KeepaliveStatus,
     LockState,
     LockWaitReply,
     LockWaitRequest,
@@ -59,7 +62,7 @@ from .errors import CoordError, InvalidRequest, LockTimeout, PermissionDenied, U
 if TYPE_CHECKING:
     from ._client import Client
 
-__all__ = ["KeepaliveStarter", "Lease", "Lock", "LockInfo", "RWLock", "acquire_lock",
+__all__ = ["KeepaliveLoop", "Lease", "Lock", "LockInfo", "RWLock", "acquire_lock",
            "SharedHold", "acquire_shared", "open_lease"]
 
 log = logging.getLogger("coordsvc.client")
@@ -68,9 +71,13 @@ LOCK_WAIT_MAX_S = 5.0
 # on_lost fires this long before valid_until: max(fraction * ttl, floor).
 LOST_MARGIN_FRACTION = 0.2
 LOST_MARGIN_MIN_S = 0.5
-# The keepalive starter wakes at most this often (it starts threads this much early), so
-# a stream of short-lived locks does not wake it once per lock.
-STARTER_TICK_S = 0.1
+# The keepalive loop wakes at most this often, so a stream of short-lived locks does not
+# wake it once per lock; and sends a keepalive up to BATCH_AHEAD_S early, so sessions due
+# close together go in one batch.
+LOOP_TICK_S = 0.1
+BATCH_AHEAD_S = 0.1
+# A keepalive call cut short for the sessions waiting behind it still gets this long.
+MIN_CALL_S = 0.25
 PURGE_MIN = 1024
 
 
@@ -96,10 +103,9 @@ class LockInfo:
 
 
 class _Kept:
-    """A session this client keeps alive: a thread of its own, started by the client's
-    ``KeepaliveStarter`` once the first keepalive is due. ``valid_until`` is a
-    ``time.monotonic()`` deadline up to which the session surely lives; ``lost`` turns
-    True (``_lose``) as soon as that can no longer be guaranteed."""
+    """A session this client keeps alive, by the client's one ``KeepaliveLoop``.
+    ``valid_until`` is a ``time.monotonic()`` deadline up to which the session surely
+    lives; ``lost`` turns True (``_lose``) as soon as that can no longer be guaranteed."""
 
     def __init__(self, client: Client, session_id: int, ttl_s: float, valid_until: float) -> None:
         self.session_id = session_id
@@ -109,8 +115,10 @@ class _Kept:
         self._valid_until = valid_until
         self._session_lost = False
         self._released = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None   # made when the first keepalive is due
+        self._unkept = False     # _stop_keepalive: no more keepalives, nothing else
+        # A keepalive every ttl/3; lost a margin before valid_until.
+        self._period = ttl_s / 3
+        self._margin = max(LOST_MARGIN_FRACTION * ttl_s, LOST_MARGIN_MIN_S)
 
     @property
     def valid_until(self) -> float:
@@ -130,79 +138,33 @@ class _Kept:
 
     def _start(self) -> None:
         self._client._track(self, True)
-        # The thread is needed only once the first keepalive is due (a third of the ttl
-        # in): a lock released before then never costs one.
-        first_keepalive = self.valid_until - self.ttl_s * 2 / 3
-        self._client._keepalive_starter().schedule(self, first_keepalive - STARTER_TICK_S)
+        # The first keepalive is due a third of the ttl in: a lock released before then
+        # never costs one.
+        first_keepalive = self._valid_until - self.ttl_s + self._period
+        self._client._keepalive_loop().schedule(self, first_keepalive)
 
-    def _start_thread(self) -> None:
+    def _lost_at(self) -> float:
+        """When to declare the session lost unless a keepalive succeeds first."""
+        return self._valid_until - self._margin
+
+    def _renewed(self, sent: float) -> float:
+        """A keepalive sent at ``sent`` succeeded; when the next one is due."""
         with self._mu:
-            if not self._released:
-                self._thread = threading.Thread(target=self._keepalive, daemon=True,
-                                                name=f"coordsvc-keepalive-{self.session_id}")
-                self._thread.start()
+            self._valid_until = max(self._valid_until, sent + self.ttl_s)
+        return sent + self._period
+
+    def _stop_keepalive(self) -> None:
+        """Send no more keepalives, and declare nothing lost (a frozen holder, in tests)."""
+        self._unkept = True
 
     def _finish(self) -> bool:
-        """Mark released and stop the keepalive thread; False if already done."""
+        """Mark released (the keepalive loop then drops the session); False if already done."""
         with self._mu:
             if self._released:
                 return False
             self._released = True
-            thread = self._thread
-        self._stop.set()
-        # on_lost may call release() from the keepalive thread itself.
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
         self._client._track(self, False)
         return True
-
-    def _keepalive(self) -> None:
-        try:
-            self._keepalive_loop()
-        finally:
-            self._client._transport.release_thread()
-
-    def _keepalive_loop(self) -> None:
-        period = self.ttl_s / 3
-        margin = max(LOST_MARGIN_FRACTION * self.ttl_s, LOST_MARGIN_MIN_S)
-        next_send = self.valid_until - self.ttl_s + period
-        while True:
-            lost_at = self.valid_until - margin
-            now = time.monotonic()
-            if now >= lost_at:
-                self._lose("no keepalive succeeded in time")
-                return
-            if self._stop.wait(max(0.0, min(next_send, lost_at) - now)):
-                return
-            if time.monotonic() >= lost_at:
-                continue
-            sent = time.monotonic()
-            try:
-                known = self._client._call(
-                    KeepaliveRequest(self.session_id), KeepaliveReply.from_wire, leader=True,
-                    timeout_s=lost_at - sent, cancel=self._stop).known
-            except Cancelled:
-                return
-            except Unavailable:
-                next_send = time.monotonic()
-                continue
-            except PermissionDenied as e:
-                # The key was removed (its sessions closed with it) or never owned this
-                # session: no keepalive will ever succeed.
-                self._lose(f"the cluster refused the keepalive: {e}")
-                return
-            except CoordError as e:
-                if self._client._closed:
-                    return
-                log.warning("keepalive of session %d failed: %s", self.session_id, e)
-                next_send = time.monotonic() + 0.1
-                continue
-            if not known:
-                self._lose("the cluster no longer knows the session")
-                return
-            with self._mu:
-                self._valid_until = max(self._valid_until, sent + self.ttl_s)
-            next_send = sent + period
 
     def _lose(self, why: str) -> None:
         raise NotImplementedError
@@ -443,54 +405,153 @@ class Lease(_Kept):
                 log.exception("on_lost callback of lease %d raised", self.session_id)
 
 
-class KeepaliveStarter:
-    """One thread per Client that starts each lock's keepalive thread when its first
-    keepalive is due. It never does I/O, so a slow keepalive delays nothing here."""
+class KeepaliveLoop:
+    """The Client's one background keepalive: one thread, one socket set, for every
+    session the client keeps (locks, leases, semaphore and rwlock holds, election terms).
 
-    def __init__(self) -> None:
+    Sessions wait in a heap by the time their next keepalive is due (ttl/3 after the last
+    successful one). The thread takes every session due within ``BATCH_AHEAD_S`` (sending
+    a little early is always safe: ``valid_until`` counts from the send), at most
+    ``MAX_KEEPALIVE_BATCH`` at a time, and renews them with one batch request. Each
+    session keeps its own ttl, period, lost margin and ``on_lost``: a session the cluster
+    no longer knows or refuses is lost alone. A call never outlasts the earliest lost
+    deadline in its batch, nor the half-way point between due and lost of any session
+    waiting behind it, so one slow batch cannot starve the others. ``on_lost`` callbacks
+    run on this thread: a slow one delays the client's other keepalives.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
         self._cv = threading.Condition()
-        self._due: list[tuple[float, int, _Kept]] = []
+        # (due, order, session, rescue-by): rescue-by is the latest time a call may end and
+        # still leave the session half its grace to be renewed.
+        self._due: list[tuple[float, int, _Kept, float]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._cancel = threading.Event()
         self._purge_at = PURGE_MIN
+        self.batches_sent = 0
 
-    def schedule(self, lk: _Kept, at: float) -> None:
+    def schedule(self, k: _Kept, at: float) -> None:
         with self._cv:
             if self._closed:
                 raise CoordError("client is closed")
-            if len(self._due) >= self._purge_at:
-                # Released locks wait here until their start time (up to ttl/3 away):
-                # drop them now and then, keeping the heap within twice the live locks.
-                self._due = [e for e in self._due if not e[2].released]
-                heapq.heapify(self._due)
-                self._purge_at = max(PURGE_MIN, 2 * len(self._due))
-            heapq.heappush(self._due, (at, next(self._order), lk))
+            self._push(k, at)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="coordsvc-keepalive-starter")
+                                                name="coordsvc-keepalive")
                 self._thread.start()
-            elif self._due[0][2] is lk:
+            elif self._due[0][2] is k:
                 self._cv.notify()   # the new first deadline: wake the sleeper to re-arm
 
-    def _run(self) -> None:
-        with self._cv:
-            while not self._closed:
-                now = time.monotonic()
-                while self._due and self._due[0][0] <= now:
-                    heapq.heappop(self._due)[2]._start_thread()  # no-op once released
-                # Never sooner than a tick: entries of released locks pile up due one
-                # after another, and one wake-up should take them all.
-                self._cv.wait(max(self._due[0][0] - now, STARTER_TICK_S) if self._due else None)
+    def _push(self, k: _Kept, at: float) -> None:
+        if len(self._due) >= self._purge_at:
+            # Released sessions wait here until they are due (up to ttl/3 away): drop them
+            # now and then, keeping the heap within twice the live ones.
+            self._due = [e for e in self._due if not e[2].released]
+            heapq.heapify(self._due)
+            self._purge_at = max(PURGE_MIN, 2 * len(self._due))
+        lost_at = k._lost_at()
+        at = min(at, lost_at)   # a retry's back-off never delays declaring it lost
+        rescue = at + (lost_at - at) / 2
+        heapq.heappush(self._due, (at, next(self._order), k, rescue))
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._due.clear()
+            self._cancel.set()
             self._cv.notify()
             t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    batch, lost, rescue_by = self._take()
+                    if batch is None:
+                        return
+                for k in lost:
+                    k._lose("no keepalive succeeded in time")
+                if batch:
+                    self._send(batch, rescue_by)
+        finally:
+            self._client._transport.release_thread()
+
+    def _take(self) -> tuple[list[_Kept] | None, list[_Kept], float]:
+        """Wait (holding the condition) until sessions are due; those to renew now, those
+        past their lost deadline, and when the others behind them need the thread back.
+        None once closed."""
+        while True:
+            if self._closed:
+                return None, [], 0.0
+            now = time.monotonic()
+            batch: list[_Kept] = []
+            lost: list[_Kept] = []
+            while (self._due and self._due[0][0] <= now + BATCH_AHEAD_S
+                   and len(batch) < MAX_KEEPALIVE_BATCH):
+                k = heapq.heappop(self._due)[2]
+                if k.released or k.lost or k._unkept:
+                    continue
+                (lost if now >= k._lost_at() else batch).append(k)
+            if batch or lost:
+                rescue_by = min((e[3] for e in self._due), default=math.inf)
+                return batch, lost, rescue_by
+            # Never sooner than a tick: released entries pile up due one after another.
+            self._cv.wait(max(self._due[0][0] - BATCH_AHEAD_S - now, LOOP_TICK_S)
+                          if self._due else None)
+
+    def _send(self, batch: list[_Kept], rescue_by: float) -> None:
+        sent = time.monotonic()
+        lost_by = min(k._lost_at() for k in batch)
+        # Bounded by the batch's first lost deadline, and by the sessions waiting behind
+        # it -- but never cut so short that a slow leader could never answer.
+        end = min(lost_by, max(rescue_by, sent + MIN_CALL_S))
+        self.batches_sent += 1
+        try:
+            reply = self._client._call(
+                KeepaliveRequest.batch([k.session_id for k in batch]), KeepaliveReply.from_wire,
+                leader=True, timeout_s=end - sent, cancel=self._cancel)
+            if len(reply.sessions) != len(batch):
+                raise CoordError("malformed keepalive reply: one status per session expected")
+        except Cancelled:
+            return
+        except Unavailable:
+            self._reschedule(batch, time.monotonic())   # those past lost_at are lost then
+            return
+        except PermissionDenied as e:
+            # The key was removed (its sessions closed with it), or lost the rights that
+            # sessions need: no keepalive of this client will ever succeed.
+            for k in batch:
+                k._lose(f"the cluster refused the keepalive: {e}")
+            return
+        except CoordError as e:
+            if self._client._closed:
+                return
+            log.warning("keepalive of %d session(s) failed: %s", len(batch), e)
+            self._reschedule(batch, time.monotonic() + 0.1)
+            return
+        again: list[tuple[_Kept, float]] = []
+        for k, st in zip(batch, reply.sessions, strict=True):
+            if st is KeepaliveStatus.KNOWN:
+                again.append((k, k._renewed(sent)))
+            elif st is KeepaliveStatus.UNKNOWN:
+                k._lose("the cluster no longer knows the session")
+            else:
+                k._lose("the cluster refused the keepalive: the session belongs to another principal")
+        with self._cv:
+            if not self._closed:
+                for k, at in again:
+                    self._push(k, at)
+
+    def _reschedule(self, batch: list[_Kept], at: float) -> None:
+        with self._cv:
+            if not self._closed:
+                for k in batch:
+                    self._push(k, at)
 
 
 def _check_ttl(ttl_s: object) -> float:

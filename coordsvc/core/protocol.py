@@ -18,7 +18,13 @@ Ops (request fields -> reply fields):
 ``write``      req: bytes (commands.encode_request) -> result: Result.to_wire()
                Leader only. Applied exactly once per (client_id, seq), across retries.
 ``keepalive``  session_id -> known: bool. Leader only; not replicated (a new leader
-               restarts every session's clock at its takeover).
+               restarts every session's clock at its takeover). Batch form: session_ids
+               (1..``MAX_KEEPALIVE_BATCH`` of them) instead of session_id -> known (all
+               known) and sessions: one ``KeepaliveStatus`` per id, in request order --
+               ``known`` (renewed), ``unknown`` (no such session), ``denied`` (another
+               principal's: not renewed, and no error for the others). One client sends
+               one batch for all its sessions; the reply is ~8 bytes per id, far below
+               ``MESSAGE_BUDGET_BYTES``.
 ``get``        key, stale -> kv: KeyValue | nil, revision. Linearizable unless stale (then
                any node answers). ``list``/``history``/``locks`` take ``stale`` as well.
 ``list``       prefix, stale, start_after, limit, cursor -> kvs: [KeyValue, ...] sorted by
@@ -73,7 +79,7 @@ and ``service_ops.HANDLERS`` (checked by a test) one without a handler.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
@@ -82,10 +88,10 @@ from .commands import MAX_INT, MAX_KEY_BYTES, Request, decode_request, encode_re
 from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, SNAPSHOT_CHUNK_BYTES, ProtocolError
 
 __all__ = [
-    "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES", "MESSAGE_BUDGET_BYTES",
+    "MAX_KEEPALIVE_BATCH", "MAX_WAIT_MS", "MAX_WATCH_BATCH", "MAX_WATCH_PREFIXES", "MESSAGE_BUDGET_BYTES",
     "Change", "ChangeType", "ClientRequest", "ErrorCode", "ErrorReply", "GetReply", "GetRequest",
     "AuthListReply", "AuthListRequest",
-    "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeyValue",
+    "HistoryReply", "HistoryRequest", "KeepaliveReply", "KeepaliveRequest", "KeepaliveStatus", "KeyValue",
     "ListReply", "ListRequest", "LockRow", "LockState", "LockWaitReply", "LockWaitRequest",
     "LocksReply", "LocksRequest", "MemberChangeReply", "MemberChangeRequest", "MemberRow",
     "MembersReply", "MembersRequest", "NodeStatus", "Op", "PrincipalRow", "REQUEST_TYPES",
@@ -97,6 +103,9 @@ __all__ = [
 
 MAX_WAIT_MS = 30_000
 MAX_WATCH_BATCH = 1_000
+# Ids in one batch keepalive: the request and reply stay ~10 KiB, far within
+# MESSAGE_BUDGET_BYTES, and one batch costs the leader well under a millisecond.
+MAX_KEEPALIVE_BATCH = 1_000
 MAX_WATCH_PREFIXES = 1_000
 
 
@@ -167,6 +176,14 @@ class ChangeType(StrEnum):
     DELETE = "delete"
 
 
+class KeepaliveStatus(StrEnum):
+    """One session's outcome in a batch keepalive."""
+
+    KNOWN = "known"        # renewed
+    UNKNOWN = "unknown"    # no such session (expired or closed)
+    DENIED = "denied"      # another principal's session: not renewed
+
+
 class LockState(StrEnum):
     """Where a session stands on one lock (``lock_wait``)."""
 
@@ -179,6 +196,7 @@ class LockState(StrEnum):
 _RESULT_CODES: dict[str, ResultCode] = {c.value: c for c in ResultCode}
 _CHANGE_TYPES: dict[str, ChangeType] = {c.value: c for c in ChangeType}
 _LOCK_STATES: dict[str, LockState] = {c.value: c for c in LockState}
+_KEEPALIVE_STATUSES: dict[str, KeepaliveStatus] = {c.value: c for c in KeepaliveStatus}
 _ERROR_CODES: dict[str, ErrorCode] = {c.value: c for c in ErrorCode}
 _T = TypeVar("_T")
 
@@ -597,16 +615,37 @@ class WriteRequest:
 
 @dataclass(frozen=True, slots=True)
 class KeepaliveRequest:
+    """Renew ``session_id``; or, in the batch form (``session_ids`` non-empty, the wire
+    then carries no ``session_id``), every session of ``session_ids``."""
+
     op: ClassVar[Op] = Op.KEEPALIVE
     session_id: int
+    session_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def batch(cls, session_ids: Sequence[int]) -> KeepaliveRequest:
+        return cls(session_ids[0], tuple(session_ids))
+
+    @property
+    def ids(self) -> tuple[int, ...]:
+        return self.session_ids or (self.session_id,)
 
     def to_wire(self) -> dict[str, Any]:
+        if self.session_ids:
+            return {"op": Op.KEEPALIVE, "session_ids": list(self.session_ids)}
         return {"op": Op.KEEPALIVE, "session_id": self.session_id}
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> KeepaliveRequest:
-        sid = m.get("session_id")
-        return cls(sid if type(sid) is int else _int(m, "session_id"))
+        if "session_ids" not in m:
+            sid = m.get("session_id")
+            return cls(sid if type(sid) is int else _int(m, "session_id"))
+        ids = _list(m["session_ids"], "session_ids")
+        if not 1 <= len(ids) <= MAX_KEEPALIVE_BATCH:
+            raise SchemaError(f"session_ids must hold 1..{MAX_KEEPALIVE_BATCH} ids, got {len(ids)}")
+        if not all(type(i) is int for i in ids):
+            raise SchemaError("session_ids must be ints")
+        return cls.batch(ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -912,14 +951,32 @@ class WriteReply:
 
 @dataclass(frozen=True, slots=True)
 class KeepaliveReply:
+    """``known``: every session asked about is known (and was renewed). ``sessions``: in
+    the batch form, one status per requested id, in order."""
+
     known: bool
+    sessions: tuple[KeepaliveStatus, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "known": self.known}
+        if not self.sessions:
+            return {"ok": True, "known": self.known}
+        return {"ok": True, "known": self.known, "sessions": [s.value for s in self.sessions]}
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> KeepaliveReply:
-        return cls(_bool(m, "known"))
+        known = _bool(m, "known")
+        if "sessions" not in m:
+            return cls(known)
+        raw = _list(m["sessions"], "sessions")
+        if len(raw) > MAX_KEEPALIVE_BATCH:
+            raise SchemaError(f"sessions must hold at most {MAX_KEEPALIVE_BATCH} statuses")
+        out = []
+        for v in raw:
+            st = _lookup(_KEEPALIVE_STATUSES, v)
+            if st is None:
+                raise SchemaError(f"unknown keepalive status {v!r}")
+            out.append(st)
+        return cls(known, tuple(out))
 
 
 @dataclass(frozen=True, slots=True)

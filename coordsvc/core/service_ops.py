@@ -39,6 +39,7 @@ from .protocol import (
     HistoryRequest,
     KeepaliveReply,
     KeepaliveRequest,
+    KeepaliveStatus,
     KeyValue,
     ListReply,
     ListRequest,
@@ -144,14 +145,29 @@ def _keepalive(svc: Service, route: Route, rid: object, req: KeepaliveRequest,
     if not svc.leading():
         svc.not_leader(route, rid)
         return
-    refused = _session_refusal(svc, req.session_id, caller)
-    if refused is not None:
-        svc.out.error(route, rid, ErrorCode.PERMISSION_DENIED, refused)
+    if not req.session_ids:
+        refused = _session_refusal(svc, req.session_id, caller)
+        if refused is not None:
+            svc.out.error(route, rid, ErrorCode.PERMISSION_DENIED, refused)
+            return
+        svc.out.reply(route, rid, KeepaliveReply(_renew(svc, req.session_id)))
         return
-    ttl_ms = svc.machine.session_ttl_ms(req.session_id)
-    if ttl_ms is not None:
-        svc.sessions.renewed(req.session_id, svc.now_ms, ttl_ms)
-    svc.out.reply(route, rid, KeepaliveReply(ttl_ms is not None))
+    # The batch form: ownership is checked per id, exactly as for one. A session of another
+    # principal is "denied" -- not renewed -- and the others are renewed all the same.
+    out = tuple(KeepaliveStatus.DENIED if _session_refusal(svc, sid, caller) is not None
+                else KeepaliveStatus.KNOWN if _renew(svc, sid) else KeepaliveStatus.UNKNOWN
+                for sid in req.session_ids)
+    svc.out.reply(route, rid, KeepaliveReply(
+        all(st is KeepaliveStatus.KNOWN for st in out), out))
+
+
+def _renew(svc: Service, session_id: int) -> bool:
+    """Restart the session's clock on this leader; False if there is no such session."""
+    ttl_ms = svc.machine.session_ttl_ms(session_id)
+    if ttl_ms is None:
+        return False
+    svc.sessions.renewed(session_id, svc.now_ms, ttl_ms)
+    return True
 
 
 # -- reads ------------------------------------------------------------------------------------

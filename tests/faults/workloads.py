@@ -333,7 +333,7 @@ class LockWorkload(Workload):
                     tenure.zombie = True
                     with self._mu:
                         self.zombies += 1
-                    lk._stop.set()
+                    lk._stop_keepalive()
                     time.sleep(self.ttl_s + rng.uniform(1.0, 2.0))
                     self._fenced_put(c, p, lk, tenure, 99)
                     self._sqlite_write(conn, lk.token, holder + "-zombie")

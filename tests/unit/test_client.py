@@ -547,35 +547,36 @@ def test_keepalive_extends_valid_until(net: Faults) -> None:
         lk.release()
 
 
-def test_a_lock_released_before_its_first_keepalive_never_starts_a_thread(net: Faults) -> None:
+def test_a_lock_released_before_its_first_keepalive_sends_none_and_all_share_one_thread(
+        net: Faults) -> None:
     def keepalive_threads() -> list[str]:
-        return [t.name for t in threading.enumerate()
-                if t.name.startswith("coordsvc-keepalive-") and "starter" not in t.name]
+        return [t.name for t in threading.enumerate() if t.name.startswith("coordsvc-keepalive")]
 
     with client(net) as c:
         for _ in range(20):
             c.acquire("short", ttl=30.0).release()     # first keepalive due after 10 s
-        assert keepalive_threads() == [] and not net.sent(op="keepalive")
-        lk = c.acquire("long", ttl=1.0)                  # due after 0.33 s
+        assert not net.sent(op="keepalive")
+        held = [c.acquire(f"long-{i}", ttl=1.0) for i in range(5)]   # due after 0.33 s
         deadline = time.monotonic() + 2.0
         while not net.sent(op="keepalive"):
             assert time.monotonic() < deadline, "no keepalive was sent"
             time.sleep(0.01)
-        assert keepalive_threads() == [f"coordsvc-keepalive-{lk.session_id}"]
-        lk.release()
-        assert keepalive_threads() == []
+        assert keepalive_threads() == ["coordsvc-keepalive"]
+        for lk in held:
+            lk.release()
+    assert keepalive_threads() == []
 
 
-def test_released_locks_do_not_pile_up_in_the_keepalive_starter(
+def test_released_locks_do_not_pile_up_in_the_keepalive_loop(
         net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_lock, "PURGE_MIN", 16)
     with client(net) as c:
         held = c.acquire("held", ttl=300.0)
         for i in range(200):
-            c.acquire(f"short-{i % 3}", ttl=300.0).release()   # starts due in 100 s
-        starter = c._starter
-        assert starter is not None and len(starter._due) <= 16
-        assert [e[2] for e in starter._due if not e[2].released] == [held]
+            c.acquire(f"short-{i % 3}", ttl=300.0).release()   # due in 100 s
+        loop = c._keepalive
+        assert loop is not None and len(loop._due) <= 16
+        assert [e[2] for e in loop._due if not e[2].released] == [held]
         held.release()
 
 

@@ -23,6 +23,7 @@ from coordsvc.core.protocol import (
     HistoryRequest,
     KeepaliveReply,
     KeepaliveRequest,
+    KeepaliveStatus,
     KeyValue,
     ListReply,
     ListRequest,
@@ -63,7 +64,7 @@ STATUS = NodeStatus(
 
 REQUESTS = [
     WriteRequest.of(Request("c1", 1, 1, Put("k", b"v"))),
-    KeepaliveRequest(4),
+    KeepaliveRequest(4), KeepaliveRequest.batch([4, 9, 12]),
     GetRequest("k"), GetRequest("k", stale=True),
     ListRequest("app/", stale=True),
     HistoryRequest("k"),
@@ -76,6 +77,7 @@ REQUESTS = [
 REPLIES: list[Any] = [
     WriteReply(Result(ResultCode.OK, 3, {"revision": 3})),
     KeepaliveReply(True),
+    KeepaliveReply(False, (KeepaliveStatus.KNOWN, KeepaliveStatus.DENIED, KeepaliveStatus.UNKNOWN)),
     GetReply(KV, 3), GetReply(None, 3),
     ListReply((KV,), 3),
     HistoryReply((PUT, Change(ChangeType.DELETE, "k", b"", 4)), 4),
@@ -159,6 +161,10 @@ def test_watch_and_lock_wait_clamp_wait_and_limit_into_range() -> None:
     ({"op": "get", "key": None}, "must not be nil"),
     ({"op": "get", "key": "k", "stale": 1}, "must be bool"),
     ({"op": "keepalive", "session_id": True}, "must be int"),
+    ({"op": "keepalive", "session_ids": []}, "1..1000 ids"),
+    ({"op": "keepalive", "session_ids": list(range(1001))}, "1..1000 ids"),
+    ({"op": "keepalive", "session_ids": [1, "2"]}, "must be ints"),
+    ({"op": "keepalive", "session_ids": 3}, "must be a list"),
     ({"op": "write", "req": "text"}, "must be bytes"),
     ({"op": "write", "req": b"\xc1"}, "undecodable write"),
     ({"op": "watch", "after": -1}, "field 'after' must be in"),
@@ -193,7 +199,8 @@ wire_values = st.recursive(
     lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8), inner, max_size=6),
     max_leaves=20)
 field_names = st.sampled_from(["op", "key", "prefix", "prefixes", "after", "wait_ms", "limit",
-                               "stale", "req", "session_id", "name", "id", "export_id", "offset"])
+                               "stale", "req", "session_id", "session_ids", "name", "id", "export_id",
+                               "offset"])
 request_maps = st.dictionaries(field_names, wire_values | st.sampled_from([o.value for o in Op]),
                                max_size=8)
 
@@ -208,7 +215,7 @@ def test_decoding_any_request_map_gives_a_record_or_schema_error_and_nothing_els
 
 @given(st.sampled_from(REPLIES), st.dictionaries(
     st.sampled_from(["kv", "kvs", "events", "revision", "known", "state", "token", "locks",
-                     "status", "result", "export_id", "index", "data", "done", "sha256",
+                     "status", "result", "export_id", "index", "data", "done", "sha256", "sessions",
                      "offset"]), wire_values, max_size=4))
 def test_decoding_any_reply_map_gives_a_record_or_schema_error_and_nothing_else(
         like: Any, m: dict[str, Any]) -> None:

@@ -169,6 +169,32 @@ def test_keepalive_and_lock_wait_of_another_principals_session_are_refused() -> 
     assert n.svc.machine.session_count == 1
 
 
+def test_a_batch_keepalive_renews_the_callers_sessions_and_denies_only_the_foreign_ids() -> None:
+    n = Node().setup()
+    mine = [n.write("alice", OpenAndAcquire(f"jobs/{i}", 5000, True))["result"][2]["session_id"]
+            for i in range(3)]
+    bobs = n.write("bob", OpenAndAcquire("jobs/b", 5000, True))["result"][2]["session_id"]
+    n.advance(1000)
+    before = {sid: n.svc.sessions.deadline_ms(sid) for sid in mine + [bobs]}
+    reply = n.ask("alice", {"op": "keepalive", "session_ids": [mine[0], bobs, mine[1], 999, mine[2]]})
+    assert reply["ok"] is True and reply["known"] is False
+    assert reply["sessions"] == ["known", "denied", "known", "unknown", "known"]
+    for sid in mine:   # renewed: the clock restarted now
+        assert n.svc.sessions.deadline_ms(sid) == n.now + 5000 > before[sid]  # type: ignore[operator]
+    assert n.svc.sessions.deadline_ms(bobs) == before[bobs]     # the foreign one was not
+    # The owner and an admin renew it, in a batch as alone.
+    assert n.ask("bob", {"op": "keepalive", "session_ids": [bobs]})["sessions"] == ["known"]
+    by_admin = n.ask("admin", {"op": "keepalive", "session_ids": [bobs, mine[0]]})
+    assert by_admin["known"] is True and by_admin["sessions"] == ["known", "known"]
+
+
+def test_a_batch_keepalive_without_any_session_right_is_refused_whole() -> None:
+    n = Node()
+    assert n.write("admin", AuthAdd("ro", OPS, read=("app/",)))["result"][0] == "ok"
+    sid = n.write("admin", OpenAndAcquire("jobs/a", 5000, True))["result"][2]["session_id"]
+    assert denied(n.ask("ro", {"op": "keepalive", "session_ids": [sid]}))
+
+
 def test_locks_lists_holders_by_name_and_only_lock_names_the_caller_may_take() -> None:
     n = Node().setup()
     n.write("bob", OpenAndAcquire("jobs/a", 5000, True))
