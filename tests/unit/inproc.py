@@ -30,6 +30,8 @@ from coordsvc.core.types import Config
 from coordsvc.storage.memory import MemoryStore
 
 Reply = dict[str, Any]
+#: The one address an in-process node is reached at in the client tests (conftest.py).
+A = "tcp://127.0.0.1:1"
 # Fast timers: a single member elects itself within ~50 ms.
 FAST = Config(heartbeat_ms=10, election_timeout_ms=50)
 

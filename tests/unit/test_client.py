@@ -15,7 +15,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,6 @@ A, B, C = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"
 PROBE = _client._PROBE_AFTER   # the after of the request c.watch() checks its rights with
 DEAD = "tcp://127.0.0.1:4"
 Reply = dict[str, Any]
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    n = LocalNode()
-    yield n
-    n.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,21 +14,7 @@ from coordsvc import Client, Lock
 from coordsvc.client import _client, _lock
 from coordsvc.core.commands import CloseSession
 
-from .inproc import Faults, LocalNode, LocalTransport
-
-A = "tcp://127.0.0.1:1"
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    n = LocalNode()
-    yield n
-    n.stop()
-
-
-@pytest.fixture
-def net(node: LocalNode) -> Faults:
-    return Faults(LocalTransport({A: node}))
+from .inproc import A, Faults, LocalNode, LocalTransport
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,21 +11,7 @@ from coordsvc import Client, Lease, LeaseExpired, LockTimeout
 from coordsvc.client import _client
 from coordsvc.client.errors import InvalidRequest
 
-from .inproc import Faults, LocalNode, LocalTransport, answer
-
-A = "tcp://127.0.0.1:1"
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    n = LocalNode()
-    yield n
-    n.stop()
-
-
-@pytest.fixture
-def net(node: LocalNode) -> Faults:
-    return Faults(LocalTransport({A: node}))
+from .inproc import A, Faults, LocalNode, answer
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@ answers larger than one reply come back whole and from one revision; quotas rais
 ``QuotaExceeded``; a client's watches survive one bad watch."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,26 +12,13 @@ from coordsvc.client.errors import CoordError, InvalidRequest
 from coordsvc.core.commands import MAX_VALUE_BYTES
 from coordsvc.core.quotas import Quotas
 
-from .inproc import Faults, LocalNode, LocalTransport
+from .inproc import A, Faults, LocalNode, LocalTransport
 
-A = "tcp://127.0.0.1:1"
 Reply = dict[str, Any]
 
 
 def _value(i: int) -> bytes:
     return bytes([i]) * MAX_VALUE_BYTES
-
-
-@pytest.fixture
-def node() -> Iterator[LocalNode]:
-    n = LocalNode()
-    yield n
-    n.stop()
-
-
-@pytest.fixture
-def net(node: LocalNode) -> Faults:
-    return Faults(LocalTransport({A: node}))
 
 
 def _client_of(net: Faults) -> Client:
