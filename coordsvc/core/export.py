@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from .commands import decode_request
 from .machine import Machine
+from .transfer import StateReader, state_size
 from .types import (
     MAX_BATCH_COMMANDS,
     MAX_COMMAND_BYTES,
@@ -39,6 +40,7 @@ from .types import (
     ProtocolError,
     Slot,
     Snapshot,
+    StoredPayload,
     UsageError,
     Value,
 )
@@ -97,7 +99,7 @@ class ExportPoint:
 
     @property
     def body_bytes(self) -> int:
-        return len(self.snapshot.data) + sum(record_bytes(v) for _, v in self.entries)
+        return state_size(self.snapshot) + sum(record_bytes(v) for _, v in self.entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +125,8 @@ class Export:
         self.id = export_id
         self.index, self.revision, self.keys = point.index, point.revision, point.keys
         self.snapshot_index = point.snapshot.index
-        self.snapshot_bytes = len(point.snapshot.data)
+        self.snapshot_bytes = state_size(point.snapshot)
+        self._pinned: Snapshot | None = point.snapshot     # until the body is out
         self.entries = len(point.entries)
         self.body_bytes = point.body_bytes
         self.last_used_ms = now_ms
@@ -152,9 +155,14 @@ class Export:
         self._next += len(data)
         done = self._next >= self.body_bytes
         if done:
-            self._pieces = self._carry = None     # drop the pins: the body is out
+            self._pieces = self._carry = self._pinned = None   # drop the pins: the body is out
         self._last = Chunk(offset, data, done, self._sha.digest() if done else b"")
         return self._last
+
+    def stored(self) -> StoredPayload | None:
+        """The pinned snapshot, if it lives outside memory (its file must stay)."""
+        p = self._pinned
+        return None if p is None or isinstance(p.data, bytes) else p.data
 
     def _take(self) -> bytes:
         out: list[memoryview | bytes] = []
@@ -178,9 +186,14 @@ class Export:
 
 def _pieces(point: ExportPoint, size: int) -> Iterator[memoryview | bytes]:
     """The body as a sequence of views and small headers: nothing big is copied."""
-    data = memoryview(point.snapshot.data)
-    for i in range(0, len(data), size):
-        yield data[i:i + size]
+    if isinstance(point.snapshot.data, bytes):
+        data = memoryview(point.snapshot.data)
+        for i in range(0, len(data), size):
+            yield data[i:i + size]
+    else:
+        reader = StateReader(point.snapshot)      # a stored snapshot: a piece at a time
+        while piece := reader.read(size):
+            yield piece
     for slot, value in point.entries:
         yield _RECORD.pack(slot, len(value))
         for cmd in value:
@@ -210,6 +223,10 @@ class Exports:
         self._seq += 1
         ex = self._by_id[self._seq] = Export(self._seq, point, now_ms)
         return ex
+
+    def stored(self) -> list[StoredPayload]:
+        """The stored snapshots the saves being served pin."""
+        return [s for ex in self._by_id.values() if (s := ex.stored()) is not None]
 
     def get(self, export_id: int) -> Export | None:
         return self._by_id.get(export_id)

@@ -49,7 +49,7 @@ import builtins
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
 from sortedcontainers import SortedList  # type: ignore[import-untyped, unused-ignore]
@@ -123,6 +123,25 @@ _PUT, _DELETE = ChangeType.PUT, ChangeType.DELETE
 _MEMBER_PREFIX = "node:"
 
 _SNAPSHOT_VERSION = 1
+# Snapshots are written and read in pieces of about this size; one row (a key's value
+# with its framing, a client's cached results) must fit in the reader's buffer.
+SNAPSHOT_PIECE_BYTES = 1 * MiB
+_MAX_SNAPSHOT_ROW_BYTES = 64 * MiB
+
+
+class SupportsRead(Protocol):
+    def read(self, n: int, /) -> bytes: ...
+
+
+class _Counted:
+    def __init__(self, stream: SupportsRead) -> None:
+        self.stream, self.total = stream, 0
+
+    def read(self, n: int) -> bytes:
+        b = self.stream.read(n)
+        self.total += len(b)
+        return b
+
 
 
 class RevisionCompacted(Exception):
@@ -1106,6 +1125,32 @@ class Machine:
     # machines give equal bytes.
 
     def snapshot(self) -> bytes:
+        return b"".join(self.snapshot_pieces())
+
+    def snapshot_pieces(self, piece_bytes: int = SNAPSHOT_PIECE_BYTES) -> Iterator[bytes]:
+        """The bytes of ``snapshot()``, a piece of about ``piece_bytes`` at a time (one row
+        may make a piece larger): a large state is written out without a second copy of it
+        in memory. The pieces joined are exactly ``msgpack.packb`` of the state's map."""
+        state = self._snapshot_state()
+        packer = msgpack.Packer(use_bin_type=True)
+        out = [packer.pack_map_header(len(state))]
+        size = 0
+        for name, value in state.items():
+            out.append(packer.pack(name))
+            if type(value) is not builtins.list:
+                out.append(packer.pack(value))
+                continue
+            out.append(packer.pack_array_header(len(value)))
+            for row in value:
+                piece = packer.pack(row)
+                out.append(piece)
+                size += len(piece)
+                if size >= piece_bytes:
+                    yield b"".join(out)
+                    out, size = [], 0
+        yield b"".join(out)
+
+    def _snapshot_state(self) -> dict[str, Any]:
         # A transaction writes several keys at one revision, each key once: (revision, key)
         # names an event.
         events: dict[tuple[int, str], Change] = {}
@@ -1138,8 +1183,7 @@ class Machine:
             "retired": builtins.list(self._retired),
             "eph": [[k, sid] for k, sid in sorted(self._leased.items())],
         }
-        out: bytes = msgpack.packb(state, use_bin_type=True)
-        return out
+        return state
 
     @classmethod
     def restore(cls, data: bytes) -> Machine:
@@ -1149,6 +1193,35 @@ class Machine:
             return m
         try:
             m._load(msgpack.unpackb(data, raw=False, strict_map_key=False))
+        except ProtocolError:
+            raise
+        except Exception as e:  # a snapshot from a peer: any malformation is the peer's fault
+            raise ProtocolError(f"malformed snapshot: {e!r:.200}") from e
+        return m
+
+    @classmethod
+    def restore_from(cls, stream: SupportsRead) -> Machine:
+        """``restore`` from the bytes ``stream.read`` gives, in pieces: only the state
+        being rebuilt and one row at a time are held, never all of the bytes."""
+        counted = _Counted(stream)
+        unpacker = msgpack.Unpacker(counted, raw=False, strict_map_key=False,
+                                    read_size=SNAPSHOT_PIECE_BYTES,
+                                    max_buffer_size=_MAX_SNAPSHOT_ROW_BYTES)
+        m = cls()
+        try:
+            try:
+                st = unpacker.unpack()
+            except msgpack.OutOfData:
+                if counted.total:
+                    raise ProtocolError("malformed snapshot: it ends inside the state") from None
+                return m                        # no bytes: the empty state
+            try:
+                unpacker.unpack()
+            except msgpack.OutOfData:
+                pass
+            else:
+                raise ProtocolError("malformed snapshot: bytes after the state")
+            m._load(st)
         except ProtocolError:
             raise
         except Exception as e:  # a snapshot from a peer: any malformation is the peer's fault

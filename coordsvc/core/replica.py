@@ -96,13 +96,12 @@ from .messages import (
     PreVoteReply,
     Promise,
     SnapshotChunk,
-    SnapshotInfo,
     SnapshotRequest,
     TimeoutNow,
     chosen_bytes,
     value_bytes,
 )
-from .transfer import Fetch, Shelf, checksum, snapshot_from_payload
+from .transfer import Fetch, Shelf, SinkFactory, memory_sink
 from .types import (
     MAX_COMMAND_BYTES,
     MAX_MESSAGE_ITEMS,
@@ -119,6 +118,7 @@ from .types import (
     SafetyViolation,
     Slot,
     Snapshot,
+    StoredPayload,
     UsageError,
     Value,
 )
@@ -227,7 +227,8 @@ _NO_MEMBER = Member("-", voting=False)
 class Replica:
     def __init__(self, node_id: NodeId, members: list[NodeId] | Membership, durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
-                 leadership: Leadership | None = None) -> None:
+                 leadership: Leadership | None = None,
+                 sinks: SinkFactory = memory_sink) -> None:
         self.id = node_id
         self.incarnation: Slot | None = durable.incarnation
         self.removed = durable.removed
@@ -301,6 +302,7 @@ class Replica:
         # catch-up: at most one request in flight, and the snapshots we can serve
         self.catchup_sent_ms = -10**12
         self.fetch: Fetch | None = None
+        self.sinks = sinks          # where a fetched snapshot is assembled (memory, a file)
         self.catchup_peer: NodeId = node_id      # phase 1 catch-up: whom we learn from
         self.catchup_goal: Slot = 0              # ... and up to which slot
         self.shelf = Shelf(durable.snapshot, config.snapshot_retain_ms)
@@ -686,10 +688,23 @@ class Replica:
         if snapshot.index <= self.acceptor.snapshot.index:
             return
         if self.history is not None:
-            snapshot = Snapshot(snapshot.index, snapshot.data, self.history.at(snapshot.index + 1))
+            snapshot = Snapshot(snapshot.index, snapshot.data, self.config_after(snapshot.index))
             self.history.compact(snapshot.index)
         self.acceptor.install_snapshot(snapshot, self._ready.persist)
         self.shelf.replace(snapshot, self.now_ms)
+
+    def config_after(self, index: Slot) -> Membership | None:
+        """config(index + 1), which a snapshot through ``index`` carries."""
+        return None if self.history is None else self.history.at(index + 1)
+
+    def stored_snapshots(self) -> list[StoredPayload]:
+        """Every snapshot this replica refers to that lives outside memory: its own and
+        those on its shelf (the adapter must keep their files; any other may go)."""
+        out = self.shelf.stored()
+        own = self.acceptor.snapshot.data
+        if not isinstance(own, bytes) and all(own is not x for x in out):
+            out.append(own)
+        return out
 
     def export_point(self) -> tuple[Snapshot, tuple[tuple[Slot, Value], ...]]:
         """The latest snapshot and the chosen values after it, through the applied index:
@@ -861,7 +876,7 @@ class Replica:
             inflight_slots=len(self.inflight), inflight_bytes=self.inflight_bytes,
             fetch_peer=None if f is None else f.peer,
             fetch_snapshot_index=f.snapshot.index if f is not None and f.snapshot else 0,
-            fetch_snapshot_bytes=len(f.data) if f is not None and assembling else 0,
+            fetch_snapshot_bytes=f.received if f is not None and assembling else 0,
             retained_snapshot_index=self.shelf.retained_index or 0,
             rejected_replies=self.rejected_replies, bad_snapshots=self.bad_snapshots,
             rounds_exhausted=self.rounds_exhausted, incarnation=self.incarnation,
@@ -1140,7 +1155,7 @@ class Replica:
     def _become_leader(self, best: dict[Slot, tuple[Ballot, Value]]) -> None:
         self.role = Role.LEADER
         self.leader, self.leader_ballot = self.id, self.ballot
-        self.fetch = None
+        self._drop_fetch()
         top = max(best, default=self.from_slot - 1)
         # A recovered change is in flight: nothing new is proposed until it is chosen.
         changes = [s for s, (_, v) in best.items() if len(v) == 1 and change_in(v) is not None]
@@ -1351,7 +1366,7 @@ class Replica:
         if self.role is not Role.FOLLOWER or self.leader is None or self.leader == self.id:
             return
         if self.known_commit <= self.acceptor.commit_index:
-            self.fetch = None     # caught up (perhaps by Accepts): nothing left to fetch
+            self._drop_fetch()    # caught up (perhaps by Accepts): nothing left to fetch
             return
         if now:
             self._fetch_entries(self.leader, self.known_commit)
@@ -1361,6 +1376,7 @@ class Replica:
     def _fetch_entries(self, peer: NodeId, to_slot: Slot) -> None:
         first = self.acceptor.commit_index + 1
         req = CatchupRequest(self.id, first, max(first, to_slot))
+        self._drop_fetch()
         self.fetch = Fetch(peer, req, self.now_ms)
         self._send(peer, req)
         self.catchup_sent_ms = self.now_ms
@@ -1381,7 +1397,7 @@ class Replica:
 
     def _fetch_done(self, progressed: bool) -> None:
         """A catch-up reply or a whole snapshot was taken in: ask for what is still missing."""
-        self.fetch = None
+        self._drop_fetch()
         if self.role is Role.CANDIDATE and self.catchup_for_phase1:
             if progressed:
                 self._reset_election()
@@ -1392,13 +1408,18 @@ class Replica:
         elif progressed:
             self._maybe_request_catchup(now=True)
 
+    def _verify_snapshot(self, f: Fetch) -> bool:
+        return f.intact()
+
+    def _drop_fetch(self) -> None:
+        if self.fetch is not None:
+            self.fetch.drop()      # a partial snapshot's bytes go with it
+            self.fetch = None
+
     def _expected_reply(self, src: NodeId) -> bool:
         """Replies are taken only from the peer a request is in flight to: a forged or
         stale catch-up reply or snapshot chunk changes nothing."""
         return self.fetch is not None and self.fetch.peer == src
-
-    def _verify_snapshot(self, data: bytearray, info: SnapshotInfo) -> bool:
-        return len(data) == info.size and checksum(data) == info.checksum
 
     def _label(self) -> Ballot:
         return self.ballot if self.role is Role.LEADER else self.acceptor.promised
@@ -1439,7 +1460,7 @@ class Replica:
                                                 or m.snapshot.index < f.snapshot.index)):
                 return    # nothing we need, or a duplicate of what we are fetching
             # Behind the peer's snapshot: fetch it, chunk by chunk, from the start.
-            f.snapshot, f.data, f.resends = m.snapshot, bytearray(), 0
+            f.begin(m.snapshot, self.sinks)
             self._request_chunk(f)
             return
         if f is not None and f.snapshot is not None:
@@ -1481,31 +1502,30 @@ class Replica:
     def _on_snapshot_chunk(self, m: SnapshotChunk) -> None:
         f = self.fetch
         if (not self._expected_reply(m.src) or f is None or f.snapshot != m.snapshot
-                or m.offset != len(f.data)):
+                or m.offset != f.received):
             self.rejected_replies += 1
             return
-        f.data += m.data
+        f.take(m.data)
         f.resends = 0
         if self.role is Role.CANDIDATE:
             self._reset_election()    # a long transfer is progress, not a dead election
-        if len(f.data) < m.snapshot.size:
+        if f.received < m.snapshot.size:
             self._request_chunk(f)
             return
-        if not self._verify_snapshot(f.data, m.snapshot):
+        try:
+            if not self._verify_snapshot(f):
+                raise ProtocolError("snapshot checksum mismatch")
+            snap = f.complete()
+        except ProtocolError:
             # Damaged on the way (or a sender's bug): nothing is installed; start again.
             self.bad_snapshots += 1
-            f.data = bytearray()
+            f.begin(m.snapshot, self.sinks)
             self._request_chunk(f)
             return
-        installed = m.snapshot.index > self.acceptor.commit_index
+        # Not installed if entries took us past it meanwhile (the adapter reclaims a
+        # stored payload nothing refers to).
+        installed = snap.index > self.acceptor.commit_index
         if installed:
-            try:
-                snap = snapshot_from_payload(m.snapshot.index, f.data)
-            except ProtocolError:
-                self.bad_snapshots += 1      # the checksum held: a sender's bug; start over
-                f.data = bytearray()
-                self._request_chunk(f)
-                return
             self.fetch = None
             self.acceptor.install_snapshot(snap, self._ready.persist)
             self._change_slots = {x for x in self._change_slots if x > snap.index}

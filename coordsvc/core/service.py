@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .acl import ADMIN_RIGHTS, Caller, Rights, may_subscribe, request_refusal
 from .commands import (
@@ -66,7 +66,18 @@ from .service_pages import Cursors
 from .service_parking import Parking
 from .service_reads import ReadIndex
 from .service_writes import PendingWrites
-from .types import Config, Durable, NodeId, Persist, ProtocolError, SafetyViolation, Snapshot
+from .transfer import SinkFactory, StateReader, memory_sink
+from .types import (
+    Config,
+    Durable,
+    NodeId,
+    Persist,
+    ProtocolError,
+    SafetyViolation,
+    Slot,
+    Snapshot,
+    StoredPayload,
+)
 
 if TYPE_CHECKING:
     from random import Random
@@ -90,13 +101,38 @@ class ServiceCounters:
     denied: int = 0           # client requests outside their principal's rights
 
 
+class Snapshotter(Protocol):
+    """Writes the state machine out for compaction: a port, so that a large state can be
+    written off the loop (the runtime forks and writes a file from the child's copy).
+
+    ``start`` returns the snapshot's data at once, or None if it is being written; the
+    runtime then reports ``Service.snapshot_written`` or ``snapshot_failed``."""
+
+    def start(self, index: Slot, machine: Machine,
+              config: Membership | None) -> bytes | StoredPayload | None: ...
+
+
+class InlineSnapshots:
+    """The default: the machine's bytes, written now (tests, the simulator)."""
+
+    def start(self, index: Slot, machine: Machine, config: Membership | None) -> bytes:
+        return machine.snapshot()
+
+
+# After a failed snapshot write the next attempt waits this long (a full disk is not
+# retried on every applied slot).
+SNAPSHOT_RETRY_MS = 5_000
+
+
 class Service:
     def __init__(self, node_id: NodeId, addresses: dict[NodeId, str], durable: Durable,
                  rng: Random, now_ms: int, config: Config = Config(),
                  leadership: Leadership | None = None,
                  identities: Identities = INSECURE,
                  bootstrap: Membership | None = None,
-                 quotas: Quotas = Quotas()) -> None:
+                 quotas: Quotas = Quotas(),
+                 snapshotter: Snapshotter | None = None,
+                 sinks: SinkFactory = memory_sink) -> None:
         self.id = node_id
         self.addresses = dict(addresses)
         # Keys and principals (core/identity.py); they follow the configuration the log
@@ -104,7 +140,7 @@ class Service:
         self.identities = identities
         self.cfg = config
         self.replica = Replica(node_id, bootstrap or sorted(addresses), durable, rng, now_ms,
-                               config, leadership)
+                               config, leadership, sinks)
         # The latest chosen configuration, once it changed and until the runtime took it.
         self.new_config: Membership | None = None
         self.removed = self.replica.removed    # why this node left the cluster ("": it did not)
@@ -114,6 +150,9 @@ class Service:
         self.now_ms = now_ms
         self.counters = ServiceCounters()
         self.last_snapshot_index = durable.snapshot.index
+        self.snapshotter: Snapshotter = snapshotter or InlineSnapshots()
+        self.snapshotting: Slot | None = None    # a snapshot the runtime is writing
+        self._snapshot_retry_ms = 0
         self.last_leader_contact_ms: int | None = None
         self.out = Outbox()
         self.writes = PendingWrites()
@@ -335,7 +374,7 @@ class Service:
         m = self.machine
         if ready.install is not None:
             admins = {p.name for p in m.principals() if p.rights.admin}
-            self.machine = m = Machine.restore(ready.install.data)
+            self.machine = m = _restore(ready.install)
             self.last_snapshot_index = ready.install.index
             self._identities_changed(admins)
         rev_before = m.revision
@@ -406,10 +445,39 @@ class Service:
                 self.out.error(w.route, w.rid, ErrorCode.UNAVAILABLE, "leadership lost before the "
                                "write was ordered; it was not applied — retry")
         applied = self.replica.applied
-        if applied - self.last_snapshot_index >= self.cfg.snapshot_every:
-            self.replica.compact(Snapshot(applied, m.snapshot()))
-            self.last_snapshot_index = applied
-            self.counters.snapshots += 1
+        if (self.snapshotting is None and self.now_ms >= self._snapshot_retry_ms
+                and applied - self.last_snapshot_index >= self.cfg.snapshot_every):
+            state = self.snapshotter.start(applied, m, self.replica.config_after(applied))
+            if state is None:
+                self.snapshotting = applied
+            else:
+                self._compact(applied, state)
+
+    def snapshot_written(self, index: Slot, state: bytes | StoredPayload) -> None:
+        """The snapshot of ``index`` the runtime was writing is durable: compact to it
+        (unless a snapshot installed from the leader overtook it meanwhile)."""
+        self.snapshotting = None
+        self._compact(index, state)
+
+    def snapshot_failed(self, index: Slot) -> None:
+        """Writing the snapshot of ``index`` failed (the runtime logged why): the log stays
+        as it is, and the next attempt waits ``SNAPSHOT_RETRY_MS``."""
+        self.snapshotting = None
+        self._snapshot_retry_ms = self.now_ms + SNAPSHOT_RETRY_MS
+
+    def _compact(self, index: Slot, state: bytes | StoredPayload) -> None:
+        if index <= self.replica.acceptor.snapshot.index:
+            return
+        self.replica.compact(Snapshot(index, state))
+        self.last_snapshot_index = index
+        self.counters.snapshots += 1
+
+    def stored_snapshots(self) -> list[StoredPayload]:
+        """Every snapshot in use here that lives outside memory: the replica's and those
+        pinned by backups being served. The runtime may reclaim any other."""
+        out = self.replica.stored_snapshots()
+        out.extend(x for x in self.exports.stored() if all(x is not y for y in out))
+        return out
 
     def _identities_changed(self, admins_before: set[str]) -> None:
         """The identity table changed (a removal, or a snapshot installed): forget cached
@@ -503,3 +571,10 @@ class Service:
     def status(self) -> dict[str, Any]:
         """This node's entry of ``coordctl status --json``, plus extras."""
         return self.node_status().to_wire()
+
+
+def _restore(snap: Snapshot) -> Machine:
+    """The state machine a snapshot holds (a stored one is read a piece at a time)."""
+    if isinstance(snap.data, bytes):
+        return Machine.restore(snap.data)
+    return Machine.restore_from(StateReader(snap))

@@ -21,38 +21,98 @@ the state machine's bytes. The checksum covers both.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from .membership import decode_membership, encode_membership
+from .membership import Membership, decode_membership, encode_membership
 from .messages import CatchupRequest, SnapshotInfo, SnapshotRequest
-from .types import NodeId, ProtocolError, Snapshot, UsageError
+from .types import NodeId, PayloadSink, ProtocolError, Snapshot, StoredPayload, UsageError
 
 _HEAD_LEN = 4      # the payload starts with the configuration's length (0: none recorded)
+_MAX_CONFIG_BYTES = 1 << 20
 
 
 def checksum(data: bytes | bytearray) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def payload_head(s: Snapshot) -> bytes:
-    cfg = b"" if s.config is None else encode_membership(s.config)
+def head_for(config: Membership | None) -> bytes:
+    """A payload's header: the configuration's length, then the configuration."""
+    cfg = b"" if config is None else encode_membership(config)
     return len(cfg).to_bytes(_HEAD_LEN, "big") + cfg
+
+
+def payload_head(s: Snapshot) -> bytes:
+    return head_for(s.config)
 
 
 def payload(s: Snapshot) -> bytes:
     """What travels for ``s``: its configuration header, then its data."""
-    return payload_head(s) + s.data
+    return read_payload(s, 0, payload_size(s))
 
 
-def snapshot_from_payload(index: int, data: bytes | bytearray) -> Snapshot:
-    """The snapshot a checked payload describes; ``ProtocolError`` if it is malformed."""
-    if len(data) < _HEAD_LEN:
-        raise ProtocolError("snapshot payload shorter than its header")
-    n = int.from_bytes(data[:_HEAD_LEN], "big")
-    if _HEAD_LEN + n > len(data):
-        raise ProtocolError("snapshot payload header runs past its end")
-    cfg = decode_membership(bytes(data[_HEAD_LEN:_HEAD_LEN + n])) if n else None
-    return Snapshot(index, bytes(data[_HEAD_LEN + n:]), cfg)
+def payload_size(s: Snapshot) -> int:
+    d = s.data
+    return len(payload_head(s)) + len(d) if isinstance(d, bytes) else d.size
+
+
+def read_payload(s: Snapshot, offset: int, n: int) -> bytes:
+    """Up to ``n`` bytes of ``s``'s payload from ``offset``."""
+    d = s.data
+    if not isinstance(d, bytes):
+        return d.read(offset, n)
+    head = payload_head(s)
+    if offset >= len(head):
+        return d[offset - len(head):offset - len(head) + n]
+    part = head[offset:offset + n]
+    return part + d[:n - len(part)]
+
+
+def state_size(s: Snapshot) -> int:
+    """How many bytes the state machine's part of ``s`` holds."""
+    d = s.data
+    return len(d) if isinstance(d, bytes) else d.size - d.head
+
+
+class StateReader:
+    """The state machine's bytes of a snapshot as a stream (``Machine.restore_from``,
+    backups): read from the stored payload a piece at a time, never all at once."""
+
+    def __init__(self, s: Snapshot) -> None:
+        self._data = s.data
+        self._pos = 0 if isinstance(s.data, bytes) else s.data.head
+        self._end = len(s.data) if isinstance(s.data, bytes) else s.data.size
+
+    def read(self, n: int) -> bytes:
+        n = max(0, min(n, self._end - self._pos))
+        d = self._data
+        b = d[self._pos:self._pos + n] if isinstance(d, bytes) else d.read(self._pos, n)
+        self._pos += len(b)
+        return b
+
+
+class MemorySink:
+    """A payload assembled in memory (the simulator, tests, small states)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+
+    def finish(self, head: int) -> bytes:
+        return bytes(self.buf[head:])
+
+    def discard(self) -> None:
+        self.buf = bytearray()
+
+
+def memory_sink(info: SnapshotInfo) -> PayloadSink:
+    return MemorySink()
+
+
+SinkFactory = Callable[[SnapshotInfo], PayloadSink]
 
 
 @dataclass(slots=True)
@@ -64,12 +124,65 @@ class Fetch:
     sent_ms: int
     resends: int = 0
     snapshot: SnapshotInfo | None = None        # while assembling a snapshot
-    data: bytearray = field(default_factory=bytearray)
+    received: int = 0                           # ... how many of its bytes arrived
+    prefix: bytearray = field(default_factory=bytearray)   # ... its header, once complete
+    sink: PayloadSink | None = None
+    hasher: Any = None
 
     def next_chunk(self, src: NodeId) -> SnapshotRequest:
         if self.snapshot is None:
             raise UsageError("not fetching a snapshot")
-        return SnapshotRequest(src, self.snapshot.index, len(self.data))
+        return SnapshotRequest(src, self.snapshot.index, self.received)
+
+    def begin(self, info: SnapshotInfo, sinks: SinkFactory) -> None:
+        """Start assembling ``info`` from its first byte (dropping any partial one)."""
+        self.drop()
+        self.snapshot, self.resends = info, 0
+        self.sink, self.hasher = sinks(info), hashlib.sha256()
+
+    def take(self, data: bytes) -> None:
+        """The next chunk, in order."""
+        assert self.sink is not None and self.hasher is not None
+        self.sink.write(data)
+        self.hasher.update(data)
+        self.received += len(data)
+        pos = 0
+        while pos < len(data) and len(self.prefix) < self._head_len():
+            k = self._head_len() - len(self.prefix)
+            self.prefix += data[pos:pos + k]
+            pos += k
+
+    def _head_len(self) -> int:
+        """How many bytes of header to keep: its length field, then the configuration."""
+        if len(self.prefix) < _HEAD_LEN:
+            return _HEAD_LEN
+        return _HEAD_LEN + min(int.from_bytes(self.prefix[:_HEAD_LEN], "big"), _MAX_CONFIG_BYTES)
+
+    def intact(self) -> bool:
+        """Every byte arrived, and their sha256 is the one the sender named."""
+        info = self.snapshot
+        assert info is not None and self.hasher is not None
+        return self.received == info.size and self.hasher.digest() == info.checksum
+
+    def complete(self) -> Snapshot:
+        """The snapshot assembled (check ``intact`` first); ``ProtocolError`` if its header
+        does not parse (the caller starts over)."""
+        info, sink = self.snapshot, self.sink
+        assert info is not None and sink is not None
+        n = int.from_bytes(self.prefix[:_HEAD_LEN], "big") if len(self.prefix) >= _HEAD_LEN else -1
+        if n < 0 or n > _MAX_CONFIG_BYTES or _HEAD_LEN + n > len(self.prefix):
+            raise ProtocolError("snapshot payload header runs past its end")
+        cfg = decode_membership(bytes(self.prefix[_HEAD_LEN:_HEAD_LEN + n])) if n else None
+        data = sink.finish(_HEAD_LEN + n)
+        self.sink = None
+        return Snapshot(info.index, data, cfg)
+
+    def drop(self) -> None:
+        """Forget a partial snapshot (its sink's bytes are discarded)."""
+        if self.sink is not None:
+            self.sink.discard()
+        self.snapshot, self.sink, self.hasher = None, None, None
+        self.received, self.prefix = 0, bytearray()
 
 
 @dataclass(slots=True)
@@ -77,21 +190,13 @@ class _Kept:
     snapshot: Snapshot
     info: SnapshotInfo | None = None
     served_ms: int | None = None      # when a chunk of it was last sent
-    head: bytes = b""
-
-    def __post_init__(self) -> None:
-        self.head = payload_head(self.snapshot)
 
     @property
     def size(self) -> int:
-        return len(self.head) + len(self.snapshot.data)
+        return payload_size(self.snapshot)
 
     def read(self, offset: int, size: int) -> bytes:
-        head, data = self.head, self.snapshot.data
-        if offset >= len(head):
-            return data[offset - len(head):offset - len(head) + size]
-        part = head[offset:offset + size]
-        return part + data[:size - len(part)]
+        return read_payload(self.snapshot, offset, size)
 
 
 class Shelf:
@@ -130,10 +235,20 @@ class Shelf:
 
     def _info(self, k: _Kept) -> SnapshotInfo:
         if k.info is None:
-            h = hashlib.sha256(k.head)
-            h.update(k.snapshot.data)
-            k.info = SnapshotInfo(k.snapshot.index, k.size, h.digest())
+            d = k.snapshot.data
+            if isinstance(d, bytes):
+                h = hashlib.sha256(payload_head(k.snapshot))
+                h.update(d)
+                digest = h.digest()
+            else:
+                digest = d.checksum      # computed once, by whoever wrote the file
+            k.info = SnapshotInfo(k.snapshot.index, k.size, digest)
         return k.info
+
+    def stored(self) -> list[StoredPayload]:
+        """The snapshots kept here that live outside memory (the adapter keeps their files)."""
+        return [k.snapshot.data for k in (self._current, self._older)
+                if k is not None and not isinstance(k.snapshot.data, bytes)]
 
     def chunk(self, index: int, offset: int, size: int,
               now_ms: int) -> tuple[SnapshotInfo, int, bytes] | None:

@@ -9,7 +9,7 @@ by construction, and ``wire`` refuses any decoded field outside them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:   # membership imports this module; the annotation only names the type
     from .membership import Membership
@@ -99,10 +99,44 @@ class LogEntry:
     value: Value
 
 
+class StoredPayload(Protocol):
+    """A snapshot kept outside memory by a storage adapter (a file): its whole *payload*
+    (see ``transfer``) -- the configuration header, ``head`` bytes, then the state
+    machine's bytes -- read a piece at a time. Written once and never changed; whoever
+    wrote it computed ``checksum``, the sha256 of all ``size`` bytes."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def head(self) -> int: ...
+
+    @property
+    def checksum(self) -> bytes: ...
+
+    def read(self, offset: int, n: int) -> bytes: ...
+
+
+class PayloadSink(Protocol):
+    """Where a snapshot fetched from a peer is assembled, chunk by chunk, in order."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self, head: int) -> bytes | StoredPayload:
+        """Every byte arrived and checked: the state machine's bytes (those after the
+        ``head`` bytes of header), in memory or kept by the adapter."""
+        ...
+
+    def discard(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """State-machine state covering every slot up to and including ``index``, and the
     configuration in force after it (config(index + 1)).
+
+    ``data`` is the state machine's bytes, or a ``StoredPayload`` that holds them after
+    its header (a large state lives in a file, not in memory).
 
     ``config`` is None only where no configuration was ever recorded (a data directory
     from before membership was replicated, a fresh ``MemoryStore``): the replica then
@@ -110,7 +144,7 @@ class Snapshot:
     """
 
     index: Slot
-    data: bytes
+    data: bytes | StoredPayload
     config: Membership | None = None
 
 
