@@ -225,6 +225,23 @@ def _blocks(path: Path, f: BinaryIO, n: int) -> Iterator[bytes]:
         yield b
 
 
+class _Hashed:
+    """Blocks as a stream for ``Machine.restore_from``, each hashed as it is read."""
+
+    def __init__(self, blocks: Iterator[bytes], sha: Any) -> None:
+        self._blocks, self._sha, self._buf = blocks, sha, b""
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            b = next(self._blocks, None)
+            if b is None:
+                break
+            self._sha.update(b)
+            self._buf += b
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
 def _check_size(path: Path, h: Header, size: int) -> None:
     if size < h.file_bytes:
         raise SnapshotFileError(f"{path} is truncated: {size} bytes of the {h.file_bytes} its "
@@ -297,16 +314,11 @@ def load(path: Path) -> tuple[Header, Machine]:
         h, head = _parse_header(path, f, size)
         _check_size(path, h, size)
         sha = hashlib.sha256(head)
-        snap = bytearray()
-        for b in _blocks(path, f, h.snapshot_bytes):
-            sha.update(b)
-            snap += b
         try:
-            m = Machine.restore(bytes(snap))
+            m = Machine.restore_from(_Hashed(_blocks(path, f, h.snapshot_bytes), sha))
         except ProtocolError as e:
             raise SnapshotFileError(f"{path} is damaged: its state does not decode "
                                     f"({' '.join(str(e).split())[:120]})") from None
-        del snap
         decoder = BodyDecoder(h.snapshot_index + 1, h.entries)
         try:
             for b in _blocks(path, f, h.body_bytes - h.snapshot_bytes):

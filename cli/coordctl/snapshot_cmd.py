@@ -5,7 +5,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -16,6 +16,9 @@ from coordsvc.snapshotfile import Header, SnapshotFileError
 from .cluster_cmd import BasePortOpt, BindHostOpt, InsecureOpt, SamePortsOpt, init_cluster
 from .options import DEFAULT_TIMEOUT_S, ClusterOpt, EndpointsOpt, JsonOpt, KeyOpt, TimeoutOpt, connect
 from .output import EXIT_REFUSED, console, emit_json, fail, human_bytes
+
+if TYPE_CHECKING:
+    from coordsvc.core.machine import Machine
 
 __all__ = ["app"]
 
@@ -159,7 +162,7 @@ def restore(
         parent.mkdir(parents=True, exist_ok=True)
         c = init_cluster(staging, nodes, host or "127.0.0.1", base_port, force=False,
                          insecure=insecure, bind_host=bind_host, same_ports=same_ports)
-        _write_state(c, header.index, machine.snapshot())
+        _write_state(c, header.index, machine)
         del machine
         if directory.exists():
             directory.rmdir()      # empty (checked above): the rename replaces it
@@ -196,16 +199,16 @@ def _missing_ancestors(d: Path) -> list[Path]:
     return out
 
 
-def _write_state(c: Cluster, index: int, data: bytes) -> None:
-    """Each node's acceptor starts from the restored state: its snapshot at ``index``,
-    everything through it chosen (``SqliteStore`` checks the snapshot decodes at open)."""
+def _write_state(c: Cluster, index: int, machine: Machine) -> None:
+    """Each node's acceptor starts from the restored state: its snapshot at ``index`` (a
+    file beside its database, written a piece at a time), everything through it chosen."""
     from coordsvc.core.types import Persist, Snapshot
     from coordsvc.storage.sqlite import SqliteStore
 
-    snap = Snapshot(index, data)
     for n in c.nodes:
         store = SqliteStore.open(n.data_dir, c.id, n.id)
         try:
-            store.save(Persist(snapshot=snap, commit_index=index))
+            stored = store.files.write(index, machine, None)
+            store.save(Persist(snapshot=Snapshot(index, stored), commit_index=index))
         finally:
             store.close()

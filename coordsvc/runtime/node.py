@@ -44,6 +44,7 @@ from ..core.service import Service
 from ..core.types import Config, Persist, SafetyViolation
 from ..keys import KeyFileError, KeyPair, read_node_key
 from ..storage.datadir import DataDirError
+from ..storage.snapfiles import ForkedSnapshots
 from ..storage.sqlite import SqliteStore
 from ..transport.zmq_transport import Transport, TransportError
 from . import logs
@@ -56,6 +57,9 @@ MAX_SLEEP_MS = 250
 RELOAD_EVERY_MS = 1000
 # How often the database size the quotas see is measured (three PRAGMAs, ~10 us).
 DB_MEASURE_MS = 1_000
+# Snapshot files nothing refers to any more (superseded, a transfer or a backup done) are
+# deleted this often.
+PRUNE_EVERY_MS = 2_000
 EXIT_SAFETY = 70
 EXIT_DISK = 74   # EX_IOERR
 
@@ -129,9 +133,12 @@ class Node:
             self.store.close()
             raise
         addresses = {n.id: n.address for n in cluster.nodes}
+        # Compaction writes the state from a forked child; fetched snapshots go to files.
+        self.snapshots = ForkedSnapshots(self.store.files)
         self.service = Service(node_id, addresses, self.store.load(), random.Random(),
                                _now_ms(), config, identities=identities(cluster),
-                               bootstrap=bootstrap(cluster), quotas=cluster.limits)
+                               bootstrap=bootstrap(cluster), quotas=cluster.limits,
+                               snapshotter=self.snapshots, sinks=self.store.files.sink)
         self.transport.set_peers(peer_specs(cluster, self.service.replica.config)
                                  if self.service.replica.config.members
                                  else list(cluster.nodes))
@@ -165,7 +172,7 @@ class Node:
             if p.entries:
                 obs.saved(p.entries)
 
-        next_measure = 0
+        next_measure = next_prune = 0
         while not self.stopping:
             tr.poll(max(0, next_tick - _now_ms()))
             now = _now_ms()
@@ -176,6 +183,8 @@ class Node:
                 elif principal is not None:   # the transport names every client
                     obs.request_in(route, body, arrived)
                     svc.on_client(route, body, now, principal)
+            if self.snapshots.busy:
+                self._snapshot_written()
             if now >= next_tick:
                 if now >= next_measure:
                     svc.observe_db_bytes(store.db_bytes_in_use())
@@ -209,12 +218,28 @@ class Node:
             for what, exc in svc.take_incidents():
                 log.error("answered internal: %s", what, exc_info=exc)
             store.maintain()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_MS
+                store.prune(svc.stored_snapshots())
             tr.maintain(now)
             if now >= self._next_reload_ms:
                 self._next_reload_ms = now + RELOAD_EVERY_MS
                 self._reload_keys()
             obs.after_turn(svc, now)
             next_tick = min(svc.next_timer_ms(), _now_ms() + MAX_SLEEP_MS)
+
+    def _snapshot_written(self) -> None:
+        done = self.snapshots.poll()
+        if done is None:
+            return
+        index, got = done
+        if isinstance(got, str):
+            event(log, logging.ERROR, "snapshot_failed",
+                  f"writing the snapshot at index {index} failed: {got}; the log is kept "
+                  "and the snapshot tried again later", index=index, reason=got)
+            self.service.snapshot_failed(index)
+        else:
+            self.service.snapshot_written(index, got)
 
     def _reload_keys(self) -> None:
         """Take new public keys of members from the cluster file, if it changed."""
@@ -265,6 +290,7 @@ class Node:
                 "subscriber_drops": c.subscriber_drops}
 
     def close(self) -> None:
+        self.snapshots.close()
         if self.http is not None:
             self.http.close()
         self.transport.close()

@@ -25,7 +25,7 @@ __all__ = ["DataDirError", "INCARNATION", "Identity", "JOINING", "NODE_DB", "REM
            "SCHEMA_VERSION", "init_data_dir"]
 
 NODE_DB = "node.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5_000
 
 
@@ -72,10 +72,19 @@ def _membership_v2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE snapshot ADD COLUMN config BLOB")
 
 
+def _snapshot_files_v3(db: sqlite_utils.Database) -> None:
+    # A snapshot may live in a file of snapshots/ (storage/snapfiles.py): its name, size,
+    # header length and sha256; NULL file: the snapshot is the data blob, as before.
+    for column, kind in (("file", "TEXT"), ("file_size", "INTEGER"), ("file_head", "INTEGER"),
+                         ("file_sha256", "BLOB")):
+        db.execute(f"ALTER TABLE snapshot ADD COLUMN {column} {kind}")
+
+
 # MIGRATIONS[v] takes a database at schema v-1 to schema v. Append, never edit.
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _create_v1,
     2: _membership_v2,
+    3: _snapshot_files_v3,
 }
 
 

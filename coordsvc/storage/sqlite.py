@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
 
@@ -63,6 +63,7 @@ from .datadir import (
     migrate,
     read_meta,
 )
+from .snapfiles import SNAPSHOT_DIR, SnapshotDir, SnapshotFile, SnapshotFileError
 
 __all__ = ["DataDirError", "SqliteStore", "init_data_dir"]
 
@@ -151,14 +152,15 @@ def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
     if row is None or snap is None:
         raise DataDirError(f"database {db_path} is corrupt: acceptor state rows missing")
     _config(snap[2], db_path)
+    stored = _snapshot_file(conn, db_path)
     _incarnation(conn, db_path)
     _ballot(row[0], row[1], "the promised ballot", db_path)
     _int_in(row[2], 0, MAX_ROUND, "the ballot high-water round", db_path)
     _int_in(row[3], 0, MAX_SLOT, "the commit index", db_path)
     index = _int_in(snap[0], 0, MAX_SLOT, "the snapshot index", db_path)
-    if type(snap[1]) is not bytes or (index == 0 and snap[1]):
+    if type(snap[1]) is not bytes or ((index == 0 or stored is not None) and snap[1]):
         raise DataDirError(f"database {db_path} is corrupt: the snapshot row holds no snapshot")
-    if index > 0:
+    if index > 0 and stored is None:
         try:
             Machine.restore(snap[1])
         except ProtocolError as e:
@@ -171,6 +173,22 @@ def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
         if type(blob) is not bytes:
             raise DataDirError(f"database {db_path} is corrupt: log slot {slot} is not a batch")
         _decode(blob, slot, db_path)
+
+
+def _snapshot_file(conn: sqlite3.Connection, db_path: Path) -> SnapshotFile | None:
+    """The snapshot file the row names, checked whole; None if the snapshot is inline."""
+    name, size, head, sha = conn.execute(
+        "SELECT file, file_size, file_head, file_sha256 FROM snapshot WHERE id = 0").fetchone()
+    if name is None:
+        return None
+    if type(name) is not str or type(sha) is not bytes:
+        raise DataDirError(f"database {db_path} is corrupt: the snapshot file row is malformed")
+    try:
+        return SnapshotDir(db_path.parent / SNAPSHOT_DIR).open(
+            name, _int_in(size, 0, MAX_SLOT, "the snapshot file size", db_path),
+            _int_in(head, 0, MAX_SLOT, "the snapshot header size", db_path), sha)
+    except SnapshotFileError as e:
+        raise DataDirError(f"database {db_path} is corrupt: {e}") from None
 
 
 def _check_writable(conn: sqlite3.Connection, db_path: Path) -> None:
@@ -239,6 +257,11 @@ class SqliteStore:
         # The snapshot index decides which entries a save keeps; cached so the hot
         # path need not read it, and updated only once a COMMIT has succeeded.
         self._snapshot_index: int = int(row[0])
+        self.files = SnapshotDir(path / SNAPSHOT_DIR)
+        # The snapshot file the durable row names (checked at open), and its size.
+        self._stored: SnapshotFile | None = _snapshot_file(conn, self.db_path)
+        self.files.remove_partials()
+        self.files.prune(self.keep())      # a file written or fetched before a crash
 
     @classmethod
     def open(cls, path: Path, cluster_id: str, node_id: str) -> SqliteStore:
@@ -322,7 +345,8 @@ class SqliteStore:
             high_water_round=scalars[2],
             entries=entries,
             commit_index=scalars[3],
-            snapshot=Snapshot(snap[0], snap[1], _config(snap[2], self.db_path)),
+            snapshot=Snapshot(snap[0], snap[1] if self._stored is None else self._stored,
+                              _config(snap[2], self.db_path)),
             rebuilding=conn.execute("SELECT 1 FROM meta WHERE key = ?",
                                     (REBUILDING,)).fetchone() is not None,
             incarnation=_incarnation(conn, self.db_path),
@@ -385,14 +409,26 @@ class SqliteStore:
         promised = p.promised
         config = (None if p.snapshot is None or p.snapshot.config is None
                   else encode_membership(p.snapshot.config))
+        stored = self._stored
+        if p.snapshot is not None:
+            data = p.snapshot.data
+            if not isinstance(data, (bytes, SnapshotFile)) or (
+                    isinstance(data, SnapshotFile) and data.path.parent != self.files.path):
+                raise UsageError(f"a snapshot to save must be bytes or a file of "
+                                 f"{self.files.path}, got {data!r:.80}")
+            stored = data if isinstance(data, SnapshotFile) else None
         try:
             if not sync:
                 conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("BEGIN IMMEDIATE")
             if p.snapshot is not None:
+                f = stored
                 conn.execute(
-                    "UPDATE snapshot SET idx = ?, data = ?, config = ? WHERE id = 0",
-                    (p.snapshot.index, p.snapshot.data, config),
+                    "UPDATE snapshot SET idx = ?, data = ?, config = ?, file = ?, file_size = ?, "
+                    "file_head = ?, file_sha256 = ? WHERE id = 0",
+                    (p.snapshot.index, b"" if f is not None else p.snapshot.data, config,
+                     None if f is None else f.name, None if f is None else f.size,
+                     None if f is None else f.head, None if f is None else f.checksum),
                 )
                 conn.execute("DELETE FROM log WHERE slot <= ?", (p.snapshot.index,))
             if rows:
@@ -428,6 +464,7 @@ class SqliteStore:
             if not sync:
                 conn.execute("PRAGMA synchronous=FULL")
         self._snapshot_index = snapshot_index
+        self._stored = stored
         self._saves_since_checkpoint += 1
         if sync:
             took_s = time.perf_counter() - started
@@ -442,8 +479,19 @@ class SqliteStore:
         ordered = sorted(self._save_s)
         return ordered[math.ceil(0.99 * len(ordered)) - 1] * 1000.0
 
+    def keep(self, *more: SnapshotFile) -> list[str]:
+        """The snapshot files to keep: the one the durable row names and ``more``."""
+        return [f.name for f in (self._stored, *more) if f is not None]
+
+    def prune(self, in_use: Iterable[object]) -> list[str]:
+        """Delete every snapshot file neither durable nor ``in_use``; the names deleted."""
+        return self.files.prune(self.keep(*(f for f in in_use if isinstance(f, SnapshotFile))))
+
+    def _stored_bytes(self) -> int:
+        return 0 if self._stored is None else self._stored.size
+
     def db_bytes(self) -> int:
-        total = 0
+        total = self._stored_bytes()
         for f in (self.db_path, Path(f"{self.db_path}-wal")):
             try:
                 total += f.stat().st_size
@@ -459,7 +507,7 @@ class SqliteStore:
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         size = conn.execute("PRAGMA page_size").fetchone()[0]
-        return int((pages - free) * size)
+        return int((pages - free) * size) + self._stored_bytes()
 
     def maintain(self) -> None:
         """Fold the WAL back into the database when it has grown; call between batches.

@@ -11,9 +11,10 @@ from typing import Any
 
 from coordsvc.core.commands import OpenAndAcquire, Put, Request, encode_request
 from coordsvc.core.leadership import Functional
+from coordsvc.core.machine import Machine
 from coordsvc.core.messages import Outbound
 from coordsvc.core.replica import Role
-from coordsvc.core.service import Service
+from coordsvc.core.service import SNAPSHOT_RETRY_MS, Service
 from coordsvc.core.types import Config
 from coordsvc.storage.memory import MemoryStore
 
@@ -172,3 +173,77 @@ def test_a_parked_watch_is_answered_with_the_events_a_snapshot_install_brought()
     reply = nodes.replies.get((follower, rid))
     assert reply is not None and reply["ok"]
     assert [e[3] for e in reply["events"]] == [1, 2, 3], reply
+
+
+class _Deferred:
+    """A Snapshotter that writes later, as the node's forked child does: it keeps the
+    state as of the call (the child's copy-on-write image) and returns None."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[int, bytes]] = []
+
+    def start(self, index: int, machine: Machine, config: object) -> None:
+        self.started.append((index, machine.snapshot()))
+
+
+def _deferred_at(follower: bool = False) -> tuple[Nodes, str, str, _Deferred]:
+    """Three nodes snapshotting every 2 entries; the leader (or a follower) writes its
+    snapshots later. The nodes, the leader, that node and its writer."""
+    nodes = Nodes(Config(heartbeat_ms=50, election_timeout_ms=500, snapshot_every=2))
+    nodes.advance(3000)
+    leader = nodes.leader()
+    assert leader is not None
+    node = next(i for i in IDS if i != leader) if follower else leader
+    writer = nodes.svcs[node].snapshotter = _Deferred()
+    return nodes, leader, node, writer
+
+
+def test_a_snapshot_written_off_the_loop_truncates_the_log_only_once_it_is_reported() -> None:
+    nodes, leader, _, writer = _deferred_at()
+    svc = nodes.svcs[leader]
+    for seq in range(1, 6):
+        assert nodes.ask(leader, put(f"k/{seq}", b"v%d" % seq, seq)) is not None
+    (index, image), = writer.started               # one at a time, however far it falls behind
+    assert svc.snapshotting == index and svc.replica.acceptor.snapshot.index == 0
+    assert min(svc.replica.acceptor.log) == 1      # nothing truncated yet
+    svc.snapshot_written(index, image)
+    nodes.settle()
+    assert svc.replica.acceptor.snapshot.index == index and min(svc.replica.acceptor.log) > index
+    assert nodes.stores[leader].load().snapshot.index == index          # durable
+    assert Machine.restore(image).revision < svc.machine.revision       # the image at index
+    assert nodes.ask(leader, put("k/6", b"v6", 6)) is not None
+    assert len(writer.started) == 2 and writer.started[1][0] > index    # the next one
+
+
+def test_a_failed_snapshot_keeps_the_log_and_is_tried_again_after_a_pause() -> None:
+    nodes, leader, _, writer = _deferred_at()
+    svc = nodes.svcs[leader]
+    for seq in (1, 2, 3):
+        nodes.ask(leader, put(f"k/{seq}", b"v", seq))
+    svc.snapshot_failed(writer.started[0][0])
+    assert svc.snapshotting is None and svc.replica.acceptor.snapshot.index == 0
+    nodes.ask(leader, put("k/4", b"v", 4))
+    assert len(writer.started) == 1                # not on every applied slot
+    nodes.advance(SNAPSHOT_RETRY_MS + 100)
+    nodes.ask(leader, put("k/5", b"v", 5))
+    assert len(writer.started) == 2
+
+
+def test_a_late_snapshot_overtaken_by_an_installed_one_changes_nothing() -> None:
+    nodes, leader, follower, slow = _deferred_at(follower=True)
+    for seq in (1, 2, 3):
+        nodes.ask(leader, put(f"k/{seq}", b"v", seq))
+    nodes.advance(200)
+    late_index, late_image = slow.started[0]
+    nodes.isolate(follower)
+    for seq in range(4, 12):
+        nodes.ask(leader, put(f"k/{seq}", b"v", seq))
+    nodes.advance(200)
+    nodes.cut.clear()
+    nodes.advance(2000)                              # catches up by the leader's snapshot
+    f = nodes.svcs[follower]
+    installed = f.replica.acceptor.snapshot.index
+    assert installed > late_index
+    f.snapshot_written(late_index, late_image)
+    assert f.replica.acceptor.snapshot.index == installed
+    assert f.machine.snapshot() == nodes.svcs[leader].machine.snapshot()

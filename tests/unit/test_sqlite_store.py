@@ -31,6 +31,7 @@ from coordsvc.core.types import (
     UsageError,
 )
 from coordsvc.storage import sqlite as sqlite_mod
+from coordsvc.storage.datadir import SCHEMA_VERSION
 from coordsvc.storage.memory import MemoryStore
 from coordsvc.storage.sqlite import DataDirError, SqliteStore, init_data_dir
 
@@ -154,7 +155,7 @@ def test_meta_records_identity_and_schema_version(tmp_path: Path) -> None:
     meta = dict(conn.execute("SELECT key, value FROM meta"))
     conn.close()
     assert meta["cluster_id"] == CLUSTER and meta["node_id"] == "n2"
-    assert meta["schema_version"] == "2" and meta["created_at"]
+    assert meta["schema_version"] == str(SCHEMA_VERSION) and meta["created_at"]
 
 
 def test_timing_and_size_figures(tmp_path: Path) -> None:
@@ -640,7 +641,7 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_state(tmp_path: Path) -> 
         assert got.promised == Ballot(4, "n2")
         assert got.snapshot.config is None and got.incarnation == 0 and got.removed == ""
     conn = sqlite3.connect(d / "node.db")
-    assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == "2"
+    assert dict(conn.execute("SELECT key, value FROM meta"))["schema_version"] == str(SCHEMA_VERSION)
     conn.close()
 
 
