@@ -41,6 +41,7 @@ from ..core.types import Slot
 SNAPSHOT_DIR = "snapshots"
 _PART, _DONE = ".part", ".bin"
 _READ_BYTES = 1 << 20
+_SYNC_EVERY_BYTES = 16 << 20
 
 
 class SnapshotFileError(Exception):
@@ -97,10 +98,17 @@ class SnapshotDir:
         try:
             with open(part, "wb") as f:
                 f.write(head)
+                flushed = 0
                 for piece in machine.snapshot_pieces():
                     f.write(piece)
                     sha.update(piece)
                     size += len(piece)
+                    if size - flushed >= _SYNC_EVERY_BYTES:
+                        # A little at a time: a gigabyte of dirty pages flushed at the end
+                        # would stall the node's own fsyncs behind it for seconds.
+                        f.flush()
+                        os.fdatasync(f.fileno())
+                        flushed = size
                 f.flush()
                 os.fsync(f.fileno())
             self._publish(part, done)

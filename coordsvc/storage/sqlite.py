@@ -168,7 +168,9 @@ def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
                                f"does not decode ({' '.join(str(e).split())[:120]})") from None
     for slot, rnd, node, blob in conn.execute(
             "SELECT slot, ballot_round, ballot_node, value FROM log ORDER BY slot"):
-        _int_in(slot, max(1, index + 1), MAX_SLOT, "a log slot", db_path)
+        _int_in(slot, 1, MAX_SLOT, "a log slot", db_path)
+        if slot <= index:
+            continue      # covered by the snapshot, not yet trimmed: never used again
         _ballot(rnd, node, f"log slot {slot}'s ballot", db_path)
         if type(blob) is not bytes:
             raise DataDirError(f"database {db_path} is corrupt: log slot {slot} is not a batch")
@@ -231,6 +233,9 @@ def _lock_dir(path: Path) -> int:
 
 
 CHECKPOINT_EVERY_SAVES = 500
+# Log rows a snapshot covers are deleted this much per loop turn (``maintain``).
+TRIM_BYTES = 4 << 20
+TRIM_ROWS = 4096
 # A deferred commit index (see ``save``) is written by ``maintain`` once it is this old.
 COMMIT_FLUSH_S = 0.1
 
@@ -257,6 +262,7 @@ class SqliteStore:
         # The snapshot index decides which entries a save keeps; cached so the hot
         # path need not read it, and updated only once a COMMIT has succeeded.
         self._snapshot_index: int = int(row[0])
+        self._trimmed_through = 0      # log rows at or below it are deleted (see maintain)
         self.files = SnapshotDir(path / SNAPSHOT_DIR)
         # The snapshot file the durable row names (checked at open), and its size.
         self._stored: SnapshotFile | None = _snapshot_file(conn, self.db_path)
@@ -337,7 +343,8 @@ class SqliteStore:
             LogEntry(slot, _ballot(rnd, node, f"log slot {slot}'s ballot", self.db_path),
                   _decode(blob, slot, self.db_path))
             for slot, rnd, node, blob in conn.execute(
-                "SELECT slot, ballot_round, ballot_node, value FROM log ORDER BY slot"
+                "SELECT slot, ballot_round, ballot_node, value FROM log WHERE slot > ? "
+                "ORDER BY slot", (snap[0],)
             )
         )
         return Durable(
@@ -430,7 +437,10 @@ class SqliteStore:
                      None if f is None else f.name, None if f is None else f.size,
                      None if f is None else f.head, None if f is None else f.checksum),
                 )
-                conn.execute("DELETE FROM log WHERE slot <= ?", (p.snapshot.index,))
+                if p.snapshot.index < self._snapshot_index:
+                    # Never done by a replica; the rows the old snapshot covered (not yet
+                    # trimmed) must not come back above the new one.
+                    conn.execute("DELETE FROM log WHERE slot <= ?", (self._snapshot_index,))
             if rows:
                 conn.executemany(_UPSERT_ENTRY, rows)
             if promised is not None or p.high_water_round is not None or commit_index is not None:
@@ -520,9 +530,46 @@ class SqliteStore:
         if (self._pending_commit is not None
                 and time.monotonic() - self._pending_since >= COMMIT_FLUSH_S):
             self._flush_commit()
+        if self._trimmed_through < self._snapshot_index:
+            self._trim_some()
         if self._saves_since_checkpoint >= CHECKPOINT_EVERY_SAVES:
             self._saves_since_checkpoint = 0
             self._live().execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _trim_some(self) -> None:
+        """Delete up to ``TRIM_BYTES`` of log rows the snapshot covers.
+
+        A snapshot's save only moves the snapshot row: deleting the log below it in the
+        same transaction made that save take seconds for a large log (every overflow page
+        of every row is visited), a stall long enough to depose a leader. The rows below
+        the snapshot are ignored by ``load`` and by the check at open, and deleted here a
+        few megabytes per loop turn, after the replies went out. Losing a trim in a crash
+        loses nothing (it is done again), so it does not wait for an fsync.
+        """
+        conn = self._live()
+        rows = conn.execute("SELECT slot, length(value) FROM log WHERE slot <= ? ORDER BY slot "
+                            "LIMIT ?", (self._snapshot_index, TRIM_ROWS)).fetchall()
+        if not rows:
+            self._trimmed_through = self._snapshot_index
+            return
+        used, cut = 0, rows[0][0]
+        for slot, n in rows:
+            if used and used + n > TRIM_BYTES:
+                break
+            used, cut = used + n, slot
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM log WHERE slot <= ?", (cut,))
+            conn.execute("COMMIT")
+        except BaseException as e:
+            self._failed = f"{type(e).__name__}: {e}"
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.execute("PRAGMA synchronous=FULL")
+        self._saves_since_checkpoint += 1
 
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the directory. Idempotent."""
