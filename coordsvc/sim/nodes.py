@@ -166,7 +166,8 @@ class _Node:
     poll_pending: bool = False
     next_tick_ms: int = 0          # local clock, as the runtime's next_tick
     wake_at: int | None = None     # the timer event that counts (sim time)
-    last_published: int | None = None
+    # The last revision it published, and how many of that revision's changes.
+    last_published: tuple[int, int] | None = None
 
 
 class NodeSim:
@@ -442,15 +443,24 @@ class NodeSim:
                 self.lease_ended.setdefault(sid, self.now)
 
     def _published(self, node: _Node, events: list[Change]) -> None:
+        """Each node publishes the log's changes in revision order, every change of a
+        revision (a transaction's several) together and in the log's order."""
         ref = self.reference.events
         for e in events:
-            if ref.get(e.revision) != e:
-                self._violate(f"{node.id} published {e}; the chosen log has "
-                              f"{ref.get(e.revision)} at that revision")
-            if node.last_published is not None and e.revision != node.last_published + 1:
-                self._violate(f"{node.id} published revision {e.revision} after "
-                              f"{node.last_published}")
-            node.last_published = e.revision
+            group = ref.get(e.revision, ())
+            last = node.last_published
+            if last is not None and e.revision == last[0]:
+                i = last[1]
+            else:
+                i = 0
+                if last is not None and (e.revision != last[0] + 1
+                                         or last[1] != len(ref.get(last[0], ()))):
+                    self._violate(f"{node.id} published revision {e.revision} after {last[1]} "
+                                  f"of the {len(ref.get(last[0], ()))} changes at {last[0]}")
+            if i >= len(group) or group[i] != e:
+                self._violate(f"{node.id} published {e}; the chosen log has {list(group)} at "
+                              "that revision")
+            node.last_published = (e.revision, i + 1)
 
     # ---------------------------------------------------------------- clients
 
@@ -533,7 +543,7 @@ class NodeSim:
         found += checks.check_ephemeral_reads(self.record.eph_reads, self.record.eph_values,
                                               self.lease_ended)
         expected = [WatchEvent(e.revision, e.key, e.type.value, e.value)
-                    for _, e in sorted(ref.events.items())]
+                    for _, group in sorted(ref.events.items()) for e in group]
         found += checks.check_unique_values(expected, "the chosen log")
         watches = self.record.watches
         # A run that did not finish owes its watchers only what they fetched (the
