@@ -90,10 +90,11 @@ class Params:
         wl = Workload(
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
-            # get, put, cas, delete, lock, locks, lease, eph_get
-            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6), (30, 20, 15, 5, 25, 5, 8, 12, 10, 8),
-                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10),
-                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15))),
+            # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect, txn
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6, 8),
+                                (30, 20, 15, 5, 25, 5, 8, 12, 10, 8, 8),
+                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10, 6),
+                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15, 4))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),
@@ -545,6 +546,7 @@ class NodeSim:
         expected = [WatchEvent(e.revision, e.key, e.type.value, e.value)
                     for _, group in sorted(ref.events.items()) for e in group]
         found += checks.check_unique_values(expected, "the chosen log")
+        found += checks.check_txns(self.record.txns, ref.results, expected)
         watches = self.record.watches
         # A run that did not finish owes its watchers only what they fetched (the
         # missing rest is reported as no progress already).
@@ -575,12 +577,16 @@ class NodeSim:
         return out
 
     def _final_stats(self) -> dict[str, int]:
-        ops = summarize(self.history.ops())
+        history = self.history.ops()
+        ops = summarize(history)
+        txns = [op for op in history if op.kind == "txn" and op.status == "ok"]
         leaders = sum(1 for n in self.nodes.values()
                       if n.svc is not None and n.svc.replica.status().role is Role.LEADER)
         return {**self.stats, "dropped": self.net.dropped, "now_ms": self.now,
                 "chosen": len(self.oracle.chosen), "revision": self.reference.revision,
                 "ops_ok": ops.ok, "ops_fail": ops.fail, "ops_unknown": ops.unknown,
+                "txns_succeeded": sum(op.output is True for op in txns),
+                "txns_compare_failed": sum(op.output is False for op in txns),
                 "lock_cycles": sum(len(c.locks) for c in self.workers),
                 "grants_believed": len(self._tenures()),
                 "slots_believed": len(self._tenures(sems=True)),
