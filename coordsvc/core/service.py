@@ -148,6 +148,7 @@ class Service:
         self.machine = Machine()
         self.started_ms = now_ms
         self.now_ms = now_ms
+        self.ticked_ms = now_ms
         self.counters = ServiceCounters()
         self.last_snapshot_index = durable.snapshot.index
         self.snapshotter: Snapshotter = snapshotter or InlineSnapshots()
@@ -244,7 +245,7 @@ class Service:
             self.last_leader_contact_ms = now_ms
 
     def tick(self, now_ms: int) -> None:
-        self.now_ms = now_ms
+        self.now_ms = self.ticked_ms = now_ms
         self.replica.tick(now_ms)
         self.parking.expire(self.machine, now_ms)
         self.exports.expire(now_ms)
@@ -259,8 +260,14 @@ class Service:
             self.lock_times.prune(self.machine.locks())
 
     def next_timer_ms(self) -> int:
-        """When :meth:`tick` is next needed: the replica's timers and parked deadlines."""
-        return self.parking.next_deadline_ms(self.replica.next_timer_ms())
+        """When :meth:`tick` is next needed: the replica's timers, parked deadlines and,
+        while serving (it times sessions and lock-delays), a heartbeat after the last tick.
+        Not the replica's timer alone: each read's heartbeat counts as its beat, so under
+        reads coming faster than heartbeats it never came due, and sessions never expired."""
+        due = self.replica.next_timer_ms()
+        if self.serving():
+            due = min(due, self.ticked_ms + self.cfg.heartbeat_ms)
+        return self.parking.next_deadline_ms(due)
 
     def observe_db_bytes(self, n: int) -> None:
         """The runtime measured this node's database: ``n`` bytes in use (for quotas)."""

@@ -16,18 +16,23 @@ Besides linearizability per key (``linearizability.py``) a run is checked for:
 - watch completeness (``check_watch``): each watcher saw every committed event under its
   prefix after its start exactly once, in revision order;
 - ephemeral keys die with their lease (``check_ephemeral_reads``): a linearizable read
-  invoked after some node applied the end of a lease never returns a value put on it.
+  invoked after some node applied the end of a lease never returns a value put on it;
+- transactions are all or nothing at one revision (``check_txns``): one that succeeded has
+  every write at the revision it was answered with, alone there; one that failed or was
+  never applied has none. Per-key linearizability cannot see this: it checks each key on
+  its own.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..core.protocol import Result
+from ..core.protocol import Result, ResultCode
 
 __all__ = [
     "EphemeralRead", "check_ephemeral_reads", "check_semaphore", "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
-    "check_locks_reads", "check_tenures", "check_unique_values", "check_watch",
+    "check_locks_reads", "check_tenures", "check_txns", "check_unique_values", "check_watch",
+    "TxnSent",
 ]
 
 
@@ -189,6 +194,57 @@ def check_unique_values(events: Iterable[WatchEvent], where: str) -> list[str]:
         if first != e.revision:
             problems.append(f"{where}: value {e.value!r} of {e.key!r} was written at "
                             f"revisions {first} and {e.revision}: one put applied twice")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class TxnSent:
+    """A transaction a client sent, whatever it was told: its write's (client id, seq) and
+    the writes of the branch it applies on success, ``(key, value)`` with None for a
+    delete. Its failure branch is empty; it puts at least once; values are unique."""
+
+    client: str
+    seq: int
+    writes: tuple[tuple[str, bytes | None], ...]
+
+
+def check_txns(txns: Sequence[TxnSent], applied: Mapping[tuple[str, int], Result],
+               events: Sequence[WatchEvent]) -> list[str]:
+    """All or nothing, at one revision. ``applied[(c, seq)]``: the chosen log's result of
+    each write; ``events``: every committed event, which every watcher is held to
+    (``check_watch``). A transaction the log answered ``succeeded`` at revision R has each
+    put at R, and R holds nothing else than its writes (a delete of a key that was absent
+    leaves no event). Any other -- a compare that failed, a refusal, never applied -- wrote
+    nothing: none of its values is anywhere in the log."""
+    at_revision: dict[int, list[WatchEvent]] = {}
+    written_at: dict[object, int] = {}
+    for e in events:
+        at_revision.setdefault(e.revision, []).append(e)
+        if e.type == "put":
+            written_at.setdefault(e.value, e.revision)
+    problems: list[str] = []
+    for t in txns:
+        res = applied.get((t.client, t.seq))
+        name = f"{t.client} seq {t.seq} txn {dict(t.writes)}"
+        landed = {k: written_at[v] for k, v in t.writes if v is not None and v in written_at}
+        rev = None if res is None else res.data.get("revision")
+        if res is None or res.code != ResultCode.OK or res.data.get("succeeded") is not True:
+            if landed:
+                told = "never applied" if res is None else f"answered {res.code} {res.data}"
+                problems.append(f"{name} was {told}, yet the log has its puts at {landed}")
+            continue
+        if type(rev) is not int:
+            problems.append(f"{name} succeeded without a revision: {res}")
+            continue
+        puts = [k for k, v in t.writes if v is not None]
+        if any(landed.get(k) != rev for k in puts):
+            problems.append(f"{name} succeeded at revision {rev}, but the log has its puts at "
+                            f"{ {k: landed.get(k) for k in puts} } (None: nowhere): not all at one revision")
+        want = {k: ("delete", None) if v is None else ("put", v) for k, v in t.writes}
+        strays = [e for e in at_revision.get(rev, ())
+                  if want.get(e.key) != (e.type, None if e.type == "delete" else e.value)]
+        if strays:
+            problems.append(f"{name} succeeded at revision {rev}, which also holds {strays}")
     return problems
 
 

@@ -17,6 +17,26 @@ delete    --                bool existed/None   value := None; the bool, if give
 
 ``expected is None`` in a cas means "the key must not exist".
 
+A transaction spans keys: ``txn`` (input ``(compares, writes)``, output ``succeeded``) has
+``compares`` as ``((key, expected value or None), ...)`` -- a compare on a revision is a
+compare on the value written at it, values being unique -- and ``writes`` as ``((key, new
+value, or None for a delete), ...)``, the branch applied on success; its failure branch must
+be empty. Its ``key`` only names it in reports. It is checked through its projection onto
+each key it touches, which every linearizable history satisfies (a linearization of the
+whole orders each key's ops as well):
+
+- it succeeded: a written key that was compared is a cas ok ``(expected, new)``, one not
+  compared a put ok (a delete ok, existence unknown), a key compared but not written a get
+  returning ``expected``;
+- its compare failed: with one compare, that key is a failed cas (its value differed from
+  ``expected``); with several, no single key can be blamed, so it asserts nothing -- its
+  writes did not happen, and a read that sees one of their values fits no history;
+- unknown: each written key is an unknown cas (compared) or put/delete, as on its own;
+- fail (refused, e.g. by a fence): nothing happened.
+
+The projection loses atomicity across keys (two keys may linearize a transaction at
+different points); ``checks.check_txns`` holds each one to a single revision instead.
+
 Outcomes: an ``unknown`` op may take effect at any point after its invocation or never; it
 is given a completion at +infinity, and the search succeeds as soon as only such ops remain,
 which is how "never" is allowed. An unknown get constrains nothing and is dropped, and so is a
@@ -46,6 +66,8 @@ __all__ = ["OutOfTime", "Result", "check", "check_key", "step_budget"]
 _GET, _PUT, _CAS_OK, _CAS_FAIL, _CAS_MAYBE, _DEL_ANY, _DEL_EXISTED, _DEL_ABSENT = range(8)
 _READ_ONLY = frozenset((_GET, _CAS_FAIL, _DEL_ABSENT))
 _KINDS = ("get", "put", "cas", "delete")
+_TXN = "txn"
+_PART = "txn:"          # the kind of a transaction's part on one key: "txn:cas", ...
 _POLL_EVERY = 2048  # search steps between two out_of_time() polls
 _CONTEXT_OPS = 8        # linearized ops shown before the stuck one
 
@@ -95,9 +117,7 @@ def check(ops: list[Op], out_of_time: OutOfTime = _never,
     explanation ("30s", "200 polls").
     """
     by_key: dict[str, list[Op]] = defaultdict(list)
-    for op in ops:
-        if op.kind not in _KINDS:
-            raise ValueError(f"unknown op kind {op.kind!r} (expected one of {_KINDS})")
+    for op in _per_key(ops):
         by_key[op.key].append(op)
     t0 = min((op.invoke_ns for op in ops), default=0)
     checked = 0
@@ -118,18 +138,79 @@ def check(ops: list[Op], out_of_time: OutOfTime = _never,
 def check_key(ops: list[Op], out_of_time: OutOfTime = _never,
               budget: str = "its budget") -> Result:
     """Check ops that all belong to one key (the per-key entry point, handy in tests)."""
-    keys = sorted({op.key for op in ops})
+    keys = sorted({op.key for op in _per_key(ops)})
     if len(keys) > 1:
         raise ValueError(f"check_key got ops on {len(keys)} keys: {keys[:5]}")
     return check(ops, out_of_time, budget)
 
 
+def _per_key(ops: list[Op]) -> list[Op]:
+    """Every op on one key: a transaction replaced by its parts (the module docstring)."""
+    out = []
+    for op in ops:
+        if op.kind == _TXN:
+            out += _parts(op)
+        elif op.kind in _KINDS:
+            out.append(op)
+        else:
+            raise ValueError(f"unknown op kind {op.kind!r} (expected one of {_KINDS + (_TXN,)})")
+    return out
+
+
+def _parts(op: Op) -> list[Op]:
+    if not (isinstance(op.input, tuple) and len(op.input) == 2):
+        raise ValueError(f"txn input must be (compares, writes), got {op.input!r}")
+    compares, writes = _pairs(op.input[0]), _pairs(op.input[1])
+    if op.status == "ok" and type(op.output) is not bool:
+        raise ValueError(f"an ok txn's output must be a bool (succeeded), got {op.output!r}")
+
+    def part(kind: str, key: str, input: object, output: object = None,
+             status: str = op.status) -> Op:
+        return Op(op.process, _PART + kind, key, input, output, op.invoke_ns, op.complete_ns,
+                  status)
+
+    if op.status == "fail":
+        return []
+    if op.status == "ok" and op.output is False:
+        if len(compares) != 1:
+            return []
+        ((key, expected),) = compares.items()
+        return [part("cas", key, (expected, expected), status="fail")]
+    out = []
+    for key, new in writes.items():
+        if key in compares:
+            out.append(part("cas", key, (compares[key], new)))
+        elif new is None:
+            out.append(part("delete", key, None))
+        else:
+            out.append(part("put", key, new))
+    out += [part("get", key, None, expected) for key, expected in compares.items()
+            if key not in writes]
+    return out
+
+
+def _pairs(x: object) -> dict[str, object]:
+    """A txn's compares or writes, ``((key, value), ...)``, as a map."""
+    if not (isinstance(x, tuple) and all(isinstance(p, tuple) and len(p) == 2
+                                         and isinstance(p[0], str) for p in x)):
+        raise ValueError(f"a txn's compares and writes are ((key, value), ...), got {x!r}")
+    out = dict(x)
+    if len(out) != len(x):
+        raise ValueError(f"a txn names a key twice: {x!r}")
+    return out
+
+
+def _kind(op: Op) -> str:
+    """What the op is on its one key: a transaction's part is checked as that kind."""
+    return op.kind.removeprefix(_PART)
+
+
 def _relevant(ops: list[Op]) -> list[Op]:
     out = []
     for op in ops:
-        if op.status == "fail" and op.kind != "cas":
+        if op.status == "fail" and _kind(op) != "cas":
             continue
-        if op.status == "unknown" and op.kind == "get":
+        if op.status == "unknown" and _kind(op) == "get":
             continue
         out.append(op)
     return out
@@ -137,11 +218,12 @@ def _relevant(ops: list[Op]) -> list[Op]:
 
 def _encode(op: Op) -> tuple[int, object, object]:
     """(code, a, b) for the inner loop; raises on malformed input rather than guessing."""
-    if op.kind == "get":
+    kind = _kind(op)
+    if kind == "get":
         return _GET, op.output, None
-    if op.kind == "put":
+    if kind == "put":
         return _PUT, op.input, None
-    if op.kind == "cas":
+    if kind == "cas":
         if not (isinstance(op.input, tuple) and len(op.input) == 2):
             raise ValueError(f"cas input must be (expected, new), got {op.input!r}")
         expected, new = op.input
@@ -292,10 +374,10 @@ def _fmt_time(ns: int | None, t0: int) -> str:
 
 
 def _fmt_op(op: Op, t0: int) -> str:
-    if op.kind == "get":
-        call = "get()"
-    elif op.kind == "delete":
-        call = "delete()"
+    if _kind(op) == "get":
+        call = f"{op.kind}()"
+    elif _kind(op) == "delete":
+        call = f"{op.kind}()"
     else:
         call = f"{op.kind}({op.input!r})"
     if op.status == "unknown":

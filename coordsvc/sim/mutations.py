@@ -15,6 +15,11 @@ each one is caught within the CI seeds, and by which check.
 - ``over_admit`` (Machine): a semaphore admits one holder more than its limit.
 - ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
   next ``step``, after its messages and client replies have left.
+- ``txn_first_write_only`` (Machine): a transaction applies the first write of its branch
+  and drops the rest, yet answers as if all were done.
+- ``txn_split_revisions`` (Machine): each write of a transaction gets a revision of its
+  own. Every key still ends as the transaction said, and watchers see what the log holds,
+  so only the one-revision check (``checks.check_txns``) can tell.
 
 - ``skip_adopt`` (Replica, in a whole node): a new leader ignores the values reported in
   promises. ``cluster.py``'s other replica mutations (a forgotten promise, a wiped node
@@ -28,9 +33,11 @@ a node applies against what was chosen). It changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
-from ..core.commands import Command, ExpireSession
+from ..core.acl import Rights
+from ..core.commands import Command, ExpireSession, Txn
 from ..core.machine import Grant, Machine, RevisionCompacted
 from ..core.protocol import Result, ResultCode, WatchReply
 from ..core.replica import Ready, Replica
@@ -122,6 +129,36 @@ class KeepEphemeralKeys(_Swapped):
     swaps = {Machine: _KeepsEphemeralKeys}
 
 
+class _AppliesFirstTxnWrite(Machine):
+    def _txn(self, cmd: Txn, who: str, rights: Rights) -> Result:
+        # Known-bad: only the first write of the applied branch takes effect.
+        return super()._txn(replace(cmd, success=cmd.success[:1], failure=cmd.failure[:1]),
+                            who, rights)
+
+
+class TxnFirstWriteOnly(_Swapped):
+    swaps = {Machine: _AppliesFirstTxnWrite}
+
+
+class _SplitsTxnRevisions(Machine):
+    def _txn(self, cmd: Txn, who: str, rights: Rights) -> Result:
+        first = super()._txn(replace(cmd, success=cmd.success[:1], failure=cmd.failure[:1]),
+                             who, rights)
+        succeeded = first.data.get("succeeded")
+        if first.code != ResultCode.OK or type(succeeded) is not bool:
+            return first
+        # Known-bad: every further write of the branch at a revision of its own.
+        last = first
+        for op in (cmd.success if succeeded else cmd.failure)[1:]:
+            last = super()._txn(Txn(success=(op,)), who, rights)
+        return Result(ResultCode.OK, last.revision, {"succeeded": succeeded,
+                                                     "revision": last.revision})
+
+
+class TxnSplitRevisions(_Swapped):
+    swaps = {Machine: _SplitsTxnRevisions}
+
+
 class _SkippingParking(Parking):
     __slots__ = ()
 
@@ -178,4 +215,6 @@ MUTATIONS: dict[str, type[ObservedService]] = {
     "over_admit": OverAdmit,
     "reply_before_save": ReplyBeforeSave,
     "skip_adopt": SkipAdopt,
+    "txn_first_write_only": TxnFirstWriteOnly,
+    "txn_split_revisions": TxnSplitRevisions,
 }

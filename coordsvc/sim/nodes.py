@@ -90,10 +90,11 @@ class Params:
         wl = Workload(
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
-            # get, put, cas, delete, lock, locks, lease, eph_get
-            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6), (30, 20, 15, 5, 25, 5, 8, 12, 10, 8),
-                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10),
-                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15))),
+            # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect, txn
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6, 8),
+                                (30, 20, 15, 5, 25, 5, 8, 12, 10, 8, 8),
+                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10, 6),
+                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15, 4))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),
@@ -166,7 +167,8 @@ class _Node:
     poll_pending: bool = False
     next_tick_ms: int = 0          # local clock, as the runtime's next_tick
     wake_at: int | None = None     # the timer event that counts (sim time)
-    last_published: int | None = None
+    # The last revision it published, and how many of that revision's changes.
+    last_published: tuple[int, int] | None = None
 
 
 class NodeSim:
@@ -442,15 +444,24 @@ class NodeSim:
                 self.lease_ended.setdefault(sid, self.now)
 
     def _published(self, node: _Node, events: list[Change]) -> None:
+        """Each node publishes the log's changes in revision order, every change of a
+        revision (a transaction's several) together and in the log's order."""
         ref = self.reference.events
         for e in events:
-            if ref.get(e.revision) != e:
-                self._violate(f"{node.id} published {e}; the chosen log has "
-                              f"{ref.get(e.revision)} at that revision")
-            if node.last_published is not None and e.revision != node.last_published + 1:
-                self._violate(f"{node.id} published revision {e.revision} after "
-                              f"{node.last_published}")
-            node.last_published = e.revision
+            group = ref.get(e.revision, ())
+            last = node.last_published
+            if last is not None and e.revision == last[0]:
+                i = last[1]
+            else:
+                i = 0
+                if last is not None and (e.revision != last[0] + 1
+                                         or last[1] != len(ref.get(last[0], ()))):
+                    self._violate(f"{node.id} published revision {e.revision} after {last[1]} "
+                                  f"of the {len(ref.get(last[0], ()))} changes at {last[0]}")
+            if i >= len(group) or group[i] != e:
+                self._violate(f"{node.id} published {e}; the chosen log has {list(group)} at "
+                              "that revision")
+            node.last_published = (e.revision, i + 1)
 
     # ---------------------------------------------------------------- clients
 
@@ -533,8 +544,9 @@ class NodeSim:
         found += checks.check_ephemeral_reads(self.record.eph_reads, self.record.eph_values,
                                               self.lease_ended)
         expected = [WatchEvent(e.revision, e.key, e.type.value, e.value)
-                    for _, e in sorted(ref.events.items())]
+                    for _, group in sorted(ref.events.items()) for e in group]
         found += checks.check_unique_values(expected, "the chosen log")
+        found += checks.check_txns(self.record.txns, ref.results, expected)
         watches = self.record.watches
         # A run that did not finish owes its watchers only what they fetched (the
         # missing rest is reported as no progress already).
@@ -565,12 +577,16 @@ class NodeSim:
         return out
 
     def _final_stats(self) -> dict[str, int]:
-        ops = summarize(self.history.ops())
+        history = self.history.ops()
+        ops = summarize(history)
+        txns = [op for op in history if op.kind == "txn" and op.status == "ok"]
         leaders = sum(1 for n in self.nodes.values()
                       if n.svc is not None and n.svc.replica.status().role is Role.LEADER)
         return {**self.stats, "dropped": self.net.dropped, "now_ms": self.now,
                 "chosen": len(self.oracle.chosen), "revision": self.reference.revision,
                 "ops_ok": ops.ok, "ops_fail": ops.fail, "ops_unknown": ops.unknown,
+                "txns_succeeded": sum(op.output is True for op in txns),
+                "txns_compare_failed": sum(op.output is False for op in txns),
                 "lock_cycles": sum(len(c.locks) for c in self.workers),
                 "grants_believed": len(self._tenures()),
                 "slots_believed": len(self._tenures(sems=True)),

@@ -2,7 +2,8 @@
 
 The per-slot oracle says what was chosen; this replays it, independently of any node, so
 the checker can ask what a write's answer should have been, which events the watchers
-owe, and who was granted which lock with which token. It runs the nodes' ``Machine``
+owe (a revision may carry several: a transaction's, sorted by key), and who was granted
+which lock with which token. It runs the nodes' ``Machine``
 class: a bug planted in the machine is then in the reference too, as a real one would
 be, and only what clients saw can give it away.
 """
@@ -23,7 +24,8 @@ class Reference:
         self._chosen: dict[Slot, Value] = {}
         # (client id, seq) -> the Result of its first application.
         self.results: dict[tuple[str, int], Result] = {}
-        self.events: dict[int, Change] = {}
+        # revision -> its changes, in the machine's order (several for a transaction).
+        self.events: dict[int, tuple[Change, ...]] = {}
         # (lock, token) -> the session it was granted to.
         self.grants: dict[tuple[str, int], int] = {}
         # slot -> the sessions (leases) its commands ended.
@@ -56,7 +58,7 @@ class Reference:
                         f"slot {slot}: {key} applied again: first {first}, then {result}")
             if m.revision != before:
                 for ev in m.events_since("", before, 1 << 30):
-                    self.events[ev.revision] = ev
+                    self.events[ev.revision] = self.events.get(ev.revision, ()) + (ev,)
             if isinstance(request.cmd, (CloseSession, ExpireSession)) and result.code == ResultCode.OK:
                 self.ended.setdefault(slot, []).append(request.cmd.session_id)
             for g in m.take_grants():

@@ -1,9 +1,10 @@
 """What the simulated clients do, and the record of what they were told.
 
 Workers mix linearizable reads, puts (every value unique, so a value names the write that
-made it), compare-and-set, deletes, lock cycles (with keepalives, fenced writes, timeouts
-that give up by ``Cancel``, and interrupted waits that just close the session) and
-``locks`` listings, and lease cycles (a session kept alive, ephemeral puts on it, then
+made it), compare-and-set, deletes, transactions on 2-3 keys (compares on revisions read
+before, or on absence, that fail when another write came between), lock cycles (with
+keepalives, fenced writes and transactions, timeouts that give up by ``Cancel``, and
+interrupted waits that just close the session) and ``locks`` listings, and lease cycles (a session kept alive, ephemeral puts on it, then
 revoked or abandoned to expire) with reads of the ephemeral keys, until the safety phase
 ends. Then each takes every lock once, waiting
 as long as it takes, and reads every key once more, retrying until answered: after
@@ -13,7 +14,8 @@ linearizable read of the current revision), resume from the last revision fetche
 now and then switch nodes.
 
 What a checker needs lands in the history ``Recorder``, the ``Record`` (locks listings,
-closed sessions, watch streams, ephemeral values and their reads) and the clients
+closed sessions, watch streams, ephemeral values and their reads, transactions sent) and
+the clients
 themselves (answers, locks held). Ephemeral keys are kept out of the linearizability
 history: the deletes their lease's end makes are no client's operation; their own check
 (``checks.check_ephemeral_reads``) covers them.
@@ -32,10 +34,11 @@ from ..core.commands import (
     Fence,
     OpenSession,
     Put,
+    Txn,
 )
 from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
-from .checks import EphemeralRead, LocksRead, WatchEvent
+from .checks import EphemeralRead, LocksRead, TxnSent, WatchEvent
 from .client import LOCK_WAIT_MAX_MS, Co, SimClient, SimLock, Sleep
 from .history import Recorder
 from .requests import BadReply
@@ -51,7 +54,7 @@ class Workload:
 
     keys: tuple[str, ...]
     locks: tuple[str, ...]
-    weights: tuple[int, ...]   # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect
+    weights: tuple[int, ...]   # of each op in _OPS
     think_ms: int
     give_up_ms: int | None        # a write or read is abandoned (unknown) after this
     ttl_ms: tuple[int, ...]
@@ -65,6 +68,7 @@ class Workload:
     eph_keys: tuple[str, ...] = ("e/0", "e/1")   # put only on leases
     sem_limit: int = 2            # of the one semaphore, "sem/a"
     abandon: float = 0.5          # share of lease cycles left to expire rather than revoked
+    fenced_txn: float = 0.25      # share of fenced writes that are transactions
 
 
 @dataclass(slots=True)
@@ -85,9 +89,10 @@ class Record:
     # Each value put on a lease -> that lease (session id); and every read of an ephemeral key.
     eph_values: dict[bytes, int] = field(default_factory=dict)
     eph_reads: list[EphemeralRead] = field(default_factory=list)
+    txns: list[TxnSent] = field(default_factory=list)
 
 
-_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem", "elect")
+_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem", "elect", "txn")
 SEMAPHORE = "sem/a"
 ELECTION = "el/a"
 
@@ -118,6 +123,8 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
             yield from _sem_cycle(c, wl, record)
         elif op == "elect":
             yield from _sem_cycle(c, wl, record, election=True)
+        elif op == "txn":
+            yield from _txn(c, wl, record, history, wl.give_up_ms)
         else:
             yield from _locks(c, record, wl.give_up_ms)
     # After healing: every lock comes free and every request is answered.
@@ -206,6 +213,50 @@ def _delete(c: SimClient, history: Recorder, key: str, give_up_ms: int | None) -
     else:
         history.unknown(h)
         _unexpected(c, f"delete {key}", res)
+
+
+def _txn(c: SimClient, wl: Workload, record: Record, history: Recorder,
+         give_up_ms: int | None, fence: Fence | None = None) -> Co[None]:
+    """Write 2-3 keys at one revision (a put each, now and then a delete; one put at least),
+    comparing some of them, and sometimes one key more, on the revision a read just saw or
+    on absence (0). A compare fails when another write came between, or the key exists."""
+    rng = c.rng
+    keys = rng.sample(wl.keys, min(len(wl.keys), rng.randint(2, 3)))
+    others = [k for k in wl.keys if k not in keys]
+    looked = keys + ([rng.choice(others)] if others and rng.random() < 0.3 else [])
+    compare: list[tuple[str, int]] = []
+    expected: list[tuple[str, bytes | None]] = []    # the same compares, on values
+    for key in looked:
+        draw = rng.random()
+        if draw < 0.5 or key not in keys:
+            got = yield from _get(c, history, key, give_up_ms)
+            if got is None:
+                return
+            compare.append((key, got[1]))
+            expected.append((key, got[0]))
+        elif draw < 0.7:
+            compare.append((key, 0))
+            expected.append((key, None))
+    deletes = [rng.random() < 0.25 for _ in keys]
+    if all(deletes):
+        deletes[rng.randrange(len(keys))] = False
+    writes = tuple((key, None if d else _value(c)) for key, d in zip(keys, deletes, strict=True))
+    cmd = Txn(tuple(compare), tuple(Delete(k) if v is None else Put(k, v) for k, v in writes),
+              fence=fence)
+    h = history.invoke(c.process, "txn", ",".join(sorted(looked)), (tuple(expected), writes),
+                       c.world.now)
+    seq, res = yield from c.write(cmd, give_up_ms)
+    record.txns.append(TxnSent(c.name, seq, writes))
+    succeeded = None if res is None else res.data.get("succeeded")
+    if res is None:
+        history.unknown(h)
+    elif res.code == ResultCode.OK and type(succeeded) is bool:
+        history.ok(h, succeeded, c.world.now)
+    elif res.code == ResultCode.FENCE_REJECTED and fence is not None:
+        history.fail(h, c.world.now)
+    else:
+        history.unknown(h)
+        _unexpected(c, f"txn {dict(writes)}", res)
 
 
 def _lease_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
@@ -331,7 +382,7 @@ def _lock_cycle(c: SimClient, wl: Workload, record: Record, history: Recorder,
             if res is not None and res.code not in (ResultCode.OK, ResultCode.NO_SESSION):
                 _unexpected(c, f"Cancel {name}", res)
     if lk.granted_at is not None and not final:
-        yield from _hold(c, wl, lk, history)
+        yield from _hold(c, wl, lk, record, history)
     res = yield from c.close_session(lk, give_up_ms)
     if res is None:
         return
@@ -341,14 +392,19 @@ def _lock_cycle(c: SimClient, wl: Workload, record: Record, history: Recorder,
         _unexpected(c, f"CloseSession {lk.session_id}", res)
 
 
-def _hold(c: SimClient, wl: Workload, lk: SimLock, history: Recorder) -> Co[None]:
+def _hold(c: SimClient, wl: Workload, lk: SimLock, record: Record,
+          history: Recorder) -> Co[None]:
     rng = c.rng
     hold_ms = rng.randint(*wl.hold_ms)
     if rng.random() < wl.fenced:
         first = rng.randint(0, hold_ms)
         yield Sleep(first)
         hold_ms -= first
-        yield from _put(c, history, rng.choice(wl.keys), wl.give_up_ms, Fence(lk.name, lk.token))
+        fence = Fence(lk.name, lk.token)
+        if rng.random() < wl.fenced_txn:
+            yield from _txn(c, wl, record, history, wl.give_up_ms, fence)
+        else:
+            yield from _put(c, history, rng.choice(wl.keys), wl.give_up_ms, fence)
     yield Sleep(hold_ms)
 
 

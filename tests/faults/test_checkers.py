@@ -268,6 +268,67 @@ def test_timeout_is_reported_as_such_not_as_a_violation() -> None:
         check([op(1, "increment", 1, None, 0, 1)])
 
 
+# -- linearizability: transactions, through their part on each key ------------------------
+
+def txn(p: int, compares: dict[str, object], writes: dict[str, object], succeeded: bool | None,
+        t0: int, t1: int | None, status: str = "ok") -> Op:
+    return op(p, "txn", (tuple(compares.items()), tuple(writes.items())), succeeded, t0, t1,
+              status, key=",".join(sorted({*compares, *writes})))
+
+
+def test_a_txn_that_succeeded_wrote_every_key_and_saw_every_compared_value() -> None:
+    setup = [put(1, "a0", 0, 10, key="a"), put(1, "b0", 0, 10, key="b"),
+             put(1, "c0", 0, 10, key="c")]
+    moved = txn(2, {"a": "a0", "c": "c0"}, {"a": "a1", "b": "b1"}, True, 20, 30)
+    assert_linearizable(setup + [moved, get(3, "a1", 40, 50, key="a"),
+                                 get(3, "b1", 40, 50, key="b")])
+    # torn: one of its writes is missing afterwards
+    explanation = assert_not_linearizable(setup + [moved, get(3, "a1", 40, 50, key="a"),
+                                                   get(3, "b0", 40, 50, key="b")])
+    assert "txn:put('b1')" in explanation
+    # its compare on c did not hold: c changed before it began
+    assert_not_linearizable(setup + [put(4, "c1", 12, 15, key="c"), moved])
+    # deleting a key it compared as absent does not fit a key that exists
+    assert_not_linearizable(setup + [txn(2, {"a": None}, {"a": None, "b": "b1"}, True, 20, 30)])
+
+
+def test_a_txn_whose_compare_failed_changed_nothing() -> None:
+    setup = [put(1, "a0", 0, 10, key="a"), put(1, "b0", 0, 10, key="b")]
+    failed = txn(2, {"a": "a0"}, {"a": "a1", "b": "b1"}, False, 20, 30)
+    assert_linearizable(setup + [put(4, "a9", 15, 25, key="a"), failed,   # a changed meanwhile
+                                 get(3, "b0", 40, 50, key="b")])
+    assert_not_linearizable(setup + [failed])            # nothing made its one compare fail
+    assert_not_linearizable(setup + [put(4, "a9", 15, 25, key="a"), failed,
+                                     get(3, "b1", 40, 50, key="b")])    # yet b was written
+    # with two compares, no key alone can be blamed: it asserts only that nothing was written
+    two = txn(2, {"a": "a0", "b": "b0"}, {"a": "a1"}, False, 20, 30)
+    assert_linearizable(setup + [two, get(3, "a0", 40, 50, key="a")])
+    assert_not_linearizable(setup + [two, get(3, "a1", 40, 50, key="a")])
+
+
+def test_an_unknown_txn_may_apply_later_or_never_but_only_where_its_compare_held() -> None:
+    setup = [put(1, "a0", 0, 10, key="a"), put(1, "b0", 0, 10, key="b")]
+    lost = txn(2, {"a": "a0"}, {"a": "a1", "b": "b1"}, None, 20, None, "unknown")
+    assert_linearizable(setup + [lost, get(3, "b0", 40, 50, key="b"),
+                                 get(3, "b1", 90, 99, key="b"), get(3, "a1", 90, 99, key="a")])
+    assert_linearizable(setup + [lost, get(3, "a0", 90, 99, key="a")])
+    assert_not_linearizable(setup + [put(4, "a9", 12, 15, key="a"), lost,
+                                     get(3, "a1", 90, 99, key="a")])
+    refused = txn(2, {}, {"a": "a1"}, None, 20, 30, "fail")   # a fence refused it
+    assert_not_linearizable(setup + [refused, get(3, "a1", 40, 50, key="a")])
+
+
+def test_a_malformed_txn_is_a_harness_bug() -> None:
+    with pytest.raises(ValueError, match="compares, writes"):
+        check([op(1, "txn", ("a",), True, 0, 1)])
+    with pytest.raises(ValueError, match="key, value"):
+        check([op(1, "txn", ("a", "x"), True, 0, 1)])
+    with pytest.raises(ValueError, match="twice"):
+        check([op(1, "txn", ((), (("a", "x"), ("a", "y"))), True, 0, 1)])
+    with pytest.raises(ValueError, match="bool"):
+        check([txn(1, {}, {"a": "x"}, None, 0, 1)])
+
+
 # -- random histories ------------------------------------------------------------------
 
 # Ops are 100 ns apart, so a spread of 1,000 ns makes up to ~20 ops mutually concurrent. WGL is
@@ -497,6 +558,14 @@ def test_watch_rejects_missing_duplicate_reordered_and_invented_events() -> None
     assert any("before its start" in p for p in early)
     foreign = check_watch(EVENTS, [[EVENTS[0], EVENTS[1], EVENTS[2], EVENTS[3]]], [cfg])
     assert any("outside its prefix" in p for p in foreign)
+
+
+def test_watch_owes_every_change_a_transaction_made_at_its_one_revision() -> None:
+    events = EVENTS + [(5, "cfg/a", "put", "3"), (5, "cfg/c", "delete", None)]
+    cfg = [e for e in events if e[1].startswith("cfg/")]
+    assert check_watch(events, [cfg], [Watcher("cfg/", 1)]) == []
+    half = check_watch(events, [cfg[:-1]], [Watcher("cfg/", 1)])
+    assert len(half) == 1 and "missed 1" in half[0] and "cfg/c" in half[0]
 
 
 def test_watch_closed_early_owes_only_events_up_to_its_end() -> None:

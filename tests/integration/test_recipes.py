@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordsvc import Client, Event, Leader, Unavailable
+from coordsvc import Client, Event, Leader, Lock, Unavailable
+from coordsvc.client import LockInfo
 
 from .harness import LocalCluster
 
@@ -321,3 +322,115 @@ def test_an_election_fails_over_in_order_across_a_leader_kill(cluster: LocalClus
     # A's lease may expire before B queues (then nobody leads for a while) or after.
     assert seen in ([None, Leader(b"host-a", first), Leader(b"host-b", term.token)],
                     [None, Leader(b"host-a", first), None, Leader(b"host-b", term.token)]), seen
+
+
+# A holder that takes "deploy" with a lock-delay, says so, and is then SIGKILLed: its
+# keepalives stop, so its session expires -- an involuntary release.
+DELAYED_HOLDER = textwrap.dedent("""
+    import sys, time
+    from coordsvc import Client
+    c = Client(sys.argv[1].split(","), timeout=10.0, key=sys.argv[2])
+    lk = c.acquire("deploy", ttl=1.0, lock_delay=float(sys.argv[3]), timeout=10)
+    print(lk.session_id, lk.token, flush=True)
+    time.sleep(600)
+""")
+LOCK_DELAY_S = 1.5
+# How much sooner than expiry + delay a grant may seem to come: the latency of the one
+# listing that bounds the grant's time (the leader's age of it is exact).
+GRANT_MARGIN_S = 0.3
+
+
+def _lock_row(c: Client, name: str) -> LockInfo | None:
+    return next((i for i in c.locks() if i.name == name), None)
+
+
+def _queue_waiter(waiter: Client, name: str, lister: Client) -> tuple[
+        threading.Thread, list[Lock], threading.Event]:
+    """A thread acquiring ``name`` with ``waiter``: it puts the lock in the list and sets
+    the event. Returns once ``lister``'s listing shows it queued."""
+    got: list[Lock] = []
+    granted = threading.Event()
+
+    def wait() -> None:
+        got.append(waiter.acquire(name, ttl=5.0, timeout=20.0))
+        granted.set()
+    t = threading.Thread(target=wait)
+    t.start()
+    deadline = time.monotonic() + 10.0
+    while not ((row := _lock_row(lister, name)) is not None and row.waiters):
+        assert time.monotonic() < deadline and t.is_alive(), f"the waiter never queued: {row}"
+        granted.wait(0.02)
+    return t, got, granted
+
+
+def test_an_expired_holders_lock_stays_unavailable_for_its_lock_delay_then_goes_to_the_waiter(
+        cluster: LocalCluster, client: Client) -> None:
+    p = subprocess.Popen([sys.executable, "-c", DELAYED_HOLDER, ",".join(cluster.endpoints),
+                          str(cluster.key), str(LOCK_DELAY_S)], stdout=subprocess.PIPE, text=True)
+    waiter = cluster.client(timeout=10.0)
+    t: threading.Thread | None = None
+    try:
+        holder, first = (int(x) for x in p.stdout.readline().split())  # type: ignore[union-attr]
+        t, got, granted = _queue_waiter(waiter, "deploy", client)
+        p.kill()
+        p.wait()
+        # The listing shows the dead holder, then nobody (its session expired: the delay),
+        # then the waiter.
+        seen: list[tuple[float, float, int]] = []      # (asked, answered, holder session)
+        deadline = time.monotonic() + 20.0
+        while not granted.wait(0.02):
+            asked = time.monotonic()
+            row = _lock_row(client, "deploy")
+            assert row is not None and asked < deadline, seen[-5:]
+            seen.append((asked, time.monotonic(), row.holder_session))
+        got_at = time.monotonic()
+        t.join()
+        (lk,) = got
+        # The leader says how long ago it granted: the grant came no sooner than this.
+        asked = time.monotonic()
+        row = _lock_row(client, "deploy")
+        assert row is not None and row.age_s is not None
+        assert (row.holder_session, row.token) == (lk.session_id, lk.token) and lk.token > first
+        granted_from = asked - row.age_s
+        order = list(dict.fromkeys(h for _, _, h in seen))
+        assert order in ([holder, 0], [holder, 0, lk.session_id]), order
+        alive = [a for a, _, h in seen if h == holder]
+        delayed = [done for _, done, h in seen if h == 0]
+        timing = (f"lock-delay {LOCK_DELAY_S} s: granted no sooner than "
+                  f"{granted_from - alive[-1]:.3f} s after the last listing of the dead "
+                  f"holder, by {got_at - delayed[0]:.3f} s after the first listing of the delay")
+        print(timing)
+        # The session expired after the last listing that still showed it: not granted
+        # before that plus the delay ...
+        assert granted_from - alive[-1] >= LOCK_DELAY_S - GRANT_MARGIN_S, timing
+        # ... and granted soon after the delay, which began before the first listing of it.
+        assert got_at - delayed[0] < LOCK_DELAY_S + 2.0, timing
+        lk.release()
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()  # type: ignore[union-attr]
+        waiter.close()
+        if t is not None:
+            t.join(30.0)
+
+
+def test_a_voluntary_release_frees_the_lock_at_once_despite_its_lock_delay(
+        cluster: LocalCluster, client: Client) -> None:
+    delay_s = 5.0
+    waiter = cluster.client(timeout=10.0)
+    t: threading.Thread | None = None
+    try:
+        mine = client.acquire("migrate", ttl=5.0, lock_delay=delay_s, timeout=0)
+        t, got, granted = _queue_waiter(waiter, "migrate", client)
+        released_at = time.monotonic()
+        mine.release()
+        assert granted.wait(delay_s / 2), "the waiter waited as if the session had expired"
+        assert time.monotonic() - released_at < 1.0
+        t.join()
+        assert got[0].token > mine.token
+        got[0].release()
+    finally:
+        waiter.close()
+        if t is not None:
+            t.join(30.0)

@@ -11,10 +11,12 @@ from coordsvc.sim.checks import (
     LockRow,
     LocksRead,
     Tenure,
+    TxnSent,
     WatchEvent,
     check_answers,
     check_locks_reads,
     check_tenures,
+    check_txns,
     check_unique_values,
 )
 from coordsvc.sim.history import Recorder
@@ -83,6 +85,45 @@ def test_a_put_value_at_two_revisions_is_a_put_applied_twice() -> None:
     problems = check_unique_values(events + [WatchEvent(5, "k", "put", b"v1")], "log")
     assert problems == ["log: value b'v1' of 'k' was written at revisions 1 and 5: one put "
                         "applied twice"]
+
+
+TXN = TxnSent("c1", 7, (("b", b"v2"), ("a", None), ("c", b"v3")))
+
+
+def txn_answered(succeeded: bool, revision: int) -> dict[tuple[str, int], Result]:
+    return {("c1", 7): Result("ok", revision, {"succeeded": succeeded, "revision": revision})}
+
+
+def test_a_transaction_that_succeeded_has_every_write_at_its_one_revision_alone() -> None:
+    before = [WatchEvent(1, "a", "put", b"v1")]
+    events = before + [WatchEvent(2, "a", "delete", b""), WatchEvent(2, "b", "put", b"v2"),
+                       WatchEvent(2, "c", "put", b"v3")]
+    assert check_txns([TXN], txn_answered(True, 2), events) == []
+    # the key it deleted was absent: no event for it
+    assert check_txns([TXN], txn_answered(True, 1), [WatchEvent(1, "b", "put", b"v2"),
+                                                     WatchEvent(1, "c", "put", b"v3")]) == []
+    split = before + [WatchEvent(2, "a", "delete", b""), WatchEvent(2, "b", "put", b"v2"),
+                      WatchEvent(3, "c", "put", b"v3")]
+    (problem,) = check_txns([TXN], txn_answered(True, 2), split)
+    assert "{'b': 2, 'c': 3}" in problem and "not all at one revision" in problem
+    (problem,) = check_txns([TXN], txn_answered(True, 2), events[:-1])
+    assert "'c': None" in problem
+    shared = events + [WatchEvent(2, "d", "put", b"x")]
+    (problem,) = check_txns([TXN], txn_answered(True, 2), shared)
+    assert "revision 2, which also holds" in problem and "'d'" in problem
+
+
+def test_a_transaction_that_failed_or_was_never_applied_wrote_nothing() -> None:
+    events = [WatchEvent(1, "a", "put", b"v1")]
+    assert check_txns([TXN], txn_answered(False, 1), events) == []
+    assert check_txns([TXN], {}, events) == []
+    leaked = events + [WatchEvent(2, "c", "put", b"v3")]
+    (problem,) = check_txns([TXN], txn_answered(False, 1), leaked)
+    assert "answered ok" in problem and "{'c': 2}" in problem
+    (problem,) = check_txns([TXN], {}, leaked)
+    assert "never applied" in problem
+    refused = {("c1", 7): Result("fence_rejected", 1, {})}
+    assert check_txns([TXN], refused, leaked)[0].startswith("c1 seq 7 txn")
 
 
 def test_recorder_times_ops_in_simulated_ms_and_pending_ops_are_unknown() -> None:

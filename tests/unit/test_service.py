@@ -247,3 +247,36 @@ def test_a_late_snapshot_overtaken_by_an_installed_one_changes_nothing() -> None
     f.snapshot_written(late_index, late_image)
     assert f.replica.acceptor.snapshot.index == installed
     assert f.machine.snapshot() == nodes.svcs[leader].machine.snapshot()
+
+
+def test_sessions_expire_and_lock_delays_end_on_time_while_reads_come_faster_than_heartbeats() -> None:
+    """Found by the real-cluster lock-delay test: a linearizable read makes the leader send
+    a heartbeat, which the replica counts as its beat, so with a read every 10 ms the
+    replica's timer never came due; a driver that ticks only when ``next_timer_ms()`` says
+    (the runtime) never ticked, and a dead holder's session never expired -- nor did the
+    lock-delay that would have followed."""
+    nodes = Nodes()
+    nodes.advance(3000)
+    leader = nodes.leader()
+    assert leader is not None
+    held = nodes.ask(leader, {"op": "write", "req": encode_request(
+        Request("c1", 1, 1, OpenAndAcquire("lk", 1000, wait=False, lock_delay_ms=500)))})
+    assert held is not None and held["ok"]
+    sid = held["result"][2]["session_id"]
+    m = nodes.svcs[leader].machine
+    opened, expired, ended = nodes.now, None, None
+    while ended is None and nodes.now < opened + 5000:
+        nodes.now += 10
+        for svc in nodes.svcs.values():
+            if nodes.now >= svc.next_timer_ms():     # as runtime/node.py: only when due
+                svc.tick(nodes.now)
+        read = nodes.ask(leader, {"op": "get", "key": "k"})
+        assert read is not None and read["ok"], read
+        if expired is None and sid not in m.sessions():
+            expired = nodes.now
+            assert m.delayed_locks() == {"lk": 500}
+        elif expired is not None and not m.delayed_locks():
+            ended = nodes.now
+    late_ms = 2 * CFG.heartbeat_ms     # a tick's lateness, then a round trip to a quorum
+    assert expired is not None and expired - opened <= 1000 + late_ms, (opened, expired)
+    assert ended is not None and ended - expired <= 500 + late_ms, (expired, ended)
