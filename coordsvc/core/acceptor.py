@@ -10,7 +10,7 @@ one promise).
 """
 from __future__ import annotations
 
-from .messages import Accept, Accepted, Nack, Prepare, Promise, entry_bytes
+from .messages import Accept, Accepted, Nack, Prepare, Promise, entry_bytes, value_bytes
 from .types import (
     MAX_MESSAGE_ITEMS,
     ZERO_BALLOT,
@@ -27,7 +27,7 @@ from .types import (
 
 class Acceptor:
     def __init__(self, node_id: str, durable: Durable, promise_window: int,
-                 budget_bytes: int) -> None:
+                 budget_bytes: int, ahead_budget: int = 2**62) -> None:
         self.node_id = node_id
         self.promised: Ballot = durable.promised
         self.log: dict[Slot, LogEntry] = {e.slot: e for e in durable.entries}
@@ -39,6 +39,32 @@ class Acceptor:
         self.budget_bytes = budget_bytes
         # Stamped on every vote: which member of this id promised or accepted.
         self.incarnation = 0
+        # What we hold for slots we cannot apply yet: the bytes of entries above the commit
+        # index. An acceptor that is behind (fetching a snapshot for a minute while the
+        # leader goes on) would otherwise hold every value written meanwhile; past the
+        # budget it stops voting for new slots -- always safe, a vote may be withheld --
+        # and the leader chooses them with the other members.
+        self.ahead_budget = ahead_budget
+        self.ahead_bytes = 0
+        self._recount_ahead()
+
+    def _recount_ahead(self) -> None:
+        c = self.commit_index
+        self.ahead_bytes = sum(value_bytes(e.value) for s, e in self.log.items() if s > c)
+
+    def set_commit(self, c: Slot) -> None:
+        """The commit index moves up to ``c`` (the caller checked it is higher)."""
+        for s in range(self.commit_index + 1, c + 1):
+            e = self.log.get(s)
+            if e is not None:
+                self.ahead_bytes -= value_bytes(e.value)
+        self.commit_index = c
+
+    def _hold(self, e: LogEntry, old: LogEntry | None) -> None:
+        """Store ``e`` in place of ``old``, keeping ``ahead_bytes``."""
+        self.log[e.slot] = e
+        if e.slot > self.commit_index:
+            self.ahead_bytes += value_bytes(e.value) - (0 if old is None else value_bytes(old.value))
 
     @property
     def last_slot(self) -> Slot:
@@ -96,9 +122,11 @@ class Acceptor:
         if old is not None and old.ballot == m.ballot and old.value != m.value:
             raise SafetyViolation(
                 f"two values for slot {m.slot} at ballot {m.ballot}: {old.value!r} vs {m.value!r}")
+        if old is None and self.ahead_bytes + value_bytes(m.value) > self.ahead_budget:
+            return None     # behind by more than we hold: no vote until we catch up
         if old is None or old.ballot != m.ballot:
             e = LogEntry(m.slot, m.ballot, m.value)
-            self.log[m.slot] = e
+            self._hold(e, old)
             persist.entries.append(e)
         return Accepted(self.node_id, m.ballot, m.slot, self.incarnation)
 
@@ -112,7 +140,7 @@ class Acceptor:
         if old is not None and slot <= self.commit_index:
             raise SafetyViolation(f"slot {slot} chosen twice: {old.value!r} vs {value!r}")
         e = LogEntry(slot, ballot if ballot > ZERO_BALLOT else self.promised, value)
-        self.log[slot] = e
+        self._hold(e, old)
         persist.entries.append(e)
 
     def install_snapshot(self, snap: Snapshot, persist: Persist) -> None:
@@ -124,3 +152,4 @@ class Acceptor:
         if snap.index > self.commit_index:
             self.commit_index = snap.index
             persist.commit_index = snap.index
+        self._recount_ahead()

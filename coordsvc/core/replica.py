@@ -251,7 +251,7 @@ class Replica:
         self.rng = rng
         self.leadership: Leadership = leadership if leadership is not None else Functional()
         self.acceptor = Acceptor(node_id, durable, config.catchup_batch,
-                                 config.message_budget_bytes)
+                                 config.message_budget_bytes, config.max_ahead_bytes)
         self.acceptor.incarnation = self.incarnation or 0
         self.high_water_round = max(durable.high_water_round, durable.promised.round)
         self.applied: Slot = durable.snapshot.index
@@ -286,7 +286,8 @@ class Replica:
         self.hb_acks: dict[int, set[tuple[NodeId, Slot]]] = {}
         self.confirmed_round = 0
         self.reads: list[_Read] = []
-        self.leader_beat_ms = -10**12       # when the leader last did its periodic duties
+        self.leader_beat_ms = -10**12       # when the leader last sent a heartbeat
+        self.leader_duties_ms = -10**12     # ... and last resent, promoted, handed over
         self.leader_heard_ms = -10**12      # when we last heard the leader we follow
         # pre-vote: the round we asked about (0: not asking) and who said yes
         self.prevote_round = 0
@@ -638,6 +639,11 @@ class Replica:
                 self.leader_beat_ms = now_ms
                 if self.leadership.heartbeats:
                     self._send_heartbeat()
+            if now_ms - self.leader_duties_ms >= self.cfg.heartbeat_ms:
+                # Timed apart from the beat: a read's heartbeat counts as the beat, and
+                # under reads faster than heartbeats these would never run (a lost Accept
+                # never resent, a caught-up learner never promoted).
+                self.leader_duties_ms = now_ms
                 self._retransmit_accepts(now_ms)
                 self._maybe_promote()
                 self._maybe_hand_over()
@@ -650,7 +656,7 @@ class Replica:
     def next_timer_ms(self) -> int:
         """The earliest time ``tick`` has something to do (the driver may sleep until then)."""
         if self.role is Role.LEADER:
-            return self.leader_beat_ms + self.cfg.heartbeat_ms
+            return min(self.leader_beat_ms, self.leader_duties_ms) + self.cfg.heartbeat_ms
         return self.leadership.next_timer_ms(self)
 
     def suspect(self, node: NodeId) -> None:
@@ -1180,7 +1186,7 @@ class Replica:
         self.heard_ms = {m: t for m, t in self.heard_ms.items() if m in self.members}
         self.refused_by.clear()
         self.hb_acks.clear()
-        self.leader_beat_ms = self.now_ms
+        self.leader_beat_ms = self.leader_duties_ms = self.now_ms
         self._send_heartbeat()
         self._maybe_finish_rebuild()
 
@@ -1269,7 +1275,7 @@ class Replica:
     def _set_commit(self, c: Slot) -> None:
         old = self.acceptor.commit_index
         if c > old:
-            self.acceptor.commit_index = c
+            self.acceptor.set_commit(c)
             self._ready.persist.commit_index = c
             if c > self.known_commit:
                 self.known_commit = c

@@ -168,6 +168,10 @@ class Config:
     max_batch_bytes: int = MESSAGE_BUDGET_BYTES   # ... and their encoded bytes (one Accept)
     max_pending_commands: int = 10_000  # proposals queued while no slot is free
     max_pending_bytes: int = 64 * MiB   # ... and their bytes; past either, propose refuses
+    # An acceptor holding this many bytes of entries above its commit index (it is behind:
+    # fetching a snapshot, missing a slot) votes for no new slot until it has caught up.
+    # Well above what a leader keeps in flight, so a follower in step never meets it.
+    max_ahead_bytes: int = 256 * MiB
     catchup_batch: int = 256            # entries per catch-up reply
     message_budget_bytes: int = MESSAGE_BUDGET_BYTES  # entries per Promise / catch-up reply
     snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES  # one SnapshotChunk's data

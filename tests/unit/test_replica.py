@@ -79,6 +79,21 @@ def test_accept_at_higher_ballot_raises_the_promise_and_stores_the_entry() -> No
     assert sent(ready, Accepted, "n2") == [Accepted("n1", B2, 1)]
 
 
+def test_an_acceptor_behind_by_more_than_its_budget_withholds_votes_until_it_catches_up() -> None:
+    cfg = replace(CFG, max_ahead_bytes=3 * (1 << 20))
+    r = make("n1", cfg=cfg)
+    mib = (b"v" * (1 << 20),)                         # a little over 1 MiB, as counted
+    for slot in (2, 3, 4, 5):                         # slot 1 missing: nothing commits here
+        r.receive(Accept("n2", B2, slot, mib, 0), 0)
+    ready = drain(r)
+    assert [e.slot for e in ready.persist.entries] == [2, 3]    # the third would pass 3 MiB
+    assert [m.slot for m in sent(ready, Accepted, "n2")] == [2, 3]
+    r.receive(Accept("n2", B2, 1, (b"x",), 3), 0)     # the gap, and word that 1-3 are chosen
+    drain(r)
+    r.receive(Accept("n2", B2, 4, mib, 3), 0)         # the leader resends: room again
+    assert [m.slot for m in sent(drain(r), Accepted, "n2")] == [4]
+
+
 def test_two_different_values_for_one_ballot_and_slot_is_a_hard_error() -> None:
     r = make("n1")
     r.receive(Accept("n2", B2, 1, (b"x",), 0), 0)
@@ -297,6 +312,22 @@ def test_a_read_is_served_only_after_a_quorum_confirms_the_leader() -> None:
     assert "q1" not in drain(r).reads
     r.receive(HeartbeatAck("n2", b, rnd, 0), 10_001)
     assert drain(r).reads == ["q1"]
+
+
+def test_a_lost_accept_is_resent_though_reads_keep_the_heartbeat_busy() -> None:
+    """A read's heartbeat counts as the leader's beat; the leader's other periodic duties
+    (resending Accepts, promoting learners, handing over) are timed apart from it, or a
+    read every 10 ms would keep a lost Accept from ever being resent."""
+    r, b = _leader()
+    assert r.propose(b"cmd")
+    first = sent(drain(r), Accept, "n3")
+    assert first                                      # ... and lost on the way to n3
+    resent: list[Message] = []
+    for t in range(10_010, 10_300, 10):
+        assert r.read(("q", t))
+        r.tick(t)
+        resent += sent(drain(r), Accept, "n3")
+    assert resent and resent[0].slot == first[0].slot
 
 
 def test_reads_and_queued_commands_are_aborted_when_the_leader_steps_down() -> None:
