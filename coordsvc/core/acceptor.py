@@ -52,6 +52,18 @@ class Acceptor:
         c = self.commit_index
         self.ahead_bytes = sum(value_bytes(e.value) for s, e in self.log.items() if s > c)
 
+    def trim_tail(self, keep_from: Slot, max_bytes: int) -> None:
+        """Drop entries the snapshot covers below ``keep_from``, and the oldest of the rest
+        until they hold at most ``max_bytes``."""
+        tail = sorted(s for s in self.log if s <= self.snapshot.index)
+        held = sum(value_bytes(self.log[s].value) for s in tail if s >= keep_from)
+        for s in tail:
+            if s >= keep_from and held <= max_bytes:
+                break
+            if s >= keep_from:
+                held -= value_bytes(self.log[s].value)
+            del self.log[s]
+
     def set_commit(self, c: Slot) -> None:
         """The commit index moves up to ``c`` (the caller checked it is higher)."""
         for s in range(self.commit_index + 1, c + 1):
@@ -143,9 +155,13 @@ class Acceptor:
         self._hold(e, old)
         persist.entries.append(e)
 
-    def install_snapshot(self, snap: Snapshot, persist: Persist) -> None:
+    def install_snapshot(self, snap: Snapshot, persist: Persist,
+                         keep_from: Slot | None = None) -> None:
+        """``snap`` replaces the log through its index. Entries from ``keep_from`` on stay
+        in memory (a catch-up tail: chosen, covered by the snapshot, never saved again)."""
         self.snapshot = snap
-        for s in [s for s in self.log if s <= snap.index]:
+        floor = snap.index + 1 if keep_from is None else keep_from
+        for s in [s for s in self.log if s < floor]:
             del self.log[s]
         persist.snapshot = snap
         persist.entries = [e for e in persist.entries if e.slot > snap.index]

@@ -622,7 +622,8 @@ class Replica:
         self.now_ms = now_ms
         if self.removed:
             return
-        self.shelf.expire(now_ms)
+        if self.shelf.expire(now_ms):
+            self.acceptor.trim_tail(self.acceptor.snapshot.index + 1, 0)   # nobody fetches
         if self.role is Role.LEADER:
             if self.leadership.checks_quorum and self._lost_quorum(now_ms):
                 self._step_down("no quorum heard within the election timeout")
@@ -696,8 +697,16 @@ class Replica:
         if self.history is not None:
             snapshot = Snapshot(snapshot.index, snapshot.data, self.config_after(snapshot.index))
             self.history.compact(snapshot.index)
-        self.acceptor.install_snapshot(snapshot, self._ready.persist)
         self.shelf.replace(snapshot, self.now_ms)
+        # A follower still fetching the superseded snapshot will ask for the entries after
+        # it: keep them (in memory, within a budget), or it would finish only to find them
+        # compacted and fetch again -- for ever, if the leader compacts faster than a big
+        # snapshot travels (Raft implementations keep such a tail for the same reason).
+        older = self.shelf.retained_index
+        self.acceptor.install_snapshot(snapshot, self._ready.persist,
+                                       keep_from=None if older is None else older + 1)
+        self.acceptor.trim_tail(snapshot.index + 1 if older is None else older + 1,
+                                self.cfg.max_catchup_tail_bytes)
 
     def config_after(self, index: Slot) -> Membership | None:
         """config(index + 1), which a snapshot through ``index`` carries."""
@@ -1433,8 +1442,9 @@ class Replica:
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         commit = self.acceptor.commit_index
         snap = self.acceptor.snapshot
-        if m.from_slot <= snap.index:
-            # Compacted here: name the snapshot; the requester fetches it in chunks.
+        if m.from_slot <= snap.index and (m.from_slot < 2 or m.from_slot not in self.acceptor.log):
+            # Compacted here (and not in the tail kept for fetchers): name the snapshot;
+            # the requester fetches it in chunks.
             self._send(m.src, CatchupReply(self.id, self._label(), (), self.shelf.info(), commit))
             return
         end = min(m.to_slot, commit, m.from_slot + self.cfg.catchup_batch - 1)

@@ -222,9 +222,12 @@ class Shelf:
             self._older = None
         self._current = _Kept(new)
 
-    def expire(self, now_ms: int) -> None:
+    def expire(self, now_ms: int) -> bool:
+        """Drop the superseded snapshot once nobody fetched it for a while; True if so."""
         if self._older is not None and not self._in_use(self._older, now_ms):
             self._older = None
+            return True
+        return False
 
     def _in_use(self, k: _Kept, now_ms: int) -> bool:
         return k.served_ms is not None and now_ms - k.served_ms < self.retain_ms

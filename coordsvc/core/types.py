@@ -172,6 +172,9 @@ class Config:
     # fetching a snapshot, missing a slot) votes for no new slot until it has caught up.
     # Well above what a leader keeps in flight, so a follower in step never meets it.
     max_ahead_bytes: int = 256 * MiB
+    # After a compaction, the entries after a snapshot a follower is still fetching stay in
+    # memory up to this many bytes, so that it can catch up from them.
+    max_catchup_tail_bytes: int = 512 * MiB
     catchup_batch: int = 256            # entries per catch-up reply
     message_budget_bytes: int = MESSAGE_BUDGET_BYTES  # entries per Promise / catch-up reply
     snapshot_chunk_bytes: int = SNAPSHOT_CHUNK_BYTES  # one SnapshotChunk's data

@@ -716,6 +716,33 @@ def test_a_follower_behind_the_snapshot_fetches_it_in_chunks_and_installs_it() -
     assert follower.commit_index == 7 and follower.status().fetch_peer is None
 
 
+def test_a_follower_that_fetched_a_superseded_snapshot_catches_up_from_the_kept_tail() -> None:
+    _, leader, follower = _snapshot_net(chunk=64)
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 1), 0)
+    drain(leader)                                     # the leader applies 6..7
+    paused: list[int] = []
+
+    def pause_at_128(m: Message) -> Message | None:
+        if isinstance(m, SnapshotChunk) and m.offset == 128 and not paused:
+            paused.append(m.offset)
+            return None
+        return m
+
+    _shuttle(follower, leader, tamper=pause_at_128)   # mid-transfer of the snapshot at 5 ...
+    leader.compact(Snapshot(7, b"state through 7"))   # ... the leader compacts again
+    assert sorted(leader.acceptor.log) == [6, 7]      # the fetcher's tail stays
+    follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 2), 1_000)
+    seen = _shuttle(follower, leader)
+    assert follower.commit_index == 7 and follower.status().snapshot_index == 5
+    assert [m.chosen for m in seen if isinstance(m, CatchupReply)] == [
+        ((6, (b"e6",)), (7, (b"e7",)))]               # entries, not the snapshot at 7
+    leader.tick(CFG.snapshot_retain_ms + 1)           # nobody fetches the old one now
+    assert sorted(leader.acceptor.log) == []
+    leader.receive(CatchupRequest("n2", 6, 7), CFG.snapshot_retain_ms + 2)
+    reply = sent(drain(leader), CatchupReply, "n2")
+    assert reply and reply[0].snapshot is not None and reply[0].snapshot.index == 7
+
+
 def test_a_snapshot_transfer_resumes_from_its_offset_after_a_drop() -> None:
     _, leader, follower = _snapshot_net(chunk=64)
     follower.receive(Heartbeat("n1", Ballot(4, "n1"), 7, 1), 0)
