@@ -6,7 +6,8 @@ snapshot is instead one file holding its *payload* (``core.transfer``: the confi
 header, then the state machine's bytes), written once and never changed:
 
 - ``snap-<index>-<tag>.part`` while it is written; fsynced, renamed to ``.bin`` and the
-  directory fsynced before anything refers to it. ``node.db``'s snapshot row names the
+  directory fsynced before anything refers to it -- by the node's own process, which
+  refers to it at once (a ``.bin`` nothing refers to is garbage to ``prune``). ``node.db``'s snapshot row names the
   file with its size and sha256 (``SqliteStore``), so a row never points at a file that
   is not complete and durable.
 - Written by a forked child (``ForkedSnapshots``): the child has a copy-on-write image of
@@ -88,8 +89,11 @@ class SnapshotDir:
         os.rename(part, done)
         _fsync_dir(self.path)
 
-    def write(self, index: Slot, machine: Machine, config: Membership | None) -> SnapshotFile:
-        """Write ``machine``'s state (through ``index``) with ``config``'s header, durably."""
+    def write(self, index: Slot, machine: Machine, config: Membership | None,
+              publish: bool = True) -> SnapshotFile:
+        """Write ``machine``'s state (through ``index``) with ``config``'s header, durably.
+        Unless ``publish``, the file is left as its ``.part`` for the caller to publish
+        (a forked writer leaves it to its parent: see ``ForkedSnapshots``)."""
         self.path.mkdir(exist_ok=True)
         part, done = self._new(index)
         head = head_for(config)
@@ -111,11 +115,20 @@ class SnapshotDir:
                         flushed = size
                 f.flush()
                 os.fsync(f.fileno())
-            self._publish(part, done)
+            if publish:
+                self._publish(part, done)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        return SnapshotFile(done, size, len(head), sha.digest())
+        return SnapshotFile(done if publish else part, size, len(head), sha.digest())
+
+    def publish(self, part: SnapshotFile) -> SnapshotFile:
+        """Rename a complete ``.part`` into place (durably); the published file."""
+        if part.path.parent != self.path or part.path.suffix != _PART:
+            raise SnapshotFileError(f"{part.path} is not a part file of {self.path}")
+        done = part.path.with_suffix(_DONE)
+        self._publish(part.path, done)
+        return SnapshotFile(done, part.size, part.head, part.checksum)
 
     def sink(self, info: SnapshotInfo) -> FileSink:
         self.path.mkdir(exist_ok=True)
@@ -249,10 +262,13 @@ class ForkedSnapshots:
             try:
                 gc.disable()      # collecting would touch (and copy) every page
                 _die_with_parent(parent)
+                os.nice(10)       # the node's loop, not its snapshot, gets the cores first
                 os.close(r)
                 os.closerange(3, w)                          # the node's sockets, its
                 os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))   # database, its lock
-                f = self.dir.write(index, machine, config)
+                # Left as .part: only the parent publishes, once it has the file in hand,
+                # so that its pruning never sees a complete file nothing refers to yet.
+                f = self.dir.write(index, machine, config, publish=False)
                 os.write(w, msgpack.packb([f.name, f.size, f.head, f.checksum]))
                 os._exit(0)
             except BaseException as e:
@@ -285,7 +301,11 @@ class ForkedSnapshots:
         code = os.waitstatus_to_exitcode(status)
         if code == 0 and isinstance(told, list) and len(told) == 4:
             name, size, head, checksum = told
-            return c.index, SnapshotFile(self.dir.path / name, size, head, checksum)
+            part = SnapshotFile(self.dir.path / str(name), size, head, checksum)
+            try:
+                return c.index, self.dir.publish(part)
+            except (OSError, SnapshotFileError) as e:
+                return c.index, f"publishing {part.path} failed: {e}"
         why = told if isinstance(told, str) else f"the writer exited with code {code}"
         return c.index, why
 

@@ -123,22 +123,21 @@ def test_a_fetched_snapshot_is_assembled_in_a_file_or_discarded(tmp_path: Path) 
         assert sorted(p.name for p in s.files.path.iterdir()) == [f.name]
 
 
-def test_a_forked_child_writes_the_state_as_of_the_fork(tmp_path: Path) -> None:
+def test_a_forked_child_writes_the_state_as_of_the_fork_and_pruning_meanwhile_spares_it(
+        tmp_path: Path) -> None:
     m = _machine(200, 2000)
     want = m.snapshot()
     with _store(tmp_path / "d") as s:
         w = ForkedSnapshots(s.files)
         w.start(200, m, CFG)
         m.apply(201, Request("c", 201, 0, Put("after", b"the fork")))   # the parent goes on
-        child = w.child
-        assert child is not None
-        _, status = os.waitpid(child.pid, 0)     # the test waits; the node polls instead
-        w.child = None
-        with os.fdopen(child.pipe, "rb") as pipe:
-            said = pipe.read()
-        assert os.waitstatus_to_exitcode(status) == 0, said
-    files = list((tmp_path / "d" / "snapshots").glob("*.bin"))
-    assert len(files) == 1 and files[0].read_bytes() == head_for(CFG) + want
+        assert w.child is not None            # wait for the child's exit, not reaping it
+        os.waitid(os.P_PID, w.child.pid, os.WEXITED | os.WNOWAIT)
+        assert s.prune([]) == []              # the node prunes before it polls: nothing
+        index, f = _outcome(w)                # the parent publishes what the child wrote
+        assert index == 200 and isinstance(f, SnapshotFile)
+    files = list((tmp_path / "d" / "snapshots").iterdir())
+    assert files == [f.path] and f.path.read_bytes() == head_for(CFG) + want
 
 
 class _Broken(Machine):
