@@ -320,7 +320,7 @@ class AsyncClient:
         return rev
 
     async def get(self, key: str, stale: bool = False) -> Entry | None:
-        _check(Delete(key))
+        _check_key(key)
         kv = (await self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale)).kv
         return None if kv is None else entry_of(kv)
 

@@ -58,7 +58,6 @@ from .acl import ADMIN_RIGHTS, MEMBER_RIGHTS, Rights, command_refusal
 from .commands import (
     BOOTSTRAP_ADMIN,
     ELECTION_PREFIX,
-    RESERVED_PREFIX,
     SCHEMA_PREFIX,
     Acquire,
     AcquireShared,
@@ -122,7 +121,15 @@ WINDOW_BYTES = 64 * 1_048_576
 _PUT, _DELETE = ChangeType.PUT, ChangeType.DELETE
 _MEMBER_PREFIX = "node:"
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+# Version 1 kept the records under "\x01", which clients could not write then (a narrower
+# key rule); loading one renames them under RESERVED_PREFIX (``_load``). Version 2 may
+# hold client keys under "\x01", so only the version tells the two apart.
+_V1_RECORD_PREFIXES = (("\x01election/", ELECTION_PREFIX), ("\x01schema/", SCHEMA_PREFIX))
+# Where a version-1 snapshot names a key or a lock: (table, column). An election's lock is
+# named as its record is, so its holder, waiters and candidates move with it.
+_V1_NAMES = (("ev", 2), ("kv", 0), ("hist", 0), ("eph", 0), ("lk", 0), ("sh", 0), ("cand", 0),
+             ("ldel", 1))
 # Snapshots are written and read in pieces of about this size; one row (a key's value
 # with its framing, a client's cached results) must fit in the reader's buffer.
 SNAPSHOT_PIECE_BYTES = 1 * MiB
@@ -359,9 +366,6 @@ class Machine:
                 return _err(ResultCode.PERMISSION_DENIED, self.revision, f"{who}: {refused}")
             assert r is not None   # command_refusal refuses None
             rights = r
-        refused_name = _reserved(cmd)
-        if refused_name is not None:
-            return _err(ResultCode.INVALID, self.revision, refused_name)
         if isinstance(cmd, Put) and self._schemas:
             problem = self._schema_problem(cmd.key, cmd.value)
             if problem is not None:
@@ -1229,7 +1233,9 @@ class Machine:
         return m
 
     def _load(self, st: dict[str, object]) -> None:
-        if st.get("v") != _SNAPSHOT_VERSION:
+        if st.get("v") == 1:
+            _rename_v1_records(st)
+        elif st.get("v") != _SNAPSHOT_VERSION:
             raise ProtocolError(f"unsupported snapshot version {st.get('v')!r}")
         g = _Getter(st)
         self.revision, self.next_session_id = g.int("rev"), g.int("sid")
@@ -1316,22 +1322,21 @@ class Machine:
                 self._attach(key, sid)
 
 
-def _reserved(cmd: Command) -> str | None:
-    """Keys and lock names under RESERVED_PREFIX (elections, schemas) are written by the
-    machine: no client puts, deletes or locks them directly (release and cancel stay open,
-    so a candidate can resign)."""
-    if isinstance(cmd, (Put, Delete)):
-        names: tuple[str, ...] = (cmd.key,)
-    elif isinstance(cmd, Txn):
-        names = tuple(op.key for op in cmd.success + cmd.failure)
-    elif isinstance(cmd, (Acquire, OpenAndAcquire, AcquireShared)):
-        names = (cmd.name,)
-    else:
-        return None
-    for n in names:
-        if n.startswith(RESERVED_PREFIX):
-            return f"{n!r}: names starting with {RESERVED_PREFIX!r} belong to the cluster"
-    return None
+def _rename_v1_records(st: dict[str, object]) -> None:
+    """Rename, in place, a version-1 snapshot's records (``_V1_RECORD_PREFIXES``) to their
+    names under RESERVED_PREFIX: keys with their events and history, election locks with
+    their candidates. Malformed rows are left for ``_load`` to refuse."""
+    for table, col in _V1_NAMES:
+        rows = st.get(table)
+        if not isinstance(rows, builtins.list):
+            continue     # a table older snapshots lack
+        for row in rows:
+            if not (isinstance(row, builtins.list) and len(row) > col and isinstance(row[col], str)):
+                continue
+            for old, new in _V1_RECORD_PREFIXES:
+                if row[col].startswith(old):
+                    row[col] = new + row[col][len(old):]
+                    break
 
 
 class _Getter:
