@@ -26,8 +26,8 @@ __all__ = [
     "MAX_CAMPAIGN_VALUE_BYTES", "RESERVED_PREFIX", "SCHEMA_PREFIX", "SchemaDelete", "SchemaSet",
     "BOOTSTRAP_ADMIN", "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_PRINCIPAL_CHARS",
     "MAX_RIGHT_PREFIXES", "MAX_TTL_MS", "MAX_VALUE_BYTES", "MIN_TTL_MS", "NAME_RE",
-    "decode_request", "encode_request", "is_public_key", "name_error", "stamp", "validate",
-    "validate_request",
+    "decode_request", "encode_request", "is_public_key", "is_record", "name_error", "stamp", "under",
+    "validate", "validate_request",
 ]
 
 MAX_KEY_BYTES = 512
@@ -287,6 +287,17 @@ class Request:
 
 def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_record(name: str) -> bool:
+    """Whether ``name`` is one of the cluster's own records (or its lock), never a client's."""
+    return name.startswith(RESERVED_PREFIX)
+
+
+def under(key: str, prefix: str) -> bool:
+    """Whether ``key`` is under ``prefix`` as clients list and watch: "" is every client key,
+    and a record is under a prefix that names records (begins with RESERVED_PREFIX) only."""
+    return key.startswith(prefix) and (prefix != "" or not key.startswith(RESERVED_PREFIX))
 
 
 def nul_error(what: str, v: str, records: bool) -> str | None:

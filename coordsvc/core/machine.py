@@ -58,6 +58,7 @@ from .acl import ADMIN_RIGHTS, MEMBER_RIGHTS, Rights, command_refusal
 from .commands import (
     BOOTSTRAP_ADMIN,
     ELECTION_PREFIX,
+    RESERVED_PREFIX,
     SCHEMA_PREFIX,
     Acquire,
     AcquireShared,
@@ -79,6 +80,7 @@ from .commands import (
     SchemaDelete,
     SchemaSet,
     Txn,
+    is_record,
     validate,
     validate_request,
 )
@@ -130,6 +132,8 @@ _V1_RECORD_PREFIXES = (("\x01election/", ELECTION_PREFIX), ("\x01schema/", SCHEM
 # named as its record is, so its holder, waiters and candidates move with it.
 _V1_NAMES = (("ev", 2), ("kv", 0), ("hist", 0), ("eph", 0), ("lk", 0), ("sh", 0), ("cand", 0),
              ("ldel", 1))
+# Records sort before every client key: this is the least client key.
+_LEAST_CLIENT_KEY = chr(ord(RESERVED_PREFIX) + 1)
 # Snapshots are written and read in pieces of about this size; one row (a key's value
 # with its framing, a client's cached results) must fit in the reader's buffer.
 SNAPSHOT_PIECE_BYTES = 1 * MiB
@@ -991,11 +995,14 @@ class Machine:
     def list(self, prefix: str) -> builtins.list[KeyValue]:
         return builtins.list(self.scan(prefix))
 
-    def scan(self, prefix: str, start_after: str = "") -> Iterator[KeyValue]:
+    def scan(self, prefix: str, start_after: str = "", hide_records: bool = False) -> Iterator[KeyValue]:
         """Current entries under ``prefix`` with key > ``start_after``, in key order, lazily
-        (O(log n) to start). Do not apply while iterating."""
+        (O(log n) to start). With ``hide_records``, as a client lists (``commands.under``):
+        "" is the client keys alone. Do not apply while iterating."""
         kv = self._kv
-        if start_after >= prefix:
+        if hide_records and prefix == "" and start_after < _LEAST_CLIENT_KEY:
+            keys = self._keys.irange(minimum=_LEAST_CLIENT_KEY)
+        elif start_after >= prefix:
             keys = self._keys.irange(minimum=start_after, inclusive=(False, True))
         else:
             keys = self._keys.irange(minimum=prefix)
@@ -1013,20 +1020,24 @@ class Machine:
         return c is not None and seq in c.results
 
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
-                     limit: int, readable: tuple[str, ...] | None = None) -> builtins.list[Change]:
+                     limit: int, readable: tuple[str, ...] | None = None,
+                     hide_records: bool = False) -> builtins.list[Change]:
         """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)
-        and, unless ``readable`` is None, with one of the prefixes in ``readable``. The
-        events of one revision (a transaction) are never split: ``limit`` may be passed to
-        finish one."""
-        return self.events_page(prefix, after_revision, limit, 1 << 62, readable)[0]
+        and, unless ``readable`` is None, with one of the prefixes in ``readable``; with
+        ``hide_records``, as a client watches (``commands.under``): "" selects client keys
+        alone. The events of one revision (a transaction) are never split: ``limit`` may be
+        passed to finish one."""
+        return self.events_page(prefix, after_revision, limit, 1 << 62, readable, hide_records)[0]
 
     def events_page(self, prefix: str | tuple[str, ...], after_revision: int, limit: int,
                     max_bytes: int, readable: tuple[str, ...] | None = None,
-                    ) -> tuple[builtins.list[Change], bool]:
+                    hide_records: bool = False) -> tuple[builtins.list[Change], bool]:
         """``events_since``, also cut once the values passed ``max_bytes`` (always one
         revision); and whether it was cut (by ``limit`` or bytes): then it is complete only
         up to its last event. A cut never falls inside a revision, so a reader resuming
         after the last revision it got misses nothing."""
+        # A record's event passes only a prefix of records, never "" (None: nothing hidden).
+        records = _record_prefixes(prefix) if hide_records else None
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:
@@ -1042,6 +1053,8 @@ class Machine:
                 if not (item.key.startswith(prefix)
                         and (readable is None or item.key.startswith(readable))):
                     continue
+                if records is not None and is_record(item.key) and not item.key.startswith(records):
+                    continue
                 size += len(item.value) + 4 * len(item.key) + 48
                 if out and size > max_bytes:
                     return out, True
@@ -1049,7 +1062,8 @@ class Machine:
             else:
                 assert isinstance(item, tuple)
                 picked = [ev for ev in item if ev.key.startswith(prefix)
-                          and (readable is None or ev.key.startswith(readable))]
+                          and (readable is None or ev.key.startswith(readable))
+                          and (records is None or not is_record(ev.key) or ev.key.startswith(records))]
                 if not picked:
                     continue
                 size += sum(len(ev.value) + 4 * len(ev.key) + 48 for ev in picked)
@@ -1337,6 +1351,16 @@ def _rename_v1_records(st: dict[str, object]) -> None:
                 if row[col].startswith(old):
                     row[col] = new + row[col][len(old):]
                     break
+
+
+def _record_prefixes(selector: str | tuple[str, ...]) -> tuple[str, ...] | None:
+    """For a client's ``selector``: the prefixes a record's key must start with to be
+    selected -- those of records -- when "" (every key) is among them; else None, as
+    any other prefix selects only records or only client keys already."""
+    prefixes = (selector,) if type(selector) is str else selector
+    if "" not in prefixes:
+        return None
+    return tuple(p for p in prefixes if is_record(p))
 
 
 class _Getter:

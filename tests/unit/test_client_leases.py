@@ -283,6 +283,25 @@ def test_a_term_on_a_lease_fences_writes_and_resigns_by_its_elections_lock(net: 
         assert el.leader() == Leader(b"A2", t2.token)
 
 
+def test_a_watch_of_everything_shows_no_records_beside_an_observed_election(net: Faults) -> None:
+    from coordsvc import Leader
+    with client(net) as c:
+        everything = c.watch("")
+        seen = c.election("sched").observe()
+        assert next(seen) is None
+        term = c.election("sched").campaign("A", ttl=5.0)
+        c.schema_set("app/", {"type": "object"})
+        c.put("\x01k", "1")
+        assert next(seen) == Leader(b"A", term.token)
+        ev = everything.next(timeout=5.0)
+        assert ev is not None and ev.key == "\x01k"
+        assert [e.key for e in c.list("")] == ["\x01k"]
+        term.resign()
+        assert next(seen) is None
+        seen.close()
+        everything.close()
+
+
 def test_every_client_call_takes_keys_and_names_beginning_with_x01(net: Faults) -> None:
     with client(net) as c:
         rev = c.put("\x01k", "1")

@@ -28,6 +28,7 @@ from coordsvc.core.commands import (
     SchemaSet,
     Txn,
     name_error,
+    under,
 )
 from coordsvc.core.machine import Machine
 from coordsvc.core.protocol import ResultCode
@@ -107,6 +108,26 @@ def test_a_candidate_resigns_and_fences_by_its_elections_lock(c: Client) -> None
     assert c.do(Put("jobs/out", b"2", fence=Fence(name, token))).code == ResultCode.FENCE_REJECTED  # type: ignore[arg-type]
     assert c.do(Cancel(name, b)).code == OK
     assert c.m.get(name) is None
+
+
+def test_a_client_lists_and_watches_records_only_by_a_prefix_of_records(c: Client) -> None:
+    sid = c.session()
+    c.do(Put("\x01a", b"1"))
+    c.do(Campaign("sched", sid, b"me"))
+    c.do(SchemaSet("app/", FLAGS))
+    c.do(Put("z", b"1"))
+    assert [kv.key for kv in c.m.scan("", hide_records=True)] == ["\x01a", "z"]
+    assert [kv.key for kv in c.m.scan("", ELECTION_PREFIX, hide_records=True)] == ["\x01a", "z"]
+    assert [kv.key for kv in c.m.scan(ELECTION_PREFIX, hide_records=True)] == [ELECTION_PREFIX + "sched"]
+    assert len(c.m.list("")) == 4     # the machine's own view holds everything
+    assert [e.key for e in c.m.events_since("", 0, 100, hide_records=True)] == ["\x01a", "z"]
+    both = ("", SCHEMA_PREFIX)
+    assert [e.key for e in c.m.events_since(both, 0, 100, hide_records=True)] == [
+        "\x01a", SCHEMA_PREFIX + "app/", "z"]
+    assert [e.key for e in c.m.events_since(SCHEMA_PREFIX, 0, 100, hide_records=True)] == [
+        SCHEMA_PREFIX + "app/"]
+    assert under("\x01a", "") and not under(ELECTION_PREFIX + "x", "")
+    assert under(ELECTION_PREFIX + "x", ELECTION_PREFIX) and not under("\x01a", ELECTION_PREFIX)
 
 
 # -- snapshots from before the move ----------------------------------------------------------

@@ -292,3 +292,21 @@ def test_records_are_read_by_their_names_with_the_rights_of_what_they_describe()
     assert [e[1] for e in n.ask("alice", {"op": "watch", "prefix": rec, "after": 0})["events"]] == [rec]
     assert denied(n.ask("alice", {"op": "watch", "prefix": ELECTION_PREFIX + "ops/", "after": 0}))
 
+
+def test_everything_listed_or_watched_is_client_keys_unless_records_are_asked_for() -> None:
+    n = Node().setup()
+    n.write("admin", Put("\x01k", b"1"))
+    n.write("admin", SchemaSet("app/", b"{}"))
+    sid = n.write("bob", OpenSession(5000))["result"][2]["session_id"]
+    n.write("bob", Campaign("jobs/sched", sid, b"bob"))
+    n.write("admin", Put("app/a", b"{}"))
+    rec = ELECTION_PREFIX + "jobs/sched"
+    assert [kv[0] for kv in n.ask("admin", {"op": "list", "prefix": ""})["kvs"]] == ["\x01k", "app/a"]
+    assert [e[1] for e in n.ask("admin", {"op": "watch", "prefix": "", "after": 0})["events"]] == [
+        "\x01k", "app/a"]
+    both = n.ask("admin", {"op": "watch", "prefixes": ["", SCHEMA_PREFIX], "after": 0})["events"]
+    assert [e[1] for e in both] == ["\x01k", SCHEMA_PREFIX + "app/", "app/a"]
+    # alice reads under app/ and locks under jobs/: her watch of everything is filtered by
+    # her rights, and the election she may read still comes through beside it.
+    mixed = n.ask("alice", {"op": "watch", "prefixes": ["", ELECTION_PREFIX + "jobs/"], "after": 0})
+    assert [e[1] for e in mixed["events"]] == [rec, "app/a"]

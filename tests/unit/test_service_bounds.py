@@ -378,10 +378,10 @@ def test_a_woken_watch_that_fails_is_answered_internal_and_others_are_served(
     s.send("good", {"id": 2, "op": "watch", "prefix": "b/", "after": 0, "wait_ms": 5000})
     real = Machine.events_page
 
-    def events_page(self: Machine, sel: object, *a: Any) -> Any:
+    def events_page(self: Machine, sel: object, *a: Any, **kw: Any) -> Any:
         if sel == "a/":
             raise KeyError("injected")
-        return real(self, sel, *a)   # type: ignore[arg-type]
+        return real(self, sel, *a, **kw)   # type: ignore[arg-type]
     monkeypatch.setattr(Machine, "events_page", events_page)
     s.write(Put("a/1", b"v"))
     s.write(Put("b/1", b"v"))
