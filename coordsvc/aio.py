@@ -107,6 +107,7 @@ from coordsvc.core.commands import (
     SchemaDelete,
     SchemaSet,
     Txn,
+    under,
     validate,
 )
 from coordsvc.core.protocol import (
@@ -320,7 +321,7 @@ class AsyncClient:
         return rev
 
     async def get(self, key: str, stale: bool = False) -> Entry | None:
-        _check(Delete(key))
+        _check_key(key)
         kv = (await self._call(GetRequest(key, bool(stale)), GetReply.from_wire, leader=not stale)).kv
         return None if kv is None else entry_of(kv)
 
@@ -386,7 +387,7 @@ class AsyncClient:
                 leader=False, long_poll_s=WATCH_WAIT_S)
             before, seen = fetched, set()
             for ch in reply.events:
-                if ch.revision > before and ch.key.startswith(prefix) and (ch.revision, ch.key) not in seen:
+                if ch.revision > before and under(ch.key, prefix) and (ch.revision, ch.key) not in seen:
                     seen.add((ch.revision, ch.key))
                     fetched = ch.revision
                     yield event_of(ch)

@@ -34,6 +34,7 @@ from coordsvc.core.commands import (
     SchemaDelete,
     SchemaSet,
     Txn,
+    name_error,
     validate,
 )
 from coordsvc.core.protocol import (
@@ -875,14 +876,15 @@ def _fence(lk: Lock | None) -> Fence | None:
 
 
 def _check_key(key: str, what: str = "key") -> None:
-    err = validate(Delete(key))  # the key rules, without a value
+    """A key to read by: a client's key, or a record's name (an election's, a schema's)."""
+    err = name_error(what, key, records=True)
     if err is not None:
-        raise InvalidRequest(err.replace("key", what, 1))
+        raise InvalidRequest(err)
 
 
 def _check_prefix(prefix: str) -> None:
     if prefix != "":
-        _check_key(prefix)
+        _check_key(prefix, "prefix")
     elif not isinstance(prefix, str):
         raise InvalidRequest("prefix must be a string")
 

@@ -20,6 +20,7 @@ from collections import deque
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from coordsvc.core.commands import is_record, under
 from coordsvc.core.protocol import WatchReply, WatchRequest
 
 from ._transport import Cancelled, Pin
@@ -33,7 +34,7 @@ __all__ = ["Watch", "WatchHub"]
 
 WATCH_WAIT_S = 5.0
 WATCH_LIMIT = 1000
-MAX_PREFIXES = 1000   # more distinct prefixes than this: poll everything, filter here
+MAX_PREFIXES = 1000   # more distinct prefixes than this: poll everything, filter here (_plan)
 # A watch holding this many undelivered events is left out of polls until its reader
 # catches up: a slow reader costs memory up to this bound, not without one.
 BUFFER_MAX = 2 * WATCH_LIMIT
@@ -122,11 +123,12 @@ class Watch:
         with self._cv:
             # Dedupe by revision: a transaction's events share one, and a node never splits
             # a revision across replies, so everything after ``fetched`` is new. The prefix
-            # check also guards against oversharing.
+            # check also guards against oversharing, and keeps a record polled for another
+            # watch out of a watch of "" (commands.under).
             # (revision, key) names an event: a transaction writes each key once.
             before, seen = self.fetched, set()
             for ev in events:
-                if (ev.revision > before and ev.key.startswith(self.prefix)
+                if (ev.revision > before and under(ev.key, self.prefix)
                         and (ev.revision, ev.key) not in seen):
                     seen.add((ev.revision, ev.key))
                     self._buf.append(ev)
@@ -215,15 +217,14 @@ class WatchHub:
             self._client._transport.release_thread()
 
     def _poll(self, watches: list[Watch]) -> bool:
-        """One long-poll for ``watches``; False if it failed (the caller pauses)."""
+        """One long-poll for ``watches`` (those ``_plan`` picks); False if it failed (the
+        caller pauses)."""
+        watches, prefixes = _plan(watches)
         after = min(w.fetched for w in watches)
-        prefixes = sorted({w.prefix for w in watches})
-        if len(prefixes) > MAX_PREFIXES or "" in prefixes:
-            prefixes = [""]
         c = self._client
         try:
             reply = c._call(
-                WatchRequest(after, prefixes=tuple(prefixes), wait_ms=int(WATCH_WAIT_S * 1000),
+                WatchRequest(after, prefixes=prefixes, wait_ms=int(WATCH_WAIT_S * 1000),
                              limit=WATCH_LIMIT), WatchReply.from_wire,
                 leader=False, timeout_s=WATCH_WAIT_S + c.timeout, long_poll_s=WATCH_WAIT_S,
                 pin=self._pin, cancel=self._interrupt)
@@ -259,3 +260,21 @@ class WatchHub:
         for w in watches:
             w._deliver(events, through)
         return True
+
+
+def _plan(watches: list[Watch]) -> tuple[list[Watch], tuple[str, ...]]:
+    """The watches one poll serves, and the prefixes it names. Past ``MAX_PREFIXES``
+    prefixes, or with a watch of everything, it names "" -- every client key -- and beside
+    it each record watched (no record is under ""). Should those still be too many, the
+    records whose watches are furthest behind go first and the others wait for a later
+    poll (each poll moves those it served ahead, so all take turns)."""
+    prefixes = sorted({w.prefix for w in watches})
+    if len(prefixes) <= MAX_PREFIXES and "" not in prefixes:
+        return watches, tuple(prefixes)
+    records: dict[str, None] = {}
+    for w in sorted((w for w in watches if is_record(w.prefix)), key=lambda w: w.fetched):
+        if len(records) == MAX_PREFIXES - 1:
+            break
+        records[w.prefix] = None
+    served = [w for w in watches if not is_record(w.prefix) or w.prefix in records]
+    return served, ("", *sorted(records))

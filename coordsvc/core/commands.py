@@ -26,7 +26,8 @@ __all__ = [
     "MAX_CAMPAIGN_VALUE_BYTES", "RESERVED_PREFIX", "SCHEMA_PREFIX", "SchemaDelete", "SchemaSet",
     "BOOTSTRAP_ADMIN", "MAX_CLIENT_ID_CHARS", "MAX_INT", "MAX_KEY_BYTES", "MAX_PRINCIPAL_CHARS",
     "MAX_RIGHT_PREFIXES", "MAX_TTL_MS", "MAX_VALUE_BYTES", "MIN_TTL_MS", "NAME_RE",
-    "decode_request", "encode_request", "is_public_key", "stamp", "validate", "validate_request",
+    "decode_request", "encode_request", "is_public_key", "is_record", "name_error", "stamp", "under",
+    "validate", "validate_request",
 ]
 
 MAX_KEY_BYTES = 512
@@ -60,14 +61,16 @@ MAX_LOCK_DELAY_MS = 60_000
 # A semaphore's slots (its holders are listed in ``locks`` answers, so bounded).
 MAX_SEMAPHORE_LIMIT = 1_000
 SHARED_MODES = ("semaphore", "read", "write")
+# The cluster's own records (elections, schemas) are named RESERVED_PREFIX + a name. A
+# client's key or lock name never holds NUL, so no client name is a record's, and every
+# legal key stays the client's; clients read records (get, list, history, watch of a
+# record's name) but only the machine writes them. NUL also sorts before every client key.
+RESERVED_PREFIX = "\x00"
 # Election NAME is the lock ELECTION_PREFIX + NAME, and its leader's record is the key of
-# that same name (the machine writes it; clients may not). \x01 keeps it apart from any
-# name a person would type.
-ELECTION_PREFIX = "\x01election/"
+# that same name.
+ELECTION_PREFIX = RESERVED_PREFIX + "election/"
 # The schema of config prefix P is the key SCHEMA_PREFIX + P (core.schemas).
-SCHEMA_PREFIX = "\x01schema/"
-# Keys and lock names under it are the machine's to write (elections, schemas).
-RESERVED_PREFIX = "\x01"
+SCHEMA_PREFIX = RESERVED_PREFIX + "schema/"
 MAX_CAMPAIGN_VALUE_BYTES = 64 * 1024
 
 
@@ -286,7 +289,34 @@ def _is_int(v: object) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _check_name(what: str, v: object) -> str | None:
+def is_record(name: str) -> bool:
+    """Whether ``name`` is one of the cluster's own records (or its lock), never a client's."""
+    return name.startswith(RESERVED_PREFIX)
+
+
+def under(key: str, prefix: str) -> bool:
+    """Whether ``key`` is under ``prefix`` as clients list and watch: "" is every client key,
+    and a record is under a prefix that names records (begins with RESERVED_PREFIX) only."""
+    return key.startswith(prefix) and (prefix != "" or not key.startswith(RESERVED_PREFIX))
+
+
+def nul_error(what: str, v: str, records: bool) -> str | None:
+    """Why the NULs in ``v`` refuse it, or None. No name holds one; with ``records``, a
+    record's name -- RESERVED_PREFIX, then a name -- is accepted too (to read it, or to
+    release, cancel or fence by an election's lock)."""
+    if "\x00" not in v:
+        return None
+    if records:
+        body = v[len(RESERVED_PREFIX):]
+        if v.startswith(RESERVED_PREFIX) and body and "\x00" not in body:
+            return None
+        return f"{what} must not contain NUL (but the one leading a record's name)"
+    return f"{what} must not contain NUL"
+
+
+def name_error(what: str, v: object, records: bool = False) -> str | None:
+    """Why ``v`` is no key or lock name (1..512 UTF-8 bytes, no NUL), or None; ``records``
+    as for :func:`nul_error`."""
     if not isinstance(v, str):
         return f"{what} must be a string"
     try:
@@ -295,9 +325,8 @@ def _check_name(what: str, v: object) -> str | None:
         return f"{what} is not valid UTF-8"
     if not 1 <= n <= MAX_KEY_BYTES:
         return f"{what} must be 1..{MAX_KEY_BYTES} UTF-8 bytes, got {n}"
-    if "\x00" in v:
-        return f"{what} must not contain NUL"
-    return None
+    return nul_error(what, v, records)
+
 
 
 def _check_int(what: str, v: object, low: int, high: int = MAX_INT) -> str | None:
@@ -309,13 +338,13 @@ def _check_int(what: str, v: object, low: int, high: int = MAX_INT) -> str | Non
 
 
 def _check_write(key: object, if_revision: object, fence: object) -> str | None:
-    err = _check_name("key", key)
+    err = name_error("key", key)
     if err is None and if_revision is not None:
         err = _check_int("if_revision", if_revision, 0)
     if err is None and fence is not None:
         if not isinstance(fence, Fence):
             return "fence must be a Fence"
-        err = _check_name("fence lock name", fence.lock) or _check_int("fence token", fence.token, 1)
+        err = name_error("fence lock name", fence.lock, records=True) or _check_int("fence token", fence.token, 1)
     return err
 
 
@@ -337,19 +366,19 @@ def validate(cmd: object) -> str | None:
     if isinstance(cmd, Acquire):
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
-        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+        return (name_error("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
                 or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
     if isinstance(cmd, OpenAndAcquire):
         if not isinstance(cmd.wait, bool):
             return "wait must be a bool"
-        return (_check_name("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
+        return (name_error("lock name", cmd.name) or _check_int("ttl_ms", cmd.ttl_ms, MIN_TTL_MS, MAX_TTL_MS)
                 or _check_int("lock_delay_ms", cmd.lock_delay_ms, 0, MAX_LOCK_DELAY_MS))
     if isinstance(cmd, EndLockDelay):
-        return _check_name("lock name", cmd.name)
+        return name_error("lock name", cmd.name)
     if isinstance(cmd, (SchemaSet, SchemaDelete)):
         if not isinstance(cmd.prefix, str):
             return "prefix must be a string"
-        err = _check_name("schema key", SCHEMA_PREFIX + cmd.prefix)
+        err = name_error("schema key", SCHEMA_PREFIX + cmd.prefix, records=True)
         if err is None and isinstance(cmd, SchemaSet):
             if not isinstance(cmd.schema, bytes) or len(cmd.schema) > 64 * 1024:
                 return "a schema is JSON text of at most 65536 bytes"
@@ -359,9 +388,9 @@ def validate(cmd: object) -> str | None:
             return "wait must be a bool and value bytes"
         if len(cmd.value) > MAX_CAMPAIGN_VALUE_BYTES:
             return f"a campaign's value is at most {MAX_CAMPAIGN_VALUE_BYTES} bytes, got {len(cmd.value)}"
-        err = _check_name("election name", cmd.name)
+        err = name_error("election name", cmd.name)
         if err is None and isinstance(cmd.name, str):
-            err = _check_name("election name", ELECTION_PREFIX + cmd.name)
+            err = name_error("election name", ELECTION_PREFIX + cmd.name, records=True)
         return err or _check_int("session_id", cmd.session_id, 1)
     if isinstance(cmd, AcquireShared):
         if not isinstance(cmd.wait, bool):
@@ -369,13 +398,16 @@ def validate(cmd: object) -> str | None:
         if cmd.mode not in SHARED_MODES:
             return f"mode must be one of {SHARED_MODES}, got {cmd.mode!r:.40}"
         low, high = (1, MAX_SEMAPHORE_LIMIT) if cmd.mode == "semaphore" else (0, 0)
-        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+        return (name_error("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
                 or _check_int("limit", cmd.limit, low, high))
+    # Release and Cancel also name an election's lock (its record's name): a candidate
+    # resigns, or gives up waiting, by it. Taking one is Campaign's alone.
     if isinstance(cmd, Release):
-        return (_check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
-                or _check_int("token", cmd.token, 1))
+        return (name_error("lock name", cmd.name, records=True)
+                or _check_int("session_id", cmd.session_id, 1) or _check_int("token", cmd.token, 1))
     if isinstance(cmd, Cancel):
-        return _check_name("lock name", cmd.name) or _check_int("session_id", cmd.session_id, 1)
+        return (name_error("lock name", cmd.name, records=True)
+                or _check_int("session_id", cmd.session_id, 1))
     if isinstance(cmd, Noop):
         return None
     if isinstance(cmd, AuthAdd):
@@ -397,7 +429,7 @@ def _check_txn(cmd: Txn) -> str | None:
     for c in cmd.compare:
         if not (isinstance(c, tuple) and len(c) == 2):
             return "a compare is (key, revision)"
-        err = _check_name("compare key", c[0]) or _check_int("compare revision", c[1], 0)
+        err = name_error("compare key", c[0], records=True) or _check_int("compare revision", c[1], 0)
         if err is not None:
             return err
         total += len(c[0].encode("utf-8"))
@@ -422,7 +454,7 @@ def _check_txn(cmd: Txn) -> str | None:
     if cmd.fence is not None:
         if not isinstance(cmd.fence, Fence):
             return "fence must be a Fence"
-        return _check_name("fence lock name", cmd.fence.lock) or _check_int("fence token", cmd.fence.token, 1)
+        return name_error("fence lock name", cmd.fence.lock, records=True) or _check_int("fence token", cmd.fence.token, 1)
     return None
 
 
@@ -453,7 +485,7 @@ def _check_auth_add(cmd: AuthAdd) -> str | None:
             return f"{kind} must be a tuple of at most {MAX_RIGHT_PREFIXES} prefixes"
         for p in prefixes:
             if p != "":   # "" is every key
-                perr = _check_name(f"{kind} prefix", p)
+                perr = name_error(f"{kind} prefix", p)
                 if perr is not None:
                     return perr
             elif not isinstance(p, str):

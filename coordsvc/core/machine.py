@@ -80,6 +80,7 @@ from .commands import (
     SchemaDelete,
     SchemaSet,
     Txn,
+    is_record,
     validate,
     validate_request,
 )
@@ -122,7 +123,17 @@ WINDOW_BYTES = 64 * 1_048_576
 _PUT, _DELETE = ChangeType.PUT, ChangeType.DELETE
 _MEMBER_PREFIX = "node:"
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+# Version 1 kept the records under "\x01", which clients could not write then (a narrower
+# key rule); loading one renames them under RESERVED_PREFIX (``_load``). Version 2 may
+# hold client keys under "\x01", so only the version tells the two apart.
+_V1_RECORD_PREFIXES = (("\x01election/", ELECTION_PREFIX), ("\x01schema/", SCHEMA_PREFIX))
+# Where a version-1 snapshot names a key or a lock: (table, column). An election's lock is
+# named as its record is, so its holder, waiters and candidates move with it.
+_V1_NAMES = (("ev", 2), ("kv", 0), ("hist", 0), ("eph", 0), ("lk", 0), ("sh", 0), ("cand", 0),
+             ("ldel", 1))
+# Records sort before every client key: this is the least client key.
+_LEAST_CLIENT_KEY = chr(ord(RESERVED_PREFIX) + 1)
 # Snapshots are written and read in pieces of about this size; one row (a key's value
 # with its framing, a client's cached results) must fit in the reader's buffer.
 SNAPSHOT_PIECE_BYTES = 1 * MiB
@@ -359,9 +370,6 @@ class Machine:
                 return _err(ResultCode.PERMISSION_DENIED, self.revision, f"{who}: {refused}")
             assert r is not None   # command_refusal refuses None
             rights = r
-        refused_name = _reserved(cmd)
-        if refused_name is not None:
-            return _err(ResultCode.INVALID, self.revision, refused_name)
         if isinstance(cmd, Put) and self._schemas:
             problem = self._schema_problem(cmd.key, cmd.value)
             if problem is not None:
@@ -987,11 +995,14 @@ class Machine:
     def list(self, prefix: str) -> builtins.list[KeyValue]:
         return builtins.list(self.scan(prefix))
 
-    def scan(self, prefix: str, start_after: str = "") -> Iterator[KeyValue]:
+    def scan(self, prefix: str, start_after: str = "", hide_records: bool = False) -> Iterator[KeyValue]:
         """Current entries under ``prefix`` with key > ``start_after``, in key order, lazily
-        (O(log n) to start). Do not apply while iterating."""
+        (O(log n) to start). With ``hide_records``, as a client lists (``commands.under``):
+        "" is the client keys alone. Do not apply while iterating."""
         kv = self._kv
-        if start_after >= prefix:
+        if hide_records and prefix == "" and start_after < _LEAST_CLIENT_KEY:
+            keys = self._keys.irange(minimum=_LEAST_CLIENT_KEY)
+        elif start_after >= prefix:
             keys = self._keys.irange(minimum=start_after, inclusive=(False, True))
         else:
             keys = self._keys.irange(minimum=prefix)
@@ -1009,20 +1020,24 @@ class Machine:
         return c is not None and seq in c.results
 
     def events_since(self, prefix: str | tuple[str, ...], after_revision: int,
-                     limit: int, readable: tuple[str, ...] | None = None) -> builtins.list[Change]:
+                     limit: int, readable: tuple[str, ...] | None = None,
+                     hide_records: bool = False) -> builtins.list[Change]:
         """Events after ``after_revision`` whose key starts with ``prefix`` (or any of them)
-        and, unless ``readable`` is None, with one of the prefixes in ``readable``. The
-        events of one revision (a transaction) are never split: ``limit`` may be passed to
-        finish one."""
-        return self.events_page(prefix, after_revision, limit, 1 << 62, readable)[0]
+        and, unless ``readable`` is None, with one of the prefixes in ``readable``; with
+        ``hide_records``, as a client watches (``commands.under``): "" selects client keys
+        alone. The events of one revision (a transaction) are never split: ``limit`` may be
+        passed to finish one."""
+        return self.events_page(prefix, after_revision, limit, 1 << 62, readable, hide_records)[0]
 
     def events_page(self, prefix: str | tuple[str, ...], after_revision: int, limit: int,
                     max_bytes: int, readable: tuple[str, ...] | None = None,
-                    ) -> tuple[builtins.list[Change], bool]:
+                    hide_records: bool = False) -> tuple[builtins.list[Change], bool]:
         """``events_since``, also cut once the values passed ``max_bytes`` (always one
         revision); and whether it was cut (by ``limit`` or bytes): then it is complete only
         up to its last event. A cut never falls inside a revision, so a reader resuming
         after the last revision it got misses nothing."""
+        # A record's event passes only a prefix of records, never "" (None: nothing hidden).
+        records = _record_prefixes(prefix) if hide_records else None
         if after_revision < 0 or limit < 1:
             raise UsageError(f"need after_revision >= 0 and limit >= 1, got {after_revision}, {limit}")
         if after_revision + 1 < self.first_revision_in_window:
@@ -1038,6 +1053,8 @@ class Machine:
                 if not (item.key.startswith(prefix)
                         and (readable is None or item.key.startswith(readable))):
                     continue
+                if records is not None and is_record(item.key) and not item.key.startswith(records):
+                    continue
                 size += len(item.value) + 4 * len(item.key) + 48
                 if out and size > max_bytes:
                     return out, True
@@ -1045,7 +1062,8 @@ class Machine:
             else:
                 assert isinstance(item, tuple)
                 picked = [ev for ev in item if ev.key.startswith(prefix)
-                          and (readable is None or ev.key.startswith(readable))]
+                          and (readable is None or ev.key.startswith(readable))
+                          and (records is None or not is_record(ev.key) or ev.key.startswith(records))]
                 if not picked:
                     continue
                 size += sum(len(ev.value) + 4 * len(ev.key) + 48 for ev in picked)
@@ -1229,7 +1247,9 @@ class Machine:
         return m
 
     def _load(self, st: dict[str, object]) -> None:
-        if st.get("v") != _SNAPSHOT_VERSION:
+        if st.get("v") == 1:
+            _rename_v1_records(st)
+        elif st.get("v") != _SNAPSHOT_VERSION:
             raise ProtocolError(f"unsupported snapshot version {st.get('v')!r}")
         g = _Getter(st)
         self.revision, self.next_session_id = g.int("rev"), g.int("sid")
@@ -1316,22 +1336,31 @@ class Machine:
                 self._attach(key, sid)
 
 
-def _reserved(cmd: Command) -> str | None:
-    """Keys and lock names under RESERVED_PREFIX (elections, schemas) are written by the
-    machine: no client puts, deletes or locks them directly (release and cancel stay open,
-    so a candidate can resign)."""
-    if isinstance(cmd, (Put, Delete)):
-        names: tuple[str, ...] = (cmd.key,)
-    elif isinstance(cmd, Txn):
-        names = tuple(op.key for op in cmd.success + cmd.failure)
-    elif isinstance(cmd, (Acquire, OpenAndAcquire, AcquireShared)):
-        names = (cmd.name,)
-    else:
+def _rename_v1_records(st: dict[str, object]) -> None:
+    """Rename, in place, a version-1 snapshot's records (``_V1_RECORD_PREFIXES``) to their
+    names under RESERVED_PREFIX: keys with their events and history, election locks with
+    their candidates. Malformed rows are left for ``_load`` to refuse."""
+    for table, col in _V1_NAMES:
+        rows = st.get(table)
+        if not isinstance(rows, builtins.list):
+            continue     # a table older snapshots lack
+        for row in rows:
+            if not (isinstance(row, builtins.list) and len(row) > col and isinstance(row[col], str)):
+                continue
+            for old, new in _V1_RECORD_PREFIXES:
+                if row[col].startswith(old):
+                    row[col] = new + row[col][len(old):]
+                    break
+
+
+def _record_prefixes(selector: str | tuple[str, ...]) -> tuple[str, ...] | None:
+    """For a client's ``selector``: the prefixes a record's key must start with to be
+    selected -- those of records -- when "" (every key) is among them; else None, as
+    any other prefix selects only records or only client keys already."""
+    prefixes = (selector,) if type(selector) is str else selector
+    if "" not in prefixes:
         return None
-    for n in names:
-        if n.startswith(RESERVED_PREFIX):
-            return f"{n!r}: names starting with {RESERVED_PREFIX!r} belong to the cluster"
-    return None
+    return tuple(p for p in prefixes if is_record(p))
 
 
 class _Getter:

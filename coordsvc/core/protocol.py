@@ -84,7 +84,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeGuard, TypeVar
 
-from .commands import MAX_INT, MAX_KEY_BYTES, Request, decode_request, encode_request
+from .commands import MAX_INT, MAX_KEY_BYTES, Request, decode_request, encode_request, nul_error
 from .types import MAX_COMMAND_BYTES, MESSAGE_BUDGET_BYTES, SNAPSHOT_CHUNK_BYTES, ProtocolError
 
 __all__ = [
@@ -248,8 +248,9 @@ def _bool(m: Mapping[str, Any], name: str, default: Any = _MISSING) -> bool:
 
 
 def _key_error(v: str, what: str, allow_empty: bool) -> str | None:
-    """Why ``v`` is not a key (1..512 UTF-8 bytes, no NUL), or None. Most keys are short
-    ASCII: at most 128 characters cannot exceed 512 bytes, so they skip the encode."""
+    """Why ``v`` is not a key to read by (1..512 UTF-8 bytes, no NUL, or a record's name:
+    RESERVED_PREFIX and a key), or None. Most keys are short ASCII: at most 128 characters
+    cannot exceed 512 bytes, so they skip the encode."""
     n = len(v)
     if n > MAX_KEY_BYTES // 4:
         try:
@@ -258,9 +259,7 @@ def _key_error(v: str, what: str, allow_empty: bool) -> str | None:
             return f"{what} is not valid UTF-8"
     if n > MAX_KEY_BYTES or (n == 0 and not allow_empty):
         return f"{what} must be {0 if allow_empty else 1}..{MAX_KEY_BYTES} UTF-8 bytes, got {n}"
-    if "\x00" in v:
-        return f"{what} must not contain NUL"
-    return None
+    return nul_error(what, v, records=True)
 
 
 def _key(v: object, what: str, allow_empty: bool = False) -> str:

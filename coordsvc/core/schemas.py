@@ -17,9 +17,10 @@ libraries installed per node), and of several errors the one reported is chosen 
 fixed order (``best_match``). Every node must run the same jsonschema version, as it runs
 the same coordsvc. The schema's dialect is its ``$schema`` (default: draft 2020-12).
 
-A schema for PREFIX is kept as the reserved key ``SCHEMA_PREFIX + PREFIX`` (written by the
-machine only), so ``get``/``list``/``watch`` read schemas like any key and snapshots carry
-them with the keys; compiled validators are a cache rebuilt from those keys.
+A schema for PREFIX is kept as the record ``SCHEMA_PREFIX + PREFIX`` (a name no client key
+can have, written by the machine only), so ``get``/``list``/``watch`` of that name read
+schemas like any key and snapshots carry them with the keys; compiled validators are a
+cache rebuilt from those keys.
 """
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ import jsonschema.validators
 import referencing
 import referencing.exceptions
 
+from .commands import SCHEMA_PREFIX
+
 __all__ = ["MAX_SCHEMA_BYTES", "MAX_SCHEMAS", "SCHEMA_PREFIX", "Schema", "compile_schema"]
 
-SCHEMA_PREFIX = "\x01schema/"
 MAX_SCHEMA_BYTES = 64 * 1024
 MAX_SCHEMAS = 1_000
 

@@ -24,7 +24,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from .acl import Caller
-from .commands import AuthAdd, AuthRemove, Put, Request, Txn, stamp
+from .commands import AuthAdd, AuthRemove, Put, Request, Txn, is_record, stamp
 from .export import ExportPoint
 from .membership import ChangeKind, Member, MembershipChange
 from .protocol import (
@@ -205,7 +205,7 @@ def _get(svc: Service, route: Route, req: GetRequest, caller: Caller) -> GetRepl
 
 def _list(svc: Service, route: Route, req: ListRequest, caller: Caller) -> Reply:
     m, rights = svc.machine, caller.rights
-    rows = m.scan(req.prefix, req.start_after)
+    rows = m.scan(req.prefix, req.start_after, hide_records=True)
     if not rights.reads_all_under(req.prefix):
         rows = (kv for kv in rows if rights.may_read(kv.key))
     page = first_page(islice(rows, req.limit) if req.limit else rows)
@@ -309,8 +309,13 @@ _read(AuthListRequest, _auth_list)
 def _watch(svc: Service, route: Route, rid: object, req: WatchRequest, caller: Caller) -> None:
     rights = caller.rights
     readable = None
-    if not rights.admin and not all(rights.reads_all_under(p) for p in req.prefixes or (req.prefix,)):
-        readable = rights.readable    # some keys under the prefixes are not the caller's
+    selector = req.prefixes or (req.prefix,)
+    if not rights.admin and not all(rights.reads_all_under(p) for p in selector):
+        # Some keys under the prefixes are not the caller's. Records are read by other
+        # rights than their names' prefixes (an election's by the lock right on its name):
+        # the prefixes of records it may read whole are readable too.
+        readable = rights.readable + tuple(
+            p for p in selector if is_record(p) and rights.reads_all_under(p))
     svc.parking.watch(svc.machine, route, rid, req, svc.now_ms, caller.principal, readable)
 
 

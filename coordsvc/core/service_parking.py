@@ -208,7 +208,7 @@ class Parking:
         req = w.request
         try:
             events, cut = m.events_page(req.selector, req.after, req.limit, MESSAGE_BUDGET_BYTES,
-                                        w.readable)
+                                        w.readable, hide_records=True)
         except RevisionCompacted as e:
             oldest = e.oldest_available_revision
             self._out.reply(w.route, w.rid, ErrorReply(

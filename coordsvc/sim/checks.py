@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..core.commands import under
 from ..core.protocol import Result, ResultCode
 
 __all__ = [
@@ -313,14 +314,14 @@ def check_watch(expected: Sequence[EventLike], seen: Sequence[Sequence[EventLike
                 problems.append(f"{name}: delivered twice: {e}")
                 continue
             delivered.add(e)
-            if not e.key.startswith(spec.prefix):
+            if not under(e.key, spec.prefix):
                 problems.append(f"{name}: delivered an event outside its prefix: {e}")
             elif e.revision < start:
                 problems.append(f"{name}: delivered an event before its start revision: {e}")
             elif e not in by_revision.get(e.revision, ()):
                 problems.append(f"{name}: delivered an event that was never committed: {e}")
         missing = [e for e in committed
-                   if start <= e.revision <= end and e.key.startswith(spec.prefix)
+                   if start <= e.revision <= end and under(e.key, spec.prefix)
                    and e not in delivered]
         if missing:
             shown = ", ".join(str(e) for e in missing[:5])

@@ -165,7 +165,7 @@ class _SkippingParking(Parking):
     def _try_watch(self, m: Machine, w: ParkedWatch) -> bool:
         req = w.request
         try:
-            evs = m.events_since(req.selector, req.after, req.limit)
+            evs = m.events_since(req.selector, req.after, req.limit, hide_records=True)
         except RevisionCompacted:
             return super()._try_watch(m, w)
         if len(evs) < 2:

@@ -35,6 +35,7 @@ from ..core.commands import (
     OpenSession,
     Put,
     Txn,
+    under,
 )
 from ..core.protocol import ErrorCode, Result, ResultCode
 from . import requests
@@ -451,7 +452,7 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
             continue
         last = asked
         for ev in events:
-            if ev.revision < last or ev.revision <= asked or not ev.key.startswith(prefix):
+            if ev.revision < last or ev.revision <= asked or not under(ev.key, prefix):
                 c.env.protocol_violation(
                     f"{c.name}: watch {prefix!r} after {asked} answered out of order or "
                     f"outside the prefix: {[e.revision for e in events]}")
@@ -463,7 +464,7 @@ def watcher(c: SimClient, wl: Workload, record: Record, prefix: str, start_ms: i
                    else max(revision, events[-1].revision if events else asked))
         before = wlog.fetched    # a transaction's events share a revision
         for ev in events:
-            if ev.revision > before and ev.key.startswith(prefix):
+            if ev.revision > before and under(ev.key, prefix):
                 wlog.delivered.append(ev)
                 wlog.fetched = ev.revision
         wlog.fetched = max(wlog.fetched, through)

@@ -36,7 +36,7 @@ from coordsvc.client.errors import (
 )
 from coordsvc.clusterfile import Cluster, NodeSpec
 from coordsvc.core import machine
-from coordsvc.core.commands import decode_request
+from coordsvc.core.commands import ELECTION_PREFIX, decode_request
 from coordsvc.fencing import fenced_file_write, fenced_write, read_file_fence
 
 from .inproc import Faults, LocalNode, LocalTransport, answer, drop_replies, first, silent
@@ -398,6 +398,26 @@ def test_watches_of_one_client_share_one_long_poll(net: Faults) -> None:
     c.close()
     with pytest.raises(CoordError, match="closed"):
         watches[1].next(1.0)
+
+
+def test_past_the_prefix_bound_one_poll_asks_for_everything_and_the_records_take_turns(
+        net: Faults, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_watch, "MAX_PREFIXES", 3)
+    with client(net) as c:
+        terms = [c.election(f"e{i}").campaign("me", ttl=5.0) for i in range(3)]
+        for p in ("a/", "b/", "c/", "d/"):
+            c.put(p + "k", "v")
+        plain = [c.watch(p, start_revision=1) for p in ("a/", "b/", "c/", "d/")]
+        records = [c.watch(ELECTION_PREFIX + f"e{i}", start_revision=1) for i in range(3)]
+        for w, p in zip(plain, ("a/", "b/", "c/", "d/"), strict=True):
+            assert w.next(2.0).key == p + "k"  # type: ignore[union-attr]
+        for w, t in zip(records, terms, strict=True):
+            ev = w.next(2.0)
+            assert ev is not None and ev.value == b"%d\nme" % t.token and w.next(0) is None
+        polls = [r["prefixes"] for r in net.sent(op="watch") if r.get("prefixes")]
+        assert all(len(p) <= 3 and p[0] == "" for p in polls[-3:])
+        for w in plain + records:
+            w.close()
 
 
 def test_a_slow_watch_reader_bounds_its_buffer_and_still_gets_every_event(

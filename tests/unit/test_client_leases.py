@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from coordsvc import Client, Lease, LeaseExpired, LockTimeout
+from coordsvc import Client, CoordError, Lease, LeaseExpired, LockTimeout
 from coordsvc.client import _client
 from coordsvc.client.errors import InvalidRequest
 
@@ -265,6 +265,64 @@ def test_observe_yields_every_change_of_leader_in_order(net: Faults) -> None:
         assert [next(seen), next(seen), next(seen)] == [
             Leader(b"A", ta.token), Leader(b"B", tb.token), None]  # type: ignore[attr-defined]
         seen.close()
+
+
+def test_a_term_on_a_lease_fences_writes_and_resigns_by_its_elections_lock(net: Faults) -> None:
+    from coordsvc import Leader
+    with client(net) as c, client(net) as other, c.lease(ttl=5.0) as ls:
+        el = c.election("sched")
+        term = el.campaign("A", lease=ls)
+        c.put("jobs/out", "1", fence=term.lock)
+        with pytest.raises(LockTimeout):     # queued, then given up: a Cancel by the lock's name
+            other.election("sched").campaign("B", ttl=5.0, timeout=0.2)
+        term.resign()                        # a Release by the lock's name; the lease lives on
+        assert el.leader() is None and ls.alive
+        with pytest.raises(CoordError):
+            c.put("jobs/out", "2", fence=term.lock)
+        t2 = el.campaign("A2", lease=ls)
+        assert el.leader() == Leader(b"A2", t2.token)
+
+
+def test_a_watch_of_everything_shows_no_records_beside_an_observed_election(net: Faults) -> None:
+    from coordsvc import Leader
+    with client(net) as c:
+        everything = c.watch("")
+        seen = c.election("sched").observe()
+        assert next(seen) is None
+        term = c.election("sched").campaign("A", ttl=5.0)
+        c.schema_set("app/", {"type": "object"})
+        c.put("\x01k", "1")
+        assert next(seen) == Leader(b"A", term.token)
+        ev = everything.next(timeout=5.0)
+        assert ev is not None and ev.key == "\x01k"
+        assert [e.key for e in c.list("")] == ["\x01k"]
+        term.resign()
+        assert next(seen) is None
+        seen.close()
+        everything.close()
+
+
+def test_every_client_call_takes_keys_and_names_beginning_with_x01(net: Faults) -> None:
+    with client(net) as c:
+        rev = c.put("\x01k", "1")
+        assert c.get("\x01k").value == b"1" and c.history("\x01k")[0].revision == rev  # type: ignore[union-attr]
+        with c.lock("\x01lock", ttl=5.0, timeout=1.0) as lk:
+            ok, _ = c.txn(compare=[("\x01k", rev)], success=[("put", "\x01t", "2"), ("delete", "\x01k")],
+                          fence=lk)
+            assert ok
+        with c.lease(ttl=5.0) as ls:
+            c.put("\x01eph", "1", lease=ls)
+            with c.semaphore("\x01sem", limit=2, ttl=5.0, timeout=1.0), \
+                    c.rwlock("\x01rw").read(ttl=5.0, timeout=1.0):
+                pass
+        with c.election("\x01el").campaign("me", ttl=5.0) as term:
+            assert c.election("\x01el").leader().token == term.token  # type: ignore[union-attr]
+        c.schema_set("\x01cfg/", {"type": "object"})
+        assert c.schema_get("\x01cfg/") is not None
+        with pytest.raises(InvalidRequest):
+            c.put("\x01cfg/x", "[1]")
+        assert c.delete("\x01t") and c.get("\x01eph") is None
+        assert [e.key for e in c.list("\x01")] == []
 
 
 # -- config schemas ------------------------------------------------------------------------------

@@ -7,13 +7,18 @@ import random
 from typing import Any
 
 from coordsvc.core.commands import (
+    ELECTION_PREFIX,
+    SCHEMA_PREFIX,
     AuthAdd,
     AuthRemove,
+    Campaign,
     CloseSession,
     Command,
     OpenAndAcquire,
+    OpenSession,
     Put,
     Request,
+    SchemaSet,
     decode_request,
     encode_request,
     stamp,
@@ -264,3 +269,44 @@ def test_revision_is_for_any_client_key_but_not_a_members() -> None:
     n.write("bob", Put("app/k", b"1"))
     assert n.ask("alice", {"op": "revision"}) == {"id": n.rid, "ok": True, "revision": 1}
     assert denied(n.ask("node:n1", {"op": "revision"}))
+
+
+# -- the cluster's own records ---------------------------------------------------------------
+
+def test_records_are_read_by_their_names_with_the_rights_of_what_they_describe() -> None:
+    n = Node().setup()
+    for prefix in ("app/", "secret/"):
+        n.write("admin", SchemaSet(prefix, b'{"type": "object"}'))
+    sid = n.write("bob", OpenSession(5000))["result"][2]["session_id"]
+    n.write("bob", Campaign("jobs/sched", sid, b"bob"))
+    n.write("admin", Campaign("ops/x", n.write("admin", OpenSession(5000))["result"][2]["session_id"], b""))
+    rec = ELECTION_PREFIX + "jobs/sched"
+    # A schema: by the read right on its prefix; an election's record: by the lock right.
+    assert n.ask("alice", {"op": "get", "key": SCHEMA_PREFIX + "app/"})["kv"][1] == b'{"type": "object"}'
+    assert denied(n.ask("alice", {"op": "get", "key": SCHEMA_PREFIX + "secret/"}))
+    assert n.ask("alice", {"op": "get", "key": rec})["kv"][1].endswith(b"\nbob")
+    assert denied(n.ask("alice", {"op": "get", "key": ELECTION_PREFIX + "ops/x"}))
+    assert [e[1] for e in n.ask("alice", {"op": "history", "key": rec})["events"]] == [rec]
+    assert [kv[0] for kv in n.ask("alice", {"op": "list", "prefix": ELECTION_PREFIX + "jobs/"})["kvs"]] == [rec]
+    assert denied(n.ask("alice", {"op": "list", "prefix": ELECTION_PREFIX}))
+    assert [e[1] for e in n.ask("alice", {"op": "watch", "prefix": rec, "after": 0})["events"]] == [rec]
+    assert denied(n.ask("alice", {"op": "watch", "prefix": ELECTION_PREFIX + "ops/", "after": 0}))
+
+
+def test_everything_listed_or_watched_is_client_keys_unless_records_are_asked_for() -> None:
+    n = Node().setup()
+    n.write("admin", Put("\x01k", b"1"))
+    n.write("admin", SchemaSet("app/", b"{}"))
+    sid = n.write("bob", OpenSession(5000))["result"][2]["session_id"]
+    n.write("bob", Campaign("jobs/sched", sid, b"bob"))
+    n.write("admin", Put("app/a", b"{}"))
+    rec = ELECTION_PREFIX + "jobs/sched"
+    assert [kv[0] for kv in n.ask("admin", {"op": "list", "prefix": ""})["kvs"]] == ["\x01k", "app/a"]
+    assert [e[1] for e in n.ask("admin", {"op": "watch", "prefix": "", "after": 0})["events"]] == [
+        "\x01k", "app/a"]
+    both = n.ask("admin", {"op": "watch", "prefixes": ["", SCHEMA_PREFIX], "after": 0})["events"]
+    assert [e[1] for e in both] == ["\x01k", SCHEMA_PREFIX + "app/", "app/a"]
+    # alice reads under app/ and locks under jobs/: her watch of everything is filtered by
+    # her rights, and the election she may read still comes through beside it.
+    mixed = n.ask("alice", {"op": "watch", "prefixes": ["", ELECTION_PREFIX + "jobs/"], "after": 0})
+    assert [e[1] for e in mixed["events"]] == [rec, "app/a"]

@@ -8,7 +8,16 @@ import pytest
 
 from coordsvc.core import machine as machine_mod
 from coordsvc.core import service_pages, service_parking
-from coordsvc.core.commands import MAX_VALUE_BYTES, Delete, OpenAndAcquire, Put, Request, encode_request
+from coordsvc.core.commands import (
+    ELECTION_PREFIX,
+    MAX_VALUE_BYTES,
+    SCHEMA_PREFIX,
+    Delete,
+    OpenAndAcquire,
+    Put,
+    Request,
+    encode_request,
+)
 from coordsvc.core.machine import Machine
 from coordsvc.core.protocol import MESSAGE_BUDGET_BYTES, GetRequest
 from coordsvc.core.quotas import Quotas
@@ -177,11 +186,29 @@ def test_a_watch_reply_is_cut_by_bytes_and_says_it_is_complete_only_to_its_last_
     {"op": "watch", "prefixes": ["ok", "p" * 513], "after": 0},
     {"op": "list", "prefix": "a\x00"}, {"op": "watch", "after": 2**64 - 1},
     {"op": "list", "prefix": "a", "limit": -1},
+    # A NUL may only lead a record's name, once, before a key.
+    {"op": "get", "key": "\x00\x00a"}, {"op": "list", "prefix": "\x00"},
+    {"op": "watch", "prefixes": ["\x00a\x00"], "after": 0},
+    {"op": "lock_wait", "name": "\x00", "session_id": 1},
+    {"op": "get", "key": "\x00" + "k" * 512},
 ])
 def test_a_key_or_prefix_outside_the_key_limits_is_a_bad_request(req: dict[str, Any]) -> None:
     s = Solo()
     reply = s.ask(req)
     assert reply["ok"] is False and reply["error"] == "bad_request", reply
+
+
+@pytest.mark.parametrize("req", [
+    {"op": "get", "key": SCHEMA_PREFIX + "app/"}, {"op": "history", "key": ELECTION_PREFIX + "x"},
+    {"op": "list", "prefix": ELECTION_PREFIX, "start_after": ELECTION_PREFIX + "a"},
+    {"op": "watch", "prefix": SCHEMA_PREFIX, "after": 0},
+    {"op": "watch", "prefixes": ["", ELECTION_PREFIX + "x"], "after": 0},
+    {"op": "get", "key": "\x01k"}, {"op": "list", "prefix": "\x01"},
+])
+def test_a_records_name_is_a_key_to_read_by(req: dict[str, Any]) -> None:
+    s = Solo()
+    reply = s.ask(req)
+    assert reply["ok"] is True, reply
 
 
 # -- fair bounds on parked requests ---------------------------------------------------------
@@ -351,10 +378,10 @@ def test_a_woken_watch_that_fails_is_answered_internal_and_others_are_served(
     s.send("good", {"id": 2, "op": "watch", "prefix": "b/", "after": 0, "wait_ms": 5000})
     real = Machine.events_page
 
-    def events_page(self: Machine, sel: object, *a: Any) -> Any:
+    def events_page(self: Machine, sel: object, *a: Any, **kw: Any) -> Any:
         if sel == "a/":
             raise KeyError("injected")
-        return real(self, sel, *a)   # type: ignore[arg-type]
+        return real(self, sel, *a, **kw)   # type: ignore[arg-type]
     monkeypatch.setattr(Machine, "events_page", events_page)
     s.write(Put("a/1", b"v"))
     s.write(Put("b/1", b"v"))
