@@ -15,7 +15,7 @@ run: $(BIN)/activate
 	$(BIN)/coordctl cluster up --nodes 3 --dir .coord
 
 test: $(BIN)/activate
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 unit: $(BIN)/activate
 	$(BIN)/python -m pytest -q tests/unit

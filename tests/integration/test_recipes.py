@@ -363,12 +363,15 @@ def _queue_waiter(waiter: Client, name: str, lister: Client) -> tuple[
     return t, got, granted
 
 
-def test_an_expired_holders_lock_stays_unavailable_for_its_lock_delay_then_goes_to_the_waiter(
-        cluster: LocalCluster, client: Client) -> None:
+def _expire_during_delay(cluster: LocalCluster, client: Client, kill_leader: bool) -> None:
+    """A holder with a lock-delay dies; its session expires; a queued waiter gets the lock
+    only after the delay. With ``kill_leader`` the cluster's leader is SIGKILLed during the
+    delay: the new leader restarts it at its takeover, never shortening it."""
     p = subprocess.Popen([sys.executable, "-c", DELAYED_HOLDER, ",".join(cluster.endpoints),
                           str(cluster.key), str(LOCK_DELAY_S)], stdout=subprocess.PIPE, text=True)
     waiter = cluster.client(timeout=10.0)
     t: threading.Thread | None = None
+    killed_at: float | None = None
     try:
         holder, first = (int(x) for x in p.stdout.readline().split())  # type: ignore[union-attr]
         t, got, granted = _queue_waiter(waiter, "deploy", client)
@@ -383,6 +386,9 @@ def test_an_expired_holders_lock_stays_unavailable_for_its_lock_delay_then_goes_
             row = _lock_row(client, "deploy")
             assert row is not None and asked < deadline, seen[-5:]
             seen.append((asked, time.monotonic(), row.holder_session))
+            if kill_leader and killed_at is None and row.holder_session == 0:
+                cluster.kill(cluster.leader())
+                killed_at = time.monotonic()
         got_at = time.monotonic()
         t.join()
         (lk,) = got
@@ -399,12 +405,20 @@ def test_an_expired_holders_lock_stays_unavailable_for_its_lock_delay_then_goes_
         timing = (f"lock-delay {LOCK_DELAY_S} s: granted no sooner than "
                   f"{granted_from - alive[-1]:.3f} s after the last listing of the dead "
                   f"holder, by {got_at - delayed[0]:.3f} s after the first listing of the delay")
+        if killed_at is not None:
+            timing += f", {granted_from - killed_at:.3f} s after the leader was killed"
         print(timing)
         # The session expired after the last listing that still showed it: not granted
         # before that plus the delay ...
         assert granted_from - alive[-1] >= LOCK_DELAY_S - GRANT_MARGIN_S, timing
-        # ... and granted soon after the delay, which began before the first listing of it.
-        assert got_at - delayed[0] < LOCK_DELAY_S + 2.0, timing
+        if killed_at is None:
+            # ... and granted soon after the delay, which began before its first listing.
+            assert got_at - delayed[0] < LOCK_DELAY_S + 2.0, timing
+        else:
+            # ... nor before the new leader (elected after the kill) waited the whole
+            # delay again; and soon after that (an election takes at most a few seconds).
+            assert granted_from - killed_at >= LOCK_DELAY_S - GRANT_MARGIN_S, timing
+            assert got_at - killed_at < LOCK_DELAY_S + 6.0, timing
         lk.release()
     finally:
         p.kill()
@@ -413,6 +427,16 @@ def test_an_expired_holders_lock_stays_unavailable_for_its_lock_delay_then_goes_
         waiter.close()
         if t is not None:
             t.join(30.0)
+
+
+def test_an_expired_holders_lock_stays_unavailable_for_its_lock_delay_then_goes_to_the_waiter(
+        cluster: LocalCluster, client: Client) -> None:
+    _expire_during_delay(cluster, client, kill_leader=False)
+
+
+def test_a_lock_delay_is_never_shortened_by_a_leader_kill(cluster: LocalCluster,
+                                                          client: Client) -> None:
+    _expire_during_delay(cluster, client, kill_leader=True)
 
 
 def test_a_voluntary_release_frees_the_lock_at_once_despite_its_lock_delay(
