@@ -834,6 +834,11 @@ class Machine:
         s = self._sessions.get(cmd.session_id)
         if s is None:
             return _err(ResultCode.NO_SESSION, self.revision, f"no session {cmd.session_id}")
+        sh = self._shared.get(cmd.name)
+        if sh is not None:
+            # One name, one kind: a plain lock beside a semaphore of the same name would
+            # leave a session in both tables, and closing it would fail on every replica.
+            return _err(ResultCode.INVALID, self.revision, f"{cmd.name!r} is a {sh.kind}, not a lock")
         lk = self._locks.get(cmd.name)
         if cmd.lock_delay_ms and (lk is None or lk.holder != cmd.session_id):
             s.delays[cmd.name] = cmd.lock_delay_ms    # applies from its grant on

@@ -62,6 +62,19 @@ def test_every_holder_must_name_the_same_limit_and_kind(c: Client) -> None:
     assert c.do(AcquireShared("plain", b, "semaphore", 1, True)).code == ResultCode.INVALID
 
 
+def test_a_plain_acquire_of_a_shared_name_is_refused_and_closing_its_session_works(
+        c: Client) -> None:
+    """Found by the simulator's rwlock work: Acquire took a semaphore's name and made a plain
+    lock beside it; closing that holder then raised inside apply -- on every replica, at
+    the same slot: two commands of one client stopped the whole cluster."""
+    a, b = c.session(), c.session()
+    sem(c, a, limit=1)
+    r = c.do(Acquire("s", b, True))
+    assert r.code == ResultCode.INVALID and "semaphore" in str(r.data)
+    assert c.do(CloseSession(b)).code == ResultCode.OK
+    assert c.m.held_token("s", a) is not None
+
+
 def test_readers_share_and_a_writer_waits_for_them(c: Client) -> None:
     r1, r2, w = c.session(), c.session(), c.session()
     assert [rw(c, r1, "read"), rw(c, r2, "read"), rw(c, w, "write")] == ["ok", "ok", "queued"]
