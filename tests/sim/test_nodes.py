@@ -41,9 +41,12 @@ def test_whole_nodes_stay_safe_under_faults_and_every_client_finishes_after_heal
     grants = sum(r.stats["grants_believed"] for r in results)
     txns = sum(r.stats["txns_succeeded"] for r in results)
     compare_failed = sum(r.stats["txns_compare_failed"] for r in results)
+    rw = sum(r.stats["rw_holds_believed"] for r in results)
+    delays = sum(r.stats["lock_delays_begun"] for r in results)
     print(f"whole nodes: {len(seeds)} seeds from {seeds[0]}: {ops} ops answered, "
-          f"{grants} lock grants held, {txns} txns applied and {compare_failed} whose compare "
-          f"failed, {sum(bool(r.violations) for r in results)} failed")
+          f"{grants} lock grants held, {rw} read/write holds, {delays} lock-delays begun, "
+          f"{txns} txns applied and {compare_failed} whose compare failed, "
+          f"{sum(bool(r.violations) for r in results)} failed")
     _fail_on_violations(results)
 
 
