@@ -85,6 +85,12 @@ CAUGHT_BY = {
     # A write the answer counted is missing, or sits at another revision.
     "txn_first_write_only": ("not all at one revision", "not linearizable"),
     "txn_split_revisions": ("not all at one revision",),
+    # A writer and a reader believe they hold one read/write lock at once.
+    "writer_joins_readers": ("a writer held with someone else",),
+    # A reader is granted while a writer queued before it waits.
+    "reader_overtakes_writer": ("not FIFO",),
+    # The waiter gets the lock in the very step that expired its holder.
+    "ignore_lock_delay": ("before the lock-delay ended",),
 }
 MUTATION_SEEDS = 100
 
