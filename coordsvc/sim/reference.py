@@ -94,7 +94,9 @@ class Reference:
 
 
 def _lock_steps(slot: Slot, cmd: Command, result: Result) -> list[LockStep]:
-    """What ``cmd``, answered ``result``, did to the locks (its grants aside)."""
+    """What ``cmd``, answered ``result``, did to the locks (its grants aside). An
+    ``AuthRemove`` closes its principal's sessions too; the workload sends none, so it is
+    not read off here."""
     code, data = result.code, result.data
     if isinstance(cmd, (Acquire, OpenAndAcquire, AcquireShared, Campaign)):
         if code not in (ResultCode.OK, ResultCode.QUEUED):
