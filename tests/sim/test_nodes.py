@@ -89,7 +89,8 @@ CAUGHT_BY = {
     "writer_joins_readers": ("a writer held with someone else",),
     # A reader is granted while a writer queued before it waits.
     "reader_overtakes_writer": ("not FIFO",),
-    # The waiter gets the lock in the very step that expired its holder.
+    # The lock passes on in the step that expired its holder (or to the next acquire),
+    # well inside the delay.
     "ignore_lock_delay": ("before the lock-delay ended",),
 }
 MUTATION_SEEDS = 100
