@@ -7,7 +7,17 @@ Besides linearizability per key (``linearizability.py``) a run is checked for:
 
 - lock exclusivity (``check_tenures``): no two clients believe they hold one lock at the
   same simulated instant, tokens increase in the order the beliefs begin, and every
-  believed grant is one the chosen log made, to that session with that token;
+  believed grant is one the chosen log made, to that session with that token; a
+  semaphore's slots (``check_semaphore``) are never believed held by more than its limit;
+- read/write locks (``check_rwlocks``): a writer's belief overlaps no other belief of its
+  lock (readers' may overlap each other), and of a writer's belief and another one, the
+  earlier has the smaller token;
+- FIFO grants (``check_fifo``, from the chosen log): no lock, semaphore or rwlock is
+  granted to a request while one queued before it still waits, and each one's tokens
+  increase in grant order;
+- lock-delays (``check_lock_delays``, from the chosen log): after a holder's session
+  expired holding a lock it asked for with a lock-delay, the lock's next grant comes no
+  sooner than the delay allows;
 - no lock held by a dead session (``check_locks_reads``): a ``locks`` listing never names
   a session whose close a client had already seen acknowledged;
 - exactly once (``check_answers``, ``check_unique_values``): every answer a write got is
@@ -31,9 +41,10 @@ from ..core.commands import under
 from ..core.protocol import Result, ResultCode
 
 __all__ = [
-    "EphemeralRead", "check_ephemeral_reads", "check_semaphore", "LockRow", "LocksRead", "Tenure", "WatchEvent", "Watcher", "check_answers",
-    "check_locks_reads", "check_tenures", "check_txns", "check_unique_values", "check_watch",
-    "TxnSent",
+    "EphemeralRead", "LockRow", "LockStep", "LocksRead", "Tenure", "TxnSent", "WatchEvent",
+    "Watcher", "check_answers", "check_ephemeral_reads", "check_fifo", "check_lock_delays",
+    "check_locks_reads", "check_rwlocks", "check_semaphore", "check_tenures", "check_txns",
+    "check_unique_values", "check_watch",
 ]
 
 
@@ -48,6 +59,7 @@ class Tenure:
     token: int
     start_ms: int
     end_ms: int
+    mode: str = ""    # of a read/write lock: "read" or "write"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +115,9 @@ def check_semaphore(tenures: Sequence[Tenure], limit: int,
                     granted: Mapping[tuple[str, int], int]) -> list[str]:
     """At no instant more than ``limit`` clients believe they hold a slot, and every believed
     slot is one the chosen log granted, to that session with that token."""
-    problems: list[str] = []
+    problems = _never_granted(tenures, granted, "a slot of ")
     edges: list[tuple[int, int, Tenure]] = []
     for t in tenures:
-        if granted.get((t.lock, t.token)) != t.session_id:
-            problems.append(f"{t.client} believed it held a slot of {t.lock!r} with token "
-                            f"{t.token} (session {t.session_id}) that the log never granted it")
         if t.end_ms > t.start_ms:
             edges += [(t.start_ms, 1, t), (t.end_ms, -1, t)]
     holding: list[Tenure] = []
@@ -122,6 +131,154 @@ def check_semaphore(tenures: Sequence[Tenure], limit: int,
                             f"(limit {limit}) at t={at}: "
                             + ", ".join(f"{h.client} token {h.token}" for h in holding))
             break
+    return problems
+
+
+def _never_granted(tenures: Sequence[Tenure], granted: Mapping[tuple[str, int], int],
+                   what: str) -> list[str]:
+    return [f"{t.client} believed it held {what}{t.lock!r} with token {t.token} (session "
+            f"{t.session_id}) that the log never granted it"
+            for t in tenures if granted.get((t.lock, t.token)) != t.session_id]
+
+
+def check_rwlocks(tenures: Sequence[Tenure], granted: Mapping[tuple[str, int], int]) -> list[str]:
+    """Read/write locks (each tenure's ``mode`` "read" or "write"): every believed hold is
+    one the chosen log granted, to that session with that token; a writer's belief
+    overlaps no other belief of its lock, while readers' may overlap each other; and of a
+    writer's belief and another one, the earlier has the smaller token.
+
+    Each belief lies within the time the log had it granted (the lease argument the
+    exclusive check rests on too), and a writer's time is apart from every other's, so
+    the one that comes first in time was granted first. Two readers' beliefs say nothing
+    of their order: one may learn of an earlier grant only after the other let go."""
+    problems = _never_granted(tenures, granted, "")
+    by_lock: dict[str, list[Tenure]] = {}
+    for t in tenures:
+        if t.end_ms > t.start_ms:
+            by_lock.setdefault(t.lock, []).append(t)
+    for name in sorted(by_lock):
+        ts = sorted(by_lock[name], key=lambda t: (t.start_ms, t.end_ms, t.token))
+        for i, a in enumerate(ts):
+            for b in ts[i + 1:]:          # b began no earlier than a
+                if a.mode != "write" and b.mode != "write":
+                    continue
+                if b.start_ms < a.end_ms:
+                    problems.append(
+                        f"{a.client} ({a.mode}, token {a.token}, [{a.start_ms}, {a.end_ms})) "
+                        f"and {b.client} ({b.mode}, token {b.token}, [{b.start_ms}, "
+                        f"{b.end_ms})) believed they held {name!r} at t={b.start_ms}: "
+                        "a writer held with someone else")
+                elif b.token <= a.token:
+                    problems.append(
+                        f"token of {name!r} did not increase: {a.client} held it for "
+                        f"{a.mode} with {a.token} until t={a.end_ms}, then {b.client} for "
+                        f"{b.mode} with {b.token} from t={b.start_ms}")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class LockStep:
+    """One thing the chosen log did to a lock (plain, semaphore, rwlock or an election's),
+    in apply order; ``reference.Reference`` reads them off each command, its result and
+    the grants it made.
+
+    ``kind`` is one of: "asked" -- session ``session_id`` asked for ``name`` and holds it
+    or, with ``waits``, joined its queue; ``delay_ms`` is the lock-delay it asked for;
+    "granted", with ``token``; "left" -- it left the queue (Cancel); "released" -- it let
+    go (Release, Cancel); "closed" and "expired" (``name`` "") -- the session ended,
+    leaving every queue and letting go of every lock, when it expired involuntarily."""
+
+    slot: int
+    kind: str
+    name: str
+    session_id: int
+    token: int = 0
+    delay_ms: int = 0
+    waits: bool = False
+
+
+def check_fifo(steps: Sequence[LockStep]) -> list[str]:
+    """Grants come in the order they were asked for, as the machine defines it for locks,
+    semaphores and rwlocks alike: a request is granted at once only if nobody waits, and a
+    waiter only once every request queued before it was granted or left -- a waiter that
+    does not fit holds back all behind it (readers behind a waiting writer too). Tokens of
+    one lock strictly increase in grant order."""
+    waiting: dict[str, list[int]] = {}
+    last_token: dict[str, tuple[int, int]] = {}     # lock -> (token, slot)
+    problems: list[str] = []
+    for s in steps:
+        if s.kind == "asked" and s.waits:
+            q = waiting.setdefault(s.name, [])
+            if s.session_id not in q:
+                q.append(s.session_id)
+        elif s.kind == "left" and s.session_id in waiting.get(s.name, ()):
+            waiting[s.name].remove(s.session_id)
+        elif s.kind in ("closed", "expired"):
+            for q in waiting.values():
+                if s.session_id in q:
+                    q.remove(s.session_id)
+        elif s.kind == "granted":
+            q = waiting.get(s.name, [])
+            ahead = q[:q.index(s.session_id)] if s.session_id in q else list(q)
+            if ahead:
+                problems.append(f"slot {s.slot}: {s.name!r} was granted to session "
+                                f"{s.session_id} (token {s.token}) while sessions {ahead}, "
+                                "queued before it, still waited: not FIFO")
+            if s.session_id in q:
+                q.remove(s.session_id)
+            before, at = last_token.get(s.name, (0, 0))
+            if s.token <= before:
+                problems.append(f"slot {s.slot}: {s.name!r} was granted with token {s.token} "
+                                f"after token {before} (slot {at}): tokens did not increase")
+            last_token[s.name] = (s.token, s.slot)
+    return problems
+
+
+def check_lock_delays(steps: Sequence[LockStep], applied_at: Mapping[int, int],
+                      fastest_rate: float) -> list[str]:
+    """After a holder's session expired while it held a lock it had asked for with a
+    lock-delay of D ms, the lock's next grant comes no sooner than D later. A voluntary
+    end (release, close) is not delayed.
+
+    Time is the simulated world's, ``applied_at[slot]`` the first moment any node applied
+    a slot. The leader that ends the delay starts timing it when it applies the expiry, or
+    at its takeover (later still), and proposes the end once its own clock advanced D ms;
+    that clock counts whole ms and runs at most ``fastest_rate`` times the world's time.
+    So the grant's slot, proposed after that, is applied more than (D - 1) / fastest_rate
+    after the expiry's was first applied: an earlier grant is one the delay did not hold
+    back. (A delay measured in the world's time is not quite D: a fast clock ends it early.)"""
+    asked: dict[tuple[int, str], int] = {}   # (session, lock) -> its lock-delay
+    holder: dict[str, int] = {}
+    delayed: dict[str, tuple[LockStep, int]] = {}   # lock -> (its holder's expiry, D)
+    problems: list[str] = []
+    for s in steps:
+        if s.kind == "asked" and s.delay_ms:
+            asked[(s.session_id, s.name)] = s.delay_ms
+        elif s.kind == "left":
+            asked.pop((s.session_id, s.name), None)
+        elif s.kind == "released" and holder.get(s.name) == s.session_id:
+            del holder[s.name]
+        elif s.kind in ("closed", "expired"):
+            for name in sorted(n for n, h in holder.items() if h == s.session_id):
+                del holder[name]
+                delay_ms = asked.get((s.session_id, name), 0)
+                if s.kind == "expired" and delay_ms:
+                    delayed[name] = (s, delay_ms)
+        elif s.kind == "granted":
+            holder[s.name] = s.session_id
+            episode = delayed.pop(s.name, None)
+            if episode is None:
+                continue
+            expiry, delay_ms = episode
+            began, granted = applied_at.get(expiry.slot), applied_at.get(s.slot)
+            if began is None or granted is None:
+                continue
+            if (granted - began) * fastest_rate < delay_ms - 1:
+                problems.append(
+                    f"{s.name!r} was granted to session {s.session_id} (token {s.token}, slot "
+                    f"{s.slot}, first applied at t={granted}) {granted - began} ms after its "
+                    f"holder, session {expiry.session_id}, expired (slot {expiry.slot}, t={began}) with a lock-delay "
+                    f"of {delay_ms} ms: granted before the lock-delay ended")
     return problems
 
 

@@ -99,6 +99,7 @@ class SimLock:
     released: bool = False
     lost: bool = False
     released_at: int | None = None
+    mode: str = ""        # the side of a read/write lock: "read" or "write"
     margin_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -137,6 +138,7 @@ class SimClient:
         self.answers: list[tuple[int, Result]] = []
         self.locks: list[SimLock] = []   # every lock cycle it began, for the checker
         self.sems: list[SimLock] = []    # every semaphore cycle it began
+        self.rws: list[SimLock] = []     # every read/write lock cycle it began
         self.doing = "starting"            # what its main task is at (for failure reports)
 
     # -- tasks -------------------------------------------------------------------------
@@ -326,11 +328,12 @@ class SimClient:
         lk.token, lk.granted_at = token, self.world.now
         return True
 
-    def open_and_acquire(self, name: str, ttl_ms: int,
-                         timeout_ms: int | None) -> Co[tuple[SimLock | None, Result | None]]:
+    def open_and_acquire(self, name: str, ttl_ms: int, timeout_ms: int | None,
+                         lock_delay_ms: int = 0) -> Co[tuple[SimLock | None, Result | None]]:
         """The first write of a lock cycle: the lock (granted or queued) and the Result."""
         start = self.world.now
-        _, res = yield from self.write(OpenAndAcquire(name, ttl_ms, wait=True), timeout_ms)
+        _, res = yield from self.write(OpenAndAcquire(name, ttl_ms, True, lock_delay_ms),
+                                       timeout_ms)
         if res is None or res.code not in (ResultCode.OK, ResultCode.QUEUED):
             return None, res
         sid = res.data.get("session_id")

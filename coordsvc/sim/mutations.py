@@ -13,6 +13,13 @@ each one is caught within the CI seeds, and by which check.
 - ``keep_ephemeral_keys`` (Machine): a lease's expiry forgets its ephemeral keys instead
   of deleting them, so they outlive their owner.
 - ``over_admit`` (Machine): a semaphore admits one holder more than its limit.
+- ``writer_joins_readers`` (Machine): a read/write lock lets a writer in while readers
+  hold it (it waits only for another writer).
+- ``reader_overtakes_writer`` (Machine): a reader that fits beside the readers holding a
+  read/write lock is let in at once, past a writer waiting before it (writers starve).
+  Nobody holds with a writer, so only the FIFO check (``checks.check_fifo``) can tell.
+- ``ignore_lock_delay`` (Machine): a session's expiry passes its locks on at once, as a
+  close does, though their holder asked for a lock-delay.
 - ``reply_before_save`` (Service): group commit off by one -- each Ready is saved at the
   next ``step``, after its messages and client replies have left.
 - ``txn_first_write_only`` (Machine): a transaction applies the first write of its branch
@@ -37,8 +44,8 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from ..core.acl import Rights
-from ..core.commands import Command, ExpireSession, Txn
-from ..core.machine import Grant, Machine, RevisionCompacted
+from ..core.commands import AcquireShared, Command, ExpireSession, Txn
+from ..core.machine import RW_ALL, Grant, Machine, RevisionCompacted
 from ..core.protocol import Result, ResultCode, WatchReply
 from ..core.replica import Ready, Replica
 from ..core.service import Service
@@ -123,6 +130,45 @@ class _OverAdmits(Machine):
 
 class OverAdmit(_Swapped):
     swaps = {Machine: _OverAdmits}
+
+
+class _LetsWritersJoinReaders(Machine):
+    @staticmethod
+    def _fits(sh: Any, weight: int) -> bool:
+        if sh.kind == "rwlock" and weight == RW_ALL:
+            # Known-bad: a writer waits for another writer only, not for readers.
+            return bool(sh.used < RW_ALL)
+        return Machine._fits(sh, weight)
+
+
+class WriterJoinsReaders(_Swapped):
+    swaps = {Machine: _LetsWritersJoinReaders}
+
+
+class _LetsReadersOvertake(Machine):
+    def _acquire_shared(self, index: int, cmd: AcquireShared) -> Result:
+        sh, s = self._shared.get(cmd.name), self._sessions.get(cmd.session_id)
+        if (cmd.mode == "read" and sh is not None and sh.kind == "rwlock" and s is not None
+                and sh.waiters and cmd.session_id not in sh.holders
+                and cmd.name not in s.waiting and self._fits(sh, 1)):
+            # Known-bad: in beside the readers, past whoever waits (a writer, for one).
+            return Result(ResultCode.OK, self.revision, {
+                "token": self._grant_shared(index, cmd.name, sh, cmd.session_id, 1)})
+        return super()._acquire_shared(index, cmd)
+
+
+class ReaderOvertakesWriter(_Swapped):
+    swaps = {Machine: _LetsReadersOvertake}
+
+
+class _IgnoresLockDelay(Machine):
+    def _close(self, index: int, sid: int, expired: bool = False) -> Result:
+        # Known-bad: an expiry lets go of the session's locks as a close does.
+        return super()._close(index, sid)
+
+
+class IgnoreLockDelay(_Swapped):
+    swaps = {Machine: _IgnoresLockDelay}
 
 
 class KeepEphemeralKeys(_Swapped):
@@ -213,6 +259,9 @@ MUTATIONS: dict[str, type[ObservedService]] = {
     "skip_watch_event": SkipWatchEvent,
     "keep_ephemeral_keys": KeepEphemeralKeys,
     "over_admit": OverAdmit,
+    "writer_joins_readers": WriterJoinsReaders,
+    "reader_overtakes_writer": ReaderOvertakesWriter,
+    "ignore_lock_delay": IgnoreLockDelay,
     "reply_before_save": ReplyBeforeSave,
     "skip_adopt": SkipAdopt,
     "txn_first_write_only": TxnFirstWriteOnly,

@@ -90,11 +90,11 @@ class Params:
         wl = Workload(
             keys=keys,
             locks=("lock/a", "lock/b")[:rng.choice((1, 2))],
-            # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect, txn
-            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6, 8),
-                                (30, 20, 15, 5, 25, 5, 8, 12, 10, 8, 8),
-                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10, 6),
-                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15, 4))),
+            # get, put, cas, delete, lock, locks, lease, eph_get, sem, elect, txn, rw
+            weights=rng.choice(((40, 25, 20, 5, 8, 2, 8, 12, 8, 6, 8, 6),
+                                (30, 20, 15, 5, 25, 5, 8, 12, 10, 8, 8, 10),
+                                (20, 10, 10, 5, 50, 5, 8, 12, 15, 10, 6, 15),
+                                (10, 5, 5, 0, 70, 10, 5, 10, 30, 15, 4, 25))),
             think_ms=rng.choice((5, 20, 60)),
             give_up_ms=rng.choice((None, None, 2000, 5000)),
             ttl_ms=rng.choice(((1000,), (1000, 3000), (3000,), (3000,))),
@@ -105,6 +105,9 @@ class Params:
             watch_wait_ms=rng.choice((300, 2000)),
             watch_limit=rng.choice((2, 1000)),
             watch_switch=rng.choice((0.0, 0.1, 0.3)),
+            rwlocks=("rw/a", "rw/b")[:rng.choice((1, 1, 2))],
+            lock_delay_ms=rng.choice(((0, 500), (0, 300, 1500), (300, 1000, 3000))),
+            vanish=rng.choice((0.05, 0.15, 0.3)),
         )
         watchers = tuple(
             (rng.choice(("", "k/", keys[0])), rng.randrange(safety_ms), rng.random() < 0.5)
@@ -213,6 +216,7 @@ class NodeSim:
         self.history = Recorder()
         self.record = Record()
         self.lease_ended: dict[int, int] = {}   # session -> when a node first applied its end
+        self.applied_at: dict[int, int] = {}    # slot -> when a node first applied it
         self.stats = {"crashes": 0, "wipes": 0, "peer_messages": 0, "client_requests": 0,
                       "saves": 0, "steps": 0, "snapshot_chunks": 0, "promise_chunks": 0,
                       "installs": 0}
@@ -440,6 +444,7 @@ class NodeSim:
             self.nodes[nid].last_published = None
         for slot, value in ready.committed:
             self.oracle.applied_entry(nid, slot, value)
+            self.applied_at.setdefault(slot, self.now)
             for sid in self.reference.ended.get(slot, ()):
                 self.lease_ended.setdefault(sid, self.now)
 
@@ -536,9 +541,12 @@ class NodeSim:
         if not lin.ok:
             found.append(("linearizability checker out of budget: " if lin.timed_out else "")
                          + lin.explanation)
-        found += checks.check_tenures(self._tenures(), ref.grants)
-        found += checks.check_semaphore(self._tenures(sems=True), self.p.workload.sem_limit,
+        found += checks.check_tenures(self._tenures("locks"), ref.grants)
+        found += checks.check_semaphore(self._tenures("sems"), self.p.workload.sem_limit,
                                         ref.grants)
+        found += checks.check_rwlocks(self._tenures("rws"), ref.grants)
+        found += checks.check_fifo(ref.lock_steps)
+        found += checks.check_lock_delays(ref.lock_steps, self.applied_at, max(self.p.drift))
         found += checks.check_locks_reads(self.record.locks_reads, self.record.gone_sessions)
         found += checks.check_answers({c.name: c.answers for c in self.workers}, ref.results)
         found += checks.check_ephemeral_reads(self.record.eph_reads, self.record.eph_values,
@@ -557,13 +565,16 @@ class NodeSim:
         for f in found:
             self._violate(f"history: {f}")
 
-    def _tenures(self, sems: bool = False) -> list[Tenure]:
+    def _tenures(self, which: str) -> list[Tenure]:
+        """What the workers believed they held: of "locks" (and election terms), "sems"
+        or "rws"."""
         out = []
         for c in self.workers:
-            for lk in (c.sems if sems else c.locks):
+            for lk in {"locks": c.locks, "sems": c.sems, "rws": c.rws}[which]:
                 b = lk.belief(self.now)
                 if b is not None:
-                    out.append(Tenure(c.name, lk.name, lk.session_id, lk.token, b[0], b[1]))
+                    out.append(Tenure(c.name, lk.name, lk.session_id, lk.token, b[0], b[1],
+                                      lk.mode))
         return out
 
     def _machines_agree(self) -> list[str]:
@@ -588,8 +599,10 @@ class NodeSim:
                 "txns_succeeded": sum(op.output is True for op in txns),
                 "txns_compare_failed": sum(op.output is False for op in txns),
                 "lock_cycles": sum(len(c.locks) for c in self.workers),
-                "grants_believed": len(self._tenures()),
-                "slots_believed": len(self._tenures(sems=True)),
+                "grants_believed": len(self._tenures("locks")),
+                "slots_believed": len(self._tenures("sems")),
+                "rw_holds_believed": len(self._tenures("rws")),
+                "lock_delays_begun": self.reference.delays_begun,
                 "watch_events": sum(len(w.delivered) for w in self.record.watches),
                 "locks_reads": len(self.record.locks_reads), "leaders": leaders}
 

@@ -3,13 +3,17 @@
 Workers mix linearizable reads, puts (every value unique, so a value names the write that
 made it), compare-and-set, deletes, transactions on 2-3 keys (compares on revisions read
 before, or on absence, that fail when another write came between), lock cycles (with
-keepalives, fenced writes and transactions, timeouts that give up by ``Cancel``, and
-interrupted waits that just close the session) and ``locks`` listings, and lease cycles (a session kept alive, ephemeral puts on it, then
-revoked or abandoned to expire) with reads of the ephemeral keys, until the safety phase
-ends. Then each takes every lock once, waiting
-as long as it takes, and reads every key once more, retrying until answered: after
-healing every lock must come free (abandoned sessions expire) and every request must be
-answered. Watchers long-poll ``watch`` for one prefix from revision 0 or from "now" (a
+keepalives, some with a lock-delay, fenced writes and transactions, timeouts that give up
+by ``Cancel``, interrupted waits that just close the session, and holders that vanish,
+leaving their session to expire) and ``locks`` listings, holds of a semaphore, terms of an
+election, read and write holds of read/write locks (each let go by a close, now and then
+after a ``Release``; a read/write holder may vanish too), and lease cycles (a session
+kept alive, ephemeral puts on it, then revoked or abandoned to expire) with reads of the
+ephemeral keys, until the safety phase ends. Then each takes every lock once and holds a
+read/write lock once, for reading or writing, waiting as long as it takes, and reads
+every key once more, retrying until answered: after healing every lock must come free
+(abandoned sessions expire, lock-delays end) and every request must be answered.
+Watchers long-poll ``watch`` for one prefix from revision 0 or from "now" (a
 linearizable read of the current revision), resume from the last revision fetched, and
 now and then switch nodes.
 
@@ -34,6 +38,7 @@ from ..core.commands import (
     Fence,
     OpenSession,
     Put,
+    Release,
     Txn,
     under,
 )
@@ -47,6 +52,7 @@ from .requests import BadReply
 __all__ = ["Record", "WatchLog", "Workload", "watcher", "worker"]
 
 ERROR_PAUSE_MS = 100      # client/_watch.py: after a failed poll
+FINAL_HOLD_MS = 200      # the most a final hold of a read/write lock lasts
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,10 @@ class Workload:
     sem_limit: int = 2            # of the one semaphore, "sem/a"
     abandon: float = 0.5          # share of lease cycles left to expire rather than revoked
     fenced_txn: float = 0.25      # share of fenced writes that are transactions
+    rwlocks: tuple[str, ...] = ("rw/a",)
+    lock_delay_ms: tuple[int, ...] = (0,)   # drawn per lock cycle (0: none)
+    vanish: float = 0.0           # share of lock and read/write holds whose holder vanishes
+    released: float = 0.3         # share of shared holds let go by Release before the close
 
 
 @dataclass(slots=True)
@@ -93,7 +103,8 @@ class Record:
     txns: list[TxnSent] = field(default_factory=list)
 
 
-_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem", "elect", "txn")
+_OPS = ("get", "put", "cas", "delete", "lock", "locks", "lease", "eph_get", "sem", "elect", "txn",
+        "rw")
 SEMAPHORE = "sem/a"
 ELECTION = "el/a"
 
@@ -121,9 +132,11 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
         elif op == "eph_get":
             yield from _eph_get(c, record, rng.choice(wl.eph_keys), wl.give_up_ms)
         elif op == "sem":
-            yield from _sem_cycle(c, wl, record)
+            yield from _shared_cycle(c, wl, record, "semaphore")
         elif op == "elect":
-            yield from _sem_cycle(c, wl, record, election=True)
+            yield from _shared_cycle(c, wl, record, "election")
+        elif op == "rw":
+            yield from _shared_cycle(c, wl, record, rng.choice(("read", "read", "write")))
         elif op == "txn":
             yield from _txn(c, wl, record, history, wl.give_up_ms)
         else:
@@ -132,6 +145,9 @@ def worker(c: SimClient, wl: Workload, record: Record, history: Recorder,
     for name in wl.locks:
         c.doing = f"final lock cycle on {name}"
         yield from _lock_cycle(c, wl, record, history, name, final=True)
+    name = rng.choice(wl.rwlocks)
+    c.doing = f"final hold of {name}"
+    yield from _shared_cycle(c, wl, record, rng.choice(("read", "write")), name, final=True)
     for key in wl.keys:
         c.doing = f"final read of {key}"
         yield from _get(c, history, key, None)
@@ -289,44 +305,70 @@ def _lease_cycle(c: SimClient, wl: Workload, record: Record) -> Co[None]:
         _unexpected(c, f"CloseSession {sid}", res)
 
 
-def _sem_cycle(c: SimClient, wl: Workload, record: Record, election: bool = False) -> Co[None]:
-    """A slot of the semaphore: a session, AcquireShared, wait, hold, close. Or, with
-    ``election``, a term of the election: Campaign instead of AcquireShared, and the term
-    is checked like a lock (one leader at a time, tokens in order)."""
+def _shared_cycle(c: SimClient, wl: Workload, record: Record, kind: str,
+                  name: str | None = None, final: bool = False) -> Co[None]:
+    """A hold of the semaphore, a term of the election (checked like a lock: one leader at
+    a time, tokens in order) or a side of a read/write lock (``kind`` "read" or "write"):
+    a session, AcquireShared (Campaign), wait, hold, then let go -- close the session, now
+    and then after a Release, or (read/write locks) vanish and leave it to expire.
+    ``final`` (after healing, read/write locks): wait until granted, however long, hold a
+    moment and close."""
     rng, w = c.rng, c.world
+    give_up_ms = None if final else wl.give_up_ms
     ttl_ms = rng.choice(wl.ttl_ms)
     start = w.now
-    _, res = yield from c.write(OpenSession(ttl_ms), wl.give_up_ms)
+    _, res = yield from c.write(OpenSession(ttl_ms), give_up_ms)
     if res is None:
         return
     sid = res.data.get("session_id")
     if res.code != ResultCode.OK or type(sid) is not int:
         _unexpected(c, "OpenSession", res)
         return
-    name = ELECTION_PREFIX + ELECTION if election else SEMAPHORE
-    lk = SimLock(name, sid, ttl_ms, valid_until=start + ttl_ms)
-    (c.locks if election else c.sems).append(lk)
+    cmd: Campaign | AcquireShared
+    if kind == "election":
+        name, beliefs = ELECTION_PREFIX + ELECTION, c.locks
+        cmd = Campaign(ELECTION, sid, c.name.encode())
+    elif kind == "semaphore":
+        name, beliefs = SEMAPHORE, c.sems
+        cmd = AcquireShared(SEMAPHORE, sid, kind, wl.sem_limit, True)
+    else:
+        name, beliefs = name or rng.choice(wl.rwlocks), c.rws
+        cmd = AcquireShared(name, sid, kind, 0, True)
+    lk = SimLock(name, sid, ttl_ms, valid_until=start + ttl_ms,
+                 mode=kind if beliefs is c.rws else "")
+    beliefs.append(lk)
     c.spawn(c.keepalive(lk), f"keepalive {sid}")
-    cmd: Campaign | AcquireShared = (
-        Campaign(ELECTION, sid, c.name.encode()) if election
-        else AcquireShared(SEMAPHORE, sid, "semaphore", wl.sem_limit, True))
-    _, res = yield from c.write(cmd, wl.give_up_ms)
+    _, res = yield from c.write(cmd, give_up_ms)
     if res is not None and res.code == ResultCode.OK:
         token = res.data.get("token")
         if type(token) is int:
             c.take_grant(lk, token)
     elif res is not None and res.code == ResultCode.QUEUED:
-        outcome = yield from c.wait_for_grant(lk, w.now + rng.choice(wl.lock_timeout_ms),
-                                              wl.give_up_ms)
-        if outcome == "timeout":
-            yield from c.cancel(lk, wl.give_up_ms)
+        if final:
+            while lk.granted_at is None and not lk.lost:
+                yield from c.wait_for_grant(lk, w.now + LOCK_WAIT_MAX_MS, None)
+        else:
+            outcome = yield from c.wait_for_grant(lk, w.now + rng.choice(wl.lock_timeout_ms),
+                                                  give_up_ms)
+            if outcome == "timeout":
+                yield from c.cancel(lk, give_up_ms)
     elif res is not None and res.code != ResultCode.NO_SESSION:
         _unexpected(c, f"{type(cmd).__name__} {name}", res)
     if lk.granted_at is not None:
-        yield Sleep(rng.randint(*wl.hold_ms))
-    res = yield from c.close_session(lk, wl.give_up_ms)
+        yield Sleep(rng.randint(0, FINAL_HOLD_MS) if final else rng.randint(*wl.hold_ms))
+        if beliefs is c.rws and not final and rng.random() < wl.vanish:
+            c.finish(lk)
+            return
+        if not final and rng.random() < wl.released:
+            c.finish(lk)    # the belief ends as the release begins
+            _, res = yield from c.write(Release(name, sid, lk.token), give_up_ms)
+            if res is not None and res.code not in (ResultCode.OK, ResultCode.NOT_HELD):
+                _unexpected(c, f"Release {name}", res)
+    res = yield from c.close_session(lk, give_up_ms)
     if res is not None and res.code in (ResultCode.OK, ResultCode.NO_SESSION):
         record.gone_sessions[lk.session_id] = w.now
+    if final and lk.granted_at is None:    # the session expired while waiting: a new one
+        yield from _shared_cycle(c, wl, record, kind, name, final)
 
 
 def _eph_get(c: SimClient, record: Record, key: str, give_up_ms: int | None) -> Co[None]:
@@ -359,7 +401,8 @@ def _lock_cycle(c: SimClient, wl: Workload, record: Record, history: Recorder,
     rng, w = c.rng, c.world
     name = name or rng.choice(wl.locks)
     give_up_ms = None if final else wl.give_up_ms
-    lk, res = yield from c.open_and_acquire(name, rng.choice(wl.ttl_ms), give_up_ms)
+    lk, res = yield from c.open_and_acquire(name, rng.choice(wl.ttl_ms), give_up_ms,
+                                            0 if final else rng.choice(wl.lock_delay_ms))
     if lk is None:
         if res is not None:
             _unexpected(c, f"OpenAndAcquire {name}", res)
@@ -384,6 +427,9 @@ def _lock_cycle(c: SimClient, wl: Workload, record: Record, history: Recorder,
                 _unexpected(c, f"Cancel {name}", res)
     if lk.granted_at is not None and not final:
         yield from _hold(c, wl, lk, record, history)
+        if rng.random() < wl.vanish:
+            c.finish(lk)    # gone without a word: the session expires, and any lock-delay runs
+            return
     res = yield from c.close_session(lk, give_up_ms)
     if res is None:
         return

@@ -10,11 +10,15 @@ from coordsvc.core.machine import Result
 from coordsvc.sim.checks import (
     LockRow,
     LocksRead,
+    LockStep,
     Tenure,
     TxnSent,
     WatchEvent,
     check_answers,
+    check_fifo,
+    check_lock_delays,
     check_locks_reads,
+    check_rwlocks,
     check_tenures,
     check_txns,
     check_unique_values,
@@ -59,6 +63,96 @@ def test_a_believed_grant_the_log_never_made_fails_even_without_overlap() -> Non
 def test_a_belief_that_ended_before_it_began_holds_nothing() -> None:
     # A grant that arrived after valid_until minus the margin: no belief, no overlap.
     assert check_tenures([tenure("a", 1, 0, 100), tenure("b", 2, 50, 40)], GRANTED) == []
+
+
+def side(client: str, mode: str, token: int, start: int, end: int) -> Tenure:
+    return Tenure(client, "RW", 10 + token, token, start, end, mode)
+
+
+RW_GRANTED = {("RW", t): 10 + t for t in range(1, 6)}
+
+
+def test_readers_may_hold_together_and_a_writer_alone() -> None:
+    assert check_rwlocks([side("a", "read", 1, 0, 100), side("b", "read", 2, 50, 150),
+                          side("c", "write", 3, 150, 200), side("d", "read", 4, 200, 300),
+                          side("e", "read", 5, 210, 250)], RW_GRANTED) == []
+
+
+def test_a_writer_believed_held_with_a_reader_or_a_writer_fails() -> None:
+    (problem,) = check_rwlocks([side("a", "read", 1, 0, 100), side("b", "write", 2, 99, 150)],
+                               RW_GRANTED)
+    assert "a writer held with someone else" in problem and "at t=99" in problem
+    (problem,) = check_rwlocks([side("a", "write", 1, 0, 100), side("b", "write", 2, 50, 60)],
+                               RW_GRANTED)
+    assert "a (write, token 1" in problem and "b (write, token 2" in problem
+
+
+def test_tokens_order_a_writer_against_the_rest_but_not_readers_among_themselves() -> None:
+    # a reader may learn of an earlier grant after another reader let go
+    assert check_rwlocks([side("b", "read", 2, 0, 50), side("a", "read", 1, 60, 90)],
+                         RW_GRANTED) == []
+    (problem,) = check_rwlocks([side("b", "write", 2, 0, 50), side("a", "read", 1, 60, 90)],
+                               RW_GRANTED)
+    assert problem.startswith("token of 'RW' did not increase: b held it for write with 2")
+    assert check_rwlocks([side("a", "read", 1, 0, 10)], {})[0].endswith("never granted it")
+
+
+def ask(slot: int, name: str, sid: int, waits: bool = True, delay_ms: int = 0) -> LockStep:
+    return LockStep(slot, "asked", name, sid, delay_ms=delay_ms, waits=waits)
+
+
+def grant(slot: int, name: str, sid: int, token: int) -> LockStep:
+    return LockStep(slot, "granted", name, sid, token)
+
+
+def test_grants_in_the_order_asked_pass() -> None:
+    steps = [ask(1, "L", 1, waits=False), grant(1, "L", 1, 1), ask(2, "L", 2), ask(3, "L", 3),
+             ask(4, "L", 4), LockStep(5, "left", "L", 2), LockStep(6, "expired", "", 1),
+             grant(6, "L", 3, 2), LockStep(7, "closed", "", 3), grant(7, "L", 4, 3),
+             ask(8, "M", 5, waits=False), grant(8, "M", 5, 4)]
+    assert check_fifo(steps) == []
+
+
+def test_a_grant_past_an_earlier_waiter_is_not_fifo() -> None:
+    # a reader let in beside the readers while a writer queued before it waits
+    steps = [ask(1, "RW", 1, waits=False), grant(1, "RW", 1, 1), ask(2, "RW", 2),
+             ask(3, "RW", 3, waits=False), grant(3, "RW", 3, 2)]
+    (problem,) = check_fifo(steps)
+    assert "granted to session 3 (token 2) while sessions [2], queued before it" in problem
+    # a waiter admitted past the head of the queue
+    steps = steps[:3] + [ask(3, "RW", 3), LockStep(4, "released", "RW", 1), grant(4, "RW", 3, 2)]
+    assert "while sessions [2]" in check_fifo(steps)[0]
+
+
+def test_tokens_of_a_lock_must_increase_in_grant_order() -> None:
+    (problem,) = check_fifo([grant(1, "L", 1, 5), LockStep(2, "closed", "", 1),
+                             grant(3, "L", 2, 5)])
+    assert problem == ("slot 3: 'L' was granted with token 5 after token 5 (slot 1): tokens "
+                       "did not increase")
+
+
+DELAYED = [ask(1, "L", 1, waits=False, delay_ms=1000), grant(1, "L", 1, 1), ask(2, "L", 2),
+           LockStep(3, "expired", "", 1), grant(4, "L", 2, 2)]
+
+
+def test_a_grant_after_an_expiry_waits_out_the_lock_delay_on_the_fastest_clock() -> None:
+    # 910 ms of world time is 1001 ms on a clock 10% fast: the delay may end then
+    assert check_lock_delays(DELAYED, {3: 100, 4: 1010}, 1.1) == []
+    (problem,) = check_lock_delays(DELAYED, {3: 100, 4: 1000}, 1.1)
+    assert "granted to session 2 (token 2, slot 4" in problem
+    assert "900 ms after its holder, session 1, expired (slot 3, t=100) with a lock-delay of " \
+        "1000 ms: granted before the lock-delay ended" in problem
+
+
+def test_a_voluntary_end_or_a_lock_without_a_delay_passes_at_once() -> None:
+    at_once = {3: 100, 4: 100}
+    closed = DELAYED[:3] + [LockStep(3, "closed", "", 1), DELAYED[4]]
+    released = DELAYED[:3] + [LockStep(3, "released", "L", 1), LockStep(3, "expired", "", 1),
+                              DELAYED[4]]
+    undelayed = [ask(1, "L", 1, waits=False)] + DELAYED[1:]
+    for steps in (closed, released, undelayed):
+        assert check_lock_delays(steps, at_once, 1.0) == []
+    assert check_lock_delays(DELAYED, at_once, 1.0) != []
 
 
 def test_a_locks_listing_may_not_show_a_session_closed_before_it_was_asked() -> None:
