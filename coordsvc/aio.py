@@ -69,6 +69,7 @@ from coordsvc.client._client import (
     _Row,
     _row,
     _to_bytes,
+    _txn_ops,
 )
 from coordsvc.client._election import Leader, parse_record
 from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S, LockInfo, _check_delay
@@ -362,8 +363,8 @@ class AsyncClient:
                   failure: Sequence[tuple[Any, ...]] = (), fence: AsyncLock | None = None
                   ) -> tuple[bool, int]:
         """As ``Client.txn`` (ops ``("put", key, value[, lease])`` and ``("delete", key)``)."""
-        cmd = Txn(_compares(compare), self._txn_ops(success, "success"),
-                  self._txn_ops(failure, "failure"), _fence(fence))
+        cmd = Txn(_compares(compare), _txn_ops(success, "success", self._lease_id),
+                  _txn_ops(failure, "failure", self._lease_id), _fence(fence))
         res = await self._write(cmd)
         raise_for(res)
         ok, rev = res.data.get("succeeded"), res.data.get("revision")
@@ -629,21 +630,6 @@ class AsyncClient:
                     return header
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _txn_ops(self, ops: Sequence[tuple[Any, ...]], what: str) -> tuple[Put | Delete, ...]:
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, (builtins.list, tuple)):
-            raise InvalidRequest(f"{what} must be a list of ops")
-        out: builtins.list[Put | Delete] = []
-        for op in ops:
-            if isinstance(op, tuple) and len(op) in (3, 4) and op[0] == "put":
-                out.append(Put(op[1], _to_bytes(op[2]), lease=self._lease_id(
-                    op[3] if len(op) == 4 else None)))
-            elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
-                out.append(Delete(op[1]))
-            else:
-                raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
-                                     f"('delete', key), got {op!r:.100}")
-        return tuple(out)
 
     def _lease_id(self, lease: AsyncLease | None) -> int:
         if lease is None:

@@ -247,29 +247,14 @@ class Client:
         if the branch changed nothing). A failed compare is not an exception. ``fence``
         guards it like a single put (``FenceRejected``: nothing was applied). At most
         ``MAX_TXN_OPS`` (64) compares and ops per branch, and 1 MiB of keys and values."""
-        cmd = Txn(_compares(compare), self._txn_ops(success, "success"),
-                  self._txn_ops(failure, "failure"), _fence(fence))
+        cmd = Txn(_compares(compare), _txn_ops(success, "success", self._lease_id),
+                  _txn_ops(failure, "failure", self._lease_id), _fence(fence))
         res = self._write(cmd)
         raise_for(res)
         ok, rev = res.data.get("succeeded"), res.data.get("revision")
         if type(ok) is not bool or type(rev) is not int:
             raise CoordError("malformed reply: succeeded, revision")
         return ok, rev
-
-    def _txn_ops(self, ops: Sequence[TxnOp], what: str) -> tuple[Put | Delete, ...]:
-        if isinstance(ops, (str, bytes)) or not isinstance(ops, (builtins.list, tuple)):
-            raise InvalidRequest(f"{what} must be a list of ops")
-        out: builtins.list[Put | Delete] = []
-        for op in ops:
-            if isinstance(op, tuple) and len(op) in (3, 4) and op[0] == "put":
-                out.append(Put(op[1], _to_bytes(op[2]), lease=self._lease_id(
-                    op[3] if len(op) == 4 else None)))
-            elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
-                out.append(Delete(op[1]))
-            else:
-                raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
-                                     f"('delete', key), got {op!r:.100}")
-        return tuple(out)
 
     def schema_set(self, prefix: str, schema: str | bytes | Mapping[str, Any]) -> int:
         """Attach JSON Schema ``schema`` (JSON text, or a dict) to ``prefix``: from then on a
@@ -854,6 +839,23 @@ def _to_bytes(value: str | bytes) -> bytes:
 
 
 TxnOp = tuple[Any, ...]   # ("put", key, value[, lease]) | ("delete", key)
+
+
+def _txn_ops(ops: Sequence[TxnOp], what: str,
+             lease_id: Callable[[Any], int]) -> tuple[Put | Delete, ...]:
+    """A txn branch as commands; ``lease_id`` turns an op's lease into its id (both clients)."""
+    if isinstance(ops, (str, bytes)) or not isinstance(ops, (builtins.list, tuple)):
+        raise InvalidRequest(f"{what} must be a list of ops")
+    out: builtins.list[Put | Delete] = []
+    for op in ops:
+        if isinstance(op, tuple) and len(op) in (3, 4) and op[0] == "put":
+            out.append(Put(op[1], _to_bytes(op[2]), lease=lease_id(op[3] if len(op) == 4 else None)))
+        elif isinstance(op, tuple) and len(op) == 2 and op[0] == "delete":
+            out.append(Delete(op[1]))
+        else:
+            raise InvalidRequest(f"{what}: an op is ('put', key, value[, lease]) or "
+                                 f"('delete', key), got {op!r:.100}")
+    return tuple(out)
 
 
 def _compares(compare: Sequence[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
