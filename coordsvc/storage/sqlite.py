@@ -144,8 +144,9 @@ def _incarnation(conn: sqlite3.Connection, db_path: Path) -> int | None:
     return int(v)
 
 
-def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
-    """Read every row the node will use and refuse the database if one is unusable."""
+def _check_contents(conn: sqlite3.Connection, db_path: Path) -> SnapshotFile | None:
+    """Read every row the node will use and refuse the database if one is unusable; the
+    snapshot file the row names (checked whole), or None if the snapshot is inline."""
     row = conn.execute("SELECT promised_round, promised_node, high_water_round, commit_index "
                        "FROM acceptor WHERE id = 0").fetchone()
     snap = conn.execute("SELECT idx, data, config FROM snapshot WHERE id = 0").fetchone()
@@ -175,6 +176,7 @@ def _check_contents(conn: sqlite3.Connection, db_path: Path) -> None:
         if type(blob) is not bytes:
             raise DataDirError(f"database {db_path} is corrupt: log slot {slot} is not a batch")
         _decode(blob, slot, db_path)
+    return stored
 
 
 def _snapshot_file(conn: sqlite3.Connection, db_path: Path) -> SnapshotFile | None:
@@ -243,7 +245,8 @@ COMMIT_FLUSH_S = 0.1
 class SqliteStore:
     """Store port on SQLite. Build with ``SqliteStore.open``; one per data directory."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: Path, lock_fd: int,
+                 stored: SnapshotFile | None) -> None:
         self._conn: sqlite3.Connection | None = conn
         self._lock_fd: int | None = lock_fd
         self.path = path
@@ -264,8 +267,8 @@ class SqliteStore:
         self._snapshot_index: int = int(row[0])
         self._trimmed_through = 0      # log rows at or below it are deleted (see maintain)
         self.files = SnapshotDir(path / SNAPSHOT_DIR)
-        # The snapshot file the durable row names (checked at open), and its size.
-        self._stored: SnapshotFile | None = _snapshot_file(conn, self.db_path)
+        # The snapshot file the durable row names (``open`` checked it whole, once).
+        self._stored = stored
         self.files.remove_partials()
         self.files.prune(self.keep())      # a file written or fetched before a crash
 
@@ -311,9 +314,9 @@ class SqliteStore:
                     f"node {node_id} was removed from the cluster and will not start again "
                     f"({removed}); to bring it back, `coordctl member add` it and give it a "
                     "new data directory")
-            _check_contents(conn, db_path)
+            stored = _check_contents(conn, db_path)
             _check_writable(conn, db_path)
-            return cls(conn, path, lock_fd)
+            return cls(conn, path, lock_fd, stored)
         except BaseException as e:
             if conn is not None:
                 conn.close()
