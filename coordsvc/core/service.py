@@ -143,6 +143,10 @@ class Service:
                                config, leadership, sinks)
         # The latest chosen configuration, once it changed and until the runtime took it.
         self.new_config: Membership | None = None
+        # A configuration applied while this node was behind, and the commit index it
+        # must reach before the configuration is followed (see ``_release_config``).
+        self._held_config: Membership | None = None
+        self._held_until: Slot = 0
         self.removed = self.replica.removed    # why this node left the cluster ("": it did not)
         self._follow_config(self.replica.config)
         self.machine = Machine()
@@ -330,6 +334,8 @@ class Service:
             send(ready.messages)
             self._apply(ready)
             self.replica.advance()
+        if self._held_config is not None:
+            self._release_config()
         self._after_step()
 
     def take_outbox(self) -> tuple[list[tuple[Route, WireReply]], list[Change]]:
@@ -367,15 +373,51 @@ class Service:
             self.identities = Identities(secure=True, members={k: v for k, v in keys.items() if v},
                                          admin_key=self.identities.admin_key)
 
+    def take_file_keys(self, keys: dict[NodeId, str]) -> str | None:
+        """New member keys the cluster file names (a replaced node's): taken for the ids
+        this node authenticates now; an id it does not (removed, about to be added back)
+        gets its key from the configuration that adds it. None if taken, else why not
+        (two members would share a key), and nothing changed."""
+        if not self.identities.secure:
+            return None
+        members = dict(self.identities.members)
+        members.update({nid: k for nid, k in keys.items() if nid in members})
+        try:
+            self.identities = Identities(secure=True, members=members,
+                                         admin_key=self.identities.admin_key)
+        except ValueError as e:
+            return str(e)
+        return None
+
     def take_config(self) -> Membership | None:
         """The configuration chosen since the last call, if it changed (runtime: peers)."""
         c, self.new_config = self.new_config, None
         return c
 
+    def _release_config(self) -> None:
+        """Follow the held configuration (keys, addresses, peers) once the commit index
+        has reached what peers said was committed when it was applied.
+
+        A node replaying history (a learner copying the log, a member back from a long
+        outage) applies every configuration the cluster ever had, in order. The older
+        ones name keys and addresses that later changes replaced: a member replaced since
+        has a new key, and connecting with (or accepting) its old one would cut this node
+        off from the very peers it copies from. So a configuration is followed only once
+        nothing committed after it is still unknown here; until then the node keeps the
+        peers and keys it had (the cluster file's for a new node, the configuration it
+        last followed otherwise). A node in step with the leader releases within one
+        round trip: the bound is the commit index known when the configuration was
+        applied, not one that keeps moving."""
+        held = self._held_config
+        if held is not None and self.replica.acceptor.commit_index >= self._held_until:
+            self._held_config = None
+            self._follow_config(held)
+            self.new_config = held
+
     def _apply(self, ready: Ready) -> None:
         if ready.config is not None:
-            self._follow_config(ready.config)
-            self.new_config = ready.config
+            self._held_config = ready.config
+            self._held_until = max(self._held_until, self.replica.known_commit)
         if ready.removed is not None:
             self.removed = ready.removed
         m = self.machine

@@ -388,11 +388,11 @@ class Nemesis:
         leader = order[0]
         if step.variant == "transfer":
             target = order[1]
-            with Client(c.endpoints, timeout=15.0, key=c.key) as cl:
+            with Client(c.cluster, timeout=15.0, key=c.key) as cl:
                 cl.transfer_leader(target)
             return f"transferred leadership {leader} -> {target}"
         victim = leader if step.variant == "replace-leader" else order[1]
-        with Client(c.endpoints, timeout=20.0, key=c.key) as cl:
+        with Client(c.cluster, timeout=20.0, key=c.key) as cl:
             for nid in sorted(self.paused | self.dead):      # a live quorum for the change
                 if nid in self.paused:
                     self._cont(nid)

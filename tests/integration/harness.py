@@ -97,8 +97,10 @@ class LocalCluster:
         self.file = root / "cluster.toml"
 
     def client(self, timeout: float = 10.0, endpoints: list[str] | None = None) -> Client:
-        """A Client with the admin key (plain TCP when the cluster is insecure)."""
-        return Client(endpoints or self.endpoints, timeout=timeout, key=self.key)
+        """A Client with the admin key (plain TCP when the cluster is insecure), pinning
+        the nodes' public keys as the cluster file names them now (a replaced node has a
+        new one)."""
+        return Client(endpoints or load(self.file), timeout=timeout, key=self.key)
 
     def socket(self, ctx: zmq.Context[zmq.Socket[bytes]], kind: int, address: str,
                key_file: Path | None = None) -> zmq.Socket[bytes]:
