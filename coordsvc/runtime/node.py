@@ -264,12 +264,18 @@ class Node:
         if not rekeyed:
             return
         self.cluster = dataclasses.replace(old, nodes=nodes)
-        self.service.identities = identities(self.cluster)
+        why = self.service.take_file_keys({n.id: n.public_key for n in rekeyed if n.public_key})
+        if why is not None:
+            log.warning("not taking the member keys of %s: %s", path, why)
+            return
         for spec in rekeyed:
+            # A node outside the configuration (removed, and perhaps about to be added
+            # back with this key) is not connected: the change that adds it connects it.
+            connected = self.transport.rekey(spec)
             event(log, logging.INFO, "member_rekeyed",
-                  f"new public key for {spec.id} in {path}; reconnecting",
+                  f"new public key for {spec.id} in {path}"
+                  + ("; reconnecting" if connected else " (not a member now)"),
                   member=spec.id, public_key=spec.public_key)
-            self.transport.rekey(spec)
 
     def _extra_status(self) -> dict[str, Any]:
         return {"db_bytes": self.store.db_bytes(),

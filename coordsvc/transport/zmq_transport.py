@@ -331,13 +331,17 @@ class Transport:
         peer.dealer = peer.sub = None
         peer.monitors = []
 
-    def rekey(self, spec: NodeSpec) -> None:
-        """Peer ``spec.id`` has a new public key (a replacement node): reconnect with it."""
-        peer = self.peers[spec.id]
+    def rekey(self, spec: NodeSpec) -> bool:
+        """Peer ``spec.id`` has a new public key (a replacement node): reconnect with it.
+        False (and nothing done) if it is not a peer now."""
+        peer = self.peers.get(spec.id)
+        if peer is None:
+            return False
         self._disconnect(peer)
         peer.spec = spec
         peer.failed_ms = None
         self._connect(peer)
+        return True
 
     def set_peers(self, specs: list[NodeSpec]) -> None:
         """Follow the chosen configuration: connect to members added, drop members
