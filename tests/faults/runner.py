@@ -102,6 +102,17 @@ def _wait_serving(cluster: LocalCluster, within_s: float, tag: str) -> float | N
     return None
 
 
+def _exited_by_themselves(cluster: LocalCluster) -> list[str]:
+    """Nodes that should be running (every one the nemesis healed) but exited: a crash,
+    a detected safety violation, a stop it decided on, each with the end of its log."""
+    out = []
+    for nid, proc in sorted(cluster.procs.items()):
+        if proc.poll() is not None:
+            tail = "\n      ".join(cluster.log(nid).splitlines()[-12:])
+            out.append(f"{nid} exited by itself (code {proc.returncode}); its log ends:\n      {tail}")
+    return out
+
+
 def _availability(ops: list[Op], t_start_ns: int, t_end_ns: int) -> tuple[float, float]:
     """(share of ops that were ok, share of 1-second buckets with at least one ok op)."""
     if not ops:
@@ -184,6 +195,7 @@ def run(workload: str, kinds: Iterable[str], duration_s: float, seed: int, nodes
         res.problems += nemesis.errors
         t_heal = time.monotonic()
         res.recovery_s = _wait_serving(cluster, RECOVERY_S, "heal")
+        late: float | None = None
         if res.recovery_s is None:
             res.problems.append(f"the cluster did not serve a linearizable write+read within "
                                 f"{RECOVERY_S:g}s of healing")
@@ -192,12 +204,17 @@ def run(workload: str, kinds: Iterable[str], duration_s: float, seed: int, nodes
             say(f"   late recovery: {'none within 30s' if late is None else f'{late:.1f}s more'}")
         else:
             say(f"   healed; serving again after {res.recovery_s:.2f}s")
+        res.problems += _exited_by_themselves(cluster)
         time.sleep(max(0.0, QUIET_S - (time.monotonic() - t_heal)))
         wl.stop()
-        with cluster.client(timeout=10.0) as final:
-            wl.finish(final)
-            final_state = {e.key: (e.revision, e.value.decode("utf-8", "replace"))
-                           for e in final.list("") if not e.key.startswith("_liveness/")}
+        final_state: dict[str, tuple[int, str]] | None = None
+        if res.recovery_s is None and late is None:
+            res.problems.append("no final reads: the cluster never served again")
+        else:
+            with cluster.client(timeout=10.0) as final:
+                wl.finish(final)
+                final_state = {e.key: (e.revision, e.value.decode("utf-8", "replace"))
+                               for e in final.list("") if not e.key.startswith("_liveness/")}
         t_end = time.monotonic_ns()
         ops = history.ops()
         res.ops = ops
@@ -211,8 +228,9 @@ def run(workload: str, kinds: Iterable[str], duration_s: float, seed: int, nodes
             problems.append(("linearizability check TIMED OUT: " if lin.timed_out
                              else "NOT LINEARIZABLE: ") + lin.explanation)
         acked, maybe_deleted = _acked_writes(reg)
-        problems += [f"lost write: {p}" for p in
-                     check_no_lost_writes(acked, final_state, maybe_deleted)]
+        if final_state is not None:
+            problems += [f"lost write: {p}" for p in
+                         check_no_lost_writes(acked, final_state, maybe_deleted)]
         res.problems += problems
 
         summary = summarize(ops)
