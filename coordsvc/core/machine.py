@@ -41,7 +41,10 @@ never cut inside a revision.
 
 Keys are also held in a sorted index, so a page of ``scan`` costs O(log n + page), not a
 sort of every key. A key's history keeps its newest ``KEY_HISTORY`` versions, fewer when
-their values exceed ``KEY_HISTORY_BYTES`` (never fewer than one).
+their values exceed ``KEY_HISTORY_BYTES`` (never fewer than one). A key written once (most
+keys of a large store) has no history object at all: its one version is its current value,
+and ``history`` rebuilds it from there. The first change after that makes the history real
+(two versions), as does a delete.
 """
 from __future__ import annotations
 
@@ -471,7 +474,7 @@ class Machine:
                                self.revision if cur is None else cur.create_revision,
                                1 if cur is None else cur.version + 1)
         self._attach(cmd.key, cmd.lease)
-        self._record(Change(_PUT, cmd.key, cmd.value, self.revision))
+        self._record(Change(_PUT, cmd.key, cmd.value, self.revision), cur)
         return Result(ResultCode.OK, self.revision, {"revision": self.revision})
 
     def _delete(self, cmd: Delete) -> Result:
@@ -507,10 +510,11 @@ class Machine:
             return Result(ResultCode.OK, self.revision, {"succeeded": ok, "revision": self.revision})
         self.revision += 1
         rev = self.revision
-        changes = []
+        changes, before = [], []
         for op in ops:
+            cur = kv.get(op.key)
+            before.append(cur)
             if isinstance(op, Put):
-                cur = kv.get(op.key)
                 if cur is None:
                     self._keys.add(op.key)
                 kv[op.key] = KeyValue(op.key, op.value, rev, rev if cur is None else cur.create_revision,
@@ -522,16 +526,16 @@ class Machine:
                 self._keys.remove(op.key)
                 self._attach(op.key, 0)
                 changes.append(Change(_DELETE, op.key, b"", rev))
-        self._record_group(tuple(changes))
+        self._record_group(tuple(changes), before)
         return Result(ResultCode.OK, rev, {"succeeded": ok, "revision": rev})
 
     def _remove_key(self, key: str) -> None:
         """Delete the existing ``key`` at the next revision."""
         self.revision += 1
-        del self._kv[key]
+        cur = self._kv.pop(key)
         self._keys.remove(key)
         self._attach(key, 0)
-        self._record(Change(_DELETE, key, b"", self.revision))
+        self._record(Change(_DELETE, key, b"", self.revision), cur)
 
     def _attach(self, key: str, sid: int) -> None:
         """``key`` now lives on lease ``sid`` (0: on none, persistent)."""
@@ -545,31 +549,39 @@ class Machine:
             self._sessions[sid].keys.add(key)
             self._leased[key] = sid
 
-    def _record(self, ev: Change) -> None:
-        self._add_history(ev)
+    def _record(self, ev: Change, before: KeyValue | None) -> None:
+        """Record ``ev``; ``before`` is the key's value it replaced (None: it had none)."""
+        self._add_history(ev, before)
         self._window.append(ev)
         self._window_bytes += len(ev.value)
         self._window_events += 1
         self._trim_window()
 
-    def _record_group(self, evs: tuple[Change, ...]) -> None:
-        """The changes of one transaction, all at one revision, sorted by key."""
+    def _record_group(self, evs: tuple[Change, ...],
+                      before: builtins.list[KeyValue | None]) -> None:
+        """The changes of one transaction, all at one revision, sorted by key, and the
+        values they replaced."""
         if len(evs) == 1:
-            self._record(evs[0])
+            self._record(evs[0], before[0])
             return
-        for ev in evs:
-            self._add_history(ev)
+        for ev, cur in zip(evs, before, strict=True):
+            self._add_history(ev, cur)
             self._window_bytes += len(ev.value)
         self._window.append(evs)
         self._window_events += len(evs)
         self._trim_window()
 
-    def _add_history(self, ev: Change) -> None:
+    def _add_history(self, ev: Change, before: KeyValue | None) -> None:
         hist = self._history.get(ev.key)
-        if hist is None:
-            self._history[ev.key] = _Versions([ev])
-        else:
+        if hist is not None:
             hist.add(ev)
+        elif before is not None:
+            # Its history was its one version, held as its value (``history``): now real.
+            hist = self._history[ev.key] = _Versions([Change(_PUT, ev.key, before.value, before.revision)])
+            hist.add(ev)
+        elif ev.type is not _PUT:
+            self._history[ev.key] = _Versions([ev])
+        # else: a key's first version is its value; no history object until it changes
 
     def _trim_window(self) -> None:
         while self._window_events > WINDOW_EVENTS or self._window_bytes > WINDOW_BYTES:
@@ -684,7 +696,7 @@ class Machine:
         self._kv[key] = KeyValue(key, value, self.revision,
                                  self.revision if cur is None else cur.create_revision,
                                  1 if cur is None else cur.version + 1)
-        self._record(Change(_PUT, key, value, self.revision))
+        self._record(Change(_PUT, key, value, self.revision), cur)
 
     # -- elections -------------------------------------------------------------------------
 
@@ -1017,7 +1029,11 @@ class Machine:
             yield kv[k]
 
     def history(self, key: str) -> builtins.list[Change]:
-        return builtins.list(self._history.get(key, ()))
+        hist = self._history.get(key)
+        if hist is not None:
+            return builtins.list(hist)
+        kv = self._kv.get(key)
+        return [] if kv is None else [Change(_PUT, key, kv.value, kv.revision)]
 
     def has_result(self, client_id: str, seq: int) -> bool:
         """Whether the result of (client_id, seq) is cached: a retry gets it, unapplied."""
@@ -1175,20 +1191,27 @@ class Machine:
 
     def _snapshot_state(self) -> dict[str, Any]:
         # A transaction writes several keys at one revision, each key once: (revision, key)
-        # names an event.
-        events: dict[tuple[int, str], Change] = {}
+        # names an event. A key without a history object has its value as its one version:
+        # the snapshot lists it as every other history (the format does not know).
+        events: dict[tuple[int, str], builtins.list[object]] = {}
         for item in self._window:
             for ev in ((item,) if type(item) is Change else item):   # type: ignore[union-attr]
-                events[(ev.revision, ev.key)] = ev
-        for hist in self._history.values():
-            events.update(((ev.revision, ev.key), ev) for ev in hist)
+                events[(ev.revision, ev.key)] = [ev.revision, ev.type, ev.key, ev.value]
+        hists: dict[str, builtins.list[int]] = {}
+        for k, h in self._history.items():
+            hists[k] = [ev.revision for ev in h]
+            events.update(((ev.revision, k), [ev.revision, ev.type, k, ev.value]) for ev in h)
+        for k, kv in self._kv.items():
+            if k not in hists:
+                hists[k] = [kv.revision]
+                events[(kv.revision, k)] = [kv.revision, _PUT, k, kv.value]
         state = {
             "v": _SNAPSHOT_VERSION,
             "rev": self.revision, "sid": self.next_session_id, "tok": self.next_token,
             "w0": self.first_revision_in_window,
-            "ev": [[r, ev.type, ev.key, ev.value] for (r, _), ev in sorted(events.items())],
+            "ev": [row for _, row in sorted(events.items())],
             "kv": [[k, kv.revision, kv.create_revision, kv.version] for k, kv in sorted(self._kv.items())],
-            "hist": [[k, [ev.revision for ev in h]] for k, h in sorted(self._history.items())],
+            "hist": sorted([k, revs] for k, revs in hists.items()),
             "ses": [[sid, s.ttl_ms, s.opened_index, s.owner, s.quota]
                     for sid, s in sorted(self._sessions.items())],
             "lk": [[n, lk.holder, lk.token, lk.granted_index, builtins.list(lk.waiters)]
@@ -1259,25 +1282,45 @@ class Machine:
         g = _Getter(st)
         self.revision, self.next_session_id = g.int("rev"), g.int("sid")
         self.next_token, self.first_revision_in_window = g.int("tok"), g.int("w0")
-        events: dict[tuple[int, str], Change] = {}
-        at: dict[int, builtins.list[Change]] = {}    # revision -> its events, by key
+        # Events stay rows until something holds them: the window (recent revisions) or
+        # a history of more than the key's value. One Change per event either holds.
+        rows: dict[tuple[int, str], tuple[str, bytes]] = {}
+        at: dict[int, builtins.list[str]] = {}    # revision (in the window) -> its keys
+        w0 = self.first_revision_in_window
         for r, typ, key, value in g.rows("ev", int, str, str, bytes):
             if typ not in ("put", "delete"):
                 raise ProtocolError(f"malformed event type at revision {r}")
-            ev = events[(r, key)] = Change(ChangeType(typ), key, value, r)
-            at.setdefault(r, []).append(ev)
-        for r in range(self.first_revision_in_window, self.revision + 1):
-            group = sorted(at[r], key=lambda e: e.key)
+            rows[(r, key)] = (typ, value)
+            if r >= w0:
+                at.setdefault(r, []).append(key)
+        made: dict[tuple[int, str], Change] = {}
+
+        def change(r: int, key: str) -> Change:
+            ev = made.get((r, key))
+            if ev is None:
+                typ, value = rows[(r, key)]
+                ev = made[(r, key)] = Change(ChangeType(typ), key, value, r)
+            return ev
+
+        for r in range(w0, self.revision + 1):
+            group = [change(r, key) for key in sorted(at[r])]
             self._window.append(group[0] if len(group) == 1 else tuple(group))
             self._window_bytes += sum(len(ev.value) for ev in group)
             self._window_events += len(group)
-        for key, revs in g.rows("hist", str, list):
-            hist = _Versions([])
-            for r in _ints(revs):
-                hist.add(events[(r, key)])
-            self._history[key] = hist
         for key, rev, create, version in g.rows("kv", str, int, int, int):
-            self._kv[key] = KeyValue(key, events[(rev, key)].value, rev, create, version)
+            typ, value = rows[(rev, key)]
+            if typ != "put":
+                raise ProtocolError(f"malformed snapshot: {key!r} holds a delete")
+            self._kv[key] = KeyValue(key, value, rev, create, version)
+        for key, revs in g.rows("hist", str, list):
+            versions = _ints(revs)
+            kv = self._kv.get(key)
+            if kv is not None and versions == [kv.revision]:
+                continue        # its one version is its value
+            hist = _Versions([])
+            for r in versions:
+                hist.add(change(r, key))
+            self._history[key] = hist
         self._keys = SortedList(self._kv)
         for key in self._keys.irange(minimum=SCHEMA_PREFIX):
             if not key.startswith(SCHEMA_PREFIX):
