@@ -49,8 +49,10 @@ and ``history`` rebuilds it from there. The first change after that makes the hi
 from __future__ import annotations
 
 import builtins
+import gc
 from collections import OrderedDict, deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -1238,7 +1240,8 @@ class Machine:
         if not data:
             return m
         try:
-            m._load(msgpack.unpackb(data, raw=False, strict_map_key=False))
+            with _collector_paused():
+                m._load(msgpack.unpackb(data, raw=False, strict_map_key=False))
         except ProtocolError:
             raise
         except Exception as e:  # a snapshot from a peer: any malformation is the peer's fault
@@ -1255,19 +1258,20 @@ class Machine:
                                     max_buffer_size=_MAX_SNAPSHOT_ROW_BYTES)
         m = cls()
         try:
-            try:
-                st = unpacker.unpack()
-            except msgpack.OutOfData:
-                if counted.total:
-                    raise ProtocolError("malformed snapshot: it ends inside the state") from None
-                return m                        # no bytes: the empty state
-            try:
-                unpacker.unpack()
-            except msgpack.OutOfData:
-                pass
-            else:
-                raise ProtocolError("malformed snapshot: bytes after the state")
-            m._load(st)
+            with _collector_paused():
+                try:
+                    st = unpacker.unpack()
+                except msgpack.OutOfData:
+                    if counted.total:
+                        raise ProtocolError("malformed snapshot: it ends inside the state") from None
+                    return m                        # no bytes: the empty state
+                try:
+                    unpacker.unpack()
+                except msgpack.OutOfData:
+                    pass
+                else:
+                    raise ProtocolError("malformed snapshot: bytes after the state")
+                m._load(st)
         except ProtocolError:
             raise
         except Exception as e:  # a snapshot from a peer: any malformation is the peer's fault
@@ -1409,6 +1413,21 @@ def _record_prefixes(selector: str | tuple[str, ...]) -> tuple[str, ...] | None:
     if "" not in prefixes:
         return None
     return tuple(p for p in prefixes if is_record(p))
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a state is rebuilt: each of the many passes that
+    building millions of rows and objects triggers walks everything built so far (more
+    than half of a large restore went there). Nothing built holds a cycle to collect
+    meanwhile; collection resumes, as it was, at the end."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class _Getter:
