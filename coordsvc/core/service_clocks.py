@@ -29,19 +29,27 @@ class SessionClocks:
     """Per session, on the serving leader only: the deadline past which it proposes the
     session's expiry."""
 
-    __slots__ = ("_deadline_ms", "_expiring_ms")
+    __slots__ = ("_deadline_ms", "_expiring_ms", "_next_ms")
 
     def __init__(self) -> None:
         self._deadline_ms: dict[int, int] = {}
         self._expiring_ms: dict[int, int] = {}   # when we last proposed its expiry
+        # No session is due before this: ``due`` looks at every session only past it (a
+        # tick every heartbeat sorting 10,000 sessions was a quarter of an idle leader's
+        # CPU). Every deadline set lowers it if it is sooner (a keep-alive seldom is).
+        self._next_ms = 0
 
     def renewed(self, session_id: int, now_ms: int, ttl_ms: int) -> None:
         """A keep-alive reached us as leader."""
-        self._deadline_ms[session_id] = now_ms + ttl_ms
+        self._deadline_ms[session_id] = deadline = now_ms + ttl_ms
+        if deadline < self._next_ms:
+            self._next_ms = deadline
 
     def opened(self, session_id: int, now_ms: int, ttl_ms: int, leading: bool) -> None:
         if leading:
-            self._deadline_ms[session_id] = now_ms + ttl_ms
+            self._deadline_ms[session_id] = deadline = now_ms + ttl_ms
+            if deadline < self._next_ms:
+                self._next_ms = deadline
 
     def forget(self, session_id: int) -> None:
         self._deadline_ms.pop(session_id, None)
@@ -56,19 +64,30 @@ class SessionClocks:
         self._deadline_ms = {sid: now_ms + info.ttl_ms + grace_ms
                              for sid, info in sessions.items()}
         self._expiring_ms.clear()
+        self._next_ms = 0
 
     def stop_leading(self) -> None:
         self._deadline_ms.clear()
         self._expiring_ms.clear()
+        self._next_ms = 0
 
     def due(self, now_ms: int) -> list[int]:
         """Sessions whose expiry to propose now, in id order (each at most once per
         ``EXPIRE_RETRY_MS``)."""
+        if now_ms <= self._next_ms:
+            return []
         out = []
+        soonest = now_ms + EXPIRE_RETRY_MS     # when to look again at the latest
         for sid, deadline in sorted(self._deadline_ms.items()):
-            if now_ms > deadline and now_ms - self._expiring_ms.get(sid, -10**12) > EXPIRE_RETRY_MS:
-                self._expiring_ms[sid] = now_ms
+            if now_ms <= deadline:
+                soonest = min(soonest, deadline)
+                continue
+            proposed = self._expiring_ms.get(sid)
+            if proposed is None or now_ms - proposed > EXPIRE_RETRY_MS:
+                self._expiring_ms[sid] = proposed = now_ms
                 out.append(sid)
+            soonest = min(soonest, proposed + EXPIRE_RETRY_MS)
+        self._next_ms = soonest
         return out
 
 

@@ -367,7 +367,7 @@ class Observer:
             view = self._last_view
         else:
             self._last_view = None
-        counters["lock_waiters"] = _waiters(svc)
+        counters["lock_waiters"] = svc.machine.lock_waiters
         self.shared.publish(Published(
             at_mono=mono, node=self.id, status=status, members=tuple(svc.replica.members),
             known_commit=max(rs.known_commit, rs.commit_index),
@@ -451,10 +451,6 @@ def _learner(node: str, config: object) -> bool:
         return False
     mine = next((r for r in config if isinstance(r, list) and r and r[0] == node), None)
     return mine is None or (len(mine) > 2 and mine[2] is False)
-
-
-def _waiters(svc: Service) -> int:
-    return sum(len(lk.waiters) for lk in svc.machine.locks()) if svc.machine.locks_held else 0
 
 
 def _alarms(status: dict[str, Any]) -> tuple[str, ...]:

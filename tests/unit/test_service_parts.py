@@ -203,6 +203,51 @@ def test_an_expiry_is_proposed_again_only_after_the_retry_interval() -> None:
     assert clocks.due(10_000) == [] and clocks.deadline_ms(1) is None
 
 
+class _PlainClocks:
+    """What ``SessionClocks.due`` must answer, by looking at every session every time."""
+
+    def __init__(self) -> None:
+        self.deadline: dict[int, int] = {}
+        self.expiring: dict[int, int] = {}
+
+    def due(self, now: int) -> list[int]:
+        out = []
+        for sid, deadline in sorted(self.deadline.items()):
+            if now > deadline and now - self.expiring.get(sid, -10**12) > EXPIRE_RETRY_MS:
+                self.expiring[sid] = now
+                out.append(sid)
+        return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_due_skips_looking_until_something_can_be_due_and_answers_as_looking_every_time(
+        seed: int) -> None:
+    rng = random.Random(seed)
+    print(f"seed={seed}")
+    clocks, plain = SessionClocks(), _PlainClocks()
+    now = 0
+    for _ in range(2_000):
+        now += rng.choice((1, 7, 50, 300))
+        sid, ttl = rng.randrange(12), rng.choice((200, 1_000, 5_000))
+        what = rng.random()
+        if what < 0.35:
+            clocks.renewed(sid, now, ttl)
+            plain.deadline[sid] = now + ttl
+        elif what < 0.45:
+            clocks.opened(sid, now, ttl, leading=True)
+            plain.deadline[sid] = now + ttl
+        elif what < 0.5:
+            clocks.forget(sid)
+            plain.deadline.pop(sid, None)
+            plain.expiring.pop(sid, None)
+        elif what < 0.51:
+            infos = {s: SessionInfo(rng.choice((200, 1_000)), (), s) for s in rng.sample(range(12), 4)}
+            clocks.take_over(infos, now, 100)
+            plain.deadline = {s: now + i.ttl_ms + 100 for s, i in infos.items()}
+            plain.expiring.clear()
+        assert clocks.due(now) == plain.due(now), now
+
+
 def test_leadership_ending_hands_every_write_waiter_back_and_forgets_proposals() -> None:
     w = PendingWrites()
     r1, r2 = Request("c", 1, 1, Put("a", b"")), Request("c", 2, 1, Put("b", b""))
