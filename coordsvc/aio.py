@@ -439,8 +439,10 @@ class AsyncClient:
 
     async def locks(self) -> builtins.list[LockInfo]:
         """As ``Client.locks``: every held lock, semaphore, rwlock and election."""
-        reply = await self._call(LocksRequest(), LocksReply.from_wire, leader=True)
-        return [_lock_info(row) for row in reply.locks]
+        rows, _ = await self._paged(
+            LocksRequest(), lambda cursor, offset: LocksRequest(cursor=cursor, offset=offset),
+            LocksReply.from_wire, lambda r: r.locks, leader=True)
+        return [_lock_info(row) for row in rows]
 
     # -- schemas -------------------------------------------------------------------------------
 

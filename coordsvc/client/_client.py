@@ -403,8 +403,10 @@ class Client:
     def locks(self) -> builtins.list[LockInfo]:
         """Every held lock with its holder, token, waiters and ttl left (linearizable); only
         locks whose names this client's key may lock."""
-        reply = self._call(LocksRequest(), LocksReply.from_wire, leader=True)
-        return [_lock_info(row) for row in reply.locks]
+        rows, _ = self._paged(
+            LocksRequest(), lambda cursor, offset: LocksRequest(cursor=cursor, offset=offset),
+            LocksReply.from_wire, lambda r: r.locks, leader=True)
+        return [_lock_info(row) for row in rows]
 
     # -- identities (admin) ----------------------------------------------------------------
 

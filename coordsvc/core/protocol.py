@@ -48,7 +48,8 @@ Ops (request fields -> reply fields):
                (+ ``oldest``) when ``after`` is older than the window.
 ``lock_wait``  name, session_id, wait_ms -> state: LockState, token (0 unless held).
                Leader only; parks up to wait_ms while "waiting".
-``locks``      -> locks: [LockRow, ...], revision. Linearizable.
+``locks``      stale, cursor -> locks: [LockRow, ...], revision, cursor. Linearizable; paged
+               like ``list`` (a node before paging answered every row at once).
 ``status``     -> status: NodeStatus. Answered locally by any node, even without a quorum.
 ``snapshot_save``  -> export_id, index, revision, keys, snapshot_index, snapshot_bytes,
                entries, body_bytes, node. Leader only, at a linearizable point: the node
@@ -279,8 +280,14 @@ def _count(m: Mapping[str, Any], name: str, default: int) -> int:
     return v
 
 
-def row_bytes(row: KeyValue | Change) -> int:
+def row_bytes(row: KeyValue | Change | LockRow) -> int:
     """An upper bound of one row's encoded size, for packing replies within a budget."""
+    if isinstance(row, LockRow):
+        # Integers take at most 9 bytes; a str at most 4 per character plus 5.
+        return (160 + 4 * len(row.name) + 4 * len(row.holder or "") + 9 * len(row.waiters)
+                + sum(4 * len(w) + 32 for w in row.waiter_names)
+                + sum(4 * len(m) + 8 for m in row.waiter_modes) + 9 * len(row.waits_ms)
+                + sum(4 * (len(h[2]) + len(h[3])) + 40 for h in row.holders) + 4 * len(row.kind))
     return len(row.value) + 4 * len(row.key) + 48
 
 
@@ -779,15 +786,23 @@ class LockWaitRequest:
 
 @dataclass(frozen=True, slots=True)
 class LocksRequest:
+    """Every held lock; or, with ``cursor``, the page of an earlier ``locks`` read that
+    starts ``offset`` rows after its first page (as ``ListRequest``)."""
+
     op: ClassVar[Op] = Op.LOCKS
     stale: bool = False
+    cursor: int = 0
+    offset: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"op": Op.LOCKS, "stale": self.stale}
+        out: dict[str, Any] = {"op": Op.LOCKS, "stale": self.stale}
+        if self.cursor:
+            out["cursor"], out["offset"] = self.cursor, self.offset
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> LocksRequest:
-        return cls(_bool(m, "stale", False))
+        return cls(_bool(m, "stale", False), _count(m, "cursor", 0), _count(m, "offset", 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1079,16 +1094,22 @@ class LockWaitReply:
 
 @dataclass(frozen=True, slots=True)
 class LocksReply:
+    """One page of a locks read taken at ``revision``; ``cursor`` as in ``ListReply``."""
+
     locks: tuple[LockRow, ...]
     revision: int
+    cursor: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"ok": True, "locks": [lk.to_wire() for lk in self.locks], "revision": self.revision}
+        out = {"ok": True, "locks": [lk.to_wire() for lk in self.locks], "revision": self.revision}
+        if self.cursor:
+            out["cursor"] = self.cursor
+        return out
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> LocksReply:
         return cls(tuple(LockRow.from_wire(r) for r in _list(m.get("locks"), "locks")),
-                   _int(m, "revision"))
+                   _int(m, "revision"), _count(m, "cursor", 0))
 
 
 @dataclass(frozen=True, slots=True)

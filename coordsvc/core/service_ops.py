@@ -225,8 +225,8 @@ def _history(svc: Service, route: Route, req: HistoryRequest, caller: Caller) ->
 
 
 def _cursor(svc: Service, route: Route, caller: Caller, kind: Kind,
-            rest: tuple[KeyValue, ...] | tuple[Change, ...], rest_bytes: int,
-            more: bool) -> int | ErrorReply:
+            rest: tuple[KeyValue, ...] | tuple[Change, ...] | tuple[LockRow, ...],
+            rest_bytes: int, more: bool) -> int | ErrorReply:
     """A cursor over the rows that did not fit the first page (0: none did not)."""
     if not rest:
         return 0
@@ -237,14 +237,14 @@ def _cursor(svc: Service, route: Route, caller: Caller, kind: Kind,
                             caller.principal)
 
 
-def _paged(cls: type[ListRequest] | type[HistoryRequest], kind: Kind,
+def _paged(cls: type[ListRequest] | type[HistoryRequest] | type[LocksRequest], kind: Kind,
            answer: Answer[Any]) -> None:
     """Register ``cls``: its first page is a read, later pages come from its cursor."""
     first = _read_handler(answer)
 
     @_handles(cls)
-    def handle(svc: Service, route: Route, rid: object, req: ListRequest | HistoryRequest,
-               caller: Caller) -> None:
+    def handle(svc: Service, route: Route, rid: object,
+               req: ListRequest | HistoryRequest | LocksRequest, caller: Caller) -> None:
         if not req.cursor:
             first(svc, route, rid, req, caller)
             return
@@ -261,11 +261,13 @@ def _paged(cls: type[ListRequest] | type[HistoryRequest], kind: Kind,
         if kind == "list":
             svc.out.reply(route, rid, ListReply(cast(tuple[KeyValue, ...], rows), c.revision,
                                                 c.more, left))
-        else:
+        elif kind == "history":
             svc.out.reply(route, rid, HistoryReply(cast(tuple[Change, ...], rows), c.revision, left))
+        else:
+            svc.out.reply(route, rid, LocksReply(cast(tuple[LockRow, ...], rows), c.revision, left))
 
 
-def _locks(svc: Service, route: Route, req: LocksRequest, caller: Caller) -> LocksReply:
+def _locks(svc: Service, route: Route, req: LocksRequest, caller: Caller) -> Reply:
     m, now, times, rights = svc.machine, svc.now_ms, svc.lock_times, caller.rights
     sessions = m.sessions()
     rows = []
@@ -282,7 +284,11 @@ def _locks(svc: Service, route: Route, req: LocksRequest, caller: Caller) -> Loc
             waits_ms=tuple(times.wait_ms(lk.name, w, now) for w in lk.waiters),
             holder=lk.holder, waiter_names=lk.waiter_names, kind=lk.kind, limit=lk.limit,
             holders=lk.holders, waiter_modes=lk.waiter_modes))
-    return LocksReply(tuple(rows), m.revision)
+    page = first_page(iter(rows))
+    cursor = _cursor(svc, route, caller, "locks", page.rest, page.rest_bytes, False)
+    if isinstance(cursor, ErrorReply):
+        return cursor
+    return LocksReply(page.rows, m.revision, cursor)
 
 
 def _revision(svc: Service, route: Route, req: RevisionRequest, caller: Caller) -> RevisionReply:
@@ -299,7 +305,7 @@ def _auth_list(svc: Service, route: Route, req: AuthListRequest, caller: Caller)
 _read(GetRequest, _get)
 _paged(ListRequest, "list", _list)
 _paged(HistoryRequest, "history", _history)
-_read(LocksRequest, _locks)
+_paged(LocksRequest, "locks", _locks)
 _read(AuthListRequest, _auth_list)
 
 

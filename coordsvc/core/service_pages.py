@@ -1,4 +1,5 @@
-"""Replies larger than one frame: ``list`` and ``history`` answered in pages, one read.
+"""Replies larger than one frame: ``list``, ``history`` and ``locks`` answered in pages,
+one read.
 
 A reply carries at most ``MESSAGE_BUDGET_BYTES`` (2 MiB) of rows, always at least one; a
 row is at most a key and a 1 MiB value, so a page stays well below the 4 MiB frame cap.
@@ -48,7 +49,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from .protocol import MESSAGE_BUDGET_BYTES, Change, KeyValue, row_bytes
+from .protocol import MESSAGE_BUDGET_BYTES, Change, KeyValue, LockRow, row_bytes
 from .service_outbox import Route
 
 __all__ = ["CURSOR_IDLE_MS", "MAX_CURSORS", "MAX_CURSORS_PER_ROUTE", "MAX_CURSOR_BYTES",
@@ -59,7 +60,8 @@ MAX_CURSORS_PER_ROUTE = 8
 MAX_CURSOR_BYTES = 4 * 1024 * 1024 * 1024
 CURSOR_IDLE_MS = 30_000
 
-Row = TypeVar("Row", KeyValue, Change)
+Row = TypeVar("Row", KeyValue, Change, LockRow)
+AnyRow = KeyValue | Change | LockRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ def first_page(rows: Iterator[Row], budget: int = MESSAGE_BUDGET_BYTES) -> Page[
     return Page(tuple(out), (), 0)
 
 
-Kind = Literal["list", "history"]
+Kind = Literal["list", "history", "locks"]
 
 
 @dataclass(slots=True)
@@ -95,13 +97,13 @@ class Cursor:
     kind: Kind
     route: Route
     revision: int
-    rows: Sequence[KeyValue | Change]
+    rows: Sequence[AnyRow]
     more: bool           # the read's ListReply.more, repeated on every page
     pinned_bytes: int
     last_used_ms: int
     principal: str = ""  # who opened it: its rows were filtered for this caller's rights
 
-    def page(self, offset: int, budget: int = MESSAGE_BUDGET_BYTES) -> tuple[KeyValue | Change, ...]:
+    def page(self, offset: int, budget: int = MESSAGE_BUDGET_BYTES) -> tuple[AnyRow, ...]:
         """The rows from ``offset`` on that fit ``budget`` (at least one)."""
         i = offset
         size = 0
@@ -115,7 +117,7 @@ class Cursor:
 
 
 class Cursors:
-    """The open cursors of one node (``list`` and ``history`` in separate tables)."""
+    """The open cursors of one node (each answers only reads of its own kind)."""
 
     __slots__ = ("_by_id", "_next_id", "_per_route", "pinned_bytes")
 
@@ -140,7 +142,7 @@ class Cursors:
                     f"(max_cursor_bytes {MAX_CURSOR_BYTES})")
         return None
 
-    def open(self, kind: Kind, route: Route, revision: int, rows: Sequence[KeyValue | Change],
+    def open(self, kind: Kind, route: Route, revision: int, rows: Sequence[AnyRow],
              rest_bytes: int, now_ms: int, more: bool = False, principal: str = "") -> int:
         """A cursor over ``rows`` (check ``refusal`` first) for ``principal``; its id."""
         self._next_id += 1

@@ -134,3 +134,17 @@ def test_a_watch_poll_that_fails_unexpectedly_is_reported_and_polling_goes_on(
                 w.next(5.0)
             ev = w.next(5.0)
         assert ev is not None and ev.key == "w/1"
+
+
+def test_locks_larger_than_one_reply_come_back_whole_from_one_read(node: LocalNode, net: Faults) -> None:
+    """Held locks whose rows fill more than one reply (2 MiB): the client puts the pages
+    together, every row from the same read."""
+    names = [f"{i:05d}/" + "L" * 500 for i in range(2_100)]   # ~2 KiB per row at most
+    with _client_of(net) as c:
+        lease = c.lease(ttl=30.0)
+        for name in names:
+            c.acquire(name, lease=lease, timeout=5.0)
+        held = c.locks()
+        pages = [p for p in net.sent(op="locks") if p.get("cursor")]
+    assert sorted(lk.name for lk in held) == names
+    assert len(pages) >= 1

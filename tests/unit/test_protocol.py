@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -50,6 +51,7 @@ from coordsvc.core.protocol import (
     WriteRequest,
     decode_client_request,
     reply_map,
+    row_bytes,
 )
 from coordsvc.core.service_ops import HANDLERS
 from coordsvc.core.types import ProtocolError
@@ -70,7 +72,7 @@ REQUESTS = [
     HistoryRequest("k"),
     WatchRequest(5, prefixes=("a/", "b/"), wait_ms=100, limit=10),
     LockWaitRequest("deploy", 4, wait_ms=500),
-    LocksRequest(),
+    LocksRequest(), LocksRequest(cursor=3, offset=950),
     StatusRequest(),
     SnapshotSaveRequest(), SnapshotChunkRequest(3, 1_048_576),
 ]
@@ -84,6 +86,7 @@ REPLIES: list[Any] = [
     WatchReply((PUT,), 9),
     LockWaitReply(LockState.HELD, 7),
     LocksReply((LockRow("deploy", 4, 7, 11, (5, 6), 900, 10_000, 120, (30, None)),), 9),
+    LocksReply((LockRow("deploy", 4, 7, 11, (), 900),), 9, cursor=2),
     StatusReply(STATUS),
     SnapshotSaveReply(3, 120, 99, 40, 100, 5000, 20, 9000, "n1"),
     SnapshotChunkReply(0, b"abc", False), SnapshotChunkReply(3, b"", True, bytes(32)),
@@ -236,3 +239,20 @@ def test_decoding_any_row_gives_a_row_or_schema_error_and_nothing_else(w: object
         ErrorReply.from_wire(w if isinstance(w, dict) else {"error": w})
     except SchemaError:
         pass
+
+
+_names = st.text(max_size=40)
+_lock_rows = st.builds(
+    lambda name, holder, n, kind, ints: LockRow(
+        name, ints, ints, ints, tuple([ints] * n), ints, ints, ints, tuple([ints] * n), holder,
+        tuple([holder or ""] * n), kind, ints,
+        tuple((ints, ints, holder or "", kind) for _ in range(n)), tuple([kind] * n)),
+    _names, st.one_of(st.none(), _names), st.integers(0, 20),
+    st.sampled_from(["lock", "semaphore", "rwlock", "read", "write"]),
+    st.integers(-(2**63), 2**64 - 1))
+
+
+@given(_lock_rows)
+def test_a_lock_rows_size_bound_is_never_below_its_encoded_size(row: LockRow) -> None:
+    """Pages of ``locks`` are cut by ``row_bytes``: it must bound what the wire carries."""
+    assert len(msgpack.packb(row.to_wire(), use_bin_type=True)) <= row_bytes(row)
