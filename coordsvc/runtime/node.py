@@ -11,10 +11,13 @@ publishes twice a second (``observe.py``) and never touches the core.
 Members come from the log: the cluster file bootstraps the first configuration (recorded
 in the data directory at the first start) and every chosen change after it connects the
 transport to members added and drops members removed, their keys with them (the ZAP
-handler asks the service, whose key table follows the configuration). A node that applies
+handler asks the service, whose key table follows the configuration). A node copying
+history it was behind on follows only the configuration it ends at, not the older ones on
+the way (they name keys replaced since: ``Service._release_config``). A node that applies
 a configuration without itself stops, says why, and its data directory refuses to start.
 Member keys in the cluster file are still re-read when it changes (checked once a second):
-a replaced node's new public key takes effect on every member without a restart.
+a replaced node's new public key takes effect on every member without a restart (a node
+outside the configuration just then gets its key from the change that adds it back).
 
 What stops a node once it serves: a signal (exit 0), a detected ``SafetyViolation``
 (exit 70), a failed disk write (exit 74, one line naming the database and the error:
