@@ -27,6 +27,7 @@ import hashlib
 import os
 import secrets
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ SNAPSHOT_DIR = "snapshots"
 _PART, _DONE = ".part", ".bin"
 _READ_BYTES = 1 << 20
 _SYNC_EVERY_BYTES = 16 << 20
+# A forked writer still writing after this long is stopped (``ForkedSnapshots``): a 1 GiB
+# state is written in about a minute here, so only a stuck disk gets there.
+WRITER_TIMEOUT_S = 1800.0
 
 
 class SnapshotFileError(Exception):
@@ -90,12 +94,13 @@ class SnapshotDir:
         _fsync_dir(self.path)
 
     def write(self, index: Slot, machine: Machine, config: Membership | None,
-              publish: bool = True) -> SnapshotFile:
+              publish: bool = True, names: tuple[Path, Path] | None = None) -> SnapshotFile:
         """Write ``machine``'s state (through ``index``) with ``config``'s header, durably.
         Unless ``publish``, the file is left as its ``.part`` for the caller to publish
-        (a forked writer leaves it to its parent: see ``ForkedSnapshots``)."""
+        (a forked writer leaves it to its parent: see ``ForkedSnapshots``). ``names``: the
+        part and final paths, if the caller chose them (``_new``)."""
         self.path.mkdir(exist_ok=True)
-        part, done = self._new(index)
+        part, done = names or self._new(index)
         head = head_for(config)
         sha = hashlib.sha256(head)
         size = len(head)
@@ -221,6 +226,8 @@ class _Child:
     pid: int
     pipe: int
     index: Slot
+    part: Path
+    started: float       # time.monotonic() at the fork
 
 
 class ForkedSnapshots:
@@ -228,11 +235,15 @@ class ForkedSnapshots:
 
     ``start`` forks and returns None; the loop calls ``poll`` every turn, which reports
     ``(index, SnapshotFile)`` or ``(index, reason)`` once the child has exited. One child
-    at a time (the service asks for the next snapshot only after the last one ended).
+    at a time (the service asks for the next snapshot only after the last one ended), so a
+    child that hangs (a stuck disk) would stop compaction for good while the log grows: one
+    still writing after ``timeout_s`` is killed and reported as a failure (the service
+    tries again later), its ``.part`` file removed.
     """
 
-    def __init__(self, d: SnapshotDir) -> None:
+    def __init__(self, d: SnapshotDir, timeout_s: float = WRITER_TIMEOUT_S) -> None:
         self.dir = d
+        self.timeout_s = timeout_s
         self.child: _Child | None = None
         self._failed: tuple[Slot, str] | None = None   # a fork that did not happen
 
@@ -245,6 +256,7 @@ class ForkedSnapshots:
         if self.busy:
             raise RuntimeError("a snapshot is already being written")
         parent = os.getpid()
+        names = self.dir._new(index)
         try:
             self.dir.path.mkdir(exist_ok=True)
             r, w = os.pipe()
@@ -268,7 +280,7 @@ class ForkedSnapshots:
                 os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))   # database, its lock
                 # Left as .part: only the parent publishes, once it has the file in hand,
                 # so that its pruning never sees a complete file nothing refers to yet.
-                f = self.dir.write(index, machine, config, publish=False)
+                f = self.dir.write(index, machine, config, publish=False, names=names)
                 os.write(w, msgpack.packb([f.name, f.size, f.head, f.checksum]))
                 os._exit(0)
             except BaseException as e:
@@ -277,7 +289,7 @@ class ForkedSnapshots:
                 finally:
                     os._exit(1)
         os.close(w)
-        self.child = _Child(pid, r, index)
+        self.child = _Child(pid, r, index, names[0], time.monotonic())
 
     def poll(self) -> tuple[Slot, SnapshotFile | str] | None:
         """The outcome of the child's snapshot, once it has exited; None until then."""
@@ -290,7 +302,12 @@ class ForkedSnapshots:
         except ChildProcessError:     # reaped elsewhere: its outcome is unknown
             pid, status = c.pid, 1 << 8
         if pid == 0:
-            return None
+            if time.monotonic() - c.started <= self.timeout_s:
+                return None
+            self.close()
+            c.part.unlink(missing_ok=True)
+            return c.index, (f"the writer was still writing after {self.timeout_s:g} s and was "
+                             "stopped (a stuck disk?); the log is kept until a snapshot succeeds")
         self.child = None
         with os.fdopen(c.pipe, "rb") as f:
             said = f.read(4096)

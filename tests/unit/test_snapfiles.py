@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,33 @@ def test_the_writer_reports_the_file_through_poll_and_a_failure_as_a_reason(
         w.start(4, _Broken(), CFG)
         assert _outcome(w) == (4, "RuntimeError: the disk said no")
         assert [p.name for p in s.files.path.iterdir()] == [f.name]   # no .part left
+
+
+class _Stuck(Machine):
+    """A writer whose disk stops answering after the first piece."""
+
+    def snapshot_pieces(self, piece_bytes: int = 0) -> Iterator[bytes]:
+        yield b"\x80"
+        signal.pause()       # until killed
+
+
+def test_a_writer_still_writing_past_its_timeout_is_stopped_and_reported_and_its_part_removed(
+        tmp_path: Path) -> None:
+    with _store(tmp_path / "d") as s:
+        w = ForkedSnapshots(s.files, timeout_s=0.0)
+        w.start(5, _Stuck(), CFG)
+        assert w.child is not None
+        part, pid = w.child.part, w.child.pid
+        deadline = time.monotonic() + 30
+        while not part.exists():             # the child has begun writing: then it hangs
+            assert time.monotonic() < deadline, "the child never began writing"
+            time.sleep(0.01)
+        index, why = w.poll() or (0, "")
+        assert index == 5 and isinstance(why, str) and "still writing after 0 s" in why
+        assert not w.busy and not part.exists()
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)        # reaped, not left a zombie
+        w.start(6, _machine(6), CFG)          # and the next snapshot goes ahead
+        w.timeout_s = 60.0
+        index, f = _outcome(w)
+        assert index == 6 and isinstance(f, SnapshotFile)
