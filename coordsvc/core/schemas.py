@@ -24,16 +24,17 @@ cache rebuilt from those keys.
 """
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
-
-import jsonschema
-import jsonschema.exceptions
-import jsonschema.validators
-import referencing
-import referencing.exceptions
+from typing import TYPE_CHECKING, Any
 
 from .commands import SCHEMA_PREFIX
+
+if TYPE_CHECKING:
+    import referencing
+
+# jsonschema is imported when a schema is first compiled, not with the machine: it is a
+# sixth of what every `coordctl` command imports, and most clusters never set a schema.
 
 __all__ = ["MAX_SCHEMA_BYTES", "MAX_SCHEMAS", "SCHEMA_PREFIX", "Schema", "compile_schema"]
 
@@ -42,10 +43,14 @@ MAX_SCHEMAS = 1_000
 
 
 def _no_retrieval(uri: str) -> referencing.Resource[Any]:
+    import referencing.exceptions
     raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
-_REGISTRY: referencing.Registry[Any] = referencing.Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
+@functools.cache
+def _registry() -> referencing.Registry[Any]:
+    import referencing
+    return referencing.Registry(retrieve=_no_retrieval)  # type: ignore[call-arg]
 
 
 class Schema:
@@ -63,6 +68,7 @@ class Schema:
         except (ValueError, UnicodeDecodeError) as e:
             return (f"{key!r} must be JSON (prefix {self.prefix!r} has a schema): "
                     f"{str(e)[:120]}")
+        import jsonschema.exceptions
         try:
             err = jsonschema.exceptions.best_match(self._validator.iter_errors(doc))
         except Exception as e:   # an unresolvable $ref (nothing is retrieved), deep recursion:
@@ -84,6 +90,9 @@ def compile_schema(prefix: str, raw: bytes) -> Schema | str:
         return f"the schema is not JSON: {str(e)[:120]}"
     if not isinstance(doc, (dict, bool)):
         return "a JSON Schema is an object (or true/false)"
+    import jsonschema
+    import jsonschema.exceptions
+    import jsonschema.validators
     try:
         cls: Any = jsonschema.Draft202012Validator
         if isinstance(doc, dict) and "$schema" in doc:
@@ -95,4 +104,4 @@ def compile_schema(prefix: str, raw: bytes) -> Schema | str:
         return f"not a valid JSON Schema: at {e.json_path}: {e.message[:200]}"
     except Exception as e:   # an unknown $schema dialect and the like
         return f"not a usable JSON Schema: {str(e)[:200]}"
-    return Schema(prefix, cls(doc, registry=_REGISTRY))
+    return Schema(prefix, cls(doc, registry=_registry()))
