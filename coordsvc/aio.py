@@ -253,6 +253,7 @@ class AsyncClient:
             raise InvalidRequest(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self._timeout_s = float(timeout)
         self._creds = _credentials.resolve(self._cluster, key)
+        self._file_keys = _credentials.FileKeys(self._cluster)
         self._ctx = zmq.asyncio.Context()
         self._nodes: dict[str, _Node] = {}
         self._ids = itertools.count(1)
@@ -740,6 +741,8 @@ class AsyncClient:
                                   "(the outcome is unknown)")
             reply = await self._attempt(ep, payload, min(left, ATTEMPT_S + long_poll_s))
             if reply is None:
+                if self._creds is not None:
+                    self._file_keys.refresh(self._creds.learn)
                 ep = self._rotate(ep, pin)
                 await asyncio.sleep(BACKOFF_S)
                 continue

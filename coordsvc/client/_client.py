@@ -179,6 +179,7 @@ class Client:
         self.client_id = secrets.token_hex(8)
         self._transport: ClientTransport = (
             Transport(_credentials.resolve(self._cluster, key)) if transport is None else transport)
+        self._file_keys = _credentials.FileKeys(self._cluster)
         self._seq_mu = threading.Lock()
         self._seq = 0
         self._inflight: set[int] = set()
@@ -704,7 +705,8 @@ class Client:
             reply = self._transport.request(
                 ep, payload, deadline=now + min(remaining, ATTEMPT_S + long_poll_s),
                 connect_deadline=now + min(remaining, ATTEMPT_S), cancel=cancel)
-            if reply is None:  # timed out: dead, paused or partitioned
+            if reply is None:  # timed out: dead, paused or partitioned (or replaced: new key)
+                self._file_keys.refresh(self._transport.learn_key)
                 ep = self._rotate(ep, pin)
                 self._backoff(deadline, cancel)
                 continue

@@ -8,20 +8,23 @@ secure exactly when a key is given.
 Server keys come from the cluster file, else the key file's ``[[nodes]]``; nodes the
 client did not know (added or re-keyed later) are learned from the cluster itself: a
 ``not_leader`` redirect names the leader's public key. Those answers come over a
-connection whose server key was pinned, so they come from a member.
+connection whose server key was pinned, so they come from a member. A client given a
+cluster file also reads the file again when a node did not answer and the file has
+changed since (``FileKeys``): once every node has been replaced with a new key, no
+member is left to redirect it, and the operator's file is where the new keys are.
 """
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from coordsvc import clusterfile, keys
 
 from .errors import PermissionDenied
 
-__all__ = ["Credentials", "resolve"]
+__all__ = ["Credentials", "FileKeys", "resolve"]
 
 KEY_ENV = "COORD_KEY"
 
@@ -56,6 +59,42 @@ class Credentials:
 
     def __repr__(self) -> str:
         return f"Credentials(name={self.name!r}, source={self.source!r})"
+
+
+class FileKeys:
+    """The server keys of a client's cluster file, taken again when the file changes."""
+
+    def __init__(self, cluster: clusterfile.Cluster | None) -> None:
+        self._path = cluster.path if cluster is not None and cluster.secure else None
+        self._seen = _signature(self._path)
+        self._mu = threading.Lock()
+
+    def refresh(self, learn: Callable[[object, object], None]) -> None:
+        """A node did not answer: if the file changed, ``learn`` each node's key in it
+        (the sockets of nodes that did not answer are made afresh, with it)."""
+        if self._path is None:
+            return
+        seen = _signature(self._path)
+        with self._mu:
+            if seen is None or seen == self._seen:
+                return
+            self._seen = seen
+        try:
+            cluster = clusterfile.load(self._path)
+        except clusterfile.ClusterFileError:
+            return          # being rewritten, or broken: the keys we have stay
+        for address, public in cluster.server_keys().items():
+            learn(address, public)
+
+
+def _signature(path: Path | None) -> tuple[int, int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def resolve(cluster: clusterfile.Cluster | None, key: str | os.PathLike[str] | None

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from coordsvc import Client
+
 from .harness import LocalCluster
 
 COORDCTL = str(Path(sys.executable).with_name("coordctl"))
@@ -54,7 +56,7 @@ def _remove_and_add_back(cluster: LocalCluster, node: str) -> None:
     """Remove ``node`` through the log, then add it back under its id on a fresh disk with
     a new key (a learner, promoted once caught up), as an operator replaces a machine with
     `member remove` and `member add`; the new key is in the cluster file before the add."""
-    from coordsvc import Client, clusterfile, keys
+    from coordsvc import clusterfile, keys
     from coordsvc.storage.datadir import init_data_dir
     with Client(clusterfile.load(cluster.file), timeout=20.0, key=cluster.key) as c:
         c.member_remove(node)
@@ -101,7 +103,8 @@ def test_a_node_replaced_last_copies_history_naming_old_keys_and_still_votes(
     """Three replacements in turn (remove, then add back on a fresh disk with a new key).
     The last one copies the log from slot 1, through configurations that still name the
     second one's old key, from that very node, now the leader. It must go on talking to it
-    with its new key (not cut itself off from where it copies), catch up and vote.
+    with its new key (not cut itself off from where it copies), catch up and vote; and a
+    client made before any of it still reaches the cluster.
 
     Small catch-up replies (and many slots after the first replacement) make the copy
     stop between replies at the configurations that name the old key."""
@@ -121,6 +124,10 @@ def _put_some(cluster: LocalCluster, n: int) -> int:
 def _three_replacements(cluster: LocalCluster) -> None:
     last = cluster.leader()
     first, second = (n for n in cluster.ids if n != last)
+    # A client from before every key changed: it reads the cluster file again when nodes
+    # stop answering (no member is left to redirect it with a key it trusts).
+    early = Client.from_cluster_file(cluster.file, timeout=20.0, key=cluster.key)
+    early.put("early", "0")
     _remove_and_add_back(cluster, first)
     rev = _put_some(cluster, 300)
     _voting_at(cluster, first, rev)
@@ -133,6 +140,6 @@ def _three_replacements(cluster: LocalCluster) -> None:
     _remove_and_add_back(cluster, last)
     _voting_at(cluster, last, rev)
     cluster.kill(first)       # the two others are a quorum: the last one votes with second
-    with cluster.client(timeout=10.0) as c:
-        assert c.put("after", "2") > rev
-        assert c.get("before").value == b"1"  # type: ignore[union-attr]
+    with early:
+        assert early.put("after", "2") > rev
+        assert early.get("before").value == b"1"  # type: ignore[union-attr]

@@ -180,3 +180,23 @@ def test_one_host_per_node_puts_each_node_and_its_key_entry_on_its_host(tmp_path
     assert keys.read_client_key(tmp_path / "admin.key").server_keys() == c.server_keys()
     with pytest.raises(ClusterFileError, match="one per node"):
         clusterfile.write_new(tmp_path / "x", 3, host=["10.0.0.11", "10.0.0.12"])
+
+
+def test_a_clients_file_keys_are_taken_again_only_once_the_cluster_file_changed(
+        tmp_path: Path) -> None:
+    from coordsvc.client._credentials import FileKeys
+    ck = keys.ClusterKeys.generate(["n1", "n2"])
+    c = clusterfile.write_new(tmp_path, 2, base_port=20000, cluster_keys=ck)
+    learned: list[tuple[object, object]] = []
+    fk = FileKeys(c)
+    fk.refresh(lambda a, k: learned.append((a, k)))
+    assert learned == []                       # unchanged: not even read
+    new = KeyPair.generate()
+    c2 = clusterfile.mark_added(c, "n2", new.public)
+    fk.refresh(lambda a, k: learned.append((a, k)))
+    assert (c2.node("n2").address, new.public) in learned and len(learned) == 2
+    learned.clear()
+    fk.refresh(lambda a, k: learned.append((a, k)))
+    assert learned == []                       # taken once per change
+    FileKeys(None).refresh(lambda a, k: learned.append((a, k)))   # endpoints only: no file
+    assert learned == []
