@@ -13,9 +13,10 @@ timeout the socket is closed (linger 0) and replaced, so nothing stale can arriv
 With credentials every DEALER is a CURVE client pinning the node's public key. A socket
 monitor watches its handshake: a node that refuses the key (ZAP 400) or speaks another
 mechanism makes the call fail at once with ``PermissionDenied`` instead of waiting out
-the timeout. Sockets are only ever waited on for that while a send cannot complete (with
-IMMEDIATE, sends block until a handshake succeeded), so the monitor costs nothing on
-the path of a connected socket.
+the timeout. The same monitor reports the connection ending while a reply is awaited (a
+node killed during a long poll: a lock wait, a watch): the attempt ends then, not when
+its long poll would have, and the caller tries another node. Events from before a
+request are drained as it starts.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Cancelled(Exception):
 
 
 _HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+_MONITORED = _HANDSHAKE_FAILED | int(zmq.EVENT_DISCONNECTED)
 _REJECTED = "the cluster rejected this client's key"
 
 
@@ -77,18 +79,34 @@ class Conn:
             self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
-    def check_handshake(self, creds: Credentials | None) -> None:
-        """Raise PermissionDenied if the monitor reported a refused handshake."""
+    def check_handshake(self, creds: Credentials | None) -> bool:
+        """Take the monitor's events: raise PermissionDenied if one is a refused
+        handshake; True if one says the connection ended."""
+        ended = False
         if self.monitor is None:
-            return
-        while True:
+            return ended
+        while _readable(self.monitor):
             try:
                 frames = self.monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                break
             err = handshake_error(frames, self.endpoint, creds)
             if err is not None:
                 raise err
+            ended = ended or _event(frames) == zmq.EVENT_DISCONNECTED
+        return ended
+
+
+def _readable(sock: Socket) -> bool:
+    events: int = sock.getsockopt(zmq.EVENTS)  # type: ignore[assignment]
+    return bool(events & zmq.POLLIN)
+
+
+def _event(frames: list[bytes]) -> int:
+    if len(frames) != 2 or len(frames[0]) < 6:
+        return 0
+    event: int = struct.unpack("=H", frames[0][:2])[0]
+    return event
 
 
 def handshake_error(frames: list[bytes], endpoint: str, creds: Credentials | None
@@ -117,7 +135,7 @@ def new_dealer(ctx: zmq.Context[Socket], endpoint: str, creds: Credentials | Non
     server_key = None
     monitor: Socket | None = None
     try:
-        monitor = s.get_monitor_socket(_HANDSHAKE_FAILED)
+        monitor = s.get_monitor_socket(_MONITORED)
         if creds is not None:
             server_key = creds.server_key(endpoint)
             if server_key is None:
@@ -225,13 +243,19 @@ class Transport:
         conn = self._socket(endpoint)
         sock = conn.sock
         try:
+            conn.check_handshake(self.credentials)     # events from before this request
             if not self._send(conn, body, min(deadline, connect_deadline), cancel):
                 self._drop(endpoint)
                 return None
             while True:
-                if not self._wait(sock, zmq.POLLIN, deadline, cancel):
+                if not self._wait(sock, zmq.POLLIN, deadline, cancel, conn.monitor):
                     self._drop(endpoint)
                     return None
+                if not _readable(sock):
+                    if conn.check_handshake(self.credentials):
+                        self._drop(endpoint)    # the node went away: no reply will come
+                        return None
+                    continue
                 reply = frames_to_reply(sock.recv_multipart(zmq.NOBLOCK))
                 if reply is not None and type(reply.get("id")) is int and reply["id"] == rid:
                     return reply

@@ -129,6 +129,34 @@ def test_zmq_transport_drops_a_reply_with_a_stale_id() -> None:
         ctx.term()
 
 
+def test_zmq_transport_gives_up_at_once_when_the_node_goes_away_during_a_long_poll() -> None:
+    """A node killed while it holds a long poll (a lock wait, a watch) closes the
+    connection: the attempt ends then, so the caller tries another node, not minutes later."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    got = threading.Event()
+
+    def node() -> None:
+        router.recv_multipart()     # parks the request, then dies without answering
+        got.set()
+        router.close()
+
+    t = threading.Thread(target=node)
+    t.start()
+    transport = Transport()
+    try:
+        now = time.monotonic()
+        reply = transport.request(endpoint, {"op": "lock_wait"}, now + 120.0, now + 120.0)
+        assert reply is None and got.is_set()
+        assert time.monotonic() - now < 60.0, "the attempt waited for its deadline"
+    finally:
+        t.join()
+        transport.close()
+        ctx.term()
+
+
 def test_silent_node_is_skipped_for_a_live_one(net: Faults) -> None:
     net.on(A, "get", silent())                 # SIGSTOPped: never answers
     with client(net, A, B) as c:
