@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from coordsvc import Client
     from tests.integration.harness import LocalCluster
 
 __all__ = [
@@ -399,7 +400,7 @@ class Nemesis:
                 elif nid != victim:
                     c.start(nid)
                     self.dead.discard(nid)
-            cl.member_remove(victim)
+            _remove_when_safe(cl, victim)
             proc = c.procs.pop(victim, None)
             if proc is not None:
                 try:
@@ -434,3 +435,20 @@ class Nemesis:
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGCONT)
         self.paused.discard(nid)
+
+
+def _remove_when_safe(cl: Client, victim: str, within_s: float = 15.0) -> None:
+    """Remove ``victim`` as an operator would: a removal the leader refuses because the
+    voters left would not be a live quorum *yet* (a node just restarted, resumed or
+    reconnected has not been heard since) is asked again until it is accepted. That
+    refusal is the guard working; the fault under test is the replacement itself."""
+    from coordsvc import MembershipRefused
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            cl.member_remove(victim)
+            return
+        except MembershipRefused as e:
+            if "no quorum" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
