@@ -74,7 +74,7 @@ from coordsvc.client._client import (
 from coordsvc.client._election import Leader, parse_record
 from coordsvc.client._lock import LOST_MARGIN_FRACTION, LOST_MARGIN_MIN_S, LockInfo, _check_delay
 from coordsvc.client._results import expect, raise_for
-from coordsvc.client._transport import Pin, handshake_error
+from coordsvc.client._transport import MONITORED_EVENTS, Pin, handshake_error, monitor_event
 from coordsvc.client._types import Entry, EntryList, Event, Principal, entry_of, event_of, principal_of
 from coordsvc.client.errors import (
     CoordError,
@@ -159,13 +159,14 @@ WATCH_WAIT_S = 5.0
 _R = TypeVar("_R")
 _A = TypeVar("_A")
 log = logging.getLogger("coordsvc.client")
-_HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
 class _Node:
     """One DEALER to one node, the task that routes its replies by id, and the task that
     watches its handshakes: a node that refuses the client's key (or speaks another
-    mechanism) sets ``error`` and ``refused`` at once, as the sync client's monitor does."""
+    mechanism) sets ``error`` and ``refused`` at once, as the sync client's monitor does;
+    the connection ending (a node killed during a long poll) sets ``gone``, which ends
+    the attempts waiting on it."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str,
                  creds: _credentials.Credentials | None) -> None:
@@ -181,7 +182,7 @@ class _Node:
             s.setsockopt(zmq.CURVE_SECRETKEY, creds.pair.secret.encode("ascii"))
             s.setsockopt(zmq.CURVE_SERVERKEY, server.encode("ascii"))
         try:
-            self.monitor: zmq.asyncio.Socket = s.get_monitor_socket(_HANDSHAKE_FAILED)
+            self.monitor: zmq.asyncio.Socket = s.get_monitor_socket(MONITORED_EVENTS)
             s.connect(endpoint)
         except BaseException:
             s.close(linger=0)
@@ -192,6 +193,7 @@ class _Node:
         self.closed = False
         loop = asyncio.get_running_loop()
         self.refused: asyncio.Future[None] = loop.create_future()
+        self.gone: asyncio.Future[None] = loop.create_future()
         self.reader = loop.create_task(self._read())
         self.watcher = loop.create_task(self._watch(endpoint, creds))
 
@@ -209,16 +211,20 @@ class _Node:
 
     async def _watch(self, endpoint: str, creds: _credentials.Credentials | None) -> None:
         while True:
-            err = handshake_error(await self.monitor.recv_multipart(), endpoint, creds)
+            frames = await self.monitor.recv_multipart()
+            err = handshake_error(frames, endpoint, creds)
             if err is not None:
                 self.error = err
                 self.refused.set_result(None)
                 return
+            if monitor_event(frames) == zmq.EVENT_DISCONNECTED and not self.gone.done():
+                self.gone.set_result(None)
 
     async def until(self, aw: asyncio.Future[Any], wait_s: float) -> bool:
-        """Whether ``aw`` completed within ``wait_s`` (if not, it is cancelled);
-        ``PermissionDenied`` as soon as the node refuses the handshake."""
-        both: builtins.set[asyncio.Future[Any]] = {aw, self.refused}
+        """Whether ``aw`` completed within ``wait_s`` (if not, it is cancelled; False at
+        once if the connection ends); ``PermissionDenied`` as soon as the node refuses the
+        handshake."""
+        both: builtins.set[asyncio.Future[Any]] = {aw, self.refused, self.gone}
         done, _ = await asyncio.wait(both, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         if aw in done:
             return True
@@ -684,7 +690,8 @@ class AsyncClient:
 
     async def _attempt(self, endpoint: str, payload: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
         node = self._node(endpoint)
-        if node.error is not None:     # refused before: a fresh socket tries the key again
+        if node.error is not None or node.gone.done():
+            # Refused, or cut off, before: a fresh socket tries the key (or the node) again.
             await self._drop(endpoint, node)
             node = self._node(endpoint)
         rid = next(self._ids)

@@ -34,8 +34,8 @@ from coordsvc import wire
 from ._credentials import Credentials
 from .errors import CoordError, PermissionDenied
 
-__all__ = ["Cancelled", "Conn", "Pin", "Transport", "frames_to_reply", "handshake_error",
-           "new_dealer"]
+__all__ = ["MONITORED_EVENTS", "Cancelled", "Conn", "Pin", "Transport", "frames_to_reply",
+           "handshake_error", "monitor_event", "new_dealer"]
 
 # With a cancel event, waits are sliced so that a close() from another thread is noticed.
 _CANCEL_SLICE_S = 0.05
@@ -57,7 +57,7 @@ class Cancelled(Exception):
 
 
 _HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
-_MONITORED = _HANDSHAKE_FAILED | int(zmq.EVENT_DISCONNECTED)
+MONITORED_EVENTS = _HANDSHAKE_FAILED | int(zmq.EVENT_DISCONNECTED)
 _REJECTED = "the cluster rejected this client's key"
 
 
@@ -93,7 +93,7 @@ class Conn:
             err = handshake_error(frames, self.endpoint, creds)
             if err is not None:
                 raise err
-            ended = ended or _event(frames) == zmq.EVENT_DISCONNECTED
+            ended = ended or monitor_event(frames) == zmq.EVENT_DISCONNECTED
         return ended
 
 
@@ -102,7 +102,8 @@ def _readable(sock: Socket) -> bool:
     return bool(events & zmq.POLLIN)
 
 
-def _event(frames: list[bytes]) -> int:
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of a socket monitor's message (0 if it is not one)."""
     if len(frames) != 2 or len(frames[0]) < 6:
         return 0
     event: int = struct.unpack("=H", frames[0][:2])[0]
@@ -135,7 +136,7 @@ def new_dealer(ctx: zmq.Context[Socket], endpoint: str, creds: Credentials | Non
     server_key = None
     monitor: Socket | None = None
     try:
-        monitor = s.get_monitor_socket(_MONITORED)
+        monitor = s.get_monitor_socket(MONITORED_EVENTS)
         if creds is not None:
             server_key = creds.server_key(endpoint)
             if server_key is None:

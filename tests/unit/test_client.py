@@ -157,6 +157,39 @@ def test_zmq_transport_gives_up_at_once_when_the_node_goes_away_during_a_long_po
         ctx.term()
 
 
+def test_the_async_client_gives_up_at_once_when_the_node_goes_away_during_a_long_poll() -> None:
+    import asyncio
+
+    from coordsvc.aio import AsyncClient
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    got = threading.Event()
+
+    def node() -> None:
+        router.recv_multipart()     # parks the request, then dies without answering
+        got.set()
+        router.close()
+
+    async def attempt() -> dict[str, object] | None:
+        ac = AsyncClient([endpoint], timeout=120.0)
+        try:
+            return await ac._attempt(endpoint, {"op": "lock_wait"}, 120.0)
+        finally:
+            await ac.close()
+
+    t = threading.Thread(target=node)
+    t.start()
+    try:
+        now = time.monotonic()
+        assert asyncio.run(attempt()) is None and got.is_set()
+        assert time.monotonic() - now < 60.0, "the attempt waited for its deadline"
+    finally:
+        t.join()
+        ctx.term()
+
+
 def test_silent_node_is_skipped_for_a_live_one(net: Faults) -> None:
     net.on(A, "get", silent())                 # SIGSTOPped: never answers
     with client(net, A, B) as c:
