@@ -9,12 +9,15 @@ names only: ``A``, ``B`` and ``C`` reach the same node unless a test says otherw
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import math
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,9 +132,11 @@ def test_zmq_transport_drops_a_reply_with_a_stale_id() -> None:
         ctx.term()
 
 
-def test_zmq_transport_gives_up_at_once_when_the_node_goes_away_during_a_long_poll() -> None:
-    """A node killed while it holds a long poll (a lock wait, a watch) closes the
-    connection: the attempt ends then, so the caller tries another node, not minutes later."""
+@contextlib.contextmanager
+def _node_that_dies_holding_a_request() -> Iterator[tuple[str, threading.Event]]:
+    """A bare ROUTER that takes one request, as a node parks a long poll (a lock wait, a
+    watch), then closes -- as a killed node's connections close. Yields its endpoint and
+    an event set once it had the request."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -139,55 +144,47 @@ def test_zmq_transport_gives_up_at_once_when_the_node_goes_away_during_a_long_po
     got = threading.Event()
 
     def node() -> None:
-        router.recv_multipart()     # parks the request, then dies without answering
+        router.recv_multipart()
         got.set()
         router.close()
 
     t = threading.Thread(target=node)
     t.start()
-    transport = Transport()
     try:
-        now = time.monotonic()
-        reply = transport.request(endpoint, {"op": "lock_wait"}, now + 120.0, now + 120.0)
-        assert reply is None and got.is_set()
-        assert time.monotonic() - now < 60.0, "the attempt waited for its deadline"
+        yield endpoint, got
     finally:
         t.join()
-        transport.close()
         ctx.term()
 
 
+def test_zmq_transport_gives_up_at_once_when_the_node_goes_away_during_a_long_poll() -> None:
+    """The attempt ends when the connection does, so the caller tries another node (not
+    when the long poll would have ended)."""
+    with _node_that_dies_holding_a_request() as (endpoint, got):
+        transport = Transport()
+        try:
+            now = time.monotonic()
+            reply = transport.request(endpoint, {"op": "lock_wait"}, now + 120.0, now + 120.0)
+            assert reply is None and got.is_set()
+            assert time.monotonic() - now < 60.0, "the attempt waited for its deadline"
+        finally:
+            transport.close()
+
+
 def test_the_async_client_gives_up_at_once_when_the_node_goes_away_during_a_long_poll() -> None:
-    import asyncio
-
     from coordsvc.aio import AsyncClient
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
-    got = threading.Event()
 
-    def node() -> None:
-        router.recv_multipart()     # parks the request, then dies without answering
-        got.set()
-        router.close()
-
-    async def attempt() -> dict[str, object] | None:
+    async def attempt(endpoint: str) -> dict[str, object] | None:
         ac = AsyncClient([endpoint], timeout=120.0)
         try:
             return await ac._attempt(endpoint, {"op": "lock_wait"}, 120.0)
         finally:
             await ac.close()
 
-    t = threading.Thread(target=node)
-    t.start()
-    try:
+    with _node_that_dies_holding_a_request() as (endpoint, got):
         now = time.monotonic()
-        assert asyncio.run(attempt()) is None and got.is_set()
+        assert asyncio.run(attempt(endpoint)) is None and got.is_set()
         assert time.monotonic() - now < 60.0, "the attempt waited for its deadline"
-    finally:
-        t.join()
-        ctx.term()
 
 
 def test_silent_node_is_skipped_for_a_live_one(net: Faults) -> None:
