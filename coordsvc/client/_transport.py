@@ -39,6 +39,8 @@ __all__ = ["MONITORED_EVENTS", "Cancelled", "Conn", "Pin", "Transport", "frames_
 
 # With a cancel event, waits are sliced so that a close() from another thread is noticed.
 _CANCEL_SLICE_S = 0.05
+# A reply awaited longer than this (a long poll) is also abandoned when the connection ends.
+_WATCH_GONE_AFTER_S = 2.0
 
 Socket = zmq.Socket[bytes]
 
@@ -243,16 +245,20 @@ class Transport:
         body = wire.encode_client(wire.CLIENT_REQUEST, {**payload, "id": rid})
         conn = self._socket(endpoint)
         sock = conn.sock
+        # Only a long wait watches for the connection ending: a short one ends soon anyway,
+        # and its requests (most of them) keep the one-socket poll.
+        watch = conn.monitor if deadline - time.monotonic() > _WATCH_GONE_AFTER_S else None
         try:
-            conn.check_handshake(self.credentials)     # events from before this request
+            if watch is not None:
+                conn.check_handshake(self.credentials)     # events from before this request
             if not self._send(conn, body, min(deadline, connect_deadline), cancel):
                 self._drop(endpoint)
                 return None
             while True:
-                if not self._wait(sock, zmq.POLLIN, deadline, cancel, conn.monitor):
+                if not self._wait(sock, zmq.POLLIN, deadline, cancel, watch):
                     self._drop(endpoint)
                     return None
-                if not _readable(sock):
+                if watch is not None and not _readable(sock):
                     if conn.check_handshake(self.credentials):
                         self._drop(endpoint)    # the node went away: no reply will come
                         return None
