@@ -13,10 +13,10 @@ timeout the socket is closed (linger 0) and replaced, so nothing stale can arriv
 With credentials every DEALER is a CURVE client pinning the node's public key. A socket
 monitor watches its handshake: a node that refuses the key (ZAP 400) or speaks another
 mechanism makes the call fail at once with ``PermissionDenied`` instead of waiting out
-the timeout. The same monitor reports the connection ending while a reply is awaited (a
-node killed during a long poll: a lock wait, a watch): the attempt ends then, not when
-its long poll would have, and the caller tries another node. Events from before a
-request are drained as it starts.
+the timeout. The same monitor reports the connection ending while a long poll's reply is
+awaited (a node killed during a lock wait or a watch): the attempt ends then, not when its
+long poll would have, and the caller tries another node. Events from before such a
+request are drained as it starts; short requests do not look (they end within a second).
 """
 from __future__ import annotations
 
