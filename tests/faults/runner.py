@@ -172,7 +172,7 @@ def run(workload: str, kinds: Iterable[str], duration_s: float, seed: int, nodes
     if workload == "watch":
         extra.setdefault("duration_s", duration_s)
     wl = WORKLOADS[workload](cluster.endpoints, history, workload_rng, root, log=log,
-                             key=cluster.key, **extra)
+                             key=cluster.key, cluster_file=cluster.file, **extra)
     nemesis: Nemesis | None = None
     try:
         if "partition" in kinds:

@@ -10,6 +10,7 @@ written (CompareFailed, FenceRejected) is ``fail``; Unavailable, a timeout or an
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import sqlite3
@@ -19,7 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordsvc import Client, Compacted, CompareFailed, CoordError, FenceRejected, LockTimeout
+from coordsvc import (
+    Client,
+    Compacted,
+    CompareFailed,
+    CoordError,
+    FenceRejected,
+    LockTimeout,
+    clusterfile,
+)
 from coordsvc.fencing import fenced_write
 
 from .checks import CriticalSection, Watcher, WatchEvent, check_fencing, check_watch
@@ -42,9 +51,12 @@ class Workload:
 
     def __init__(self, endpoints: list[str], history: History, rng: random.Random,
                  workdir: Path, log: Callable[[str], None] = print,
-                 key: Path | None = None) -> None:
+                 key: Path | None = None, cluster_file: Path | None = None) -> None:
         self.endpoints = endpoints
         self.key = key   # the client key file (None: an insecure cluster)
+        # Clients are made from the cluster file when there is one: the membership nemesis
+        # replaces nodes with new keys, which a client learns from the file it was made from.
+        self.cluster_file = cluster_file
         self.history = history
         self.rng = rng
         self.workdir = workdir
@@ -58,7 +70,12 @@ class Workload:
 
     def client(self, timeout_s: float = CLIENT_TIMEOUT_S,
                endpoints: list[str] | None = None) -> Client:
-        c = Client(endpoints or self.endpoints, timeout=timeout_s, key=self.key)
+        eps = endpoints or self.endpoints
+        target: list[str] | clusterfile.Cluster = eps
+        if self.cluster_file is not None:
+            whole = clusterfile.load(self.cluster_file)
+            target = dataclasses.replace(whole, nodes=tuple(n for n in whole.nodes if n.address in eps))
+        c = Client(target, timeout=timeout_s, key=self.key)
         with self._mu:
             self._clients.append(c)
         return c
