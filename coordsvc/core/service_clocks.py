@@ -47,9 +47,7 @@ class SessionClocks:
 
     def opened(self, session_id: int, now_ms: int, ttl_ms: int, leading: bool) -> None:
         if leading:
-            self._deadline_ms[session_id] = deadline = now_ms + ttl_ms
-            if deadline < self._next_ms:
-                self._next_ms = deadline
+            self.renewed(session_id, now_ms, ttl_ms)
 
     def forget(self, session_id: int) -> None:
         self._deadline_ms.pop(session_id, None)
