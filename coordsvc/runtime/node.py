@@ -266,11 +266,11 @@ class Node:
         rekeyed = [n for n, o in zip(nodes, old.nodes, strict=True) if n.public_key != o.public_key]
         if not rekeyed:
             return
-        self.cluster = dataclasses.replace(old, nodes=nodes)
         why = self.service.take_file_keys({n.id: n.public_key for n in rekeyed if n.public_key})
-        if why is not None:
+        if why is not None:     # kept as they were, so a corrected file is compared afresh
             log.warning("not taking the member keys of %s: %s", path, why)
             return
+        self.cluster = dataclasses.replace(old, nodes=nodes)
         for spec in rekeyed:
             # A node outside the configuration (removed, and perhaps about to be added
             # back with this key) is not connected: the change that adds it connects it.
