@@ -217,7 +217,7 @@ class _Node:
                 self.error = err
                 self.refused.set_result(None)
                 return
-            if monitor_event(frames) == zmq.EVENT_DISCONNECTED and not self.gone.done():
+            if monitor_event(frames)[0] == zmq.EVENT_DISCONNECTED and not self.gone.done():
                 self.gone.set_result(None)
 
     async def until(self, aw: asyncio.Future[Any], wait_s: float) -> bool:

@@ -95,7 +95,7 @@ class Conn:
             err = handshake_error(frames, self.endpoint, creds)
             if err is not None:
                 raise err
-            ended = ended or monitor_event(frames) == zmq.EVENT_DISCONNECTED
+            ended = ended or monitor_event(frames)[0] == zmq.EVENT_DISCONNECTED
         return ended
 
 
@@ -104,20 +104,18 @@ def _readable(sock: Socket) -> bool:
     return bool(events & zmq.POLLIN)
 
 
-def monitor_event(frames: list[bytes]) -> int:
-    """The event number of a socket monitor's message (0 if it is not one)."""
+def monitor_event(frames: list[bytes]) -> tuple[int, int]:
+    """A socket monitor's message as (event, value); (0, 0) if it is not one."""
     if len(frames) != 2 or len(frames[0]) < 6:
-        return 0
-    event: int = struct.unpack("=H", frames[0][:2])[0]
-    return event
+        return 0, 0
+    event, value = struct.unpack("=Hi", frames[0][:6])
+    return event, value
 
 
 def handshake_error(frames: list[bytes], endpoint: str, creds: Credentials | None
                     ) -> PermissionDenied | None:
     """The error a monitor event means, or None for an event that is not a refusal."""
-    if len(frames) != 2 or len(frames[0]) < 6:
-        return None
-    event, value = struct.unpack("=Hi", frames[0][:6])
+    event, value = monitor_event(frames)
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return PermissionDenied(_REJECTED)
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
