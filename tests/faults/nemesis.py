@@ -382,8 +382,7 @@ class Nemesis:
         return what
 
     def _member(self, step: Step) -> str:
-        from coordsvc import Client, clusterfile, keys
-        from coordsvc.storage.datadir import init_data_dir
+        from coordsvc import Client
         c = self.cluster
         order = self._order(step, True)
         leader = order[0]
@@ -409,18 +408,7 @@ class Nemesis:
                     proc.kill()
                     proc.wait()
             self.dead.discard(victim)
-            spec = c.cluster.node(victim)
-            shutil.rmtree(spec.data_dir)     # a fresh disk, as for a replaced machine
-            public = None
-            if c.cluster.secure:
-                pair = keys.KeyPair.generate()
-                keys.write_node_key(spec.key_file, victim, pair)
-                public = pair.public
-            c.cluster = clusterfile.mark_added(c.cluster, victim, public)
-            cl.member_add(victim, spec.address, publish=spec.publish, http=spec.http or "",
-                          public_key=public or "")
-        init_data_dir(spec.data_dir, c.cluster.id, victim, joining=True)
-        c.start(victim)
+            c.add_back(cl, victim, c.new_machine(victim))   # a fresh disk and key
         return f"replaced {victim} (leader was {leader})"
 
     def _kill(self, nid: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import zmq
 
 from coordsvc import Client, keys, wire
-from coordsvc.clusterfile import Cluster, load, write_keys, write_new
+from coordsvc.clusterfile import Cluster, load, mark_added, write_keys, write_new
 from coordsvc.runtime import launch
 from coordsvc.storage.datadir import init_data_dir
 
@@ -119,6 +120,29 @@ class LocalCluster:
         """Start one node (or all), with extra ``serve`` flags (``--log-format json``)."""
         for nid in [node_id] if node_id else self.ids:
             self.procs[nid] = launch.start_node(self.file, nid, self.root / f"{nid}.log", *args)
+
+    def new_machine(self, node_id: str) -> str | None:
+        """The machine of removed member ``node_id`` replaced: its data directory wiped, a
+        new key pair (secure cluster), and the cluster file marking it added under that key.
+        Its new public key (None: insecure). ``add_back`` then adds and starts it."""
+        spec = self.cluster.node(node_id)
+        shutil.rmtree(spec.data_dir)
+        public = None
+        if self.cluster.secure:
+            pair = keys.KeyPair.generate()
+            keys.write_node_key(spec.key_file, node_id, pair)
+            public = pair.public
+        self.cluster = mark_added(self.cluster, node_id, public)
+        return public
+
+    def add_back(self, client: Client, node_id: str, public: str | None) -> None:
+        """Add ``node_id`` (after ``new_machine``) as a learner through ``client``, then
+        start it on a joining data directory: it copies the state and is promoted."""
+        spec = self.cluster.node(node_id)
+        client.member_add(node_id, spec.address, publish=spec.publish, http=spec.http or "",
+                          public_key=public or "")
+        init_data_dir(spec.data_dir, self.cluster.id, node_id, joining=True)
+        self.start(node_id)
 
     def http(self, node_id: str) -> str:
         """The base URL of a node's HTTP endpoints (metrics, health, dashboard)."""

@@ -56,18 +56,11 @@ def _remove_and_add_back(cluster: LocalCluster, node: str) -> None:
     """Remove ``node`` through the log, then add it back under its id on a fresh disk with
     a new key (a learner, promoted once caught up), as an operator replaces a machine with
     `member remove` and `member add`; the new key is in the cluster file before the add."""
-    from coordsvc import clusterfile, keys
-    from coordsvc.storage.datadir import init_data_dir
-    with Client(clusterfile.load(cluster.file), timeout=20.0, key=cluster.key) as c:
+    with cluster.client(timeout=20.0) as c:
         c.member_remove(node)
-        proc = cluster.procs.pop(node)
-        assert proc.wait(20) == 0       # it stops by itself once it learns the removal
-        spec = cluster.cluster.node(node)
-        shutil.rmtree(spec.data_dir)
-        pair = keys.KeyPair.generate()
-        keys.write_node_key(spec.key_file, node, pair)
+        assert cluster.procs.pop(node).wait(20) == 0   # it stops once it learns the removal
         seen = {n: cluster.log(n).count(f"new public key for {node}") for n in cluster.procs}
-        cluster.cluster = clusterfile.mark_added(cluster.cluster, node, pair.public)
+        public = cluster.new_machine(node)
         # The members read the file's new key while the node is not one of them (they
         # once crashed on it, trying to reconnect to a peer they had dropped).
         for n, count in seen.items():
@@ -75,10 +68,7 @@ def _remove_and_add_back(cluster: LocalCluster, node: str) -> None:
                       f"{n} to read {node}'s new key")
             cluster.probe.status(n)     # a turn of its loop after the one that read it
             assert cluster.procs[n].poll() is None, cluster.log(n)[-2000:]
-        c.member_add(node, spec.address, publish=spec.publish, http=spec.http or "",
-                     public_key=pair.public)
-    init_data_dir(spec.data_dir, cluster.cluster.id, node, joining=True)
-    cluster.start(node)
+        cluster.add_back(c, node, public)
 
 
 def _wait_for(check: Callable[[], bool], what: str, timeout: float = 20) -> None:
