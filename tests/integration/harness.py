@@ -173,6 +173,17 @@ class LocalCluster:
             time.sleep(0.02)
         raise AssertionError(f"no leader within {timeout}s; logs in {self.root}")
 
+    def wait_up(self, timeout: float = 30.0) -> None:
+        """Until every started node answers ``status``: its ROUTER and its HTTP listener
+        are bound before its loop runs. (A leader is elected by two of three, so a third
+        slow to start is not up yet when ``leader()`` returns.)"""
+        deadline = time.monotonic() + timeout
+        for nid in list(self.procs):
+            while self.probe.status(nid) is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{nid} did not answer within {timeout}s; logs in {self.root}")
+                time.sleep(0.02)
+
     def log(self, node_id: str) -> str:
         return (self.root / f"{node_id}.log").read_text(errors="replace")
 
