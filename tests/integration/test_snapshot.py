@@ -112,7 +112,9 @@ def test_save_restore_round_trips_10000_keys_with_history_locks_and_revisions(
         with a.client() as c:
             for k in keys[5::50]:
                 assert c.delete(k)
-            held = c.acquire("deploy", ttl=3.0)
+            # b's leader grants this session a fresh ttl when it takes over; the test reads
+            # the lock table first thing, well within it.
+            held = c.acquire("deploy", ttl=6.0)
             released = c.acquire("batch", ttl=3.0)
             released.release()
             saved = coordctl("snapshot", "save", tmp_path / "a.snap", "--cluster", a.file, "--json")
@@ -139,10 +141,12 @@ def test_save_restore_round_trips_10000_keys_with_history_locks_and_revisions(
     assert made["cluster_id"] != a.cluster.id and b.cluster.secure
     assert (tmp_path / "b" / "admin.key").read_text() != (tmp_path / "a" / "admin.key").read_text()
     with b.client() as c:
+        # The lock table first: its holder's session runs out ttl seconds after b's leader
+        # took over, and reading 10,000 histories may take longer than that on a busy machine.
+        assert {lk.name: (lk.holder_session, lk.token) for lk in c.locks()} == locks_before
         after = everything(c, keys)
         assert after[0] == before[0]            # every key's value and revision
         assert after[1] == before[1]            # every key's history, deleted keys' too
-        assert {lk.name: (lk.holder_session, lk.token) for lk in c.locks()} == locks_before
         # The restored holder is gone: its lock is released after its ttl, and the next
         # grant gets a larger token than any the backup holds.
         with c.lock("deploy", ttl=5.0, timeout=30.0) as lk:
