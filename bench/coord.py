@@ -106,7 +106,7 @@ class CoordSystem(System):
               limits: dict[str, int] | None) -> clusterfile.Cluster:
         assert self.root is not None
         ck = None if insecure else keys.ClusterKeys.generate(f"n{i}" for i in range(1, nodes + 1))
-        base = launch.free_base_port(nodes, random.Random(), 21000, 41000)
+        base = launch.free_base_port(nodes, random.Random(), 20000, 26000)
         c = clusterfile.write_new(self.root, nodes, base_port=base, tuning=tuning, cluster_keys=ck)
         if limits:
             with open(self.root / clusterfile.FILE_NAME, "a") as f:

@@ -206,7 +206,7 @@ class EtcdSystem(System):
 
     def __init__(self, nodes: int = 3) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="etcdbench-"))
-        base = launch.free_base_port(nodes, random.Random(), 41000, 61000)
+        base = launch.free_base_port(nodes, random.Random(), 26000, 29000)
         self.client_port = {f"e{i}": base + i for i in range(1, nodes + 1)}
         peer_port = {f"e{i}": base + 100 + i for i in range(1, nodes + 1)}
         initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in peer_port.items())

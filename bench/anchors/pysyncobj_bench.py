@@ -132,7 +132,7 @@ def _ask(p: subprocess.Popen[str], cmd: str, timeout_s: float) -> dict[str, Any]
 def drive(p: Params, tests: list[str]) -> dict[str, Any]:
     import pysyncobj
     t0 = time.monotonic()
-    base = launch.free_base_port(3, random.Random(), 46000, 61000)
+    base = launch.free_base_port(3, random.Random(), 29000, 32000)
     addrs = {f"p{i}": f"127.0.0.1:{base + i}" for i in range(1, 4)}
     root = Path(tempfile.mkdtemp(prefix="psobench-"))
     procs: dict[str, subprocess.Popen[str]] = {}

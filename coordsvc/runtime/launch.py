@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from random import Random
 
-__all__ = ["free_base_port", "kill", "node_command", "node_ports", "start", "start_node", "stop"]
+__all__ = ["ephemeral_ports", "free_base_port", "kill", "node_command", "node_ports", "start", "start_node", "stop"]
 
 Proc = subprocess.Popen[bytes]
 
@@ -100,13 +100,29 @@ def node_ports(base_port: int, nodes: int) -> list[int]:
     return [base_port + offset + i for offset in (0, 100, 200) for i in range(1, nodes + 1)]
 
 
-def free_base_port(nodes: int, rng: Random, low: int = 20000, high: int = 50000) -> int:
-    """A base port whose every node port is free on 127.0.0.1 right now (tests, benchmarks)."""
+def ephemeral_ports() -> range:
+    """The ports the kernel picks from for outgoing connections (Linux's
+    ``ip_local_port_range``). A port free now but in this range can be taken by any
+    connection made before the node binds it ("Address already in use", seen in CI)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first, last = (int(x) for x in f.read().split())
+        return range(first, last + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)      # Linux's default
+
+
+def free_base_port(nodes: int, rng: Random, low: int = 10000, high: int = 20000) -> int:
+    """A base port whose every node port is free on 127.0.0.1 right now and outside the
+    ephemeral range (tests, benchmarks)."""
+    ephemeral = ephemeral_ports()
     for _ in range(500):
         base = rng.randrange(low, high)
-        if all(_port_free(p) for p in node_ports(base, nodes)):
+        ports = node_ports(base, nodes)
+        if not any(p in ephemeral for p in ports) and all(_port_free(p) for p in ports):
             return base
-    raise OSError(f"no free block of ports for {nodes} nodes in {low}..{high}")
+    raise OSError(f"no free block of ports for {nodes} nodes in {low}..{high} outside the "
+                  f"ephemeral range {ephemeral.start}..{ephemeral.stop - 1}")
 
 
 def _port_free(port: int) -> bool:

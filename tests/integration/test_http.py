@@ -292,8 +292,9 @@ def test_log_level_warning_hides_info_lines(tmp_path: Path) -> None:
         c.leader()
         assert fetch(c.http("n1") + "/healthz")[0] == 200
     finally:
-        assert c.stop("n1") == 0
+        code = c.stop("n1")
         c.close()
+        assert code == 0
     text = c.log("n1")
     assert " INFO " not in text and "election" not in text
 
@@ -312,8 +313,9 @@ def test_http_bind_can_be_overridden_and_an_old_cluster_file_serves_none(tmp_pat
         assert code == 200 and json.loads(body)["node"] == "n1"
         assert _try(f"http://127.0.0.1:{port}/healthz") is None    # not on the default address
     finally:
-        assert c.stop("n1") == 0
+        code = c.stop("n1")
         c.close()
+        assert code == 0
     old = LocalCluster(tmp_path / "b", nodes=1)
     doc = tomllib.loads(old.file.read_text())
     for n in doc["nodes"]:
@@ -324,8 +326,9 @@ def test_http_bind_can_be_overridden_and_an_old_cluster_file_serves_none(tmp_pat
         old.leader()
         assert re.search(r"WARNING http: no HTTP: .* gives n1 no http address", old.log("n1"))
     finally:
-        assert old.stop("n1") == 0
+        code = old.stop("n1")
         old.close()
+        assert code == 0
 
 
 def _try(url: str) -> tuple[int, bytes, dict[str, str]] | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from coordsvc import Client, CoordError, Unavailable, clusterfile, keys
 
-from .harness import LocalCluster
+from .harness import LocalCluster, free_base_port
 
 COORDCTL = str(Path(sys.executable).with_name("coordctl"))
 
@@ -27,22 +26,11 @@ def _ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 def _free_pair(avoid: int = 0) -> int:
     """A port p with p, p + 100 and p + 200 free (a node's ROUTER, PUB and HTTP, as
     `member add` assigns them by default), none of them one of ``avoid``'s."""
-    import random
-    rng = random.Random()
     for _ in range(200):
-        p = rng.randrange(20000, 50000)
-        if abs(p - avoid) not in (0, 100, 200) and all(_free(p + d) for d in (0, 100, 200)):
+        p = free_base_port(1) + 1       # the layout of a one-node cluster: base + 1, +101, +201
+        if abs(p - avoid) not in (0, 100, 200):
             return p
     raise AssertionError("no free port triple")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Writer(threading.Thread):

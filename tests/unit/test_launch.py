@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from coordsvc.runtime import launch
 
 # Says it is up, then waits; exits 0 on SIGTERM (as a node does), or ignores it.
@@ -72,3 +74,22 @@ def test_free_base_port_leaves_every_port_of_the_layout_bindable() -> None:
     assert sorted(launch.node_ports(base, 3)) == sorted(
         base + off + i for off in (0, 100, 200) for i in (1, 2, 3))
     assert all(launch._port_free(p) for p in launch.node_ports(base, 3))
+
+
+def test_free_base_port_stays_out_of_the_ephemeral_range(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A port the kernel may give an outgoing connection can be taken between the check and
+    # the node's bind (CI saw "Address already in use"), so no node port is ever one.
+    monkeypatch.setattr(launch, "ephemeral_ports", lambda: range(10_000, 19_000))
+    rng = random.Random(3)
+    for _ in range(50):
+        assert all(p >= 19_000 for p in launch.node_ports(launch.free_base_port(3, rng), 3))
+    with pytest.raises(OSError, match="outside the ephemeral range 10000..18999"):
+        launch.free_base_port(3, rng, 10_000, 18_000)
+
+
+def test_the_ephemeral_range_is_the_kernels() -> None:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        first, last = (int(x) for x in f.read().split())
+    assert launch.ephemeral_ports() == range(first, last + 1)
+    ports = launch.node_ports(launch.free_base_port(3, random.Random(1)), 3)
+    assert not any(first <= p <= last for p in ports)
