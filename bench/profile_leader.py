@@ -1,10 +1,11 @@
-"""Profile the coordsvc leader process while the put_tp workload runs.
+"""Profile the coordsvc leader process while the put_tp (or seq_put) workload runs.
 
-    .venv/bin/python -m bench.profile_leader [--seconds 10]
+    .venv/bin/python -m bench.profile_leader [--seconds 10] [--workload seq_put]
 
 Starts a fresh 3-node cluster, finds the leader's PID, and samples it with py-spy (from
 ``bench/.venv-anchors``; ``bench/anchors/install.sh`` installs it) while put_tp (16 threads
-on one Client) runs. Prints the top 15 functions by self and by cumulative samples and
+on one Client) or seq_put (one client, one put at a time: where a single write's time goes
+on the leader, ``--idle`` samples included) runs. Prints the top 15 functions by self and by cumulative samples and
 keeps the raw collapsed stacks (``bench/results/profile-<ts>.txt``, flamegraph-ready).
 py-spy samples from outside, so the node runs unmodified and at full speed.
 """
@@ -23,7 +24,7 @@ from dataclasses import replace
 from .coord import CoordSystem
 from .measure import CpuMeter, cpu_seconds
 from .report import BENCH_DIR, REPO_DIR, RESULTS_DIR
-from .workload import FULL, t_put_tp
+from .workload import FULL, t_put_tp, t_seq_put
 
 PYSPY = BENCH_DIR / ".venv-anchors" / "bin" / "py-spy"
 _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
@@ -67,6 +68,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--workload", choices=("put_tp", "seq_put"), default="put_tp")
     a = ap.parse_args()
     if not PYSPY.exists():
         print(f"{PYSPY} missing: run bench/anchors/install.sh", file=sys.stderr)
@@ -81,13 +83,20 @@ def main() -> int:
         assert pid is not None, "no leader"
         spy = subprocess.Popen([str(PYSPY), "record", "--pid", str(pid), "--format", "raw",
                                 "--function", "--rate", str(a.rate), "--duration",
-                                str(int(a.seconds)), "--output", str(raw_path), "--nonblocking"],
+                                str(int(a.seconds)), "--output", str(raw_path), "--nonblocking",
+                                *(["--idle"] if a.workload == "seq_put" else [])],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(0.5)
         c0 = cpu_seconds(pid)
         res: dict[str, object] = {}
-        t = threading.Thread(target=lambda: res.update(
-            t_put_tp(sysm, replace(FULL, put_s=a.seconds - 1.0), CpuMeter({}))))
+        if a.workload == "seq_put":      # ~1,000 puts a second: a little less than the window
+            def load() -> dict[str, object]:
+                return t_seq_put(sysm, replace(FULL, seq_ops=int(800 * (a.seconds - 1.0))),
+                                 CpuMeter({}))
+        else:
+            def load() -> dict[str, object]:
+                return t_put_tp(sysm, replace(FULL, put_s=a.seconds - 1.0), CpuMeter({}))
+        t = threading.Thread(target=lambda: res.update(load()))
         t.start()
         t.join()
         c1 = cpu_seconds(pid)
@@ -100,14 +109,15 @@ def main() -> int:
             spy.wait()
         sysm.close()
     s = summarize(raw_path.read_text())
-    print(f"put_tp during the profile: {res.get('ops_per_s')} ops/s; leader CPU "
+    print(f"{a.workload} during the profile: {res.get('ops_per_s')} ops/s "
+          f"(p50 {res.get('p50_ms', '-')} ms); leader CPU "
           f"{(c1 or 0) - (c0 or 0):.1f} s in {a.seconds - 1:.0f} s; samples {s['total_samples'][0][1]}")
     for kind in ("self", "cumulative"):
-        print(f"\ntop 15 by {kind} time (share of the leader's on-CPU samples):")
+        print(f"\ntop 15 by {kind} time (share of the leader's samples{', idle included' if a.workload == 'seq_put' else ' on CPU'}):")
         for f, n, p in s[kind]:
             print(f"  {p:5.1f}%  {n:6d}  {f}")
     (RESULTS_DIR / f"profile-{ts}.json").write_text(json.dumps(
-        {"put_tp": res, "summary": s, "raw": str(raw_path)}, indent=1) + "\n")
+        {a.workload: res, "summary": s, "raw": str(raw_path)}, indent=1) + "\n")
     print(f"\nraw stacks: {raw_path}")
     return 0
 
