@@ -7,7 +7,8 @@ Scripts (each has ``--help``):
     python -m bench.scale      how cost grows (clients, value size, keys, watchers, held locks,
                                3 vs 5 nodes), with plots under bench/results/
     python -m bench.memory     RSS per node holding N keys
-    python -m bench.profile_leader    py-spy of the leader during put_tp
+    python -m bench.profile_leader    py-spy of the leader during put_tp (or seq_put)
+    python -m bench.breakdown  where one sequential op's time goes: floors, then each op
 
 Library modules, importable with the standard library alone (the etcd and PySyncObj anchors
 run them from ``bench/.venv-anchors``, where coordsvc's dependencies are not installed):

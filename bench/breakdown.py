@@ -4,7 +4,8 @@
 
 Floors, measured here with no cluster: one SQLite WAL commit of a 64-byte row with the
 node's pragmas (``synchronous=FULL``) in the directory the cluster's data goes to, and one
-ZeroMQ DEALER -> ROUTER -> DEALER round trip over loopback TCP, plain and CURVE.
+ZeroMQ DEALER -> ROUTER -> DEALER round trip over loopback TCP, plain and CURVE; each with
+the CPU it costs (this process's, its ZeroMQ I/O thread and the kernel's work included).
 
 Then a fresh 3-node cluster (secure unless ``--insecure``), one ``Client``, each op run
 sequentially ``--ops`` times after a warm-up, interleaved in batches of 100 so that noise
@@ -19,7 +20,7 @@ hits every op alike:
 Prints p50/p99 per op, the CPU each node spent per put, and the put's p50 split into the
 client round trip (``get stale``) and the rest (replication: the leader's Accept to a
 follower, both fsyncs overlapping, the Accepted back, applying). Writes
-``bench/results/breakdown-<ts>.json``.
+``bench/results/breakdown-<ts>.json`` and the printed lines as ``.txt``.
 """
 from __future__ import annotations
 
@@ -40,9 +41,14 @@ from .report import RESULTS_DIR
 VALUE = b"x" * 64
 
 
-def _summary(lat_s: list[float]) -> dict[str, float | None]:
+def _summary(lat_s: list[float], cpu_s: float | None = None) -> dict[str, float | None]:
+    """p50 and p99 of ``lat_s``; with ``cpu_s`` (this process's CPU over them, its
+    threads' and the kernel's for it included) also the CPU per op."""
     ms = sorted(x * 1000 for x in lat_s)
-    return {"p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+    out = {"p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+    if cpu_s is not None:
+        out["cpu_us"] = round(cpu_s / len(lat_s) * 1e6, 1)
+    return out
 
 
 def sqlite_commit(directory: Path, n: int) -> dict[str, float | None]:
@@ -52,14 +58,16 @@ def sqlite_commit(directory: Path, n: int) -> dict[str, float | None]:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE t (slot INTEGER PRIMARY KEY, value BLOB)")
         lat = []
+        cpu = time.process_time()
         for i in range(n):
             t = time.perf_counter()
             conn.execute("BEGIN")
             conn.execute("INSERT INTO t VALUES (?, ?)", (i, VALUE))
             conn.execute("COMMIT")
             lat.append(time.perf_counter() - t)
+        cpu = time.process_time() - cpu
         conn.close()
-    return _summary(lat)
+    return _summary(lat, cpu)
 
 
 def zmq_round_trip(n: int, curve: bool) -> dict[str, float | None]:
@@ -78,6 +86,8 @@ def zmq_round_trip(n: int, curve: bool) -> dict[str, float | None]:
         client.connect(f"tcp://127.0.0.1:{port}")
         lat = []
         for i in range(n + 100):
+            if i == 100:
+                cpu = time.process_time()
             t = time.perf_counter()
             client.send(VALUE)
             route, body = server.recv_multipart()
@@ -85,11 +95,12 @@ def zmq_round_trip(n: int, curve: bool) -> dict[str, float | None]:
             client.recv()
             if i >= 100:
                 lat.append(time.perf_counter() - t)
+        cpu = time.process_time() - cpu
     finally:
         server.close(0)
         client.close(0)
         ctx.term()
-    return _summary(lat)
+    return _summary(lat, cpu)
 
 
 def cluster_ops(sysm: CoordSystem, n: int) -> tuple[dict[str, dict[str, float | None]], dict[str, float]]:
@@ -141,22 +152,26 @@ def main() -> int:
         ops, cpu = cluster_ops(sysm, a.ops)
     finally:
         sysm.close()
-    print(f"floors ({a.ops} each):")
-    for name, s in floors.items():
-        print(f"  {name:28s} p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms")
-    print(f"3 nodes, {'insecure' if a.insecure else 'CURVE'}, one client, {a.ops} sequential ops each:")
-    for name, s in ops.items():
-        print(f"  {name:28s} p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms")
-    print("  CPU per put, µs: " + ", ".join(
+    lines = [f"floors ({a.ops} each):"]
+    lines += [f"  {name:28s} p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms  "
+              f"CPU {s['cpu_us']} µs" for name, s in floors.items()]
+    lines.append(f"3 nodes, {'insecure' if a.insecure else 'CURVE'}, one client, "
+                 f"{a.ops} sequential ops each:")
+    lines += [f"  {name:28s} p50 {s['p50_ms']:.3f} ms  p99 {s['p99_ms']:.3f} ms"
+              for name, s in ops.items()]
+    lines.append("  CPU per put, µs: " + ", ".join(
         f"{nid}{' (leader)' if nid == leader else ''} {us}" for nid, us in sorted(cpu.items())))
     put, rt = ops["put"]["p50_ms"], ops["get stale"]["p50_ms"]
     if put is not None and rt is not None:
-        print(f"  put p50 {put:.3f} ms = client round trip {rt:.3f} ms + replication {put - rt:.3f} ms")
+        lines.append(f"  put p50 {put:.3f} ms = client round trip {rt:.3f} ms + "
+                     f"replication {put - rt:.3f} ms")
+    print("\n".join(lines))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"breakdown-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"floors": floors, "ops": ops, "put_cpu_us": cpu, "leader": leader,
                                "secure": not a.insecure}, indent=1) + "\n")
-    print(f"written: {out}")
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print(f"written: {out} (.txt: the lines above)")
     return 0
 
 

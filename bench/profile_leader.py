@@ -1,12 +1,13 @@
 """Profile the coordsvc leader process while the put_tp (or seq_put) workload runs.
 
-    .venv/bin/python -m bench.profile_leader [--seconds 10] [--workload seq_put]
+    .venv/bin/python -m bench.profile_leader [--seconds 10] [--workload seq_put] [--follower]
 
-Starts a fresh 3-node cluster, finds the leader's PID, and samples it with py-spy (from
-``bench/.venv-anchors``; ``bench/anchors/install.sh`` installs it) while put_tp (16 threads
-on one Client) or seq_put (one client, one put at a time: where a single write's time goes
-on the leader, ``--idle`` samples included) runs. Prints the top 15 functions by self and by cumulative samples and
-keeps the raw collapsed stacks (``bench/results/profile-<ts>.txt``, flamegraph-ready).
+Starts a fresh 3-node cluster, finds the leader's PID (``--follower``: a follower's), and
+samples it with py-spy (from ``bench/.venv-anchors``; ``bench/anchors/install.sh`` installs
+it) while put_tp (16 threads on one Client) or seq_put (one client, one put at a time: where
+a single write's time goes, ``--idle`` samples included) runs. Prints the top 15 functions
+by self and by cumulative samples and keeps the raw collapsed stacks
+(``bench/results/profile-<workload>-<leader|follower>-<ts>.txt``, flamegraph-ready).
 py-spy samples from outside, so the node runs unmodified and at full speed.
 """
 from __future__ import annotations
@@ -69,18 +70,22 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--workload", choices=("put_tp", "seq_put"), default="put_tp")
+    ap.add_argument("--follower", action="store_true", help="sample a follower instead")
     a = ap.parse_args()
     if not PYSPY.exists():
         print(f"{PYSPY} missing: run bench/anchors/install.sh", file=sys.stderr)
         return 2
     ts = time.strftime("%Y%m%d-%H%M%S")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    raw_path = RESULTS_DIR / f"profile-{ts}.txt"
+    name = f"profile-{a.workload}-{'follower' if a.follower else 'leader'}-{ts}"
+    raw_path = RESULTS_DIR / f"{name}.txt"
     sysm = CoordSystem()
     spy: subprocess.Popen[bytes] | None = None
     try:
-        pid = sysm.leader_pid()
-        assert pid is not None, "no leader"
+        leader = sysm.leader()
+        assert leader is not None, "no leader"
+        pids = sysm.node_pids()
+        pid = next(p for n, p in sorted(pids.items()) if n != leader) if a.follower else pids[leader]
         spy = subprocess.Popen([str(PYSPY), "record", "--pid", str(pid), "--format", "raw",
                                 "--function", "--rate", str(a.rate), "--duration",
                                 str(int(a.seconds)), "--output", str(raw_path), "--nonblocking",
@@ -109,14 +114,15 @@ def main() -> int:
             spy.wait()
         sysm.close()
     s = summarize(raw_path.read_text())
+    who = "follower" if a.follower else "leader"
     print(f"{a.workload} during the profile: {res.get('ops_per_s')} ops/s "
-          f"(p50 {res.get('p50_ms', '-')} ms); leader CPU "
+          f"(p50 {res.get('p50_ms', '-')} ms); {who} CPU "
           f"{(c1 or 0) - (c0 or 0):.1f} s in {a.seconds - 1:.0f} s; samples {s['total_samples'][0][1]}")
     for kind in ("self", "cumulative"):
-        print(f"\ntop 15 by {kind} time (share of the leader's samples{', idle included' if a.workload == 'seq_put' else ' on CPU'}):")
+        print(f"\ntop 15 by {kind} time (share of the {who}'s samples{', idle included' if a.workload == 'seq_put' else ' on CPU'}):")
         for f, n, p in s[kind]:
             print(f"  {p:5.1f}%  {n:6d}  {f}")
-    (RESULTS_DIR / f"profile-{ts}.json").write_text(json.dumps(
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(
         {a.workload: res, "summary": s, "raw": str(raw_path)}, indent=1) + "\n")
     print(f"\nraw stacks: {raw_path}")
     return 0
