@@ -31,8 +31,10 @@ space takes compaction, not just a delete.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .machine import Machine
+if TYPE_CHECKING:     # annotations only: clusterfile (and so every coordctl command) imports
+    from .machine import Machine    # this module, and the machine is most of the core
 
 __all__ = ["DEFAULT_MAX_DB_BYTES", "DEFAULT_MAX_KEYS", "Quotas"]
 
