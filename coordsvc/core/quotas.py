@@ -33,8 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:     # annotations only: clusterfile (and so every coordctl command) imports
-    from .machine import Machine    # this module, and the machine is most of the core
+# The machine for annotations only: clusterfile (and so every coordctl command) imports
+# this module, and the machine is most of the core.
+if TYPE_CHECKING:
+    from .machine import Machine
 
 __all__ = ["DEFAULT_MAX_DB_BYTES", "DEFAULT_MAX_KEYS", "Quotas"]
 
