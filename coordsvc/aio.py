@@ -53,6 +53,7 @@ from coordsvc.client._client import (
     _APPLIED_POLL_S,
     _P,
     _PAGED_READ_ATTEMPTS,
+    TRANSFER_ASK_AGAIN_S,
     _applied,
     _check_key,
     _check_prefix,
@@ -577,6 +578,7 @@ class AsyncClient:
         total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
         deadline = time.monotonic() + total
         await self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        ask_again = time.monotonic() + TRANSFER_ASK_AGAIN_S
         while time.monotonic() < deadline:
             try:
                 leader = (await self._call(MembersRequest(), MembersReply.from_wire, leader=True,
@@ -585,6 +587,10 @@ class AsyncClient:
                 leader = None
             if leader == node_id:
                 return
+            if leader is not None and time.monotonic() >= ask_again:
+                await self._call(req, MemberChangeReply.from_wire, leader=True,
+                                 timeout_s=max(0.1, deadline - time.monotonic()))
+                ask_again = time.monotonic() + TRANSFER_ASK_AGAIN_S
             await asyncio.sleep(0.05)
         raise Unavailable(f"{node_id} did not take over within {total:.1f}s")
 

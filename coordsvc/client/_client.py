@@ -108,6 +108,11 @@ BACKOFF_S = (0.010, 0.050)
 _UNAVAILABLE_BEFORE_ROTATE = 2
 # While waiting for every node to apply an identity change: the pause between rounds.
 _APPLIED_POLL_S = 0.02
+# A leader gives a transfer one election timeout for the target to hold its last slot,
+# holding new writes meanwhile, and then keeps leading without a word; a target cut off
+# just before (TCP retransmits back off for seconds after a partition heals) is often
+# caught up a moment later. transfer_leader asks again this often while it waits.
+TRANSFER_ASK_AGAIN_S = 2.0
 _PROBE_AFTER = 2**62
 # A paged read whose cursor vanished (its node restarted, or lost us for 30 s) is started
 # again from its first page, at most this many times.
@@ -535,11 +540,14 @@ class Client:
         self._member_change(req, lambda rows: None if _row(rows, node_id) else True, timeout_s)
 
     def transfer_leader(self, node_id: str, *, timeout_s: float | None = None) -> None:
-        """Move leadership to voter ``node_id``; returns once it leads."""
+        """Move leadership to voter ``node_id``; returns once it leads (asking again every
+        ``TRANSFER_ASK_AGAIN_S`` while it does not: a leader drops a transfer whose target
+        has not caught up within an election timeout)."""
         req = _member_request("transfer", node_id)
         total = self._timeout_s if timeout_s is None else _check_timeout(timeout_s)
         deadline = time.monotonic() + total
         self._call(req, MemberChangeReply.from_wire, leader=True, timeout_s=total)
+        ask_again = time.monotonic() + TRANSFER_ASK_AGAIN_S
         while time.monotonic() < deadline:
             try:
                 leader = self._call(MembersRequest(), MembersReply.from_wire, leader=True,
@@ -548,6 +556,10 @@ class Client:
                 leader = None
             if leader == node_id:
                 return
+            if leader is not None and time.monotonic() >= ask_again:
+                self._call(req, MemberChangeReply.from_wire, leader=True,
+                           timeout_s=max(0.1, deadline - time.monotonic()))
+                ask_again = time.monotonic() + TRANSFER_ASK_AGAIN_S
             time.sleep(0.05)
         raise Unavailable(f"{node_id} did not take over within {total:.1f}s")
 

@@ -3,6 +3,7 @@ shrink to 3 under a running writer; every acknowledged write is readable afterwa
 restarting every node keeps the new membership."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -10,9 +11,13 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from coordsvc import Client, CoordError, Unavailable, clusterfile, keys
+from coordsvc.aio import AsyncClient
 
 from .harness import LocalCluster, free_base_port
 
@@ -210,3 +215,45 @@ def test_a_removal_that_would_leave_no_live_quorum_is_refused(tmp_path: Path) ->
     finally:
         cluster.close()
 
+
+
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_a_transfer_to_a_follower_that_was_behind_is_asked_again_until_it_takes_over(
+        cluster: LocalCluster, client: str) -> None:
+    # The leader gives a transfer one election timeout for its target to hold its last slot,
+    # then keeps leading without a word. A target that was paused (or cut off, as a fault
+    # run found) when asked is caught up a moment later: transfer_leader asks again rather
+    # than waiting out its whole timeout for a hand-over that will not come.
+    leader = cluster.leader()
+    target = next(n for n in cluster.ids if n != leader)
+
+    def behind_then(transfer: Callable[[], object]) -> float:
+        """Pause the target, commit writes without it, resume it a second into transfer()."""
+        cluster.signal(target, signal.SIGSTOP)
+        resume = threading.Timer(1.0, cluster.signal, (target, signal.SIGCONT))
+        try:
+            for i in range(5):          # chosen by the other two: the target falls behind
+                c.put(f"behind/{i}", b"x")
+            resume.start()
+            started = time.monotonic()
+            transfer()
+            return time.monotonic() - started
+        finally:
+            resume.cancel()
+            cluster.signal(target, signal.SIGCONT)
+
+    async def with_async_client() -> float:
+        async with AsyncClient(cluster.endpoints, timeout=10.0, key=cluster.key) as ac:
+            await ac.members()          # connected before the target stops
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, behind_then, lambda: asyncio.run_coroutine_threadsafe(
+                ac.transfer_leader(target, timeout_s=15.0), loop).result())
+
+    with cluster.client() as c:
+        if client == "sync":
+            took = behind_then(lambda: c.transfer_leader(target, timeout_s=15.0))
+        else:
+            took = asyncio.run(with_async_client())
+        assert c.membership().leader == target
+        assert took < 10.0, f"the hand-over took {took:.1f} s"
+        assert [e.key for e in c.list("behind/")] == [f"behind/{i}" for i in range(5)]
