@@ -35,17 +35,16 @@ from pathlib import Path
 import zmq
 
 from .coord import CoordSystem
-from .measure import cpu_seconds, pct
+from .measure import cpu_seconds, latency_fields
 from .report import RESULTS_DIR
 
 VALUE = b"x" * 64
 
 
 def _summary(lat_s: list[float], cpu_s: float | None = None) -> dict[str, float | None]:
-    """p50 and p99 of ``lat_s``; with ``cpu_s`` (this process's CPU over them, its
+    """``latency_fields`` of ``lat_s``; with ``cpu_s`` (this process's CPU over them, its
     threads' and the kernel's for it included) also the CPU per op."""
-    ms = sorted(x * 1000 for x in lat_s)
-    out = {"p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99)}
+    out: dict[str, float | None] = latency_fields(lat_s)
     if cpu_s is not None:
         out["cpu_us"] = round(cpu_s / len(lat_s) * 1e6, 1)
     return out
@@ -124,7 +123,8 @@ def cluster_ops(sysm: CoordSystem, n: int) -> tuple[dict[str, dict[str, float | 
         put_cpu = dict.fromkeys(sysm.node_pids(), 0.0)
         for start in range(0, n, 100):
             for name, op in ops.items():
-                before = {nid: cpu_seconds(pid) or 0.0 for nid, pid in sysm.node_pids().items()}
+                if name == "put":
+                    before = {nid: cpu_seconds(pid) or 0.0 for nid, pid in sysm.node_pids().items()}
                 for i in range(start, min(n, start + 100)):
                     t = time.perf_counter()
                     op(i)

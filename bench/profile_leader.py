@@ -77,7 +77,8 @@ def main() -> int:
         return 2
     ts = time.strftime("%Y%m%d-%H%M%S")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    name = f"profile-{a.workload}-{'follower' if a.follower else 'leader'}-{ts}"
+    who = "follower" if a.follower else "leader"
+    name = f"profile-{a.workload}-{who}-{ts}"
     raw_path = RESULTS_DIR / f"{name}.txt"
     sysm = CoordSystem()
     spy: subprocess.Popen[bytes] | None = None
@@ -114,7 +115,6 @@ def main() -> int:
             spy.wait()
         sysm.close()
     s = summarize(raw_path.read_text())
-    who = "follower" if a.follower else "leader"
     print(f"{a.workload} during the profile: {res.get('ops_per_s')} ops/s "
           f"(p50 {res.get('p50_ms', '-')} ms); {who} CPU "
           f"{(c1 or 0) - (c0 or 0):.1f} s in {a.seconds - 1:.0f} s; samples {s['total_samples'][0][1]}")

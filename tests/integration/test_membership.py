@@ -4,6 +4,7 @@ restarting every node keeps the new membership."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -216,7 +217,6 @@ def test_a_removal_that_would_leave_no_live_quorum_is_refused(tmp_path: Path) ->
         cluster.close()
 
 
-
 @pytest.mark.parametrize("client", ["sync", "async"])
 def test_a_transfer_to_a_follower_that_was_behind_is_asked_again_until_it_takes_over(
         cluster: LocalCluster, client: str) -> None:
@@ -227,17 +227,16 @@ def test_a_transfer_to_a_follower_that_was_behind_is_asked_again_until_it_takes_
     leader = cluster.leader()
     target = next(n for n in cluster.ids if n != leader)
 
-    def behind_then(transfer: Callable[[], object]) -> float:
-        """Pause the target, commit writes without it, resume it a second into transfer()."""
+    @contextlib.contextmanager
+    def target_behind() -> Iterator[None]:
+        """The target paused while writes commit without it, resumed a second into the body."""
         cluster.signal(target, signal.SIGSTOP)
         resume = threading.Timer(1.0, cluster.signal, (target, signal.SIGCONT))
         try:
             for i in range(5):          # chosen by the other two: the target falls behind
                 c.put(f"behind/{i}", b"x")
             resume.start()
-            started = time.monotonic()
-            transfer()
-            return time.monotonic() - started
+            yield
         finally:
             resume.cancel()
             cluster.signal(target, signal.SIGCONT)
@@ -245,13 +244,17 @@ def test_a_transfer_to_a_follower_that_was_behind_is_asked_again_until_it_takes_
     async def with_async_client() -> float:
         async with AsyncClient(cluster.endpoints, timeout=10.0, key=cluster.key) as ac:
             await ac.members()          # connected before the target stops
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(None, behind_then, lambda: asyncio.run_coroutine_threadsafe(
-                ac.transfer_leader(target, timeout_s=15.0), loop).result())
+            with target_behind():
+                started = time.monotonic()
+                await ac.transfer_leader(target, timeout_s=15.0)
+                return time.monotonic() - started
 
     with cluster.client() as c:
         if client == "sync":
-            took = behind_then(lambda: c.transfer_leader(target, timeout_s=15.0))
+            with target_behind():
+                started = time.monotonic()
+                c.transfer_leader(target, timeout_s=15.0)
+                took = time.monotonic() - started
         else:
             took = asyncio.run(with_async_client())
         assert c.membership().leader == target
